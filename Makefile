@@ -1,0 +1,57 @@
+# The README's two commands: `make run` and `make test`. Both install what
+# they need first (scripts/install-deps.sh, idempotent).
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+.PHONY: all deps build run run-mount test test-unit test-fs test-vm bench guestbench bootbench imagebench diskbench clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+# Imports the offline demo image (Debian's busybox-static, packed as an OCI
+# layout by `make build`) into the store, boots it as a VM and runs a
+# command in it.
+run: build
+	@$(BUILD)/ocivm image import oci:$(BUILD)/demo-oci --name demo >/dev/null
+	@$(BUILD)/ocivm run --rm demo -- sh -c 'uname -r; cat /etc/os-release; id'
+
+# The host-mount demo: mount a directory with `ocivm mount`, list, unmount.
+run-mount: build
+	@scripts/demo-mount.sh $(BUILD)/ocivm
+
+test: build
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+test-unit: build
+	@cd $(BUILD) && ctest --output-on-failure -L unit
+
+test-fs: build
+	@cd $(BUILD) && ctest --output-on-failure -L fs
+
+test-vm: build
+	@cd $(BUILD) && ctest --output-on-failure -L vm
+
+bench: build
+	@$(BUILD)/fsbench --ocivm $(BUILD)/ocivm
+
+guestbench: build
+	@bench/guestbench.sh $(BUILD)/ocivm
+
+bootbench: build
+	@bench/bootbench.sh $(BUILD)/ocivm $(BUILD)/demo
+
+imagebench: build
+	@bench/imagebench.sh $(BUILD)/ocivm
+
+diskbench: build
+	@bench/diskbench.sh $(BUILD)/ocivm
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,317 @@
+// fsbench: the same file-system workloads on a native directory, through
+// bindfs (libfuse passthrough) and through `ocivm mount` in each cache mode,
+// interleaved and repeated in one run; prints medians and ratios.
+//
+//   fsbench --ocivm build/ocivm [--files 10000] [--tree 7000] [--big-mib 1024]
+//           [--reps 3] [--modes never,metadata,auto,always] [--dir /var/tmp]
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace stdfs = std::filesystem;
+
+struct Args {
+    std::string ocivm;
+    int files = 10000;
+    int tree = 7000;
+    int big_mib = 1024;
+    int reps = 3;
+    std::vector<std::string> modes = {"never", "metadata", "auto", "always"};
+    std::string dir = "/var/tmp";
+    bool bindfs = true;
+    std::string threads;  // --threads for ocivm mount, when given
+    std::string spin;     // --spin-us for ocivm mount, when given
+} g;
+
+[[noreturn]] void die(const std::string& m) {
+    std::fprintf(stderr, "fsbench: %s\n", m.c_str());
+    std::exit(1);
+}
+
+bool mounted(const std::string& path) {
+    std::ifstream in("/proc/self/mountinfo");
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream ls(line);
+        std::string a, b, c, d, mp;
+        ls >> a >> b >> c >> d >> mp;
+        if (mp == path) return true;
+    }
+    return false;
+}
+
+pid_t spawn(const std::vector<std::string>& args, bool quiet = true) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (quiet) {
+            int fd = open("/dev/null", O_WRONLY);
+            dup2(fd, 1);
+        }
+        std::vector<char*> argv;
+        for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+        argv.push_back(nullptr);
+        execvp(argv[0], argv.data());
+        std::fprintf(stderr, "fsbench: cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    return pid;
+}
+int wait_for(pid_t pid) {
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+void drop_caches() {
+    sync();
+    std::ofstream("/proc/sys/vm/drop_caches") << "3";
+}
+
+// One file system under test: how to mount its source at its mount point.
+struct Target {
+    std::string name;  // "native", "bindfs", "ocivm-always", ...
+    std::string src, mnt;
+    pid_t server = -1;
+
+    std::string root() const { return name == "native" ? src : mnt; }
+
+    void mount_it() {
+        if (name == "native") return;
+        if (name == "bindfs") {
+            if (wait_for(spawn({"bindfs", src, mnt})) != 0) die("bindfs failed to mount");
+        } else {
+            std::string mode = name.substr(std::strlen("ocivm-"));
+            std::vector<std::string> cmd = {g.ocivm, "mount", src, mnt, "--cache", mode};
+            if (!g.threads.empty()) cmd.insert(cmd.end(), {"--threads", g.threads});
+            if (!g.spin.empty()) cmd.insert(cmd.end(), {"--spin-us", g.spin});
+            server = spawn(cmd);
+        }
+        for (int i = 0; i < 1000 && !mounted(mnt); ++i) usleep(5000);
+        if (!mounted(mnt)) die(name + " did not mount " + mnt);
+    }
+    void unmount_it() {
+        if (name == "native") return;
+        if (server > 0) {
+            kill(server, SIGTERM);
+            wait_for(server);
+            server = -1;
+        } else {
+            umount2(mnt.c_str(), 0);
+        }
+        for (int i = 0; i < 1000 && mounted(mnt); ++i) usleep(5000);
+    }
+};
+
+double seconds_since(Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::string fname(const std::string& dir, int i) { return dir + "/file" + std::to_string(i); }
+
+// Each workload returns microseconds per operation (or MB/s for the big ones).
+std::map<std::string, double> run_workloads(const Target& t) {
+    std::map<std::string, double> r;
+    std::string dir = t.root() + "/files";
+    mkdir(dir.c_str(), 0755);
+    std::string block(4096, 'b');
+    char buf[4096];
+
+    auto t0 = Clock::now();
+    for (int i = 0; i < g.files; ++i) {
+        int fd = open(fname(dir, i).c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+        if (fd < 0 || write(fd, block.data(), block.size()) != 4096) die("create failed on " + t.name);
+        close(fd);
+    }
+    r["create"] = seconds_since(t0) * 1e6 / g.files;
+
+    t0 = Clock::now();
+    for (int i = 0; i < g.files; ++i) {
+        struct stat st;
+        if (stat(fname(dir, i).c_str(), &st) != 0) die("stat failed on " + t.name);
+    }
+    r["stat"] = seconds_since(t0) * 1e6 / g.files;
+
+    t0 = Clock::now();
+    for (int i = 0; i < g.files; ++i) {
+        int fd = open(fname(dir, i).c_str(), O_RDONLY);
+        if (fd < 0 || read(fd, buf, sizeof buf) != 4096) die("read failed on " + t.name);
+        close(fd);
+    }
+    r["open+read 4K"] = seconds_since(t0) * 1e6 / g.files;
+
+    t0 = Clock::now();
+    for (int i = 0; i < g.files; ++i)
+        if (unlink(fname(dir, i).c_str()) != 0) die("unlink failed on " + t.name);
+    r["unlink"] = seconds_since(t0) * 1e6 / g.files;
+    rmdir(dir.c_str());
+
+    // ls -lR of the prepared tree, cold (caches dropped) then warm.
+    drop_caches();
+    for (const char* phase : {"ls -lR cold", "ls -lR warm"}) {
+        t0 = Clock::now();
+        if (wait_for(spawn({"ls", "-lR", t.root() + "/tree"})) != 0) die("ls -lR failed on " + t.name);
+        r[phase] = seconds_since(t0) * 1e6 / g.tree;
+    }
+
+    // Sequential write then read of one big file in 1 MiB blocks.
+    std::string big = t.root() + "/big";
+    std::string mib(1 << 20, 'w');
+    t0 = Clock::now();
+    int fd = open(big.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    for (int i = 0; i < g.big_mib; ++i)
+        if (write(fd, mib.data(), mib.size()) != static_cast<ssize_t>(mib.size())) die("write failed on " + t.name);
+    close(fd);
+    // Timed to close: the FUSE path, not the disk's writeback (flushed below).
+    r["seq write MB/s"] = g.big_mib * 1.048576 / seconds_since(t0);
+    drop_caches();
+    t0 = Clock::now();
+    fd = open(big.c_str(), O_RDONLY);
+    ssize_t n;
+    size_t total = 0;
+    while ((n = read(fd, mib.data(), mib.size())) > 0) total += static_cast<size_t>(n);
+    close(fd);
+    if (total != static_cast<size_t>(g.big_mib) << 20) die("short read on " + t.name);
+    r["seq read MB/s"] = g.big_mib * 1.048576 / seconds_since(t0);
+    unlink(big.c_str());
+    return r;
+}
+
+void make_tree(const std::string& root) {
+    // tree/dNN/fMMM: 70 directories of files, g.tree entries in all.
+    std::string tree = root + "/tree";
+    mkdir(tree.c_str(), 0755);
+    int per_dir = 100, made = 0;
+    for (int d = 0; made < g.tree; ++d) {
+        std::string dd = tree + "/d" + std::to_string(d);
+        mkdir(dd.c_str(), 0755);
+        ++made;
+        for (int f = 0; f < per_dir - 1 && made < g.tree; ++f, ++made) {
+            int fd = open((dd + "/f" + std::to_string(f)).c_str(), O_CREAT | O_WRONLY, 0644);
+            close(fd);
+        }
+    }
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        auto next = [&]() -> std::string {
+            if (i + 1 >= argc) die("option " + a + " needs a value");
+            return argv[++i];
+        };
+        if (a == "--ocivm") g.ocivm = next();
+        else if (a == "--files") g.files = std::stoi(next());
+        else if (a == "--tree") g.tree = std::stoi(next());
+        else if (a == "--big-mib") g.big_mib = std::stoi(next());
+        else if (a == "--reps") g.reps = std::stoi(next());
+        else if (a == "--dir") g.dir = next();
+        else if (a == "--no-bindfs") g.bindfs = false;
+        else if (a == "--threads") g.threads = next();
+        else if (a == "--spin-us") g.spin = next();
+        else if (a == "--modes") {
+            g.modes.clear();
+            std::stringstream ss(next());
+            std::string m;
+            while (std::getline(ss, m, ',')) g.modes.push_back(m);
+        } else {
+            die("unknown option " + a +
+                "; usage: fsbench --ocivm PATH [--files N] [--tree N] [--big-mib N] [--reps N] "
+                "[--modes LIST] [--dir DIR] [--no-bindfs] [--threads N] [--spin-us N]");
+        }
+    }
+    if (g.ocivm.empty()) die("--ocivm PATH is required");
+    if (geteuid() != 0) die("run as root (mounts and drop_caches)");
+    if (g.bindfs && system("command -v bindfs >/dev/null") != 0)
+        die("bindfs is not installed: apt-get install bindfs (or scripts/install-deps.sh)");
+
+    std::string base = g.dir + "/ocivm-fsbench-" + std::to_string(getpid());
+    std::vector<Target> targets;
+    std::vector<std::string> names = {"native"};
+    if (g.bindfs) names.push_back("bindfs");
+    for (auto& m : g.modes) names.push_back("ocivm-" + m);
+    for (auto& n : names) {
+        Target t{n, base + "/" + n + "-src", base + "/" + n + "-mnt"};
+        stdfs::create_directories(t.src);
+        stdfs::create_directories(t.mnt);
+        make_tree(t.src);
+        targets.push_back(t);
+    }
+    std::printf("fsbench: %d files, %d-entry tree, %d MiB sequential, %d repetitions, %u cores, in %s\n",
+                g.files, g.tree, g.big_mib, g.reps, std::thread::hardware_concurrency(), g.dir.c_str());
+    std::map<std::string, std::map<std::string, std::vector<double>>> results;
+    for (int rep = 0; rep < g.reps; ++rep) {
+        for (auto& t : targets) {
+            t.mount_it();
+            auto r = run_workloads(t);
+            t.unmount_it();
+            for (auto& [k, v] : r) results[t.name][k].push_back(v);
+            std::fprintf(stderr, "  rep %d/%d %-16s done\n", rep + 1, g.reps, t.name.c_str());
+        }
+    }
+
+    const std::vector<std::string> rows = {"create", "stat", "open+read 4K", "unlink",
+                                           "ls -lR cold", "ls -lR warm", "seq write MB/s",
+                                           "seq read MB/s"};
+    std::printf("\nmedian of %d; per-op rows in us/entry (lower is better), MB/s rows higher is better\n\n", g.reps);
+    std::printf("| workload |");
+    for (auto& t : targets) std::printf(" %s |", t.name.c_str());
+    std::printf("\n|---|");
+    for (size_t i = 0; i < targets.size(); ++i) std::printf("---|");
+    std::printf("\n");
+    for (auto& row : rows) {
+        std::printf("| %s |", row.c_str());
+        for (auto& t : targets) std::printf(" %.1f |", median(results[t.name][row]));
+        std::printf("\n");
+    }
+    // Ratios: time of ocivm / time of peer (for MB/s rows: peer MB/s / ocivm MB/s),
+    // so below 1.0 means ocivm is faster.
+    for (const char* peer : {"bindfs", "native"}) {
+        if (!results.count(peer)) continue;
+        std::printf("\nratio ocivm time / %s time (below 1.0: ocivm faster)\n\n| workload |", peer);
+        for (auto& t : targets)
+            if (t.name.rfind("ocivm-", 0) == 0) std::printf(" %s |", t.name.c_str());
+        std::printf("\n|---|");
+        for (auto& t : targets)
+            if (t.name.rfind("ocivm-", 0) == 0) std::printf("---|");
+        std::printf("\n");
+        for (auto& row : rows) {
+            bool rate = row.find("MB/s") != std::string::npos;
+            std::printf("| %s |", row.c_str());
+            for (auto& t : targets) {
+                if (t.name.rfind("ocivm-", 0) != 0) continue;
+                double o = median(results[t.name][row]), p = median(results[peer][row]);
+                std::printf(" %.2f |", rate ? p / o : o / p);
+            }
+            std::printf("\n");
+        }
+    }
+    stdfs::remove_all(base);
+    return 0;
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs every Debian package ocivm needs to build, run, test and benchmark.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  build-essential cmake pkg-config
+  libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
+  # run: /dev/fuse mounts when not root
+  fuse3
+  # benchmarks: bindfs is the libfuse passthrough a user would pick today
+  bindfs
+  # util-linux gives mount/umount/unshare used by tests and make run
+  util-linux attr
+  # VM tests and benchmarks: QEMU (with Debian's C virtiofsd as the peer),
+  # Debian's kernel and its modules, a static busybox for the initramfs
+  qemu-system-x86 linux-image-amd64 busybox-static cpio bc
+  # fsd --seccomp
+  libseccomp-dev
+  # ocivm run: initramfs (cpio via libarchive), OCI image config (JSON),
+  # kernel decompression (xz, gzip) for the cached vmlinux, sha256 cache keys
+  libarchive-dev nlohmann-json3-dev liblzma-dev zlib1g-dev libssl-dev
+  # the --systemd test boots the host's own root (systemd, procps for ps)
+  systemd procps
+  # imagebench's peer
+  umoci
+  # disks and unmounting: libmount, sfdisk, mkfs.ext4 -d, qemu-img, debugfs
+  libmount-dev fdisk e2fsprogs qemu-utils
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null; then SUDO="sudo"; else
+    echo "install-deps: need root (or sudo) to install: ${missing[*]}" >&2; exit 1
+  fi
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq || echo "install-deps: apt-get update failed; trying with the current package lists" >&2
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,250 @@
+// ocivm run: boot IMAGE as an ephemeral VM, run the command, return its
+// exit status.
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "disk/gpt.h"
+#include "fs/passthrough.h"
+#include "image/resolve.h"
+#include "util/error.h"
+#include "util/log.h"
+#include "vm/machine.h"
+
+namespace ocivm::cli {
+
+namespace {
+
+const char kHelp[] = R"(Usage: ocivm run [OPTIONS] IMAGE [COMMAND [ARG...]]
+
+Boots IMAGE as an ephemeral VM and runs COMMAND in it (default: the image's
+entrypoint and cmd). The image's root file system is served to the guest by
+ocivm's own virtio-fs server, read-only, under a tmpfs overlay: the guest may
+write anywhere, and the image on the host never changes. The command's stdout
+and stderr arrive separately on ocivm's stdout and stderr; ocivm exits with
+the command's status.
+
+IMAGE is a root file system directory (e.g. the demo image that 'make'
+builds: build/demo), an OCI image layout directory (imported into the store
+on first use), or the name of an image in the store ('ocivm image ls').
+
+Options:
+      --rm                    remove the VM's state directory (console log) at exit
+  -i, --interactive           forward ocivm's stdin to the command
+  -t, --tty                   give the command a terminal (a pty in the guest,
+                              with the window size of ocivm's terminal)
+  -e, --env KEY=VALUE         set an environment variable (KEY alone: take its
+                              value from ocivm's environment); repeatable
+      --env-file FILE         read KEY=VALUE lines from FILE
+  -v, --volume HOST:GUEST[:ro]
+                              share the host directory HOST at GUEST (writable
+                              unless :ro); repeatable
+  -w, --workdir DIR           working directory of the command (created if missing)
+  -u, --user UID[:GID]        run as this user (numbers, or names from the
+                              image's /etc/passwd and /etc/group)
+      --hostname NAME         the guest's host name (default: the VM's name)
+  -m, --memory SIZE           guest memory, e.g. 512M, 2G (default: 512M)
+      --cpus N                virtual CPUs (default: 1)
+      --cache MODE            never | metadata | auto | always: caching of the
+                              virtio-fs shares (default: always for the
+                              read-only root, auto for -v shares)
+      --timeout DURATION      how long the command may take to start, e.g. 90s,
+                              5m (default: 120s; 300s under TCG and 240s when
+                              nested, unless given); on expiry the VM is stopped
+                              and ocivm prints where the boot got stuck
+      --systemd               boot the image's systemd and run the command from
+                              a unit once the system is up
+      --kernel PATH|image     the guest kernel: a bzImage (modules from
+                              /lib/modules/RELEASE), or 'image' for the image's
+                              own /usr/lib/modules/*/vmlinuz (default: the host's
+                              newest /boot/vmlinuz-*)
+      --karg ARG              extra kernel command-line argument; repeatable
+      --machine TYPE          microvm (default) or q35
+      --disk FILE             boot a disk made by 'ocivm disk create' (raw or
+                              qcow2, read-only, root by its PARTUUID) instead of
+                              IMAGE: 'ocivm run --disk FILE -- CMD' 
+      --console               show the guest's console (kernel and init) on stderr
+      --trace FILE            record every virtio-fs request of the root share as
+                              a JSON line (-v shares: FILE.vol0, FILE.vol1, ...)
+      --name NAME             the VM's name (state in /run/ocivm/vms/NAME)
+      --log-level LEVEL       trace | debug | info | warn | error (default: warn)
+  -h, --help                  show this help
+
+Exit status: the command's; 128+N when it was killed by signal N; 126 when
+it cannot be executed, 127 when it is not found; 125 when ocivm itself fails
+(bad flags, missing image or kernel, a VM that did not start in time).
+Ctrl-C is forwarded to the command once it runs; a second one stops the VM.
+)";
+
+// QEMU's -m: whole MiB, 64M to 1024G; a bare number is MiB, as QEMU reads it.
+std::string parse_memory(const std::string& v) {
+    bool bare = !v.empty() && v.find_first_not_of("0123456789") == std::string::npos;
+    unsigned long long mib = parse_size("--memory", bare ? v + "M" : v) >> 20;
+    if (mib < 64 || mib > 1024 * 1024)
+        throw UsageError{"invalid --memory '" + v + "': give a size from 64M to 1024G, e.g. 512M or 2G"};
+    return std::to_string(mib) + "M";
+}
+
+vm::ShareSpec parse_volume(const std::string& v) {
+    vm::ShareSpec s;
+    std::string rest = v;
+    if (rest.size() > 3 && (rest.substr(rest.size() - 3) == ":ro" || rest.substr(rest.size() - 3) == ":rw")) {
+        s.readonly = rest.substr(rest.size() - 3) == ":ro";
+        rest = rest.substr(0, rest.size() - 3);
+    }
+    size_t c = rest.find(':');
+    if (c == std::string::npos || c == 0 || c + 1 >= rest.size() || rest[c + 1] != '/')
+        throw UsageError{"invalid --volume '" + v + "': use HOST:GUEST[:ro] with an absolute GUEST path"};
+    s.host = rest.substr(0, c);
+    s.guest = rest.substr(c + 1);
+    struct stat st;
+    if (::stat(s.host.c_str(), &st) < 0 || !S_ISDIR(st.st_mode))
+        throw Error("volume " + s.host + " is not an existing directory; create it first");
+    char real[PATH_MAX];
+    if (!::realpath(s.host.c_str(), real)) throw_errno("resolving " + s.host, errno);
+    s.host = real;
+    return s;
+}
+
+std::string env_entry(const std::string& v) {
+    if (v.empty() || v[0] == '=') throw UsageError{"invalid --env '" + v + "': use KEY=VALUE"};
+    if (v.find('=') != std::string::npos) return v;
+    const char* host = std::getenv(v.c_str());
+    return host ? v + "=" + host : "";
+}
+
+void set_env(std::vector<std::string>& env, const std::string& entry) {
+    std::string key = entry.substr(0, entry.find('='));
+    for (auto& e : env)
+        if (e.substr(0, e.find('=')) == key) {
+            e = entry;
+            return;
+        }
+    env.push_back(entry);
+}
+
+}  // namespace
+
+int cmd_run(int argc, char** argv) {
+    vm::MachineOptions m;
+    bool help = false, interactive = false, tty = false;
+    std::string log_level = "warn", workdir, user, hostname, cpus = "1";
+    std::vector<std::string> envs, env_files, volumes;
+    std::vector<Option> opts = {
+        {"rm", 0, false, [&](const std::string&) { m.rm = true; }},
+        {"interactive", 'i', false, [&](const std::string&) { interactive = true; }},
+        {"tty", 't', false, [&](const std::string&) { tty = true; }},
+        {"env", 'e', true, [&](const std::string& v) { envs.push_back(v); }},
+        {"env-file", 0, true, [&](const std::string& v) { env_files.push_back(v); }},
+        {"volume", 'v', true, [&](const std::string& v) { volumes.push_back(v); }},
+        {"workdir", 'w', true, [&](const std::string& v) { workdir = v; }},
+        {"user", 'u', true, [&](const std::string& v) { user = v; }},
+        {"hostname", 0, true, [&](const std::string& v) { hostname = v; }},
+        {"memory", 'm', true, [&](const std::string& v) { m.memory = parse_memory(v); }},
+        {"cpus", 0, true, [&](const std::string& v) { m.cpus = parse_count("--cpus", v, 64); }},
+        {"cache", 0, true, [&](const std::string& v) { m.cache = v; }},
+        {"timeout", 0, true, [&](const std::string& v) { m.timeout_s = parse_duration("--timeout", v); m.timeout_given = true; }},
+        {"systemd", 0, false, [&](const std::string&) { m.guest.systemd = true; }},
+        {"kernel", 0, true, [&](const std::string& v) { m.kernel = v; }},
+        {"karg", 0, true, [&](const std::string& v) { m.kargs.push_back(v); }},
+        {"machine", 0, true, [&](const std::string& v) { m.machine = v; }},
+        {"disk", 0, true, [&](const std::string& v) { m.disk = v; }},
+        {"console", 0, false, [&](const std::string&) { m.console = true; }},
+        {"trace", 0, true, [&](const std::string& v) { m.trace = v; }},
+        {"name", 0, true, [&](const std::string& v) { m.name = v; }},
+        {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
+    };
+    auto pos = parse_args("run", argc, argv, 2, opts, &help, true);
+    if (help) {
+        std::fputs(kHelp, stdout);
+        return 0;
+    }
+    setup_logging(log_level);
+    m.debug = log_level == "debug" || log_level == "trace";
+    if (!m.disk.empty()) {
+        // A disk made by 'ocivm disk create' is the root: no IMAGE, the
+        // positionals are the command.
+        char real[PATH_MAX];
+        if (!::realpath(m.disk.c_str(), real)) throw_errno("disk " + m.disk, errno, "give an existing disk image");
+        m.disk = real;
+        m.disk_partuuid = disk::root_partuuid(m.disk);
+        if (m.kernel == "image") throw UsageError{"--kernel image cannot be used with --disk; give --kernel PATH or none"};
+        pos.insert(pos.begin(), "");
+    }
+    if (pos.empty()) throw UsageError{"'ocivm run' needs an IMAGE; see 'ocivm run --help'"};
+    if (m.machine != "microvm" && m.machine != "q35")
+        throw UsageError{"invalid --machine '" + m.machine + "': use microvm or q35"};
+    if (!m.cache.empty()) {
+        fs::CacheMode mode;
+        if (!fs::parse_cache_mode(m.cache, mode))
+            throw UsageError{"invalid --cache '" + m.cache + "': use never, metadata, auto or always"};
+    }
+    if (!m.name.empty() && (m.name.find('/') != std::string::npos || m.name[0] == '.'))
+        throw UsageError{"invalid --name '" + m.name + "': no '/' and no leading '.'"};
+    for (auto& v : volumes) m.shares.push_back(parse_volume(v));
+
+    image::ResolvedImage img;
+    if (m.disk.empty()) {
+        img = image::resolve_image(pos[0]);
+    } else {
+        img.rootfs = "/nonexistent/ocivm-disk-root";  // user names cannot be looked up on the host
+        img.kind = "disk " + m.disk;
+        img.config.env = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"};
+    }
+    m.rootfs = img.rootfs;
+    auto& g = m.guest;
+    std::vector<std::string> cmd(pos.begin() + 1, pos.end());
+    g.argv = img.config.entrypoint;
+    if (!cmd.empty()) g.argv.insert(g.argv.end(), cmd.begin(), cmd.end());
+    else g.argv.insert(g.argv.end(), img.config.cmd.begin(), img.config.cmd.end());
+    if (g.argv.empty())
+        throw UsageError{"no command: " + pos[0] + " (" + img.kind + ") has no default command; give one after IMAGE"};
+
+    image::User u = image::resolve_user(img.rootfs, user.empty() ? img.config.user : user);
+    g.uid = u.uid;
+    g.gid = u.gid;
+    g.groups = u.groups;
+    g.env = img.config.env;
+    set_env(g.env, "HOME=" + u.home);
+    if (tty) set_env(g.env, "TERM=" + std::string(std::getenv("TERM") ? std::getenv("TERM") : "xterm"));
+    for (auto& f : env_files) {
+        std::ifstream in(f);
+        if (!in) throw Error("cannot read --env-file " + f + ": " + std::strerror(errno));
+        std::string line;
+        while (std::getline(in, line)) {
+            if (line.empty() || line[0] == '#') continue;
+            std::string e = env_entry(line);
+            if (!e.empty()) set_env(g.env, e);
+        }
+    }
+    for (auto& e : envs) {
+        std::string entry = env_entry(e);
+        if (!entry.empty()) set_env(g.env, entry);
+    }
+    g.cwd = !workdir.empty() ? workdir : !img.config.workdir.empty() ? img.config.workdir : "/";
+    if (g.cwd[0] != '/') throw UsageError{"invalid --workdir '" + g.cwd + "': give an absolute path"};
+    g.tty = tty;
+    g.stdin_open = interactive;
+    if (tty) {
+        winsize ws{};
+        if (::ioctl(0, TIOCGWINSZ, &ws) == 0 || ::ioctl(1, TIOCGWINSZ, &ws) == 0) {
+            g.rows = ws.ws_row;
+            g.cols = ws.ws_col;
+        }
+    }
+    if (!m.name.empty()) g.hostname = hostname.empty() ? m.name : hostname;
+    else if (!hostname.empty()) g.hostname = hostname;
+    return vm::run_machine(std::move(m));
+}
+
+}  // namespace ocivm::cli

@@ -1,0 +1,142 @@
+#include "disk/create.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <set>
+
+#include "util/error.h"
+#include "util/paths.h"
+#include "util/subprocess.h"
+#include "util/unique_fd.h"
+
+namespace ocivm::disk {
+
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kStart = kMiB;  // partition start (2048 sectors)
+constexpr uint64_t kTail = kMiB;   // room for the backup GPT
+
+// Runs argv; returns "" or why it failed (the command's stderr).
+std::string run(const std::vector<std::string>& argv, const std::string& input = "") {
+    auto r = run_command(argv, input);
+    return r.ok() ? "" : r.why(argv[0]);
+}
+
+std::string uuid4() {
+    std::random_device rd;
+    unsigned char b[16];
+    for (auto& x : b) x = static_cast<unsigned char>(rd());
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    char s[40];
+    std::snprintf(s, sizeof s, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+                  b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    return s;
+}
+
+}  // namespace
+
+uint64_t tree_size(const std::string& root) {
+    uint64_t total = 0;
+    std::set<std::pair<dev_t, ino_t>> seen;
+    for (auto it = std::filesystem::recursive_directory_iterator(root); it != std::filesystem::recursive_directory_iterator(); ++it) {
+        struct stat st;
+        if (::lstat(it->path().c_str(), &st) < 0) continue;
+        if (st.st_nlink > 1 && !S_ISDIR(st.st_mode) && !seen.insert({st.st_dev, st.st_ino}).second) continue;
+        total += static_cast<uint64_t>(st.st_blocks) * 512 + 256;
+    }
+    return total;
+}
+
+DiskResult create_disk(const std::string& rootfs, const std::string& output, const DiskOptions& o,
+                       const std::function<void(const std::string&)>& progress) {
+    auto say = [&](const std::string& s) {
+        if (progress) progress(s);
+    };
+    if (o.format != "raw" && o.format != "qcow2") throw Error("invalid --format '" + o.format + "': use raw or qcow2");
+    if (o.fs != "ext4") throw Error("--fs " + o.fs + " is not supported; use ext4");
+    for (auto* tool : {"sfdisk", "mkfs.ext4", "debugfs"})
+        if (!have_program(tool)) throw Error(std::string(tool) + " is missing: apt-get install fdisk e2fsprogs");
+    if (o.format == "qcow2" && !have_program("qemu-img")) throw Error("qemu-img is missing: apt-get install qemu-utils");
+    struct stat st;
+    if (::stat(rootfs.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) throw Error("image root " + rootfs + " is not a directory");
+
+    DiskResult r;
+    uint64_t part;
+    if (o.size) {
+        if (o.size < 16 * kMiB) throw Error("--size is too small: at least 16M");
+        part = (o.size - kStart - kTail) / kMiB * kMiB;
+    } else {
+        say("measuring the image");
+        uint64_t content = tree_size(rootfs);
+        // ext4's own metadata (inode tables, journal) plus room to write.
+        part = ((content + content / 4 + 64 * kMiB) + kMiB - 1) / kMiB * kMiB;
+    }
+    r.size = kStart + part + kTail;
+    r.partuuid = uuid4();
+    std::string raw = o.format == "raw" ? output + ".tmp." + std::to_string(::getpid()) : output + ".raw." + std::to_string(::getpid());
+    struct Cleanup {
+        std::string path;
+        ~Cleanup() { ::unlink(path.c_str()); }
+    } cleanup{raw};
+    {
+        UniqueFd fd(::open(raw.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+        if (!fd) throw_errno("cannot create " + raw, errno);
+        if (::ftruncate(fd.get(), static_cast<off_t>(r.size)) < 0) throw_errno("cannot size " + raw, errno);
+    }
+    say("partitioning (GPT, one root partition)");
+    std::string table = "label: gpt\nstart=2048, size=" + std::to_string(part / 512) +
+                        ", type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=" + r.partuuid + ", name=root\n";
+    if (auto e = run({"sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", raw}, table); !e.empty())
+        throw Error("sfdisk: " + e);
+    say("writing the ext4 file system from " + rootfs);
+    // 256-byte inodes: nanosecond times and in-inode xattrs (small file
+    // systems would otherwise get 128-byte ones); 4 KiB blocks like any root.
+    if (auto e = run({"mkfs.ext4", "-q", "-F", "-d", rootfs, "-L", o.label, "-I", "256", "-b", "4096", "-E",
+                      "offset=" + std::to_string(kStart) + ",root_owner=" + std::to_string(st.st_uid) + ":" +
+                          std::to_string(st.st_gid),
+                      raw, std::to_string(part / 1024) + "k"});
+        !e.empty())
+        throw Error("mkfs.ext4: " + e);
+    // mkfs.ext4 -d keeps whole seconds only, and stamps the root with the
+    // time of mkfs: debugfs puts back the nanoseconds and the root's mtime.
+    say("restoring sub-second times");
+    {
+        std::string cmds = "sif / mtime @" + std::to_string(st.st_mtim.tv_sec) + "\n";
+        if (st.st_mtim.tv_nsec) cmds += "sif / mtime_extra " + std::to_string(static_cast<uint64_t>(st.st_mtim.tv_nsec) << 2) + "\n";
+        std::string base = rootfs.back() == '/' ? rootfs.substr(0, rootfs.size() - 1) : rootfs;
+        for (auto it = std::filesystem::recursive_directory_iterator(rootfs); it != std::filesystem::recursive_directory_iterator(); ++it) {
+            struct stat est;
+            std::string p = it->path().string();
+            if (::lstat(p.c_str(), &est) < 0 || est.st_mtim.tv_nsec == 0) continue;
+            std::string rel = p.substr(base.size());
+            if (rel.find_first_of("\"\n\\") != std::string::npos) continue;  // not expressible to debugfs
+            cmds += "sif \"" + rel + "\" mtime_extra " + std::to_string(static_cast<uint64_t>(est.st_mtim.tv_nsec) << 2) + "\n";
+        }
+        std::string cmdfile = raw + ".debugfs";
+        write_file_atomic(cmdfile, cmds);
+        std::string e = run({"debugfs", "-w", "-f", cmdfile, raw + "?offset=" + std::to_string(kStart)});
+        ::unlink(cmdfile.c_str());
+        if (!e.empty() && e.find("debugfs 1.") != 0) throw Error("debugfs: " + e);
+    }
+    if (o.format == "qcow2") {
+        say("converting to qcow2");
+        std::string tmp = output + ".tmp." + std::to_string(::getpid());
+        if (auto e = run({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, tmp}); !e.empty()) {
+            ::unlink(tmp.c_str());
+            throw Error("qemu-img: " + e);
+        }
+        if (::rename(tmp.c_str(), output.c_str()) < 0) throw_errno("cannot write " + output, errno);
+    } else if (::rename(raw.c_str(), output.c_str()) < 0) {
+        throw_errno("cannot write " + output, errno);
+    }
+    return r;
+}
+
+}  // namespace ocivm::disk

@@ -1,0 +1,30 @@
+#pragma once
+// A bootable-style GPT disk image from a root file system, without
+// mounting anything: sfdisk writes the partition table, mkfs.ext4 -d
+// populates the file system straight into the partition's bytes (-E offset),
+// qemu-img converts to qcow2 when asked.
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace ocivm::disk {
+
+struct DiskOptions {
+    std::string format = "raw";  // raw | qcow2
+    std::string fs = "ext4";
+    std::string label = "ocivm-root";
+    uint64_t size = 0;  // bytes of the whole disk; 0: content + headroom
+};
+
+struct DiskResult {
+    uint64_t size = 0;
+    std::string partuuid;  // of the root partition
+};
+
+DiskResult create_disk(const std::string& rootfs, const std::string& output, const DiskOptions& o,
+                       const std::function<void(const std::string&)>& progress = {});
+
+// Bytes the tree occupies (allocated blocks, plus an inode's worth per entry).
+uint64_t tree_size(const std::string& root);
+
+}  // namespace ocivm::disk

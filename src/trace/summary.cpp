@@ -1,0 +1,123 @@
+#include "trace/summary.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iomanip>
+#include <map>
+#include <ostream>
+#include <stdexcept>
+#include <vector>
+
+namespace ocivm::trace {
+
+namespace {
+
+// Our own trace format: flat objects of numbers and strings.
+bool field(const std::string& line, const char* key, std::string& out) {
+    std::string k = std::string("\"") + key + "\":";
+    size_t p = line.find(k);
+    if (p == std::string::npos) return false;
+    p += k.size();
+    out.clear();
+    if (p < line.size() && line[p] == '"') {
+        for (++p; p < line.size() && line[p] != '"'; ++p) {
+            if (line[p] == '\\' && p + 1 < line.size()) {
+                ++p;
+                if (line[p] == 'u' && p + 4 < line.size()) {
+                    out += static_cast<char>(std::strtol(line.substr(p + 1, 4).c_str(), nullptr, 16));
+                    p += 4;
+                    continue;
+                }
+            }
+            out += line[p];
+        }
+        return true;
+    }
+    size_t e = line.find_first_of(",}", p);
+    out = line.substr(p, e == std::string::npos ? std::string::npos : e - p);
+    return true;
+}
+
+template <typename K>
+std::vector<std::pair<K, uint64_t>> ranked(const std::map<K, uint64_t>& m) {
+    std::vector<std::pair<K, uint64_t>> v(m.begin(), m.end());
+    std::stable_sort(v.begin(), v.end(), [](auto& a, auto& b) { return a.second > b.second; });
+    return v;
+}
+
+}  // namespace
+
+size_t summarize(const std::string& path, std::ostream& out, size_t top) {
+    std::ifstream in(path);
+    if (!in) throw std::runtime_error("cannot read trace file " + path + ": " + std::strerror(errno));
+    struct OpStats {
+        uint64_t n = 0, errors = 0, us = 0;
+    };
+    std::map<std::string, OpStats> ops;
+    std::map<std::string, uint64_t> paths;
+    std::map<uint64_t, uint64_t> pids, per_sec;
+    double t_first = -1, t_last = 0;
+    size_t records = 0, bad = 0;
+    std::string line, v;
+    while (std::getline(in, line)) {
+        if (line.empty()) continue;
+        std::string op, t;
+        if (!field(line, "op", op) || !field(line, "t", t)) {
+            ++bad;
+            continue;
+        }
+        ++records;
+        double ts = std::atof(t.c_str());
+        if (t_first < 0) t_first = ts;
+        t_last = std::max(t_last, ts);
+        auto& s = ops[op];
+        ++s.n;
+        if (field(line, "error", v) && v != "0") ++s.errors;
+        if (field(line, "us", v)) s.us += std::strtoull(v.c_str(), nullptr, 10);
+        if (field(line, "path", v) && !v.empty()) ++paths[v];
+        if (field(line, "pid", v)) ++pids[std::strtoull(v.c_str(), nullptr, 10)];
+        ++per_sec[static_cast<uint64_t>(ts - t_first)];
+    }
+    if (records == 0)
+        throw std::runtime_error(path + " holds no trace records (written by --trace FILE)");
+    double span = std::max(t_last - t_first, 1e-6);
+    out << records << " requests in " << std::fixed << std::setprecision(1) << span << " s ("
+        << std::setprecision(0) << records / span << "/s)";
+    if (bad) out << ", " << bad << " unreadable lines";
+    out << "\n\nby opcode:\n";
+    out << "  " << std::left << std::setw(16) << "opcode" << std::right << std::setw(10) << "count"
+        << std::setw(8) << "share" << std::setw(10) << "avg us" << std::setw(9) << "errors\n";
+    std::map<std::string, uint64_t> opcount;
+    for (auto& [k, s] : ops) opcount[k] = s.n;
+    for (auto& [k, n] : ranked(opcount)) {
+        auto& s = ops[k];
+        out << "  " << std::left << std::setw(16) << k << std::right << std::setw(10) << n
+            << std::setw(7) << std::setprecision(1) << 100.0 * static_cast<double>(n) / records << "%"
+            << std::setw(10) << std::setprecision(0) << static_cast<double>(s.us) / n << std::setw(8)
+            << s.errors << "\n";
+    }
+    out << "\ntop paths:\n";
+    size_t i = 0;
+    for (auto& [p, n] : ranked(paths)) {
+        if (i++ == top) break;
+        out << "  " << std::setw(10) << n << "  " << p << "\n";
+    }
+    out << "\ntop pids:\n";
+    i = 0;
+    for (auto& [p, n] : ranked(pids)) {
+        if (i++ == top) break;
+        out << "  " << std::setw(10) << n << "  pid " << p << "\n";
+    }
+    out << "\nrequests per second:\n";
+    uint64_t peak = 0;
+    for (auto& [s, n] : per_sec) peak = std::max(peak, n);
+    for (auto& [s, n] : per_sec) {
+        int bar = peak ? static_cast<int>(40.0 * static_cast<double>(n) / static_cast<double>(peak)) : 0;
+        out << "  +" << std::setw(5) << s << "s " << std::setw(9) << n << " " << std::string(bar, '#') << "\n";
+    }
+    return records;
+}
+
+}  // namespace ocivm::trace

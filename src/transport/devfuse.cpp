@@ -1,0 +1,284 @@
+#include "transport/devfuse.h"
+
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <spdlog/spdlog.h>
+#include <sys/ioctl.h>
+#include <poll.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "util/error.h"
+#include "util/fd_passing.h"
+#include "util/mountinfo.h"
+
+namespace ocivm::transport {
+
+namespace {
+
+struct FreeDeleter {
+    void operator()(void* p) const { std::free(p); }
+};
+using AlignedBuf = std::unique_ptr<std::byte, FreeDeleter>;
+
+AlignedBuf alloc_buffer(size_t size) {
+    void* p = nullptr;
+    if (posix_memalign(&p, 4096, size) != 0) throw Error("out of memory for request buffers");
+    return AlignedBuf(static_cast<std::byte*>(p));
+}
+
+// Writes the reply to /dev/fuse.
+class DevFuseReply final : public fuse::BufferReplyWriter {
+public:
+    DevFuseReply(int fd, std::byte* buf, size_t cap) : BufferReplyWriter(buf, cap), fd_(fd) {}
+    int commit(size_t len) override {
+        for (;;) {
+            ssize_t n = ::write(fd_, buf_, len);
+            if (n >= 0) return 0;
+            if (errno == EINTR) continue;
+            // ENOENT: the request was interrupted and is gone; not an error.
+            if (errno != ENOENT && errno != ENODEV)
+                spdlog::warn("writing a reply to /dev/fuse: {}", std::strerror(errno));
+            return -errno;
+        }
+    }
+
+private:
+    int fd_;
+};
+
+// Receives the /dev/fuse fd fusermount3 passes over _FUSE_COMMFD.
+UniqueFd receive_fd(int sock) {
+    char byte;
+    std::vector<UniqueFd> fds;
+    if (recv_with_fds(sock, &byte, 1, fds, 1, 0) <= 0 || fds.empty()) return UniqueFd();
+    return std::move(fds[0]);
+}
+
+}  // namespace
+
+void raise_fd_limit() {
+    struct rlimit rl;
+    if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    // Root may go up to fs.nr_open: a node holds one fd, two in no-open
+    // mode, and a guest can know hundreds of thousands of files.
+    rlim_t want = rl.rlim_max;
+    if (::geteuid() == 0) {
+        std::ifstream in("/proc/sys/fs/nr_open");
+        unsigned long nr = 0;
+        if (in >> nr && nr > want) want = nr;
+    }
+    struct rlimit up{want, want};
+    if (::setrlimit(RLIMIT_NOFILE, &up) != 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        ::setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    ::getrlimit(RLIMIT_NOFILE, &rl);
+    spdlog::debug("file descriptor limit: {}", static_cast<unsigned long>(rl.rlim_cur));
+}
+
+DevFuseSession::DevFuseSession(fuse::Server& server, DevFuseOptions opts)
+    : server_(server), opts_(std::move(opts)) {
+    struct stat st;
+    if (::stat(opts_.mountpoint.c_str(), &st) < 0)
+        throw_errno("mount point " + opts_.mountpoint, errno, "create the directory first");
+    char rootmode[16];
+    std::snprintf(rootmode, sizeof rootmode, "%o", static_cast<unsigned>(st.st_mode & S_IFMT));
+    std::string data = std::string("rootmode=") + rootmode + ",user_id=" +
+                       std::to_string(::getuid()) + ",group_id=" + std::to_string(::getgid()) +
+                       ",default_permissions";
+
+    if (::geteuid() == 0) {
+        fd_.reset(::open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK));
+        if (!fd_) {
+            throw_errno("cannot open /dev/fuse", errno,
+                        "load the fuse module (modprobe fuse) or pass --device /dev/fuse to the container");
+        }
+        // allow_other: the mount serves every user, each with their own
+        // permissions (default_permissions), like a local file system.
+        std::string full = "fd=" + std::to_string(fd_.get()) + "," + data + ",allow_other";
+        unsigned long flags = MS_NOSUID | MS_NODEV | (opts_.readonly ? MS_RDONLY : 0);
+        if (::mount(opts_.fsname.c_str(), opts_.mountpoint.c_str(), "fuse.ocivm", flags,
+                    full.c_str()) < 0) {
+            throw_errno("cannot mount on " + opts_.mountpoint, errno);
+        }
+    } else {
+        int sv[2];
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+            throw_errno("socketpair", errno);
+        UniqueFd ours(sv[0]), theirs(sv[1]);
+        pid_t pid = ::fork();
+        if (pid < 0) throw_errno("fork", errno);
+        if (pid == 0) {
+            ::fcntl(theirs.get(), F_SETFD, 0);
+            std::string commfd = std::to_string(theirs.get());
+            ::setenv("_FUSE_COMMFD", commfd.c_str(), 1);
+            std::string o = data + ",fsname=" + opts_.fsname + ",subtype=ocivm" +
+                            (opts_.readonly ? ",ro" : "") + ",nosuid,nodev";
+            ::execlp("fusermount3", "fusermount3", "-o", o.c_str(), "--",
+                     opts_.mountpoint.c_str(), static_cast<char*>(nullptr));
+            std::fprintf(stderr, "ocivm: error: cannot run fusermount3: %s; install package fuse3\n",
+                         std::strerror(errno));
+            ::_exit(127);
+        }
+        theirs.reset();
+        UniqueFd received = receive_fd(ours.get());
+        int status = 0;
+        ::waitpid(pid, &status, 0);
+        if (!received) {
+            throw Error("fusermount3 could not mount " + opts_.mountpoint +
+                        " (see its message above); as a user, the mount point must be yours");
+        }
+        ::fcntl(received.get(), F_SETFL, ::fcntl(received.get(), F_GETFL) | O_NONBLOCK);
+        fd_ = std::move(received);
+        via_fusermount_ = true;
+    }
+    mounted_ = true;
+    // Not stat(): nobody serves the mount yet, so that would wait forever.
+    if (auto m = find_mount(opts_.mountpoint)) dev_ = m->dev;
+}
+
+DevFuseSession::~DevFuseSession() {
+    if (mounted_) unmount();
+}
+
+void DevFuseSession::unmount() {
+    if (!mounted_.exchange(false)) return;
+    // Only unmount what is still our mount.
+    auto m = find_mount(opts_.mountpoint);
+    if (!m || m->dev != dev_) return;
+    if (via_fusermount_) {
+        pid_t pid = ::fork();
+        if (pid == 0) {
+            ::execlp("fusermount3", "fusermount3", "-u", "-z", "--", opts_.mountpoint.c_str(),
+                     static_cast<char*>(nullptr));
+            ::_exit(127);
+        }
+        int status;
+        if (pid > 0) ::waitpid(pid, &status, 0);
+        return;
+    }
+    if (::umount2(opts_.mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return;
+    int e = errno;
+    if (e == EINVAL || e == ENOENT) return;  // already gone
+    if (e == EBUSY) {
+        spdlog::warn("{} is busy; detaching it lazily (processes using it get ENOTCONN)",
+                     opts_.mountpoint);
+        ::umount2(opts_.mountpoint.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW);
+        // The detached mount lives while it is used; abort the connection so
+        // this server can exit instead of serving an invisible mount.
+        abort_connection();
+        return;
+    }
+    spdlog::warn("cannot unmount {}: {}", opts_.mountpoint, std::strerror(e));
+}
+
+void DevFuseSession::abort_connection() {
+    const std::string ctl = "/sys/fs/fuse/connections";
+    std::string abort_path = ctl + "/" + std::to_string(minor(dev_)) + "/abort";
+    if (::access(abort_path.c_str(), W_OK) != 0 && !find_mount(ctl)) {
+        // fusectl is not mounted in every namespace; mount it to reach the knob.
+        if (::mount("fusectl", ctl.c_str(), "fusectl", 0, nullptr) != 0)
+            spdlog::warn("cannot mount fusectl on {}: {}", ctl, std::strerror(errno));
+    }
+    std::ofstream out(abort_path);
+    out << "1";
+    out.flush();
+    if (!out) spdlog::warn("cannot abort the FUSE connection through {}", abort_path);
+}
+
+void DevFuseSession::stop() {
+    stopping_ = true;
+    unmount();
+}
+
+// Reads one request. The fds are non-blocking: after a request the thread
+// holding the spin token keeps polling for up to spin_us (a synchronous
+// client's next request usually comes within microseconds, and catching it
+// awake spares a sleep and a cross-CPU wakeup); others sleep in poll().
+ssize_t DevFuseSession::next_request(int fd, std::byte* buf, size_t size) {
+    for (;;) {
+        ssize_t n = ::read(fd, buf, size);
+        if (n >= 0 || errno != EAGAIN) return n;
+        if (opts_.spin_us > 0 && !spinning_.exchange(true, std::memory_order_acquire)) {
+            auto deadline = std::chrono::steady_clock::now() +
+                            std::chrono::microseconds(opts_.spin_us);
+            do {
+                n = ::read(fd, buf, size);
+                if (n >= 0 || errno != EAGAIN) break;
+            } while (std::chrono::steady_clock::now() < deadline);
+            int saved = errno;
+            spinning_.store(false, std::memory_order_release);
+            if (n >= 0 || saved != EAGAIN) {
+                errno = saved;
+                return n;
+            }
+        }
+        struct pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, -1) < 0 && errno != EINTR) return -1;
+        if (p.revents & (POLLERR | POLLHUP | POLLNVAL)) {
+            errno = ENODEV;  // the connection is gone
+            return -1;
+        }
+    }
+}
+
+void DevFuseSession::worker(int fd) {
+    const size_t in_size = server_.request_buffer_size();
+    const size_t out_size = server_.options().max_write + 4096;
+    AlignedBuf in = alloc_buffer(in_size);
+    AlignedBuf out = alloc_buffer(out_size);
+    DevFuseReply reply(fd, out.get(), out_size);
+    for (;;) {
+        ssize_t n = next_request(fd, in.get(), in_size);
+        if (n < 0) {
+            int e = errno;
+            if (e == EINTR || e == EAGAIN || e == ENOENT) continue;
+            if (e != ENODEV) spdlog::error("reading /dev/fuse: {}", std::strerror(e));
+            return;
+        }
+        auto r = server_.handle({in.get(), static_cast<size_t>(n)}, reply);
+        if (r == fuse::Server::Result::Destroyed) return;
+    }
+}
+
+void DevFuseSession::run() {
+    unsigned n = opts_.threads ? opts_.threads : 1;
+    std::vector<UniqueFd> clones;
+    for (unsigned i = 1; i < n; ++i) {
+        UniqueFd c(::open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK));
+        uint32_t master = static_cast<uint32_t>(fd_.get());
+        if (!c || ::ioctl(c.get(), FUSE_DEV_IOC_CLONE, &master) < 0) {
+            // Without clone support all threads share one fd: still correct.
+            spdlog::debug("FUSE_DEV_IOC_CLONE unavailable ({}); threads share one fd",
+                          std::strerror(errno));
+            clones.emplace_back();
+            continue;
+        }
+        clones.push_back(std::move(c));
+    }
+    std::vector<std::thread> threads;
+    for (unsigned i = 1; i < n; ++i) {
+        int fd = clones[i - 1] ? clones[i - 1].get() : fd_.get();
+        threads.emplace_back([this, fd] { worker(fd); });
+    }
+    worker(fd_.get());
+    for (auto& t : threads) t.join();
+}
+
+}  // namespace ocivm::transport

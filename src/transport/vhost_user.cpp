@@ -1,0 +1,514 @@
+#include "transport/vhost_user.h"
+
+#include "util/fd_passing.h"
+
+#include <poll.h>
+#include <sched.h>
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+namespace ocivm::transport {
+
+namespace {
+
+// Message numbers and bits from vhost-user.rst.
+enum Request : uint32_t {
+    GET_FEATURES = 1,
+    SET_FEATURES = 2,
+    SET_OWNER = 3,
+    RESET_OWNER = 4,
+    SET_MEM_TABLE = 5,
+    SET_LOG_BASE = 6,
+    SET_LOG_FD = 7,
+    SET_VRING_NUM = 8,
+    SET_VRING_ADDR = 9,
+    SET_VRING_BASE = 10,
+    GET_VRING_BASE = 11,
+    SET_VRING_KICK = 12,
+    SET_VRING_CALL = 13,
+    SET_VRING_ERR = 14,
+    GET_PROTOCOL_FEATURES = 15,
+    SET_PROTOCOL_FEATURES = 16,
+    GET_QUEUE_NUM = 17,
+    SET_VRING_ENABLE = 18,
+};
+
+constexpr uint32_t kVersion = 0x1;
+constexpr uint32_t kReplyFlag = 0x4;
+constexpr uint32_t kNeedReply = 0x8;
+constexpr uint64_t kProtocolFeaturesBit = 1ull << 30;  // VHOST_USER_F_PROTOCOL_FEATURES
+constexpr uint64_t kVersion1 = 1ull << 32;             // VIRTIO_F_VERSION_1
+constexpr uint64_t kIndirectDesc = 1ull << 28;         // VIRTIO_RING_F_INDIRECT_DESC
+constexpr uint64_t kEventIdx = 1ull << 29;             // VIRTIO_RING_F_EVENT_IDX
+constexpr uint64_t kProtoMq = 1ull << 0;
+constexpr uint64_t kProtoReplyAck = 1ull << 3;
+constexpr unsigned kMaxFds = 8;
+constexpr unsigned kMaxRegions = 8;
+constexpr uint32_t kMaxPayload = 4096;
+constexpr uint16_t kMaxQueueSize = 32768;
+
+struct MsgHeader {
+    uint32_t request;
+    uint32_t flags;
+    uint32_t size;
+};
+struct VringState {
+    uint32_t index;
+    uint32_t num;
+};
+struct VringAddr {
+    uint32_t index;
+    uint32_t flags;
+    uint64_t desc_user_addr;
+    uint64_t used_user_addr;
+    uint64_t avail_user_addr;
+    uint64_t log_guest_addr;
+};
+struct MemRegionMsg {
+    uint64_t guest_phys_addr;
+    uint64_t memory_size;
+    uint64_t userspace_addr;
+    uint64_t mmap_offset;
+};
+
+bool read_full(int fd, void* buf, size_t len) {
+    auto* p = static_cast<char*>(buf);
+    while (len) {
+        ssize_t n = ::read(fd, p, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        p += n;
+        len -= static_cast<size_t>(n);
+    }
+    return true;
+}
+
+bool write_full(int fd, const void* buf, size_t len) {
+    auto* p = static_cast<const char*>(buf);
+    while (len) {
+        ssize_t n = ::send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        p += n;
+        len -= static_cast<size_t>(n);
+    }
+    return true;
+}
+
+// Reply bytes go into the guest's writable descriptors.
+class ChainReplyWriter final : public fuse::ReplyWriter {
+public:
+    explicit ChainReplyWriter(const DescChain& c) : c_(c) {}
+    size_t capacity() const override { return c_.writable_len; }
+    std::byte* contiguous(size_t size) override {
+        if (c_.writable.empty() || c_.writable[0].iov_len < size) return nullptr;
+        return static_cast<std::byte*>(c_.writable[0].iov_base);
+    }
+    int iov(size_t off, size_t len, struct iovec* out, int max) override {
+        int n = 0;
+        size_t pos = 0;
+        for (const auto& seg : c_.writable) {
+            if (len == 0) break;
+            if (off >= pos + seg.iov_len) {
+                pos += seg.iov_len;
+                continue;
+            }
+            size_t skip = off > pos ? off - pos : 0;
+            size_t take = std::min(seg.iov_len - skip, len);
+            if (n == max) return n;
+            out[n++] = {static_cast<char*>(seg.iov_base) + skip, take};
+            len -= take;
+            off += take;
+            pos += seg.iov_len;
+        }
+        return n;
+    }
+    void copy_in(size_t off, const void* src, size_t len) override {
+        const auto* s = static_cast<const std::byte*>(src);
+        size_t pos = 0;
+        for (const auto& seg : c_.writable) {
+            if (len == 0) return;
+            if (off >= pos + seg.iov_len) {
+                pos += seg.iov_len;
+                continue;
+            }
+            size_t skip = off - pos;
+            size_t take = std::min(seg.iov_len - skip, len);
+            std::memcpy(static_cast<std::byte*>(seg.iov_base) + skip, s, take);
+            s += take;
+            len -= take;
+            off += take;
+            pos += seg.iov_len;
+        }
+    }
+    int commit(size_t len) override {
+        committed_ = static_cast<uint32_t>(std::min(len, c_.writable_len));
+        return 0;
+    }
+    uint32_t committed() const { return committed_; }
+
+private:
+    const DescChain& c_;
+    uint32_t committed_ = 0;
+};
+
+}  // namespace
+
+struct VhostUserBackend::Queue {
+    Virtqueue vq;
+    uint16_t num = 0;
+    VringAddr addr{};
+    bool addr_set = false;
+    uint16_t base = 0;
+    bool enabled = false;
+    UniqueFd kick, call, err;
+    UniqueFd stop = UniqueFd(::eventfd(0, EFD_CLOEXEC));
+    std::thread thread;
+    std::atomic<bool> running{false};
+};
+
+VhostUserBackend::VhostUserBackend(fuse::Server& server, VhostUserOptions opts)
+    : server_(server), opts_(opts), spin_us_(opts.spin_us) {
+    unsigned n = 1 + std::max(1u, opts_.request_queues);
+    for (unsigned i = 0; i < n; ++i) queues_.push_back(std::make_unique<Queue>());
+}
+
+VhostUserBackend::~VhostUserBackend() { stop_all(); }
+
+uint32_t VhostUserBackend::handle_chain(const DescChain& chain, std::vector<std::byte>& scratch) {
+    stats_.requests.fetch_add(1, std::memory_order_relaxed);
+    if (chain.readable_len > server_.request_buffer_size()) {
+        spdlog::warn("virtio-fs request of {} bytes exceeds the limit; dropped", chain.readable_len);
+        return 0;
+    }
+    // The request's header and arguments are gathered into one buffer for
+    // the parser (WRITE data included: one copy).
+    if (scratch.size() < chain.readable_len) scratch.resize(chain.readable_len);
+    size_t pos = 0;
+    for (const auto& seg : chain.readable) {
+        std::memcpy(scratch.data() + pos, seg.iov_base, seg.iov_len);
+        pos += seg.iov_len;
+    }
+    ChainReplyWriter w(chain);
+    auto r = server_.handle({scratch.data(), pos}, w);
+    return r == fuse::Server::Result::NoReply ? 0 : w.committed();
+}
+
+bool VhostUserBackend::map_ring(Queue& q) {
+    if (!q.addr_set || q.num == 0 || memory_.empty()) return false;
+    size_t n = q.num;
+    auto* desc = memory_.uaddr_to_host(q.addr.desc_user_addr, 16 * n);
+    auto* avail = memory_.uaddr_to_host(q.addr.avail_user_addr, 6 + 2 * n);
+    auto* used = memory_.uaddr_to_host(q.addr.used_user_addr, 6 + 8 * n);
+    if (!desc || !avail || !used) {
+        spdlog::error("vhost-user: ring addresses are outside guest memory");
+        return false;
+    }
+    q.vq.configure(q.num, reinterpret_cast<vring_desc*>(desc),
+                   reinterpret_cast<vring_avail*>(avail), reinterpret_cast<vring_used*>(used));
+    q.vq.set_features(features_ & kIndirectDesc, features_ & kEventIdx);
+    return true;
+}
+
+void VhostUserBackend::queue_loop(unsigned i) {
+    Queue& q = *queues_[i];
+    DescChain chain;
+    std::vector<std::byte> scratch;
+    // A (re)started queue looks at its ring before waiting for a kick: the
+    // guest may have queued requests while the thread was stopped (e.g. for
+    // SET_VRING_CALL) without kicking, because the avail_event it saw was
+    // stale. Waiting first lost those requests and hung the guest.
+    bool first = true;
+    for (;;) {
+        if (!first) {
+            struct pollfd p[2] = {{q.kick.get(), POLLIN, 0}, {q.stop.get(), POLLIN, 0}};
+            if (::poll(p, 2, -1) < 0) {
+                if (errno == EINTR) continue;
+                return;
+            }
+            if (p[1].revents) return;
+            uint64_t v;
+            if (p[0].revents & POLLIN) (void)!::read(q.kick.get(), &v, sizeof v);
+        }
+        first = false;
+        std::shared_lock lk(mem_mu_);
+        for (;;) {
+            const char* why = "";
+            auto res = q.vq.pop(memory_, chain, &why);
+            if (res == Virtqueue::Pop::Empty) {
+                // A guest waiting on a reply sends its next request soon:
+                // watch the ring a little before sleeping (no kick, no
+                // wakeup), then ask for a kick and look once more.
+                if (spin_us_ > 0) {
+                    auto deadline = std::chrono::steady_clock::now() +
+                                    std::chrono::microseconds(spin_us_);
+                    bool more = false;
+                    // Yield, not pause: under TCG the QEMU thread that
+                    // delivers our interrupt may need this very CPU.
+                    while (!(more = q.vq.available()) && std::chrono::steady_clock::now() < deadline)
+                        sched_yield();
+                    if (more) continue;
+                }
+                if (q.vq.enable_notify_and_check()) continue;
+                break;
+            }
+            uint32_t len = 0;
+            if (res == Virtqueue::Pop::Bad) {
+                stats_.bad_chains.fetch_add(1, std::memory_order_relaxed);
+                spdlog::warn("virtio-fs queue {}: bad descriptor chain: {}", i, why);
+                if (chain.head >= q.vq.num()) continue;
+            } else {
+                len = handle_chain(chain, scratch);
+            }
+            q.vq.push(chain.head, len);
+            if (q.vq.need_notify() && q.call) {
+                uint64_t one = 1;
+                (void)!::write(q.call.get(), &one, sizeof one);
+            }
+        }
+    }
+}
+
+void VhostUserBackend::start_queue_if_ready(unsigned i) {
+    Queue& q = *queues_[i];
+    if (q.running || !q.kick) return;
+    bool needs_enable = features_ & kProtocolFeaturesBit;
+    if (needs_enable && !q.enabled) return;
+    {
+        std::unique_lock lk(mem_mu_);
+        if (!map_ring(q)) return;
+        q.vq.set_base(q.base);
+    }
+    q.running = true;
+    q.thread = std::thread([this, i] { queue_loop(i); });
+    spdlog::debug("vhost-user: queue {} started (size {}, base {})", i, q.num, q.base);
+}
+
+void VhostUserBackend::stop_queue(unsigned i) {
+    Queue& q = *queues_[i];
+    if (!q.running) return;
+    uint64_t one = 1;
+    (void)!::write(q.stop.get(), &one, sizeof one);
+    q.thread.join();
+    uint64_t v;
+    (void)!::read(q.stop.get(), &v, sizeof v);  // reset the counter (eventfd)
+    q.running = false;
+    q.base = q.vq.base();
+}
+
+void VhostUserBackend::stop_all() {
+    for (unsigned i = 0; i < queues_.size(); ++i) stop_queue(i);
+}
+
+int VhostUserBackend::handle_message(int sock, uint32_t request, uint32_t flags,
+                                     const std::byte* payload, uint32_t size,
+                                     std::vector<UniqueFd>& fds, std::vector<std::byte>& reply) {
+    auto u64 = [&](uint64_t& v) {
+        if (size < sizeof v) return false;
+        std::memcpy(&v, payload, sizeof v);
+        return true;
+    };
+    auto put64 = [&](uint64_t v) {
+        reply.resize(sizeof v);
+        std::memcpy(reply.data(), &v, sizeof v);
+    };
+    auto state = [&](VringState& s) {
+        if (size < sizeof s) return false;
+        std::memcpy(&s, payload, sizeof s);
+        return s.index < queues_.size();
+    };
+    (void)sock;
+    (void)flags;
+    switch (request) {
+        case GET_FEATURES:
+            put64(kVersion1 | kIndirectDesc | kEventIdx | kProtocolFeaturesBit);
+            return 0;
+        case SET_FEATURES: {
+            uint64_t f;
+            if (!u64(f)) return -EINVAL;
+            features_ = f;
+            // Without protocol features, rings are enabled as soon as they start.
+            if (!(f & kProtocolFeaturesBit))
+                for (auto& q : queues_) q->enabled = true;
+            return 0;
+        }
+        case GET_PROTOCOL_FEATURES:
+            put64(kProtoMq | kProtoReplyAck);
+            return 0;
+        case SET_PROTOCOL_FEATURES: {
+            uint64_t f;
+            if (!u64(f)) return -EINVAL;
+            protocol_features_ = f;
+            return 0;
+        }
+        case GET_QUEUE_NUM:
+            put64(queues_.size());
+            return 0;
+        case SET_OWNER:
+            return 0;
+        case RESET_OWNER:
+            stop_all();
+            return 0;
+        case SET_MEM_TABLE: {
+            if (size < 8) return -EINVAL;
+            uint32_t n;
+            std::memcpy(&n, payload, sizeof n);
+            if (n > kMaxRegions || size < 8 + n * sizeof(MemRegionMsg) || fds.size() != n)
+                return -EINVAL;
+            GuestMemory mem;
+            for (uint32_t r = 0; r < n; ++r) {
+                MemRegionMsg m;
+                std::memcpy(&m, payload + 8 + r * sizeof m, sizeof m);
+                if (int e = mem.map_region(m.guest_phys_addr, m.memory_size, m.userspace_addr,
+                                           fds[r].get(), m.mmap_offset);
+                    e < 0) {
+                    spdlog::error("vhost-user: cannot map guest memory region {}: {}", r,
+                                  std::strerror(-e));
+                    return e;
+                }
+            }
+            std::unique_lock lk(mem_mu_);
+            memory_ = std::move(mem);
+            for (auto& q : queues_)
+                if (q->running) map_ring(*q);
+            return 0;
+        }
+        case SET_LOG_BASE:
+        case SET_LOG_FD:
+            return 0;  // no dirty-page logging (migration is not supported)
+        case SET_VRING_NUM: {
+            VringState s;
+            if (!state(s) || s.num == 0 || s.num > kMaxQueueSize || (s.num & (s.num - 1)))
+                return -EINVAL;
+            queues_[s.index]->num = static_cast<uint16_t>(s.num);
+            return 0;
+        }
+        case SET_VRING_ADDR: {
+            VringAddr a;
+            if (size < sizeof a) return -EINVAL;
+            std::memcpy(&a, payload, sizeof a);
+            if (a.index >= queues_.size()) return -EINVAL;
+            Queue& q = *queues_[a.index];
+            q.addr = a;
+            q.addr_set = true;
+            if (q.running) {
+                std::unique_lock lk(mem_mu_);
+                map_ring(q);
+            }
+            return 0;
+        }
+        case SET_VRING_BASE: {
+            VringState s;
+            if (!state(s)) return -EINVAL;
+            queues_[s.index]->base = static_cast<uint16_t>(s.num);
+            return 0;
+        }
+        case GET_VRING_BASE: {
+            VringState s;
+            if (!state(s)) return -EINVAL;
+            stop_queue(s.index);
+            Queue& q = *queues_[s.index];
+            q.kick.reset();
+            s.num = q.base;
+            reply.resize(sizeof s);
+            std::memcpy(reply.data(), &s, sizeof s);
+            return 0;
+        }
+        case SET_VRING_KICK:
+        case SET_VRING_CALL:
+        case SET_VRING_ERR: {
+            uint64_t v;
+            if (!u64(v)) return -EINVAL;
+            unsigned idx = v & 0xff;
+            bool nofd = v & 0x100;
+            if (idx >= queues_.size()) return -EINVAL;
+            if (!nofd && fds.size() != 1) return -EINVAL;
+            Queue& q = *queues_[idx];
+            UniqueFd fd = nofd ? UniqueFd() : std::move(fds[0]);
+            if (request == SET_VRING_KICK) {
+                stop_queue(idx);
+                q.kick = std::move(fd);
+                start_queue_if_ready(idx);
+            } else if (request == SET_VRING_CALL) {
+                // The queue thread reads call; swap it while the thread is stopped.
+                bool was = q.running;
+                stop_queue(idx);
+                q.call = std::move(fd);
+                if (was) start_queue_if_ready(idx);
+            } else {
+                q.err = std::move(fd);
+            }
+            return 0;
+        }
+        case SET_VRING_ENABLE: {
+            VringState s;
+            if (!state(s)) return -EINVAL;
+            Queue& q = *queues_[s.index];
+            q.enabled = s.num != 0;
+            if (q.enabled) start_queue_if_ready(s.index);
+            else stop_queue(s.index);
+            return 0;
+        }
+        default:
+            spdlog::warn("vhost-user: unsupported request {}", request);
+            return -ENOSYS;
+    }
+}
+
+int VhostUserBackend::serve(int sock) {
+    std::vector<std::byte> payload(kMaxPayload), reply;
+    for (;;) {
+        MsgHeader h;
+        std::vector<UniqueFd> fds;
+        bool truncated = false;
+        ssize_t n = recv_with_fds(sock, &h, sizeof h, fds, kMaxFds, MSG_WAITALL, &truncated);
+        if (n == 0) {
+            spdlog::info("vhost-user: front end disconnected");
+            stop_all();
+            return 0;
+        }
+        if (n < 0) {
+            int e = errno;
+            stop_all();
+            if (e == ECONNRESET) return 0;
+            spdlog::error("vhost-user: receiving a message: {}", std::strerror(e));
+            return -e;
+        }
+        if (static_cast<size_t>(n) < sizeof h || truncated) {
+            spdlog::error("vhost-user: truncated message header");
+            stop_all();
+            return -EPROTO;
+        }
+        if (h.size > kMaxPayload || !read_full(sock, payload.data(), h.size)) {
+            spdlog::error("vhost-user: bad message size {}", h.size);
+            stop_all();
+            return -EPROTO;
+        }
+        reply.clear();
+        int rc = handle_message(sock, h.request, h.flags, payload.data(), h.size, fds, reply);
+        if (rc < 0)
+            spdlog::warn("vhost-user: request {} failed: {}", h.request, std::strerror(-rc));
+        bool ack = (protocol_features_ & kProtoReplyAck) && (h.flags & kNeedReply);
+        if (reply.empty() && ack) {
+            uint64_t status = rc < 0 ? 1 : 0;
+            reply.resize(sizeof status);
+            std::memcpy(reply.data(), &status, sizeof status);
+        }
+        if (!reply.empty()) {
+            MsgHeader rh{h.request, kVersion | kReplyFlag, static_cast<uint32_t>(reply.size())};
+            if (!write_full(sock, &rh, sizeof rh) || !write_full(sock, reply.data(), reply.size())) {
+                stop_all();
+                return -EPIPE;
+            }
+        }
+    }
+}
+
+}  // namespace ocivm::transport

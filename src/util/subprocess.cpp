@@ -1,0 +1,89 @@
+#include "util/subprocess.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "util/error.h"
+#include "util/unique_fd.h"
+
+namespace ocivm {
+
+CommandResult run_command(const std::vector<std::string>& argv, const std::string& input) {
+    int in[2], out[2], err[2];
+    if (::pipe2(in, O_CLOEXEC) < 0) throw_errno("pipe", errno);
+    if (::pipe2(out, O_CLOEXEC) < 0) throw_errno("pipe", errno);
+    if (::pipe2(err, O_CLOEXEC) < 0) throw_errno("pipe", errno);
+    pid_t pid = ::fork();
+    if (pid < 0) throw_errno("cannot start " + argv[0], errno);
+    if (pid == 0) {
+        ::dup2(in[0], 0);
+        ::dup2(out[1], 1);
+        ::dup2(err[1], 2);
+        std::vector<char*> a;
+        for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+        a.push_back(nullptr);
+        ::execvp(a[0], a.data());
+        std::fprintf(stderr, "%s: %s\n", a[0], std::strerror(errno));
+        ::_exit(127);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    ::close(err[1]);
+    UniqueFd to(in[1]), from_out(out[0]), from_err(err[0]);
+    ::fcntl(to.get(), F_SETFL, O_NONBLOCK);
+    CommandResult r;
+    size_t written = 0;
+    if (input.empty()) to.reset();
+    char buf[65536];
+    while (from_out || from_err) {
+        pollfd pf[3] = {{from_out ? from_out.get() : -1, POLLIN, 0},
+                        {from_err ? from_err.get() : -1, POLLIN, 0},
+                        {to ? to.get() : -1, POLLOUT, 0}};
+        if (::poll(pf, 3, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (pf[2].revents) {
+            ssize_t w = ::write(to.get(), input.data() + written, input.size() - written);
+            if (w > 0) written += static_cast<size_t>(w);
+            if (w < 0 && errno != EAGAIN) written = input.size();
+            if (written == input.size()) to.reset();
+        }
+        for (int i = 0; i < 2; ++i) {
+            if (!pf[i].revents) continue;
+            UniqueFd& fd = i == 0 ? from_out : from_err;
+            ssize_t n = ::read(fd.get(), buf, sizeof buf);
+            if (n > 0) (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
+            else if (n == 0 || errno != EINTR) fd.reset();
+        }
+    }
+    int st = 0;
+    while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    while (!r.err.empty() && r.err.back() == '\n') r.err.pop_back();
+    return r;
+}
+
+bool have_program(const std::string& name) {
+    const char* path = std::getenv("PATH");
+    std::string p = path ? path : "/usr/local/bin:/usr/bin:/bin";
+    size_t pos = 0;
+    while (pos <= p.size()) {
+        size_t c = p.find(':', pos);
+        if (c == std::string::npos) c = p.size();
+        std::string cand = p.substr(pos, c - pos) + "/" + name;
+        if (::access(cand.c_str(), X_OK) == 0) return true;
+        pos = c + 1;
+    }
+    return false;
+}
+
+}  // namespace ocivm

@@ -1,0 +1,619 @@
+#include "vm/machine.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <thread>
+
+#include "fuse/serve_config.h"
+#include "fs/passthrough.h"
+#include "fuse/server.h"
+#include "guest/initramfs.h"
+#include "trace/recorder.h"
+#include "transport/devfuse.h"
+#include "transport/vhost_user.h"
+#include "util/error.h"
+#include "util/log.h"
+#include "util/paths.h"
+#include "util/unique_fd.h"
+#include "vm/accel.h"
+#include "vm/kernel.h"
+#include "vm/qemu.h"
+
+namespace ocivm::vm {
+
+namespace {
+
+uint64_t mono_ns() {
+    timespec ts;
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+struct SocketPair {
+    UniqueFd mine, theirs;
+};
+
+SocketPair socket_pair() {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) throw_errno("socketpair", errno);
+    return {UniqueFd(sv[0]), UniqueFd(sv[1])};
+}
+
+void set_nonblock(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+bool write_all(int fd, const char* p, size_t n) {
+    while (n > 0) {
+        ssize_t w = ::write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) {
+            pollfd pf{fd, POLLOUT, 0};
+            ::poll(&pf, 1, 1000);
+            continue;
+        }
+        if (w <= 0) return false;
+        p += w;
+        n -= static_cast<size_t>(w);
+    }
+    return true;
+}
+
+// One directory served to the guest over virtio-fs from a thread of ours.
+class ShareServer {
+public:
+    ShareServer(const std::string& dir, fs::CacheMode mode, bool readonly, const std::string& trace_path)
+        : cfg_(fuse::serve_config(dir, mode, readonly, true, false)) {
+        // A store imported without root keeps owners and devices in xattrs.
+        cfg_.fs.override_stat = readonly && ::geteuid() != 0;
+        trace::LivelockDetector::Options lo;
+        lo.cache_hint = mode == fs::CacheMode::Never ? "metadata" : "always";
+        try {
+            recorder_ = std::make_unique<trace::Recorder>(trace_path, lo);
+        } catch (const std::runtime_error& e) {
+            throw Error(e.what());
+        }
+        fs_ = std::make_unique<fs::Passthrough>(cfg_.fs);
+        server_ = std::make_unique<fuse::Server>(*fs_, cfg_.protocol, recorder_.get());
+        backend_ = std::make_unique<transport::VhostUserBackend>(*server_, transport::VhostUserOptions{});
+    }
+    ~ShareServer() {
+        if (thread_.joinable()) thread_.join();
+    }
+    // Serves until QEMU closes its end of the socket.
+    void start(UniqueFd sock) {
+        sock_ = std::move(sock);
+        thread_ = std::thread([this] { backend_->serve(sock_.get()); });
+    }
+    const trace::Recorder& recorder() const { return *recorder_; }
+    uint64_t requests() const { return backend_->stats().requests.load(); }
+
+private:
+    fuse::ServeConfig cfg_;
+    std::unique_ptr<trace::Recorder> recorder_;
+    std::unique_ptr<fs::Passthrough> fs_;
+    std::unique_ptr<fuse::Server> server_;
+    std::unique_ptr<transport::VhostUserBackend> backend_;
+    UniqueFd sock_;
+    std::thread thread_;
+};
+
+enum class Stage { QemuStarted, KernelBooting, InitRunning, RootMounted, SystemdStarting, CommandStarted, Finished };
+
+const char* stage_name(Stage s) {
+    switch (s) {
+        case Stage::QemuStarted: return "QEMU started";
+        case Stage::KernelBooting: return "kernel booting";
+        case Stage::InitRunning: return "init running (ocivm-init loaded the modules)";
+        case Stage::RootMounted: return "root mounted";
+        case Stage::SystemdStarting: return "systemd starting (the command's unit has not run yet)";
+        case Stage::CommandStarted: return "command started";
+        case Stage::Finished: return "command finished";
+    }
+    return "?";
+}
+
+// The VM's state directory, locked for as long as the VM runs.
+class StateDir {
+public:
+    StateDir(const std::string& name, bool rm) : rm_(rm) {
+        std::string base = runtime_dir() + "/vms";
+        make_dirs(base, 0700);
+        path_ = base + "/" + name;
+        if (::mkdir(path_.c_str(), 0700) < 0 && errno != EEXIST) throw_errno("cannot create " + path_, errno);
+        lock_ = UniqueFd(::open((path_ + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+        if (!lock_) throw_errno("cannot create " + path_ + "/lock", errno);
+        if (::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0)
+            throw Error("a VM named '" + name + "' is already running; choose another --name");
+    }
+    ~StateDir() {
+        if (rm_) {
+            std::error_code ec;
+            std::filesystem::remove_all(path_, ec);
+        }
+    }
+    const std::string& path() const { return path_; }
+    // A failed VM's logs outlive --rm: the diagnosis points at them.
+    void keep() { rm_ = false; }
+
+private:
+    std::string path_;
+    bool rm_;
+    UniqueFd lock_;
+};
+
+// The terminal in raw mode for -t, restored however we leave.
+class RawTerminal {
+public:
+    explicit RawTerminal(int fd) : fd_(fd) {
+        if (::tcgetattr(fd, &saved_) < 0) return;
+        termios raw = saved_;
+        ::cfmakeraw(&raw);
+        if (::tcsetattr(fd, TCSANOW, &raw) == 0) active_ = true;
+    }
+    ~RawTerminal() {
+        if (active_) ::tcsetattr(fd_, TCSANOW, &saved_);
+    }
+    RawTerminal(const RawTerminal&) = delete;
+    RawTerminal& operator=(const RawTerminal&) = delete;
+
+private:
+    int fd_;
+    termios saved_{};
+    bool active_ = false;
+};
+
+std::string random_name() {
+    std::random_device rd;
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "ocivm-%d-%04x", ::getpid(), rd() & 0xffff);
+    return buf;
+}
+
+fs::CacheMode cache_mode(const std::string& s, fs::CacheMode dflt) {
+    fs::CacheMode m = dflt;
+    if (!s.empty() && !fs::parse_cache_mode(s, m))
+        throw Error("invalid --cache '" + s + "': use never, metadata, auto or always");
+    return m;
+}
+
+// Reads what fd has and hands each complete line to on_line; closes fd at
+// end of file.
+template <typename F>
+void read_lines(UniqueFd& fd, std::string& pending, F on_line) {
+    char buf[4096];
+    ssize_t r = ::read(fd.get(), buf, sizeof buf);
+    if (r == 0) {
+        fd.reset();
+        return;
+    }
+    if (r < 0) return;
+    pending.append(buf, static_cast<size_t>(r));
+    size_t nl;
+    while ((nl = pending.find('\n')) != std::string::npos) {
+        std::string line = pending.substr(0, nl);
+        pending.erase(0, nl + 1);
+        on_line(line);
+    }
+}
+
+class Run {
+public:
+    explicit Run(MachineOptions o) : o_(std::move(o)) {}
+    int go();
+
+private:
+    void on_console(const char* p, size_t n);
+    void on_control_line(const std::string& line);
+    void send_control(const std::string& line) {
+        if (control_) write_all(control_.get(), (line + "\n").data(), line.size() + 1);
+    }
+    void maybe_bye();
+    void diagnose(const std::string& why);
+    void qmp(const std::string& cmd) {
+        if (!qmp_) return;
+        std::string msg = "{\"execute\":\"" + cmd + "\"}\n";
+        write_all(qmp_.get(), msg.data(), msg.size());
+    }
+    void stop_vm() {
+        qmp("quit");
+        stop_deadline_ = mono_ns() + 5'000'000'000ull;
+    }
+
+    MachineOptions o_;
+    StateDir* state_ = nullptr;
+    sigset_t signals_{};
+    Stage stage_ = Stage::QemuStarted;
+    std::string console_path_;
+    UniqueFd console_log_;
+    std::deque<std::string> console_tail_;
+    std::string console_line_;
+    UniqueFd console_, qmp_, out_, err_, in_, control_;
+    std::string control_buf_, qmp_buf_;
+    std::vector<std::unique_ptr<ShareServer>> shares_;
+    bool have_result_ = false, bye_sent_ = false;
+    int result_ = 125;
+    uint64_t want_out_ = 0, want_err_ = 0, got_out_ = 0, got_err_ = 0;
+    uint64_t stop_deadline_ = 0;
+    bool stdout_ok_ = true, stderr_ok_ = true;
+};
+
+void Run::on_console(const char* p, size_t n) {
+    if (console_log_) {
+        ssize_t w = ::write(console_log_.get(), p, n);
+        (void)w;
+    }
+    if (o_.console) write_all(2, p, n);
+    if (stage_ < Stage::KernelBooting) stage_ = Stage::KernelBooting;
+    for (size_t i = 0; i < n; ++i) {
+        if (p[i] == '\n') {
+            if (!console_line_.empty() && console_line_.back() == '\r') console_line_.pop_back();
+            console_tail_.push_back(console_line_);
+            if (console_tail_.size() > 20) console_tail_.pop_front();
+            console_line_.clear();
+        } else if (console_line_.size() < 400) {
+            console_line_ += p[i];
+        }
+    }
+}
+
+void Run::on_control_line(const std::string& line) {
+    spdlog::debug("guest: {}", line);
+    unsigned long a = 0, b = 0, c = 0;
+    if (line == "stage init") {
+        stage_ = std::max(stage_, Stage::InitRunning);
+    } else if (line == "stage root") {
+        stage_ = std::max(stage_, Stage::RootMounted);
+    } else if (line.rfind("stage systemd", 0) == 0) {
+        stage_ = std::max(stage_, Stage::SystemdStarting);
+    } else if (line.rfind("started", 0) == 0) {
+        stage_ = Stage::CommandStarted;
+    } else if (std::sscanf(line.c_str(), "exit %lu %lu %lu", &a, &b, &c) == 3) {
+        have_result_ = true;
+        result_ = static_cast<int>(a & 0xff);
+        want_out_ = b;
+        want_err_ = c;
+        stage_ = Stage::Finished;
+    } else if (std::sscanf(line.c_str(), "signal %lu %lu %lu", &a, &b, &c) == 3) {
+        have_result_ = true;
+        result_ = 128 + static_cast<int>(a);
+        want_out_ = b;
+        want_err_ = c;
+        stage_ = Stage::Finished;
+        spdlog::info("the command was killed by signal {} ({})", a, strsignal(static_cast<int>(a)));
+    } else if (line.rfind("error ", 0) == 0) {
+        size_t sp = line.find(' ', 6);
+        int code = std::atoi(line.substr(6, sp - 6).c_str());
+        std::string msg = sp == std::string::npos ? "" : line.substr(sp + 1);
+        std::fprintf(stderr, "ocivm: error: %s\n", msg.c_str());
+        have_result_ = true;
+        result_ = code == 126 || code == 127 ? code : 125;
+        if (result_ == 125) diagnose("the guest could not start the command");
+        stage_ = std::max(stage_, Stage::Finished);
+    }
+    maybe_bye();
+}
+
+void Run::maybe_bye() {
+    if (have_result_ && !bye_sent_ && got_out_ >= want_out_ && got_err_ >= want_err_) {
+        send_control("bye");
+        bye_sent_ = true;
+        // Direct mode powers off at once; systemd may take its time.
+        stop_deadline_ = mono_ns() + (o_.guest.systemd ? 3'000'000'000ull : 10'000'000'000ull);
+    }
+}
+
+void Run::diagnose(const std::string& why) {
+    std::fprintf(stderr, "ocivm: error: %s\n", why.c_str());
+    if (state_) state_->keep();
+    std::string stages;
+    std::vector<Stage> order = {Stage::QemuStarted, Stage::KernelBooting, Stage::InitRunning, Stage::RootMounted};
+    if (o_.guest.systemd) order.push_back(Stage::SystemdStarting);
+    order.push_back(Stage::CommandStarted);
+    for (Stage s : order)
+        stages += std::string(stages.empty() ? "" : " > ") + (s == stage_ ? "[" : "") + stage_name(s) +
+                  (s == stage_ ? "]" : "");
+    std::fprintf(stderr, "ocivm: stage reached: %s\n", stage_name(stage_));
+    std::fprintf(stderr, "ocivm:   %s\n", stages.c_str());
+    std::fprintf(stderr, "ocivm: last %zu console lines (full log: %s):\n", console_tail_.size(), console_path_.c_str());
+    for (auto& l : console_tail_) std::fprintf(stderr, "  | %s\n", l.c_str());
+    if (!console_line_.empty()) std::fprintf(stderr, "  | %s\n", console_line_.c_str());
+    uint64_t now = mono_ns();
+    for (size_t i = 0; i < shares_.size(); ++i) {
+        const auto& det = shares_[i]->recorder().detector();
+        size_t first_vol = o_.disk.empty() ? 1 : 0;
+        std::string label = i < first_vol ? "root" : o_.shares[i - first_vol].guest;
+        auto lines = det.window_summary(now, 10);
+        std::fprintf(stderr, "ocivm: virtio-fs (%s, %lu requests in all): %s\n", label.c_str(),
+                     static_cast<unsigned long>(shares_[i]->requests()), lines[0].c_str());
+        for (size_t k = 1; k < lines.size(); ++k) std::fprintf(stderr, "ocivm:   %s\n", lines[k].c_str());
+        auto v = det.verdict();
+        std::fprintf(stderr, "ocivm: livelock detector (%s): %s%s\n", label.c_str(),
+                     v.livelock ? "LIVELOCK: " : "no livelock: ", v.message.c_str());
+    }
+}
+
+int Run::go() {
+    // Signals arrive through a signalfd, so they are blocked before any
+    // thread exists (the recorders' and servers' threads inherit the mask).
+    sigemptyset(&signals_);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGWINCH, SIGCHLD, SIGQUIT}) sigaddset(&signals_, s);
+    sigset_t old;
+    ::pthread_sigmask(SIG_BLOCK, &signals_, &old);
+    struct Restore {
+        sigset_t m;
+        ~Restore() { ::pthread_sigmask(SIG_SETMASK, &m, nullptr); }
+    } restore{old};
+    if (o_.name.empty()) o_.name = random_name();
+    StateDir state(o_.name, o_.rm);
+    state_ = &state;
+    std::string cache = cache_dir();
+    make_dirs(cache);
+    Kernel kernel = resolve_kernel(o_.kernel, o_.rootfs, cache);
+    HostVirt host = probe_host(cache, kernel.boot_path);
+    if (!o_.timeout_given) {
+        if (!host.kvm) o_.timeout_s = std::max(o_.timeout_s, 300.0);
+        else if (host.nested) o_.timeout_s = std::max(o_.timeout_s, 240.0);
+    }
+    if (!host.kvm)
+        std::fprintf(stderr, "ocivm: warning: KVM is not usable (%s); running under TCG (slow); start timeout %.0f s\n",
+                     host.kvm_reason.c_str(), o_.timeout_s);
+    spdlog::info("accelerator {}; {}; start timeout {:.0f} s{}", host.kvm ? "KVM" : "TCG",
+                 host.nested ? "ocivm runs under a hypervisor (" + host.hypervisor + "): nested, longer timeouts" : "not nested",
+                 o_.timeout_s, "; stdio over virtio-serial (no vsock)");
+    spdlog::info("kernel {} ({}), booting {}", kernel.source, kernel.release, kernel.boot_path);
+
+    // The shares: the root read-only (the guest writes to a tmpfs overlay), then the volumes.
+    fs::CacheMode root_mode = cache_mode(o_.cache, fs::CacheMode::Always);
+    fs::CacheMode vol_mode = cache_mode(o_.cache, fs::CacheMode::Auto);
+    bool root_share = o_.disk.empty();
+    if (root_share) shares_.push_back(std::make_unique<ShareServer>(o_.rootfs, root_mode, true, o_.trace));
+    o_.guest.root_partuuid = o_.disk_partuuid;
+    o_.guest.volumes.clear();
+    for (size_t i = 0; i < o_.shares.size(); ++i) {
+        auto& s = o_.shares[i];
+        shares_.push_back(std::make_unique<ShareServer>(s.host, vol_mode, s.readonly,
+                                                        o_.trace.empty() ? "" : o_.trace + ".vol" + std::to_string(i)));
+        o_.guest.volumes.push_back({"ocivm-vol" + std::to_string(i), s.guest, s.readonly});
+    }
+
+    std::vector<std::string> extra;
+    if (!root_share) extra = {"virtio_blk", "crc32c_generic", "ext4"};
+    std::string base = guest::base_initramfs(kernel.modules_dir, cache, extra);
+    std::string initrd = state.path() + "/initrd.cpio";
+    guest::write_run_initramfs(base, guest::encode(o_.guest), initrd);
+    console_path_ = state.path() + "/console.log";
+    console_log_ = UniqueFd(::open(console_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+
+    QemuConfig qc;
+    qc.kvm = host.kvm;
+    qc.machine = o_.machine;
+    qc.kernel = kernel.boot_path;
+    qc.initrd = initrd;
+    qc.memory = o_.memory;
+    qc.cpus = o_.cpus;
+    qc.append = "console=ttyS0 panic=-1 reboot=t rdinit=/init";
+    if (!o_.console && !o_.debug) qc.append += " quiet";
+    if (o_.machine == "microvm") qc.append += " acpi=on pci=off";
+    if (o_.machine == "microvm" && !host.kvm && host.tsc_khz) qc.append += " tsc_early_khz=" + std::to_string(host.tsc_khz);
+    for (auto& k : o_.kargs) qc.append += " " + k;
+    auto con = socket_pair(), qmpp = socket_pair(), out = socket_pair(), err = socket_pair(), in = socket_pair(),
+         ctl = socket_pair();
+    std::vector<SocketPair> fs_socks;
+    for (size_t i = 0; i < shares_.size(); ++i) fs_socks.push_back(socket_pair());
+    qc.console = con.theirs.get();
+    qc.qmp = qmpp.theirs.get();
+    qc.port_out = out.theirs.get();
+    qc.port_err = err.theirs.get();
+    qc.port_in = in.theirs.get();
+    qc.port_control = ctl.theirs.get();
+    size_t first_vol = root_share ? 1 : 0;
+    for (size_t i = 0; i < shares_.size(); ++i)
+        qc.fs.emplace_back(i < first_vol ? guest::kRootTag : o_.guest.volumes[i - first_vol].tag, fs_socks[i].theirs.get());
+    if (!root_share) {
+        qc.disk = o_.disk;
+        char head[4] = {};
+        UniqueFd d(::open(o_.disk.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!d || ::pread(d.get(), head, 4, 0) != 4) throw_errno("cannot read disk " + o_.disk, errno);
+        qc.disk_format = std::memcmp(head, "QFI\xfb", 4) == 0 ? "qcow2" : "raw";
+    }
+    auto [argv, fds] = qemu_argv(qc);
+    std::string cmdline;
+    for (auto& a : argv) cmdline += a + " ";
+    spdlog::debug("QEMU: {}", cmdline);
+
+    UniqueFd sfd(::signalfd(-1, &signals_, SFD_CLOEXEC | SFD_NONBLOCK));
+
+    QemuProcess qemu;
+    qemu.start(argv, fds, state.path() + "/qemu.log");
+    uint64_t started = mono_ns();
+    // QEMU holds its ends now; ours must go so its exit is seen as EOF.
+    for (auto* p : {&con, &qmpp, &out, &err, &in, &ctl}) p->theirs.reset();
+    for (size_t i = 0; i < shares_.size(); ++i) {
+        fs_socks[i].theirs.reset();
+        shares_[i]->start(std::move(fs_socks[i].mine));
+    }
+    console_ = std::move(con.mine);
+    qmp_ = std::move(qmpp.mine);
+    out_ = std::move(out.mine);
+    err_ = std::move(err.mine);
+    in_ = std::move(in.mine);
+    control_ = std::move(ctl.mine);
+    for (int fd : {console_.get(), qmp_.get(), out_.get(), err_.get(), control_.get(), in_.get()}) set_nonblock(fd);
+    qmp("qmp_capabilities");
+
+    std::unique_ptr<RawTerminal> raw;
+    bool stdin_is_tty = ::isatty(0);
+    if (o_.guest.tty && stdin_is_tty) raw = std::make_unique<RawTerminal>(0);
+    bool forward_stdin = o_.guest.stdin_open;
+    std::string pending_in;
+    bool stdin_eof = false, stdin_shut = false;
+    if (!forward_stdin) in_.reset();
+
+    uint64_t deadline = started + static_cast<uint64_t>(o_.timeout_s * 1e9);
+    int interrupts = 0;
+    int qemu_status = 0;
+    bool qemu_gone = false, timed_out = false;
+    char buf[65536];
+    while (!qemu_gone) {
+        uint64_t now = mono_ns();
+        if (stage_ < Stage::CommandStarted && !timed_out && now >= deadline) {
+            timed_out = true;
+            char why[160];
+            std::snprintf(why, sizeof why, "the command did not start within %.0f s; stopping the VM", o_.timeout_s);
+            diagnose(why);
+            result_ = 125;
+            stop_vm();
+        }
+        if (stop_deadline_ && now >= stop_deadline_) {
+            spdlog::info("QEMU did not exit in time; killing it");
+            qemu.kill_now();
+            stop_deadline_ = 0;
+        }
+        std::vector<pollfd> pf = {
+            {sfd.get(), POLLIN, 0},      {console_.get(), POLLIN, 0}, {qmp_.get(), POLLIN, 0},
+            {out_.get(), POLLIN, 0},     {err_.get(), POLLIN, 0},     {control_.get(), POLLIN, 0},
+            {forward_stdin && !stdin_eof && pending_in.size() < (1 << 20) ? 0 : -1, POLLIN, 0},
+            {in_ && !pending_in.empty() && stage_ >= Stage::CommandStarted ? in_.get() : -1, POLLOUT, 0},
+        };
+        int wait_ms = 1000;
+        if (stage_ < Stage::CommandStarted && !timed_out)
+            wait_ms = static_cast<int>(std::min<uint64_t>(1000, (deadline - std::min(deadline, now)) / 1000000 + 1));
+        int n = ::poll(pf.data(), pf.size(), wait_ms);
+        if (n < 0 && errno != EINTR) throw_errno("poll", errno);
+        if (n <= 0) {
+            if (qemu.reap(&qemu_status)) qemu_gone = true;
+            continue;
+        }
+        if (pf[0].revents & POLLIN) {
+            signalfd_siginfo si;
+            while (::read(sfd.get(), &si, sizeof si) == sizeof si) {
+                int sig = static_cast<int>(si.ssi_signo);
+                if (sig == SIGCHLD) {
+                    if (qemu.reap(&qemu_status)) qemu_gone = true;
+                } else if (sig == SIGWINCH) {
+                    winsize ws{};
+                    if (o_.guest.tty && ::ioctl(0, TIOCGWINSZ, &ws) == 0)
+                        send_control("winsize " + std::to_string(ws.ws_row) + " " + std::to_string(ws.ws_col));
+                } else {
+                    ++interrupts;
+                    if (stage_ == Stage::CommandStarted && interrupts == 1 && sig != SIGHUP) {
+                        spdlog::info("forwarding {} to the command (again to stop the VM)", strsignal(sig));
+                        send_control("signal " + std::to_string(sig));
+                    } else if (!have_result_) {
+                        std::fprintf(stderr, "ocivm: %s: stopping the VM\n", strsignal(sig));
+                        result_ = 128 + sig;
+                        have_result_ = true;
+                        bye_sent_ = true;
+                        stop_vm();
+                    }
+                }
+            }
+        }
+        if (pf[1].revents & (POLLIN | POLLHUP)) {
+            ssize_t r = ::read(console_.get(), buf, sizeof buf);
+            if (r > 0) on_console(buf, static_cast<size_t>(r));
+            else if (r == 0) console_.reset();
+        }
+        if (pf[2].revents & (POLLIN | POLLHUP))
+            read_lines(qmp_, qmp_buf_, [this](const std::string& line) {
+                if (line.find("\"QMP\"") != std::string::npos && stage_ < Stage::KernelBooting)
+                    stage_ = Stage::KernelBooting;  // QEMU is set up and the vCPU runs
+                spdlog::debug("qmp: {}", line);
+            });
+        for (int k : {3, 4}) {
+            if (!(pf[static_cast<size_t>(k)].revents & (POLLIN | POLLHUP))) continue;
+            UniqueFd& src = k == 3 ? out_ : err_;
+            ssize_t r = ::read(src.get(), buf, sizeof buf);
+            if (r > 0) {
+                bool& ok = k == 3 ? stdout_ok_ : stderr_ok_;
+                if (ok && !write_all(k == 3 ? 1 : 2, buf, static_cast<size_t>(r))) ok = false;
+                (k == 3 ? got_out_ : got_err_) += static_cast<uint64_t>(r);
+                maybe_bye();
+            } else if (r == 0) {
+                src.reset();
+            }
+        }
+        if (pf[5].revents & (POLLIN | POLLHUP))
+            read_lines(control_, control_buf_, [this](const std::string& line) { on_control_line(line); });
+        if (pf[6].revents & (POLLIN | POLLHUP)) {
+            ssize_t r = ::read(0, buf, sizeof buf);
+            if (r > 0) pending_in.append(buf, static_cast<size_t>(r));
+            else if (r == 0 || errno != EINTR) stdin_eof = true;
+        }
+        if (in_ && !pending_in.empty() && (pf[7].revents & POLLOUT)) {
+            ssize_t w = ::write(in_.get(), pending_in.data(), pending_in.size());
+            if (w > 0) pending_in.erase(0, static_cast<size_t>(w));
+        }
+        // End of input: a half-close lets QEMU read everything before it sees
+        // EOF (a full close would raise HUP and drop what it has not read),
+        // and then the guest's port reads EOF.
+        if (in_ && stdin_eof && pending_in.empty() && !stdin_shut) {
+            ::shutdown(in_.get(), SHUT_WR);
+            stdin_shut = true;
+        }
+        if (qemu.reap(&qemu_status)) qemu_gone = true;
+    }
+    // What QEMU wrote before it went is still in the sockets.
+    for (auto* p : {&out_, &err_}) {
+        if (!*p) continue;
+        ssize_t r;
+        while ((r = ::read(p->get(), buf, sizeof buf)) > 0) {
+            bool& ok = p == &out_ ? stdout_ok_ : stderr_ok_;
+            if (ok) ok = write_all(p == &out_ ? 1 : 2, buf, static_cast<size_t>(r));
+        }
+    }
+    if (console_) {
+        ssize_t r;
+        while ((r = ::read(console_.get(), buf, sizeof buf)) > 0) on_console(buf, static_cast<size_t>(r));
+    }
+    raw.reset();
+    ::unlink(initrd.c_str());  // 3 MB nobody needs once the guest has booted
+    for (auto* p : {&console_, &qmp_, &out_, &err_, &in_, &control_}) p->reset();
+    shares_.clear();  // joins the server threads (QEMU is gone, so are their sockets)
+
+    if (!have_result_ && !timed_out) {
+        std::string why = "the VM stopped before the command reported its exit status";
+        if (WIFSIGNALED(qemu_status)) why += std::string(" (QEMU was killed by ") + strsignal(WTERMSIG(qemu_status)) + ")";
+        else if (WEXITSTATUS(qemu_status) != 0) {
+            std::string log;
+            try {
+                log = read_file(state.path() + "/qemu.log");
+            } catch (const Error&) {
+            }
+            while (!log.empty() && log.back() == '\n') log.pop_back();
+            why += " (QEMU exited with status " + std::to_string(WEXITSTATUS(qemu_status)) +
+                   (log.empty() ? "" : ": " + log.substr(log.rfind('\n') == std::string::npos ? 0 : log.rfind('\n') + 1)) + ")";
+        }
+        diagnose(why);
+        return 125;
+    }
+    spdlog::info("state directory {}{}", state.path(), o_.rm ? " (removed)" : "");
+    return result_;
+}
+
+}  // namespace
+
+int run_machine(MachineOptions o) {
+    ::signal(SIGPIPE, SIG_IGN);
+    transport::raise_fd_limit();
+    Run r(std::move(o));
+    return r.go();
+}
+
+}  // namespace ocivm::vm

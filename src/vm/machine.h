@@ -1,0 +1,44 @@
+#pragma once
+// One ephemeral VM: boots the kernel and ocivm's initramfs under QEMU with
+// the image root (and each -v share) served by in-process virtio-fs
+// servers, relays the command's stdio, and returns its exit status. Never
+// hangs silently: a start that does not happen within the timeout ends in a
+// diagnosis (stage, console, file-system requests, livelock verdict).
+#include <string>
+#include <vector>
+
+#include "guest/protocol.h"
+
+namespace ocivm::vm {
+
+struct ShareSpec {
+    std::string host, guest;
+    bool readonly = false;
+};
+
+struct MachineOptions {
+    std::string rootfs;
+    guest::GuestConfig guest;  // command, env, identity, mode; volumes filled in here
+    std::vector<ShareSpec> shares;
+    std::string memory = "512M";
+    unsigned cpus = 1;
+    std::string cache;  // "" = always for the read-only root, auto for shares
+    double timeout_s = 120;
+    bool timeout_given = false;
+    std::string kernel;  // "", PATH or "image"
+    std::vector<std::string> kargs;
+    bool console = false;
+    bool debug = false;  // --log-level debug: the kernel is not told to be quiet
+    std::string trace;
+    std::string name;
+    bool rm = false;
+    std::string machine = "microvm";
+    std::string disk;           // boot this disk (ocivm disk create) instead of rootfs
+    std::string disk_partuuid;  // its root partition
+};
+
+// Runs the VM to its end; returns the exit status for ocivm (the command's,
+// 128+N for a signal, 125 for ocivm's own failures, 126/127 as podman).
+int run_machine(MachineOptions o);
+
+}  // namespace ocivm::vm

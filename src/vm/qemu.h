@@ -1,0 +1,47 @@
+#pragma once
+// QEMU's command line for an ocivm VM and the QEMU process itself. Every
+// channel to QEMU is a socketpair handed down as an inherited fd (no socket
+// files to leak), and QEMU dies with ocivm (PR_SET_PDEATHSIG).
+#include <sys/types.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ocivm::vm {
+
+struct QemuConfig {
+    bool kvm = false;
+    std::string machine = "microvm";  // microvm (virtio-mmio) or q35 (virtio-pci)
+    std::string kernel, initrd, append;
+    std::string memory = "512M";
+    unsigned cpus = 1;
+    // Our peers' ends, in the child's numbering assigned by qemu_argv.
+    int console = -1, qmp = -1, port_out = -1, port_err = -1, port_in = -1, port_control = -1;
+    std::vector<std::pair<std::string, int>> fs;  // tag, vhost-user socket
+    std::string disk, disk_format;                // a read-only virtio-blk disk
+};
+
+// The argv, and the fds (in the parent) to hand to QEMU as 3, 4, 5, ...
+std::pair<std::vector<std::string>, std::vector<int>> qemu_argv(const QemuConfig& c);
+
+// A running QEMU; the destructor kills and reaps it if it is still there.
+class QemuProcess {
+public:
+    QemuProcess() = default;
+    ~QemuProcess();
+    QemuProcess(const QemuProcess&) = delete;
+    QemuProcess& operator=(const QemuProcess&) = delete;
+    // Throws Error when QEMU cannot be started; stderr of QEMU goes to log_path.
+    void start(const std::vector<std::string>& argv, const std::vector<int>& fds, const std::string& log_path);
+    pid_t pid() const { return pid_; }
+    // Non-blocking reap; true once QEMU has exited (status in *st).
+    bool reap(int* st);
+    void kill_now();
+    bool running() const { return pid_ > 0; }
+
+private:
+    pid_t pid_ = -1;
+};
+
+}  // namespace ocivm::vm

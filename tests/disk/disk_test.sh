@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Disk and unmount tests (ctest label fs, as root): `ocivm holders` on a
+# loop-mounted ext4 held every way a mount can be held, `ocivm umount`
+# refusing (and naming the holders) while it is held and succeeding after,
+# --lazy-after-sync, and `ocivm disk create` round trips.
+#   disk_test.sh OCIVM
+set -uo pipefail
+OCIVM=${1:?ocivm binary}
+fail() { echo "FAIL: $*"; exit 1; }
+[ "$(id -u)" -eq 0 ] || fail "the disk tests mount file systems and must run as root"
+for t in mkfs.ext4 losetup unshare debugfs qemu-img getfattr setfattr; do
+  command -v $t >/dev/null || fail "$t missing: apt-get install e2fsprogs util-linux qemu-utils attr"
+done
+WORK=/tmp/ocivm-disktest-$$
+mkdir -p "$WORK"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  swapoff "$WORK"/m/swapfile 2>/dev/null
+  for l in $(losetup -j "$WORK/m/loopfile" -O NAME -n 2>/dev/null); do losetup -d "$l"; done
+  for m in $(grep -o "$WORK/[^ ]*" /proc/self/mountinfo | sort -r); do umount -l "$m" 2>/dev/null; done
+  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+passed=0; failed=0
+ok() { echo "ok   $*"; passed=$((passed + 1)); }
+bad() { echo "FAIL $*"; failed=$((failed + 1)); }
+check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+
+M=$WORK/m
+truncate -s 96M "$WORK/fs.img"
+mkfs.ext4 -q -F "$WORK/fs.img"
+mkdir -p "$M"
+mount -o loop "$WORK/fs.img" "$M" || fail "cannot loop-mount an ext4 image"
+
+# --- an idle mount has no holders
+"$OCIVM" holders --format json "$M" > "$WORK/idle.json"
+check "idle mount: no holders" [ "$(tr -d ' \n' < "$WORK/idle.json")" = "[]" ]
+
+# --- every kind of holder
+mkdir -p "$M/dir" "$M/sub" "$M/bind"
+echo data > "$M/file"
+cp /bin/sleep "$M/sleep"
+lib=/lib/x86_64-linux-gnu/libdl.so.2   # a stub in glibc 2.36: harmless to preload
+[ -f "$lib" ] || fail "$lib missing (libc6)"
+cp "$lib" "$M/libheld.so"
+truncate -s 8M "$M/loopfile"
+( cd "$M/dir" && exec sleep 1000 ) & pid_cwd=$!; pids+=($pid_cwd)
+sleep 1000 < "$M/file" & pid_fd=$!; pids+=($pid_fd)
+LD_PRELOAD="$M/libheld.so" sleep 1000 < /dev/null & pid_mmap=$!; pids+=($pid_mmap)
+"$M/sleep" 1000 < /dev/null & pid_exe=$!; pids+=($pid_exe)
+unshare -m --propagation private sleep 1000 < /dev/null & pid_ns=$!; pids+=($pid_ns)
+mkdir -p "$M/chroot/bin"; cp /bin/busybox "$M/chroot/bin/"
+chroot "$M/chroot" /bin/busybox sleep 1000 < /dev/null & pid_root=$!; pids+=($pid_root)
+loopdev=$(losetup -f --show "$M/loopfile")
+mount -t tmpfs sub "$M/sub"
+mkdir -p "$WORK/elsewhere"; mount --bind "$M/bind" "$WORK/elsewhere"
+swap_ok=0
+if dd if=/dev/zero of="$M/swapfile" bs=1M count=16 status=none && chmod 600 "$M/swapfile" && mkswap -q "$M/swapfile" >/dev/null 2>&1 && swapon "$M/swapfile" 2>/dev/null; then swap_ok=1; fi
+sleep 0.5
+"$OCIVM" holders --format json "$M" > "$WORK/held.json"
+"$OCIVM" holders "$M" > "$WORK/held.txt"
+J=$(tr -d ' \n' < "$WORK/held.json")
+has() { echo "$J" | grep -q "$1"; }
+check "holders: open fd, with pid and path" has "\"kind\":\"fd\",\"pid\":$pid_fd,\"what\":\"0$M/file\""
+check "holders: cwd" has "\"kind\":\"cwd\",\"pid\":$pid_cwd,\"what\":\"$M/dir\""
+check "holders: memory mapping without an fd (the bootc case)" has "\"kind\":\"mmap\",\"pid\":$pid_mmap,\"what\":\"$M/libheld.so\""
+check "holders: executable" has "\"kind\":\"exe\",\"pid\":$pid_exe,\"what\":\"$M/sleep\""
+check "holders: root directory" has "\"kind\":\"root\",\"pid\":$pid_root,"
+check "holders: another mount namespace" has "\"kind\":\"mount-namespace\",\"pid\":$pid_ns,"
+check "holders: loop device backed by a file on it" has "\"kind\":\"loop\",\"pid\":null,\"what\":\"${loopdev}backedby$M/loopfile\""
+check "holders: submount" has "\"kind\":\"submount\",\"pid\":null,\"what\":\"$M/sub(tmpfs)\""
+check "holders: bind mount elsewhere" has "\"kind\":\"bind-mount\",\"pid\":null,\"what\":\"$WORK/elsewhere\""
+if [ $swap_ok = 1 ]; then
+  check "holders: swap file" has "\"kind\":\"swap\",\"pid\":null,\"what\":\"$M/swapfile\""
+else
+  echo "note: swapon is not permitted here; the swap holder is not exercised"
+fi
+check "holders: the table names the command" grep -q "^$pid_mmap *sleep *mmap *$M/libheld.so" "$WORK/held.txt"
+check "holders: no false holder (this shell's pid is not listed)" bash -c "! echo '$J' | grep -q '\"pid\":$$,'"
+
+# --- ocivm umount refuses while held, names the holders, detaches nothing
+start=$(date +%s%N)
+"$OCIVM" umount --timeout 1s "$M" > "$WORK/umount1.out" 2> "$WORK/umount1.err"; rc=$?
+check "umount while held: exit 1" [ $rc = 1 ]
+check "umount while held: says busy and not detached" grep -q "is busy after 1.0 s; it was not detached and nothing was lost" "$WORK/umount1.err"
+check "umount while held: names the mmap holder" grep -q "^$pid_mmap *sleep *mmap" "$WORK/umount1.err"
+check "umount while held: the mount is still there" grep -q " $M " /proc/self/mountinfo
+check "umount while held: the submount was taken down first (deepest first)" bash -c "! grep -q ' $M/sub ' /proc/self/mountinfo"
+
+# --- after the holders exit, it succeeds
+for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; wait 2>/dev/null; pids=()
+losetup -d "$loopdev"
+[ $swap_ok = 1 ] && swapoff "$M/swapfile"
+umount "$WORK/elsewhere"
+mount -t tmpfs sub2 "$M/sub"; mkdir -p "$M/sub/deeper"; mount -t tmpfs sub3 "$M/sub/deeper"
+"$OCIVM" umount --timeout 5s "$M" 2> "$WORK/umount2.err"; rc=$?
+check "umount after the holders exit: exit 0" [ $rc = 0 ]
+check "umount: the mount and its submounts are gone" bash -c "! grep -q ' $M' /proc/self/mountinfo"
+
+# --- --lazy-after-sync: remount read-only, freeze/thaw, detach, saying so
+mount -o loop "$WORK/fs.img" "$M"
+sleep 1000 < "$M/file" & p=$!; pids+=($p)
+"$OCIVM" umount --timeout 0.5s --lazy-after-sync "$M" 2> "$WORK/lazy.err"; rc=$?
+check "--lazy-after-sync: exit 0" [ $rc = 0 ]
+check "--lazy-after-sync: says it remounted read-only" grep -q "remounted $M read-only" "$WORK/lazy.err"
+check "--lazy-after-sync: says it froze and thawed" grep -q "froze and thawed $M" "$WORK/lazy.err"
+check "--lazy-after-sync: says it detached" grep -q "detached $M" "$WORK/lazy.err"
+check "--lazy-after-sync: the mount point is free" bash -c "! grep -q ' $M ' /proc/self/mountinfo"
+kill -9 $p; wait $p 2>/dev/null; pids=()
+"$OCIVM" umount "$WORK/nowhere" 2> "$WORK/notmnt.err"; rc=$?
+check "umount of a non-mount: exit 125, one line" bash -c "[ $rc = 125 ] && [ \$(wc -l < $WORK/notmnt.err) = 1 ]"
+
+# --- ocivm disk create: round trip without mounting
+SRC=$WORK/src
+mkdir -p "$SRC/etc" "$SRC/home/u" "$SRC/dev" "$SRC/deep/a/b/c"
+printf 'hello\n' > "$SRC/etc/hello"; chmod 640 "$SRC/etc/hello"; chown 12:34 "$SRC/etc/hello"
+head -c 300000 /dev/urandom > "$SRC/deep/a/b/c/blob"
+ln "$SRC/etc/hello" "$SRC/home/u/hardlink"
+ln -s ../etc/hello "$SRC/home/u/symlink"
+ln -s /absolute/nowhere "$SRC/dangling"
+mknod "$SRC/dev/null" c 1 3; mknod "$SRC/dev/loop7" b 7 7; mkfifo "$SRC/dev/fifo"
+chown 1000:1000 "$SRC/home/u"; chmod 4755 "$SRC/deep/a/b/c/blob"; chmod 1777 "$SRC/deep"
+setfattr -n user.note -v "a note" "$SRC/etc/hello"
+setfattr -n trusted.marker -v yes "$SRC/deep/a"
+touch -d '2001-02-03 04:05:06.123456789' "$SRC/etc/hello"
+"$OCIVM" disk create "$SRC" "$WORK/disk.raw" > "$WORK/partuuid" 2> "$WORK/create.err"; rc=$?
+check "disk create: exit 0" [ $rc = 0 ]
+check "disk create: GPT with the root partition and the printed PARTUUID" bash -c "sfdisk -d $WORK/disk.raw | grep -qi 'uuid=$(cat "$WORK/partuuid")'"
+check "disk create: e2fsck finds the file system clean" bash -c "dd if=$WORK/disk.raw of=$WORK/part.img bs=1M skip=1 status=none && e2fsck -fn $WORK/part.img >/dev/null 2>&1"
+rm -f "$WORK/part.img"
+mkdir -p "$WORK/rt"
+mount -o loop,ro,offset=1048576 "$WORK/disk.raw" "$WORK/rt" || bad "disk create: the partition mounts"
+tree() { (cd "$1" && find . -path ./lost+found -prune -o -printf '%p %y %m %U:%G %l %n %T@\n' | grep -v '^\. ' | sort
+  cd "$1" && getfattr -R -d -m - --absolute-names . 2>/dev/null | grep -v '^$' | sort;
+  cd "$1" && find . -type f -path './*' ! -path './lost+found*' -print0 | sort -z | xargs -0 md5sum); }
+check "disk create: the tree reads back exactly (content, mode, owner, xattrs, links, times)" diff <(tree "$SRC") <(tree "$WORK/rt")
+umount "$WORK/rt"
+"$OCIVM" disk create --format qcow2 "$SRC" "$WORK/disk.qcow2" > /dev/null 2>&1
+check "disk create --format qcow2: a qcow2 file" bash -c "qemu-img info $WORK/disk.qcow2 | grep -q 'file format: qcow2'"
+"$OCIVM" disk create "$WORK/missing" "$WORK/x.raw" 2> "$WORK/missing.err"; rc=$?
+check "disk create of a missing image: exit 125, one line, no output file" bash -c "[ $rc = 125 ] && [ \$(wc -l < $WORK/missing.err) = 1 ] && [ ! -e $WORK/x.raw ]"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# `ocivm mount` as a user sees it: bad input gives one line "ocivm: error: ..."
+# and exit 125; signals unmount; help and version work.
+set -uo pipefail
+OCIVM=${1:?usage: cli_test.sh PATH-TO-OCIVM}
+if [ "$(id -u)" -ne 0 ]; then echo "FAIL: cli_test.sh mounts file systems and must run as root"; exit 1; fi
+command -v unshare >/dev/null || { echo "FAIL: unshare missing: apt-get install util-linux"; exit 1; }
+
+work=/tmp/ocivm-clitest-$$
+mkdir -p "$work/src" "$work/mnt" "$work/busy"
+echo data > "$work/src/f"
+: > "$work/file"
+cleanup() {
+  umount -l "$work/busy" 2>/dev/null; umount -l "$work/mnt" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+passed=0; failed=0
+
+# expect_error NAME PATTERN -- CMD...: exit 125, exactly one stderr line
+# starting "ocivm: error:" and matching PATTERN, nothing on stdout.
+expect_error() {
+  local name=$1 pattern=$2; shift 3
+  local out err rc
+  out=$("$@" 2>"$work/stderr"); rc=$?
+  err=$(cat "$work/stderr")
+  if [ $rc -eq 125 ] && [ "$(printf '%s\n' "$err" | wc -l)" -eq 1 ] &&
+     [[ $err == "ocivm: error: "* ]] && [[ $err =~ $pattern ]] && [ -z "$out" ]; then
+    passed=$((passed+1)); echo "ok   $name: $err"
+  else
+    failed=$((failed+1)); echo "FAIL $name: exit $rc, stdout '$out', stderr '$err'"
+  fi
+}
+check() {
+  local name=$1; shift
+  if "$@"; then passed=$((passed+1)); echo "ok   $name"; else failed=$((failed+1)); echo "FAIL $name"; fi
+}
+
+expect_error "no arguments" "needs SOURCE and MOUNTPOINT" -- "$OCIVM" mount
+expect_error "missing source" "does not exist" -- "$OCIVM" mount "$work/nope" "$work/mnt"
+expect_error "source is a file" "not a directory" -- "$OCIVM" mount "$work/file" "$work/mnt"
+expect_error "missing mount point" "mkdir -p" -- "$OCIVM" mount "$work/src" "$work/nomnt"
+mount -t tmpfs tmpfs "$work/busy"
+expect_error "busy mount point" "busy" -- "$OCIVM" mount "$work/src" "$work/busy"
+umount "$work/busy"
+expect_error "unknown flag" "unknown option '--bogus'" -- "$OCIVM" mount --bogus "$work/src" "$work/mnt"
+expect_error "bad cache mode" "invalid --cache 'sometimes'" -- "$OCIVM" mount --cache sometimes "$work/src" "$work/mnt"
+expect_error "flag without value" "needs a value" -- "$OCIVM" mount "$work/src" "$work/mnt" --cache
+expect_error "bad thread count" "invalid value '0' for --threads" -- "$OCIVM" mount --threads 0 "$work/src" "$work/mnt"
+expect_error "bad log level" "unknown log level" -- "$OCIVM" mount --log-level loud "$work/src" "$work/mnt"
+expect_error "unknown command" "unknown command 'frobnicate'" -- "$OCIVM" frobnicate
+expect_error "no /dev/fuse" "modprobe fuse" -- unshare -m sh -c "mount -t tmpfs tmpfs /dev && exec \"$OCIVM\" mount \"$work/src\" \"$work/mnt\""
+
+expect_error "fsd without --shared-dir" "needs --shared-dir" -- "$OCIVM" fsd --socket-path "$work/s.sock"
+expect_error "fsd without a socket" "exactly one of --socket-path" -- "$OCIVM" fsd --shared-dir "$work/src"
+expect_error "fsd with a missing share" "not an existing directory" -- "$OCIVM" fsd --shared-dir "$work/nope" --socket-path "$work/s.sock"
+expect_error "fsd bad --seccomp" "invalid --seccomp" -- "$OCIVM" fsd --shared-dir "$work/src" --socket-path "$work/s.sock" --seccomp maybe
+expect_error "trace summary of a missing file" "cannot read trace file" -- "$OCIVM" trace summary "$work/none.jsonl"
+check "fsd --print-capabilities prints libvirt's JSON" bash -c "\"$OCIVM\" fsd --print-capabilities | grep -q '\"type\": \"fs\"'"
+check "--version prints the version" bash -c "\"$OCIVM\" --version | grep -q '^ocivm version [0-9]'"
+check "help lists mount" bash -c "\"$OCIVM\" help | grep -q 'mount SOURCE MOUNTPOINT'"
+check "mount --help explains --cache" bash -c "\"$OCIVM\" mount --help | grep -q -- '--cache MODE'"
+check "help mount = mount --help" bash -c "diff <(\"$OCIVM\" help mount) <(\"$OCIVM\" mount --help)"
+
+wait_mounted() { for _ in $(seq 200); do grep -q " $1 .* - fuse.ocivm " /proc/self/mountinfo && return 0; sleep 0.05; done; return 1; }
+wait_unmounted() { for _ in $(seq 200); do grep -q " $1 .* - fuse.ocivm " /proc/self/mountinfo || return 0; sleep 0.05; done; return 1; }
+
+# SIGINT unmounts and exits 0
+"$OCIVM" mount "$work/src" "$work/mnt" & pid=$!
+check "mounts" wait_mounted "$work/mnt"
+check "serves" grep -q data "$work/mnt/f"
+kill -INT $pid; wait $pid; rc=$?
+check "SIGINT: exit 0 (got $rc)" test $rc -eq 0
+check "SIGINT: unmounted" wait_unmounted "$work/mnt"
+
+# SIGTERM while a process holds a file open: the server still exits and the
+# mount is gone from the namespace
+"$OCIVM" mount "$work/src" "$work/mnt" & pid=$!
+wait_mounted "$work/mnt"
+sleep 30 < "$work/mnt/f" & holder=$!
+sleep 0.2
+kill -TERM $pid
+for _ in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.05; done
+check "SIGTERM with a busy mount: server exits" bash -c "! kill -0 $pid 2>/dev/null"
+check "SIGTERM with a busy mount: detached" wait_unmounted "$work/mnt"
+kill $holder 2>/dev/null; wait $holder 2>/dev/null; wait $pid 2>/dev/null
+
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ]

@@ -1,0 +1,180 @@
+// The livelock detector on synthetic request streams, and the trace file
+// round trip through `ocivm trace summary`.
+#include <gtest/gtest.h>
+#include <linux/fuse.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "trace/livelock.h"
+#include "trace/recorder.h"
+#include "trace/summary.h"
+#include "unit/test_util.h"
+
+using namespace ocivm;
+using namespace ocivm::trace;
+
+namespace {
+
+struct Stream {
+    LivelockDetector det;
+    std::vector<std::string> warnings;
+    uint64_t t = 1000ull * 1000000000ull;
+    uint64_t next_node = 100;
+    Stream() {
+        det.set_sink([this](const std::string& m) { warnings.push_back(m); });
+    }
+    void req(uint32_t op, const std::string& path, uint32_t pid, bool new_node = false) {
+        Record r;
+        r.time_ns = t;
+        r.opcode = op;
+        r.pid = pid;
+        r.nodeid = 1;
+        if (new_node) r.result_node = next_node++;
+        det.add(r, path, new_node);
+    }
+    // n requests spread evenly over one second
+    template <typename F>
+    void second(int n, F f) {
+        uint64_t start = t;
+        for (int i = 0; i < n; ++i) {
+            t = start + static_cast<uint64_t>(i) * (1000000000ull / static_cast<uint64_t>(n));
+            f(i);
+        }
+        t = start + 1000000000ull;
+    }
+};
+
+}  // namespace
+
+TEST(Livelock, LookupLoopWarnsOnceNamingPathAndPid) {
+    Stream s;
+    for (int sec = 0; sec < 30; ++sec)
+        s.second(4000, [&](int i) {
+            s.req(i % 2 ? FUSE_LOOKUP : FUSE_GETATTR, "/var/log/journal/x", 417);
+        });
+    ASSERT_EQ(s.warnings.size(), 1u);
+    EXPECT_NE(s.warnings[0].find("/var/log/journal/x"), std::string::npos) << s.warnings[0];
+    EXPECT_NE(s.warnings[0].find("417"), std::string::npos) << s.warnings[0];
+    EXPECT_NE(s.warnings[0].find("LOOKUP"), std::string::npos) << s.warnings[0];
+    EXPECT_NE(s.warnings[0].find("--cache"), std::string::npos) << s.warnings[0];
+    EXPECT_TRUE(s.det.verdict().livelock);
+}
+
+TEST(Livelock, NormalBootDoesNotWarn) {
+    Stream s;
+    std::mt19937 rng(7);
+    int file = 0;
+    // A boot: bursts of lookups and reads over thousands of distinct files,
+    // new nodes all along, idle stretches, a few hot paths (ld.so.cache).
+    for (int sec = 0; sec < 40; ++sec) {
+        int n = sec % 5 == 4 ? 50 : 2500 + static_cast<int>(rng() % 3000);
+        s.second(n, [&](int i) {
+            uint32_t pid = 1 + rng() % 60;
+            if (i % 7 == 0) {
+                s.req(FUSE_OPEN, "/etc/ld.so.cache", pid);
+            } else if (i % 3 == 0) {
+                s.req(FUSE_LOOKUP, "/usr/lib/file" + std::to_string(file++), pid, true);
+            } else {
+                s.req(FUSE_READ, "/usr/lib/file" + std::to_string(rng() % (file + 1)), pid);
+            }
+        });
+    }
+    EXPECT_TRUE(s.warnings.empty()) << s.warnings[0];
+}
+
+TEST(Livelock, LargeBuildDoesNotWarn) {
+    Stream s;
+    std::mt19937 rng(11);
+    int obj = 0;
+    // A build: each compile reads ~150 of 600 headers and writes a new
+    // object file; high rate, heavy repetition of headers, new nodes.
+    for (int sec = 0; sec < 40; ++sec) {
+        s.second(9000, [&](int i) {
+            uint32_t pid = 1000 + static_cast<uint32_t>(sec * 10 + i / 900);
+            if (i % 150 == 0) {
+                s.req(FUSE_CREATE, "/src/obj/o" + std::to_string(obj++) + ".o", pid, true);
+            } else {
+                uint32_t h = rng() % 600;
+                s.req(i % 2 ? FUSE_LOOKUP : FUSE_READ, "/usr/include/h" + std::to_string(h) + ".h", pid);
+            }
+        });
+    }
+    EXPECT_TRUE(s.warnings.empty()) << s.warnings[0];
+}
+
+TEST(Livelock, SlowRepetitionIsNotALivelock) {
+    Stream s;
+    for (int sec = 0; sec < 30; ++sec)
+        s.second(100, [&](int) { s.req(FUSE_GETATTR, "/run/health", 9); });
+    EXPECT_TRUE(s.warnings.empty());
+    EXPECT_FALSE(s.det.verdict().livelock);
+}
+
+TEST(Livelock, EachEpisodeWarnsOnce) {
+    Stream s;
+    auto loop = [&](int secs) {
+        for (int sec = 0; sec < secs; ++sec)
+            s.second(5000, [&](int) { s.req(FUSE_LOOKUP, "/var/log/journal/x", 3); });
+    };
+    loop(20);
+    for (int sec = 0; sec < 15; ++sec) s.second(10, [&](int i) { s.req(FUSE_READ, "/f" + std::to_string(i), 3, true); });
+    loop(20);
+    EXPECT_EQ(s.warnings.size(), 2u);
+}
+
+TEST(Trace, RecordsBecomeJsonLinesAndASummary) {
+    std::string file = "/tmp/ocivm-trace-test-" + std::to_string(::getpid()) + ".jsonl";
+    {
+        Recorder rec(file);
+        test::Harness h;
+        h.server = std::make_unique<fuse::Server>(*h.fs, fuse::ServerOptions{}, &rec);
+        h.init();
+        uint64_t d = h.mkdir(1, "dir");
+        auto [f, fh] = h.create(d, "file");
+        (void)fh;
+        for (int i = 0; i < 10; ++i) h.lookup(d, "file");
+        int err = 0;
+        h.lookup(d, "missing", &err);
+        rec.flush();
+        EXPECT_EQ(rec.dropped(), 0u);
+        EXPECT_EQ(rec.path_of(f), "/dir/file");
+    }
+    std::ifstream in(file);
+    std::string line;
+    int lines = 0, lookups = 0, with_path = 0;
+    while (std::getline(in, line)) {
+        ++lines;
+        if (line.find("\"op\":\"LOOKUP\"") != std::string::npos) ++lookups;
+        if (line.find("\"path\":\"/dir/file\"") != std::string::npos) ++with_path;
+    }
+    EXPECT_EQ(lines, 14);  // INIT, MKDIR, CREATE, 10 + 1 LOOKUP
+    EXPECT_EQ(lookups, 11);
+    EXPECT_GE(with_path, 11);
+    std::ostringstream out;
+    EXPECT_EQ(summarize(file, out), 14u);
+    EXPECT_NE(out.str().find("LOOKUP"), std::string::npos) << out.str();
+    EXPECT_NE(out.str().find("/dir/file"), std::string::npos) << out.str();
+    EXPECT_NE(out.str().find("requests per second"), std::string::npos);
+    std::remove(file.c_str());
+}
+
+TEST(Trace, FullBufferDropsInsteadOfBlocking) {
+    Recorder rec("");
+    Record r;
+    // Far more than the queue holds, faster than the consumer drains.
+    for (int i = 0; i < 2000000; ++i) rec.push(r);
+    rec.flush();
+    EXPECT_EQ(rec.recorded() + rec.dropped(), 2000000u);
+}
+
+TEST(Trace, SummaryOfAMissingOrEmptyFileIsAnError) {
+    std::ostringstream out;
+    EXPECT_THROW(summarize("/nonexistent/trace", out), std::runtime_error);
+    std::string empty = "/tmp/ocivm-trace-empty-" + std::to_string(::getpid());
+    std::ofstream(empty) << "not a trace\n";
+    EXPECT_THROW(summarize(empty, out), std::runtime_error);
+    std::remove(empty.c_str());
+}
