@@ -137,7 +137,7 @@ check "SIGTERM reaches the command (exit 6, 'got-term')" [ "$trc" = 6 ] && grep 
 ( for _ in $(seq 600); do grep -q ready "$WORK/int.out" 2>/dev/null && break; sleep 0.1; done
   printf '\003'
   for _ in $(seq 300); do grep -q got-int "$WORK/int.out" 2>/dev/null && break; sleep 0.1; done ) |
-  script -qec "$OCIVM run --rm $DEMO -- sh -c 'trap \"echo got-int; exit 5\" INT; echo ready; while :; do sleep 1; done'" /dev/null > "$WORK/int.out" 2>&1
+  script -qec "exec $OCIVM run --rm $DEMO -- sh -c 'trap \"echo got-int; exit 5\" INT; echo ready; while :; do sleep 1; done'" /dev/null > "$WORK/int.out" 2>&1
 irc=$?
 check "Ctrl-C on the terminal reaches the command (exit 5, 'got-int')" [ "$irc" = 5 ] && grep -q got-int "$WORK/int.out"
 
