@@ -12,7 +12,7 @@ PACKAGES=(
   # benchmarks: bindfs is the libfuse passthrough a user would pick today
   bindfs
   # util-linux gives mount/umount/unshare used by tests and make run
-  util-linux attr
+  util-linux attr acl perl
   # VM tests and benchmarks: QEMU (with Debian's C virtiofsd as the peer),
   # Debian's kernel and its modules, a static busybox for the initramfs
   qemu-system-x86 linux-image-amd64 busybox-static cpio bc
@@ -25,8 +25,9 @@ PACKAGES=(
   systemd procps
   # imagebench's peer
   umoci
-  # disks and unmounting: libmount, sfdisk, mkfs.ext4 -d, qemu-img, debugfs
-  libmount-dev fdisk e2fsprogs qemu-utils
+  # disks and unmounting: libmount, sfdisk, mkfs.ext4 + libext2fs (our ext4
+  # writer), qemu-img, debugfs and e2fsck (the round-trip test)
+  libmount-dev fdisk e2fsprogs libext2fs-dev comerr-dev qemu-utils
 )
 
 missing=()

@@ -19,9 +19,10 @@ const char kHelp[] = R"(Usage: ocivm disk create IMAGE OUTPUT [OPTIONS]
 
 Writes IMAGE's root file system to OUTPUT, a disk image with a GPT and one
 root partition (type "Linux root x86-64", a fresh PARTUUID), without
-mounting anything: the partition table by sfdisk, the ext4 file system
-populated straight from the image by mkfs.ext4 -d (modes, owners, xattrs,
-hard links, symlinks, device nodes and mtimes kept). IMAGE is as for 'ocivm
+mounting anything: the partition table by sfdisk, an empty ext4 by
+mkfs.ext4, filled by ocivm through libext2fs (modes, owners, nanosecond
+times, xattrs and ACLs, hard links, symlinks, device nodes, fifos, sockets
+and sparse files kept; file data copied in whole extents). IMAGE is as for 'ocivm
 run': a stored image name, an OCI layout or a root file system directory.
 'ocivm run --disk OUTPUT -- CMD' boots it.
 

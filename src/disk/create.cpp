@@ -9,6 +9,7 @@
 #include <random>
 #include <set>
 
+#include "disk/ext4.h"
 #include "util/error.h"
 #include "util/paths.h"
 #include "util/subprocess.h"
@@ -61,7 +62,7 @@ DiskResult create_disk(const std::string& rootfs, const std::string& output, con
     };
     if (o.format != "raw" && o.format != "qcow2") throw Error("invalid --format '" + o.format + "': use raw or qcow2");
     if (o.fs != "ext4") throw Error("--fs " + o.fs + " is not supported; use ext4");
-    for (auto* tool : {"sfdisk", "mkfs.ext4", "debugfs"})
+    for (auto* tool : {"sfdisk", "mkfs.ext4"})
         if (!have_program(tool)) throw Error(std::string(tool) + " is missing: apt-get install fdisk e2fsprogs");
     if (o.format == "qcow2" && !have_program("qemu-img")) throw Error("qemu-img is missing: apt-get install qemu-utils");
     struct stat st;
@@ -95,36 +96,19 @@ DiskResult create_disk(const std::string& rootfs, const std::string& output, con
                         ", type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=" + r.partuuid + ", name=root\n";
     if (auto e = run({"sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", raw}, table); !e.empty())
         throw Error("sfdisk: " + e);
-    say("writing the ext4 file system from " + rootfs);
+    say("making the ext4 file system");
     // 256-byte inodes: nanosecond times and in-inode xattrs (small file
     // systems would otherwise get 128-byte ones); 4 KiB blocks like any root.
-    if (auto e = run({"mkfs.ext4", "-q", "-F", "-d", rootfs, "-L", o.label, "-I", "256", "-b", "4096", "-E",
-                      "offset=" + std::to_string(kStart) + ",root_owner=" + std::to_string(st.st_uid) + ":" +
-                          std::to_string(st.st_gid),
-                      raw, std::to_string(part / 1024) + "k"});
+    if (auto e = run({"mkfs.ext4", "-q", "-F", "-L", o.label, "-I", "256", "-b", "4096", "-E",
+                      "offset=" + std::to_string(kStart), raw, std::to_string(part / 1024) + "k"});
         !e.empty())
         throw Error("mkfs.ext4: " + e);
-    // mkfs.ext4 -d keeps whole seconds only, and stamps the root with the
-    // time of mkfs: debugfs puts back the nanoseconds and the root's mtime.
-    say("restoring sub-second times");
-    {
-        std::string cmds = "sif / mtime @" + std::to_string(st.st_mtim.tv_sec) + "\n";
-        if (st.st_mtim.tv_nsec) cmds += "sif / mtime_extra " + std::to_string(static_cast<uint64_t>(st.st_mtim.tv_nsec) << 2) + "\n";
-        std::string base = rootfs.back() == '/' ? rootfs.substr(0, rootfs.size() - 1) : rootfs;
-        for (auto it = std::filesystem::recursive_directory_iterator(rootfs); it != std::filesystem::recursive_directory_iterator(); ++it) {
-            struct stat est;
-            std::string p = it->path().string();
-            if (::lstat(p.c_str(), &est) < 0 || est.st_mtim.tv_nsec == 0) continue;
-            std::string rel = p.substr(base.size());
-            if (rel.find_first_of("\"\n\\") != std::string::npos) continue;  // not expressible to debugfs
-            cmds += "sif \"" + rel + "\" mtime_extra " + std::to_string(static_cast<uint64_t>(est.st_mtim.tv_nsec) << 2) + "\n";
-        }
-        std::string cmdfile = raw + ".debugfs";
-        write_file_atomic(cmdfile, cmds);
-        std::string e = run({"debugfs", "-w", "-f", cmdfile, raw + "?offset=" + std::to_string(kStart)});
-        ::unlink(cmdfile.c_str());
-        if (!e.empty() && e.find("debugfs 1.") != 0) throw Error("debugfs: " + e);
-    }
+    say("writing " + rootfs + " into it");
+    auto stats = populate_ext4(raw, kStart, rootfs, [&](uint64_t bytes) {
+        say("writing " + rootfs + " into it: " + std::to_string(bytes >> 20) + " MiB of file data");
+    });
+    r.entries = stats.entries;
+    r.data_bytes = stats.data_bytes;
     if (o.format == "qcow2") {
         say("converting to qcow2");
         std::string tmp = output + ".tmp." + std::to_string(::getpid());

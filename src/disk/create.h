@@ -1,8 +1,9 @@
 #pragma once
 // A bootable-style GPT disk image from a root file system, without
-// mounting anything: sfdisk writes the partition table, mkfs.ext4 -d
-// populates the file system straight into the partition's bytes (-E offset),
-// qemu-img converts to qcow2 when asked.
+// mounting anything: sfdisk writes the partition table, mkfs.ext4 makes an
+// empty file system in the partition's bytes (-E offset), populate_ext4
+// (disk/ext4.h) fills it through libext2fs, qemu-img converts to qcow2 when
+// asked.
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -19,6 +20,8 @@ struct DiskOptions {
 struct DiskResult {
     uint64_t size = 0;
     std::string partuuid;  // of the root partition
+    uint64_t entries = 0;     // inodes written
+    uint64_t data_bytes = 0;  // file data copied
 };
 
 DiskResult create_disk(const std::string& rootfs, const std::string& output, const DiskOptions& o,

@@ -8,8 +8,8 @@ set -uo pipefail
 OCIVM=${1:?ocivm binary}
 fail() { echo "FAIL: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || fail "the disk tests mount file systems and must run as root"
-for t in mkfs.ext4 losetup unshare debugfs qemu-img getfattr setfattr; do
-  command -v $t >/dev/null || fail "$t missing: apt-get install e2fsprogs util-linux qemu-utils attr"
+for t in mkfs.ext4 e2fsck losetup unshare debugfs qemu-img getfattr setfattr setfacl perl; do
+  command -v $t >/dev/null || fail "$t missing: apt-get install e2fsprogs util-linux qemu-utils attr acl perl"
 done
 WORK=/tmp/ocivm-disktest-$$
 mkdir -p "$WORK"
@@ -125,6 +125,22 @@ chown 1000:1000 "$SRC/home/u"; chmod 4755 "$SRC/deep/a/b/c/blob"; chmod 1777 "$S
 setfattr -n user.note -v "a note" "$SRC/etc/hello"
 setfattr -n trusted.marker -v yes "$SRC/deep/a"
 touch -d '2001-02-03 04:05:06.123456789' "$SRC/etc/hello"
+# what stresses our ext4 writer: a directory that must grow many times, holes,
+# a slow symlink (too long for the inode), a 32-bit device number, a socket,
+# ids above 16 bits, ACLs, an xattr too big for the inode, times before 1970
+# and after 2038, empty and block-sized files
+mkdir -p "$SRC/many"
+for i in $(seq 1500); do : > "$SRC/many/entry-with-a-rather-long-name-$i"; done
+truncate -s 40M "$SRC/sparse"; printf 'middle' | dd of="$SRC/sparse" bs=1 seek=20000000 conv=notrunc status=none
+printf 'end' >> "$SRC/sparse"
+ln -s "/$(printf 'long/%.0s' $(seq 40))target" "$SRC/slowlink"
+mknod "$SRC/dev/big" c 259 300000
+perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Local => $ARGV[0], Listen => 1) or die "socket: $!"' "$SRC/dev/sock"
+: > "$SRC/empty"; head -c 4096 /dev/urandom > "$SRC/block"; chown 100000:200000 "$SRC/block"
+setfacl -m u:1234:rwx,g:55:r "$SRC/block"; setfacl -d -m u:1234:rx "$SRC/deep/a/b"
+setfattr -n user.big -v "0x$(head -c 3000 /dev/urandom | od -An -tx1 | tr -d ' \n')" "$SRC/empty"
+touch -d '1960-05-06 07:08:09.5' "$SRC/empty"; touch -d '2100-01-02 03:04:05.25' "$SRC/block"
+touch -h -d '2010-01-01 00:00:00.75' "$SRC/slowlink"; touch -d '2011-01-01 00:00:00.125' "$SRC/many"
 "$OCIVM" disk create "$SRC" "$WORK/disk.raw" > "$WORK/partuuid" 2> "$WORK/create.err"; rc=$?
 check "disk create: exit 0" [ $rc = 0 ]
 check "disk create: GPT with the root partition and the printed PARTUUID" bash -c "sfdisk -d $WORK/disk.raw | grep -qi 'uuid=$(cat "$WORK/partuuid")'"
@@ -136,7 +152,12 @@ tree() { (cd "$1" && find . -path ./lost+found -prune -o -printf '%p %y %m %U:%G
   cd "$1" && getfattr -R -d -m - --absolute-names . 2>/dev/null | grep -v '^$' | sort;
   cd "$1" && find . -type f -path './*' ! -path './lost+found*' -print0 | sort -z | xargs -0 md5sum); }
 check "disk create: the tree reads back exactly (content, mode, owner, xattrs, links, times)" diff <(tree "$SRC") <(tree "$WORK/rt")
+check "disk create: holes stay holes (a 40 MB sparse file takes under 1 MB)" [ "$(stat -c %b "$WORK/rt/sparse")" -lt 2048 ]
 umount "$WORK/rt"
+mkdir -p "$WORK/big"; head -c 30000000 /dev/urandom > "$WORK/big/blob"
+"$OCIVM" disk create --size 20M "$WORK/big" "$WORK/small.raw" 2> "$WORK/small.err"; rc=$?
+check "disk create of a tree bigger than --size: exit 125, says to give a larger --size, no output file" \
+  bash -c "[ $rc = 125 ] && [ \$(wc -l < $WORK/small.err) = 1 ] && grep -q 'larger --size' $WORK/small.err && [ ! -e $WORK/small.raw ] && [ -z \"\$(ls $WORK | grep small.raw)\" ]"
 "$OCIVM" disk create --format qcow2 "$SRC" "$WORK/disk.qcow2" > /dev/null 2>&1
 check "disk create --format qcow2: a qcow2 file" bash -c "qemu-img info $WORK/disk.qcow2 | grep -q 'file format: qcow2'"
 "$OCIVM" disk create "$WORK/missing" "$WORK/x.raw" 2> "$WORK/missing.err"; rc=$?
