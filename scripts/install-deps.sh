@@ -28,6 +28,8 @@ PACKAGES=(
   # disks and unmounting: libmount, sfdisk, mkfs.ext4 + libext2fs (our ext4
   # writer), qemu-img, debugfs and e2fsck (the round-trip test)
   libmount-dev fdisk e2fsprogs libext2fs-dev comerr-dev qemu-utils
+  # disk create --fs xfs: mkfs.xfs runs in the VM from the host root
+  xfsprogs
 )
 
 missing=()

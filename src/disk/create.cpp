@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -41,6 +42,24 @@ std::string uuid4() {
     return s;
 }
 
+// An empty ext4 by mkfs.ext4 in the partition's bytes, filled by our writer.
+void write_ext4(const std::string& raw, uint64_t part, const std::string& rootfs, const std::string& label,
+                const std::function<void(const std::string&)>& say, DiskResult& r) {
+    say("making the ext4 file system");
+    // 256-byte inodes: nanosecond times and in-inode xattrs (small file
+    // systems would otherwise get 128-byte ones); 4 KiB blocks like any root.
+    if (auto e = run({"mkfs.ext4", "-q", "-F", "-L", label, "-I", "256", "-b", "4096", "-E",
+                      "offset=" + std::to_string(kStart), raw, std::to_string(part / 1024) + "k"});
+        !e.empty())
+        throw Error("mkfs.ext4: " + e);
+    say("writing " + rootfs + " into it");
+    auto stats = populate_ext4(raw, kStart, rootfs, [&](uint64_t bytes) {
+        say("writing " + rootfs + " into it: " + std::to_string(bytes >> 20) + " MiB of file data");
+    });
+    r.entries = stats.entries;
+    r.data_bytes = stats.data_bytes;
+}
+
 }  // namespace
 
 uint64_t tree_size(const std::string& root) {
@@ -61,9 +80,12 @@ DiskResult create_disk(const std::string& rootfs, const std::string& output, con
         if (progress) progress(s);
     };
     if (o.format != "raw" && o.format != "qcow2") throw Error("invalid --format '" + o.format + "': use raw or qcow2");
-    if (o.fs != "ext4") throw Error("--fs " + o.fs + " is not supported; use ext4");
+    if (o.fs != "ext4" && o.fs != "xfs") throw Error("invalid --fs '" + o.fs + "': use ext4 or xfs");
+    bool xfs = o.fs == "xfs";
     for (auto* tool : {"sfdisk", "mkfs.ext4"})
         if (!have_program(tool)) throw Error(std::string(tool) + " is missing: apt-get install fdisk e2fsprogs");
+    // mkfs.xfs refuses file systems under 300 MB.
+    const uint64_t min_part = xfs ? 300 * kMiB : 16 * kMiB;
     if (o.format == "qcow2" && !have_program("qemu-img")) throw Error("qemu-img is missing: apt-get install qemu-utils");
     struct stat st;
     if (::stat(rootfs.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) throw Error("image root " + rootfs + " is not a directory");
@@ -71,13 +93,15 @@ DiskResult create_disk(const std::string& rootfs, const std::string& output, con
     DiskResult r;
     uint64_t part;
     if (o.size) {
-        if (o.size < 16 * kMiB) throw Error("--size is too small: at least 16M");
+        if (o.size < min_part + kStart + kTail)
+            throw Error("--size is too small: at least " + std::to_string((min_part + kStart + kTail) / kMiB) + "M for " + o.fs);
         part = (o.size - kStart - kTail) / kMiB * kMiB;
     } else {
         say("measuring the image");
         uint64_t content = tree_size(rootfs);
         // ext4's own metadata (inode tables, journal) plus room to write.
         part = ((content + content / 4 + 64 * kMiB) + kMiB - 1) / kMiB * kMiB;
+        part = std::max(part, min_part);
     }
     r.size = kStart + part + kTail;
     r.partuuid = uuid4();
@@ -96,19 +120,13 @@ DiskResult create_disk(const std::string& rootfs, const std::string& output, con
                         ", type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=" + r.partuuid + ", name=root\n";
     if (auto e = run({"sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", raw}, table); !e.empty())
         throw Error("sfdisk: " + e);
-    say("making the ext4 file system");
-    // 256-byte inodes: nanosecond times and in-inode xattrs (small file
-    // systems would otherwise get 128-byte ones); 4 KiB blocks like any root.
-    if (auto e = run({"mkfs.ext4", "-q", "-F", "-L", o.label, "-I", "256", "-b", "4096", "-E",
-                      "offset=" + std::to_string(kStart), raw, std::to_string(part / 1024) + "k"});
-        !e.empty())
-        throw Error("mkfs.ext4: " + e);
-    say("writing " + rootfs + " into it");
-    auto stats = populate_ext4(raw, kStart, rootfs, [&](uint64_t bytes) {
-        say("writing " + rootfs + " into it: " + std::to_string(bytes >> 20) + " MiB of file data");
-    });
-    r.entries = stats.entries;
-    r.data_bytes = stats.data_bytes;
+    if (xfs) {
+        say("writing " + rootfs + " as xfs in a VM (mkfs.xfs, cp -a; nothing mounted on the host)");
+        if (!o.write_xfs) throw Error("--fs xfs needs a VM to write it, and none was given");
+        o.write_xfs(raw, rootfs, o.label);
+    } else {
+        write_ext4(raw, part, rootfs, o.label, say, r);
+    }
     if (o.format == "qcow2") {
         say("converting to qcow2");
         std::string tmp = output + ".tmp." + std::to_string(::getpid());

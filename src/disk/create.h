@@ -15,6 +15,9 @@ struct DiskOptions {
     std::string fs = "ext4";
     std::string label = "ocivm-root";
     uint64_t size = 0;  // bytes of the whole disk; 0: content + headroom
+    // For --fs xfs: writes ROOTFS as xfs with LABEL into the first partition
+    // of the raw IMAGE (the cli passes vm::write_xfs_in_vm; see docs/disks.md).
+    std::function<void(const std::string& image, const std::string& rootfs, const std::string& label)> write_xfs;
 };
 
 struct DiskResult {

@@ -512,7 +512,13 @@ void mount_root(const GuestConfig& c) {
         must_mount(ocivm::guest::kRootTag, "/ocivm/lower", "virtiofs", MS_RDONLY, nullptr);
     } else {
         std::string dev = find_partition(c.root_partuuid);
-        must_mount(dev.c_str(), "/ocivm/lower", "ext4", MS_RDONLY, nullptr);
+        // ocivm disk create makes ext4 or xfs.
+        if (::mount(dev.c_str(), "/ocivm/lower", "ext4", MS_RDONLY, nullptr) < 0) {
+            int e4 = errno;
+            if (::mount(dev.c_str(), "/ocivm/lower", "xfs", MS_RDONLY, nullptr) < 0)
+                fatal("cannot mount the root partition %s as ext4 (%s) or xfs (%s)", dev.c_str(), std::strerror(e4),
+                      std::strerror(errno));
+        }
     }
     must_mount("ocivm-rw", "/ocivm/rw", "tmpfs", 0, "mode=0755");
     struct stat st;

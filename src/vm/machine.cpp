@@ -393,7 +393,7 @@ int Run::go() {
     }
 
     std::vector<std::string> extra;
-    if (!root_share) extra = {"virtio_blk", "crc32c_generic", "ext4"};
+    if (!root_share || !o_.attach.empty()) extra = {"virtio_blk", "crc32c_generic", "ext4", "xfs"};
     std::string base = guest::base_initramfs(kernel.modules_dir, cache, extra);
     std::string initrd = state.path() + "/initrd.cpio";
     guest::write_run_initramfs(base, guest::encode(o_.guest), initrd);
@@ -432,6 +432,7 @@ int Run::go() {
         if (!d || ::pread(d.get(), head, 4, 0) != 4) throw_errno("cannot read disk " + o_.disk, errno);
         qc.disk_format = std::memcmp(head, "QFI\xfb", 4) == 0 ? "qcow2" : "raw";
     }
+    qc.attach = o_.attach;
     auto [argv, fds] = qemu_argv(qc);
     std::string cmdline;
     for (auto& a : argv) cmdline += a + " ";

@@ -35,6 +35,7 @@ struct MachineOptions {
     std::string machine = "microvm";
     std::string disk;           // boot this disk (ocivm disk create) instead of rootfs
     std::string disk_partuuid;  // its root partition
+    std::vector<std::string> attach;  // writable raw disks for the command (/dev/vda, ... after --disk)
 };
 
 // Runs the VM to its end; returns the exit status for ocivm (the command's,

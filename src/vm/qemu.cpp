@@ -46,6 +46,13 @@ std::pair<std::vector<std::string>, std::vector<int>> qemu_argv(const QemuConfig
         a.insert(a.end(), {"-drive", "file=" + file + ",if=none,id=disk0,readonly=on,format=" + c.disk_format, "-device",
                            micro ? "virtio-blk-device,drive=disk0" : "virtio-blk-pci,drive=disk0"});
     }
+    for (size_t k = 0; k < c.attach.size(); ++k) {
+        std::string file = c.attach[k];
+        for (size_t p = 0; (p = file.find(',', p)) != std::string::npos; p += 2) file.insert(p, ",");
+        std::string id = "attach" + std::to_string(k);
+        a.insert(a.end(), {"-drive", "file=" + file + ",if=none,id=" + id + ",format=raw", "-device",
+                           std::string(micro ? "virtio-blk-device" : "virtio-blk-pci") + ",drive=" + id});
+    }
     int i = 0;
     for (auto& [tag, fd] : c.fs) {
         std::string id = "fs" + std::to_string(i++);

@@ -20,6 +20,7 @@ struct QemuConfig {
     int console = -1, qmp = -1, port_out = -1, port_err = -1, port_in = -1, port_control = -1;
     std::vector<std::pair<std::string, int>> fs;  // tag, vhost-user socket
     std::string disk, disk_format;                // a read-only virtio-blk disk
+    std::vector<std::string> attach;              // writable raw virtio-blk disks, after it
 };
 
 // The argv, and the fds (in the parent) to hand to QEMU as 3, 4, 5, ...

@@ -6,6 +6,7 @@
 #   disk_test.sh OCIVM
 set -uo pipefail
 OCIVM=${1:?ocivm binary}
+. "$(dirname "$0")/../lib/tree.sh"
 fail() { echo "FAIL: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || fail "the disk tests mount file systems and must run as root"
 for t in mkfs.ext4 e2fsck losetup unshare debugfs qemu-img getfattr setfattr setfacl perl; do
@@ -114,33 +115,7 @@ check "umount of a non-mount: exit 125, one line" bash -c "[ $rc = 125 ] && [ \$
 
 # --- ocivm disk create: round trip without mounting
 SRC=$WORK/src
-mkdir -p "$SRC/etc" "$SRC/home/u" "$SRC/dev" "$SRC/deep/a/b/c"
-printf 'hello\n' > "$SRC/etc/hello"; chmod 640 "$SRC/etc/hello"; chown 12:34 "$SRC/etc/hello"
-head -c 300000 /dev/urandom > "$SRC/deep/a/b/c/blob"
-ln "$SRC/etc/hello" "$SRC/home/u/hardlink"
-ln -s ../etc/hello "$SRC/home/u/symlink"
-ln -s /absolute/nowhere "$SRC/dangling"
-mknod "$SRC/dev/null" c 1 3; mknod "$SRC/dev/loop7" b 7 7; mkfifo "$SRC/dev/fifo"
-chown 1000:1000 "$SRC/home/u"; chmod 4755 "$SRC/deep/a/b/c/blob"; chmod 1777 "$SRC/deep"
-setfattr -n user.note -v "a note" "$SRC/etc/hello"
-setfattr -n trusted.marker -v yes "$SRC/deep/a"
-touch -d '2001-02-03 04:05:06.123456789' "$SRC/etc/hello"
-# what stresses our ext4 writer: a directory that must grow many times, holes,
-# a slow symlink (too long for the inode), a 32-bit device number, a socket,
-# ids above 16 bits, ACLs, an xattr too big for the inode, times before 1970
-# and after 2038, empty and block-sized files
-mkdir -p "$SRC/many"
-for i in $(seq 1500); do : > "$SRC/many/entry-with-a-rather-long-name-$i"; done
-truncate -s 40M "$SRC/sparse"; printf 'middle' | dd of="$SRC/sparse" bs=1 seek=20000000 conv=notrunc status=none
-printf 'end' >> "$SRC/sparse"
-ln -s "/$(printf 'long/%.0s' $(seq 40))target" "$SRC/slowlink"
-mknod "$SRC/dev/big" c 259 300000
-perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Local => $ARGV[0], Listen => 1) or die "socket: $!"' "$SRC/dev/sock"
-: > "$SRC/empty"; head -c 4096 /dev/urandom > "$SRC/block"; chown 100000:200000 "$SRC/block"
-setfacl -m u:1234:rwx,g:55:r "$SRC/block"; setfacl -d -m u:1234:rx "$SRC/deep/a/b"
-setfattr -n user.big -v "0x$(head -c 3000 /dev/urandom | od -An -tx1 | tr -d ' \n')" "$SRC/empty"
-touch -d '1960-05-06 07:08:09.5' "$SRC/empty"; touch -d '2100-01-02 03:04:05.25' "$SRC/block"
-touch -h -d '2010-01-01 00:00:00.75' "$SRC/slowlink"; touch -d '2011-01-01 00:00:00.125' "$SRC/many"
+make_test_tree "$SRC"
 "$OCIVM" disk create "$SRC" "$WORK/disk.raw" > "$WORK/partuuid" 2> "$WORK/create.err"; rc=$?
 check "disk create: exit 0" [ $rc = 0 ]
 check "disk create: GPT with the root partition and the printed PARTUUID" bash -c "sfdisk -d $WORK/disk.raw | grep -qi 'uuid=$(cat "$WORK/partuuid")'"
@@ -148,10 +123,7 @@ check "disk create: e2fsck finds the file system clean" bash -c "dd if=$WORK/dis
 rm -f "$WORK/part.img"
 mkdir -p "$WORK/rt"
 mount -o loop,ro,offset=1048576 "$WORK/disk.raw" "$WORK/rt" || bad "disk create: the partition mounts"
-tree() { (cd "$1" && find . -path ./lost+found -prune -o -printf '%p %y %m %U:%G %l %n %T@\n' | grep -v '^\. ' | sort
-  cd "$1" && getfattr -R -d -m - --absolute-names . 2>/dev/null | grep -v '^$' | sort;
-  cd "$1" && find . -type f -path './*' ! -path './lost+found*' -print0 | sort -z | xargs -0 md5sum); }
-check "disk create: the tree reads back exactly (content, mode, owner, xattrs, links, times)" diff <(tree "$SRC") <(tree "$WORK/rt")
+check "disk create: the tree reads back exactly (content, mode, owner, xattrs, links, times)" diff <(tree_listing "$SRC") <(tree_listing "$WORK/rt")
 check "disk create: holes stay holes (a 40 MB sparse file takes under 1 MB)" [ "$(stat -c %b "$WORK/rt/sparse")" -lt 2048 ]
 umount "$WORK/rt"
 mkdir -p "$WORK/big"; head -c 30000000 /dev/urandom > "$WORK/big/blob"

@@ -7,6 +7,7 @@
 set -uo pipefail
 OCIVM=${1:?ocivm binary}
 DEMO=${2:?demo image directory}
+. "$(dirname "$0")/../lib/tree.sh"
 
 fail() { echo "FAIL: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || fail "the vm tests must run as root"
@@ -210,6 +211,33 @@ run diskq --disk "$WORK/disk.qcow2" -- cat /disk-marker
 check "run --disk with a qcow2 disk" [ "$(out diskq)" = from-the-disk ]
 run nodisk --disk "$WORK/no-such.raw" -- true
 check "run --disk of a missing disk: one-line error, exit 125" one_error nodisk
+
+# --- disk create --fs xfs: written inside a VM, read back exactly on the host, boots
+for t in mkfs.xfs xfs_repair setfacl perl; do
+  command -v $t >/dev/null || fail "$t missing: apt-get install xfsprogs acl perl"
+done
+grep -qw xfs /proc/filesystems || modprobe xfs 2>/dev/null ||
+  fail "the host kernel cannot mount xfs (this test reads the disk back by mounting it): load the xfs module"
+XSRC=$WORK/xsrc
+cp -a "$DISKIMG" "$XSRC"; make_test_tree "$XSRC/t"
+"$OCIVM" disk create --fs xfs "$XSRC" "$WORK/disk.xfs" > "$WORK/xfs.out" 2> "$WORK/xfs.err"; echo $? > "$WORK/xfs.rc"
+expect_rc xfs 0 "disk create --fs xfs: exit 0"
+check "disk create --fs xfs: stdout is the partition's PARTUUID alone" \
+  bash -c "[ \$(wc -l < $WORK/xfs.out) = 1 ] && sfdisk -d $WORK/disk.xfs | grep -qi \"uuid=\$(cat $WORK/xfs.out)\""
+check "disk create --fs xfs: xfs_repair -n finds it clean" \
+  bash -c "dd if=$WORK/disk.xfs of=$WORK/xfs.part bs=1M skip=1 status=none && xfs_repair -n $WORK/xfs.part >/dev/null 2>&1"
+rm -f "$WORK/xfs.part"
+mkdir -p "$WORK/xrt"
+if mount -o loop,ro,offset=1048576 "$WORK/disk.xfs" "$WORK/xrt"; then
+  check "disk create --fs xfs: the tree reads back exactly (content, mode, owner, xattrs, ACLs, links, times, holes)" \
+    diff <(tree_listing "$XSRC") <(tree_listing "$WORK/xrt")
+  umount "$WORK/xrt"
+else
+  bad "disk create --fs xfs: the partition mounts on the host"
+fi
+run xdisk --disk "$WORK/disk.xfs" -- sh -c 'cat /disk-marker; exit 4'
+expect_rc xdisk 4 "run --disk of an xfs disk: the command's exit code"
+check "run --disk of an xfs disk: the root is the disk's" [ "$(out xdisk)" = from-the-disk ]
 
 # --- --systemd: the host's own Debian root (it has systemd) as the image
 command -v systemctl >/dev/null || fail "systemd missing on the host (its root is the --systemd test image): apt-get install systemd"
