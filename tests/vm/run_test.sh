@@ -124,7 +124,7 @@ check "-v :ro: nothing written on the host" [ ! -e "$VOL/new" ]
 # --- stdin and tty
 printf 'line one\nline two\n' | "$OCIVM" run --rm -i "$DEMO" -- sh -c 'cat; echo done' > "$WORK/stdin.out" 2>/dev/null
 check "-i forwards stdin to the command (and its end)" [ "$(cat "$WORK/stdin.out" | tr '\n' '|')" = "line one|line two|done|" ]
-script -qec "stty cols 123 rows 45; $OCIVM run --rm -t $DEMO -- sh -c 'tty; stty size'" /dev/null > "$WORK/tty.out" 2>&1
+script -qec "stty cols 123 rows 45; exec $OCIVM run --rm -t $DEMO -- sh -c 'tty; stty size'" /dev/null > "$WORK/tty.out" 2>&1
 check "-t gives the command a pty" grep -q "^/dev/pts/" "$WORK/tty.out"
 check "-t passes the window size" grep -q "^45 123" "$WORK/tty.out"
 
