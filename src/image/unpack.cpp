@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <atomic>
 #include <condition_variable>
@@ -27,6 +28,7 @@
 #include <thread>
 #include <set>
 
+#include "image/gunzip.h"
 #include "util/error.h"
 #include "util/hash.h"
 #include "util/log.h"
@@ -203,7 +205,10 @@ Meta meta_of(archive_entry* e) {
 // a few 1 MiB chunks (decompression is the longest step of an import).
 class HashingSource {
 public:
-    explicit HashingSource(archive* raw) : raw_(raw) {
+    // READ fills a buffer with decompressed bytes: its count, 0 at the end,
+    // -1 with *error set on failure.
+    using Reader = std::function<la_ssize_t(char*, size_t, std::string* error)>;
+    explicit HashingSource(Reader read) : read_(std::move(read)) {
         for (int i = 0; i < 6; ++i) free_.push_back(std::make_unique<Chunk>());
         thread_ = std::thread([this] { produce(); });
     }
@@ -262,9 +267,10 @@ private:
                 c = std::move(free_.back());
                 free_.pop_back();
             }
-            la_ssize_t n = archive_read_data(raw_, c->data.data(), c->data.size());
+            std::string err;
+            la_ssize_t n = read_(c->data.data(), c->data.size(), &err);
             std::lock_guard lk(mu_);
-            if (n < 0) error_ = archive_error_string(raw_) ? archive_error_string(raw_) : "decompression failed";
+            if (n < 0) error_ = err.empty() ? "decompression failed" : err;
             if (n <= 0) {
                 done_ = true;
                 cv_.notify_all();
@@ -277,7 +283,7 @@ private:
             cv_.notify_all();
         }
     }
-    archive* raw_;
+    Reader read_;
     std::mutex mu_;
     std::condition_variable cv_;
     std::deque<std::unique_ptr<Chunk>> full_;
@@ -340,15 +346,37 @@ bool safe_relative_path(const std::string& in, std::vector<std::string>& comps, 
 UnpackStats unpack_layer(const std::string& blob, const std::string& dest, const std::string& diff_id,
                          const std::function<void(uint64_t)>& progress) {
     UnpackStats stats;
-    std::unique_ptr<archive, ArchiveFree> raw(archive_read_new());
-    archive_read_support_filter_all(raw.get());
-    archive_read_support_format_raw(raw.get());
-    if (archive_read_open_filename(raw.get(), blob.c_str(), 1 << 20) != ARCHIVE_OK)
-        throw Error("cannot read layer " + blob + ": " + archive_error_string(raw.get()));
-    archive_entry* re;
-    if (archive_read_next_header(raw.get(), &re) != ARCHIVE_OK)
-        throw Error("layer " + blob + " is not a tar, gzip or zstd stream: " + archive_error_string(raw.get()));
-    auto src_ptr = std::make_unique<HashingSource>(raw.get());
+    // gzip (most layers) through ISA-L; zstd, plain tar and the rest through
+    // libarchive's filters.
+    std::unique_ptr<archive, ArchiveFree> raw;
+    std::unique_ptr<Gunzip> gz;
+    HashingSource::Reader reader;
+    if (is_gzip_file(blob)) {
+        gz = std::make_unique<Gunzip>(blob);
+        reader = [g = gz.get()](char* buf, size_t size, std::string* error) -> la_ssize_t {
+            try {
+                return static_cast<la_ssize_t>(g->read(buf, size));
+            } catch (const Error& e) {
+                *error = e.what();
+                return -1;
+            }
+        };
+    } else {
+        raw.reset(archive_read_new());
+        archive_read_support_filter_all(raw.get());
+        archive_read_support_format_raw(raw.get());
+        if (archive_read_open_filename(raw.get(), blob.c_str(), 1 << 20) != ARCHIVE_OK)
+            throw Error("cannot read layer " + blob + ": " + archive_error_string(raw.get()));
+        archive_entry* re;
+        if (archive_read_next_header(raw.get(), &re) != ARCHIVE_OK)
+            throw Error("layer " + blob + " is not a tar, gzip or zstd stream: " + archive_error_string(raw.get()));
+        reader = [a = raw.get()](char* buf, size_t size, std::string* error) -> la_ssize_t {
+            la_ssize_t n = archive_read_data(a, buf, size);
+            if (n < 0 && archive_error_string(a)) *error = archive_error_string(a);
+            return n;
+        };
+    }
+    auto src_ptr = std::make_unique<HashingSource>(std::move(reader));
     HashingSource& src = *src_ptr;
 
     if (::mkdir(dest.c_str(), 0755) < 0) throw_errno("cannot create " + dest, errno);
@@ -363,7 +391,8 @@ UnpackStats unpack_layer(const std::string& blob, const std::string& dest, const
         archive_read_support_format_tar(tar.get());
         archive_read_support_format_gnutar(tar.get());
         if (archive_read_open(tar.get(), &src, nullptr, &HashingSource::read, nullptr) != ARCHIVE_OK)
-            throw Error("layer " + blob + ": " + (src.error().empty() ? archive_error_string(tar.get()) : src.error()));
+            throw Error("layer " + blob + (src.error().empty() ? std::string(": ") + archive_error_string(tar.get())
+                                                               : " is corrupt: " + src.error()));
         std::vector<std::pair<std::string, Meta>> dirs;  // metadata once their contents are in
         std::string links;                               // hard links to lower layers
         std::set<std::string> implicit;

@@ -451,6 +451,27 @@ TEST_F(ImageTest, CorruptBlobsAndBadSourcesLeaveTheStoreAsItWas) {
     EXPECT_NE(r.err.find("does not match its diff_id"), std::string::npos) << r.err;
     std::string after_blobs = store_listing(home);
     EXPECT_EQ(after_blobs.find("layers/" + sha("something else").substr(7)), std::string::npos);
+    // A gzip layer damaged before it was digested: the digest holds, the
+    // decompressor (ISA-L) finds the damage, truncated or in the middle.
+    for (int cut : {0, 1}) {
+        auto dmg = make_layout(dir + "/dmg" + std::to_string(cut), {{{"d", 'f', 0644, 0, 0, std::string(200000, 'd') + "tail"}}});
+        std::string blob = read_file(dmg.layer_files[0]);
+        if (cut) blob.resize(blob.size() / 2);
+        else for (size_t i = 0; i < 8; ++i) blob[blob.size() / 2 + i] = static_cast<char>(~blob[blob.size() / 2 + i]);
+        put_blob(dmg.dir, sha(blob), blob);
+        json m = json::parse(read_file(dmg.dir + "/blobs/sha256/" + dmg.manifest_digest.substr(7)));
+        m["layers"][0]["digest"] = sha(blob);
+        m["layers"][0]["size"] = blob.size();
+        std::string ms = m.dump();
+        put_blob(dmg.dir, sha(ms), ms);
+        json index = json::parse(read_file(dmg.dir + "/index.json"));
+        index["manifests"][0]["digest"] = sha(ms);
+        std::ofstream(dmg.dir + "/index.json") << index.dump();
+        r = run_ocivm({"image", "import", "oci:" + dmg.dir}, home);
+        EXPECT_EQ(r.status, 125) << r.err;
+        EXPECT_NE(r.err.find("is corrupt"), std::string::npos) << r.err;
+        EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    }
     // Bad sources: missing file, wrong format, unknown transport, corrupt archive.
     std::ofstream(dir + "/notes.txt") << "not an archive\n";
     {
