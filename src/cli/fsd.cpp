@@ -224,7 +224,8 @@ int cmd_fsd(int argc, char** argv) {
     // Everything that needs more than the allow-list is set up by now.
     transport::install_seccomp_filter(seccomp);
     int rc = backend.serve(sock.get());
-    spdlog::info("served {} requests", backend.stats().requests.load());
+    spdlog::info("served {} requests; {} bad descriptor chains; {} interrupts sent again to a guest that had missed one",
+                 backend.stats().requests.load(), backend.stats().bad_chains.load(), backend.stats().renotified.load());
     recorder->flush();
     if (recorder->dropped())
         spdlog::warn("trace: {} records dropped (buffer full)", recorder->dropped());

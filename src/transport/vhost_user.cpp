@@ -229,9 +229,31 @@ void VhostUserBackend::queue_loop(unsigned i) {
     for (;;) {
         if (!first) {
             struct pollfd p[2] = {{q.kick.get(), POLLIN, 0}, {q.stop.get(), POLLIN, 0}};
-            if (::poll(p, 2, -1) < 0) {
+            // Idle with replies the guest has not taken: after a second, the
+            // interrupt is sent again. One lost interrupt (whatever lost it)
+            // would otherwise stall the queue for good, since with EVENT_IDX
+            // the guest asks for no other until it has seen that one: that
+            // is how a guest's umount hung on a full hiprio ring. A spurious
+            // interrupt only makes the guest look at its ring.
+            bool behind;
+            {
+                std::shared_lock lk(mem_mu_);  // the ring may be remapped meanwhile
+                behind = q.vq.guest_behind();
+            }
+            int n = ::poll(p, 2, behind ? 1000 : -1);
+            if (n < 0) {
                 if (errno == EINTR) continue;
                 return;
+            }
+            if (n == 0) {
+                std::shared_lock lk(mem_mu_);
+                if (q.vq.guest_behind() && q.call) {
+                    uint64_t one = 1;
+                    (void)!::write(q.call.get(), &one, sizeof one);
+                    stats_.renotified.fetch_add(1, std::memory_order_relaxed);
+                    spdlog::debug("virtio-fs queue {}: the guest has not taken its replies; interrupt sent again", i);
+                }
+                continue;
             }
             if (p[1].revents) return;
             uint64_t v;
@@ -441,6 +463,17 @@ int VhostUserBackend::handle_message(int sock, uint32_t request, uint32_t flags,
                 bool was = q.running;
                 stop_queue(idx);
                 q.call = std::move(fd);
+                // QEMU swaps call fds when the guest masks or unmasks the
+                // queue's MSI-X vector, and looks for an interrupt left in the
+                // old fd before we have switched (this message has no reply):
+                // one written in between was lost, and the guest waited
+                // forever on a full ring (a vm_fsd umount hang). Signal the
+                // new fd at once, as libvhost-user does; a spurious interrupt
+                // only makes the guest look at its ring.
+                if (q.call) {
+                    uint64_t one = 1;
+                    (void)!::write(q.call.get(), &one, sizeof one);
+                }
                 if (was) start_queue_if_ready(idx);
             } else {
                 q.err = std::move(fd);

@@ -29,6 +29,10 @@ struct VhostUserOptions {
 struct VhostUserStats {
     std::atomic<uint64_t> requests{0};
     std::atomic<uint64_t> bad_chains{0};
+    // Interrupts sent again because the guest had not taken its replies a
+    // second after the last one (a lost interrupt would otherwise stall that
+    // queue for good; see queue_loop).
+    std::atomic<uint64_t> renotified{0};
 };
 
 class VhostUserBackend {

@@ -148,6 +148,12 @@ bool Virtqueue::need_notify() {
     return vring_need_event(event, used_idx_, old);
 }
 
+bool Virtqueue::guest_behind() const {
+    if (!configured() || !event_idx_) return false;
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    return load(&avail_->ring[num_]) != used_idx_;
+}
+
 bool Virtqueue::enable_notify_and_check() {
     if (!configured()) return false;
     if (event_idx_) {

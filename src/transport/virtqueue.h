@@ -82,6 +82,10 @@ public:
     bool enable_notify_and_check();
     // Whether the guest made chains available that pop() has not taken.
     bool available() const { return configured() && avail_idx() != last_avail_; }
+    // With EVENT_IDX: whether the guest's used_event says it has not seen
+    // every chain returned (it sets used_event to the last used index it
+    // took when it asks for the next interrupt).
+    bool guest_behind() const;
 
 private:
     Pop walk(const GuestMemory& mem, uint16_t head, DescChain& out, const char** why);

@@ -57,87 +57,168 @@ uint64_t get_u64(int sock, uint32_t req) {
     return v;
 }
 
+// QEMU's side of one vhost-user-fs device: guest memory in a memfd, request
+// queue 1 set up with EVENT_IDX, FUSE LOOKUPs of "." put in its ring.
+struct FrontEnd {
+    test::Harness h;
+    std::unique_ptr<VhostUserBackend> backend;
+    UniqueFd front, back;
+    std::thread server;
+    UniqueFd mem;
+    std::byte* ram = nullptr;
+    vring_desc* desc = nullptr;
+    vring_avail* avail = nullptr;
+    vring_used* used = nullptr;
+    uint64_t q1 = 1;
+
+    FrontEnd() {
+        h.init();
+        backend = std::make_unique<VhostUserBackend>(*h.server, VhostUserOptions{});
+        int sv[2];
+        EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        front = UniqueFd(sv[0]);
+        back = UniqueFd(sv[1]);
+        server = std::thread([this] { backend->serve(back.get()); });
+        mem = UniqueFd(::memfd_create("guest", MFD_CLOEXEC));
+        EXPECT_EQ(::ftruncate(mem.get(), kSize), 0);
+        ram = static_cast<std::byte*>(::mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, mem.get(), 0));
+        EXPECT_NE(ram, MAP_FAILED);
+        desc = reinterpret_cast<vring_desc*>(ram);
+        avail = reinterpret_cast<vring_avail*>(ram + 16 * kNum);
+        used = reinterpret_cast<vring_used*>(ram + 4096);
+
+        uint64_t features = get_u64(front.get(), 1);               // GET_FEATURES
+        uint64_t want = features & ((1ull << 32) | (1ull << 29));  // VERSION_1, EVENT_IDX
+        send_msg(front.get(), 3, nullptr, 0);                      // SET_OWNER
+        send_msg(front.get(), 2, &want, sizeof want);              // SET_FEATURES
+        struct {
+            uint32_t n, pad;
+            uint64_t gpa, size, uaddr, offset;
+        } table{1, 0, kGpa, kSize, kUaddr, 0};
+        send_msg(front.get(), 5, &table, sizeof table, {mem.get()});  // SET_MEM_TABLE
+        uint32_t num[2] = {1, kNum};
+        send_msg(front.get(), 8, num, sizeof num);  // SET_VRING_NUM, queue 1
+        struct {
+            uint32_t index, flags;
+            uint64_t desc, used, avail, log;
+        } addr{1, 0, kUaddr, kUaddr + 4096, kUaddr + 16 * kNum, 0};
+        send_msg(front.get(), 9, &addr, sizeof addr);  // SET_VRING_ADDR
+        uint32_t base[2] = {1, 0};
+        send_msg(front.get(), 10, base, sizeof base);  // SET_VRING_BASE
+    }
+    ~FrontEnd() {
+        front.reset();  // QEMU goes: serve returns
+        server.join();
+        ::munmap(ram, kSize);
+    }
+
+    // A LOOKUP of "." in descriptors 2*slot and 2*slot+1, made available
+    // (no kick).
+    void queue_lookup(uint16_t slot, uint64_t unique) {
+        fuse_in_header ih{};
+        ih.opcode = FUSE_LOOKUP;
+        ih.unique = unique;
+        ih.nodeid = 1;
+        ih.len = sizeof ih + 2;
+        uint64_t in = 0x8000 + slot * 0x2000ull, out = in + 0x1000;
+        std::memcpy(ram + in, &ih, sizeof ih);
+        std::memcpy(ram + in + sizeof ih, ".", 2);
+        uint16_t d = static_cast<uint16_t>(2 * slot);
+        desc[d] = {kGpa + in, static_cast<uint32_t>(sizeof ih + 2), VRING_DESC_F_NEXT, static_cast<uint16_t>(d + 1)};
+        desc[d + 1] = {kGpa + out, 4096, VRING_DESC_F_WRITE, 0};
+        uint16_t idx = avail->idx;
+        avail->ring[idx % kNum] = d;
+        __atomic_store_n(&avail->idx, static_cast<uint16_t>(idx + 1), __ATOMIC_RELEASE);
+    }
+    uint64_t reply_unique(uint16_t slot) {
+        fuse_out_header oh{};
+        std::memcpy(&oh, ram + 0x9000 + slot * 0x2000ull, sizeof oh);
+        return oh.unique;
+    }
+    // The guest's used_event: "interrupt me once the used index passes this".
+    void set_used_event(uint16_t v) { __atomic_store_n(&avail->ring[kNum], v, __ATOMIC_SEQ_CST); }
+    void set_call(int fd) { send_msg(front.get(), 13, &q1, sizeof q1, {fd}); }  // SET_VRING_CALL
+    void set_kick(int fd) { send_msg(front.get(), 12, &q1, sizeof q1, {fd}); }  // SET_VRING_KICK
+    bool used_reaches(uint16_t n) {
+        for (int i = 0; i < 5000; ++i) {
+            if (__atomic_load_n(&used->idx, __ATOMIC_ACQUIRE) == n) return true;
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        return false;
+    }
+};
+
+bool signalled(int fd, int ms) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, ms) != 1) return false;
+    uint64_t v;
+    (void)!::read(fd, &v, sizeof v);  // take it, as QEMU does
+    return true;
+}
+
 }  // namespace
 
 // Regression: a queue thread that starts (or restarts, as SET_VRING_CALL
 // does mid-run) waited for a kick before looking at its ring, so requests
 // already queued without a kick were never served and the guest hung.
 TEST(VhostUser, RequestsQueuedBeforeTheQueueStartsAreServedWithoutAKick) {
-    test::Harness h;
-    h.init();
-    transport::VhostUserBackend backend(*h.server, {});
-    int sv[2];
-    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    UniqueFd front(sv[0]), back(sv[1]);
-    std::thread server([&] { backend.serve(back.get()); });
-
-    UniqueFd mem(::memfd_create("guest", MFD_CLOEXEC));
-    ASSERT_EQ(::ftruncate(mem.get(), kSize), 0);
-    auto* ram = static_cast<std::byte*>(::mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, mem.get(), 0));
-    ASSERT_NE(ram, MAP_FAILED);
-    auto* desc = reinterpret_cast<vring_desc*>(ram);
-    auto* avail = reinterpret_cast<vring_avail*>(ram + 16 * kNum);
-    auto* used = reinterpret_cast<vring_used*>(ram + 4096);
-
-    uint64_t features = get_u64(front.get(), 1);  // GET_FEATURES
-    uint64_t want = features & ((1ull << 32) | (1ull << 29));  // VERSION_1, EVENT_IDX
-    send_msg(front.get(), 3, nullptr, 0);              // SET_OWNER
-    send_msg(front.get(), 2, &want, sizeof want);      // SET_FEATURES
-    struct {
-        uint32_t n, pad;
-        uint64_t gpa, size, uaddr, offset;
-    } table{1, 0, kGpa, kSize, kUaddr, 0};
-    send_msg(front.get(), 5, &table, sizeof table, {mem.get()});  // SET_MEM_TABLE
-    uint32_t num[2] = {1, kNum};
-    send_msg(front.get(), 8, num, sizeof num);  // SET_VRING_NUM, queue 1
-    struct {
-        uint32_t index, flags;
-        uint64_t desc, used, avail, log;
-    } addr{1, 0, kUaddr, kUaddr + 4096, kUaddr + 16 * kNum, 0};
-    send_msg(front.get(), 9, &addr, sizeof addr);  // SET_VRING_ADDR
-    uint32_t base[2] = {1, 0};
-    send_msg(front.get(), 10, base, sizeof base);  // SET_VRING_BASE
-
-    // A LOOKUP of "." queued before the ring runs, and no kick ever written.
-    fuse_in_header ih{};
-    ih.opcode = FUSE_LOOKUP;
-    ih.unique = 5;
-    ih.nodeid = 1;
-    ih.len = sizeof ih + 2;
-    std::memcpy(ram + 0x8000, &ih, sizeof ih);
-    std::memcpy(ram + 0x8000 + sizeof ih, ".", 2);
-    desc[0] = {kGpa + 0x8000, static_cast<uint32_t>(sizeof ih + 2), VRING_DESC_F_NEXT, 1};
-    desc[1] = {kGpa + 0x9000, 4096, VRING_DESC_F_WRITE, 0};
-    avail->ring[0] = 0;
-    __atomic_store_n(&avail->idx, 1, __ATOMIC_RELEASE);
-
+    FrontEnd fe;
+    fe.queue_lookup(0, 5);  // before the ring runs, and no kick ever written
     UniqueFd call(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)), kick(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    uint64_t q1 = 1;
-    send_msg(front.get(), 13, &q1, sizeof q1, {call.get()});  // SET_VRING_CALL
-    send_msg(front.get(), 12, &q1, sizeof q1, {kick.get()});  // SET_VRING_KICK: the queue starts
-    pollfd p{call.get(), POLLIN, 0};
-    EXPECT_EQ(::poll(&p, 1, 5000), 1) << "no interrupt: the queued request was not served";
-    EXPECT_EQ(__atomic_load_n(&used->idx, __ATOMIC_ACQUIRE), 1) << "the request is still in the ring";
-    fuse_out_header oh{};
-    std::memcpy(&oh, ram + 0x9000, sizeof oh);
-    EXPECT_EQ(oh.unique, 5u);
+    fe.set_call(call.get());
+    fe.set_kick(kick.get());  // the queue starts
+    // (The call fd is signalled at SET_VRING_CALL already, so the used
+    // index, not the interrupt, says whether the request was served.)
+    EXPECT_TRUE(fe.used_reaches(1)) << "the queued request was not served";
+    EXPECT_EQ(fe.reply_unique(0), 5u);
 
     // The same after SET_VRING_CALL restarts the running queue thread.
-    std::memcpy(ram + 0xa000, &ih, sizeof ih);
-    std::memcpy(ram + 0xa000 + sizeof ih, ".", 2);
-    reinterpret_cast<fuse_in_header*>(ram + 0xa000)->unique = 6;
-    desc[2] = {kGpa + 0xa000, static_cast<uint32_t>(sizeof ih + 2), VRING_DESC_F_NEXT, 3};
-    desc[3] = {kGpa + 0xb000, 4096, VRING_DESC_F_WRITE, 0};
     UniqueFd call2(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the thread is asleep, waiting for a kick
-    avail->ring[1] = 2;
-    __atomic_store_n(&avail->idx, 2, __ATOMIC_RELEASE);  // queued, not kicked
-    send_msg(front.get(), 13, &q1, sizeof q1, {call2.get()});
-    pollfd p2{call2.get(), POLLIN, 0};
-    ::poll(&p2, 1, 5000);
-    EXPECT_EQ(__atomic_load_n(&used->idx, __ATOMIC_ACQUIRE), 2) << "a request queued across a restart was lost";
+    fe.queue_lookup(1, 6);                                        // queued, not kicked
+    fe.set_call(call2.get());
+    EXPECT_TRUE(fe.used_reaches(2)) << "a request queued across a restart was lost";
+    EXPECT_EQ(fe.reply_unique(1), 6u);
+}
 
-    front.reset();  // QEMU goes: serve returns
-    server.join();
-    ::munmap(ram, kSize);
+// Regression (vm_fsd hung at umount: the hiprio ring full, its used index
+// 128 past the guest's used_event): QEMU swaps the call fd when the guest
+// masks or unmasks the queue's MSI-X vector and looks for an interrupt left
+// in the old one before we have switched (SET_VRING_CALL has no reply), so
+// one written in between was lost. A new call fd is signalled at once, even
+// with nothing new in the ring.
+TEST(VhostUser, ANewCallFdIsSignalledAtOnce) {
+    FrontEnd fe;
+    UniqueFd call(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)), kick(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    fe.set_call(call.get());
+    fe.set_kick(kick.get());
+    EXPECT_TRUE(signalled(call.get(), 5000)) << "SET_VRING_CALL did not signal the call fd";
+    UniqueFd call2(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    fe.set_call(call2.get());
+    EXPECT_TRUE(signalled(call2.get(), 5000)) << "SET_VRING_CALL did not signal the new call fd";
+}
+
+// Whatever loses an interrupt, the queue recovers: with EVENT_IDX a guest
+// that has not seen a reply asks for no further interrupt, so the back end
+// sends it again once the queue has been idle for a second; a guest that
+// has taken every reply gets none.
+TEST(VhostUser, AnInterruptTheGuestMissedIsSentAgain) {
+    FrontEnd fe;
+    UniqueFd call(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)), kick(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    fe.set_used_event(0);  // the guest has seen nothing yet
+    fe.set_call(call.get());
+    fe.set_kick(kick.get());
+    signalled(call.get(), 1000);  // the one SET_VRING_CALL sends
+    fe.queue_lookup(0, 7);
+    uint64_t one = 1;
+    ASSERT_EQ(::write(kick.get(), &one, sizeof one), 8);
+    ASSERT_TRUE(fe.used_reaches(1));
+    EXPECT_TRUE(signalled(call.get(), 1000)) << "no interrupt for the reply";
+    // That interrupt is "lost": the guest's used_event stays 0, behind 1.
+    EXPECT_TRUE(signalled(call.get(), 3000)) << "the missed interrupt was not sent again";
+    EXPECT_GE(fe.backend->stats().renotified.load(), 1u);
+    // The guest takes the reply and asks for the next interrupt: silence.
+    fe.set_used_event(1);
+    signalled(call.get(), 1200);  // one may have been on its way
+    EXPECT_FALSE(signalled(call.get(), 2500)) << "interrupts sent to a guest that has taken every reply";
 }
