@@ -248,9 +248,9 @@ void VhostUserBackend::queue_loop(unsigned i) {
             if (n == 0) {
                 std::shared_lock lk(mem_mu_);
                 if (q.vq.guest_behind() && q.call) {
+                    stats_.renotified.fetch_add(1, std::memory_order_relaxed);  // counted before it can be seen
                     uint64_t one = 1;
                     (void)!::write(q.call.get(), &one, sizeof one);
-                    stats_.renotified.fetch_add(1, std::memory_order_relaxed);
                     spdlog::debug("virtio-fs queue {}: the guest has not taken its replies; interrupt sent again", i);
                 }
                 continue;
