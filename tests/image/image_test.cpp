@@ -172,6 +172,16 @@ Layout make_layout(const std::string& dir, const std::vector<std::vector<Entry>>
     return l;
 }
 
+// Makes MANIFEST the layout's one image (stored, and the index points at it).
+void set_manifest(const Layout& l, const json& manifest) {
+    std::string ms = manifest.dump();
+    put_blob(l.dir, sha(ms), ms);
+    json index = json::parse(read_file(l.dir + "/index.json"));
+    index["manifests"][0]["digest"] = sha(ms);
+    index["manifests"][0]["size"] = ms.size();
+    std::ofstream(l.dir + "/index.json") << index.dump();
+}
+
 // A tree as "path type mode uid:gid size nlink target xattrs sha" lines.
 std::string describe_tree(const std::string& root) {
     std::vector<std::string> lines;
@@ -440,11 +450,7 @@ TEST_F(ImageTest, CorruptBlobsAndBadSourcesLeaveTheStoreAsItWas) {
         put_blob(lie.dir, sha(c), c);
         m["config"]["digest"] = sha(c);
         m["config"]["size"] = c.size();
-        std::string ms = m.dump();
-        put_blob(lie.dir, sha(ms), ms);
-        json index = json::parse(read_file(lie.dir + "/index.json"));
-        index["manifests"][0]["digest"] = sha(ms);
-        std::ofstream(lie.dir + "/index.json") << index.dump();
+        set_manifest(lie, m);
     }
     r = run_ocivm({"image", "import", "oci:" + lie.dir}, home);
     EXPECT_EQ(r.status, 125);
@@ -462,11 +468,7 @@ TEST_F(ImageTest, CorruptBlobsAndBadSourcesLeaveTheStoreAsItWas) {
         json m = json::parse(read_file(dmg.dir + "/blobs/sha256/" + dmg.manifest_digest.substr(7)));
         m["layers"][0]["digest"] = sha(blob);
         m["layers"][0]["size"] = blob.size();
-        std::string ms = m.dump();
-        put_blob(dmg.dir, sha(ms), ms);
-        json index = json::parse(read_file(dmg.dir + "/index.json"));
-        index["manifests"][0]["digest"] = sha(ms);
-        std::ofstream(dmg.dir + "/index.json") << index.dump();
+        set_manifest(dmg, m);
         r = run_ocivm({"image", "import", "oci:" + dmg.dir}, home);
         EXPECT_EQ(r.status, 125) << r.err;
         EXPECT_NE(r.err.find("is corrupt"), std::string::npos) << r.err;
