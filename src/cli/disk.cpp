@@ -20,12 +20,12 @@ const char kHelp[] = R"(Usage: ocivm disk create IMAGE OUTPUT [OPTIONS]
 
 Writes IMAGE's root file system to OUTPUT, a disk image with a GPT and one
 root partition (type "Linux root x86-64", a fresh PARTUUID), without
-mounting anything: the partition table by sfdisk, an empty ext4 by
-mkfs.ext4, filled by ocivm through libext2fs (modes, owners, nanosecond
-times, xattrs and ACLs, hard links, symlinks, device nodes, fifos, sockets
-and sparse files kept; file data copied in whole extents). IMAGE is as for 'ocivm
-run': a stored image name, an OCI layout or a root file system directory.
-'ocivm run --disk OUTPUT -- CMD' boots it.
+mounting anything on the host: the partition table by sfdisk, an empty
+ext4 by mkfs.ext4, filled by ocivm through libext2fs (modes, owners,
+nanosecond times, xattrs and ACLs, hard links, symlinks, device nodes,
+fifos, sockets and sparse files kept; file data copied in whole extents).
+IMAGE is as for 'ocivm run': a stored image name, an OCI layout or a root
+file system directory. 'ocivm run --disk OUTPUT -- CMD' boots it.
 
 Options:
       --format raw|qcow2   disk format (default raw; qcow2 via qemu-img)
