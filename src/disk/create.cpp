@@ -44,7 +44,7 @@ std::string uuid4() {
 
 // An empty ext4 by mkfs.ext4 in the partition's bytes, filled by our writer.
 void write_ext4(const std::string& raw, uint64_t part, const std::string& rootfs, const std::string& label,
-                const std::function<void(const std::string&)>& say, DiskResult& r) {
+                const std::function<void(const std::string&)>& say) {
     say("making the ext4 file system");
     // 256-byte inodes: nanosecond times and in-inode xattrs (small file
     // systems would otherwise get 128-byte ones); 4 KiB blocks like any root.
@@ -56,8 +56,8 @@ void write_ext4(const std::string& raw, uint64_t part, const std::string& rootfs
     auto stats = populate_ext4(raw, kStart, rootfs, [&](uint64_t bytes) {
         say("writing " + rootfs + " into it: " + std::to_string(bytes >> 20) + " MiB of file data");
     });
-    r.entries = stats.entries;
-    r.data_bytes = stats.data_bytes;
+    say("wrote " + std::to_string(stats.entries) + " entries, " + std::to_string(stats.data_bytes >> 20) +
+        " MiB of file data");
 }
 
 }  // namespace
@@ -125,7 +125,7 @@ DiskResult create_disk(const std::string& rootfs, const std::string& output, con
         if (!o.write_xfs) throw Error("--fs xfs needs a VM to write it, and none was given");
         o.write_xfs(raw, rootfs, o.label);
     } else {
-        write_ext4(raw, part, rootfs, o.label, say, r);
+        write_ext4(raw, part, rootfs, o.label, say);
     }
     if (o.format == "qcow2") {
         say("converting to qcow2");

@@ -23,8 +23,6 @@ struct DiskOptions {
 struct DiskResult {
     uint64_t size = 0;
     std::string partuuid;  // of the root partition
-    uint64_t entries = 0;     // inodes written
-    uint64_t data_bytes = 0;  // file data copied
 };
 
 DiskResult create_disk(const std::string& rootfs, const std::string& output, const DiskOptions& o,

@@ -170,7 +170,7 @@ private:
 class Writer {
 public:
     Writer(const std::string& image, uint64_t offset, const std::string& rootfs, const std::function<void(uint64_t)>& progress)
-        : image_(image), offset_(offset), root_(rootfs), progress_(progress) {
+        : image_(image), offset_(offset), root_(rootfs) {
         static const bool messages = [] {
             initialize_ext2_error_table();  // error_message() text for EXT2_ET_*
             return true;
@@ -450,7 +450,6 @@ private:
     std::string image_;
     uint64_t offset_;
     std::string root_;
-    std::function<void(uint64_t)> progress_;
     ext2_filsys fs_ = nullptr;
     uint64_t bs_ = 4096;
     UniqueFd img_;

@@ -40,19 +40,13 @@ std::pair<std::vector<std::string>, std::vector<int>> qemu_argv(const QemuConfig
     port("perr", c.port_err, "ocivm.stderr");
     port("pin", c.port_in, "ocivm.stdin");
     port("pctl", c.port_control, "ocivm.control");
-    if (!c.disk.empty()) {
-        std::string file = c.disk;
+    auto blk = [&](std::string file, const std::string& id, const std::string& opts) {
         for (size_t p = 0; (p = file.find(',', p)) != std::string::npos; p += 2) file.insert(p, ",");  // QEMU's escaping
-        a.insert(a.end(), {"-drive", "file=" + file + ",if=none,id=disk0,readonly=on,format=" + c.disk_format, "-device",
-                           micro ? "virtio-blk-device,drive=disk0" : "virtio-blk-pci,drive=disk0"});
-    }
-    for (size_t k = 0; k < c.attach.size(); ++k) {
-        std::string file = c.attach[k];
-        for (size_t p = 0; (p = file.find(',', p)) != std::string::npos; p += 2) file.insert(p, ",");
-        std::string id = "attach" + std::to_string(k);
-        a.insert(a.end(), {"-drive", "file=" + file + ",if=none,id=" + id + ",format=raw", "-device",
+        a.insert(a.end(), {"-drive", "file=" + file + ",if=none,id=" + id + "," + opts, "-device",
                            std::string(micro ? "virtio-blk-device" : "virtio-blk-pci") + ",drive=" + id});
-    }
+    };
+    if (!c.disk.empty()) blk(c.disk, "disk0", "readonly=on,format=" + c.disk_format);
+    for (size_t k = 0; k < c.attach.size(); ++k) blk(c.attach[k], "attach" + std::to_string(k), "format=raw");
     int i = 0;
     for (auto& [tag, fd] : c.fs) {
         std::string id = "fs" + std::to_string(i++);
