@@ -26,7 +26,10 @@ run: build
 run-mount: build
 	@scripts/demo-mount.sh $(BUILD)/ocivm
 
-test: build
+# Tests build with warnings as errors (CI too); `make build` does not.
+test: deps
+	@cmake -S . -B $(BUILD) $(CMAKE_FLAGS) -DOCIVM_WERROR=ON >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 test-unit: build

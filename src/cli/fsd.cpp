@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <linux/capability.h>
 #include <unistd.h>
 
 #include <climits>
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <thread>
 
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -24,9 +26,10 @@
 #include "fuse/server.h"
 #include "transport/devfuse.h"
 #include "trace/recorder.h"
-#include "transport/seccomp_filter.h"
 #include "transport/vhost_user.h"
+#include "sandbox/sandbox.h"
 #include "util/error.h"
+#include "util/io.h"
 #include "util/log.h"
 
 namespace ocivm::cli {
@@ -47,19 +50,37 @@ and in the guest: mount -t virtiofs TAG /mnt
 
 Options:
       --socket-path PATH     listen on this Unix socket (removed once QEMU connects)
-      --fd N                 use the already-listening socket on fd N
+      --fd N                 use the socket on fd N: a listening one (as virtiofsd),
+                             or one already connected to the front end
       --shared-dir DIR       the directory to share (required)
       --cache MODE           never | metadata | auto | always (default: auto);
                              see 'ocivm mount --help'
       --thread-pool-size N   accepted for virtiofsd compatibility; each queue
                              has its own thread
-      --sandbox MODE         namespace (default): a new mount namespace in which
-                             only DIR (and /proc) is visible; chroot: chroot
-                             into DIR; none: no sandbox
-      --seccomp MODE         kill | log | none (default: none): after set-up, allow
+      --sandbox MODE         namespace (default): the server runs in new mount, PID,
+                             network and IPC namespaces (and a user namespace when
+                             not root) with DIR as its root (pivot_root), a /proc
+                             of its own PID namespace, only the capabilities a
+                             file server needs and no_new_privs; none: no
+                             namespaces (debugging)
+      --seccomp MODE         kill | log | none (default: kill): once serving, allow
                              only the system calls serving needs; anything else
-                             kills fsd (kill) or is logged by the kernel (log)
+                             stops fsd with a message naming the call (kill) or
+                             is logged by the kernel (log)
       --readonly             refuse every change (EROFS)
+      --nodev                the guest cannot create device nodes (EPERM); the
+                             server also gives up CAP_MKNOD
+      --nosuid               no set-user/group-ID bits on files the guest creates
+                             or changes; the server gives up CAP_FSETID and
+                             CAP_SETFCAP
+      --override-stat        serve owners, modes and device numbers from the
+                             user.containers.override_stat xattr (a store imported
+                             without root)
+      --trusted-xattrs       keep CAP_SYS_ADMIN, which reading and writing trusted.*
+                             xattrs takes (seccomp still forbids mounts); for a
+                             tree of your own that must be copied whole
+      --control-fd N         answer "stats" requests on the socket on fd N (used by
+                             'ocivm run', which reports them in its diagnosis)
       --announce-submounts   tell the guest about mount points inside DIR so it
                              gives each its own device (no inode collisions)
       --xattr / --no-xattr   serve extended attributes (default) or refuse them
@@ -68,18 +89,21 @@ Options:
                              with 'ocivm trace summary FILE'); a full buffer drops
                              records rather than slow the guest down
 
-A guest looping on the same few requests (e.g. journald and systemd under
---cache never) is detected with or without --trace: one warning names the
-pids, paths and opcodes and suggests a cache mode.
       --print-capabilities   print the JSON libvirt reads and exit
   -h, --help                 show this help
+
+A guest looping on the same few requests (e.g. journald and systemd under
+--cache never) is detected with or without --trace: one warning names the
+pids, paths and opcodes and suggests a cache mode. What the sandbox stops,
+and what it does not: docs/security.md.
 )";
 
 struct FsdOptions {
     std::string socket_path, shared_dir, cache = "auto", sandbox = "namespace",
-                seccomp = "none", log_level = "warn", trace;
-    int fd = -1;
-    bool readonly = false, xattr = true, caps = false, help = false, submounts = false;
+                seccomp = "kill", log_level = "warn", trace;
+    int fd = -1, control_fd = -1;
+    bool readonly = false, xattr = true, caps = false, help = false, submounts = false,
+         nodev = false, nosuid = false, override_stat = false, trusted_xattrs = false;
 };
 
 int listen_unix(const std::string& path) {
@@ -105,35 +129,53 @@ int listen_unix(const std::string& path) {
     return s;
 }
 
-// A new mount namespace whose root holds only the share (at /share) and
-// /proc (the server reopens nodes through /proc/self/fd).
-std::string enter_namespace_sandbox(const std::string& dir) {
-    if (::unshare(CLONE_NEWNS) < 0)
-        throw_errno("cannot create a mount namespace for the sandbox", errno,
-                    "run as root, or use --sandbox none");
-    if (::mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) < 0)
-        throw_errno("sandbox: making / a slave mount", errno);
-    // The share is reached through an fd: the tmpfs root may hide its path.
-    UniqueFd share(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    if (!share) throw_errno("sandbox: opening " + dir, errno);
-    std::string share_path = "/proc/self/fd/" + std::to_string(share.get());
-    const char* root = "/tmp";
-    if (::mount("ocivm-sandbox", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k") < 0)
-        throw_errno("sandbox: mounting a tmpfs root", errno);
-    std::string r = root;
-    for (auto* d : {"/share", "/proc", "/old"})
-        if (::mkdir((r + d).c_str(), 0755) < 0) throw_errno("sandbox: mkdir " + r + d, errno);
-    if (::mount(share_path.c_str(), (r + "/share").c_str(), nullptr, MS_BIND | MS_REC, nullptr) < 0)
-        throw_errno("sandbox: bind-mounting " + dir, errno);
-    if (::mount("proc", (r + "/proc").c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0)
-        throw_errno("sandbox: mounting /proc", errno);
-    if (::syscall(SYS_pivot_root, root, (r + "/old").c_str()) < 0)
-        throw_errno("sandbox: pivot_root", errno);
-    if (::chdir("/") < 0) throw_errno("sandbox: chdir /", errno);
-    if (::umount2("/old", MNT_DETACH) < 0) throw_errno("sandbox: detaching the old root", errno);
-    ::rmdir("/old");
-    ::mount(nullptr, "/", nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY, nullptr);
-    return "/share";
+// Accepts the front end on a listening socket; a connected socket (as
+// `ocivm run` hands its share servers) is used as it is.
+UniqueFd front_end(UniqueFd sock) {
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (::getsockopt(sock.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
+        throw_errno("--fd " + std::to_string(sock.get()) + " is not a socket", errno,
+                    "pass a listening (or connected) Unix socket");
+    if (!listening) return sock;
+    int conn;
+    do conn = ::accept4(sock.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    while (conn < 0 && errno == EINTR);
+    if (conn < 0) throw_errno("accepting the front end's connection", errno);
+    return UniqueFd(conn);
+}
+
+// `ocivm run` asks its share servers for their statistics over this socket
+// (the servers are separate, confined processes): "stats" is answered with
+// the request count, the last 10 s of requests and the livelock verdict.
+void serve_control(int fd, const trace::Recorder& recorder, const transport::VhostUserBackend& backend) {
+    std::string pending;
+    char buf[256];
+    for (;;) {
+        ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+        pending.append(buf, static_cast<size_t>(n));
+        if (pending.size() > 4096) return;  // not a command we would ever send
+        size_t nl;
+        while ((nl = pending.find('\n')) != std::string::npos) {
+            std::string cmd = pending.substr(0, nl);
+            pending.erase(0, nl + 1);
+            if (cmd != "stats") continue;
+            timespec ts;
+            ::clock_gettime(CLOCK_MONOTONIC, &ts);
+            uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+            const auto& det = recorder.detector();
+            std::string out = "requests " + std::to_string(backend.stats().requests.load()) + "\n";
+            for (auto& l : det.window_summary(now, 10)) out += "summary " + l + "\n";
+            auto v = det.verdict();
+            out += std::string("verdict ") + (v.livelock ? "1 " : "0 ") + v.message + "\n";
+            out += "end\n";
+            for (char& c : out)
+                if (c == '\r') c = ' ';
+            if (!write_all(fd, out.data(), out.size())) return;
+        }
+    }
 }
 
 }  // namespace
@@ -143,6 +185,11 @@ int cmd_fsd(int argc, char** argv) {
     std::vector<Option> opts = {
         {"socket-path", 0, true, [&](const std::string& v) { o.socket_path = v; }},
         {"fd", 0, true, [&](const std::string& v) { o.fd = static_cast<int>(parse_count("--fd", v, 1 << 20)); }},
+        {"control-fd", 0, true, [&](const std::string& v) { o.control_fd = static_cast<int>(parse_count("--control-fd", v, 1 << 20)); }},
+        {"nodev", 0, false, [&](const std::string&) { o.nodev = true; }},
+        {"nosuid", 0, false, [&](const std::string&) { o.nosuid = true; }},
+        {"override-stat", 0, false, [&](const std::string&) { o.override_stat = true; }},
+        {"trusted-xattrs", 0, false, [&](const std::string&) { o.trusted_xattrs = true; }},
         {"shared-dir", 0, true, [&](const std::string& v) { o.shared_dir = v; }},
         {"cache", 0, true, [&](const std::string& v) { o.cache = v; }},
         {"thread-pool-size", 0, true, [&](const std::string& v) { if (v != "0") parse_count("--thread-pool-size", v, 1024); }},
@@ -172,10 +219,10 @@ int cmd_fsd(int argc, char** argv) {
         throw UsageError{"invalid --cache '" + o.cache + "': use never, metadata, auto or always"};
     if (o.sandbox != "namespace" && o.sandbox != "chroot" && o.sandbox != "none")
         throw UsageError{"invalid --sandbox '" + o.sandbox + "': use namespace, chroot or none"};
-    if (o.sandbox == "chroot")  // /proc must stay reachable: nodes are reopened through it
-        throw UsageError{"--sandbox chroot is not supported (the server needs /proc); use namespace or none"};
-    transport::SeccompAction seccomp;
-    if (!transport::parse_seccomp_action(o.seccomp, seccomp))
+    if (o.sandbox == "chroot")  // the namespace sandbox is a pivot_root into DIR, which is stronger
+        throw UsageError{"--sandbox chroot is not supported; use namespace (a pivot_root into DIR) or none"};
+    sandbox::SeccompMode seccomp;
+    if (!sandbox::parse_seccomp_mode(o.seccomp, seccomp))
         throw UsageError{"invalid --seccomp '" + o.seccomp + "': use kill, log or none"};
     if (o.shared_dir.empty()) throw UsageError{"'ocivm fsd' needs --shared-dir DIR"};
     if ((o.socket_path.empty()) == (o.fd < 0))
@@ -186,12 +233,29 @@ int cmd_fsd(int argc, char** argv) {
     char real[PATH_MAX];
     if (!::realpath(o.shared_dir.c_str(), real)) throw_errno("resolving " + o.shared_dir, errno);
 
-    // Die with the parent that started us when it asks for it (ocivm run);
-    // QEMU's disconnect ends us otherwise.
     ::signal(SIGPIPE, SIG_IGN);
     transport::raise_fd_limit();
-    UniqueFd listener(o.fd >= 0 ? o.fd : listen_unix(o.socket_path));
-    // Opened before the sandbox hides the host's paths.
+    UniqueFd sock;
+    if (o.fd >= 0) {
+        spdlog::info("waiting for the front end on fd {}", o.fd);
+        sock = front_end(UniqueFd(o.fd));
+    } else {
+        UniqueFd listener(listen_unix(o.socket_path));
+        spdlog::info("waiting for the front end on {}", o.socket_path);
+        sock = front_end(std::move(listener));
+        // Nothing is left behind: the socket goes as soon as QEMU is connected.
+        ::unlink(o.socket_path.c_str());
+    }
+    UniqueFd control(o.control_fd);
+
+    // From here on the server is a process of its own in new namespaces
+    // (the keeper that forked it waits outside); everything it needs from
+    // the host is opened before the pivot_root into the share.
+    std::string source = real;
+    if (o.sandbox == "namespace") {
+        sandbox::enter_namespaces("ocivm fsd");
+        sandbox::bind_root(source);
+    }
     std::unique_ptr<trace::Recorder> recorder;
     try {
         trace::LivelockDetector::Options lo;
@@ -200,29 +264,22 @@ int cmd_fsd(int argc, char** argv) {
     } catch (const std::runtime_error& e) {
         throw Error(e.what());
     }
-
-    spdlog::info("waiting for the front end on {}", o.socket_path.empty() ? "fd " + std::to_string(o.fd) : o.socket_path);
-    int conn;
-    do conn = ::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
-    while (conn < 0 && errno == EINTR);
-    if (conn < 0) throw_errno("accepting the front end's connection", errno);
-    UniqueFd sock(conn);
-    listener.reset();
-    // Nothing is left behind: the socket goes as soon as QEMU is connected.
-    if (!o.socket_path.empty()) ::unlink(o.socket_path.c_str());
-
-    std::string source = real;
-    if (o.sandbox == "namespace") {
-        source = enter_namespace_sandbox(real);
-    }
-
     auto cfg = fuse::serve_config(source, mode, o.readonly, o.xattr, o.submounts);
+    cfg.fs.override_stat = o.override_stat;
+    cfg.fs.proc_fd_cwd = o.sandbox == "namespace";
     fs::Passthrough passthrough(cfg.fs);
+    if (o.sandbox == "namespace") sandbox::pivot_into(source, /*cwd_proc_fd=*/true);
+    auto caps = sandbox::file_server_caps(o.readonly, o.nodev, o.nosuid);
+    if (o.trusted_xattrs) caps.push_back(CAP_SYS_ADMIN);
+    sandbox::drop_privileges(caps);
     fuse::Server server(passthrough, cfg.protocol, recorder.get());
 
     transport::VhostUserBackend backend(server, {});
+    if (control) {
+        std::thread([fd = control.get(), &recorder, &backend] { serve_control(fd, *recorder, backend); }).detach();
+    }
     // Everything that needs more than the allow-list is set up by now.
-    transport::install_seccomp_filter(seccomp);
+    sandbox::install_seccomp(seccomp, sandbox::SeccompProfile::FileServer, "ocivm fsd");
     int rc = backend.serve(sock.get());
     spdlog::info("served {} requests; {} bad descriptor chains; {} interrupts sent again to a guest that had missed one",
                  backend.stats().requests.load(), backend.stats().bad_chains.load(), backend.stats().renotified.load());

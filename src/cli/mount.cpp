@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <climits>
@@ -17,7 +18,9 @@
 #include "transport/devfuse.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "sandbox/sandbox.h"
 #include "util/mountinfo.h"
+#include "util/process.h"
 
 namespace ocivm::cli {
 
@@ -48,6 +51,16 @@ Options:
                          (default: 50; 0 turns it off)
       --readonly         refuse every change (EROFS)
       --no-xattr         refuse extended attributes (EOPNOTSUPP)
+      --sandbox MODE     namespace (default): the server is a process of its own
+                         in new mount, PID, network and IPC namespaces (a user
+                         namespace too when not root), with SOURCE as its root
+                         (pivot_root), only the capabilities a file server needs
+                         and no_new_privs; this process keeps the mount and
+                         unmounts it on a signal. none: serve from this process
+      --seccomp MODE     kill | log | none (default: kill): the server may make
+                         only the system calls serving needs; another one stops
+                         it with a message naming the call (kill) or is logged
+                         by the kernel (log)
       --log-level LEVEL  trace | debug | info | warn | error (default: warn)
   -h, --help             show this help
 
@@ -71,6 +84,7 @@ int cmd_mount(int argc, char** argv) {
     std::string cache = "auto", log_level = "warn";
     unsigned threads = 2, spin_us = 50;
     bool readonly = false, no_xattr = false, help = false;
+    std::string sandbox_mode = "namespace", seccomp_mode = "kill";
     std::vector<Option> opts = {
         {"cache", 0, true, [&](const std::string& v) { cache = v; }},
         {"threads", 0, true, [&](const std::string& v) { threads = parse_count("--threads", v, 256); }},
@@ -80,6 +94,8 @@ int cmd_mount(int argc, char** argv) {
         {"readonly", 0, false, [&](const std::string&) { readonly = true; }},
         {"no-xattr", 0, false, [&](const std::string&) { no_xattr = true; }},
         {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
+        {"sandbox", 0, true, [&](const std::string& v) { sandbox_mode = v; }},
+        {"seccomp", 0, true, [&](const std::string& v) { seccomp_mode = v; }},
     };
     auto pos = parse_args("mount", argc, argv, 2, opts, &help);
     if (help) {
@@ -90,6 +106,11 @@ int cmd_mount(int argc, char** argv) {
     fs::CacheMode mode;
     if (!fs::parse_cache_mode(cache, mode))
         throw UsageError{"invalid --cache '" + cache + "': use never, metadata, auto or always"};
+    if (sandbox_mode != "namespace" && sandbox_mode != "none")
+        throw UsageError{"invalid --sandbox '" + sandbox_mode + "': use namespace or none"};
+    sandbox::SeccompMode seccomp;
+    if (!sandbox::parse_seccomp_mode(seccomp_mode, seccomp))
+        throw UsageError{"invalid --seccomp '" + seccomp_mode + "': use kill, log or none"};
     if (pos.size() != 2)
         throw UsageError{"'ocivm mount' needs SOURCE and MOUNTPOINT; see 'ocivm mount --help'"};
 
@@ -108,40 +129,91 @@ int cmd_mount(int argc, char** argv) {
     if (::access("/dev/fuse", F_OK) < 0)
         throw Error("no /dev/fuse on this machine; load the fuse module with 'modprobe fuse'");
 
-    auto cfg = fuse::serve_config(abs_path(source), mode, readonly, !no_xattr, false);
-    fs::Passthrough passthrough(cfg.fs);
-    fuse::Server server(passthrough, cfg.protocol);
-
     transport::raise_fd_limit();
-    // Signals are taken by one thread with sigwait; workers never see them.
-    sigset_t set;
-    sigemptyset(&set);
-    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1}) sigaddset(&set, s);
-    pthread_sigmask(SIG_BLOCK, &set, nullptr);
-
     transport::DevFuseOptions dopts;
-    dopts.fsname = "ocivm:" + cfg.fs.source;
+    dopts.fsname = "ocivm:" + abs_path(source);
     dopts.mountpoint = mountpoint;
     dopts.threads = threads;
     dopts.readonly = readonly;
     dopts.spin_us = spin_us;
-    transport::DevFuseSession session(server, dopts);
-    spdlog::info("serving {} on {} (cache={}, threads={}{})", cfg.fs.source, mountpoint, cache,
-                 threads, readonly ? ", read-only" : "");
+    auto cfg = fuse::serve_config(abs_path(source), mode, readonly, !no_xattr, false);
 
-    std::thread signals([&] {
-        int sig = 0;
-        sigwait(&set, &sig);
-        if (sig != SIGUSR1) {
-            spdlog::info("signal {}: unmounting {}", sig, mountpoint);
-            session.stop();
+    // Signals are taken by sigwait; workers never see them.
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGCHLD}) sigaddset(&set, s);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
+    transport::FuseMount mnt(dopts);
+    spdlog::info("serving {} on {} (cache={}, threads={}{}, sandbox={})", cfg.fs.source, mountpoint, cache,
+                 threads, readonly ? ", read-only" : "", sandbox_mode);
+
+    if (sandbox_mode == "none") {
+        fs::Passthrough passthrough(cfg.fs);
+        fuse::Server server(passthrough, cfg.protocol);
+        transport::DevFuseSession session(server, mnt.take_fd(), dopts);
+        sandbox::install_seccomp(seccomp, sandbox::SeccompProfile::FileServer, "ocivm mount");
+        std::thread signals([&] {
+            int sig = 0;
+            sigwait(&set, &sig);
+            while (sig == SIGCHLD) sigwait(&set, &sig);
+            if (sig != SIGUSR1) {
+                spdlog::info("signal {}: unmounting {}", sig, mountpoint);
+                mnt.stop();
+            }
+        });
+        session.run();
+        pthread_kill(signals.native_handle(), SIGUSR1);
+        signals.join();
+        spdlog::info("{} unmounted", mountpoint);
+        return 0;
+    }
+
+    // The server is a process of its own, confined like `ocivm fsd`'s; this
+    // one keeps the mount (in the host's mount namespace) and unmounts it
+    // on a signal, which ends the server.
+    pid_t pid = ::fork();
+    if (pid < 0) throw_errno("cannot fork the file-system server", errno);
+    if (pid == 0) {
+        mnt.disown();
+        try {
+            UniqueFd fd = mnt.take_fd();
+            sandbox::enter_namespaces("ocivm mount");
+            sandbox::bind_root(cfg.fs.source);
+            cfg.fs.proc_fd_cwd = true;
+            fs::Passthrough passthrough(cfg.fs);
+            fuse::Server server(passthrough, cfg.protocol);
+            transport::DevFuseSession session(server, std::move(fd), dopts);
+            sandbox::pivot_into(cfg.fs.source, /*cwd_proc_fd=*/true);
+            sandbox::drop_privileges(sandbox::file_server_caps(readonly, false, false));
+            sandbox::install_seccomp(seccomp, sandbox::SeccompProfile::FileServer, "ocivm mount");
+            session.run();
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "ocivm: error: %s\n", e.what());
+            ::_exit(125);
         }
-    });
-    session.run();
-    pthread_kill(signals.native_handle(), SIGUSR1);
-    signals.join();
-    spdlog::info("{} unmounted", mountpoint);
-    return 0;
+        ::_exit(0);
+    }
+    mnt.take_fd();  // the server holds the connection now; ours would keep it alive
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(&set, &si);
+        if (sig == SIGCHLD) {
+            int st = 0;
+            pid_t r = ::waitpid(pid, &st, WNOHANG);
+            if (r == pid) {
+                mnt.stop();  // a server that died leaves no dead mount behind
+                int code = exit_code(st);
+                if (code == 0) spdlog::info("{} unmounted", mountpoint);
+                else std::fprintf(stderr, "ocivm: error: the file-system server for %s stopped (exit %d); %s unmounted\n",
+                                  cfg.fs.source.c_str(), code, mountpoint.c_str());
+                return code == 0 ? 0 : 125;
+            }
+        } else if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
+            spdlog::info("signal {}: unmounting {}", sig, mountpoint);
+            mnt.stop();
+        }
+    }
 }
 
 }  // namespace ocivm::cli

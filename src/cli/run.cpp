@@ -46,9 +46,14 @@ Options:
   -e, --env KEY=VALUE         set an environment variable (KEY alone: take its
                               value from ocivm's environment); repeatable
       --env-file FILE         read KEY=VALUE lines from FILE
-  -v, --volume HOST:GUEST[:ro]
-                              share the host directory HOST at GUEST (writable
-                              unless :ro); repeatable
+  -v, --volume HOST:GUEST[:OPTIONS]
+                              share the host directory HOST at GUEST; OPTIONS a
+                              comma list: ro or rw (default), nodev or dev,
+                              nosuid or suid, noexec or exec. Writable shares
+                              are nodev,nosuid by default: the guest can create
+                              no device nodes and no set-user/group-ID files on
+                              the host. Each share is served by a confined
+                              process of its own (docs/security.md); repeatable
   -w, --workdir DIR           working directory of the command (created if missing)
   -u, --user UID[:GID]        run as this user (numbers, or names from the
                               image's /etc/passwd and /etc/group)
@@ -95,18 +100,37 @@ std::string parse_memory(const std::string& v) {
     return std::to_string(mib) + "M";
 }
 
+// HOST:GUEST[:OPTIONS], OPTIONS a comma list of ro|rw, nodev|dev,
+// nosuid|suid, noexec|exec (podman's spelling). Writable shares are
+// nodev,nosuid unless told otherwise: a guest must not plant device nodes
+// or set-id files on the host.
 vm::ShareSpec parse_volume(const std::string& v) {
     vm::ShareSpec s;
     std::string rest = v;
-    if (rest.size() > 3 && (rest.substr(rest.size() - 3) == ":ro" || rest.substr(rest.size() - 3) == ":rw")) {
-        s.readonly = rest.substr(rest.size() - 3) == ":ro";
-        rest = rest.substr(0, rest.size() - 3);
-    }
     size_t c = rest.find(':');
     if (c == std::string::npos || c == 0 || c + 1 >= rest.size() || rest[c + 1] != '/')
-        throw UsageError{"invalid --volume '" + v + "': use HOST:GUEST[:ro] with an absolute GUEST path"};
+        throw UsageError{"invalid --volume '" + v + "': use HOST:GUEST[:ro|rw][,nodev][,nosuid][,noexec] with an absolute GUEST path"};
     s.host = rest.substr(0, c);
-    s.guest = rest.substr(c + 1);
+    rest = rest.substr(c + 1);
+    size_t o = rest.find(':');
+    s.guest = rest.substr(0, o);
+    if (o != std::string::npos) {
+        std::string opts = rest.substr(o + 1) + ",";
+        for (size_t a = 0, b; (b = opts.find(',', a)) != std::string::npos; a = b + 1) {
+            std::string f = opts.substr(a, b - a);
+            if (f == "ro") s.readonly = true;
+            else if (f == "rw") s.readonly = false;
+            else if (f == "nodev") s.nodev = true;
+            else if (f == "dev") s.nodev = false;
+            else if (f == "nosuid") s.nosuid = true;
+            else if (f == "suid") s.nosuid = false;
+            else if (f == "noexec") s.noexec = true;
+            else if (f == "exec") s.noexec = false;
+            else
+                throw UsageError{"invalid --volume '" + v + "': unknown option '" + f +
+                                 "'; use ro, rw, nodev, dev, nosuid, suid, noexec or exec"};
+        }
+    }
     struct stat st;
     if (::stat(s.host.c_str(), &st) < 0 || !S_ISDIR(st.st_mode))
         throw Error("volume " + s.host + " is not an existing directory; create it first");

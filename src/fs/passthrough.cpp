@@ -74,10 +74,15 @@ InodeKey key_of(const struct statx& x) {
                     (x.stx_mask & STATX_MNT_ID) ? x.stx_mnt_id : 0};
 }
 
-// "/proc/self/fd/N" for an fd, in a thread-local buffer (no allocation).
+// The path of an fd through /proc for calls that take no dirfd (xattrs,
+// chmod, truncate, utimensat on a symlink), in a thread-local buffer (no
+// allocation): "N" when the working directory is /proc/self/fd (a
+// sandboxed server whose root is the share has no /proc to name),
+// "/proc/self/fd/N" otherwise.
+bool g_proc_cwd = false;
 const char* proc_path(int fd) {
     thread_local char buf[40];
-    std::snprintf(buf, sizeof buf, "/proc/self/fd/%d", fd);
+    std::snprintf(buf, sizeof buf, g_proc_cwd ? "%d" : "/proc/self/fd/%d", fd);
     return buf;
 }
 const char* fd_name(int fd) {
@@ -158,6 +163,7 @@ Passthrough::Passthrough(PassthroughOptions opts) : opts_(std::move(opts)) {
     }
     proc_fd_.reset(::open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC));
     if (!proc_fd_) throw_errno("cannot open /proc/self/fd", errno, "mount /proc");
+    g_proc_cwd = opts_.proc_fd_cwd;
 
     struct statx x;
     if (int r = statx_at(root.get(), "", AT_EMPTY_PATH, x); r < 0)
@@ -213,8 +219,7 @@ bool parse_override_stat(const std::string& v, struct stat& st) {
 
 void Passthrough::apply_override(int fd, struct stat& st) const {
     char buf[128];
-    ssize_t n = ::getxattr(("/proc/self/fd/" + std::to_string(fd)).c_str(), "user.containers.override_stat", buf,
-                           sizeof buf - 1);
+    ssize_t n = ::getxattr(proc_path(fd), "user.containers.override_stat", buf, sizeof buf - 1);
     if (n <= 0) return;
     parse_override_stat(std::string(buf, static_cast<size_t>(n)), st);
 }

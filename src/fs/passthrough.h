@@ -32,6 +32,10 @@ struct PassthroughOptions {
     // ("uid:gid:0mode:type", containers/storage's convention) and served
     // from it.
     bool override_stat = false;
+    // The server process's working directory is /proc/self/fd (set by its
+    // owner before serving): path-only calls then name fds relative to it.
+    // A server pivoted into its share has no /proc path to use otherwise.
+    bool proc_fd_cwd = false;
 };
 
 // Parses a user.containers.override_stat value into st (owner, mode, type,

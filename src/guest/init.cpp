@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "guest/protocol.h"
+#include "util/io.h"
 
 namespace {
 
@@ -57,16 +58,7 @@ void say(const char* fmt, ...) {
     if (fd != 2) ::close(fd);
 }
 
-bool write_all(int fd, const char* p, size_t n) {
-    while (n > 0) {
-        ssize_t w = ::write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return false;
-        p += w;
-        n -= static_cast<size_t>(w);
-    }
-    return true;
-}
+using ocivm::write_all;
 
 void control(const std::string& line) {
     if (g_control >= 0) write_all(g_control, (line + "\n").data(), line.size() + 1);
@@ -458,7 +450,10 @@ void mount_api_filesystems(const GuestConfig& c) {
     must_mount("run", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
     must_mount("tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
     for (auto& v : c.volumes)
-        must_mount(v.tag.c_str(), v.path, "virtiofs", v.readonly ? MS_RDONLY : 0, nullptr);
+        must_mount(v.tag.c_str(), v.path, "virtiofs",
+                   (v.readonly ? MS_RDONLY : 0) | (v.nodev ? MS_NODEV : 0) | (v.nosuid ? MS_NOSUID : 0) |
+                       (v.noexec ? MS_NOEXEC : 0),
+                   nullptr);
 }
 
 // The partition with this PARTUUID on a virtio disk, read from the GPT

@@ -33,6 +33,8 @@ inline constexpr const char* kRootTag = "ocivm-root";
 struct Volume {
     std::string tag, path;
     bool readonly = false;
+    // Guest mount options (the host server enforces nodev/nosuid as well).
+    bool nodev = false, nosuid = false, noexec = false;
 };
 
 struct GuestConfig {
@@ -107,7 +109,8 @@ inline std::string encode(const GuestConfig& c) {
     put("cols", std::to_string(c.cols));
     if (!c.root_partuuid.empty()) put("root_partuuid", c.root_partuuid);
     for (auto& v : c.volumes)
-        o += "volume " + escape(v.tag) + "\t" + escape(v.path) + "\t" + (v.readonly ? "ro" : "rw") + "\n";
+        o += "volume " + escape(v.tag) + "\t" + escape(v.path) + "\t" + (v.readonly ? "ro" : "rw") +
+             (v.nodev ? ",nodev" : "") + (v.nosuid ? ",nosuid" : "") + (v.noexec ? ",noexec" : "") + "\n";
     return o;
 }
 
@@ -141,8 +144,17 @@ inline std::string decode(const std::string& text, GuestConfig& c) {
         else if (k == "volume") {
             size_t t1 = raw.find('\t'), t2 = raw.find('\t', t1 == std::string::npos ? t1 : t1 + 1);
             if (t1 == std::string::npos || t2 == std::string::npos) return "bad volume line: " + line;
-            c.volumes.push_back({unescape(raw.substr(0, t1)), unescape(raw.substr(t1 + 1, t2 - t1 - 1)),
-                                 raw.substr(t2 + 1) == "ro"});
+            Volume v{unescape(raw.substr(0, t1)), unescape(raw.substr(t1 + 1, t2 - t1 - 1))};
+            std::string flags = raw.substr(t2 + 1) + ",";
+            for (size_t a = 0, b; (b = flags.find(',', a)) != std::string::npos; a = b + 1) {
+                std::string f = flags.substr(a, b - a);
+                if (f == "ro") v.readonly = true;
+                else if (f == "nodev") v.nodev = true;
+                else if (f == "nosuid") v.nosuid = true;
+                else if (f == "noexec") v.noexec = true;
+                else if (f != "rw") return "unknown volume option: " + f;
+            }
+            c.volumes.push_back(v);
         } else {
             return "unknown config key: " + k;
         }

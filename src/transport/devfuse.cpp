@@ -26,6 +26,8 @@
 #include "util/error.h"
 #include "util/fd_passing.h"
 #include "util/mountinfo.h"
+#include "util/process.h"
+#include "util/subprocess.h"
 
 namespace ocivm::transport {
 
@@ -92,8 +94,7 @@ void raise_fd_limit() {
     spdlog::debug("file descriptor limit: {}", static_cast<unsigned long>(rl.rlim_cur));
 }
 
-DevFuseSession::DevFuseSession(fuse::Server& server, DevFuseOptions opts)
-    : server_(server), opts_(std::move(opts)) {
+FuseMount::FuseMount(DevFuseOptions opts) : opts_(std::move(opts)) {
     struct stat st;
     if (::stat(opts_.mountpoint.c_str(), &st) < 0)
         throw_errno("mount point " + opts_.mountpoint, errno, "create the directory first");
@@ -122,24 +123,16 @@ DevFuseSession::DevFuseSession(fuse::Server& server, DevFuseOptions opts)
         if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
             throw_errno("socketpair", errno);
         UniqueFd ours(sv[0]), theirs(sv[1]);
-        pid_t pid = ::fork();
-        if (pid < 0) throw_errno("fork", errno);
-        if (pid == 0) {
-            ::fcntl(theirs.get(), F_SETFD, 0);
-            std::string commfd = std::to_string(theirs.get());
-            ::setenv("_FUSE_COMMFD", commfd.c_str(), 1);
-            std::string o = data + ",fsname=" + opts_.fsname + ",subtype=ocivm" +
-                            (opts_.readonly ? ",ro" : "") + ",nosuid,nodev";
-            ::execlp("fusermount3", "fusermount3", "-o", o.c_str(), "--",
-                     opts_.mountpoint.c_str(), static_cast<char*>(nullptr));
-            std::fprintf(stderr, "ocivm: error: cannot run fusermount3: %s; install package fuse3\n",
-                         std::strerror(errno));
-            ::_exit(127);
-        }
+        SpawnOptions so;
+        so.argv = {"fusermount3", "-o",
+                   data + ",fsname=" + opts_.fsname + ",subtype=ocivm" + (opts_.readonly ? ",ro" : "") + ",nosuid,nodev",
+                   "--", opts_.mountpoint};
+        so.fds = {theirs.get()};  // fd 3 in fusermount3
+        so.env = {"_FUSE_COMMFD=3"};
+        ChildProcess fm = ChildProcess::spawn(so, "install package fuse3");
         theirs.reset();
         UniqueFd received = receive_fd(ours.get());
-        int status = 0;
-        ::waitpid(pid, &status, 0);
+        fm.wait();
         if (!received) {
             throw Error("fusermount3 could not mount " + opts_.mountpoint +
                         " (see its message above); as a user, the mount point must be yours");
@@ -153,24 +146,15 @@ DevFuseSession::DevFuseSession(fuse::Server& server, DevFuseOptions opts)
     if (auto m = find_mount(opts_.mountpoint)) dev_ = m->dev;
 }
 
-DevFuseSession::~DevFuseSession() {
-    if (mounted_) unmount();
-}
+FuseMount::~FuseMount() { stop(); }
 
-void DevFuseSession::unmount() {
+void FuseMount::stop() {
     if (!mounted_.exchange(false)) return;
     // Only unmount what is still our mount.
     auto m = find_mount(opts_.mountpoint);
     if (!m || m->dev != dev_) return;
     if (via_fusermount_) {
-        pid_t pid = ::fork();
-        if (pid == 0) {
-            ::execlp("fusermount3", "fusermount3", "-u", "-z", "--", opts_.mountpoint.c_str(),
-                     static_cast<char*>(nullptr));
-            ::_exit(127);
-        }
-        int status;
-        if (pid > 0) ::waitpid(pid, &status, 0);
+        run_command({"fusermount3", "-u", "-z", "--", opts_.mountpoint});
         return;
     }
     if (::umount2(opts_.mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return;
@@ -188,7 +172,7 @@ void DevFuseSession::unmount() {
     spdlog::warn("cannot unmount {}: {}", opts_.mountpoint, std::strerror(e));
 }
 
-void DevFuseSession::abort_connection() {
+void FuseMount::abort_connection() {
     const std::string ctl = "/sys/fs/fuse/connections";
     std::string abort_path = ctl + "/" + std::to_string(minor(dev_)) + "/abort";
     if (::access(abort_path.c_str(), W_OK) != 0 && !find_mount(ctl)) {
@@ -202,9 +186,21 @@ void DevFuseSession::abort_connection() {
     if (!out) spdlog::warn("cannot abort the FUSE connection through {}", abort_path);
 }
 
-void DevFuseSession::stop() {
-    stopping_ = true;
-    unmount();
+DevFuseSession::DevFuseSession(fuse::Server& server, UniqueFd fd, const DevFuseOptions& opts)
+    : server_(server), opts_(opts), fd_(std::move(fd)) {
+    unsigned n = opts_.threads ? opts_.threads : 1;
+    for (unsigned i = 1; i < n; ++i) {
+        UniqueFd c(::open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK));
+        uint32_t master = static_cast<uint32_t>(fd_.get());
+        if (!c || ::ioctl(c.get(), FUSE_DEV_IOC_CLONE, &master) < 0) {
+            // Without clone support all threads share one fd: still correct.
+            spdlog::debug("FUSE_DEV_IOC_CLONE unavailable ({}); threads share one fd",
+                          std::strerror(errno));
+            clones_.emplace_back();
+            continue;
+        }
+        clones_.push_back(std::move(c));
+    }
 }
 
 // Reads one request. The fds are non-blocking: after a request the thread
@@ -258,23 +254,9 @@ void DevFuseSession::worker(int fd) {
 }
 
 void DevFuseSession::run() {
-    unsigned n = opts_.threads ? opts_.threads : 1;
-    std::vector<UniqueFd> clones;
-    for (unsigned i = 1; i < n; ++i) {
-        UniqueFd c(::open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK));
-        uint32_t master = static_cast<uint32_t>(fd_.get());
-        if (!c || ::ioctl(c.get(), FUSE_DEV_IOC_CLONE, &master) < 0) {
-            // Without clone support all threads share one fd: still correct.
-            spdlog::debug("FUSE_DEV_IOC_CLONE unavailable ({}); threads share one fd",
-                          std::strerror(errno));
-            clones.emplace_back();
-            continue;
-        }
-        clones.push_back(std::move(c));
-    }
     std::vector<std::thread> threads;
-    for (unsigned i = 1; i < n; ++i) {
-        int fd = clones[i - 1] ? clones[i - 1].get() : fd_.get();
+    for (auto& c : clones_) {
+        int fd = c ? c.get() : fd_.get();
         threads.emplace_back([this, fd] { worker(fd); });
     }
     worker(fd_.get());

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <string>
+#include <vector>
 
 #include "fuse/server.h"
 #include "util/unique_fd.h"
@@ -18,34 +19,58 @@ struct DevFuseOptions {
     unsigned spin_us = 50;   // busy-poll after a request before sleeping (0: never)
 };
 
-// Mounts on construction (mount(2) as root, fusermount3 otherwise) and
-// unmounts on destruction if the mount is still there. Throws Error.
-class DevFuseSession {
+// A FUSE mount: mounted on construction (mount(2) as root, fusermount3
+// otherwise), unmounted by stop() or on destruction if it is still ours.
+// The connection's fd goes to whoever serves it (take_fd), which may be
+// another, sandboxed process: the mount itself stays with the process
+// that made it, in the host's mount namespace. Throws Error.
+class FuseMount {
 public:
-    DevFuseSession(fuse::Server& server, DevFuseOptions opts);
-    ~DevFuseSession();
-    DevFuseSession(const DevFuseSession&) = delete;
-    DevFuseSession& operator=(const DevFuseSession&) = delete;
+    explicit FuseMount(DevFuseOptions opts);
+    ~FuseMount();
+    FuseMount(const FuseMount&) = delete;
+    FuseMount& operator=(const FuseMount&) = delete;
 
-    // Serves until the file system is unmounted (by stop() or from outside).
-    void run();
-    // Unmounts; a busy mount is detached and its connection aborted so run()
-    // returns. Safe to call from another thread, more than once.
+    // The /dev/fuse connection (once).
+    UniqueFd take_fd() { return std::move(fd_); }
+    // For a forked server process: this copy of the object no longer owns
+    // the mount (the process that made it unmounts it).
+    void disown() { mounted_ = false; }
+    const DevFuseOptions& options() const { return opts_; }
+    // Unmounts; a busy mount is detached and its connection aborted so the
+    // server sees the end. Safe to call from another thread, more than once.
     void stop();
 
 private:
-    void worker(int fd);
-    ssize_t next_request(int fd, std::byte* buf, size_t size);
-    void unmount();
     void abort_connection();
 
-    fuse::Server& server_;
     DevFuseOptions opts_;
     UniqueFd fd_;
     dev_t dev_ = 0;  // the mount's device: its fusectl connection number
     bool via_fusermount_ = false;
     std::atomic<bool> mounted_{false};
-    std::atomic<bool> stopping_{false};
+};
+
+// Serves a FUSE connection with N threads, each on its own clone of the
+// connection (made here, while /dev/fuse can still be opened: a sandboxed
+// server has no /dev), until the file system is unmounted.
+class DevFuseSession {
+public:
+    DevFuseSession(fuse::Server& server, UniqueFd fd, const DevFuseOptions& opts);
+    DevFuseSession(const DevFuseSession&) = delete;
+    DevFuseSession& operator=(const DevFuseSession&) = delete;
+
+    // Serves until the connection ends (unmounted, or aborted).
+    void run();
+
+private:
+    void worker(int fd);
+    ssize_t next_request(int fd, std::byte* buf, size_t size);
+
+    fuse::Server& server_;
+    DevFuseOptions opts_;
+    UniqueFd fd_;
+    std::vector<UniqueFd> clones_;  // threads - 1 of them; an empty one shares fd_
     std::atomic<bool> spinning_{false};
 };
 

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "util/error.h"
+#include "util/process.h"
 #include "util/unique_fd.h"
 
 namespace ocivm {
@@ -18,27 +19,29 @@ namespace ocivm {
 CommandResult run_command(const std::vector<std::string>& argv, const std::string& input) {
     int in[2], out[2], err[2];
     if (::pipe2(in, O_CLOEXEC) < 0) throw_errno("pipe", errno);
+    UniqueFd in_r(in[0]), to(in[1]);
     if (::pipe2(out, O_CLOEXEC) < 0) throw_errno("pipe", errno);
+    UniqueFd from_out(out[0]), out_w(out[1]);
     if (::pipe2(err, O_CLOEXEC) < 0) throw_errno("pipe", errno);
-    pid_t pid = ::fork();
-    if (pid < 0) throw_errno("cannot start " + argv[0], errno);
-    if (pid == 0) {
-        ::dup2(in[0], 0);
-        ::dup2(out[1], 1);
-        ::dup2(err[1], 2);
-        std::vector<char*> a;
-        for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-        a.push_back(nullptr);
-        ::execvp(a[0], a.data());
-        std::fprintf(stderr, "%s: %s\n", a[0], std::strerror(errno));
-        ::_exit(127);
-    }
-    ::close(in[0]);
-    ::close(out[1]);
-    ::close(err[1]);
-    UniqueFd to(in[1]), from_out(out[0]), from_err(err[0]);
-    ::fcntl(to.get(), F_SETFL, O_NONBLOCK);
+    UniqueFd from_err(err[0]), err_w(err[1]);
+    SpawnOptions so;
+    so.argv = argv;
+    so.stdin_fd = in_r.get();
+    so.stdout_fd = out_w.get();
+    so.stderr_fd = err_w.get();
     CommandResult r;
+    ChildProcess child;
+    try {
+        child = ChildProcess::spawn(so);
+    } catch (const Error& e) {
+        r.status = 127;
+        r.err = e.what();
+        return r;
+    }
+    in_r.reset();
+    out_w.reset();
+    err_w.reset();
+    ::fcntl(to.get(), F_SETFL, O_NONBLOCK);
     size_t written = 0;
     if (input.empty()) to.reset();
     char buf[65536];
@@ -64,10 +67,7 @@ CommandResult run_command(const std::vector<std::string>& argv, const std::strin
             else if (n == 0 || errno != EINTR) fd.reset();
         }
     }
-    int st = 0;
-    while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-    }
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    r.status = exit_code(child.wait());
     while (!r.err.empty() && r.err.back() == '\n') r.err.pop_back();
     return r;
 }

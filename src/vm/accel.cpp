@@ -17,6 +17,7 @@
 #include "util/error.h"
 #include "util/log.h"
 #include "util/paths.h"
+#include "util/process.h"
 #include "util/subprocess.h"
 #include "util/unique_fd.h"
 
@@ -32,30 +33,23 @@ std::string trim(std::string s) {
 // Boots the kernel under KVM until it panics for want of an init (-no-reboot
 // turns that into a clean exit); an abort or a hang means KVM is not usable.
 std::string qemu_kvm_probe(const std::string& kernel) {
-    pid_t pid = ::fork();
-    if (pid == 0) {
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int null = ::open("/dev/null", O_RDWR);
-        ::dup2(null, 0);
-        ::dup2(null, 1);
-        ::dup2(null, 2);
-        ::execlp("qemu-system-x86_64", "qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-machine",
-                 "microvm,pit=on,pic=on,rtc=on", "-m", "128", "-display", "none", "-monitor", "none",
-                 "-serial", "none", "-no-reboot", "-kernel", kernel.c_str(), "-append",
-                 "panic=-1 rdinit=/nonexistent init=/nonexistent", static_cast<char*>(nullptr));
-        ::_exit(127);
+    SpawnOptions so;
+    so.argv = {"qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-machine",
+               "microvm,pit=on,pic=on,rtc=on", "-m", "128", "-display", "none", "-monitor", "none",
+               "-serial", "none", "-no-reboot", "-kernel", kernel, "-append",
+               "panic=-1 rdinit=/nonexistent init=/nonexistent"};
+    so.stdout_fd = so.stderr_fd = SpawnOptions::kDevNull;
+    ChildProcess probe;
+    try {
+        probe = ChildProcess::spawn(so);
+    } catch (const Error& e) {
+        return e.what();
     }
-    if (pid < 0) return "cannot fork the KVM probe";
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     int st = 0;
-    while (true) {
-        pid_t r = ::waitpid(pid, &st, WNOHANG);
-        if (r == pid) break;
-        if (std::chrono::steady_clock::now() > deadline) {
-            ::kill(pid, SIGKILL);
-            ::waitpid(pid, &st, 0);
-            return "a test guest did not finish under KVM within 20 s";
-        }
+    while (!probe.reap(&st)) {
+        if (std::chrono::steady_clock::now() > deadline)
+            return "a test guest did not finish under KVM within 20 s";  // ~ChildProcess kills it
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0) return "";

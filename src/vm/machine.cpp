@@ -21,16 +21,13 @@
 #include <random>
 #include <thread>
 
-#include "fuse/serve_config.h"
 #include "fs/passthrough.h"
-#include "fuse/server.h"
 #include "guest/initramfs.h"
-#include "trace/recorder.h"
-#include "transport/devfuse.h"
-#include "transport/vhost_user.h"
 #include "util/error.h"
+#include "util/io.h"
 #include "util/log.h"
 #include "util/paths.h"
+#include "util/process.h"
 #include "util/unique_fd.h"
 #include "vm/accel.h"
 #include "vm/kernel.h"
@@ -58,59 +55,89 @@ SocketPair socket_pair() {
 
 void set_nonblock(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
-bool write_all(int fd, const char* p, size_t n) {
-    while (n > 0) {
-        ssize_t w = ::write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0 && errno == EAGAIN) {
-            pollfd pf{fd, POLLOUT, 0};
-            ::poll(&pf, 1, 1000);
-            continue;
-        }
-        if (w <= 0) return false;
-        p += w;
-        n -= static_cast<size_t>(w);
-    }
-    return true;
-}
 
-// One directory served to the guest over virtio-fs from a thread of ours.
+// One directory served to the guest over virtio-fs by a process of its
+// own: `ocivm fsd` on the vhost-user socket QEMU is handed, confined in its
+// own namespaces with the share as its root, fewer capabilities and a
+// seccomp allow-list. A guest that breaks the server holds nothing of this
+// supervisor: not QEMU's channels, not the other shares, not the host.
 class ShareServer {
 public:
-    ShareServer(const std::string& dir, fs::CacheMode mode, bool readonly, const std::string& trace_path)
-        : cfg_(fuse::serve_config(dir, mode, readonly, true, false)) {
-        // A store imported without root keeps owners and devices in xattrs.
-        cfg_.fs.override_stat = readonly && ::geteuid() != 0;
-        trace::LivelockDetector::Options lo;
-        lo.cache_hint = mode == fs::CacheMode::Never ? "metadata" : "always";
-        try {
-            recorder_ = std::make_unique<trace::Recorder>(trace_path, lo);
-        } catch (const std::runtime_error& e) {
-            throw Error(e.what());
-        }
-        fs_ = std::make_unique<fs::Passthrough>(cfg_.fs);
-        server_ = std::make_unique<fuse::Server>(*fs_, cfg_.protocol, recorder_.get());
-        backend_ = std::make_unique<transport::VhostUserBackend>(*server_, transport::VhostUserOptions{});
+    struct Config {
+        std::string dir;
+        fs::CacheMode mode = fs::CacheMode::Auto;
+        bool readonly = false, nodev = true, nosuid = true, override_stat = false, trusted_xattrs = false;
+        std::string trace;
+    };
+    struct Stats {
+        uint64_t requests = 0;
+        std::vector<std::string> summary;  // the last 10 s, as lines
+        bool livelock = false;
+        std::string verdict;
+        bool answered = false;
+    };
+
+    ShareServer(const Config& c, UniqueFd vhost_sock) {
+        auto ctl = socket_pair();
+        SpawnOptions so;
+        so.argv = {"/proc/self/exe", "fsd", "--fd", "3", "--control-fd", "4", "--shared-dir", c.dir,
+                   "--cache", fs::cache_mode_name(c.mode), "--log-level",
+                   std::string(spdlog::level::to_string_view(spdlog::get_level()).data(),
+                               spdlog::level::to_string_view(spdlog::get_level()).size())};
+        if (c.readonly) so.argv.push_back("--readonly");
+        if (c.nodev) so.argv.push_back("--nodev");
+        if (c.nosuid) so.argv.push_back("--nosuid");
+        if (c.override_stat) so.argv.push_back("--override-stat");
+        if (c.trusted_xattrs) so.argv.push_back("--trusted-xattrs");
+        if (!c.trace.empty()) so.argv.insert(so.argv.end(), {"--trace", c.trace});
+        so.fds = {vhost_sock.get(), ctl.theirs.get()};
+        child_ = ChildProcess::spawn(so);
+        control_ = std::move(ctl.mine);
     }
+    // QEMU is gone by now, and with it the server's socket: it exits on its
+    // own (writing the end of its trace); one that does not is killed.
     ~ShareServer() {
-        if (thread_.joinable()) thread_.join();
+        for (int i = 0; i < 50 && !child_.reap(nullptr); ++i) ::usleep(100000);
     }
-    // Serves until QEMU closes its end of the socket.
-    void start(UniqueFd sock) {
-        sock_ = std::move(sock);
-        thread_ = std::thread([this] { backend_->serve(sock_.get()); });
+    ShareServer(const ShareServer&) = delete;
+    ShareServer& operator=(const ShareServer&) = delete;
+
+    // Asks the server for its statistics; `answered` is false when it does
+    // not answer within a second (it is gone, or stuck).
+    Stats stats() {
+        Stats st;
+        if (!control_ || !write_all(control_.get(), "stats\n", 6)) return st;
+        std::string buf;
+        uint64_t deadline = mono_ns() + 1'000'000'000ull;
+        char tmp[4096];
+        while (buf.find("end\n") == std::string::npos) {
+            uint64_t now = mono_ns();
+            if (now >= deadline || buf.size() > (1 << 20)) return st;
+            pollfd pf{control_.get(), POLLIN, 0};
+            if (::poll(&pf, 1, static_cast<int>((deadline - now) / 1000000 + 1)) <= 0) continue;
+            ssize_t n = ::read(control_.get(), tmp, sizeof tmp);
+            if (n <= 0) return st;
+            buf.append(tmp, static_cast<size_t>(n));
+        }
+        size_t pos = 0;
+        while (pos < buf.size()) {
+            size_t nl = buf.find('\n', pos);
+            std::string line = buf.substr(pos, nl - pos);
+            pos = nl + 1;
+            if (line.rfind("requests ", 0) == 0) st.requests = std::strtoull(line.c_str() + 9, nullptr, 10);
+            else if (line.rfind("summary ", 0) == 0) st.summary.push_back(line.substr(8));
+            else if (line.rfind("verdict ", 0) == 0 && line.size() >= 10) {
+                st.livelock = line[8] == '1';
+                st.verdict = line.substr(10);
+            }
+        }
+        st.answered = true;
+        return st;
     }
-    const trace::Recorder& recorder() const { return *recorder_; }
-    uint64_t requests() const { return backend_->stats().requests.load(); }
 
 private:
-    fuse::ServeConfig cfg_;
-    std::unique_ptr<trace::Recorder> recorder_;
-    std::unique_ptr<fs::Passthrough> fs_;
-    std::unique_ptr<fuse::Server> server_;
-    std::unique_ptr<transport::VhostUserBackend> backend_;
-    UniqueFd sock_;
-    std::thread thread_;
+    ChildProcess child_;
+    UniqueFd control_;
 };
 
 enum class Stage { QemuStarted, KernelBooting, InitRunning, RootMounted, SystemdStarting, CommandStarted, Finished };
@@ -134,12 +161,35 @@ public:
     StateDir(const std::string& name, bool rm) : rm_(rm) {
         std::string base = runtime_dir() + "/vms";
         make_dirs(base, 0700);
+        clean_stale(base);
         path_ = base + "/" + name;
         if (::mkdir(path_.c_str(), 0700) < 0 && errno != EEXIST) throw_errno("cannot create " + path_, errno);
-        lock_ = UniqueFd(::open((path_ + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+        lock_ = UniqueFd(::open((path_ + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
         if (!lock_) throw_errno("cannot create " + path_ + "/lock", errno);
         if (::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0)
             throw Error("a VM named '" + name + "' is already running; choose another --name");
+        // Tells a later ocivm, should this one be killed, to remove it all.
+        if (rm_) UniqueFd(::open((path_ + "/rm").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    }
+
+    // A VM whose ocivm was killed (kill -9, OOM) left its state directory:
+    // nobody holds its lock any more. With --rm it goes entirely; without,
+    // only the initramfs copy (megabytes) goes and the logs stay for a look.
+    static void clean_stale(const std::string& base) {
+        std::error_code ec;
+        for (auto& e : std::filesystem::directory_iterator(base, ec)) {
+            if (!e.is_directory(ec) || e.is_symlink(ec)) continue;
+            std::string dir = e.path().string();
+            UniqueFd lock(::open((dir + "/lock").c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+            if (!lock || ::flock(lock.get(), LOCK_EX | LOCK_NB) < 0) continue;  // running, or not ours
+            bool rm = ::access((dir + "/rm").c_str(), F_OK) == 0;
+            if (rm) {
+                std::filesystem::remove_all(dir, ec);
+                spdlog::info("removed the state of a VM whose ocivm was killed: {}", dir);
+            } else if (::unlink((dir + "/initrd.cpio").c_str()) == 0) {
+                spdlog::info("removed the initramfs copy of a VM whose ocivm was killed: {}", dir);
+            }
+        }
     }
     ~StateDir() {
         if (rm_) {
@@ -333,18 +383,20 @@ void Run::diagnose(const std::string& why) {
     std::fprintf(stderr, "ocivm: last %zu console lines (full log: %s):\n", console_tail_.size(), console_path_.c_str());
     for (auto& l : console_tail_) std::fprintf(stderr, "  | %s\n", l.c_str());
     if (!console_line_.empty()) std::fprintf(stderr, "  | %s\n", console_line_.c_str());
-    uint64_t now = mono_ns();
     for (size_t i = 0; i < shares_.size(); ++i) {
-        const auto& det = shares_[i]->recorder().detector();
         size_t first_vol = o_.disk.empty() ? 1 : 0;
         std::string label = i < first_vol ? "root" : o_.shares[i - first_vol].guest;
-        auto lines = det.window_summary(now, 10);
+        auto st = shares_[i]->stats();
+        if (!st.answered) {
+            std::fprintf(stderr, "ocivm: virtio-fs (%s): its server did not answer (it has exited or is stuck)\n",
+                         label.c_str());
+            continue;
+        }
         std::fprintf(stderr, "ocivm: virtio-fs (%s, %lu requests in all): %s\n", label.c_str(),
-                     static_cast<unsigned long>(shares_[i]->requests()), lines[0].c_str());
-        for (size_t k = 1; k < lines.size(); ++k) std::fprintf(stderr, "ocivm:   %s\n", lines[k].c_str());
-        auto v = det.verdict();
+                     static_cast<unsigned long>(st.requests), st.summary.empty() ? "" : st.summary[0].c_str());
+        for (size_t k = 1; k < st.summary.size(); ++k) std::fprintf(stderr, "ocivm:   %s\n", st.summary[k].c_str());
         std::fprintf(stderr, "ocivm: livelock detector (%s): %s%s\n", label.c_str(),
-                     v.livelock ? "LIVELOCK: " : "no livelock: ", v.message.c_str());
+                     st.livelock ? "LIVELOCK: " : "no livelock: ", st.verdict.c_str());
     }
 }
 
@@ -382,14 +434,35 @@ int Run::go() {
     fs::CacheMode root_mode = cache_mode(o_.cache, fs::CacheMode::Always);
     fs::CacheMode vol_mode = cache_mode(o_.cache, fs::CacheMode::Auto);
     bool root_share = o_.disk.empty();
-    if (root_share) shares_.push_back(std::make_unique<ShareServer>(o_.rootfs, root_mode, true, o_.trace));
+    std::vector<SocketPair> fs_socks;
+    auto add_share = [&](const ShareServer::Config& c) {
+        fs_socks.push_back(socket_pair());
+        shares_.push_back(std::make_unique<ShareServer>(c, std::move(fs_socks.back().mine)));
+    };
+    if (root_share) {
+        ShareServer::Config c;
+        c.dir = o_.rootfs;
+        c.mode = root_mode;
+        c.readonly = true;
+        // A store imported without root keeps owners and devices in xattrs.
+        c.override_stat = ::geteuid() != 0;
+        c.trace = o_.trace;
+        add_share(c);
+    }
     o_.guest.root_partuuid = o_.disk_partuuid;
     o_.guest.volumes.clear();
     for (size_t i = 0; i < o_.shares.size(); ++i) {
         auto& s = o_.shares[i];
-        shares_.push_back(std::make_unique<ShareServer>(s.host, vol_mode, s.readonly,
-                                                        o_.trace.empty() ? "" : o_.trace + ".vol" + std::to_string(i)));
-        o_.guest.volumes.push_back({"ocivm-vol" + std::to_string(i), s.guest, s.readonly});
+        ShareServer::Config c;
+        c.dir = s.host;
+        c.mode = vol_mode;
+        c.readonly = s.readonly;
+        c.nodev = s.nodev;
+        c.nosuid = s.nosuid;
+        c.trusted_xattrs = s.trusted_xattrs;
+        c.trace = o_.trace.empty() ? "" : o_.trace + ".vol" + std::to_string(i);
+        add_share(c);
+        o_.guest.volumes.push_back({"ocivm-vol" + std::to_string(i), s.guest, s.readonly, s.nodev, s.nosuid, s.noexec});
     }
 
     std::vector<std::string> extra;
@@ -414,8 +487,6 @@ int Run::go() {
     for (auto& k : o_.kargs) qc.append += " " + k;
     auto con = socket_pair(), qmpp = socket_pair(), out = socket_pair(), err = socket_pair(), in = socket_pair(),
          ctl = socket_pair();
-    std::vector<SocketPair> fs_socks;
-    for (size_t i = 0; i < shares_.size(); ++i) fs_socks.push_back(socket_pair());
     qc.console = con.theirs.get();
     qc.qmp = qmpp.theirs.get();
     qc.port_out = out.theirs.get();
@@ -445,10 +516,7 @@ int Run::go() {
     uint64_t started = mono_ns();
     // QEMU holds its ends now; ours must go so its exit is seen as EOF.
     for (auto* p : {&con, &qmpp, &out, &err, &in, &ctl}) p->theirs.reset();
-    for (size_t i = 0; i < shares_.size(); ++i) {
-        fs_socks[i].theirs.reset();
-        shares_[i]->start(std::move(fs_socks[i].mine));
-    }
+    fs_socks.clear();
     console_ = std::move(con.mine);
     qmp_ = std::move(qmpp.mine);
     out_ = std::move(out.mine);
@@ -586,7 +654,7 @@ int Run::go() {
     raw.reset();
     ::unlink(initrd.c_str());  // 3 MB nobody needs once the guest has booted
     for (auto* p : {&console_, &qmp_, &out_, &err_, &in_, &control_}) p->reset();
-    shares_.clear();  // joins the server threads (QEMU is gone, so are their sockets)
+    shares_.clear();  // waits for the share servers (QEMU is gone, so are their sockets)
 
     if (!have_result_ && !timed_out) {
         std::string why = "the VM stopped before the command reported its exit status";
@@ -612,7 +680,6 @@ int Run::go() {
 
 int run_machine(MachineOptions o) {
     ::signal(SIGPIPE, SIG_IGN);
-    transport::raise_fd_limit();
     Run r(std::move(o));
     return r.go();
 }

@@ -14,6 +14,12 @@ namespace ocivm::vm {
 struct ShareSpec {
     std::string host, guest;
     bool readonly = false;
+    // Writable shares default to nodev,nosuid: a guest cannot plant device
+    // nodes or set-id files on the host. noexec is the guest mount's.
+    bool nodev = true, nosuid = true, noexec = false;
+    // The server keeps CAP_SYS_ADMIN to read trusted.* xattrs: only for
+    // ocivm's own tools sharing a user's tree (the xfs writer's copy).
+    bool trusted_xattrs = false;
 };
 
 struct MachineOptions {

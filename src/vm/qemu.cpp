@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "util/error.h"
+#include "util/unique_fd.h"
 
 namespace ocivm::vm {
 
@@ -57,72 +58,22 @@ std::pair<std::vector<std::string>, std::vector<int>> qemu_argv(const QemuConfig
     return {a, fds};
 }
 
-QemuProcess::~QemuProcess() {
-    if (pid_ > 0) {
-        ::kill(pid_, SIGKILL);
-        ::waitpid(pid_, nullptr, 0);
-    }
-}
-
 void QemuProcess::start(const std::vector<std::string>& argv, const std::vector<int>& fds,
                         const std::string& log_path) {
-    int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (log < 0) throw_errno("cannot create " + log_path, errno);
-    int errpipe[2];
-    if (::pipe2(errpipe, O_CLOEXEC) < 0) throw_errno("pipe", errno);
-    pid_t parent = ::getpid();
-    pid_t pid = ::fork();
-    if (pid < 0) throw_errno("cannot fork QEMU", errno);
-    if (pid == 0) {
-        // QEMU goes when ocivm goes, whatever kills it.
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (::getppid() != parent) ::_exit(127);
-        // Its own process group: a Ctrl-C on the terminal is ocivm's to handle.
-        ::setpgid(0, 0);
-        sigset_t none;
-        sigemptyset(&none);
-        ::sigprocmask(SIG_SETMASK, &none, nullptr);
-        // Move the fds above every target number first, then down to 3, 4, ...
-        std::vector<int> high;
-        for (int fd : fds) high.push_back(::fcntl(fd, F_DUPFD_CLOEXEC, 1000));
-        for (size_t i = 0; i < high.size(); ++i) ::dup2(high[i], static_cast<int>(3 + i));  // dup2 clears CLOEXEC
-        int null = ::open("/dev/null", O_RDWR);
-        ::dup2(null, 0);
-        ::dup2(log, 1);
-        ::dup2(log, 2);
-        std::vector<char*> a;
-        for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-        a.push_back(nullptr);
-        ::execvp(a[0], a.data());
-        int e = errno;
-        ssize_t w = ::write(errpipe[1], &e, sizeof e);
-        (void)w;
-        ::_exit(127);
-    }
-    ::close(log);
-    ::close(errpipe[1]);
-    int e = 0;
-    ssize_t n = ::read(errpipe[0], &e, sizeof e);
-    ::close(errpipe[0]);
-    if (n == sizeof e) {
-        ::waitpid(pid, nullptr, 0);
-        throw_errno("cannot run " + argv[0], e, "install QEMU (apt-get install qemu-system-x86)");
-    }
-    pid_ = pid;
+    UniqueFd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!log) throw_errno("cannot create " + log_path, errno);
+    SpawnOptions so;
+    so.argv = argv;
+    so.fds = fds;
+    so.stdout_fd = log.get();
+    so.stderr_fd = log.get();
+    // Its own process group: a Ctrl-C on the terminal is ocivm's to handle.
+    so.new_process_group = true;
+    child_ = ChildProcess::spawn(so, "install QEMU (apt-get install qemu-system-x86)");
 }
 
-bool QemuProcess::reap(int* st) {
-    if (pid_ <= 0) return true;
-    pid_t r = ::waitpid(pid_, st, WNOHANG);
-    if (r == pid_) {
-        pid_ = -1;
-        return true;
-    }
-    return false;
-}
+bool QemuProcess::reap(int* st) { return child_.reap(st); }
 
-void QemuProcess::kill_now() {
-    if (pid_ > 0) ::kill(pid_, SIGKILL);
-}
+void QemuProcess::kill_now() { child_.kill(SIGKILL); }
 
 }  // namespace ocivm::vm

@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "util/process.h"
+
 namespace ocivm::vm {
 
 struct QemuConfig {
@@ -29,20 +31,16 @@ std::pair<std::vector<std::string>, std::vector<int>> qemu_argv(const QemuConfig
 // A running QEMU; the destructor kills and reaps it if it is still there.
 class QemuProcess {
 public:
-    QemuProcess() = default;
-    ~QemuProcess();
-    QemuProcess(const QemuProcess&) = delete;
-    QemuProcess& operator=(const QemuProcess&) = delete;
     // Throws Error when QEMU cannot be started; stderr of QEMU goes to log_path.
     void start(const std::vector<std::string>& argv, const std::vector<int>& fds, const std::string& log_path);
-    pid_t pid() const { return pid_; }
+    pid_t pid() const { return child_.pid(); }
     // Non-blocking reap; true once QEMU has exited (status in *st).
     bool reap(int* st);
     void kill_now();
-    bool running() const { return pid_ > 0; }
+    bool running() const { return child_.running(); }
 
 private:
-    pid_t pid_ = -1;
+    ChildProcess child_;
 };
 
 }  // namespace ocivm::vm

@@ -18,7 +18,9 @@ void write_xfs_in_vm(const std::string& image, const std::string& rootfs, const 
     m.name = "ocivm-disk-" + std::to_string(::getpid());
     m.rm = true;
     m.memory = "1G";
-    m.shares.push_back({rootfs, "/ocivm-src", true});
+    vm::ShareSpec src{rootfs, "/ocivm-src", true};
+    src.trusted_xattrs = true;  // the copy keeps trusted.* xattrs too
+    m.shares.push_back(src);
     m.attach.push_back(image);
     auto& g = m.guest;
     g.hostname = m.name;

@@ -12,7 +12,7 @@ fail() { echo "FAIL: $*"; exit 1; }
 for t in mkfs.ext4 e2fsck losetup unshare debugfs qemu-img getfattr setfattr setfacl perl; do
   command -v $t >/dev/null || fail "$t missing: apt-get install e2fsprogs util-linux qemu-utils attr acl perl"
 done
-WORK=/tmp/ocivm-disktest-$$
+WORK=${TMPDIR:-/tmp}/ocivm-disktest-$$
 mkdir -p "$WORK"
 pids=()
 cleanup() {

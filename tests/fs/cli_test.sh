@@ -6,7 +6,7 @@ OCIVM=${1:?usage: cli_test.sh PATH-TO-OCIVM}
 if [ "$(id -u)" -ne 0 ]; then echo "FAIL: cli_test.sh mounts file systems and must run as root"; exit 1; fi
 command -v unshare >/dev/null || { echo "FAIL: unshare missing: apt-get install util-linux"; exit 1; }
 
-work=/tmp/ocivm-clitest-$$
+work=${TMPDIR:-/tmp}/ocivm-clitest-$$
 mkdir -p "$work/src" "$work/mnt" "$work/busy"
 echo data > "$work/src/f"
 : > "$work/file"

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mount.h>
+
+#include <cstdlib>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -29,12 +31,22 @@ std::string unique_name(const std::string& prefix) {
 
 bool is_mounted(const std::string& path) { return find_mount(path).has_value(); }
 
+// $TMPDIR (the suite gives each test its own and checks it is left empty), else /tmp.
+std::string tmp_dir() {
+    const char* t = std::getenv("TMPDIR");
+    return t && *t ? t : "/tmp";
+}
+
 Workspace::Workspace() {
-    base = "/tmp/" + unique_name("ocivm-fstest");
+    base = tmp_dir() + "/" + unique_name("ocivm-fstest");
     std::filesystem::create_directories(base);
     if (::mount("tmpfs", base.c_str(), "tmpfs", 0, "mode=0755,size=4g") != 0)
         throw std::runtime_error("cannot mount a tmpfs at " + base + ": " + std::strerror(errno) +
                                  " (the fs tests must run as root)");
+    // Shared, so that mounts a test makes inside the share after the server
+    // started reach the server's own mount namespace (a slave of this one).
+    if (::mount(nullptr, base.c_str(), nullptr, MS_SHARED, nullptr) != 0)
+        throw std::runtime_error("cannot make " + base + " a shared mount: " + std::strerror(errno));
     share = base + "/share";
     native = base + "/native";
     mnt = base + "/mnt";
@@ -42,7 +54,7 @@ Workspace::Workspace() {
 }
 
 Workspace::Workspace(const std::string& guest_mnt) {
-    base = "/tmp/" + unique_name("ocivm-guesttest");
+    base = tmp_dir() + "/" + unique_name("ocivm-guesttest");
     std::filesystem::create_directories(base);
     if (::mount("tmpfs", base.c_str(), "tmpfs", 0, "mode=0755") != 0)
         throw std::runtime_error("cannot mount a tmpfs at " + base + ": " + std::strerror(errno));

@@ -15,7 +15,7 @@ command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 missing: ap
 command -v script >/dev/null || fail "script missing: apt-get install util-linux"
 [ -x "$DEMO/bin/busybox" ] || fail "demo image $DEMO not built (make build)"
 
-WORK=/tmp/ocivm-runtest-$$
+WORK=${TMPDIR:-/tmp}/ocivm-runtest-$$
 mkdir -p "$WORK"
 export OCIVM_RUNTIME_DIR=$WORK/run
 cleanup() { [ -n "${KEEP:-}" ] || rm -rf "$WORK"; }

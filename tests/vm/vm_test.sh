@@ -36,7 +36,10 @@ kvm_works() {
   [ -w /dev/kvm ] || return 1
   local log=$CACHE_DIR/kvm-probe.log
   rm -f "$log"
-  timeout 20 qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256 -display none \
+  # QEMU itself in the background (not under timeout(1): $! would be
+  # timeout's pid, and killing it would orphan a spinning QEMU); the loop
+  # below bounds the wait and kills QEMU, the process we mean.
+  qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256 -display none \
     -monitor none -serial file:"$log" -kernel "$KERNEL" -no-reboot \
     -append "console=ttyS0 earlyprintk=ttyS0 panic=-1 rdinit=/nonexistent" >/dev/null 2>&1 &
   local pid=$!
@@ -55,7 +58,7 @@ else
   ACCEL=(-accel tcg)
 fi
 
-WORK=/tmp/ocivm-vmtest-$$
+WORK=${TMPDIR:-/tmp}/ocivm-vmtest-$$
 mkdir -p "$WORK"
 # The shares live on a tmpfs, like the guest's reference directory, so the
 # POSIX suite compares like with like (directory sizes, statfs).

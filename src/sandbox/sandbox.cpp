@@ -1,0 +1,202 @@
+#include "sandbox/sandbox.h"
+
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/securebits.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "util/error.h"
+#include "util/io.h"
+#include "util/paths.h"
+#include "util/process.h"
+#include "util/unique_fd.h"
+
+namespace ocivm::sandbox {
+
+namespace {
+
+void write_proc(const std::string& path, const std::string& data) {
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!fd || !write_all(fd.get(), data.data(), data.size()))
+        throw_errno("sandbox: writing " + path, errno);
+}
+
+// The keeper: waits for the server, passes termination on as SIGKILL (the
+// server is PID 1 of its namespace and ignores signals it has no handler
+// for), and leaves with the server's exit code.
+[[noreturn]] void keep(pid_t server, UniqueFd alive) {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s : {SIGCHLD, SIGINT, SIGTERM, SIGHUP}) sigaddset(&set, s);
+    ::sigprocmask(SIG_BLOCK, &set, nullptr);
+    for (;;) {
+        int st = 0;
+        pid_t r = ::waitpid(server, &st, WNOHANG);
+        if (r == server) ::_exit(exit_code(st));
+        if (r < 0 && errno != EINTR) ::_exit(125);
+        siginfo_t si;
+        int sig = ::sigwaitinfo(&set, &si);
+        if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) ::kill(server, SIGKILL);
+    }
+    (void)alive;  // held open until we exit: the server's sign that we live
+}
+
+}  // namespace
+
+void enter_namespaces(const std::string& who) {
+    const bool root = ::geteuid() == 0;
+    const uid_t uid = ::geteuid();
+    const gid_t gid = ::getegid();
+    if (!root) {
+        if (::unshare(CLONE_NEWUSER) < 0)
+            throw_errno(who + ": cannot create a user namespace for the sandbox", errno,
+                        "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) "
+                        "or run with --sandbox none");
+        write_proc("/proc/self/setgroups", "deny");
+        write_proc("/proc/self/uid_map", std::to_string(uid) + " " + std::to_string(uid) + " 1\n");
+        write_proc("/proc/self/gid_map", std::to_string(gid) + " " + std::to_string(gid) + " 1\n");
+    }
+    if (::unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC) < 0)
+        throw_errno(who + ": cannot create namespaces for the sandbox", errno,
+                    root ? "run with --sandbox none to serve without one" : "run as root, or with --sandbox none");
+    int alive[2];
+    if (::pipe2(alive, O_CLOEXEC) < 0) throw_errno("pipe", errno);
+    UniqueFd alive_r(alive[0]), alive_w(alive[1]);
+    pid_t pid = ::fork();
+    if (pid < 0) throw_errno(who + ": cannot fork the sandboxed server", errno);
+    if (pid > 0) {
+        alive_r.reset();
+        // The keeper needs no privilege to wait and to kill its own child.
+        try {
+            drop_privileges({});
+        } catch (const Error& e) {
+            std::fprintf(stderr, "ocivm: warning: %s: %s\n", who.c_str(), e.what());
+        }
+        keep(pid, std::move(alive_w));
+    }
+    alive_w.reset();
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    // The keeper may have died before the line above: then its end of the
+    // pipe is closed already.
+    pollfd p{alive_r.get(), POLLIN, 0};
+    if (::poll(&p, 1, 0) != 0) ::_exit(125);
+    alive_r.reset();
+    // Our mounts never propagate to the host; the host's unmounts still reach us.
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) < 0)
+        throw_errno(who + ": sandbox: making the mount tree private", errno);
+    // A /proc of the new PID namespace: /proc/1 is this server, not the host's init.
+    if (::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0)
+        throw_errno(who + ": sandbox: mounting /proc", errno);
+}
+
+void bind_root(const std::string& dir) {
+    if (dir == "/") return;  // already the root (see pivot_into)
+    if (::mount(dir.c_str(), dir.c_str(), nullptr, MS_BIND | MS_REC, nullptr) < 0)
+        throw_errno("sandbox: bind-mounting " + dir + " onto itself", errno);
+}
+
+void pivot_into(const std::string& dir, bool cwd_proc_fd) {
+    // The time zone is read now, from the host: once "/" is the share, a
+    // guest-made /etc/localtime would be parsed instead.
+    ::tzset();
+    UniqueFd proc_fd;
+    if (cwd_proc_fd) {
+        proc_fd.reset(::open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC));
+        if (!proc_fd) throw_errno("sandbox: opening /proc/self/fd", errno);
+    }
+    if (dir == "/") {
+        // Sharing the host's own root (ocivm's xfs writer, `run --systemd /`):
+        // there is nothing to hide by a pivot, and pivot_root cannot move
+        // the root onto itself. The other layers still hold.
+        if (proc_fd && ::fchdir(proc_fd.get()) < 0) throw_errno("sandbox: fchdir /proc/self/fd", errno);
+        return;
+    }
+    if (::chdir(dir.c_str()) < 0) throw_errno("sandbox: chdir " + dir, errno);
+    // pivot_root(".", "."): the old root ends up stacked on the new one,
+    // and detaching "." then removes it.
+    if (::syscall(SYS_pivot_root, ".", ".") < 0) throw_errno("sandbox: pivot_root into " + dir, errno);
+    if (::umount2(".", MNT_DETACH) < 0) throw_errno("sandbox: detaching the host's root", errno);
+    if (::chdir("/") < 0) throw_errno("sandbox: chdir /", errno);
+    if (proc_fd && ::fchdir(proc_fd.get()) < 0) throw_errno("sandbox: fchdir /proc/self/fd", errno);
+}
+
+std::vector<int> file_server_caps(bool readonly, bool nodev, bool nosuid) {
+    if (readonly) return {CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH};
+    std::vector<int> caps = {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER,
+                             CAP_SETGID, CAP_SETUID};
+    if (!nodev) caps.push_back(CAP_MKNOD);
+    if (!nosuid) {
+        caps.push_back(CAP_FSETID);
+        caps.push_back(CAP_SETFCAP);
+    }
+    return caps;
+}
+
+void drop_privileges(const std::vector<int>& wanted) {
+    // What we do not have cannot be kept (a user without capabilities, or
+    // --sandbox none as a user).
+    unsigned long long have = 0;
+    {
+        __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+        __user_cap_data_struct cur[2] = {};
+        if (::syscall(SYS_capget, &hdr, cur) < 0) throw_errno("sandbox: reading capabilities", errno);
+        have = (static_cast<unsigned long long>(cur[1].permitted) << 32) | cur[0].permitted;
+    }
+    std::vector<int> keep;
+    for (int c : wanted)
+        if (have & (1ull << c)) keep.push_back(c);
+    auto kept = [&](int c) { return std::find(keep.begin(), keep.end(), c) != keep.end(); };
+    int last = CAP_LAST_CAP;
+    try {
+        last = std::stoi(read_file("/proc/sys/kernel/cap_last_cap"));
+    } catch (...) {
+    }
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes below.
+    if (have & (1ull << CAP_SETPCAP)) {
+        for (int c = 0; c <= last; ++c)
+            if (!kept(c) && ::prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
+                throw_errno("sandbox: dropping capability " + std::to_string(c) + " from the bounding set", errno);
+    }
+    ::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    int bits = ::prctl(PR_GET_SECUREBITS);
+    if (bits >= 0 && (have & (1ull << CAP_SETPCAP))) {
+        // No exec could make root privileged again; whatever the server set
+        // (SECBIT_NO_SETUID_FIXUP for per-thread fsuid) stays as it is.
+        bits |= SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
+                SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+        if (::prctl(PR_SET_SECUREBITS, bits) < 0) throw_errno("sandbox: setting securebits", errno);
+    }
+    __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2] = {};
+    for (int c : keep) {
+        data[c / 32].effective |= 1u << (c % 32);
+        data[c / 32].permitted |= 1u << (c % 32);
+    }
+    if (::syscall(SYS_capset, &hdr, data) < 0) throw_errno("sandbox: dropping capabilities", errno);
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) throw_errno("sandbox: setting no_new_privs", errno);
+    rlimit none{0, 0};
+    ::setrlimit(RLIMIT_CORE, &none);
+}
+
+unsigned long long effective_caps() {
+    __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2] = {};
+    if (::syscall(SYS_capget, &hdr, data) < 0) return 0;
+    return (static_cast<unsigned long long>(data[1].effective) << 32) | data[0].effective;
+}
+
+}  // namespace ocivm::sandbox

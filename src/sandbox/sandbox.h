@@ -1,0 +1,77 @@
+#pragma once
+// Confinement of a process that serves or parses something a guest or an
+// image controls: namespaces, a pivot_root into the one directory it needs,
+// capabilities cut to what the job needs, no_new_privs, rlimits and a
+// seccomp allow-list. The layers and what each one stops are in
+// docs/security.md.
+//
+// Order of use in a server (each step needs the one before):
+//   enter_namespaces()      fork into new user/mount/PID/network/IPC namespaces
+//   bind_root(dir)          dir becomes a mount point of its own
+//   ... open what the server needs through /proc or by path (the file system,
+//       /proc/self/fd, /dev/fuse clones) ...
+//   pivot_into(dir)         dir is now "/", nothing else of the host is visible
+//   drop_privileges(caps)   capabilities, no_new_privs, rlimits
+//   install_seccomp(...)    the allow-list, last
+#include <string>
+#include <vector>
+
+namespace ocivm::sandbox {
+
+enum class SeccompMode { Kill, Log, None };
+// Parses kill|log|none; false on anything else.
+bool parse_seccomp_mode(const std::string& s, SeccompMode& out);
+
+// Forks the caller into new mount, PID, network and IPC namespaces (and,
+// when not root, a user namespace that maps only the caller's uid and gid
+// to themselves). Must be called while the process has one thread.
+//
+// The parent stays outside as the child's keeper: it ignores nothing but
+// waits for the child, turns SIGINT/SIGTERM/SIGHUP into SIGKILL for it, and
+// exits with the child's exit code (128+N for a signal). It never returns.
+// The child returns: PID 1 of the new PID namespace, its mount tree a
+// private copy (slave of the host's), a fresh /proc of the new PID
+// namespace mounted on /proc, the loopback of an empty network namespace,
+// killed if the keeper dies (PR_SET_PDEATHSIG, race-free).
+// `who` names the process in error messages ("ocivm fsd").
+void enter_namespaces(const std::string& who);
+
+// Bind-mounts dir onto itself (recursively, keeping submounts), so that it
+// can become the root of the mount namespace.
+void bind_root(const std::string& dir);
+
+// pivot_root into dir (a mount point: bind_root first) and detaches the
+// old root: afterwards "/" is dir and no other host path can be named.
+// Fds opened before stay valid. With cwd_proc_fd the working directory
+// becomes /proc/self/fd (opened before the pivot), so path-only system
+// calls (getxattr, chmod, ...) can name the server's fds as "N".
+void pivot_into(const std::string& dir, bool cwd_proc_fd = false);
+
+// Capabilities a file server keeps (numbers from <linux/capability.h>):
+// chown, dac_override, dac_read_search, fowner, fsetid, setgid, setuid,
+// mknod, setfcap; read-only shares keep dac_override and dac_read_search
+// only; nodev drops mknod, nosuid drops fsetid and setfcap.
+std::vector<int> file_server_caps(bool readonly, bool nodev, bool nosuid);
+
+// Keeps only `keep` in the effective, permitted and bounding sets (no
+// inheritable, no ambient), sets no_new_privs, forbids core dumps (they
+// would hold guest data) and locks the securebits so no exec could bring
+// privileges back. Throws Error when the kernel refuses.
+void drop_privileges(const std::vector<int>& keep);
+
+// What a process may call once it serves.
+enum class SeccompProfile {
+    FileServer,  // fuse::Server + fs::Passthrough over vhost-user or /dev/fuse
+};
+
+// Installs the allow-list for every thread of the process (threads already
+// running included). A call outside it kills the process (Kill) after one
+// line on stderr naming the system call and `who`, or is logged by the
+// kernel (Log).
+void install_seccomp(SeccompMode mode, SeccompProfile profile, const char* who = "ocivm");
+
+// The capability numbers still effective in this process (for tests and
+// `--log-level debug`).
+unsigned long long effective_caps();
+
+}  // namespace ocivm::sandbox

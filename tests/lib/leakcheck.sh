@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Runs one test and fails it if it left anything behind: every ctest test
+# runs under this wrapper (CMakeLists.txt), so the suite checks itself.
+#
+#   leakcheck.sh NAME CMD [ARG...]
+#
+# The test gets a private TMPDIR and an environment tag (OCIVM_TEST_TAG)
+# that every process it starts inherits (ocivm's children, QEMU, share
+# servers, even inside their own PID namespaces). Afterwards, anything still
+# carrying the tag is a leak: processes (killed), mounts and loop devices
+# under the TMPDIR (detached), socket files there. Tests run in parallel;
+# each one is judged only by what carries its own tag.
+#   leakcheck.sh --final   checks that no tagged process, mount or loop
+#                          device of any test is left (the suite's last test)
+set -uo pipefail
+
+tagged_pids() {  # tagged_pids PATTERN: pids whose environment has it
+  local p
+  for p in /proc/[0-9]*; do
+    p=${p#/proc/}
+    [ "$p" = "$$" ] || [ "$p" = "$BASHPID" ] && continue
+    { tr '\0' '\n' < "/proc/$p/environ"; } 2>/dev/null | grep -qx -- "$1" && echo "$p"
+  done
+}
+
+mounts_under() {  # mount points at or below DIR, deepest first
+  awk -v d="$1" '{ if ($5 == d || index($5, d "/") == 1) print $5 }' /proc/self/mountinfo | sort -r
+}
+
+loops_under() {  # loop devices whose backing file is below DIR
+  losetup -l -n -O NAME,BACK-FILE 2>/dev/null | awk -v d="$1" 'index($2, d "/") == 1 { print $1 }'
+}
+
+report() {  # report KIND LIST...
+  local kind=$1; shift
+  [ $# -eq 0 ] && return 0
+  echo "LEAK: the test left $kind behind: $*" >&2
+  leaked=1
+}
+
+check_and_clean() {  # check_and_clean TAG-PATTERN DIR-PREFIX
+  local pids mounts loops socks
+  # Processes first: they may hold the mounts.
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    pids=$(tagged_pids "$1")
+    [ -z "$pids" ] && break
+    sleep 0.3  # a process on its way out (a server whose VM just stopped)
+  done
+  if [ -n "$pids" ]; then
+    for p in $pids; do
+      echo "  pid $p: $({ tr '\0' ' ' < /proc/$p/cmdline; } 2>/dev/null | cut -c1-160)" >&2
+    done
+    report "processes" $pids
+    kill -9 $pids 2>/dev/null
+    sleep 0.3
+  fi
+  socks=$(find $2 -type s 2>/dev/null | head -20)
+  report "socket files" $socks
+  loops=$(loops_under "$2")
+  report "loop devices" $loops
+  for l in $loops; do losetup -d "$l" 2>/dev/null; done
+  mounts=$(mounts_under "$2")
+  report "mounts" $mounts
+  for m in $mounts; do umount -l "$m" 2>/dev/null; done
+}
+
+leaked=0
+if [ "${1:-}" = "--final" ]; then
+  check_and_clean "OCIVM_TEST_TAG=.*" "${TMPDIR:-/tmp}/ocivm-t"
+  left=$(ls -d "${TMPDIR:-/tmp}"/ocivm-t.* 2>/dev/null)
+  report "temporary directories" $left
+  [ $leaked -eq 0 ] && echo "no test left a process, mount, loop device or socket behind"
+  exit $leaked
+fi
+
+name=${1:?test name}; shift
+base=${TMPDIR:-/tmp}
+dir=$(mktemp -d "$base/ocivm-t.$name.XXXXXX") || { echo "leakcheck: cannot create a directory in $base" >&2; exit 1; }
+tag="$name.$$.${dir##*.}"
+OCIVM_TEST_TAG=$tag TMPDIR=$dir "$@"
+rc=$?
+check_and_clean "OCIVM_TEST_TAG=$tag" "$dir"
+[ $leaked -eq 0 ] && rm -rf "$dir"
+if [ $leaked -ne 0 ]; then
+  echo "FAIL: $name left the above behind (cleaned up now)" >&2
+  [ $rc -eq 0 ] && rc=1
+fi
+exit $rc

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The share servers of a running `ocivm run` are confined (label vm):
+# their own mount, PID and network namespaces, NoNewPrivs, seccomp filter
+# mode, a reduced capability set, nothing of the host in their mount table;
+# and nothing is left when ocivm is killed with -9.
+#   sandbox_test.sh OCIVM DEMO_ROOTFS
+set -uo pipefail
+OCIVM=${1:?ocivm binary}
+DEMO=${2:?demo root file system}
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/../lib/check.sh"
+
+[ "$(id -u)" -eq 0 ] || { echo "FAIL: the sandbox test runs as root"; exit 1; }
+command -v qemu-system-x86_64 >/dev/null || { echo "FAIL: qemu-system-x86_64 missing: apt-get install qemu-system-x86"; exit 1; }
+
+WORK=${TMPDIR:-/tmp}/ocivm-sandboxtest-$$
+mkdir -p "$WORK/vol"
+export OCIVM_RUNTIME_DIR=$WORK/run
+RUN_PID=""
+cleanup() {
+  [ -n "$RUN_PID" ] && kill -9 "$RUN_PID" 2>/dev/null
+  wait 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# The command waits for a file the test writes, so the VM stays up while
+# the test looks at its servers.
+"$OCIVM" run --rm --name sbx-$$ -v "$WORK/vol:/vol" "$DEMO" -- \
+  sh -c 'while [ ! -e /vol/go ]; do sleep 0.2; done; echo done' > "$WORK/out" 2> "$WORK/err" &
+RUN_PID=$!
+
+descendants() {  # all descendants of a pid
+  local kids
+  kids=$(pgrep -P "$1")
+  for k in $kids; do echo "$k"; descendants "$k"; done
+}
+field() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }
+
+servers=""
+for _ in $(seq 600); do
+  servers=""
+  for p in $(descendants "$RUN_PID"); do
+    # a server is PID 1 of its own PID namespace: two numbers in NSpid
+    [ "$(awk '$1 == "NSpid:" { print NF }' /proc/$p/status 2>/dev/null)" = 3 ] && servers="$servers $p"
+  done
+  [ "$(echo $servers | wc -w)" -ge 2 ] && break
+  sleep 0.1
+done
+check "ocivm run has a server process for the root and one for the -v share" [ "$(echo $servers | wc -w)" -eq 2 ]
+
+for p in $servers; do
+  args=$(tr '\0' ' ' < /proc/$p/cmdline)
+  case "$args" in *--readonly*) what="root share";; *) what="-v share";; esac
+  for ns in mnt pid net ipc; do
+    check "$what server: its own $ns namespace" [ "$(readlink /proc/$p/ns/$ns)" != "$(readlink /proc/self/ns/$ns)" ]
+  done
+  check "$what server: NoNewPrivs: 1" [ "$(field $p NoNewPrivs)" = 1 ]
+  check "$what server: Seccomp: 2 (filter)" [ "$(field $p Seccomp)" = 2 ]
+  capeff=$((16#$(field $p CapEff)))
+  sys_admin=$(( (capeff >> 21) & 1 ))
+  check "$what server: no CAP_SYS_ADMIN (CapEff $(field $p CapEff))" [ "$sys_admin" -eq 0 ]
+  check "$what server: CapBnd equals CapEff (nothing to regain)" [ "$(field $p CapBnd)" = "$(field $p CapEff)" ]
+  if [ "$what" = "root share" ]; then
+    # dac_override (1) and dac_read_search (2) only
+    check "root share server: only dac_override and dac_read_search" [ "$capeff" -eq 6 ]
+  else
+    # -v shares are nodev,nosuid by default: no mknod (27), fsetid (4), setfcap (31)
+    check "-v share server: no CAP_MKNOD, CAP_FSETID, CAP_SETFCAP" [ $(( (capeff >> 27 & 1) | (capeff >> 4 & 1) | (capeff >> 31 & 1) )) -eq 0 ]
+  fi
+  # Its mount table holds the share and what is mounted below it: no /proc,
+  # no host root.
+  mounts=$(wc -l < /proc/$p/mountinfo)
+  check "$what server: sees only its share ($mounts mount)" [ "$mounts" -eq 1 ]
+  check "$what server: /proc of its own PID namespace is not reachable by path" [ ! -e "/proc/$p/root/proc/1/root/etc/hostname" ]
+  keeper=$(field $p PPid)
+  check "$what server's keeper: NoNewPrivs: 1, no capabilities" [ "$(field $keeper NoNewPrivs)" = 1 -a "$((16#$(field $keeper CapEff)))" -eq 0 ]
+done
+
+# A writable -v share keeps nodev,nosuid: the guest cannot make device nodes.
+touch "$WORK/vol/go"
+wait "$RUN_PID"; rc=$?; RUN_PID=""
+check "the command finished (exit $rc)" [ $rc -eq 0 ]
+check "the command's output" grep -qx done "$WORK/out"
+
+# kill -9 of ocivm run takes QEMU and every share server with it.
+"$OCIVM" run --rm --name sbx2-$$ "$DEMO" -- sleep 60 > /dev/null 2>&1 &
+RUN_PID=$!
+for _ in $(seq 600); do
+  [ "$(descendants "$RUN_PID" | wc -l)" -ge 3 ] && break  # QEMU, keeper and server
+  sleep 0.1
+done
+all=$(descendants "$RUN_PID")
+kill -9 "$RUN_PID"; wait "$RUN_PID" 2>/dev/null; RUN_PID=""
+left=""
+for _ in $(seq 50); do
+  left=""
+  for p in $all; do [ -d /proc/$p ] && left="$left $p"; done
+  [ -z "$left" ] && break
+  sleep 0.1
+done
+check "kill -9 of ocivm run: no QEMU or share server left ($(echo $all | wc -w) processes)" [ -z "$left" ]
+check "kill -9 of ocivm run --rm leaves its state directory (ocivm could not remove it)" [ -d "$OCIVM_RUNTIME_DIR/vms/sbx2-$$" ]
+"$OCIVM" run --rm "$DEMO" -- true > /dev/null 2>&1
+check "the next ocivm run removes the stale state of the killed one" [ ! -e "$OCIVM_RUNTIME_DIR/vms/sbx2-$$" ]
+check "and leaves none of its own (--rm)" [ -z "$(ls "$OCIVM_RUNTIME_DIR/vms")" ]
+finish
