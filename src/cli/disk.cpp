@@ -5,7 +5,10 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include <linux/capability.h>
+
 #include "cli/args.h"
+#include "sandbox/sandbox.h"
 #include "cli/commands.h"
 #include "disk/create.h"
 #include "image/resolve.h"
@@ -65,6 +68,12 @@ int cmd_disk(int argc, char** argv) {
     if (o.format != "raw" && o.format != "qcow2") throw UsageError{"invalid --format '" + o.format + "': use raw or qcow2"};
     if (o.fs != "ext4" && o.fs != "xfs") throw UsageError{"invalid --fs '" + o.fs + "': use ext4 or xfs"};
     auto img = image::resolve_image(pos[1]);
+    // The ext4 writer reads a tree and writes one file: it needs to read
+    // anything (dac_*), and sys_admin only because reading trusted.* xattrs
+    // takes it (the copy keeps them). The xfs writer boots a VM whose share
+    // server needs namespaces: it keeps what it has.
+    if (o.fs == "ext4")
+        sandbox::confine_tool("disk create", {CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_SYS_ADMIN});
     bool tty = ::isatty(2);
     o.write_xfs = vm::write_xfs_in_vm;
     auto r = disk::create_disk(img.rootfs, pos[2], o, [tty](const std::string& s) {

@@ -4,7 +4,10 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include <linux/capability.h>
+
 #include "cli/args.h"
+#include "sandbox/sandbox.h"
 #include "cli/commands.h"
 #include "image/store.h"
 #include "util/error.h"
@@ -71,6 +74,13 @@ int cmd_image(int argc, char** argv) {
     };
     if (sub == "import") {
         want_args(1, "import SOURCE [--name NAME[:TAG]]");
+        // The importer parses layers an image author wrote: no network, and
+        // only what unpacking needs (owners, modes, device nodes, file
+        // capabilities, set-id bits). podman (containers-storage:) needs
+        // more for its own work and runs before we could drop anything.
+        if (pos[1].rfind("containers-storage:", 0) != 0)
+            sandbox::confine_tool("image import", {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER,
+                                                   CAP_FSETID, CAP_MKNOD, CAP_SETFCAP});
         bool tty = ::isatty(2);
         auto rep = store.import(pos[1], name, [tty](const std::string& line) {
             if (tty) std::fprintf(stderr, "\r\033[Kocivm: %s", line.c_str());

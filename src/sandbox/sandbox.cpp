@@ -21,6 +21,7 @@
 
 #include "util/error.h"
 #include "util/io.h"
+#include "util/log.h"
 #include "util/paths.h"
 #include "util/process.h"
 #include "util/unique_fd.h"
@@ -190,6 +191,15 @@ void drop_privileges(const std::vector<int>& wanted) {
     if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) throw_errno("sandbox: setting no_new_privs", errno);
     rlimit none{0, 0};
     ::setrlimit(RLIMIT_CORE, &none);
+}
+
+void confine_tool(const char* who, const std::vector<int>& keep) {
+    if (::geteuid() == 0 && ::unshare(CLONE_NEWNET | CLONE_NEWIPC) < 0)
+        throw_errno(std::string(who) + ": cannot leave the network namespace", errno);
+    drop_privileges(keep);
+    char caps[32];
+    std::snprintf(caps, sizeof caps, "%llx", effective_caps());
+    spdlog::info("{}: no network; capabilities cut to CapEff {}; no_new_privs", who, caps);
 }
 
 unsigned long long effective_caps() {

@@ -70,6 +70,13 @@ enum class SeccompProfile {
 // kernel (Log).
 void install_seccomp(SeccompMode mode, SeccompProfile profile, const char* who = "ocivm");
 
+// For a tool that parses what it did not write (the image importer, the
+// disk writer) and runs in the CLI's own process: as root, a new network
+// and IPC namespace (it needs neither), then drop_privileges(keep). Logs
+// what it kept at info level. A user without capabilities has nothing to
+// drop; the call then only sets no_new_privs.
+void confine_tool(const char* who, const std::vector<int>& keep);
+
 // The capability numbers still effective in this process (for tests and
 // `--log-level debug`).
 unsigned long long effective_caps();

@@ -116,8 +116,10 @@ check "umount of a non-mount: exit 125, one line" bash -c "[ $rc = 125 ] && [ \$
 # --- ocivm disk create: round trip without mounting
 SRC=$WORK/src
 make_test_tree "$SRC"
-"$OCIVM" disk create "$SRC" "$WORK/disk.raw" > "$WORK/partuuid" 2> "$WORK/create.err"; rc=$?
+"$OCIVM" disk create --log-level info "$SRC" "$WORK/disk.raw" > "$WORK/partuuid" 2> "$WORK/create.err"; rc=$?
 check "disk create: exit 0" [ $rc = 0 ]
+# dac_override, dac_read_search, fowner, sys_admin (trusted.* xattrs): 0x20000e
+check "disk create: the writer runs with no network and CapEff 20000e" grep -q "disk create: no network; capabilities cut to CapEff 20000e; no_new_privs" "$WORK/create.err"
 check "disk create: GPT with the root partition and the printed PARTUUID" bash -c "sfdisk -d $WORK/disk.raw | grep -qi 'uuid=$(cat "$WORK/partuuid")'"
 check "disk create: e2fsck finds the file system clean" bash -c "dd if=$WORK/disk.raw of=$WORK/part.img bs=1M skip=1 status=none && e2fsck -fn $WORK/part.img >/dev/null 2>&1"
 rm -f "$WORK/part.img"

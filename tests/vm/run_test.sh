@@ -45,8 +45,11 @@ expect_rc() { # NAME RC WHAT
 DEMO_OCI=${DEMO}-oci
 [ -f "$DEMO_OCI/index.json" ] || fail "demo OCI layout $DEMO_OCI not built (make build)"
 export OCIVM_HOME=$WORK/home
-"$OCIVM" image import "oci:$DEMO_OCI" --name demo-store > "$WORK/import.out" 2>&1
+"$OCIVM" image import "oci:$DEMO_OCI" --name demo-store --log-level info > "$WORK/import.out" 2>&1
 check "image import of the demo layout" grep -q "^demo-store:latest sha256:" "$WORK/import.out"
+# chown, dac_override, dac_read_search, fowner, fsetid, mknod, setfcap: 0x8800001f
+check "image import runs with no network and only what unpacking needs" \
+  grep -q "image import: no network; capabilities cut to CapEff 8800001f; no_new_privs" "$WORK/import.out"
 run byname demo-store -- cat /etc/hostname
 check "ocivm run NAME runs the stored image" [ "$(out byname)" = demo ]
 run bylayout "$DEMO_OCI" -- sh -c 'echo layout; exit 3'
