@@ -234,3 +234,38 @@ TEST(Reply, ReadDataLandsAfterTheHeader) {
     EXPECT_EQ(r.payload.size(), payload.size());
     EXPECT_EQ(std::string(reinterpret_cast<const char*>(r.payload.data()), r.payload.size()), payload);
 }
+
+// Issue 15 (virtiofsd drop-in gap): a second INIT after DESTROY was refused
+// with EPROTO, so a guest could not unmount and mount a tag again, nor reboot.
+TEST(Init, SecondInitAfterDestroyStartsAFreshSession) {
+    Harness h;
+    ASSERT_EQ(h.init().error, 0);
+    uint64_t d = h.mkdir(1, "d");
+    auto [f, fh] = h.create(d, "f");
+    uint64_t dfh = h.opendir(d);
+    ASSERT_GT(h.fs->node_count(), 1u);
+
+    auto r = h.send(Request(FUSE_DESTROY, 0));
+    EXPECT_TRUE(r.replied);
+    EXPECT_EQ(r.error, 0);
+    EXPECT_EQ(h.last_result(), Result::Destroyed);
+    EXPECT_FALSE(h.server->initialized());
+    fuse_getattr_in ga{};
+    EXPECT_EQ(h.send(Request(FUSE_GETATTR, 1).arg(ga)).error, -EIO) << "between sessions";
+
+    ASSERT_EQ(h.init().error, 0) << "the guest mounts the tag again";
+    EXPECT_TRUE(h.server->initialized());
+    EXPECT_EQ(h.fs->node_count(), 1u) << "only the root survives a session";
+    EXPECT_EQ(h.send(Request(FUSE_GETATTR, f).arg(ga)).error, -ESTALE);
+    fuse_read_in rd{};
+    rd.fh = fh;
+    rd.size = 4;
+    EXPECT_EQ(h.send(Request(FUSE_READ, f).arg(rd)).error, -EBADF);
+    rd.fh = dfh;
+    EXPECT_EQ(h.send(Request(FUSE_READDIR, d).arg(rd)).error, -EBADF);
+    EXPECT_EQ(h.send(Request(FUSE_GETATTR, 1).arg(ga)).error, 0);
+    uint64_t d2 = h.lookup(1, "d");
+    EXPECT_NE(d2, 0u);
+    EXPECT_NE(h.lookup(d2, "f"), 0u);
+    EXPECT_EQ(h.init().error, -EPROTO) << "but not twice in one session";
+}

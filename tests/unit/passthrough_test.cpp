@@ -2,6 +2,8 @@
 // counting, readdir cookies and confinement, on a temporary directory.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/securebits.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -433,4 +435,30 @@ TEST(NoOpen, IoDoesNotKeepAnFdPerFile) {
     }
     // one O_PATH fd per node, nothing more
     EXPECT_LE(count_fds(), before + 300 + 5);
+}
+
+// Issue 15: the constructor called umask(0) and set securebits for the whole
+// process, so files the CLI wrote afterwards (the cached initramfs) came out
+// world-writable and QEMU inherited both. Library code changes nothing
+// process-wide; the server processes call fs::prepare_server_process().
+TEST(ProcessState, ConstructingAPassthroughChangesNothingProcessWide) {
+    mode_t saved_umask = ::umask(027);
+    int saved_bits = ::prctl(PR_GET_SECUREBITS);
+    ASSERT_GE(saved_bits, 0);
+    // As root, start from a process nobody prepared, so a change is visible.
+    if (::geteuid() == 0) {
+        ASSERT_EQ(::prctl(PR_SET_SECUREBITS, saved_bits & ~SECBIT_NO_SETUID_FIXUP), 0);
+    }
+    int bits = ::prctl(PR_GET_SECUREBITS);
+    std::string dir = make_temp_dir();
+    {
+        fs::PassthroughOptions o;
+        o.source = dir;
+        fs::Passthrough p(o);
+    }
+    mode_t after = ::umask(saved_umask);
+    EXPECT_EQ(after, 027u) << "the umask was changed";
+    EXPECT_EQ(::prctl(PR_GET_SECUREBITS), bits) << "the securebits were changed";
+    if (::geteuid() == 0) ::prctl(PR_SET_SECUREBITS, saved_bits);
+    remove_tree(dir);
 }
