@@ -644,6 +644,7 @@ Server::Result Server::handle(std::span<const std::byte> in, ReplyWriter& out) {
     r.gid = h.gid;
     r.error = res == Result::NoReply ? 0 : tl_reply_error;
     r.latency_us = static_cast<uint32_t>((now_ns() - t0) / 1000);
+    if (h.len == in.size()) record_forgets(h, in, r);
     long off = name_offset(h.opcode);
     if (off >= 0 && sizeof h + static_cast<size_t>(off) < in.size()) {
         const char* name = reinterpret_cast<const char*>(in.data()) + sizeof h + off;
@@ -654,6 +655,36 @@ Server::Result Server::handle(std::span<const std::byte> in, ReplyWriter& out) {
     }
     recorder_->push(r);
     return res;
+}
+
+// The recorder's path map follows the kernel's lookup counts: FORGET carries
+// its count in its own record, each node of a BATCH_FORGET gets a record
+// that only updates the map.
+void Server::record_forgets(const fuse_in_header& h, std::span<const std::byte> in,
+                            trace::Record& r) {
+    size_t off = sizeof h;
+    if (h.opcode == FUSE_FORGET && in.size() >= off + sizeof(fuse_forget_in)) {
+        fuse_forget_in f;
+        std::memcpy(&f, in.data() + off, sizeof f);
+        r.nlookup = f.nlookup;
+    } else if (h.opcode == FUSE_BATCH_FORGET && in.size() >= off + sizeof(fuse_batch_forget_in)) {
+        fuse_batch_forget_in b;
+        std::memcpy(&b, in.data() + off, sizeof b);
+        off += sizeof b;
+        trace::Record e;
+        e.batch_entry = true;
+        e.opcode = FUSE_BATCH_FORGET;
+        e.time_ns = r.time_ns;
+        e.unique = h.unique;
+        for (uint32_t i = 0; i < b.count && in.size() - off >= sizeof(fuse_forget_one); ++i) {
+            fuse_forget_one one;
+            std::memcpy(&one, in.data() + off, sizeof one);
+            off += sizeof one;
+            e.nodeid = one.nodeid;
+            e.nlookup = one.nlookup;
+            recorder_->push(e);
+        }
+    }
 }
 
 Server::Result Server::handle_request(std::span<const std::byte> in, ReplyWriter& out) {
