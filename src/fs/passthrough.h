@@ -32,6 +32,12 @@ struct PassthroughOptions {
     // ("uid:gid:0mode:type", containers/storage's convention) and served
     // from it.
     bool override_stat = false;
+    // Hard caps on what one guest can make the server hold
+    // (docs/filesystem.md, "Limits").
+    // Open file and directory handles; OPEN/OPENDIR/CREATE beyond are ENFILE.
+    size_t max_handles = 65536;
+    // getdents64 buffers of directory handles, in bytes (32 KiB each).
+    size_t max_dir_buffer_bytes = 16u << 20;
 };
 
 // Parses a user.containers.override_stat value into st (owner, mode, type,
@@ -47,6 +53,9 @@ public:
     const PassthroughOptions& options() const { return opts_; }
     // Number of nodes the kernel currently holds lookups on (root included).
     size_t node_count() const { return inodes_.size(); }
+    size_t handle_count() const { return handles_.size(); }
+    // Bytes of directory buffers allocated (held by handles or idle).
+    size_t dir_buffer_bytes() const { return dir_buffers_.bytes(); }
 
     int lookup(const Context&, uint64_t parent, std::string_view name, Entry&) override;
     void forget(uint64_t node, uint64_t nlookup) override;
@@ -69,7 +78,7 @@ public:
     int open(const Context&, uint64_t node, int flags, bool kill_suidgid,
              OpenResult&) override;
     int create(const Context&, uint64_t parent, std::string_view name, mode_t mode, int flags,
-               Entry&, OpenResult&) override;
+               bool kill_suidgid, Entry&, OpenResult&) override;
     ssize_t read(const Context&, uint64_t node, uint64_t fh, off_t off,
                  const struct iovec* dst, int cnt) override;
     ssize_t write(const Context&, uint64_t node, uint64_t fh, off_t off,
@@ -115,6 +124,12 @@ private:
     };
     int io_fd(uint64_t node, uint64_t fh, bool write, IoFd& out);
     int make_node_entry(const Inode& parent, std::string_view name, Entry& e);
+    // Opens a node for I/O as OPEN does (regular files only); from_create:
+    // CREATE found the name existing, and no-open mode answers handle 0.
+    int open_node(const Inode& n, int flags, bool kill_suidgid, bool from_create,
+                  OpenResult& r);
+    // Hands out records from ds (refilled from fd into buf) until the sink is full.
+    int fill_dir(DirStream& ds, int fd, char* buf, const Inode* dir, bool plus, DirSink& sink);
 
     PassthroughOptions opts_;
     UniqueFd root_fd_;    // O_PATH of the share root
@@ -122,6 +137,7 @@ private:
     double timeout_ = 0;  // entry and attribute timeout of the cache mode
     bool switch_creds_ = false;
     InodeTable inodes_;
+    DirBufferPool dir_buffers_;  // outlives the handles that hold its buffers
     HandleTable handles_;
 };
 

@@ -269,3 +269,37 @@ TEST(Init, SecondInitAfterDestroyStartsAFreshSession) {
     EXPECT_NE(h.lookup(d2, "f"), 0u);
     EXPECT_EQ(h.init().error, -EPROTO) << "but not twice in one session";
 }
+
+// A handle is only ever used as what it was opened as: a directory handle is
+// not a file handle and the other way round, and OPEN never makes a file
+// handle of a directory.
+TEST(Requests, HandlesAreOnlyUsedForTheirKind) {
+    Harness h(fs::CacheMode::Never);
+    h.init();
+    auto [f, ffh] = h.create(1, "f");
+    uint64_t dfh = h.opendir(1);
+    fuse_open_in op{static_cast<uint32_t>(O_RDONLY), 0};
+    EXPECT_EQ(h.send(Request(FUSE_OPEN, 1).arg(op)).error, -EISDIR);
+    fuse_read_in rd{};
+    rd.fh = ffh;
+    rd.size = 4096;
+    EXPECT_EQ(h.send(Request(FUSE_READDIR, 1).arg(rd)).error, -EBADF);
+    fuse_fsync_in fs{};
+    fs.fh = dfh;
+    EXPECT_EQ(h.send(Request(FUSE_FSYNC, f).arg(fs)).error, -EBADF);
+    fs.fh = ffh;
+    EXPECT_EQ(h.send(Request(FUSE_FSYNCDIR, 1).arg(fs)).error, -EBADF);
+    fuse_flush_in fl{};
+    fl.fh = dfh;
+    EXPECT_EQ(h.send(Request(FUSE_FLUSH, f).arg(fl)).error, -EBADF);
+    fuse_release_in rl{};
+    rl.fh = dfh;
+    EXPECT_EQ(h.send(Request(FUSE_RELEASE, 1).arg(rl)).error, -EBADF);
+    rl.fh = ffh;
+    EXPECT_EQ(h.send(Request(FUSE_RELEASEDIR, f).arg(rl)).error, -EBADF);
+    // both still work as what they are
+    EXPECT_FALSE(h.readdir(1, dfh, false).empty());
+    EXPECT_EQ(h.send(Request(FUSE_RELEASE, f).arg(rl)).error, 0);
+    rl.fh = dfh;
+    EXPECT_EQ(h.send(Request(FUSE_RELEASEDIR, 1).arg(rl)).error, 0);
+}
