@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/limits.h>
 #include <linux/securebits.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -136,6 +137,19 @@ bool writes(int flags) {
     return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
 }
 
+bool starts_with(std::string_view s, std::string_view prefix) {
+    return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
+}
+
+// Where Remap keeps a guest's security.* and trusted.* attributes.
+constexpr std::string_view kRemapPrefix = "user.ocivm.";
+
+// Names a guest's kernel gives meaning to on the host if passed through:
+// file capabilities, LSM labels, overlayfs and other trusted metadata.
+bool privileged_xattr(std::string_view name) {
+    return starts_with(name, "security.") || starts_with(name, "trusted.");
+}
+
 // The reply a node of this type gets from OPEN (and from CREATE of an
 // existing name): only regular files are ever opened on the host. A fifo
 // would block the thread, a device would be the host's own.
@@ -157,6 +171,30 @@ bool parse_cache_mode(std::string_view s, CacheMode& out) {
     return true;
 }
 
+bool parse_xattr_policy(std::string_view s, XattrPolicy& out) {
+    if (s == "passthrough") out = XattrPolicy::Passthrough;
+    else if (s == "remap") out = XattrPolicy::Remap;
+    else if (s == "refuse") out = XattrPolicy::Refuse;
+    else return false;
+    return true;
+}
+
+const char* xattr_policy_name(XattrPolicy p) {
+    switch (p) {
+        case XattrPolicy::Passthrough: return "passthrough";
+        case XattrPolicy::Remap: return "remap";
+        case XattrPolicy::Refuse: return "refuse";
+    }
+    return "?";
+}
+
+bool prepare_server_process() {
+    ::umask(0);
+    if (::geteuid() != 0) return false;
+    int bits = ::prctl(PR_GET_SECUREBITS);
+    return bits >= 0 && ::prctl(PR_SET_SECUREBITS, bits | SECBIT_NO_SETUID_FIXUP) == 0;
+}
+
 const char* cache_mode_name(CacheMode m) {
     switch (m) {
         case CacheMode::Never: return "never";
@@ -169,6 +207,7 @@ const char* cache_mode_name(CacheMode m) {
 
 Passthrough::Passthrough(PassthroughOptions opts)
     : opts_(std::move(opts)),
+      switch_creds_(opts_.switch_credentials),
       dir_buffers_(opts_.max_dir_buffer_bytes),
       handles_(opts_.max_handles) {
     UniqueFd root(::open(opts_.source.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
@@ -195,14 +234,6 @@ Passthrough::Passthrough(PassthroughOptions opts)
         case CacheMode::Metadata: timeout_ = 86400; break;
         case CacheMode::Auto: timeout_ = 1; break;
         case CacheMode::Always: timeout_ = 86400; break;
-    }
-    // Modes arrive already masked by the kernel (no FUSE_DONT_MASK); the
-    // host must not mask them a second time.
-    ::umask(0);
-    if (::geteuid() == 0) {
-        int bits = ::prctl(PR_GET_SECUREBITS);
-        if (bits >= 0 && ::prctl(PR_SET_SECUREBITS, bits | SECBIT_NO_SETUID_FIXUP) == 0)
-            switch_creds_ = true;
     }
 }
 
@@ -348,7 +379,11 @@ int Passthrough::setattr(const Context& ctx, uint64_t node, const SetAttr& s,
 
     if (s.mode) {
         if (lnk) return -EOPNOTSUPP;
-        int r = ofd >= 0 ? ::fchmod(ofd, s.mode_value) : ::chmod(path, s.mode_value);
+        mode_t m = s.mode_value;
+        // Set-id directories only pass their group on: harmless, and
+        // shared project directories use it.
+        if (opts_.nosuid && !S_ISDIR(n->type)) m &= ~(S_ISUID | S_ISGID);
+        int r = ofd >= 0 ? ::fchmod(ofd, m) : ::chmod(path, m);
         if (r < 0) return -errno;
     }
     if (s.uid || s.gid) {
@@ -418,6 +453,8 @@ int Passthrough::mknod(const Context& ctx, uint64_t parent, std::string_view nam
     auto p = inodes_.get(parent);
     if (!p) return -ESTALE;
     if (bad_name(name) || is_dot(name) || is_dotdot(name)) return -EINVAL;
+    if (opts_.nodev && (S_ISCHR(mode) || S_ISBLK(mode))) return -EPERM;
+    if (opts_.nosuid) mode &= ~(S_ISUID | S_ISGID);
     {
         CredGuard g(switch_creds_, ctx.uid, ctx.gid);
         if (::mknodat(p->fd.get(), cstr(name), mode, rdev) < 0) return -errno;
@@ -578,6 +615,7 @@ int Passthrough::create(const Context& ctx, uint64_t parent, std::string_view na
     if (bad_name(name) || is_dot(name) || is_dotdot(name)) return -EINVAL;
     if (!S_ISDIR(p->type)) return -ENOTDIR;
     if (!opts_.no_open && handles_.full()) return -ENFILE;
+    if (opts_.nosuid) mode &= ~(S_ISUID | S_ISGID);
     // Always a new file: with O_EXCL (and O_NOFOLLOW) open(2) never opens
     // anything that already exists, so it cannot block on a fifo, reach a
     // host device, follow a symlink, or truncate a file the guest asked to
@@ -848,6 +886,33 @@ int Passthrough::access(const Context& ctx, uint64_t node, int mask) {
     return 0;
 }
 
+int Passthrough::host_xattr_name(std::string_view guest, bool write, char* buf, size_t cap,
+                                 const char*& out) const {
+    out = cstr(guest);
+    switch (opts_.xattr_policy) {
+        case XattrPolicy::Passthrough:
+            return 0;
+        case XattrPolicy::Refuse:
+            if (privileged_xattr(guest)) return write ? -EPERM : -ENODATA;
+            return 0;
+        case XattrPolicy::Remap:
+            // The guest must not reach the host copies by their stored names,
+            // or it could forge what its security.* reads back.
+            if (starts_with(guest, kRemapPrefix)) return write ? -EPERM : -ENODATA;
+            if (!privileged_xattr(guest)) return 0;
+            if (kRemapPrefix.size() + guest.size() + 1 > cap) return -ERANGE;
+            std::memcpy(buf, kRemapPrefix.data(), kRemapPrefix.size());
+            std::memcpy(buf + kRemapPrefix.size(), guest.data(), guest.size());
+            buf[kRemapPrefix.size() + guest.size()] = '\0';
+            out = buf;
+            return 0;
+    }
+    return -EINVAL;
+}
+
+// Room for "user.ocivm." and the longest name the host accepts.
+constexpr size_t kHostXattrName = kRemapPrefix.size() + XATTR_NAME_MAX + 1;
+
 int Passthrough::setxattr(const Context&, uint64_t node, std::string_view name,
                           const void* value, size_t size, int flags) {
     if (!opts_.xattr) return -EOPNOTSUPP;
@@ -855,7 +920,10 @@ int Passthrough::setxattr(const Context&, uint64_t node, std::string_view name,
     auto n = inodes_.get(node);
     if (!n) return -ESTALE;
     if (S_ISLNK(n->type)) return -EPERM;
-    if (::setxattr(proc_path(n->fd.get()), cstr(name), value, size, flags) < 0) return -errno;
+    char buf[kHostXattrName];
+    const char* host;
+    if (int r = host_xattr_name(name, true, buf, sizeof buf, host); r < 0) return r;
+    if (::setxattr(proc_path(n->fd.get()), host, value, size, flags) < 0) return -errno;
     return 0;
 }
 
@@ -865,8 +933,43 @@ ssize_t Passthrough::getxattr(const Context&, uint64_t node, std::string_view na
     auto n = inodes_.get(node);
     if (!n) return -ESTALE;
     if (S_ISLNK(n->type)) return -ENODATA;
-    ssize_t r = ::getxattr(proc_path(n->fd.get()), cstr(name), buf, size);
+    char nbuf[kHostXattrName];
+    const char* host;
+    if (int r = host_xattr_name(name, false, nbuf, sizeof nbuf, host); r < 0) return r;
+    ssize_t r = ::getxattr(proc_path(n->fd.get()), host, buf, size);
     return r < 0 ? -errno : r;
+}
+
+// The host's list, filtered and renamed by the xattr policy. Names only
+// get shorter or vanish, so a host list that fits XATTR_LIST_MAX does too.
+ssize_t Passthrough::list_mapped_xattrs(const char* path, char* buf, size_t size) const {
+    thread_local std::unique_ptr<char[]> host_list;
+    if (!host_list) host_list = std::make_unique<char[]>(XATTR_LIST_MAX);
+    ssize_t n = ::listxattr(path, host_list.get(), XATTR_LIST_MAX);
+    if (n < 0) return -errno;
+    size_t out = 0;
+    for (size_t pos = 0; pos < static_cast<size_t>(n);) {
+        std::string_view name(host_list.get() + pos, strnlen(host_list.get() + pos, static_cast<size_t>(n) - pos));
+        pos += name.size() + 1;
+        std::string_view shown = name;
+        if (opts_.xattr_policy == XattrPolicy::Remap) {
+            if (starts_with(name, kRemapPrefix)) {
+                shown = name.substr(kRemapPrefix.size());
+                if (!privileged_xattr(shown)) continue;  // ours, not the guest's
+            } else if (privileged_xattr(name)) {
+                continue;  // the host's own, not what the guest set
+            }
+        } else if (privileged_xattr(name)) {
+            continue;
+        }
+        if (size) {
+            if (out + shown.size() + 1 > size) return -ERANGE;
+            std::memcpy(buf + out, shown.data(), shown.size());
+            buf[out + shown.size()] = '\0';
+        }
+        out += shown.size() + 1;
+    }
+    return static_cast<ssize_t>(out);
 }
 
 ssize_t Passthrough::listxattr(const Context&, uint64_t node, char* buf, size_t size) {
@@ -874,6 +977,8 @@ ssize_t Passthrough::listxattr(const Context&, uint64_t node, char* buf, size_t 
     auto n = inodes_.get(node);
     if (!n) return -ESTALE;
     if (S_ISLNK(n->type)) return 0;
+    if (opts_.xattr_policy != XattrPolicy::Passthrough)
+        return list_mapped_xattrs(proc_path(n->fd.get()), buf, size);
     ssize_t r = ::listxattr(proc_path(n->fd.get()), buf, size);
     return r < 0 ? -errno : r;
 }
@@ -884,7 +989,10 @@ int Passthrough::removexattr(const Context&, uint64_t node, std::string_view nam
     auto n = inodes_.get(node);
     if (!n) return -ESTALE;
     if (S_ISLNK(n->type)) return -EPERM;
-    if (::removexattr(proc_path(n->fd.get()), cstr(name)) < 0) return -errno;
+    char buf[kHostXattrName];
+    const char* host;
+    if (int r = host_xattr_name(name, true, buf, sizeof buf, host); r < 0) return r;
+    if (::removexattr(proc_path(n->fd.get()), host) < 0) return -errno;
     return 0;
 }
 

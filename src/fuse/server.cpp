@@ -790,7 +790,13 @@ Server::Result Server::handle_request(std::span<const std::byte> in, ReplyWriter
             d.err(-ENOSYS);
             break;
         case FUSE_DESTROY:
+            // Back to the state before INIT: every node and handle of the
+            // session goes, and the next INIT (a remount of the tag, a
+            // rebooted guest) starts a new session, as with virtiofsd.
             fs_.destroy();
+            flags_.store(0, std::memory_order_relaxed);
+            minor_.store(0, std::memory_order_relaxed);
+            initialized_.store(false, std::memory_order_release);
             d.ok();
             return Result::Destroyed;
         default:

@@ -463,6 +463,20 @@ TEST(ProcessState, ConstructingAPassthroughChangesNothingProcessWide) {
     remove_tree(dir);
 }
 
+TEST(ProcessState, PrepareServerProcessClearsTheUmaskAndKeepsCapabilities) {
+    mode_t saved_umask = ::umask(022);
+    int saved_bits = ::prctl(PR_GET_SECUREBITS);
+    bool creds = fs::prepare_server_process();
+    EXPECT_EQ(::umask(saved_umask), 0u);
+    if (::geteuid() == 0) {
+        EXPECT_TRUE(creds);
+        EXPECT_TRUE(::prctl(PR_GET_SECUREBITS) & SECBIT_NO_SETUID_FIXUP);
+    } else {
+        EXPECT_FALSE(creds) << "setfsuid without root switches nothing";
+    }
+    ::prctl(PR_SET_SECUREBITS, saved_bits);
+}
+
 // Issue 15, hard caps: one guest cannot make the server hold handles without
 // bound; past the cap OPEN, OPENDIR and CREATE are ENFILE until it releases.
 TEST(Limits, OpenHandlesAreCapped) {

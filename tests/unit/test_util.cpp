@@ -90,6 +90,8 @@ Harness::Harness(fs::CacheMode mode, bool readonly, bool no_open)
 
 Harness::Harness(fs::PassthroughOptions o, fuse::ServerOptions so) : dir(make_temp_dir()) {
     o.source = dir;
+    // The test process serves, as `ocivm mount` does.
+    o.switch_credentials = fs::prepare_server_process();
     fs = std::make_unique<fs::Passthrough>(o);
     server = std::make_unique<fuse::Server>(*fs, so);
     out_.resize((1u << 20) + 4096);
