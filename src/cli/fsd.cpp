@@ -73,6 +73,12 @@ Options:
       --nosuid               no set-user/group-ID bits on files the guest creates
                              or changes; the server gives up CAP_FSETID and
                              CAP_SETFCAP
+      --xattr-policy P       what the guest's security.* and trusted.* xattrs become
+                             on the host: passthrough (default: as they are),
+                             remap (stored as user.ocivm.security.* and
+                             user.ocivm.trusted.*, shown back under their own
+                             names; host names under user.ocivm. are hidden), or
+                             refuse (EPERM)
       --override-stat        serve owners, modes and device numbers from the
                              user.containers.override_stat xattr (a store imported
                              without root)
@@ -100,7 +106,7 @@ and what it does not: docs/security.md.
 
 struct FsdOptions {
     std::string socket_path, shared_dir, cache = "auto", sandbox = "namespace",
-                seccomp = "kill", log_level = "warn", trace;
+                seccomp = "kill", log_level = "warn", trace, xattr_policy = "passthrough";
     int fd = -1, control_fd = -1;
     bool readonly = false, xattr = true, caps = false, help = false, submounts = false,
          nodev = false, nosuid = false, override_stat = false, trusted_xattrs = false;
@@ -190,6 +196,7 @@ int cmd_fsd(int argc, char** argv) {
         {"nosuid", 0, false, [&](const std::string&) { o.nosuid = true; }},
         {"override-stat", 0, false, [&](const std::string&) { o.override_stat = true; }},
         {"trusted-xattrs", 0, false, [&](const std::string&) { o.trusted_xattrs = true; }},
+        {"xattr-policy", 0, true, [&](const std::string& v) { o.xattr_policy = v; }},
         {"shared-dir", 0, true, [&](const std::string& v) { o.shared_dir = v; }},
         {"cache", 0, true, [&](const std::string& v) { o.cache = v; }},
         {"thread-pool-size", 0, true, [&](const std::string& v) { if (v != "0") parse_count("--thread-pool-size", v, 1024); }},
@@ -221,6 +228,9 @@ int cmd_fsd(int argc, char** argv) {
         throw UsageError{"invalid --sandbox '" + o.sandbox + "': use namespace, chroot or none"};
     if (o.sandbox == "chroot")  // the namespace sandbox is a pivot_root into DIR, which is stronger
         throw UsageError{"--sandbox chroot is not supported; use namespace (a pivot_root into DIR) or none"};
+    fs::XattrPolicy xattr_policy;
+    if (!fs::parse_xattr_policy(o.xattr_policy, xattr_policy))
+        throw UsageError{"invalid --xattr-policy '" + o.xattr_policy + "': use passthrough, remap or refuse"};
     sandbox::SeccompMode seccomp;
     if (!sandbox::parse_seccomp_mode(o.seccomp, seccomp))
         throw UsageError{"invalid --seccomp '" + o.seccomp + "': use kill, log or none"};
@@ -267,6 +277,10 @@ int cmd_fsd(int argc, char** argv) {
     auto cfg = fuse::serve_config(source, mode, o.readonly, o.xattr, o.submounts);
     cfg.fs.override_stat = o.override_stat;
     cfg.fs.proc_fd_cwd = o.sandbox == "namespace";
+    cfg.fs.switch_credentials = fs::prepare_server_process();
+    cfg.fs.nodev = o.nodev;
+    cfg.fs.nosuid = o.nosuid;
+    cfg.fs.xattr_policy = xattr_policy;
     fs::Passthrough passthrough(cfg.fs);
     if (o.sandbox == "namespace") sandbox::pivot_into(source, /*cwd_proc_fd=*/true);
     auto caps = sandbox::file_server_caps(o.readonly, o.nodev, o.nosuid);

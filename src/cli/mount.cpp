@@ -149,6 +149,7 @@ int cmd_mount(int argc, char** argv) {
                  threads, readonly ? ", read-only" : "", sandbox_mode);
 
     if (sandbox_mode == "none") {
+        cfg.fs.switch_credentials = fs::prepare_server_process();
         fs::Passthrough passthrough(cfg.fs);
         fuse::Server server(passthrough, cfg.protocol);
         transport::DevFuseSession session(server, mnt.take_fd(), dopts);
@@ -181,6 +182,7 @@ int cmd_mount(int argc, char** argv) {
             sandbox::enter_namespaces("ocivm mount");
             sandbox::bind_root(cfg.fs.source);
             cfg.fs.proc_fd_cwd = true;
+            cfg.fs.switch_credentials = fs::prepare_server_process();
             fs::Passthrough passthrough(cfg.fs);
             fuse::Server server(passthrough, cfg.protocol);
             transport::DevFuseSession session(server, std::move(fd), dopts);

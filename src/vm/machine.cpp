@@ -89,6 +89,10 @@ public:
         if (c.nosuid) so.argv.push_back("--nosuid");
         if (c.override_stat) so.argv.push_back("--override-stat");
         if (c.trusted_xattrs) so.argv.push_back("--trusted-xattrs");
+        // The guest's security.* and trusted.* of a writable share never
+        // become the host's own (file capabilities, SELinux labels, overlay
+        // metadata the host would trust).
+        if (!c.readonly) so.argv.insert(so.argv.end(), {"--xattr-policy", "remap"});
         if (!c.trace.empty()) so.argv.insert(so.argv.end(), {"--trace", c.trace});
         so.fds = {vhost_sock.get(), ctl.theirs.get()};
         child_ = ChildProcess::spawn(so);

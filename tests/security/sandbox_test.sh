@@ -83,6 +83,14 @@ wait "$RUN_PID"; rc=$?; RUN_PID=""
 check "the command finished (exit $rc)" [ $rc -eq 0 ]
 check "the command's output" grep -qx done "$WORK/out"
 
+# No process-wide umask 0 leaks from the file server into ocivm: the kernel
+# cache and initramfs built by a fresh run are not world-writable, and
+# neither is anything the guest's QEMU writes.
+OCIVM_HOME=$WORK/home "$OCIVM" run --rm "$DEMO" -- true > /dev/null 2> "$WORK/fresh.err"
+check "a run with a fresh cache works" [ $? -eq 0 ]
+ww=$(find "$WORK/home" -perm -0002 ! -type l 2>/dev/null)
+check "nothing in the fresh cache is world-writable${ww:+: $ww}" [ -z "$ww" -a -d "$WORK/home/cache" ]
+
 # kill -9 of ocivm run takes QEMU and every share server with it.
 "$OCIVM" run --rm --name sbx2-$$ "$DEMO" -- sleep 60 > /dev/null 2>&1 &
 RUN_PID=$!
