@@ -508,12 +508,12 @@ int VhostUserBackend::handle_message(uint32_t request, const std::byte* payload,
         std::memcpy(&s, payload, sizeof s);
         return s.index < queues_.size();
     };
-    // A change to a running queue's ring: stop it, change, start it again.
+    // A change to a queue's ring: stop it, change, and start it if it is
+    // ready (whatever order the front end configures it in).
     auto restart = [&](unsigned i, auto&& change) {
-        bool was = queues_[i]->running;
         stop_queue(i);
         change(*queues_[i]);
-        if (was) start_queue_if_ready(i);
+        start_queue_if_ready(i);
     };
     switch (request) {
         case GET_FEATURES:

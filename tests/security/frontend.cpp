@@ -137,6 +137,8 @@ FsdProcess::FsdProcess(const Options& o) : log_path_(o.log_path) {
         // Out of the way first: either may already be fd 1, 2 or 3.
         int l = ::fcntl(listener.get(), F_DUPFD_CLOEXEC, 10), g = ::fcntl(log.get(), F_DUPFD_CLOEXEC, 10);
         if (l < 0 || g < 0 || ::dup2(l, 3) < 0 || ::dup2(g, 2) < 0 || ::dup2(g, 1) < 0) ::_exit(127);
+        // Nothing else of ours (or of whoever started us) reaches fsd.
+        ::close_range(4, ~0u, 0);
         ::execv(argv[0], argv.data());
         ::_exit(127);
     }
@@ -365,7 +367,12 @@ void GuestQueue::kick() {
 
 uint16_t GuestQueue::used_idx() const { return load_acquire<uint16_t>(ram_.at(used_gpa_) + 2); }
 
-void GuestQueue::reset_indices(uint16_t base) { last_used_ = base; }
+void GuestQueue::reset_indices(uint16_t base) {
+    // As a driver that (re)starts a ring: both indices at the base.
+    last_used_ = base;
+    store_release<uint16_t>(ram_.at(used_gpa_) + 2, base);
+    store_release<uint16_t>(ram_.at(avail_gpa_) + 2, base);
+}
 
 bool GuestQueue::take_used(uint32_t* id, uint32_t* len, int ms) {
     auto deadline = Clock::now() + std::chrono::milliseconds(ms);
@@ -448,6 +455,7 @@ void Device::start_queue(GuestQueue& q, uint16_t base) {
         if (!r) throw std::runtime_error(std::string(what) + ": no answer from fsd");
         if (*r != 0) throw std::runtime_error(std::string(what) + ": refused by fsd");
     };
+    q.reset_indices(base);
     check("SET_VRING_NUM", vring_state(kSetVringNum, q.index(), q.num()));
     check("SET_VRING_BASE", vring_state(kSetVringBase, q.index(), base));
     VringAddr a = q.addr();
@@ -455,7 +463,6 @@ void Device::start_queue(GuestQueue& q, uint16_t base) {
     check("SET_VRING_CALL", vring_fd(kSetVringCall, q.index(), q.call_fd()));
     check("SET_VRING_KICK", vring_fd(kSetVringKick, q.index(), q.kick_fd()));
     check("SET_VRING_ENABLE", vring_state(kSetVringEnable, q.index(), 1));
-    q.reset_indices(base);
 }
 
 // ---------------------------------------------------------------------------

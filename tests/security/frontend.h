@@ -221,7 +221,8 @@ public:
     uint16_t used_idx() const;
     // Next used element not yet taken; false when there is none within ms.
     bool take_used(uint32_t* id, uint32_t* len, int ms);
-    // Resets our view after fsd was told another base.
+    // Puts both ring indices (and our view) at base, as a driver does
+    // before it tells the device that base.
     void reset_indices(uint16_t base);
 
 private:
