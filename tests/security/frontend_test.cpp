@@ -9,10 +9,13 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <unistd.h>
 
 #include <sys/stat.h>
+#include <sys/xattr.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <functional>
@@ -786,6 +789,158 @@ TEST(Frontend, HostileFuseHeaders) {
         EXPECT_TRUE(r.answered) << c.name << ": the chain was not returned\n" << s.report();
         ASSERT_TRUE(s.serving()) << c.name << "\n" << s.report();
     }
+    EXPECT_STILL_SERVING(s);
+}
+
+// ---------------------------------------------------------------------------
+// Issue 14, 4, 6 and 7 end to end: guest requests that grew fsd without
+// bound (fixed at the FUSE layer on branch `fuse`). Growth is fsd's
+// anonymous memory (RssAnon) before and after; guest RAM it touches is
+// shared memory and not counted.
+
+namespace {
+
+uint64_t anon_growth_kib(const ProcMemory& before, const ProcMemory& after) {
+    return after.anon > before.anon ? after.anon - before.anon : 0;
+}
+
+// fsd's memory once it has settled: the trace recorder digests requests on
+// a thread of its own, after the replies. Sampled until it has not grown
+// for a second (or 20 s have passed); the largest figure seen.
+ProcMemory settled_memory(FsdProcess& fsd) {
+    ProcMemory peak = fsd.memory();
+    int still = 0;
+    for (int i = 0; i < 200 && still < 10; ++i) {
+        ::usleep(100 * 1000);
+        ProcMemory m = fsd.memory();
+        if (m.anon > peak.anon + 256) {
+            peak = m;
+            still = 0;
+        } else {
+            ++still;
+        }
+    }
+    return peak;
+}
+
+}  // namespace
+
+// 4: 16,384 LOOKUP(root, ".") grew fsd by ~550 MB (a path per lookup).
+TEST(FuseGrowth, LookupOfDotOnTheRoot) {
+    Session s(opts());
+    ASSERT_TRUE(s.fuse_works()) << s.report();
+    ProcMemory before = settled_memory(s.fsd);
+    std::byte dot[2] = {std::byte{'.'}, std::byte{0}};
+    constexpr int kLookups = 16384;
+    for (int done = 0; done < kLookups;) {
+        int n = std::min<int>(s.fuse->slots(), kLookups - done);
+        for (int i = 0; i < n; ++i) ASSERT_GE(s.fuse->submit(FUSE_LOOKUP, FUSE_ROOT_ID, dot), 0);
+        s.q.kick();
+        ASSERT_TRUE(s.fuse->wait_all(30000)) << "after " << done << " lookups\n" << s.report();
+        done += n;
+    }
+    ProcMemory after = settled_memory(s.fsd);
+    EXPECT_LT(anon_growth_kib(before, after), 8u * 1024)
+        << kLookups << " LOOKUP(root, \".\") grew fsd by " << anon_growth_kib(before, after) / 1024 << " MiB";
+    EXPECT_STILL_SERVING(s);
+}
+
+// 6: 20,000 OPENDIR + one READDIR each grew fsd by 629 MiB (a 32 KiB
+// buffer per open directory). Open directories cost something; not that.
+TEST(FuseGrowth, ManyOpenDirectories) {
+    Session s(opts());
+    for (int i = 0; i < 200; ++i) {
+        std::string f = s.share + "/entry-with-a-longish-name-" + std::to_string(i);
+        UniqueFd fd(::open(f.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+        ASSERT_TRUE(fd) << f;
+    }
+    ASSERT_TRUE(s.fuse_works()) << s.report();
+    ProcMemory before = settled_memory(s.fsd);
+    constexpr int kDirs = 20000;
+    int opened = 0, listed = 0;
+    std::vector<int> slots;
+    for (int done = 0; done < kDirs;) {
+        int n = std::min<int>(s.fuse->slots(), kDirs - done);
+        slots.clear();
+        fuse_open_in oi{};
+        oi.flags = O_RDONLY | O_DIRECTORY;
+        for (int i = 0; i < n; ++i)
+            slots.push_back(s.fuse->submit(FUSE_OPENDIR, FUSE_ROOT_ID, std::as_bytes(std::span(&oi, 1))));
+        s.q.kick();
+        std::vector<uint64_t> fhs;
+        for (int slot : slots) {
+            FuseClient::Reply r;
+            ASSERT_TRUE(s.fuse->wait(slot, r, 30000)) << s.report();
+            if (r.error == 0 && r.body.size() >= sizeof(fuse_open_out)) {
+                fuse_open_out oo;
+                std::memcpy(&oo, r.body.data(), sizeof oo);
+                fhs.push_back(oo.fh);
+            }
+        }
+        opened += static_cast<int>(fhs.size());
+        slots.clear();
+        for (uint64_t fh : fhs) {
+            fuse_read_in ri{};
+            ri.fh = fh;
+            ri.size = 4096;
+            slots.push_back(s.fuse->submit(FUSE_READDIR, FUSE_ROOT_ID, std::as_bytes(std::span(&ri, 1))));
+        }
+        s.q.kick();
+        for (int slot : slots) {
+            FuseClient::Reply r;
+            ASSERT_TRUE(s.fuse->wait(slot, r, 30000)) << s.report();
+            if (r.error == 0 && !r.body.empty()) ++listed;
+        }
+        done += n;
+    }
+    ProcMemory after = settled_memory(s.fsd);
+    EXPECT_GT(listed, 0) << "no directory could be listed\n" << s.report();
+    EXPECT_LT(anon_growth_kib(before, after), 48u * 1024)
+        << kDirs << " OPENDIR+READDIR (" << opened << " opened, " << listed << " listed) grew fsd by "
+        << anon_growth_kib(before, after) / 1024 << " MiB";
+    EXPECT_STILL_SERVING(s);
+}
+
+// 7: GETXATTR asking for 0xfffffff0 bytes into two 128 MiB writable
+// descriptors grew fsd by 256 MiB, and it kept them.
+TEST(FuseGrowth, GetxattrOfAHugeSize) {
+    Session s(opts(320 * MiB));
+    ASSERT_EQ(::setxattr(s.share.c_str(), "user.ocivm-test", "value", 5, 0), 0)
+        << "the share's file system must support user xattrs: " << std::strerror(errno);
+    ASSERT_TRUE(s.fuse_works()) << s.report();
+    ProcMemory before = settled_memory(s.fsd);
+    for (const char* name : {"user.ocivm-test", "user.absent"}) {
+        for (int list = 0; list < 2; ++list) {
+            fuse_in_header ih{};
+            ih.opcode = list ? FUSE_LISTXATTR : FUSE_GETXATTR;
+            ih.unique = s.fuse->next_unique();
+            ih.nodeid = FUSE_ROOT_ID;
+            fuse_getxattr_in gi{};
+            gi.size = 0xfffffff0u;
+            size_t name_len = list ? 0 : std::strlen(name) + 1;
+            ih.len = static_cast<uint32_t>(sizeof ih + sizeof gi + name_len);
+            uint64_t in = s.ram.alloc(ih.len);
+            std::memcpy(s.ram.at(in), &ih, sizeof ih);
+            std::memcpy(s.ram.at(in) + sizeof ih, &gi, sizeof gi);
+            if (name_len) std::memcpy(s.ram.at(in) + sizeof ih + sizeof gi, name, name_len);
+            uint64_t out1 = s.ram.alloc(128 * MiB, 4096), out2 = s.ram.alloc(128 * MiB, 4096);
+            uint16_t head = s.fuse->first_free_desc();
+            s.q.set_desc(head, in, ih.len, kDescNext, head + 1);
+            s.q.set_desc(head + 1, out1, 128 * MiB, kDescWrite | kDescNext, head + 2);
+            s.q.set_desc(head + 2, out2, 128 * MiB, kDescWrite);
+            s.q.publish(head);
+            s.q.kick();
+            uint32_t len;
+            ASSERT_TRUE(s.fuse->wait_foreign(head, &len, 30000)) << s.report();
+            s.ram.release_to(in);
+            // The guest's pages go back: only fsd's own memory is measured.
+            ::fallocate(s.ram.fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                        static_cast<off_t>(out1 - s.ram.gpa()), static_cast<off_t>(256 * MiB));
+        }
+    }
+    ProcMemory after = settled_memory(s.fsd);
+    EXPECT_LT(anon_growth_kib(before, after), 16u * 1024)
+        << "GETXATTR/LISTXATTR of 0xfffffff0 bytes grew fsd by " << anon_growth_kib(before, after) / 1024 << " MiB";
     EXPECT_STILL_SERVING(s);
 }
 
