@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -63,6 +64,18 @@ TempDir::TempDir(const std::string& prefix) {
 TempDir::~TempDir() {
     std::error_code ec;
     std::filesystem::remove_all(path_, ec);
+}
+
+TmpfsMount::TmpfsMount(const std::string& dir, unsigned size_mib) : dir_(dir) {
+    if (size_mib == 0) return;
+    std::string o = "size=" + std::to_string(size_mib) + "m,mode=0755";
+    if (::mount("ocivm-sec-share", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, o.c_str()) < 0)
+        fail("mounting a " + std::to_string(size_mib) + " MiB tmpfs on " + dir + " (run as root)");
+    mounted_ = true;
+}
+
+TmpfsMount::~TmpfsMount() {
+    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
 }
 
 bool read_proc_memory(pid_t pid, ProcMemory& out) {
@@ -281,11 +294,19 @@ std::optional<Channel::Msg> Channel::recv(int ms) {
     return m;
 }
 
+std::optional<Channel::Msg> Channel::recv_for(uint32_t request, int ms) {
+    auto deadline = Clock::now() + std::chrono::milliseconds(ms);
+    for (;;) {
+        auto r = recv(ms_left(deadline));
+        if (!r || r->request == request) return r;
+    }
+}
+
 std::optional<uint64_t> Channel::request_ack(uint32_t request, const void* payload, uint32_t size,
                                              std::span<const int> fds, int ms) {
     if (!send(request, payload, size, fds, kFlagVersion | kFlagNeedReply)) return std::nullopt;
-    auto r = recv(ms);
-    if (!r || r->request != request || r->payload.size() != sizeof(uint64_t)) return std::nullopt;
+    auto r = recv_for(request, ms);
+    if (!r || r->payload.size() != sizeof(uint64_t)) return std::nullopt;
     uint64_t v;
     std::memcpy(&v, r->payload.data(), sizeof v);
     return v;
@@ -293,8 +314,8 @@ std::optional<uint64_t> Channel::request_ack(uint32_t request, const void* paylo
 
 std::optional<uint64_t> Channel::get_u64(uint32_t request, int ms) {
     if (!send(request, nullptr, 0)) return std::nullopt;
-    auto r = recv(ms);
-    if (!r || r->request != request || r->payload.size() != sizeof(uint64_t)) return std::nullopt;
+    auto r = recv_for(request, ms);
+    if (!r || r->payload.size() != sizeof(uint64_t)) return std::nullopt;
     uint64_t v;
     std::memcpy(&v, r->payload.data(), sizeof v);
     return v;
@@ -553,6 +574,12 @@ bool FuseClient::wait_all(int ms) {
     return true;
 }
 
+void FuseClient::reset() {
+    busy_.assign(slots_, false);
+    done_.assign(slots_, false);
+    others_.clear();
+}
+
 bool FuseClient::wait_foreign(uint32_t head, uint32_t* len, int ms) {
     auto deadline = Clock::now() + std::chrono::milliseconds(ms);
     for (;;) {
@@ -604,11 +631,13 @@ uint64_t FuseClient::lookup(uint64_t parent, const std::string& name, int32_t* e
 
 Session::Session(const Options& o)
     : dir("ocivm-sec"),
-      share(dir.path() + "/share"),
-      fsd([&] {
-          if (::mkdir(share.c_str(), 0755) < 0) fail("mkdir " + share);
-          return FsdProcess::Options{o.ocivm, share, dir.path() + "/fsd.log", "info", o.fsd_args};
+      share([&] {
+          std::string p = dir.path() + "/share";
+          if (::mkdir(p.c_str(), 0755) < 0) fail("mkdir " + p);
+          return p;
       }()),
+      share_mount(share, o.share_tmpfs_mib),
+      fsd(FsdProcess::Options{o.ocivm, share, dir.path() + "/fsd.log", o.log_level, o.fsd_args}),
       ch(fsd.take_socket()),
       dev(ch),
       ram(o.ram_size, kGpa, kUaddr),

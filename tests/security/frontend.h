@@ -85,6 +85,21 @@ private:
     std::string path_;
 };
 
+// A size-limited tmpfs mounted on an existing directory (root), so a
+// hostile guest's writes and fallocates cannot fill a real disk; detached
+// on destruction. size_mib 0: nothing is mounted.
+class TmpfsMount {
+public:
+    TmpfsMount(const std::string& dir, unsigned size_mib);  // throws std::runtime_error
+    ~TmpfsMount();
+    TmpfsMount(const TmpfsMount&) = delete;
+    TmpfsMount& operator=(const TmpfsMount&) = delete;
+
+private:
+    std::string dir_;
+    bool mounted_ = false;
+};
+
 // Memory figures of a process from /proc/PID/status, in KiB.
 struct ProcMemory {
     uint64_t rss = 0, anon = 0, shmem = 0, hwm = 0;
@@ -157,13 +172,17 @@ public:
     // The next reply within ms, or nothing (timeout or the socket closed).
     std::optional<Msg> recv(int ms);
     // With REPLY_ACK negotiated: sends with NEED_REPLY and returns the
-    // status fsd sent (0 = success), or nothing when no reply came.
+    // status fsd sent (0 = success), or nothing when no reply came. Replies
+    // to other requests (left over from messages sent without waiting) are
+    // skipped.
     std::optional<uint64_t> request_ack(uint32_t request, const void* payload, uint32_t size,
                                         std::span<const int> fds = {}, int ms = 10000);
     // A request answered by a u64 (GET_FEATURES, ...).
     std::optional<uint64_t> get_u64(uint32_t request, int ms = 10000);
     // Whether fsd still answers (GET_FEATURES) within ms.
     bool alive(int ms = 10000);
+    // The next reply to `request` within ms, skipping others.
+    std::optional<Msg> recv_for(uint32_t request, int ms);
 
 private:
     UniqueFd sock_;
@@ -287,6 +306,8 @@ public:
     bool init();
     uint64_t lookup(uint64_t parent, const std::string& name, int32_t* error = nullptr);
     bool busy(int slot) const { return busy_[slot]; }
+    // Forgets every request in flight (the ring was reset under them).
+    void reset();
     // Completions of foreign chains: (head, len).
     std::vector<std::pair<uint32_t, uint32_t>>& others() { return others_; }
     // Takes completions until `head` (a foreign chain) came back; false on timeout.
@@ -321,6 +342,8 @@ struct Session {
         uint16_t queue_size = 256;
         bool start = true;  // memory table, queue 1 and FUSE_INIT
         std::vector<std::string> fsd_args;
+        unsigned share_tmpfs_mib = 0;  // the share on a tmpfs of this size
+        std::string log_level = "info";
     };
     static constexpr uint64_t kGpa = 0x100000000ull;
     static constexpr uint64_t kUaddr = 0x7f1200000000ull;
@@ -329,6 +352,7 @@ struct Session {
     ~Session();
     TempDir dir;
     std::string share;
+    TmpfsMount share_mount;
     FsdProcess fsd;
     Channel ch;
     Device dev;
