@@ -8,7 +8,8 @@
 // answered within the bound) and peak RSS; it exits 1 if there was a crash
 // or a hang.
 //
-//   hostile_frontend --ocivm PATH [--seconds N] [--seed S] [--hang-ms MS] [--verbose]
+//   hostile_frontend --ocivm PATH [--seconds N] [--seed S] [--hang-ms MS]
+//                    [--fsd-arg ARG]... [--verbose]
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <signal.h>
@@ -47,6 +48,7 @@ struct Args {
     uint64_t seed = 1;
     int hang_ms = 15000;
     bool verbose = false;
+    std::vector<std::string> fsd_args;  // more `ocivm fsd` options (e.g. --seccomp kill)
 };
 
 struct Stats {
@@ -122,6 +124,7 @@ public:
         o.queue_size = 256;
         o.share_tmpfs_mib = 64;
         o.log_level = "warn";
+        o.fsd_args = a.fsd_args;
         return o;
     }
 
@@ -1015,6 +1018,7 @@ bool parse(int argc, char** argv, Args& a) {
         else if (k == "--seconds" && (v = val())) a.seconds = std::atof(v);
         else if (k == "--seed" && (v = val())) a.seed = std::strtoull(v, nullptr, 0);
         else if (k == "--hang-ms" && (v = val())) a.hang_ms = std::atoi(v);
+        else if (k == "--fsd-arg" && (v = val())) a.fsd_args.push_back(v);
         else if (k == "--verbose") a.verbose = true;
         else return false;
     }
@@ -1026,7 +1030,9 @@ bool parse(int argc, char** argv, Args& a) {
 int main(int argc, char** argv) {
     Args a;
     if (!parse(argc, argv, a)) {
-        std::fprintf(stderr, "usage: %s --ocivm PATH [--seconds N] [--seed S] [--hang-ms MS] [--verbose]\n", argv[0]);
+        std::fprintf(stderr,
+                     "usage: %s --ocivm PATH [--seconds N] [--seed S] [--hang-ms MS] [--fsd-arg ARG]... [--verbose]\n",
+                     argv[0]);
         return 2;
     }
     if (::geteuid() != 0) {
