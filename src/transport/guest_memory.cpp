@@ -169,7 +169,11 @@ int GuestMemory::map_region(uint64_t gpa, uint64_t size, uint64_t uaddr, int fd,
         *why = "the region runs past the end of its file";
         return -EINVAL;
     }
+    // Mapped from the offset's page (its huge page on hugetlbfs, whose
+    // st_blksize is the huge page size and whose mappings must start at one).
     uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    uint64_t blk = static_cast<uint64_t>(st.st_blksize);
+    if (blk > page && (blk & (blk - 1)) == 0) page = blk;
     uint64_t map_off = mmap_offset & ~(page - 1);
     uint64_t delta = mmap_offset - map_off;
     uint64_t len = size + delta;  // <= file_end, which did not overflow
