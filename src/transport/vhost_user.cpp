@@ -196,10 +196,11 @@ bool is_eventfd(int fd) {
 // hostile peer cannot fill the log, and the count still shows.
 bool worth_logging(uint64_t n) { return n <= 8 || (n & (n - 1)) == 0; }
 
-// A queue thread stuck in a system call that waits (an eventfd the front
-// end drained or filled and set blocking, a FIFO a guest opened) is woken
-// by this signal so it can stop: its handler does nothing, and without
-// SA_RESTART the call fails with EINTR.
+// A queue thread stuck in a system call that waits (on an eventfd the
+// front end drained or filled and made blocking again, or in a request the
+// host's file system keeps waiting) is woken by this signal so it can stop:
+// its handler does nothing, and without SA_RESTART an interruptible call
+// fails with EINTR.
 constexpr int kWakeSignal = SIGURG;
 void on_wake(int) {}
 std::once_flag g_wake_installed;
@@ -249,6 +250,12 @@ VhostUserBackend::VhostUserBackend(fuse::Server& server, VhostUserOptions opts)
 
 VhostUserBackend::~VhostUserBackend() { stop_all(); }
 
+// The reason a message is refused, logged as refusals are counted (the
+// first few, then at powers of two).
+bool VhostUserBackend::log_refusal() const {
+    return worth_logging(stats_.refused_messages.load(std::memory_order_relaxed) + 1);
+}
+
 uint32_t VhostUserBackend::handle_chain(const DescChain& chain, std::vector<std::byte>& scratch) {
     stats_.requests.fetch_add(1, std::memory_order_relaxed);
     if (chain.readable_len > server_.request_buffer_size()) {
@@ -279,16 +286,18 @@ bool VhostUserBackend::map_ring(Queue& q, unsigned i) {
     auto* avail = memory_.uaddr_to_host(q.addr.avail_user_addr, 6 + 2 * n);
     auto* used = memory_.uaddr_to_host(q.addr.used_user_addr, 6 + 8 * n);
     if (!desc || !avail || !used) {
-        spdlog::error("vhost-user: queue {}: its rings (desc {:#x}, avail {:#x}, used {:#x}, size {}) are "
-                      "not inside the guest memory table; the queue stays stopped until they are",
-                      i, q.addr.desc_user_addr, q.addr.avail_user_addr, q.addr.used_user_addr, n);
+        if (log_refusal())
+            spdlog::error("vhost-user: queue {}: its rings (desc {:#x}, avail {:#x}, used {:#x}, size {}) are "
+                          "not inside the guest memory table; the queue stays stopped until they are",
+                          i, q.addr.desc_user_addr, q.addr.avail_user_addr, q.addr.used_user_addr, n);
         return false;
     }
     // virtio 1.x, 2.7: 16-, 2- and 4-byte alignment. Checked on the host
     // addresses, which a region's offset may shift against the front end's.
     if (reinterpret_cast<uintptr_t>(desc) % 16 || reinterpret_cast<uintptr_t>(avail) % 2 ||
         reinterpret_cast<uintptr_t>(used) % 4) {
-        spdlog::error("vhost-user: queue {}: misaligned rings; the queue stays stopped", i);
+        if (log_refusal())
+            spdlog::error("vhost-user: queue {}: misaligned rings; the queue stays stopped", i);
         return false;
     }
     q.vq.configure(q.num, reinterpret_cast<vring_desc*>(desc),
@@ -421,8 +430,8 @@ void VhostUserBackend::stop_queue(unsigned i) {
     uint64_t one = 1;
     (void)!::write(q.stop.get(), &one, sizeof one);
     // The thread stops between two chains. One blocked in a read or write
-    // of the front end's fds, or for long in a request (a guest can make a
-    // request wait, e.g. on a FIFO), is interrupted until it is out.
+    // of the front end's fds, or for more than a second in a request, is
+    // interrupted until it is out (the request fails with EINTR).
     auto start = std::chrono::steady_clock::now();
     bool warned = false;
     {
@@ -454,8 +463,9 @@ int VhostUserBackend::set_mem_table(const std::byte* payload, uint32_t size, std
     uint32_t n;
     std::memcpy(&n, payload, sizeof n);
     if (n > kMaxRegions || size < 8 + n * sizeof(MemRegionMsg) || fds.size() != n) {
-        spdlog::error("vhost-user: SET_MEM_TABLE of {} regions ({} bytes, {} fds) refused: at most {} "
-                      "regions, each with its fd", n, size, fds.size(), kMaxRegions);
+        if (log_refusal())
+            spdlog::error("vhost-user: SET_MEM_TABLE of {} regions ({} bytes, {} fds) refused: at most {} "
+                          "regions, each with its fd", n, size, fds.size(), kMaxRegions);
         return -EINVAL;
     }
     // The whole new table is checked and mapped before anything changes: a
@@ -468,10 +478,11 @@ int VhostUserBackend::set_mem_table(const std::byte* payload, uint32_t size, std
         if (int e = mem.map_region(m.guest_phys_addr, m.memory_size, m.userspace_addr, fds[r].get(),
                                    m.mmap_offset, &why);
             e < 0) {
-            spdlog::error("vhost-user: memory region {} (gpa {:#x}, size {:#x}, uaddr {:#x}, offset {:#x}) "
-                          "refused: {} ({}); the memory table is unchanged",
-                          r, m.guest_phys_addr, m.memory_size, m.userspace_addr, m.mmap_offset, why,
-                          std::strerror(-e));
+            if (log_refusal())
+                spdlog::error("vhost-user: memory region {} (gpa {:#x}, size {:#x}, uaddr {:#x}, offset {:#x}) "
+                              "refused: {} ({}); the memory table is unchanged",
+                              r, m.guest_phys_addr, m.memory_size, m.userspace_addr, m.mmap_offset, why,
+                              std::strerror(-e));
             return e;
         }
     }
@@ -487,7 +498,8 @@ int VhostUserBackend::set_mem_table(const std::byte* payload, uint32_t size, std
     for (unsigned i = 0; i < queues_.size(); ++i) {
         start_queue_if_ready(i);
         if (was_running[i] && !queues_[i]->running)
-            spdlog::error("vhost-user: queue {} stopped: the new memory table does not hold its rings", i);
+            if (log_refusal())
+                spdlog::error("vhost-user: queue {} stopped: the new memory table does not hold its rings", i);
     }
     return 0;
 }
@@ -523,8 +535,9 @@ int VhostUserBackend::handle_message(uint32_t request, const std::byte* payload,
             uint64_t f;
             if (!u64(f)) return -EINVAL;
             if (f & ~kOfferedFeatures) {
-                spdlog::error("vhost-user: SET_FEATURES {:#x} has bits that were not offered ({:#x})", f,
-                              kOfferedFeatures);
+                if (log_refusal())
+                    spdlog::error("vhost-user: SET_FEATURES {:#x} has bits that were not offered ({:#x})", f,
+                                  kOfferedFeatures);
                 return -EINVAL;
             }
             features_ = f;
@@ -558,8 +571,9 @@ int VhostUserBackend::handle_message(uint32_t request, const std::byte* payload,
         case SET_VRING_NUM: {
             VringState s;
             if (!state(s) || s.num == 0 || s.num > kMaxQueueSize || (s.num & (s.num - 1))) {
-                spdlog::error("vhost-user: SET_VRING_NUM refused: the size must be a power of two up to {}",
-                              kMaxQueueSize);
+                if (log_refusal())
+                    spdlog::error("vhost-user: SET_VRING_NUM refused: the size must be a power of two up to {}",
+                                  kMaxQueueSize);
                 return -EINVAL;
             }
             restart(s.index, [&](Queue& q) { q.num = static_cast<uint16_t>(s.num); });
@@ -571,8 +585,9 @@ int VhostUserBackend::handle_message(uint32_t request, const std::byte* payload,
             std::memcpy(&a, payload, sizeof a);
             if (a.index >= queues_.size()) return -EINVAL;
             if (a.desc_user_addr % 16 || a.avail_user_addr % 2 || a.used_user_addr % 4) {
-                spdlog::error("vhost-user: SET_VRING_ADDR refused: misaligned rings (desc {:#x}, avail {:#x}, "
-                              "used {:#x})", a.desc_user_addr, a.avail_user_addr, a.used_user_addr);
+                if (log_refusal())
+                    spdlog::error("vhost-user: SET_VRING_ADDR refused: misaligned rings (desc {:#x}, avail {:#x}, "
+                                  "used {:#x})", a.desc_user_addr, a.avail_user_addr, a.used_user_addr);
                 return -EINVAL;
             }
             Queue& q = *queues_[a.index];
@@ -583,8 +598,9 @@ int VhostUserBackend::handle_message(uint32_t request, const std::byte* payload,
                 if (!memory_.uaddr_to_host(a.desc_user_addr, 16 * n) ||
                     !memory_.uaddr_to_host(a.avail_user_addr, 6 + 2 * n) ||
                     !memory_.uaddr_to_host(a.used_user_addr, 6 + 8 * n)) {
-                    spdlog::error("vhost-user: SET_VRING_ADDR refused: queue {}'s rings are outside guest memory",
-                                  a.index);
+                    if (log_refusal())
+                        spdlog::error("vhost-user: SET_VRING_ADDR refused: queue {}'s rings are outside "
+                                      "guest memory", a.index);
                     return -EINVAL;
                 }
             }
@@ -625,7 +641,9 @@ int VhostUserBackend::handle_message(uint32_t request, const std::byte* payload,
             UniqueFd fd = nofd ? UniqueFd() : std::move(fds[0]);
             if (fd) {
                 if (!is_eventfd(fd.get())) {
-                    spdlog::error("vhost-user: request {} refused: queue {}'s fd is not an eventfd", request, idx);
+                    if (log_refusal())
+                        spdlog::error("vhost-user: request {} refused: queue {}'s fd is not an eventfd",
+                                      request, idx);
                     return -EINVAL;
                 }
                 // Our reads and writes must not wait (the thread stopping
@@ -716,7 +734,8 @@ int VhostUserBackend::serve(int sock) {
         if (truncated) {
             // The kernel closed what did not fit; the message is refused,
             // the connection goes on.
-            spdlog::error("vhost-user: message {} came with more than {} fds; refused", h.request, kMaxFds);
+            if (log_refusal())
+                spdlog::error("vhost-user: message {} came with more than {} fds; refused", h.request, kMaxFds);
             rc = -EINVAL;
         } else {
             rc = handle_message(h.request, payload.data(), h.size, fds, reply);

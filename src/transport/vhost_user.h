@@ -67,6 +67,7 @@ private:
     void queue_loop(unsigned i);
     void serve_ring(Queue& q, unsigned i, DescChain& chain, std::vector<std::byte>& scratch);
     void notify(Queue& q);
+    bool log_refusal() const;
 
     // Threads and memory: a queue's thread is the only one that touches
     // its ring and the guest memory its chains point into, and it runs only

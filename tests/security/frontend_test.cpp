@@ -683,6 +683,34 @@ TEST(Frontend, ManyMemTablesLeaveNothingBehind) {
     EXPECT_STILL_SERVING(s);
 }
 
+// Refused messages and bad chains by the thousand: fsd's log grows by a
+// few lines, not one per attack (its stderr may be a file on the host).
+TEST(Frontend, RepeatedAttacksDoNotFloodTheLog) {
+    Session s(opts());
+    size_t before = s.fsd.log().size();
+    uint32_t bad_num[2] = {1, 3};
+    VringAddr misaligned = s.q.addr();
+    misaligned.desc += 8;
+    for (int i = 0; i < 3000; ++i) {
+        ASSERT_TRUE(s.ch.send(9999, nullptr, 0));
+        ASSERT_TRUE(s.ch.send(kSetVringNum, bad_num, sizeof bad_num));
+        ASSERT_TRUE(s.ch.send(kSetVringAddr, &misaligned, sizeof misaligned));
+    }
+    ASSERT_TRUE(s.ch.alive()) << s.report();
+    uint16_t h = s.fuse->first_free_desc();
+    for (int round = 0; round < 30; ++round) {
+        for (int i = 0; i < 100; ++i) {
+            s.q.set_desc(h, 0x1000, 64, 0);  // outside guest memory
+            s.q.publish(h);
+        }
+        s.q.kick();
+        ASSERT_TRUE(s.fuse_works()) << s.report();
+    }
+    size_t grown = s.fsd.log().size() - before;
+    EXPECT_LT(grown, 16u * 1024) << "12,000 attacks added " << grown << " bytes to fsd's log";
+    EXPECT_STILL_SERVING(s);
+}
+
 // ---------------------------------------------------------------------------
 // A hostile guest: chains and FUSE headers.
 
