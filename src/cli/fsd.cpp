@@ -217,6 +217,7 @@ int cmd_fsd(int argc, char** argv) {
     }
 
     auto cfg = fuse::serve_config(source, mode, o.readonly, o.xattr, o.submounts);
+    cfg.fs.switch_credentials = fs::prepare_server_process();
     fs::Passthrough passthrough(cfg.fs);
     fuse::Server server(passthrough, cfg.protocol, recorder.get());
 

@@ -109,6 +109,7 @@ int cmd_mount(int argc, char** argv) {
         throw Error("no /dev/fuse on this machine; load the fuse module with 'modprobe fuse'");
 
     auto cfg = fuse::serve_config(abs_path(source), mode, readonly, !no_xattr, false);
+    cfg.fs.switch_credentials = fs::prepare_server_process();
     fs::Passthrough passthrough(cfg.fs);
     fuse::Server server(passthrough, cfg.protocol);
 

@@ -101,8 +101,11 @@ public:
                      std::string_view newname, Entry&) = 0;
     virtual int open(const Context&, uint64_t node, int flags, bool kill_suidgid,
                      OpenResult&) = 0;
+    // Creates and opens a new file. When the name exists and flags lack
+    // O_EXCL, opens it as open() would (regular files only); kill_suidgid as
+    // for open() with O_TRUNC.
     virtual int create(const Context&, uint64_t parent, std::string_view name, mode_t mode,
-                       int flags, Entry&, OpenResult&) = 0;
+                       int flags, bool kill_suidgid, Entry&, OpenResult&) = 0;
     // Reads into dst; returns the byte count.
     virtual ssize_t read(const Context&, uint64_t node, uint64_t fh, off_t off,
                          const struct iovec* dst, int cnt) = 0;

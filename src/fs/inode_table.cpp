@@ -79,8 +79,46 @@ size_t InodeTable::size() const {
     return by_id_.size();
 }
 
+DirBufferPool::DirBufferPool(size_t max_bytes) : max_buffers_(max_bytes / kBufferSize) {
+    idle_.reserve(kMaxIdle);
+}
+
+DirBufferPool::~DirBufferPool() {
+    for (char* b : idle_) delete[] b;
+}
+
+char* DirBufferPool::acquire() {
+    std::lock_guard lk(mu_);
+    if (!idle_.empty()) {
+        char* b = idle_.back();
+        idle_.pop_back();
+        return b;
+    }
+    if (allocated_ >= max_buffers_) return nullptr;
+    ++allocated_;
+    return new char[kBufferSize];
+}
+
+void DirBufferPool::release(char* buf) {
+    {
+        std::lock_guard lk(mu_);
+        if (idle_.size() < kMaxIdle) {
+            idle_.push_back(buf);
+            return;
+        }
+        --allocated_;
+    }
+    delete[] buf;
+}
+
+size_t DirBufferPool::bytes() const {
+    std::lock_guard lk(mu_);
+    return allocated_ * kBufferSize;
+}
+
 uint64_t HandleTable::insert(std::shared_ptr<Handle> h) {
     std::lock_guard lk(mu_);
+    if (map_.size() >= max_) return 0;
     uint64_t fh = next_fh_++;
     map_.emplace(fh, std::move(h));
     return fh;
@@ -92,13 +130,29 @@ std::shared_ptr<Handle> HandleTable::get(uint64_t fh) const {
     return it == map_.end() ? nullptr : it->second;
 }
 
-std::shared_ptr<Handle> HandleTable::remove(uint64_t fh) {
+std::shared_ptr<Handle> HandleTable::get(uint64_t fh, HandleKind kind) const {
     std::lock_guard lk(mu_);
     auto it = map_.find(fh);
-    if (it == map_.end()) return nullptr;
+    return it == map_.end() || it->second->kind != kind ? nullptr : it->second;
+}
+
+std::shared_ptr<Handle> HandleTable::remove(uint64_t fh, HandleKind kind) {
+    std::lock_guard lk(mu_);
+    auto it = map_.find(fh);
+    if (it == map_.end() || it->second->kind != kind) return nullptr;
     auto h = std::move(it->second);
     map_.erase(it);
     return h;
+}
+
+bool HandleTable::full() const {
+    std::lock_guard lk(mu_);
+    return map_.size() >= max_;
+}
+
+size_t HandleTable::size() const {
+    std::lock_guard lk(mu_);
+    return map_.size();
 }
 
 void HandleTable::clear() {

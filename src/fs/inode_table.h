@@ -62,30 +62,77 @@ private:
     std::unordered_map<InodeKey, Inode*, InodeKeyHash> by_key_;
 };
 
+// getdents64 buffers for directory handles, drawn from one budget. A
+// handle holds a buffer only while it has records the kernel has not taken
+// yet, so idle open directories cost no buffer; when the budget is spent,
+// READDIR works from a per-thread buffer instead (see Passthrough::readdir).
+class DirBufferPool {
+public:
+    static constexpr size_t kBufferSize = 32 * 1024;
+    explicit DirBufferPool(size_t max_bytes);
+    ~DirBufferPool();
+    DirBufferPool(const DirBufferPool&) = delete;
+    DirBufferPool& operator=(const DirBufferPool&) = delete;
+    // A buffer of kBufferSize bytes, or null when the budget is spent.
+    char* acquire();
+    void release(char* buf);
+    // Bytes allocated (held by handles or idle).
+    size_t bytes() const;
+
+private:
+    // Idle buffers kept for reuse (so listing directories allocates
+    // nothing); more are freed.
+    static constexpr size_t kMaxIdle = 8;
+    mutable std::mutex mu_;
+    size_t max_buffers_;
+    size_t allocated_ = 0;
+    std::vector<char*> idle_;  // capacity reserved: release never allocates
+};
+
 // A directory stream: getdents64 records buffered between READDIR requests.
 struct DirStream {
+    explicit DirStream(DirBufferPool& p) : pool(p) {}
+    ~DirStream() {
+        if (buf) pool.release(buf);
+    }
+    DirStream(const DirStream&) = delete;
+    DirStream& operator=(const DirStream&) = delete;
+    DirBufferPool& pool;
     std::mutex mu;
-    std::unique_ptr<char[]> buf;
+    char* buf = nullptr;    // from pool, only while records are pending
     size_t len = 0;         // bytes valid in buf
     size_t pos = 0;         // next record in buf
     uint64_t next_off = 0;  // cookie of the next record to hand out
     bool eof = false;
+    // Records read past next_off were dropped (no buffer to keep them in):
+    // the host stream must be sought back to next_off first.
+    bool need_seek = false;
 };
+
+enum class HandleKind : uint8_t { File, Dir };
 
 struct Handle {
     UniqueFd fd;
+    HandleKind kind = HandleKind::File;
     std::unique_ptr<DirStream> dir;  // set for directories
 };
 
 class HandleTable {
 public:
+    explicit HandleTable(size_t max_handles) : max_(max_handles) {}
+    // 0 when the table is full.
     uint64_t insert(std::shared_ptr<Handle> h);
+    // Null unless fh is open and of this kind.
     std::shared_ptr<Handle> get(uint64_t fh) const;
-    std::shared_ptr<Handle> remove(uint64_t fh);
+    std::shared_ptr<Handle> get(uint64_t fh, HandleKind kind) const;
+    std::shared_ptr<Handle> remove(uint64_t fh, HandleKind kind);
+    bool full() const;
+    size_t size() const;
     void clear();
 
 private:
     mutable std::mutex mu_;
+    size_t max_;
     uint64_t next_fh_ = 1;
     std::unordered_map<uint64_t, std::shared_ptr<Handle>> map_;
 };

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/limits.h>
 #include <linux/securebits.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -21,7 +22,15 @@ namespace ocivm::fs {
 
 namespace {
 
-constexpr size_t kDirBufSize = 32 * 1024;
+constexpr size_t kDirBufSize = DirBufferPool::kBufferSize;
+
+// A READDIR's working buffer when the directory-buffer budget is spent:
+// one per serving thread, allocated on its first use.
+char* thread_dir_scratch() {
+    thread_local std::unique_ptr<char[]> buf;
+    if (!buf) buf = std::make_unique<char[]>(kDirBufSize);
+    return buf.get();
+}
 
 struct linux_dirent64 {
     uint64_t d_ino;
@@ -128,6 +137,29 @@ bool writes(int flags) {
     return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
 }
 
+bool starts_with(std::string_view s, std::string_view prefix) {
+    return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
+}
+
+// Where Remap keeps a guest's security.* and trusted.* attributes.
+constexpr std::string_view kRemapPrefix = "user.ocivm.";
+
+// Names a guest's kernel gives meaning to on the host if passed through:
+// file capabilities, LSM labels, overlayfs and other trusted metadata.
+bool privileged_xattr(std::string_view name) {
+    return starts_with(name, "security.") || starts_with(name, "trusted.");
+}
+
+// The reply a node of this type gets from OPEN (and from CREATE of an
+// existing name): only regular files are ever opened on the host. A fifo
+// would block the thread, a device would be the host's own.
+int openable(mode_t type) {
+    if (S_ISREG(type)) return 0;
+    if (S_ISLNK(type)) return -ELOOP;
+    if (S_ISDIR(type)) return -EISDIR;
+    return -ENXIO;
+}
+
 }  // namespace
 
 bool parse_cache_mode(std::string_view s, CacheMode& out) {
@@ -137,6 +169,30 @@ bool parse_cache_mode(std::string_view s, CacheMode& out) {
     else if (s == "always") out = CacheMode::Always;
     else return false;
     return true;
+}
+
+bool parse_xattr_policy(std::string_view s, XattrPolicy& out) {
+    if (s == "passthrough") out = XattrPolicy::Passthrough;
+    else if (s == "remap") out = XattrPolicy::Remap;
+    else if (s == "refuse") out = XattrPolicy::Refuse;
+    else return false;
+    return true;
+}
+
+const char* xattr_policy_name(XattrPolicy p) {
+    switch (p) {
+        case XattrPolicy::Passthrough: return "passthrough";
+        case XattrPolicy::Remap: return "remap";
+        case XattrPolicy::Refuse: return "refuse";
+    }
+    return "?";
+}
+
+bool prepare_server_process() {
+    ::umask(0);
+    if (::geteuid() != 0) return false;
+    int bits = ::prctl(PR_GET_SECUREBITS);
+    return bits >= 0 && ::prctl(PR_SET_SECUREBITS, bits | SECBIT_NO_SETUID_FIXUP) == 0;
 }
 
 const char* cache_mode_name(CacheMode m) {
@@ -149,7 +205,11 @@ const char* cache_mode_name(CacheMode m) {
     return "?";
 }
 
-Passthrough::Passthrough(PassthroughOptions opts) : opts_(std::move(opts)) {
+Passthrough::Passthrough(PassthroughOptions opts)
+    : opts_(std::move(opts)),
+      switch_creds_(opts_.switch_credentials),
+      dir_buffers_(opts_.max_dir_buffer_bytes),
+      handles_(opts_.max_handles) {
     UniqueFd root(::open(opts_.source.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
     if (!root) {
         int e = errno;
@@ -174,14 +234,6 @@ Passthrough::Passthrough(PassthroughOptions opts) : opts_(std::move(opts)) {
         case CacheMode::Metadata: timeout_ = 86400; break;
         case CacheMode::Auto: timeout_ = 1; break;
         case CacheMode::Always: timeout_ = 86400; break;
-    }
-    // Modes arrive already masked by the kernel (no FUSE_DONT_MASK); the
-    // host must not mask them a second time.
-    ::umask(0);
-    if (::geteuid() == 0) {
-        int bits = ::prctl(PR_GET_SECUREBITS);
-        if (bits >= 0 && ::prctl(PR_SET_SECUREBITS, bits | SECBIT_NO_SETUID_FIXUP) == 0)
-            switch_creds_ = true;
     }
 }
 
@@ -213,8 +265,7 @@ bool parse_override_stat(const std::string& v, struct stat& st) {
 
 void Passthrough::apply_override(int fd, struct stat& st) const {
     char buf[128];
-    ssize_t n = ::getxattr(("/proc/self/fd/" + std::to_string(fd)).c_str(), "user.containers.override_stat", buf,
-                           sizeof buf - 1);
+    ssize_t n = ::getxattr(proc_path(fd), "user.containers.override_stat", buf, sizeof buf - 1);
     if (n <= 0) return;
     parse_override_stat(std::string(buf, static_cast<size_t>(n)), st);
 }
@@ -319,7 +370,7 @@ int Passthrough::setattr(const Context& ctx, uint64_t node, const SetAttr& s,
     if (!n) return -ESTALE;
     std::shared_ptr<Handle> h;
     if (fh && *fh != 0) {
-        h = handles_.get(*fh);
+        h = handles_.get(*fh, HandleKind::File);
         if (!h) return -EBADF;
     }
     int ofd = h ? h->fd.get() : -1;
@@ -328,7 +379,11 @@ int Passthrough::setattr(const Context& ctx, uint64_t node, const SetAttr& s,
 
     if (s.mode) {
         if (lnk) return -EOPNOTSUPP;
-        int r = ofd >= 0 ? ::fchmod(ofd, s.mode_value) : ::chmod(path, s.mode_value);
+        mode_t m = s.mode_value;
+        // Set-id directories only pass their group on: harmless, and
+        // shared project directories use it.
+        if (opts_.nosuid && !S_ISDIR(n->type)) m &= ~(S_ISUID | S_ISGID);
+        int r = ofd >= 0 ? ::fchmod(ofd, m) : ::chmod(path, m);
         if (r < 0) return -errno;
     }
     if (s.uid || s.gid) {
@@ -398,6 +453,8 @@ int Passthrough::mknod(const Context& ctx, uint64_t parent, std::string_view nam
     auto p = inodes_.get(parent);
     if (!p) return -ESTALE;
     if (bad_name(name) || is_dot(name) || is_dotdot(name)) return -EINVAL;
+    if (opts_.nodev && (S_ISCHR(mode) || S_ISBLK(mode))) return -EPERM;
+    if (opts_.nosuid) mode &= ~(S_ISUID | S_ISGID);
     {
         CredGuard g(switch_creds_, ctx.uid, ctx.gid);
         if (::mknodat(p->fd.get(), cstr(name), mode, rdev) < 0) return -errno;
@@ -511,40 +568,81 @@ int Passthrough::open(const Context&, uint64_t node, int flags, bool kill_suidgi
     auto n = inodes_.get(node);
     if (!n) return -ESTALE;
     if (opts_.readonly && writes(flags)) return -EROFS;
-    if (S_ISLNK(n->type)) return -ELOOP;
-    if (S_ISDIR(n->type)) {
-        if ((flags & O_ACCMODE) != O_RDONLY) return -EISDIR;
-    } else if (!S_ISREG(n->type)) {
-        // Devices and fifos are opened by the client kernel, never on the host.
-        return -ENXIO;
+    return open_node(*n, flags, kill_suidgid, false, r);
+}
+
+int Passthrough::open_node(const Inode& n, int flags, bool kill_suidgid, bool from_create,
+                           OpenResult& r) {
+    // The type is the inode's own (statx through the node's O_PATH fd), and
+    // reopening that fd through /proc opens that very inode: whatever the
+    // name points to by now, nothing but a regular file is ever opened.
+    if (int t = openable(n.type); t < 0) return t;
+    r = OpenResult{};
+    if (opts_.no_open) {
+        if (!from_create) return -ENOSYS;
+        // CREATE answers handle 0 here; O_TRUNC still applies.
+        if (flags & O_TRUNC) {
+            UniqueFd fd(::openat(proc_fd_.get(), fd_name(n.fd.get()),
+                                 O_WRONLY | O_TRUNC | O_CLOEXEC));
+            if (!fd) return -errno;
+            if (kill_suidgid) {
+                if (int k = kill_suid_sgid(fd.get()); k < 0) return k;
+            }
+        }
+        set_open_flags(false, r);
+        return 0;
     }
-    if (opts_.no_open && S_ISREG(n->type)) return -ENOSYS;
-    UniqueFd fd(::openat(proc_fd_.get(), fd_name(n->fd.get()), reopen_flags(flags)));
+    if (handles_.full()) return -ENFILE;
+    UniqueFd fd(::openat(proc_fd_.get(), fd_name(n.fd.get()), reopen_flags(flags)));
     if (!fd) return -errno;
     if (kill_suidgid && (flags & O_TRUNC)) {
         if (int k = kill_suid_sgid(fd.get()); k < 0) return k;
     }
     auto h = std::make_shared<Handle>();
     h->fd = std::move(fd);
-    r = OpenResult{};
+    h->kind = HandleKind::File;
     r.fh = handles_.insert(std::move(h));
+    if (r.fh == 0) return -ENFILE;
     set_open_flags(false, r);
     return 0;
 }
 
 int Passthrough::create(const Context& ctx, uint64_t parent, std::string_view name, mode_t mode,
-                        int flags, Entry& e, OpenResult& r) {
+                        int flags, bool kill_suidgid, Entry& e, OpenResult& r) {
     if (opts_.readonly) return -EROFS;
     auto p = inodes_.get(parent);
     if (!p) return -ESTALE;
     if (bad_name(name) || is_dot(name) || is_dotdot(name)) return -EINVAL;
-    int of = (reopen_flags(flags) | O_CREAT | O_NOFOLLOW);
+    if (!S_ISDIR(p->type)) return -ENOTDIR;
+    if (!opts_.no_open && handles_.full()) return -ENFILE;
+    if (opts_.nosuid) mode &= ~(S_ISUID | S_ISGID);
+    // Always a new file: with O_EXCL (and O_NOFOLLOW) open(2) never opens
+    // anything that already exists, so it cannot block on a fifo, reach a
+    // host device, follow a symlink, or truncate a file the guest asked to
+    // create exclusively.
+    int of = reopen_flags(flags) | O_CREAT | O_EXCL | O_NOFOLLOW;
     UniqueFd fd;
+    int err = 0;
     {
         CredGuard g(switch_creds_, ctx.uid, ctx.gid);
         fd.reset(::openat(p->fd.get(), cstr(name), of, mode & 07777));
+        if (!fd) err = errno;
     }
-    if (!fd) return -errno;
+    if (!fd) {
+        if (err != EEXIST || (flags & O_EXCL)) return -err;
+        // The guest's kernel thought the name missing (another client
+        // made it since): open the existing node as OPEN would.
+        Entry found;
+        if (int rc = do_lookup(*p, name, found); rc < 0) return rc;
+        auto n = inodes_.get(found.nodeid);
+        int rc = n ? open_node(*n, flags, kill_suidgid, true, r) : -ESTALE;
+        if (rc < 0) {
+            inodes_.forget(found.nodeid, 1);  // the lookup do_lookup counted
+            return rc;
+        }
+        e = found;
+        return 0;
+    }
     // The node's O_PATH fd comes from the file just opened, not from the name,
     // which another process could already have replaced.
     UniqueFd path_fd(::openat(proc_fd_.get(), fd_name(fd.get()), O_PATH | O_CLOEXEC));
@@ -554,21 +652,28 @@ int Passthrough::create(const Context& ctx, uint64_t parent, std::string_view na
     struct stat st;
     statx_to_stat(x, st);
     auto n = inodes_.insert(std::move(path_fd), key_of(x), x.stx_mode & S_IFMT);
-    fill_entry(*n, st, e);
     r = OpenResult{};
     if (!opts_.no_open) {
         auto h = std::make_shared<Handle>();
         h->fd = std::move(fd);
+        h->kind = HandleKind::File;
         r.fh = handles_.insert(std::move(h));
+        if (r.fh == 0) {
+            // Filled by another thread since the check above: the file
+            // stays created, the guest gets no node for it.
+            inodes_.forget(n->nodeid, 1);
+            return -ENFILE;
+        }
     }  // else: handle 0, the node's own fd serves I/O (no RELEASE will come)
+    fill_entry(*n, st, e);
     set_open_flags(false, r);
     return 0;
 }
 
 int Passthrough::io_fd(uint64_t node, uint64_t fh, bool write, IoFd& out) {
     if (fh != 0) {
-        out.handle = handles_.get(fh);
-        if (!out.handle || out.handle->dir) return -EBADF;
+        out.handle = handles_.get(fh, HandleKind::File);
+        if (!out.handle) return -EBADF;
         out.fd = out.handle->fd.get();
         return 0;
     }
@@ -611,27 +716,18 @@ int Passthrough::flush(const Context&, uint64_t, uint64_t fh) {
     // locks are the kernel's local ones (see docs/filesystem.md). Handle 0
     // (no-open mode): ENOSYS tells the kernel to stop sending FLUSH.
     if (fh == 0) return opts_.no_open ? -ENOSYS : -EBADF;
-    return handles_.get(fh) ? 0 : -EBADF;
+    return handles_.get(fh, HandleKind::File) ? 0 : -EBADF;
 }
 
 int Passthrough::release(const Context&, uint64_t, uint64_t fh) {
     if (fh == 0) return opts_.no_open ? 0 : -EBADF;
-    return handles_.remove(fh) ? 0 : -EBADF;
+    return handles_.remove(fh, HandleKind::File) ? 0 : -EBADF;
 }
 
 int Passthrough::fsync(const Context&, uint64_t node, uint64_t fh, bool datasync) {
-    int fd;
-    std::shared_ptr<Handle> h;
     IoFd f;
-    if (fh != 0) {
-        h = handles_.get(fh);  // files and directories
-        if (!h) return -EBADF;
-        fd = h->fd.get();
-    } else {
-        if (int r = io_fd(node, 0, false, f); r < 0) return r;
-        fd = f.fd;
-    }
-    int r = datasync ? ::fdatasync(fd) : ::fsync(fd);
+    if (int r = io_fd(node, fh, false, f); r < 0) return r;
+    int r = datasync ? ::fdatasync(f.fd) : ::fsync(f.fd);
     return r < 0 ? -errno : 0;
 }
 
@@ -639,22 +735,25 @@ int Passthrough::opendir(const Context&, uint64_t node, int, OpenResult& r) {
     auto n = inodes_.get(node);
     if (!n) return -ESTALE;
     if (!S_ISDIR(n->type)) return -ENOTDIR;
+    if (handles_.full()) return -ENFILE;
     UniqueFd fd(::openat(proc_fd_.get(), fd_name(n->fd.get()),
                          O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!fd) return -errno;
     auto h = std::make_shared<Handle>();
     h->fd = std::move(fd);
-    h->dir = std::make_unique<DirStream>();
+    h->kind = HandleKind::Dir;
+    h->dir = std::make_unique<DirStream>(dir_buffers_);
     r = OpenResult{};
     r.fh = handles_.insert(std::move(h));
+    if (r.fh == 0) return -ENFILE;
     set_open_flags(true, r);
     return 0;
 }
 
 int Passthrough::readdir(const Context&, uint64_t node, uint64_t fh, uint64_t off, bool plus,
                          DirSink& sink) {
-    auto h = handles_.get(fh);
-    if (!h || !h->dir) return -EBADF;
+    auto h = handles_.get(fh, HandleKind::Dir);
+    if (!h) return -EBADF;
     std::shared_ptr<Inode> dir;
     if (plus) {
         dir = inodes_.get(node);
@@ -662,20 +761,49 @@ int Passthrough::readdir(const Context&, uint64_t node, uint64_t fh, uint64_t of
     }
     DirStream& ds = *h->dir;
     std::lock_guard lk(ds.mu);
-    if (!ds.buf) ds.buf = std::make_unique<char[]>(kDirBufSize);
     // Offset 0 always restarts the host stream, so a rewinddir sees every
     // change made before it; any other offset is a getdents64 d_off cookie.
-    if (off == 0 || off != ds.next_off) {
+    if (off == 0 || off != ds.next_off || ds.need_seek) {
         if (::lseek(h->fd.get(), static_cast<off_t>(off), SEEK_SET) < 0) return -errno;
         ds.len = ds.pos = 0;
         ds.next_off = off;
         ds.eof = false;
+        ds.need_seek = false;
     }
+    // Records still pending are in the handle's buffer; new ones are read
+    // into a buffer from the pool, or, with the pool's budget spent, into
+    // this thread's scratch buffer, whose leftovers are dropped at the end
+    // (the next READDIR seeks back to the cookie instead).
+    char* buf = ds.buf;
+    if (!buf) {
+        buf = dir_buffers_.acquire();
+        if (buf) ds.buf = buf;
+        else buf = thread_dir_scratch();
+    }
+    int rc = fill_dir(ds, h->fd.get(), buf, dir.get(), plus, sink);
+    if (ds.pos < ds.len) {
+        if (buf != ds.buf) {
+            ds.len = ds.pos = 0;
+            ds.need_seek = true;
+        }
+    } else {
+        // Nothing pending: an idle open directory holds no buffer.
+        ds.len = ds.pos = 0;
+        if (ds.buf) {
+            dir_buffers_.release(ds.buf);
+            ds.buf = nullptr;
+        }
+    }
+    return rc;
+}
+
+int Passthrough::fill_dir(DirStream& ds, int fd, char* buf, const Inode* dir, bool plus,
+                          DirSink& sink) {
     int emitted = 0;
     for (;;) {
         if (ds.pos >= ds.len) {
             if (ds.eof) break;
-            long n = ::syscall(SYS_getdents64, h->fd.get(), ds.buf.get(), kDirBufSize);
+            long n = ::syscall(SYS_getdents64, fd, buf, kDirBufSize);
             if (n < 0) {
                 int e = errno;
                 return emitted ? 0 : -e;
@@ -687,7 +815,7 @@ int Passthrough::readdir(const Context&, uint64_t node, uint64_t fh, uint64_t of
             ds.len = static_cast<size_t>(n);
             ds.pos = 0;
         }
-        auto* d = reinterpret_cast<linux_dirent64*>(ds.buf.get() + ds.pos);
+        auto* d = reinterpret_cast<linux_dirent64*>(buf + ds.pos);
         std::string_view name(d->d_name);
         if (!sink.fits(name.size())) break;
         if (plus) {
@@ -720,13 +848,15 @@ int Passthrough::readdir(const Context&, uint64_t node, uint64_t fh, uint64_t of
     return 0;
 }
 
-// Directory handles live in the same table and sync the same way.
-int Passthrough::releasedir(const Context& ctx, uint64_t node, uint64_t fh) {
-    return release(ctx, node, fh);
+int Passthrough::releasedir(const Context&, uint64_t, uint64_t fh) {
+    return handles_.remove(fh, HandleKind::Dir) ? 0 : -EBADF;
 }
 
-int Passthrough::fsyncdir(const Context& ctx, uint64_t node, uint64_t fh, bool datasync) {
-    return fsync(ctx, node, fh, datasync);
+int Passthrough::fsyncdir(const Context&, uint64_t, uint64_t fh, bool datasync) {
+    auto h = handles_.get(fh, HandleKind::Dir);
+    if (!h) return -EBADF;
+    int r = datasync ? ::fdatasync(h->fd.get()) : ::fsync(h->fd.get());
+    return r < 0 ? -errno : 0;
 }
 
 int Passthrough::statfs(const Context&, uint64_t node, struct statvfs& out) {
@@ -756,6 +886,33 @@ int Passthrough::access(const Context& ctx, uint64_t node, int mask) {
     return 0;
 }
 
+int Passthrough::host_xattr_name(std::string_view guest, bool write, char* buf, size_t cap,
+                                 const char*& out) const {
+    out = cstr(guest);
+    switch (opts_.xattr_policy) {
+        case XattrPolicy::Passthrough:
+            return 0;
+        case XattrPolicy::Refuse:
+            if (privileged_xattr(guest)) return write ? -EPERM : -ENODATA;
+            return 0;
+        case XattrPolicy::Remap:
+            // The guest must not reach the host copies by their stored names,
+            // or it could forge what its security.* reads back.
+            if (starts_with(guest, kRemapPrefix)) return write ? -EPERM : -ENODATA;
+            if (!privileged_xattr(guest)) return 0;
+            if (kRemapPrefix.size() + guest.size() + 1 > cap) return -ERANGE;
+            std::memcpy(buf, kRemapPrefix.data(), kRemapPrefix.size());
+            std::memcpy(buf + kRemapPrefix.size(), guest.data(), guest.size());
+            buf[kRemapPrefix.size() + guest.size()] = '\0';
+            out = buf;
+            return 0;
+    }
+    return -EINVAL;
+}
+
+// Room for "user.ocivm." and the longest name the host accepts.
+constexpr size_t kHostXattrName = kRemapPrefix.size() + XATTR_NAME_MAX + 1;
+
 int Passthrough::setxattr(const Context&, uint64_t node, std::string_view name,
                           const void* value, size_t size, int flags) {
     if (!opts_.xattr) return -EOPNOTSUPP;
@@ -763,7 +920,10 @@ int Passthrough::setxattr(const Context&, uint64_t node, std::string_view name,
     auto n = inodes_.get(node);
     if (!n) return -ESTALE;
     if (S_ISLNK(n->type)) return -EPERM;
-    if (::setxattr(proc_path(n->fd.get()), cstr(name), value, size, flags) < 0) return -errno;
+    char buf[kHostXattrName];
+    const char* host;
+    if (int r = host_xattr_name(name, true, buf, sizeof buf, host); r < 0) return r;
+    if (::setxattr(proc_path(n->fd.get()), host, value, size, flags) < 0) return -errno;
     return 0;
 }
 
@@ -773,8 +933,43 @@ ssize_t Passthrough::getxattr(const Context&, uint64_t node, std::string_view na
     auto n = inodes_.get(node);
     if (!n) return -ESTALE;
     if (S_ISLNK(n->type)) return -ENODATA;
-    ssize_t r = ::getxattr(proc_path(n->fd.get()), cstr(name), buf, size);
+    char nbuf[kHostXattrName];
+    const char* host;
+    if (int r = host_xattr_name(name, false, nbuf, sizeof nbuf, host); r < 0) return r;
+    ssize_t r = ::getxattr(proc_path(n->fd.get()), host, buf, size);
     return r < 0 ? -errno : r;
+}
+
+// The host's list, filtered and renamed by the xattr policy. Names only
+// get shorter or vanish, so a host list that fits XATTR_LIST_MAX does too.
+ssize_t Passthrough::list_mapped_xattrs(const char* path, char* buf, size_t size) const {
+    thread_local std::unique_ptr<char[]> host_list;
+    if (!host_list) host_list = std::make_unique<char[]>(XATTR_LIST_MAX);
+    ssize_t n = ::listxattr(path, host_list.get(), XATTR_LIST_MAX);
+    if (n < 0) return -errno;
+    size_t out = 0;
+    for (size_t pos = 0; pos < static_cast<size_t>(n);) {
+        std::string_view name(host_list.get() + pos, strnlen(host_list.get() + pos, static_cast<size_t>(n) - pos));
+        pos += name.size() + 1;
+        std::string_view shown = name;
+        if (opts_.xattr_policy == XattrPolicy::Remap) {
+            if (starts_with(name, kRemapPrefix)) {
+                shown = name.substr(kRemapPrefix.size());
+                if (!privileged_xattr(shown)) continue;  // ours, not the guest's
+            } else if (privileged_xattr(name)) {
+                continue;  // the host's own, not what the guest set
+            }
+        } else if (privileged_xattr(name)) {
+            continue;
+        }
+        if (size) {
+            if (out + shown.size() + 1 > size) return -ERANGE;
+            std::memcpy(buf + out, shown.data(), shown.size());
+            buf[out + shown.size()] = '\0';
+        }
+        out += shown.size() + 1;
+    }
+    return static_cast<ssize_t>(out);
 }
 
 ssize_t Passthrough::listxattr(const Context&, uint64_t node, char* buf, size_t size) {
@@ -782,6 +977,8 @@ ssize_t Passthrough::listxattr(const Context&, uint64_t node, char* buf, size_t 
     auto n = inodes_.get(node);
     if (!n) return -ESTALE;
     if (S_ISLNK(n->type)) return 0;
+    if (opts_.xattr_policy != XattrPolicy::Passthrough)
+        return list_mapped_xattrs(proc_path(n->fd.get()), buf, size);
     ssize_t r = ::listxattr(proc_path(n->fd.get()), buf, size);
     return r < 0 ? -errno : r;
 }
@@ -792,7 +989,10 @@ int Passthrough::removexattr(const Context&, uint64_t node, std::string_view nam
     auto n = inodes_.get(node);
     if (!n) return -ESTALE;
     if (S_ISLNK(n->type)) return -EPERM;
-    if (::removexattr(proc_path(n->fd.get()), cstr(name)) < 0) return -errno;
+    char buf[kHostXattrName];
+    const char* host;
+    if (int r = host_xattr_name(name, true, buf, sizeof buf, host); r < 0) return r;
+    if (::removexattr(proc_path(n->fd.get()), host) < 0) return -errno;
     return 0;
 }
 

@@ -17,6 +17,36 @@ enum class CacheMode { Never, Metadata, Auto, Always };
 bool parse_cache_mode(std::string_view s, CacheMode& out);
 const char* cache_mode_name(CacheMode m);
 
+// What a guest's security.* and trusted.* extended attributes become on the
+// host (docs/filesystem.md, "Share options").
+enum class XattrPolicy {
+    // As named: the guest sets the host file's real security.* (file
+    // capabilities, SELinux labels) and trusted.* attributes.
+    Passthrough,
+    // Stored as user.ocivm.security.* / user.ocivm.trusted.* and shown to
+    // the guest under their own names; the host's real security.* and
+    // trusted.* are hidden, and so is everything else in user.ocivm.*, which
+    // the guest can neither read nor set by that name.
+    Remap,
+    // Not available: setting or removing one is EPERM, reading one ENODATA,
+    // and listings leave them out.
+    Refuse,
+};
+// Parses "passthrough|remap|refuse"; false on anything else.
+bool parse_xattr_policy(std::string_view s, XattrPolicy& out);
+const char* xattr_policy_name(XattrPolicy p);
+
+// Prepares the calling process to serve shares: umask 0 (modes arrive
+// already masked by the client kernel, the host must not mask them again)
+// and, as root, SECBIT_NO_SETUID_FIXUP (so switching a thread's fsuid to a
+// caller's keeps the server's capabilities). Both are process state a
+// library must not change behind its caller's back: call this once from
+// the main thread of a process that does nothing but serve, before it
+// starts threads or children (securebits are inherited from the calling
+// thread). Returns whether per-thread credential switching is available,
+// the value for PassthroughOptions::switch_credentials.
+bool prepare_server_process();
+
 struct PassthroughOptions {
     std::string source;
     CacheMode cache = CacheMode::Metadata;
@@ -32,6 +62,25 @@ struct PassthroughOptions {
     // ("uid:gid:0mode:type", containers/storage's convention) and served
     // from it.
     bool override_stat = false;
+    // Requests that create files run with the caller's fsuid/fsgid (new
+    // files belong to the caller). Only in a process prepared by
+    // prepare_server_process(), which says whether it is available.
+    bool switch_credentials = false;
+
+    // Share options (`-v HOST:GUEST:...,nodev,nosuid`).
+    // MKNOD of a character or block device is EPERM.
+    bool nodev = false;
+    // Set-user-ID and set-group-ID bits asked for by MKNOD, CREATE or
+    // SETATTR (chmod) are stripped from anything but directories.
+    bool nosuid = false;
+    XattrPolicy xattr_policy = XattrPolicy::Passthrough;
+
+    // Hard caps on what one guest can make the server hold
+    // (docs/filesystem.md, "Limits").
+    // Open file and directory handles; OPEN/OPENDIR/CREATE beyond are ENFILE.
+    size_t max_handles = 65536;
+    // getdents64 buffers of directory handles, in bytes (32 KiB each).
+    size_t max_dir_buffer_bytes = 16u << 20;
 };
 
 // Parses a user.containers.override_stat value into st (owner, mode, type,
@@ -47,6 +96,9 @@ public:
     const PassthroughOptions& options() const { return opts_; }
     // Number of nodes the kernel currently holds lookups on (root included).
     size_t node_count() const { return inodes_.size(); }
+    size_t handle_count() const { return handles_.size(); }
+    // Bytes of directory buffers allocated (held by handles or idle).
+    size_t dir_buffer_bytes() const { return dir_buffers_.bytes(); }
 
     int lookup(const Context&, uint64_t parent, std::string_view name, Entry&) override;
     void forget(uint64_t node, uint64_t nlookup) override;
@@ -69,7 +121,7 @@ public:
     int open(const Context&, uint64_t node, int flags, bool kill_suidgid,
              OpenResult&) override;
     int create(const Context&, uint64_t parent, std::string_view name, mode_t mode, int flags,
-               Entry&, OpenResult&) override;
+               bool kill_suidgid, Entry&, OpenResult&) override;
     ssize_t read(const Context&, uint64_t node, uint64_t fh, off_t off,
                  const struct iovec* dst, int cnt) override;
     ssize_t write(const Context&, uint64_t node, uint64_t fh, off_t off,
@@ -115,6 +167,17 @@ private:
     };
     int io_fd(uint64_t node, uint64_t fh, bool write, IoFd& out);
     int make_node_entry(const Inode& parent, std::string_view name, Entry& e);
+    // Opens a node for I/O as OPEN does (regular files only); from_create:
+    // CREATE found the name existing, and no-open mode answers handle 0.
+    int open_node(const Inode& n, int flags, bool kill_suidgid, bool from_create,
+                  OpenResult& r);
+    // The host name of a guest's xattr name under the xattr policy, in buf
+    // when it differs; -errno when the guest may not use it.
+    int host_xattr_name(std::string_view guest, bool write, char* buf, size_t cap,
+                        const char*& out) const;
+    ssize_t list_mapped_xattrs(const char* path, char* buf, size_t size) const;
+    // Hands out records from ds (refilled from fd into buf) until the sink is full.
+    int fill_dir(DirStream& ds, int fd, char* buf, const Inode* dir, bool plus, DirSink& sink);
 
     PassthroughOptions opts_;
     UniqueFd root_fd_;    // O_PATH of the share root
@@ -122,6 +185,7 @@ private:
     double timeout_ = 0;  // entry and attribute timeout of the cache mode
     bool switch_creds_ = false;
     InodeTable inodes_;
+    DirBufferPool dir_buffers_;  // outlives the handles that hold its buffers
     HandleTable handles_;
 };
 

@@ -2,13 +2,16 @@
 
 #include <fcntl.h>
 #include <linux/fuse.h>
+#include <linux/limits.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace ocivm::fuse {
@@ -142,21 +145,31 @@ int send(ReplyWriter& w, uint64_t unique, int error, const void* a = nullptr, si
 
 int send_error(ReplyWriter& w, uint64_t unique, int err) { return send(w, unique, err); }
 
+// The largest payload built in scratch memory for a scattered reply: an
+// xattr value or list (XATTR_SIZE_MAX, XATTR_LIST_MAX), a symlink target,
+// one READDIR's entries (a shorter listing is always a valid reply).
+constexpr size_t kScratchSize = 64 * 1024;
+
 // Variable-size payload: written straight into a contiguous reply, or into
-// a per-thread scratch buffer that is copied into a scattered one.
+// a per-thread scratch buffer of fixed size that is copied into a scattered
+// one. What a guest asks for never decides how much memory stays behind.
 class Payload {
 public:
     Payload(ReplyWriter& w, size_t max) : w_(w) {
         if (std::byte* p = w.contiguous(kOutHdr + max)) {
             p_ = p + kOutHdr;
+            cap_ = max;
         } else {
-            thread_local std::vector<std::byte> scratch;
-            if (scratch.size() < max) scratch.resize(max);
-            p_ = scratch.data();
+            thread_local std::unique_ptr<std::byte[]> scratch;
+            if (!scratch) scratch = std::make_unique<std::byte[]>(kScratchSize);
+            p_ = scratch.get();
+            cap_ = std::min(max, kScratchSize);
             scattered_ = true;
         }
     }
     std::byte* data() const { return p_; }
+    // Bytes that may be written at data(): at most the max asked for.
+    size_t capacity() const { return cap_; }
     int finish(uint64_t unique, size_t len) {
         fuse_out_header h{static_cast<uint32_t>(kOutHdr + len), 0, unique};
         tl_reply_error = 0;
@@ -172,6 +185,7 @@ public:
 private:
     ReplyWriter& w_;
     std::byte* p_ = nullptr;
+    size_t cap_ = 0;
     bool scattered_ = false;
 };
 
@@ -385,8 +399,8 @@ struct Dispatch {
         return attr(fs.setattr(ctx, h.nodeid, sa, fh, at), at);
     }
     int readlink() {
-        Payload p(w, PATH_MAX);
-        int r = fs.readlink(ctx, h.nodeid, reinterpret_cast<char*>(p.data()), PATH_MAX);
+        Payload p(w, std::min<size_t>(PATH_MAX, w.capacity() - kOutHdr));
+        int r = fs.readlink(ctx, h.nodeid, reinterpret_cast<char*>(p.data()), p.capacity());
         if (r < 0) return err(r);
         return p.finish(h.unique, static_cast<size_t>(r));
     }
@@ -459,7 +473,7 @@ struct Dispatch {
         fs::Entry e;
         fs::OpenResult r;
         int rc = fs.create(ctx, h.nodeid, name, in->mode & 07777, static_cast<int>(in->flags),
-                           e, r);
+                           in->open_flags & FUSE_OPEN_KILL_SUIDGID, e, r);
         if (rc < 0) return err(rc);
         tl_result_node = e.nodeid;
         fuse_entry_out eo;
@@ -535,6 +549,7 @@ struct Dispatch {
         std::memcpy(&in, raw, ext ? sizeof in : FUSE_COMPAT_SETXATTR_IN_SIZE);
         const std::byte* value = a.bytes(in.size);
         if (!value) return err(-EINVAL);
+        if (in.size > XATTR_SIZE_MAX) return err(-E2BIG);
         int r = fs.setxattr(ctx, h.nodeid, name, value, in.size, static_cast<int>(in.flags));
         return r < 0 ? err(r) : ok();
     }
@@ -543,7 +558,10 @@ struct Dispatch {
         if (!in) return err(-EINVAL);
         std::string_view name;
         if (!list && !a.str(name)) return err(-EINVAL);
-        size_t cap = std::min<size_t>(in->size, w.capacity() - kOutHdr);
+        // No xattr value or list is longer than the host allows, whatever
+        // buffer the guest offers.
+        size_t cap = std::min<size_t>({in->size, list ? size_t{XATTR_LIST_MAX} : size_t{XATTR_SIZE_MAX},
+                                      w.capacity() - kOutHdr});
         if (in->size == 0) {
             ssize_t r = list ? fs.listxattr(ctx, h.nodeid, nullptr, 0)
                              : fs.getxattr(ctx, h.nodeid, name, nullptr, 0);
@@ -552,8 +570,8 @@ struct Dispatch {
             return send(w, h.unique, 0, &o, sizeof o);
         }
         Payload p(w, cap);
-        ssize_t r = list ? fs.listxattr(ctx, h.nodeid, reinterpret_cast<char*>(p.data()), cap)
-                         : fs.getxattr(ctx, h.nodeid, name, p.data(), cap);
+        ssize_t r = list ? fs.listxattr(ctx, h.nodeid, reinterpret_cast<char*>(p.data()), p.capacity())
+                         : fs.getxattr(ctx, h.nodeid, name, p.data(), p.capacity());
         if (r < 0) return err(static_cast<int>(r));
         return p.finish(h.unique, static_cast<size_t>(r));
     }
@@ -575,7 +593,7 @@ struct Dispatch {
         size_t size = std::min<size_t>(in->size, w.capacity() - kOutHdr);
         size = std::min<size_t>(size, s.opts_.max_write);
         Payload p(w, size);
-        DirBuffer buf(p.data(), size, plus);
+        DirBuffer buf(p.data(), p.capacity(), plus);
         int r = fs.readdir(ctx, h.nodeid, in->fh, in->offset, plus, buf);
         if (r < 0) return err(r);
         return p.finish(h.unique, buf.used());
@@ -644,6 +662,7 @@ Server::Result Server::handle(std::span<const std::byte> in, ReplyWriter& out) {
     r.gid = h.gid;
     r.error = res == Result::NoReply ? 0 : tl_reply_error;
     r.latency_us = static_cast<uint32_t>((now_ns() - t0) / 1000);
+    if (h.len == in.size()) record_forgets(h, in, r);
     long off = name_offset(h.opcode);
     if (off >= 0 && sizeof h + static_cast<size_t>(off) < in.size()) {
         const char* name = reinterpret_cast<const char*>(in.data()) + sizeof h + off;
@@ -654,6 +673,36 @@ Server::Result Server::handle(std::span<const std::byte> in, ReplyWriter& out) {
     }
     recorder_->push(r);
     return res;
+}
+
+// The recorder's path map follows the kernel's lookup counts: FORGET carries
+// its count in its own record, each node of a BATCH_FORGET gets a record
+// that only updates the map.
+void Server::record_forgets(const fuse_in_header& h, std::span<const std::byte> in,
+                            trace::Record& r) {
+    size_t off = sizeof h;
+    if (h.opcode == FUSE_FORGET && in.size() >= off + sizeof(fuse_forget_in)) {
+        fuse_forget_in f;
+        std::memcpy(&f, in.data() + off, sizeof f);
+        r.nlookup = f.nlookup;
+    } else if (h.opcode == FUSE_BATCH_FORGET && in.size() >= off + sizeof(fuse_batch_forget_in)) {
+        fuse_batch_forget_in b;
+        std::memcpy(&b, in.data() + off, sizeof b);
+        off += sizeof b;
+        trace::Record e;
+        e.batch_entry = true;
+        e.opcode = FUSE_BATCH_FORGET;
+        e.time_ns = r.time_ns;
+        e.unique = h.unique;
+        for (uint32_t i = 0; i < b.count && in.size() - off >= sizeof(fuse_forget_one); ++i) {
+            fuse_forget_one one;
+            std::memcpy(&one, in.data() + off, sizeof one);
+            off += sizeof one;
+            e.nodeid = one.nodeid;
+            e.nlookup = one.nlookup;
+            recorder_->push(e);
+        }
+    }
 }
 
 Server::Result Server::handle_request(std::span<const std::byte> in, ReplyWriter& out) {
@@ -741,7 +790,13 @@ Server::Result Server::handle_request(std::span<const std::byte> in, ReplyWriter
             d.err(-ENOSYS);
             break;
         case FUSE_DESTROY:
+            // Back to the state before INIT: every node and handle of the
+            // session goes, and the next INIT (a remount of the tag, a
+            // rebooted guest) starts a new session, as with virtiofsd.
             fs_.destroy();
+            flags_.store(0, std::memory_order_relaxed);
+            minor_.store(0, std::memory_order_relaxed);
+            initialized_.store(false, std::memory_order_release);
             d.ok();
             return Result::Destroyed;
         default:

@@ -9,6 +9,8 @@
 #include "fuse/reply_writer.h"
 #include "trace/recorder.h"
 
+struct fuse_in_header;
+
 namespace ocivm::fuse {
 
 struct ServerOptions {
@@ -53,6 +55,7 @@ public:
 
 private:
     Result handle_request(std::span<const std::byte> in, ReplyWriter& out);
+    void record_forgets(const fuse_in_header& h, std::span<const std::byte> in, trace::Record& r);
 
     fs::FileSystem& fs_;
     ServerOptions opts_;

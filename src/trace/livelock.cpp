@@ -30,10 +30,18 @@ void LivelockDetector::add(const Record& r, const std::string& path, bool new_no
         key = fallback;
     }
     uint64_t h = std::hash<std::string_view>{}(key) * 0x9E3779B97F4A7C15ull + r.opcode;
-    if (s.pairs.size() < 65536) ++s.pairs[h];
-    if (names_.size() > (1u << 18)) names_.clear();  // only for naming; bounded
-    if (!names_.count(h)) names_.emplace(h, std::make_pair(r.opcode, std::string(key)));
-    ++s.pids[r.pid];
+    if (s.pairs.size() < kMaxPairsPerSecond || s.pairs.count(h)) ++s.pairs[h];
+    // Only for naming pairs in a warning: forgotten wholesale when large.
+    if (!names_.count(h)) {
+        if (names_.size() >= kMaxNames || names_bytes_ + key.size() > kMaxNameBytes) {
+            names_.clear();
+            names_bytes_ = 0;
+        }
+        names_.emplace(h, std::make_pair(r.opcode, std::string(key)));
+        names_bytes_ += key.size();
+    }
+    // The pid is whatever the guest's kernel writes: count a bounded set.
+    if (s.pids.size() < kMaxPidsPerSecond || s.pids.count(r.pid)) ++s.pids[r.pid];
 }
 
 LivelockDetector::Verdict LivelockDetector::evaluate_locked() const {

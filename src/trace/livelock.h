@@ -60,11 +60,19 @@ private:
     Verdict evaluate_locked() const;
     void check_locked();
 
+    // Bounds on what a guest's request stream can make the detector hold
+    // (docs/filesystem.md, "Limits").
+    static constexpr size_t kMaxPairsPerSecond = 65536;
+    static constexpr size_t kMaxPidsPerSecond = 4096;
+    static constexpr size_t kMaxNames = 1u << 16;
+    static constexpr size_t kMaxNameBytes = 8u << 20;
+
     Options o_;
     mutable std::mutex mu_;
     std::deque<Second> window_;
     // hash -> (opcode, path) for the pairs seen, to name them in a warning
     std::unordered_map<uint64_t, std::pair<uint32_t, std::string>> names_;
+    size_t names_bytes_ = 0;
     bool in_episode_ = false;
     unsigned warnings_ = 0;
     std::function<void(const std::string&)> sink_;

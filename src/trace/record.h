@@ -14,8 +14,12 @@ struct Record {
     uint32_t pid = 0, uid = 0, gid = 0;
     int32_t error = 0;
     uint32_t latency_us = 0;
-    uint8_t name_len = 0;  // the request's name argument, cut to 63 bytes
-    char name[63] = {};
+    uint64_t nlookup = 0;      // FORGET: the lookups it drops
+    // One node of a BATCH_FORGET (nodeid, nlookup): it only updates the
+    // recorder's path map; the request itself has a record of its own.
+    bool batch_entry = false;
+    uint8_t name_len = 0;  // the request's name argument, cut to 62 bytes
+    char name[62] = {};
 
     std::string_view name_view() const { return {name, name_len}; }
 };

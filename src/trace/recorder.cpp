@@ -58,8 +58,9 @@ const char* opcode_name(uint32_t op) {
     }
 }
 
-Recorder::Recorder(const std::string& trace_path, LivelockDetector::Options lopts)
-    : slots_(new Slot[kCapacity]), detector_(std::move(lopts)) {
+Recorder::Recorder(const std::string& trace_path, LivelockDetector::Options lopts,
+                   PathLimits limits)
+    : slots_(new Slot[kCapacity]), detector_(std::move(lopts)), limits_(limits) {
     for (size_t i = 0; i < kCapacity; ++i) slots_[i].seq.store(i, std::memory_order_relaxed);
     if (!trace_path.empty()) {
         out_ = std::fopen(trace_path.c_str(), "we");
@@ -67,7 +68,8 @@ Recorder::Recorder(const std::string& trace_path, LivelockDetector::Options lopt
             throw std::runtime_error("cannot write the trace to " + trace_path + ": " +
                                      std::strerror(errno));
     }
-    paths_[1] = "/";
+    paths_[1] = KnownPath{"/", 0};
+    path_bytes_ = 1;
     thread_ = std::thread([this] { run(); });
 }
 
@@ -124,25 +126,106 @@ bool names_an_entry(uint32_t op) {
             return false;
     }
 }
-std::string join(const std::string& dir, std::string_view name) {
-    if (dir.empty()) return std::string(name);
-    if (dir == "/") return "/" + std::string(name);
-    return dir + "/" + std::string(name);
+
+// Requests whose reply counts a lookup on the node it names.
+bool counts_a_lookup(uint32_t op) {
+    switch (op) {
+        case FUSE_LOOKUP: case FUSE_MKDIR: case FUSE_MKNOD: case FUSE_CREATE: case FUSE_SYMLINK:
+        case FUSE_LINK:
+            return true;
+        default:
+            return false;
+    }
+}
+
+constexpr std::string_view kCut = "(...)";
+
+// dir/name with "." and ".." resolved, at most max bytes (a longer path
+// keeps its tail), so no path costs more than max whatever the guest sends.
+std::string child_path(const std::string& dir, std::string_view name, size_t max) {
+    if (name == ".") return dir;
+    if (name == "..") {
+        size_t slash = dir.rfind('/');
+        if (slash == std::string::npos) return dir;  // unknown or cut: stay
+        return slash == 0 ? std::string("/") : dir.substr(0, slash);
+    }
+    std::string p;
+    p.reserve(std::min(dir.size() + 1 + name.size(), max));
+    if (dir.empty()) {
+        p = name;
+    } else {
+        p = dir;
+        if (dir != "/") p += '/';
+        p += name;
+    }
+    if (p.size() > max && max > kCut.size()) {
+        std::string cut(kCut);
+        cut.append(p, p.size() - (max - kCut.size()), std::string::npos);
+        return cut;
+    }
+    return p;
 }
 }  // namespace
 
-void Recorder::learn_path(const Record& r) {
-    if (!r.result_node || r.error) return;
+std::string Recorder::path_for(const Record& r) {
     std::lock_guard lk(paths_mu_);
     auto it = paths_.find(r.nodeid);
-    if (it == paths_.end() || r.name_len == 0) return;
-    paths_[r.result_node] = join(it->second, r.name_view());
+    const std::string& dir = it == paths_.end() ? std::string() : it->second.path;
+    if (r.name_len && names_an_entry(r.opcode)) return child_path(dir, r.name_view(), limits_.max_path);
+    return dir;
+}
+
+void Recorder::count_lookup(const Record& r, const std::string& path) {
+    if (!r.result_node || r.error || !counts_a_lookup(r.opcode) || r.result_node == 1) return;
+    std::lock_guard lk(paths_mu_);
+    auto it = paths_.find(r.result_node);
+    if (it != paths_.end()) {
+        ++it->second.nlookup;
+        return;
+    }
+    // Unnamed rather than unbounded: past the caps a node is not learned.
+    if (path.empty() || paths_.size() >= limits_.max_nodes ||
+        path_bytes_ + path.size() > limits_.max_bytes)
+        return;
+    paths_.emplace(r.result_node, KnownPath{path, 1});
+    path_bytes_ += path.size();
+}
+
+void Recorder::drop_lookups(uint64_t nodeid, uint64_t n) {
+    if (nodeid == 1) return;
+    std::lock_guard lk(paths_mu_);
+    auto it = paths_.find(nodeid);
+    if (it == paths_.end()) return;
+    if (n < it->second.nlookup) {
+        it->second.nlookup -= n;
+        return;
+    }
+    path_bytes_ -= it->second.path.size();
+    paths_.erase(it);
+}
+
+void Recorder::drop_all_paths() {
+    std::lock_guard lk(paths_mu_);
+    std::unordered_map<uint64_t, KnownPath> fresh;
+    fresh[1] = KnownPath{"/", 0};
+    paths_.swap(fresh);
+    path_bytes_ = 1;
 }
 
 std::string Recorder::path_of(uint64_t nodeid) {
     std::lock_guard lk(paths_mu_);
     auto it = paths_.find(nodeid);
-    return it == paths_.end() ? std::string() : it->second;
+    return it == paths_.end() ? std::string() : it->second.path;
+}
+
+size_t Recorder::path_count() {
+    std::lock_guard lk(paths_mu_);
+    return paths_.size();
+}
+
+size_t Recorder::path_bytes() {
+    std::lock_guard lk(paths_mu_);
+    return path_bytes_;
 }
 
 namespace {
@@ -174,20 +257,23 @@ void Recorder::run() {
         bool any = false;
         while (pop(r)) {
             any = true;
-            std::string path;
-            {
-                std::lock_guard lk(paths_mu_);
-                auto it = paths_.find(r.nodeid);
-                if (it != paths_.end()) path = it->second;
+            if (r.batch_entry) {
+                drop_lookups(r.nodeid, r.nlookup);
+                processed_.fetch_add(1, std::memory_order_release);
+                continue;
             }
-            if (r.name_len && names_an_entry(r.opcode)) path = join(path, r.name_view());
-            learn_path(r);
+            std::string path = path_for(r);
+            count_lookup(r, path);
+            if (r.opcode == FUSE_FORGET) drop_lookups(r.nodeid, r.nlookup);
+            if (r.opcode == FUSE_DESTROY && r.error == 0) drop_all_paths();
             // New to the guest means a path never seen before (node ids are
             // not: under cache=never the same file gets a new one after
             // every FORGET).
             bool new_node = false;
-            if (r.result_node && !path.empty() && seen_paths_.size() < kMaxSeenPaths)
-                new_node = seen_paths_.insert(path).second;
+            if (r.result_node && !path.empty()) {
+                if (seen_paths_.size() >= kMaxSeenPaths) seen_paths_.clear();
+                new_node = seen_paths_.insert(std::hash<std::string>{}(path)).second;
+            }
             detector_.add(r, path, new_node);
             if (out_) write_json(r, path);
             processed_.fetch_add(1, std::memory_order_release);

@@ -19,11 +19,21 @@
 
 namespace ocivm::trace {
 
+// Bounds of the node -> path map (docs/filesystem.md, "Limits"). A guest
+// decides how many nodes it looks up and how deep it goes; these decide
+// what that costs here.
+struct PathLimits {
+    size_t max_nodes = 1u << 17;   // nodes with a known path; more stay unnamed
+    size_t max_bytes = 16u << 20;  // path bytes over all nodes
+    size_t max_path = 1024;        // one path; a longer one keeps its tail after "(...)"
+};
+
 class Recorder {
 public:
     // trace_path empty: no file, counters and detection only. Throws
     // std::runtime_error when the file cannot be opened.
-    explicit Recorder(const std::string& trace_path, LivelockDetector::Options lopts = {});
+    explicit Recorder(const std::string& trace_path, LivelockDetector::Options lopts = {},
+                      PathLimits limits = {});
     ~Recorder();
     Recorder(const Recorder&) = delete;
     Recorder& operator=(const Recorder&) = delete;
@@ -36,8 +46,12 @@ public:
     // Waits until everything pushed so far is processed (tests, shutdown).
     void flush();
     const LivelockDetector& detector() const { return detector_; }
-    // The path last seen for a node ("" if unknown); consumer-side state.
+    // The path a node was first looked up by ("" if unknown); consumer-side
+    // state, current after flush().
     std::string path_of(uint64_t nodeid);
+    // Nodes in the path map (the root included) and their path bytes.
+    size_t path_count();
+    size_t path_bytes();
 
 private:
     struct Slot {
@@ -47,7 +61,14 @@ private:
     bool pop(Record& out);
     void run();
     void write_json(const Record& r, const std::string& path);
-    void learn_path(const Record& r);
+    // What a request is about: its node's path, and for requests naming an
+    // entry that entry's path ("." and ".." resolved, length bounded).
+    std::string path_for(const Record& r);
+    // Keeps the map in step with the kernel's lookup counts: an entry reply
+    // counts one lookup on its node, FORGET drops them, DESTROY all.
+    void count_lookup(const Record& r, const std::string& path);
+    void drop_lookups(uint64_t nodeid, uint64_t n);
+    void drop_all_paths();
 
     static constexpr size_t kCapacity = 1 << 16;
     std::unique_ptr<Slot[]> slots_;
@@ -57,10 +78,18 @@ private:
 
     FILE* out_ = nullptr;
     LivelockDetector detector_;
+    PathLimits limits_;
+    struct KnownPath {
+        std::string path;
+        uint64_t nlookup = 0;
+    };
     std::mutex paths_mu_;
-    std::unordered_map<uint64_t, std::string> paths_;
-    static constexpr size_t kMaxSeenPaths = 1 << 20;
-    std::unordered_set<std::string> seen_paths_;  // consumer thread only
+    std::unordered_map<uint64_t, KnownPath> paths_;
+    size_t path_bytes_ = 0;
+    // Hashes of the paths seen so far (progress for the livelock detector);
+    // forgotten wholesale when full, which errs towards "no livelock".
+    static constexpr size_t kMaxSeenPaths = 1 << 18;
+    std::unordered_set<uint64_t> seen_paths_;  // consumer thread only
     std::atomic<bool> stop_{false};
     std::mutex wake_mu_;
     std::condition_variable wake_;

@@ -81,6 +81,7 @@ public:
         : cfg_(fuse::serve_config(dir, mode, readonly, true, false)) {
         // A store imported without root keeps owners and devices in xattrs.
         cfg_.fs.override_stat = readonly && ::geteuid() != 0;
+        cfg_.fs.switch_credentials = fs::prepare_server_process();
         trace::LivelockDetector::Options lo;
         lo.cache_hint = mode == fs::CacheMode::Never ? "metadata" : "always";
         try {

@@ -234,3 +234,72 @@ TEST(Reply, ReadDataLandsAfterTheHeader) {
     EXPECT_EQ(r.payload.size(), payload.size());
     EXPECT_EQ(std::string(reinterpret_cast<const char*>(r.payload.data()), r.payload.size()), payload);
 }
+
+// Issue 15 (virtiofsd drop-in gap): a second INIT after DESTROY was refused
+// with EPROTO, so a guest could not unmount and mount a tag again, nor reboot.
+TEST(Init, SecondInitAfterDestroyStartsAFreshSession) {
+    Harness h;
+    ASSERT_EQ(h.init().error, 0);
+    uint64_t d = h.mkdir(1, "d");
+    auto [f, fh] = h.create(d, "f");
+    uint64_t dfh = h.opendir(d);
+    ASSERT_GT(h.fs->node_count(), 1u);
+
+    auto r = h.send(Request(FUSE_DESTROY, 0));
+    EXPECT_TRUE(r.replied);
+    EXPECT_EQ(r.error, 0);
+    EXPECT_EQ(h.last_result(), Result::Destroyed);
+    EXPECT_FALSE(h.server->initialized());
+    fuse_getattr_in ga{};
+    EXPECT_EQ(h.send(Request(FUSE_GETATTR, 1).arg(ga)).error, -EIO) << "between sessions";
+
+    ASSERT_EQ(h.init().error, 0) << "the guest mounts the tag again";
+    EXPECT_TRUE(h.server->initialized());
+    EXPECT_EQ(h.fs->node_count(), 1u) << "only the root survives a session";
+    EXPECT_EQ(h.send(Request(FUSE_GETATTR, f).arg(ga)).error, -ESTALE);
+    fuse_read_in rd{};
+    rd.fh = fh;
+    rd.size = 4;
+    EXPECT_EQ(h.send(Request(FUSE_READ, f).arg(rd)).error, -EBADF);
+    rd.fh = dfh;
+    EXPECT_EQ(h.send(Request(FUSE_READDIR, d).arg(rd)).error, -EBADF);
+    EXPECT_EQ(h.send(Request(FUSE_GETATTR, 1).arg(ga)).error, 0);
+    uint64_t d2 = h.lookup(1, "d");
+    EXPECT_NE(d2, 0u);
+    EXPECT_NE(h.lookup(d2, "f"), 0u);
+    EXPECT_EQ(h.init().error, -EPROTO) << "but not twice in one session";
+}
+
+// A handle is only ever used as what it was opened as: a directory handle is
+// not a file handle and the other way round, and OPEN never makes a file
+// handle of a directory.
+TEST(Requests, HandlesAreOnlyUsedForTheirKind) {
+    Harness h(fs::CacheMode::Never);
+    h.init();
+    auto [f, ffh] = h.create(1, "f");
+    uint64_t dfh = h.opendir(1);
+    fuse_open_in op{static_cast<uint32_t>(O_RDONLY), 0};
+    EXPECT_EQ(h.send(Request(FUSE_OPEN, 1).arg(op)).error, -EISDIR);
+    fuse_read_in rd{};
+    rd.fh = ffh;
+    rd.size = 4096;
+    EXPECT_EQ(h.send(Request(FUSE_READDIR, 1).arg(rd)).error, -EBADF);
+    fuse_fsync_in fs{};
+    fs.fh = dfh;
+    EXPECT_EQ(h.send(Request(FUSE_FSYNC, f).arg(fs)).error, -EBADF);
+    fs.fh = ffh;
+    EXPECT_EQ(h.send(Request(FUSE_FSYNCDIR, 1).arg(fs)).error, -EBADF);
+    fuse_flush_in fl{};
+    fl.fh = dfh;
+    EXPECT_EQ(h.send(Request(FUSE_FLUSH, f).arg(fl)).error, -EBADF);
+    fuse_release_in rl{};
+    rl.fh = dfh;
+    EXPECT_EQ(h.send(Request(FUSE_RELEASE, 1).arg(rl)).error, -EBADF);
+    rl.fh = ffh;
+    EXPECT_EQ(h.send(Request(FUSE_RELEASEDIR, f).arg(rl)).error, -EBADF);
+    // both still work as what they are
+    EXPECT_FALSE(h.readdir(1, dfh, false).empty());
+    EXPECT_EQ(h.send(Request(FUSE_RELEASE, f).arg(rl)).error, 0);
+    rl.fh = dfh;
+    EXPECT_EQ(h.send(Request(FUSE_RELEASEDIR, 1).arg(rl)).error, 0);
+}

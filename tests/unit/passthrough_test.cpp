@@ -2,6 +2,8 @@
 // counting, readdir cookies and confinement, on a temporary directory.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/securebits.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -433,4 +435,108 @@ TEST(NoOpen, IoDoesNotKeepAnFdPerFile) {
     }
     // one O_PATH fd per node, nothing more
     EXPECT_LE(count_fds(), before + 300 + 5);
+}
+
+// Issue 15: the constructor called umask(0) and set securebits for the whole
+// process, so files the CLI wrote afterwards (the cached initramfs) came out
+// world-writable and QEMU inherited both. Library code changes nothing
+// process-wide; the server processes call fs::prepare_server_process().
+TEST(ProcessState, ConstructingAPassthroughChangesNothingProcessWide) {
+    mode_t saved_umask = ::umask(027);
+    int saved_bits = ::prctl(PR_GET_SECUREBITS);
+    ASSERT_GE(saved_bits, 0);
+    // As root, start from a process nobody prepared, so a change is visible.
+    if (::geteuid() == 0) {
+        ASSERT_EQ(::prctl(PR_SET_SECUREBITS, saved_bits & ~SECBIT_NO_SETUID_FIXUP), 0);
+    }
+    int bits = ::prctl(PR_GET_SECUREBITS);
+    std::string dir = make_temp_dir();
+    {
+        fs::PassthroughOptions o;
+        o.source = dir;
+        fs::Passthrough p(o);
+    }
+    mode_t after = ::umask(saved_umask);
+    EXPECT_EQ(after, 027u) << "the umask was changed";
+    EXPECT_EQ(::prctl(PR_GET_SECUREBITS), bits) << "the securebits were changed";
+    if (::geteuid() == 0) ::prctl(PR_SET_SECUREBITS, saved_bits);
+    remove_tree(dir);
+}
+
+TEST(ProcessState, PrepareServerProcessClearsTheUmaskAndKeepsCapabilities) {
+    mode_t saved_umask = ::umask(022);
+    int saved_bits = ::prctl(PR_GET_SECUREBITS);
+    bool creds = fs::prepare_server_process();
+    EXPECT_EQ(::umask(saved_umask), 0u);
+    if (::geteuid() == 0) {
+        EXPECT_TRUE(creds);
+        EXPECT_TRUE(::prctl(PR_GET_SECUREBITS) & SECBIT_NO_SETUID_FIXUP);
+    } else {
+        EXPECT_FALSE(creds) << "setfsuid without root switches nothing";
+    }
+    ::prctl(PR_SET_SECUREBITS, saved_bits);
+}
+
+// Issue 15, hard caps: one guest cannot make the server hold handles without
+// bound; past the cap OPEN, OPENDIR and CREATE are ENFILE until it releases.
+TEST(Limits, OpenHandlesAreCapped) {
+    fs::PassthroughOptions o;
+    o.cache = fs::CacheMode::Never;
+    o.max_handles = 20;
+    Harness h(o);
+    ASSERT_EQ(h.init().error, 0);
+    std::ofstream(h.dir + "/f") << "x";
+    uint64_t f = h.lookup(1, "f");
+    std::vector<uint64_t> fhs;
+    fuse_open_in op{static_cast<uint32_t>(O_RDONLY), 0};
+    for (int i = 0; i < 10; ++i) fhs.push_back(h.opendir(1));
+    for (int i = 0; i < 5; ++i) {
+        auto r = h.send(Request(FUSE_OPEN, f).arg(op));
+        ASSERT_EQ(r.error, 0);
+        fhs.push_back(r.as<fuse_open_out>().fh);
+    }
+    for (int i = 0; i < 5; ++i) fhs.push_back(h.create(1, "c" + std::to_string(i)).second);
+    EXPECT_EQ(h.fs->handle_count(), 20u);
+    EXPECT_EQ(h.send(Request(FUSE_OPEN, f).arg(op)).error, -ENFILE);
+    EXPECT_EQ(h.send(Request(FUSE_OPENDIR, 1).arg(op)).error, -ENFILE);
+    fuse_create_in cr{static_cast<uint32_t>(O_RDWR | O_CREAT), 0644, 0, 0};
+    EXPECT_EQ(h.send(Request(FUSE_CREATE, 1).arg(cr).str("late")).error, -ENFILE);
+    struct stat st;
+    EXPECT_NE(::lstat((h.dir + "/late").c_str(), &st), 0) << "a refused CREATE creates nothing";
+    fuse_release_in rl{};
+    rl.fh = fhs[12];
+    ASSERT_EQ(h.send(Request(FUSE_RELEASE, f).arg(rl)).error, 0);
+    EXPECT_EQ(h.send(Request(FUSE_OPEN, f).arg(op)).error, 0) << "a released handle makes room";
+}
+
+// Directory buffers come from a budget; handles over it still list every
+// entry exactly once, however their READDIRs interleave.
+TEST(Limits, DirectoryBuffersAreCappedAndListingsStayComplete) {
+    fs::PassthroughOptions o;
+    o.cache = fs::CacheMode::Never;
+    o.max_dir_buffer_bytes = 2 * fs::DirBufferPool::kBufferSize;
+    Harness h(o);
+    ASSERT_EQ(h.init().error, 0);
+    for (int i = 0; i < 300; ++i) std::ofstream(h.dir + "/entry-with-a-longer-name-" + std::to_string(i));
+    constexpr int kDirs = 8;
+    std::vector<uint64_t> fhs, offs(kDirs, 0);
+    std::vector<std::set<std::string>> seen(kDirs);
+    std::vector<bool> done(kDirs, false);
+    for (int i = 0; i < kDirs; ++i) fhs.push_back(h.opendir(1));
+    for (int round = 0, left = kDirs; left > 0; ++round) {
+        for (int i = 0; i < kDirs; ++i) {
+            if (done[i]) continue;
+            uint64_t last = offs[i];
+            auto part = h.readdir(1, fhs[i], round % 2 == 1, offs[i], &last, 600);
+            if (part.empty()) {
+                done[i] = true;
+                --left;
+                continue;
+            }
+            for (auto& [n, id] : part) EXPECT_TRUE(seen[i].insert(n).second) << "duplicate " << n;
+            offs[i] = last;
+        }
+        EXPECT_LE(h.fs->dir_buffer_bytes(), o.max_dir_buffer_bytes);
+    }
+    for (int i = 0; i < kDirs; ++i) EXPECT_EQ(seen[i].size(), 302u) << "handle " << i;
 }

@@ -75,14 +75,25 @@ private:
 };
 }  // namespace
 
-Harness::Harness(fs::CacheMode mode, bool readonly, bool no_open) : dir(make_temp_dir()) {
+namespace {
+fs::PassthroughOptions options_of(fs::CacheMode mode, bool readonly, bool no_open) {
     fs::PassthroughOptions o;
-    o.source = dir;
     o.cache = mode;
     o.readonly = readonly;
     o.no_open = no_open;
+    return o;
+}
+}  // namespace
+
+Harness::Harness(fs::CacheMode mode, bool readonly, bool no_open)
+    : Harness(options_of(mode, readonly, no_open)) {}
+
+Harness::Harness(fs::PassthroughOptions o, fuse::ServerOptions so) : dir(make_temp_dir()) {
+    o.source = dir;
+    // The test process serves, as `ocivm mount` does.
+    o.switch_credentials = fs::prepare_server_process();
     fs = std::make_unique<fs::Passthrough>(o);
-    server = std::make_unique<fuse::Server>(*fs, fuse::ServerOptions{});
+    server = std::make_unique<fuse::Server>(*fs, so);
     out_.resize((1u << 20) + 4096);
 }
 

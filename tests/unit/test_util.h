@@ -52,6 +52,8 @@ class Harness {
 public:
     explicit Harness(fs::CacheMode mode = fs::CacheMode::Auto, bool readonly = false,
                      bool no_open = false);
+    // Any options; the source is always a fresh temporary directory.
+    explicit Harness(fs::PassthroughOptions o, fuse::ServerOptions so = {});
     ~Harness();
     // Sends INIT with the flags a current kernel offers.
     Reply init();

@@ -178,3 +178,46 @@ TEST(Trace, SummaryOfAMissingOrEmptyFileIsAnError) {
     EXPECT_THROW(summarize(empty, out), std::runtime_error);
     std::remove(empty.c_str());
 }
+
+// Issue 14.4/14.5: the path map is bounded per path and overall, pruned by
+// FORGET and emptied by DESTROY.
+TEST(Trace, PathMapIsBoundedAndPruned) {
+    PathLimits lim;
+    lim.max_nodes = 50;
+    lim.max_path = 100;
+    Recorder rec("", {}, lim);
+    test::Harness h(fs::CacheMode::Never);
+    h.server = std::make_unique<fuse::Server>(*h.fs, fuse::ServerOptions{}, &rec);
+    h.init();
+    // deeper than max_path: the path keeps its tail
+    uint64_t d = 1;
+    for (int i = 0; i < 30; ++i) d = h.mkdir(d, "level-" + std::to_string(i));
+    rec.flush();
+    std::string deep = rec.path_of(d);
+    EXPECT_LE(deep.size(), lim.max_path);
+    EXPECT_EQ(deep.rfind("(...)", 0), 0u) << deep;
+    EXPECT_EQ(deep.substr(deep.size() - 9), "/level-29") << deep;
+    // wider than max_nodes: the rest stays unnamed
+    std::vector<uint64_t> nodes;
+    for (int i = 0; i < 100; ++i) nodes.push_back(h.mkdir(1, "wide-" + std::to_string(i)));
+    rec.flush();
+    EXPECT_EQ(rec.path_count(), lim.max_nodes);
+    EXPECT_LE(rec.path_bytes(), lim.max_nodes * lim.max_path);
+    // FORGET prunes, counted like the file system: two lookups need two
+    for (int i = 0; i < 100; ++i) h.lookup(1, "wide-" + std::to_string(i));
+    fuse_batch_forget_in bf{static_cast<uint32_t>(nodes.size()), 0};
+    std::vector<fuse_forget_one> ones;
+    for (uint64_t n : nodes) ones.push_back({n, 1});
+    auto forget_all = test::Request(FUSE_BATCH_FORGET, 0).arg(bf).raw(ones.data(), ones.size() * sizeof ones[0]);
+    h.send(forget_all);
+    rec.flush();
+    EXPECT_EQ(rec.path_count(), lim.max_nodes) << "one lookup of two dropped: still known";
+    h.send(forget_all);
+    rec.flush();
+    EXPECT_EQ(rec.path_count(), 31u) << "the root and the 30 levels";
+    // DESTROY drops all but the root
+    h.send(test::Request(FUSE_DESTROY, 0));
+    rec.flush();
+    EXPECT_EQ(rec.path_count(), 1u);
+    EXPECT_EQ(rec.path_of(1), "/");
+}
