@@ -9,7 +9,11 @@
 // or a hang.
 //
 //   hostile_frontend --ocivm PATH [--seconds N] [--seed S] [--hang-ms MS]
-//                    [--fsd-arg ARG]... [--verbose]
+//                    [--fsd-arg ARG]... [--long-runs] [--verbose]
+//
+// --long-runs keeps one fsd for as long as it lives (no run ends on
+// purpose, no stream-breaking mutation): growth over its lifetime shows in
+// the peak RSS.
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <signal.h>
@@ -48,6 +52,7 @@ struct Args {
     uint64_t seed = 1;
     int hang_ms = 15000;
     bool verbose = false;
+    bool long_runs = false;
     std::vector<std::string> fsd_args;  // more `ocivm fsd` options (e.g. --seccomp kill)
 };
 
@@ -878,7 +883,7 @@ bool Episode::mutate_control() {
             break;
         }
         default: {
-            if (!rng_.chance(0.15)) {
+            if (args_.long_runs || !rng_.chance(0.15)) {
                 req = kSetMemTable;  // a valid table again, while requests may be in flight
                 MemRegion r = s_.ram.region();
                 put(p, uint32_t{1});
@@ -1019,6 +1024,7 @@ bool parse(int argc, char** argv, Args& a) {
         else if (k == "--seed" && (v = val())) a.seed = std::strtoull(v, nullptr, 0);
         else if (k == "--hang-ms" && (v = val())) a.hang_ms = std::atoi(v);
         else if (k == "--fsd-arg" && (v = val())) a.fsd_args.push_back(v);
+        else if (k == "--long-runs") a.long_runs = true;
         else if (k == "--verbose") a.verbose = true;
         else return false;
     }
@@ -1031,7 +1037,8 @@ int main(int argc, char** argv) {
     Args a;
     if (!parse(argc, argv, a)) {
         std::fprintf(stderr,
-                     "usage: %s --ocivm PATH [--seconds N] [--seed S] [--hang-ms MS] [--fsd-arg ARG]... [--verbose]\n",
+                     "usage: %s --ocivm PATH [--seconds N] [--seed S] [--hang-ms MS] [--fsd-arg ARG]... [--long-runs] "
+                     "[--verbose]\n",
                      argv[0]);
         return 2;
     }
@@ -1064,7 +1071,7 @@ int main(int argc, char** argv) {
         setup_failures = 0;
         ++st.runs;
         Session& s = ep->session();
-        uint64_t len = 20 + rng.below(400);
+        uint64_t len = a.long_runs ? ~0ull : 20 + rng.below(400);
         for (uint64_t i = 0; i < len && Clock::now() < deadline && !g_stop; ++i)
             if (!ep->iterate()) break;
         // The end of the run: whoever ends it, fsd must go cleanly.
