@@ -3,6 +3,13 @@
 // guest-physical addresses, each also known by the front end's (QEMU's)
 // virtual address, mapped here from the fds QEMU passes. Every translation
 // checks that the whole range lies inside one region.
+//
+// Nothing the front end says is trusted: a region must lie inside its file
+// (fstat), no sum of its addresses, size and offset may wrap, and a region
+// is the half-open interval [start, start + size) compared without
+// wrap-around. A file the front end shrinks after it was checked cannot
+// kill the process either: a fault on a page past the new end is answered
+// by mapping a zero page there (see install_fault_guard).
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -27,8 +34,10 @@ public:
     GuestMemory(GuestMemory&&) noexcept;
     GuestMemory& operator=(GuestMemory&&) noexcept;
 
-    // Maps size bytes of fd starting at mmap_offset; returns -errno.
-    int map_region(uint64_t gpa, uint64_t size, uint64_t uaddr, int fd, uint64_t mmap_offset);
+    // Maps size bytes of fd starting at mmap_offset; returns -errno, with
+    // the reason in *why (static text) when it refuses the region.
+    int map_region(uint64_t gpa, uint64_t size, uint64_t uaddr, int fd, uint64_t mmap_offset,
+                   const char** why = nullptr);
     // A region over memory this process owns (tests, fake tables).
     void add_region(uint64_t gpa, uint64_t size, uint64_t uaddr, std::byte* host);
 
@@ -37,6 +46,16 @@ public:
     std::byte* gpa_to_host(uint64_t gpa, uint64_t len) const;
     std::byte* uaddr_to_host(uint64_t uaddr, uint64_t len) const;
     bool empty() const { return regions_.empty(); }
+    size_t regions() const { return regions_.size(); }
+
+    // Installs (once per process) the SIGBUS handler that answers a fault
+    // inside a mapped region with a private zero page: the front end may
+    // truncate a file after SET_MEM_TABLE was checked. Faults anywhere
+    // else keep their previous disposition. Called before a seccomp filter
+    // is loaded; map_region calls it too.
+    static void install_fault_guard();
+    // Pages replaced that way since the process started.
+    static uint64_t faults_absorbed();
 
 private:
     struct Mapping {

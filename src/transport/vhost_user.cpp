@@ -2,17 +2,24 @@
 
 #include "util/fd_passing.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sched.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
 
 namespace ocivm::transport {
 
@@ -103,10 +110,15 @@ bool write_full(int fd, const void* buf, size_t len) {
 }
 
 // Reply bytes go into the guest's writable descriptors.
+//
+// The capacity offered is at most `limit` (the largest reply the server
+// builds): the guest chooses the writable length, up to queue-size times
+// 4 GiB, and a layer above that sizes a buffer by capacity() must not be
+// made to allocate in proportion to it.
 class ChainReplyWriter final : public fuse::ReplyWriter {
 public:
-    explicit ChainReplyWriter(const DescChain& c) : c_(c) {}
-    size_t capacity() const override { return c_.writable_len; }
+    ChainReplyWriter(const DescChain& c, size_t limit) : c_(c), limit_(limit) {}
+    size_t capacity() const override { return std::min(c_.writable_len, limit_); }
     std::byte* contiguous(size_t size) override {
         if (c_.writable.empty() || c_.writable[0].iov_len < size) return nullptr;
         return static_cast<std::byte*>(c_.writable[0].iov_base);
@@ -149,15 +161,49 @@ public:
         }
     }
     int commit(size_t len) override {
-        committed_ = static_cast<uint32_t>(std::min(len, c_.writable_len));
+        committed_ = static_cast<uint32_t>(std::min(len, capacity()));
         return 0;
     }
     uint32_t committed() const { return committed_; }
 
 private:
     const DescChain& c_;
+    size_t limit_;
     uint32_t committed_ = 0;
 };
+
+// Whether fd is an eventfd: kick, call and err are read and written as
+// eventfds, and another kind of file could make a queue thread spin (a
+// regular file is always readable), block (a pipe nobody reads), or write
+// into the front end's files.
+bool is_eventfd(int fd) {
+    char path[32], link[64];
+    std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = ::readlinkat(AT_FDCWD, path, link, sizeof link - 1);
+    if (n >= 0) {
+        link[n] = 0;
+        return std::strcmp(link, "anon_inode:[eventfd]") == 0;
+    }
+    // Without /proc: at least an anonymous inode like our own eventfds
+    // (not a file, pipe, socket or device).
+    UniqueFd ref(::eventfd(0, EFD_CLOEXEC));
+    struct stat a, b;
+    return ref && ::fstat(fd, &a) == 0 && ::fstat(ref.get(), &b) == 0 && a.st_dev == b.st_dev &&
+           a.st_ino == b.st_ino;
+}
+
+// Logs the first few of a repeated warning, then only at powers of two: a
+// hostile peer cannot fill the log, and the count still shows.
+bool worth_logging(uint64_t n) { return n <= 8 || (n & (n - 1)) == 0; }
+
+// A queue thread stuck in a system call that waits (on an eventfd the
+// front end drained or filled and made blocking again, or in a request the
+// host's file system keeps waiting) is woken by this signal so it can stop:
+// its handler does nothing, and without SA_RESTART an interruptible call
+// fails with EINTR.
+constexpr int kWakeSignal = SIGURG;
+void on_wake(int) {}
+std::once_flag g_wake_installed;
 
 }  // namespace
 
@@ -169,23 +215,54 @@ struct VhostUserBackend::Queue {
     uint16_t base = 0;
     bool enabled = false;
     UniqueFd kick, call, err;
-    UniqueFd stop = UniqueFd(::eventfd(0, EFD_CLOEXEC));
+    UniqueFd stop = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     std::thread thread;
-    std::atomic<bool> running{false};
+    bool running = false;  // the control thread's view: a thread was started
+    // Set by stop_queue; the thread looks at it between chains, so a guest
+    // that keeps its ring full cannot keep the queue from stopping.
+    std::atomic<bool> stop_requested{false};
+    // The thread is in a read or write of the front end's kick or call fd.
+    std::atomic<bool> in_fd_io{false};
+    std::mutex exit_mu;
+    std::condition_variable exit_cv;
+    bool exited = false;
 };
+
+namespace {
+constexpr uint64_t kOfferedFeatures = kVersion1 | kIndirectDesc | kEventIdx | kProtocolFeaturesBit;
+constexpr uint64_t kOfferedProtocol = kProtoMq | kProtoReplyAck;
+}  // namespace
 
 VhostUserBackend::VhostUserBackend(fuse::Server& server, VhostUserOptions opts)
     : server_(server), opts_(opts), spin_us_(opts.spin_us) {
     unsigned n = 1 + std::max(1u, opts_.request_queues);
     for (unsigned i = 0; i < n; ++i) queues_.push_back(std::make_unique<Queue>());
+    // Both before any seccomp filter: they need rt_sigaction.
+    GuestMemory::install_fault_guard();
+    std::call_once(g_wake_installed, [] {
+        struct sigaction sa {};
+        sa.sa_handler = on_wake;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = 0;  // no SA_RESTART: the waiting call must fail with EINTR
+        ::sigaction(kWakeSignal, &sa, nullptr);
+    });
 }
 
 VhostUserBackend::~VhostUserBackend() { stop_all(); }
 
+// The reason a message is refused, logged as refusals are counted (the
+// first few, then at powers of two).
+bool VhostUserBackend::log_refusal() const {
+    return worth_logging(stats_.refused_messages.load(std::memory_order_relaxed) + 1);
+}
+
 uint32_t VhostUserBackend::handle_chain(const DescChain& chain, std::vector<std::byte>& scratch) {
     stats_.requests.fetch_add(1, std::memory_order_relaxed);
     if (chain.readable_len > server_.request_buffer_size()) {
-        spdlog::warn("virtio-fs request of {} bytes exceeds the limit; dropped", chain.readable_len);
+        uint64_t n = stats_.oversized.fetch_add(1, std::memory_order_relaxed) + 1;
+        if (worth_logging(n))
+            spdlog::warn("virtio-fs request of {} bytes exceeds the limit; dropped ({} so far)",
+                         chain.readable_len, n);
         return 0;
     }
     // The request's header and arguments are gathered into one buffer for
@@ -196,19 +273,31 @@ uint32_t VhostUserBackend::handle_chain(const DescChain& chain, std::vector<std:
         std::memcpy(scratch.data() + pos, seg.iov_base, seg.iov_len);
         pos += seg.iov_len;
     }
-    ChainReplyWriter w(chain);
+    ChainReplyWriter w(chain, server_.request_buffer_size());
     auto r = server_.handle({scratch.data(), pos}, w);
     return r == fuse::Server::Result::NoReply ? 0 : w.committed();
 }
 
-bool VhostUserBackend::map_ring(Queue& q) {
+bool VhostUserBackend::map_ring(Queue& q, unsigned i) {
     if (!q.addr_set || q.num == 0 || memory_.empty()) return false;
     size_t n = q.num;
+    // Sizes include the event index after each ring (used_event, avail_event).
     auto* desc = memory_.uaddr_to_host(q.addr.desc_user_addr, 16 * n);
     auto* avail = memory_.uaddr_to_host(q.addr.avail_user_addr, 6 + 2 * n);
     auto* used = memory_.uaddr_to_host(q.addr.used_user_addr, 6 + 8 * n);
     if (!desc || !avail || !used) {
-        spdlog::error("vhost-user: ring addresses are outside guest memory");
+        if (log_refusal())
+            spdlog::error("vhost-user: queue {}: its rings (desc {:#x}, avail {:#x}, used {:#x}, size {}) are "
+                          "not inside the guest memory table; the queue stays stopped until they are",
+                          i, q.addr.desc_user_addr, q.addr.avail_user_addr, q.addr.used_user_addr, n);
+        return false;
+    }
+    // virtio 1.x, 2.7: 16-, 2- and 4-byte alignment. Checked on the host
+    // addresses, which a region's offset may shift against the front end's.
+    if (reinterpret_cast<uintptr_t>(desc) % 16 || reinterpret_cast<uintptr_t>(avail) % 2 ||
+        reinterpret_cast<uintptr_t>(used) % 4) {
+        if (log_refusal())
+            spdlog::error("vhost-user: queue {}: misaligned rings; the queue stays stopped", i);
         return false;
     }
     q.vq.configure(q.num, reinterpret_cast<vring_desc*>(desc),
@@ -217,16 +306,65 @@ bool VhostUserBackend::map_ring(Queue& q) {
     return true;
 }
 
+void VhostUserBackend::notify(Queue& q) {
+    if (!q.call) return;
+    uint64_t one = 1;
+    // Sent even when the queue is stopping: the chain it announces is in
+    // the used ring already. (stop_queue interrupts a write that waits.)
+    q.in_fd_io.store(true, std::memory_order_seq_cst);
+    (void)!::write(q.call.get(), &one, sizeof one);
+    q.in_fd_io.store(false, std::memory_order_release);
+}
+
+void VhostUserBackend::serve_ring(Queue& q, unsigned i, DescChain& chain, std::vector<std::byte>& scratch) {
+    while (!q.stop_requested.load(std::memory_order_relaxed)) {
+        const char* why = "";
+        auto res = q.vq.pop(memory_, chain, &why);
+        if (res == Virtqueue::Pop::Empty) {
+            // A guest waiting on a reply sends its next request soon:
+            // watch the ring a little before sleeping (no kick, no
+            // wakeup), then ask for a kick and look once more.
+            if (spin_us_ > 0) {
+                auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+                bool more = false;
+                // Yield, not pause: under TCG the QEMU thread that
+                // delivers our interrupt may need this very CPU.
+                while (!(more = q.vq.available()) && std::chrono::steady_clock::now() < deadline)
+                    sched_yield();
+                if (more) continue;
+            }
+            if (q.vq.enable_notify_and_check()) continue;
+            return;
+        }
+        uint32_t len = 0;
+        if (res == Virtqueue::Pop::Bad) {
+            uint64_t n = stats_.bad_chains.fetch_add(1, std::memory_order_relaxed) + 1;
+            if (worth_logging(n))
+                spdlog::warn("virtio-fs queue {}: bad descriptor chain: {} ({} so far)", i, why, n);
+            if (chain.head >= q.vq.num()) continue;
+        } else {
+            len = handle_chain(chain, scratch);
+        }
+        q.vq.push(chain.head, len);
+        if (q.vq.need_notify()) notify(q);
+    }
+}
+
 void VhostUserBackend::queue_loop(unsigned i) {
     Queue& q = *queues_[i];
+    sigset_t wake;
+    sigemptyset(&wake);
+    sigaddset(&wake, kWakeSignal);
+    pthread_sigmask(SIG_UNBLOCK, &wake, nullptr);  // whatever the starting thread blocked
     DescChain chain;
+    chain.reserve(q.vq.num());  // pop() never allocates
     std::vector<std::byte> scratch;
     // A (re)started queue looks at its ring before waiting for a kick: the
     // guest may have queued requests while the thread was stopped (e.g. for
     // SET_VRING_CALL) without kicking, because the avail_event it saw was
     // stale. Waiting first lost those requests and hung the guest.
     bool first = true;
-    for (;;) {
+    while (!q.stop_requested.load(std::memory_order_relaxed)) {
         if (!first) {
             struct pollfd p[2] = {{q.kick.get(), POLLIN, 0}, {q.stop.get(), POLLIN, 0}};
             // Idle with replies the guest has not taken: after a second, the
@@ -235,67 +373,40 @@ void VhostUserBackend::queue_loop(unsigned i) {
             // the guest asks for no other until it has seen that one: that
             // is how a guest's umount hung on a full hiprio ring. A spurious
             // interrupt only makes the guest look at its ring.
-            bool behind;
-            {
-                std::shared_lock lk(mem_mu_);  // the ring may be remapped meanwhile
-                behind = q.vq.guest_behind();
-            }
+            bool behind = q.vq.guest_behind();
             int n = ::poll(p, 2, behind ? 1000 : -1);
             if (n < 0) {
                 if (errno == EINTR) continue;
-                return;
+                spdlog::error("virtio-fs queue {}: poll: {}; the queue stops", i, std::strerror(errno));
+                break;
             }
+            if (p[1].revents) break;
             if (n == 0) {
-                std::shared_lock lk(mem_mu_);
                 if (q.vq.guest_behind() && q.call) {
                     stats_.renotified.fetch_add(1, std::memory_order_relaxed);  // counted before it can be seen
-                    uint64_t one = 1;
-                    (void)!::write(q.call.get(), &one, sizeof one);
+                    notify(q);
                     spdlog::debug("virtio-fs queue {}: the guest has not taken its replies; interrupt sent again", i);
                 }
                 continue;
             }
-            if (p[1].revents) return;
-            uint64_t v;
-            if (p[0].revents & POLLIN) (void)!::read(q.kick.get(), &v, sizeof v);
-        }
-        first = false;
-        std::shared_lock lk(mem_mu_);
-        for (;;) {
-            const char* why = "";
-            auto res = q.vq.pop(memory_, chain, &why);
-            if (res == Virtqueue::Pop::Empty) {
-                // A guest waiting on a reply sends its next request soon:
-                // watch the ring a little before sleeping (no kick, no
-                // wakeup), then ask for a kick and look once more.
-                if (spin_us_ > 0) {
-                    auto deadline = std::chrono::steady_clock::now() +
-                                    std::chrono::microseconds(spin_us_);
-                    bool more = false;
-                    // Yield, not pause: under TCG the QEMU thread that
-                    // delivers our interrupt may need this very CPU.
-                    while (!(more = q.vq.available()) && std::chrono::steady_clock::now() < deadline)
-                        sched_yield();
-                    if (more) continue;
-                }
-                if (q.vq.enable_notify_and_check()) continue;
+            if (p[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+                spdlog::error("virtio-fs queue {}: its kick fd failed (poll events {:#x}); the queue stops", i,
+                              static_cast<unsigned>(p[0].revents));
                 break;
             }
-            uint32_t len = 0;
-            if (res == Virtqueue::Pop::Bad) {
-                stats_.bad_chains.fetch_add(1, std::memory_order_relaxed);
-                spdlog::warn("virtio-fs queue {}: bad descriptor chain: {}", i, why);
-                if (chain.head >= q.vq.num()) continue;
-            } else {
-                len = handle_chain(chain, scratch);
-            }
-            q.vq.push(chain.head, len);
-            if (q.vq.need_notify() && q.call) {
-                uint64_t one = 1;
-                (void)!::write(q.call.get(), &one, sizeof one);
+            if (p[0].revents & POLLIN) {
+                uint64_t v;
+                q.in_fd_io.store(true, std::memory_order_seq_cst);
+                if (!q.stop_requested.load(std::memory_order_seq_cst)) (void)!::read(q.kick.get(), &v, sizeof v);
+                q.in_fd_io.store(false, std::memory_order_release);
             }
         }
+        first = false;
+        serve_ring(q, i, chain, scratch);
     }
+    std::lock_guard lk(q.exit_mu);
+    q.exited = true;
+    q.exit_cv.notify_all();
 }
 
 void VhostUserBackend::start_queue_if_ready(unsigned i) {
@@ -303,11 +414,10 @@ void VhostUserBackend::start_queue_if_ready(unsigned i) {
     if (q.running || !q.kick) return;
     bool needs_enable = features_ & kProtocolFeaturesBit;
     if (needs_enable && !q.enabled) return;
-    {
-        std::unique_lock lk(mem_mu_);
-        if (!map_ring(q)) return;
-        q.vq.set_base(q.base);
-    }
+    if (!map_ring(q, i)) return;
+    q.vq.set_base(q.base);
+    q.stop_requested = false;
+    q.exited = false;
     q.running = true;
     q.thread = std::thread([this, i] { queue_loop(i); });
     spdlog::debug("vhost-user: queue {} started (size {}, base {})", i, q.num, q.base);
@@ -316,8 +426,27 @@ void VhostUserBackend::start_queue_if_ready(unsigned i) {
 void VhostUserBackend::stop_queue(unsigned i) {
     Queue& q = *queues_[i];
     if (!q.running) return;
+    q.stop_requested.store(true, std::memory_order_seq_cst);
     uint64_t one = 1;
     (void)!::write(q.stop.get(), &one, sizeof one);
+    // The thread stops between two chains. One blocked in a read or write
+    // of the front end's fds, or for more than a second in a request, is
+    // interrupted until it is out (the request fails with EINTR).
+    auto start = std::chrono::steady_clock::now();
+    bool warned = false;
+    {
+        std::unique_lock lk(q.exit_mu);
+        while (!q.exited) {
+            bool slow = std::chrono::steady_clock::now() - start > std::chrono::seconds(1);
+            if (slow && !warned) {
+                spdlog::warn("vhost-user: queue {} did not stop within a second; interrupting its request", i);
+                warned = true;
+            }
+            if (slow || q.in_fd_io.load(std::memory_order_seq_cst))
+                pthread_kill(q.thread.native_handle(), kWakeSignal);
+            q.exit_cv.wait_for(lk, std::chrono::milliseconds(10));
+        }
+    }
     q.thread.join();
     uint64_t v;
     (void)!::read(q.stop.get(), &v, sizeof v);  // reset the counter (eventfd)
@@ -329,8 +458,53 @@ void VhostUserBackend::stop_all() {
     for (unsigned i = 0; i < queues_.size(); ++i) stop_queue(i);
 }
 
-int VhostUserBackend::handle_message(int sock, uint32_t request, uint32_t flags,
-                                     const std::byte* payload, uint32_t size,
+int VhostUserBackend::set_mem_table(const std::byte* payload, uint32_t size, std::vector<UniqueFd>& fds) {
+    if (size < 8) return -EINVAL;
+    uint32_t n;
+    std::memcpy(&n, payload, sizeof n);
+    if (n > kMaxRegions || size < 8 + n * sizeof(MemRegionMsg) || fds.size() != n) {
+        if (log_refusal())
+            spdlog::error("vhost-user: SET_MEM_TABLE of {} regions ({} bytes, {} fds) refused: at most {} "
+                          "regions, each with its fd", n, size, fds.size(), kMaxRegions);
+        return -EINVAL;
+    }
+    // The whole new table is checked and mapped before anything changes: a
+    // refused table leaves the old one, and the queues, as they were.
+    GuestMemory mem;
+    for (uint32_t r = 0; r < n; ++r) {
+        MemRegionMsg m;
+        std::memcpy(&m, payload + 8 + r * sizeof m, sizeof m);
+        const char* why = "";
+        if (int e = mem.map_region(m.guest_phys_addr, m.memory_size, m.userspace_addr, fds[r].get(),
+                                   m.mmap_offset, &why);
+            e < 0) {
+            if (log_refusal())
+                spdlog::error("vhost-user: memory region {} (gpa {:#x}, size {:#x}, uaddr {:#x}, offset {:#x}) "
+                              "refused: {} ({}); the memory table is unchanged",
+                              r, m.guest_phys_addr, m.memory_size, m.userspace_addr, m.mmap_offset, why,
+                              std::strerror(-e));
+            return e;
+        }
+    }
+    // No queue thread may use the old mapping once it is gone: all stop,
+    // the table changes, and each restarts with its rings translated again
+    // (the stop is between chains, so nothing is in flight).
+    std::vector<bool> was_running;
+    for (unsigned i = 0; i < queues_.size(); ++i) {
+        was_running.push_back(queues_[i]->running);
+        stop_queue(i);
+    }
+    memory_ = std::move(mem);
+    for (unsigned i = 0; i < queues_.size(); ++i) {
+        start_queue_if_ready(i);
+        if (was_running[i] && !queues_[i]->running)
+            if (log_refusal())
+                spdlog::error("vhost-user: queue {} stopped: the new memory table does not hold its rings", i);
+    }
+    return 0;
+}
+
+int VhostUserBackend::handle_message(uint32_t request, const std::byte* payload, uint32_t size,
                                      std::vector<UniqueFd>& fds, std::vector<std::byte>& reply) {
     auto u64 = [&](uint64_t& v) {
         if (size < sizeof v) return false;
@@ -346,15 +520,26 @@ int VhostUserBackend::handle_message(int sock, uint32_t request, uint32_t flags,
         std::memcpy(&s, payload, sizeof s);
         return s.index < queues_.size();
     };
-    (void)sock;
-    (void)flags;
+    // A change to a queue's ring: stop it, change, and start it if it is
+    // ready (whatever order the front end configures it in).
+    auto restart = [&](unsigned i, auto&& change) {
+        stop_queue(i);
+        change(*queues_[i]);
+        start_queue_if_ready(i);
+    };
     switch (request) {
         case GET_FEATURES:
-            put64(kVersion1 | kIndirectDesc | kEventIdx | kProtocolFeaturesBit);
+            put64(kOfferedFeatures);
             return 0;
         case SET_FEATURES: {
             uint64_t f;
             if (!u64(f)) return -EINVAL;
+            if (f & ~kOfferedFeatures) {
+                if (log_refusal())
+                    spdlog::error("vhost-user: SET_FEATURES {:#x} has bits that were not offered ({:#x})", f,
+                                  kOfferedFeatures);
+                return -EINVAL;
+            }
             features_ = f;
             // Without protocol features, rings are enabled as soon as they start.
             if (!(f & kProtocolFeaturesBit))
@@ -362,12 +547,12 @@ int VhostUserBackend::handle_message(int sock, uint32_t request, uint32_t flags,
             return 0;
         }
         case GET_PROTOCOL_FEATURES:
-            put64(kProtoMq | kProtoReplyAck);
+            put64(kOfferedProtocol);
             return 0;
         case SET_PROTOCOL_FEATURES: {
             uint64_t f;
             if (!u64(f)) return -EINVAL;
-            protocol_features_ = f;
+            protocol_features_ = f & kOfferedProtocol;
             return 0;
         }
         case GET_QUEUE_NUM:
@@ -378,38 +563,20 @@ int VhostUserBackend::handle_message(int sock, uint32_t request, uint32_t flags,
         case RESET_OWNER:
             stop_all();
             return 0;
-        case SET_MEM_TABLE: {
-            if (size < 8) return -EINVAL;
-            uint32_t n;
-            std::memcpy(&n, payload, sizeof n);
-            if (n > kMaxRegions || size < 8 + n * sizeof(MemRegionMsg) || fds.size() != n)
-                return -EINVAL;
-            GuestMemory mem;
-            for (uint32_t r = 0; r < n; ++r) {
-                MemRegionMsg m;
-                std::memcpy(&m, payload + 8 + r * sizeof m, sizeof m);
-                if (int e = mem.map_region(m.guest_phys_addr, m.memory_size, m.userspace_addr,
-                                           fds[r].get(), m.mmap_offset);
-                    e < 0) {
-                    spdlog::error("vhost-user: cannot map guest memory region {}: {}", r,
-                                  std::strerror(-e));
-                    return e;
-                }
-            }
-            std::unique_lock lk(mem_mu_);
-            memory_ = std::move(mem);
-            for (auto& q : queues_)
-                if (q->running) map_ring(*q);
-            return 0;
-        }
+        case SET_MEM_TABLE:
+            return set_mem_table(payload, size, fds);
         case SET_LOG_BASE:
         case SET_LOG_FD:
             return 0;  // no dirty-page logging (migration is not supported)
         case SET_VRING_NUM: {
             VringState s;
-            if (!state(s) || s.num == 0 || s.num > kMaxQueueSize || (s.num & (s.num - 1)))
+            if (!state(s) || s.num == 0 || s.num > kMaxQueueSize || (s.num & (s.num - 1))) {
+                if (log_refusal())
+                    spdlog::error("vhost-user: SET_VRING_NUM refused: the size must be a power of two up to {}",
+                                  kMaxQueueSize);
                 return -EINVAL;
-            queues_[s.index]->num = static_cast<uint16_t>(s.num);
+            }
+            restart(s.index, [&](Queue& q) { q.num = static_cast<uint16_t>(s.num); });
             return 0;
         }
         case SET_VRING_ADDR: {
@@ -417,19 +584,38 @@ int VhostUserBackend::handle_message(int sock, uint32_t request, uint32_t flags,
             if (size < sizeof a) return -EINVAL;
             std::memcpy(&a, payload, sizeof a);
             if (a.index >= queues_.size()) return -EINVAL;
-            Queue& q = *queues_[a.index];
-            q.addr = a;
-            q.addr_set = true;
-            if (q.running) {
-                std::unique_lock lk(mem_mu_);
-                map_ring(q);
+            if (a.desc_user_addr % 16 || a.avail_user_addr % 2 || a.used_user_addr % 4) {
+                if (log_refusal())
+                    spdlog::error("vhost-user: SET_VRING_ADDR refused: misaligned rings (desc {:#x}, avail {:#x}, "
+                                  "used {:#x})", a.desc_user_addr, a.avail_user_addr, a.used_user_addr);
+                return -EINVAL;
             }
+            Queue& q = *queues_[a.index];
+            // With a table and a size known, rings outside memory are refused
+            // now (they would only stop the queue later).
+            if (!memory_.empty() && q.num) {
+                size_t n = q.num;
+                if (!memory_.uaddr_to_host(a.desc_user_addr, 16 * n) ||
+                    !memory_.uaddr_to_host(a.avail_user_addr, 6 + 2 * n) ||
+                    !memory_.uaddr_to_host(a.used_user_addr, 6 + 8 * n)) {
+                    if (log_refusal())
+                        spdlog::error("vhost-user: SET_VRING_ADDR refused: queue {}'s rings are outside "
+                                      "guest memory", a.index);
+                    return -EINVAL;
+                }
+            }
+            restart(a.index, [&](Queue& qq) {
+                qq.addr = a;
+                qq.addr_set = true;
+            });
             return 0;
         }
         case SET_VRING_BASE: {
             VringState s;
-            if (!state(s)) return -EINVAL;
-            queues_[s.index]->base = static_cast<uint16_t>(s.num);
+            // Split rings: a 16-bit free-running index (any value; it is
+            // taken modulo the size).
+            if (!state(s) || s.num > 0xffff) return -EINVAL;
+            restart(s.index, [&](Queue& q) { q.base = static_cast<uint16_t>(s.num); });
             return 0;
         }
         case GET_VRING_BASE: {
@@ -452,14 +638,26 @@ int VhostUserBackend::handle_message(int sock, uint32_t request, uint32_t flags,
             bool nofd = v & 0x100;
             if (idx >= queues_.size()) return -EINVAL;
             if (!nofd && fds.size() != 1) return -EINVAL;
-            Queue& q = *queues_[idx];
             UniqueFd fd = nofd ? UniqueFd() : std::move(fds[0]);
+            if (fd) {
+                if (!is_eventfd(fd.get())) {
+                    if (log_refusal())
+                        spdlog::error("vhost-user: request {} refused: queue {}'s fd is not an eventfd",
+                                      request, idx);
+                    return -EINVAL;
+                }
+                // Our reads and writes must not wait (the thread stopping
+                // does not depend on it: see stop_queue).
+                int fl = ::fcntl(fd.get(), F_GETFL);
+                if (fl >= 0) ::fcntl(fd.get(), F_SETFL, fl | O_NONBLOCK);
+            }
+            Queue& q = *queues_[idx];
             if (request == SET_VRING_KICK) {
                 stop_queue(idx);
                 q.kick = std::move(fd);
                 start_queue_if_ready(idx);
             } else if (request == SET_VRING_CALL) {
-                // The queue thread reads call; swap it while the thread is stopped.
+                // The queue thread writes call; swap it while the thread is stopped.
                 bool was = q.running;
                 stop_queue(idx);
                 q.call = std::move(fd);
@@ -490,7 +688,6 @@ int VhostUserBackend::handle_message(int sock, uint32_t request, uint32_t flags,
             return 0;
         }
         default:
-            spdlog::warn("vhost-user: unsupported request {}", request);
             return -ENOSYS;
     }
 }
@@ -514,20 +711,41 @@ int VhostUserBackend::serve(int sock) {
             spdlog::error("vhost-user: receiving a message: {}", std::strerror(e));
             return -e;
         }
-        if (static_cast<size_t>(n) < sizeof h || truncated) {
-            spdlog::error("vhost-user: truncated message header");
+        if (static_cast<size_t>(n) < sizeof h) {
+            spdlog::error("vhost-user: the front end disconnected in the middle of a message header");
             stop_all();
             return -EPROTO;
         }
-        if (h.size > kMaxPayload || !read_full(sock, payload.data(), h.size)) {
-            spdlog::error("vhost-user: bad message size {}", h.size);
+        // Past this size we cannot tell where the next message starts.
+        if (h.size > kMaxPayload) {
+            spdlog::error("vhost-user: message {} claims a payload of {} bytes (at most {}); the connection "
+                          "cannot be resynchronised", h.request, h.size, kMaxPayload);
+            stop_all();
+            return -EPROTO;
+        }
+        if (!read_full(sock, payload.data(), h.size)) {
+            spdlog::error("vhost-user: the front end disconnected in the middle of message {} ({} bytes "
+                          "announced)", h.request, h.size);
             stop_all();
             return -EPROTO;
         }
         reply.clear();
-        int rc = handle_message(sock, h.request, h.flags, payload.data(), h.size, fds, reply);
-        if (rc < 0)
-            spdlog::warn("vhost-user: request {} failed: {}", h.request, std::strerror(-rc));
+        int rc;
+        if (truncated) {
+            // The kernel closed what did not fit; the message is refused,
+            // the connection goes on.
+            if (log_refusal())
+                spdlog::error("vhost-user: message {} came with more than {} fds; refused", h.request, kMaxFds);
+            rc = -EINVAL;
+        } else {
+            rc = handle_message(h.request, payload.data(), h.size, fds, reply);
+        }
+        if (rc < 0) {
+            uint64_t k = stats_.refused_messages.fetch_add(1, std::memory_order_relaxed) + 1;
+            if (worth_logging(k))
+                spdlog::warn("vhost-user: request {} failed: {} ({} refused so far)", h.request,
+                             rc == -ENOSYS ? "not supported" : std::strerror(-rc), k);
+        }
         bool ack = (protocol_features_ & kProtoReplyAck) && (h.flags & kNeedReply);
         if (reply.empty() && ack) {
             uint64_t status = rc < 0 ? 1 : 0;

@@ -9,7 +9,6 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <shared_mutex>
 #include <thread>
 #include <vector>
 
@@ -33,6 +32,10 @@ struct VhostUserStats {
     // second after the last one (a lost interrupt would otherwise stall that
     // queue for good; see queue_loop).
     std::atomic<uint64_t> renotified{0};
+    // Requests larger than the server's request buffer (dropped).
+    std::atomic<uint64_t> oversized{0};
+    // Front-end messages refused (bad size, fds, values, unknown request).
+    std::atomic<uint64_t> refused_messages{0};
 };
 
 class VhostUserBackend {
@@ -54,21 +57,30 @@ public:
 
 private:
     struct Queue;
-    int handle_message(int sock, uint32_t request, uint32_t flags, const std::byte* payload,
-                       uint32_t size, std::vector<UniqueFd>& fds, std::vector<std::byte>& reply);
+    int handle_message(uint32_t request, const std::byte* payload, uint32_t size,
+                       std::vector<UniqueFd>& fds, std::vector<std::byte>& reply);
+    int set_mem_table(const std::byte* payload, uint32_t size, std::vector<UniqueFd>& fds);
     void start_queue_if_ready(unsigned i);
     void stop_queue(unsigned i);
     void stop_all();
-    bool map_ring(Queue& q);
+    bool map_ring(Queue& q, unsigned i);
     void queue_loop(unsigned i);
+    void serve_ring(Queue& q, unsigned i, DescChain& chain, std::vector<std::byte>& scratch);
+    void notify(Queue& q);
+    bool log_refusal() const;
 
+    // Threads and memory: a queue's thread is the only one that touches
+    // its ring and the guest memory its chains point into, and it runs only
+    // while that memory is mapped. Everything that changes the memory table
+    // or a ring (SET_MEM_TABLE, SET_VRING_*) stops the queue first, so no
+    // thread ever holds a pointer into a mapping that is gone; a queue
+    // whose rings no longer translate stays stopped, with an error logged.
     fuse::Server& server_;
     VhostUserOptions opts_;
     unsigned spin_us_ = 0;
     VhostUserStats stats_;
     uint64_t features_ = 0;
     uint64_t protocol_features_ = 0;
-    std::shared_mutex mem_mu_;  // queue threads share it; SET_MEM_TABLE excludes them
     GuestMemory memory_;
     std::vector<std::unique_ptr<Queue>> queues_;
 };

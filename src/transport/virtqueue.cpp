@@ -57,18 +57,20 @@ Virtqueue::Pop Virtqueue::pop(const GuestMemory& mem, DescChain& out, const char
 
 Virtqueue::Pop Virtqueue::walk(const GuestMemory& mem, uint16_t head, DescChain& out,
                                const char** why) {
+    // A chain has at most queue-size descriptors, an indirect table at most
+    // queue-size entries (virtio 1.x, 2.7.5.3.1), so the walk, and the
+    // iovecs it keeps, are bounded by the queue size whatever lengths the
+    // guest writes: a loop ends the walk after num steps. (Bounding by the
+    // table's byte length let one 256 MiB indirect descriptor whose entries
+    // looped 0 -> 1 -> 0 grow the process by 256 MiB of iovecs.)
     const vring_desc* table = desc_;
     uint32_t table_len = num_;
     uint16_t i = head;
-    uint32_t seen = 0;
+    uint32_t buffers = 0;
     bool in_indirect = false;
     for (;;) {
         if (i >= table_len) {
             *why = "descriptor index out of range";
-            return Pop::Bad;
-        }
-        if (++seen > table_len) {
-            *why = "descriptor chain loops";
             return Pop::Bad;
         }
         vring_desc d;
@@ -86,6 +88,10 @@ Virtqueue::Pop Virtqueue::walk(const GuestMemory& mem, uint16_t head, DescChain&
                 *why = "malformed indirect descriptor";
                 return Pop::Bad;
             }
+            if (d.len / sizeof(vring_desc) > num_) {
+                *why = "indirect table longer than the queue";
+                return Pop::Bad;
+            }
             auto* t = reinterpret_cast<const vring_desc*>(mem.gpa_to_host(d.addr, d.len));
             if (!t) {
                 *why = "indirect table outside guest memory";
@@ -94,9 +100,12 @@ Virtqueue::Pop Virtqueue::walk(const GuestMemory& mem, uint16_t head, DescChain&
             table = t;
             table_len = d.len / sizeof(vring_desc);
             in_indirect = true;
-            seen = 0;
             i = 0;
             continue;
+        }
+        if (++buffers > num_) {
+            *why = "descriptor chain longer than the queue (a loop?)";
+            return Pop::Bad;
         }
         if (d.len) {
             std::byte* p = mem.gpa_to_host(d.addr, d.len);
@@ -123,7 +132,7 @@ Virtqueue::Pop Virtqueue::walk(const GuestMemory& mem, uint16_t head, DescChain&
 }
 
 void Virtqueue::push(uint16_t head, uint32_t len) {
-    if (!configured()) return;
+    if (!configured() || head >= num_) return;
     auto* e = &used_->ring[used_idx_ % num_];
     store(&e->id, static_cast<uint32_t>(head));
     store(&e->len, len);

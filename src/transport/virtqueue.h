@@ -45,8 +45,13 @@ inline bool vring_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old)
 }
 
 // A popped chain: guest memory to read the request from, then to write the
-// reply into.
+// reply into. A chain holds at most queue-size buffers in all: reserve()
+// once per queue and pop() never allocates.
 struct DescChain {
+    void reserve(uint16_t num) {
+        readable.reserve(num);
+        writable.reserve(num);
+    }
     uint16_t head = 0;
     std::vector<struct iovec> readable;
     std::vector<struct iovec> writable;

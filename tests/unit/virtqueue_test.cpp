@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 #include <linux/fuse.h>
 
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <vector>
 
@@ -109,6 +113,22 @@ TEST(Virtqueue, MalformedChainsAreRejected) {
              ind[0] = {g.gpa(0x9100), 16, VRING_DESC_F_INDIRECT, 0};
              g.set(0, g.gpa(0x9000), 16, VRING_DESC_F_INDIRECT);
          }},
+        {"indirect table longer than the queue (a loop in 256 MiB of table)",
+         [](FakeGuest& g) {
+             auto* ind = reinterpret_cast<vring_desc*>(g.host(0x9000));
+             ind[0] = {g.gpa(0xA000), 8, VRING_DESC_F_NEXT, 1};
+             ind[1] = {g.gpa(0xA000), 8, VRING_DESC_F_NEXT, 0};
+             g.set(0, g.gpa(0x9000), 16 * (FakeGuest::kNum + 1), VRING_DESC_F_INDIRECT);
+         }},
+        {"direct chain with an indirect table: more buffers than the queue",
+         [](FakeGuest& g) {
+             auto* ind = reinterpret_cast<vring_desc*>(g.host(0x9000));
+             for (uint16_t i = 0; i < FakeGuest::kNum; ++i)
+                 ind[i] = {g.gpa(0xA000), 8, static_cast<uint16_t>(i + 1 < FakeGuest::kNum ? VRING_DESC_F_NEXT : 0),
+                           static_cast<uint16_t>(i + 1)};
+             g.set(0, g.gpa(0x8000), 8, VRING_DESC_F_NEXT, 1);
+             g.set(1, g.gpa(0x9000), 16 * FakeGuest::kNum, VRING_DESC_F_INDIRECT);
+         }},
         {"loop inside an indirect table",
          [](FakeGuest& g) {
              auto* ind = reinterpret_cast<vring_desc*>(g.host(0x9000));
@@ -195,4 +215,66 @@ TEST(Virtqueue, FuseRequestThroughAChainRepliesIntoGuestBuffers) {
     std::memcpy(g.host(0x8000), &ih, sizeof ih);
     std::memcpy(g.host(0x8000 + sizeof ih), ".", 2);
     EXPECT_EQ(backend.handle_chain(c, scratch), 0u) << "no room for a reply: nothing written";
+}
+
+// A memory table is checked against its file: no region past the file's
+// end (SIGBUS on first touch), no sum that wraps (a host pointer anywhere),
+// no fd that is not a regular file.
+TEST(GuestMemory, RegionsAreCheckedAgainstTheirFile) {
+    UniqueFd fd(::memfd_create("guest", MFD_CLOEXEC));
+    ASSERT_TRUE(fd);
+    ASSERT_EQ(::ftruncate(fd.get(), 1 << 20), 0);
+    struct Case {
+        const char* name;
+        uint64_t gpa, size, uaddr, offset;
+        bool ok;
+    } cases[] = {
+        {"the whole file", 0x1000, 1 << 20, 0x7f0000000000, 0, true},
+        {"a part at an unaligned offset", 0x1000, 4096, 0x7f0000000000, 100, true},
+        {"larger than the file", 0x1000, 2 << 20, 0x7f0000000000, 0, false},
+        {"offset + size past the end", 0x1000, 1 << 20, 0x7f0000000000, 4096, false},
+        {"offset + size wraps", 0x1000, 1 << 20, 0x7f0000000000, ~0ull - 4095, false},
+        {"gpa + size wraps", ~0ull - 4095, 8192, 0x7f0000000000, 0, false},
+        {"uaddr + size wraps", 0x1000, 8192, ~0ull - 4095, 0, false},
+        {"empty", 0x1000, 0, 0x7f0000000000, 0, false},
+    };
+    for (const auto& c : cases) {
+        GuestMemory m;
+        int rc = m.map_region(c.gpa, c.size, c.uaddr, fd.get(), c.offset);
+        EXPECT_EQ(rc == 0, c.ok) << c.name;
+        if (rc == 0) {
+            // The region starts at the file's offset: what we write through
+            // the mapping is at that offset in the file.
+            std::byte* p = m.gpa_to_host(c.gpa, 1);
+            ASSERT_NE(p, nullptr) << c.name;
+            *p = std::byte{0x5a};
+            unsigned char b = 0;
+            ASSERT_EQ(::pread(fd.get(), &b, 1, static_cast<off_t>(c.offset)), 1);
+            EXPECT_EQ(b, 0x5a) << c.name;
+            EXPECT_EQ(m.gpa_to_host(c.gpa + c.size - 1, 2), nullptr) << c.name << ": past the end";
+            EXPECT_EQ(m.gpa_to_host(c.gpa - 1, 2), nullptr) << c.name << ": before the start";
+        } else {
+            EXPECT_TRUE(m.empty()) << c.name;
+        }
+    }
+    int sv[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    UniqueFd a(sv[0]), b(sv[1]);
+    GuestMemory m;
+    EXPECT_LT(m.map_region(0x1000, 4096, 0x7f0000000000, a.get(), 0), 0) << "a socket as guest memory";
+}
+
+// The file shrunk after its region was checked: a touch past the new end
+// reads zeros instead of killing the process with SIGBUS.
+TEST(GuestMemory, AFileShrunkAfterTheCheckDoesNotKill) {
+    UniqueFd fd(::memfd_create("guest", MFD_CLOEXEC));
+    ASSERT_TRUE(fd);
+    ASSERT_EQ(::ftruncate(fd.get(), 1 << 20), 0);
+    GuestMemory m;
+    ASSERT_EQ(m.map_region(0x1000, 1 << 20, 0x7f0000000000, fd.get(), 0), 0);
+    ASSERT_EQ(::ftruncate(fd.get(), 4096), 0);
+    volatile std::byte* p = m.gpa_to_host(0x1000 + 65536, 16);
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(static_cast<int>(p[0]), 0);
+    p[1] = std::byte{1};
 }
