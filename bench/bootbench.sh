@@ -7,8 +7,9 @@
 #             initramfs (gzip) that loads the virtio-fs modules, mounts the
 #             share and runs its `true`, then powers off.
 # Interleaved, REPS repetitions each (default 10); prints each median and
-# the ratio ocivm/baseline.
-#   bench/bootbench.sh [OCIVM] [DEMO_IMAGE]
+# the ratio ocivm/baseline. With PREVIOUS=OTHER_OCIVM (e.g. the previous
+# commit's build), that one runs interleaved too, with its own ratio.
+#   [PREVIOUS=OCIVM] bench/bootbench.sh [OCIVM] [DEMO_IMAGE]
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
@@ -80,9 +81,11 @@ baseline() {
   grep -q "BASELINE-EXIT: 0" "$log" || fail "the baseline VM did not run true: $(cat "$log" "$WORK/qemu.err" "$WORK/virtiofsd.log" | tail -n 8)"
   echo "$t1 - $t0" | bc
 }
+PREVIOUS=${PREVIOUS:-}
 ocivm() {
+  local bin=${1:-$OCIVM}
   local t0; t0=$(now)
-  "$OCIVM" run --rm "$DEMO" -- true 2> "$WORK/ocivm.err" || fail "ocivm run failed: $(cat "$WORK/ocivm.err")"
+  "$bin" run --rm "$DEMO" -- true 2> "$WORK/ocivm.err" || fail "ocivm run ($bin) failed: $(cat "$WORK/ocivm.err")"
   local t1; t1=$(now)
   echo "$t1 - $t0" | bc
 }
@@ -93,10 +96,12 @@ ocivm > /dev/null
 ACCEL=(-accel kvm -cpu host)
 grep -q "KVM is not usable" "$WORK/ocivm.err" && ACCEL=(-accel tcg)
 baseline > /dev/null
-: > "$WORK/b.times"; : > "$WORK/o.times"
+[ -n "$PREVIOUS" ] && ocivm "$PREVIOUS" > /dev/null
+: > "$WORK/b.times"; : > "$WORK/o.times"; : > "$WORK/p.times"
 for i in $(seq "$REPS"); do
   baseline >> "$WORK/b.times"
   ocivm >> "$WORK/o.times"
+  [ -n "$PREVIOUS" ] && ocivm "$PREVIOUS" >> "$WORK/p.times"
 done
 B=$(median < "$WORK/b.times"); O=$(median < "$WORK/o.times")
 accel=${ACCEL[1]}
@@ -105,5 +110,11 @@ printf "%-54s %10s\n" "setup" "median s"
 printf "%-54s %10.2f\n" "baseline: C virtiofsd cache=auto, q35, bzImage, busybox" "$B"
 printf "%-54s %10.2f\n" "ocivm run --rm demo -- true" "$O"
 printf "%-54s %10.2f\n" "ratio ocivm / baseline (target <= 0.6)" "$(echo "scale=4; $O / $B" | bc)"
+if [ -n "$PREVIOUS" ]; then
+  P=$(median < "$WORK/p.times")
+  printf "%-54s %10.2f\n" "previous build: $PREVIOUS" "$P"
+  printf "%-54s %10.2f\n" "ratio this build / previous build" "$(echo "scale=4; $O / $P" | bc)"
+  echo "all previous: $(tr '\n' ' ' < "$WORK/p.times")"
+fi
 echo "all baseline: $(tr '\n' ' ' < "$WORK/b.times")"
 echo "all ocivm:    $(tr '\n' ' ' < "$WORK/o.times")"

@@ -4,6 +4,8 @@
 //
 //   fsbench --ocivm build/ocivm [--files 10000] [--tree 7000] [--big-mib 1024]
 //           [--reps 3] [--modes never,metadata,auto,always] [--dir /var/tmp]
+//           [--baseline OTHER_OCIVM]   (e.g. the previous commit's build: base-MODE
+//                                       columns and a ratio table against it)
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -41,6 +43,7 @@ struct Args {
     bool bindfs = true;
     std::string threads;  // --threads for ocivm mount, when given
     std::string spin;     // --spin-us for ocivm mount, when given
+    std::string baseline; // another ocivm (the previous commit's), measured alongside
 } g;
 
 [[noreturn]] void die(const std::string& m) {
@@ -100,8 +103,9 @@ struct Target {
         if (name == "bindfs") {
             if (wait_for(spawn({"bindfs", src, mnt})) != 0) die("bindfs failed to mount");
         } else {
-            std::string mode = name.substr(std::strlen("ocivm-"));
-            std::vector<std::string> cmd = {g.ocivm, "mount", src, mnt, "--cache", mode};
+            bool base = name.rfind("base-", 0) == 0;
+            std::string mode = name.substr(name.find('-') + 1);
+            std::vector<std::string> cmd = {base ? g.baseline : g.ocivm, "mount", src, mnt, "--cache", mode};
             if (!g.threads.empty()) cmd.insert(cmd.end(), {"--threads", g.threads});
             if (!g.spin.empty()) cmd.insert(cmd.end(), {"--spin-us", g.spin});
             server = spawn(cmd);
@@ -235,6 +239,7 @@ int main(int argc, char** argv) {
         else if (a == "--no-bindfs") g.bindfs = false;
         else if (a == "--threads") g.threads = next();
         else if (a == "--spin-us") g.spin = next();
+        else if (a == "--baseline") g.baseline = next();
         else if (a == "--modes") {
             g.modes.clear();
             std::stringstream ss(next());
@@ -243,7 +248,7 @@ int main(int argc, char** argv) {
         } else {
             die("unknown option " + a +
                 "; usage: fsbench --ocivm PATH [--files N] [--tree N] [--big-mib N] [--reps N] "
-                "[--modes LIST] [--dir DIR] [--no-bindfs] [--threads N] [--spin-us N]");
+                "[--modes LIST] [--dir DIR] [--no-bindfs] [--threads N] [--spin-us N] [--baseline OTHER_OCIVM]");
         }
     }
     if (g.ocivm.empty()) die("--ocivm PATH is required");
@@ -256,6 +261,8 @@ int main(int argc, char** argv) {
     std::vector<std::string> names = {"native"};
     if (g.bindfs) names.push_back("bindfs");
     for (auto& m : g.modes) names.push_back("ocivm-" + m);
+    if (!g.baseline.empty())
+        for (auto& m : g.modes) names.push_back("base-" + m);
     for (auto& n : names) {
         Target t{n, base + "/" + n + "-src", base + "/" + n + "-mnt"};
         stdfs::create_directories(t.src);
@@ -308,6 +315,23 @@ int main(int argc, char** argv) {
                 if (t.name.rfind("ocivm-", 0) != 0) continue;
                 double o = median(results[t.name][row]), p = median(results[peer][row]);
                 std::printf(" %.2f |", rate ? p / o : o / p);
+            }
+            std::printf("\n");
+        }
+    }
+    if (!g.baseline.empty()) {
+        std::printf("\nratio ocivm time / baseline time, same mode (%s; below 1.0: this build faster)\n\n| workload |",
+                    g.baseline.c_str());
+        for (auto& m : g.modes) std::printf(" %s |", m.c_str());
+        std::printf("\n|---|");
+        for (size_t i = 0; i < g.modes.size(); ++i) std::printf("---|");
+        std::printf("\n");
+        for (auto& row : rows) {
+            bool rate = row.find("MB/s") != std::string::npos;
+            std::printf("| %s |", row.c_str());
+            for (auto& m : g.modes) {
+                double o = median(results["ocivm-" + m][row]), b = median(results["base-" + m][row]);
+                std::printf(" %.2f |", rate ? b / o : o / b);
             }
             std::printf("\n");
         }

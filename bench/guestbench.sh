@@ -3,7 +3,9 @@
 # `ocivm fsd` and through Debian's C virtiofsd, in cache modes never, auto
 # and always, same kernel and initramfs, interleaved in one run. Prints wall
 # time per phase (from the guest's /proc/uptime), requests served, ratios.
-#   bench/guestbench.sh [OCIVM] [--modes "never auto always"]
+# With PREVIOUS=OTHER_OCIVM (e.g. the previous commit's build) that fsd runs
+# interleaved too, and a table compares this build with it.
+#   [PREVIOUS=OCIVM] bench/guestbench.sh [OCIVM] [--modes "never auto always"]
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 OCIVM=${1:-$HERE/../build/ocivm}
@@ -52,8 +54,9 @@ run() {
   local server=$1 mode=$2 dir=$WORK/$1-$2 pid
   mkdir -p "$dir"
   local sock=$dir/fs.sock
-  if [ "$server" = ocivm ] || [ "$server" = ocivm-trace ]; then
-    "$OCIVM" fsd --socket-path "$sock" --shared-dir "$SHARE" --cache "$mode" --log-level info \
+  if [ "$server" = ocivm ] || [ "$server" = ocivm-trace ] || [ "$server" = previous ]; then
+    local bin=$OCIVM; [ "$server" = previous ] && bin=$PREVIOUS
+    "$bin" fsd --socket-path "$sock" --shared-dir "$SHARE" --cache "$mode" --log-level info \
       ${TRACE:+--trace "$dir/trace.jsonl"} > "$dir/fsd.log" 2>&1 &
   else
     local m=$mode; [ "$m" = never ] && m=none
@@ -75,7 +78,7 @@ run() {
     v=$(tr -d '\r' < "$dir/console.log" | awk -v p="$p" '$1=="PHASE" && $2==p {printf "%.2f", $4-$3}')
     T[$server,$mode,$p]=${v:-nan}
   done
-  if [ "$server" != "${server#ocivm}" ]; then
+  if [ "$server" != "${server#ocivm}" ] || [ "$server" = previous ]; then
     REQ[$server,$mode]=$(sed -n 's/.*served \([0-9]*\) requests.*/\1/p' "$dir/fsd.log" | tail -1)
   else
     REQ[$server,$mode]=$(grep -c "opcode:" "$dir/fsd.log")
@@ -84,7 +87,8 @@ run() {
 }
 
 echo "guestbench: $(nproc) cores, kernel $KREL under TCG, $(find "$SHARE/tree" | wc -l) entries, $(date -u +%F)"
-SERVERS=${SERVERS:-ocivm virtiofsd}
+PREVIOUS=${PREVIOUS:-}
+SERVERS=${SERVERS:-ocivm ${PREVIOUS:+previous} virtiofsd}
 for mode in $MODES; do
   for server in $SERVERS; do run "$server" "$mode"; done
 done
@@ -115,3 +119,22 @@ done
 printf '| requests |'
 for mode in $MODES; do printf ' %s | %s | %s |' "${REQ[ocivm,$mode]}" "${REQ[virtiofsd-count,$mode]}" "$(echo "scale=2; ${REQ[ocivm,$mode]} / ${REQ[virtiofsd-count,$mode]}" | bc 2>/dev/null)"; done
 printf '\n\nratio = ocivm / virtiofsd (below 1.0: ocivm faster or fewer requests)\n'
+
+if [ -n "$PREVIOUS" ]; then
+  printf '\nthis build against the previous one (%s), same run\n\n| phase |' "$PREVIOUS"
+  for mode in $MODES; do printf ' ocivm %s | previous %s | ratio |' "$mode" "$mode"; done; printf '\n|---|'
+  for mode in $MODES; do printf -- '---|---|---|'; done; printf '\n'
+  for p in $PHASES total; do
+    printf '| %s |' "$p"
+    for mode in $MODES; do
+      if [ "$p" = total ]; then
+        o=0; v=0
+        for q in $PHASES; do o=$(echo "$o + ${T[ocivm,$mode,$q]}" | bc); v=$(echo "$v + ${T[previous,$mode,$q]}" | bc); done
+      else
+        o=${T[ocivm,$mode,$p]}; v=${T[previous,$mode,$p]}
+      fi
+      printf ' %s s | %s s | %s |' "$o" "$v" "$(echo "scale=2; $o / $v" | bc 2>/dev/null)"
+    done
+    printf '\n'
+  done
+fi
