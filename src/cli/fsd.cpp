@@ -30,6 +30,7 @@
 #include "sandbox/sandbox.h"
 #include "util/error.h"
 #include "util/io.h"
+#include "util/process.h"
 #include "util/log.h"
 
 namespace ocivm::cli {
@@ -172,13 +173,19 @@ void serve_control(int fd, const trace::Recorder& recorder, const transport::Vho
             ::clock_gettime(CLOCK_MONOTONIC, &ts);
             uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
             const auto& det = recorder.detector();
+            // Paths and names in the summary are the guest's: no control
+            // character (a newline above all) reaches the supervisor's
+            // parser or its terminal.
+            auto clean = [](std::string s) {
+                for (char& c : s)
+                    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+                return s;
+            };
             std::string out = "requests " + std::to_string(backend.stats().requests.load()) + "\n";
-            for (auto& l : det.window_summary(now, 10)) out += "summary " + l + "\n";
+            for (auto& l : det.window_summary(now, 10)) out += "summary " + clean(l) + "\n";
             auto v = det.verdict();
-            out += std::string("verdict ") + (v.livelock ? "1 " : "0 ") + v.message + "\n";
+            out += std::string("verdict ") + (v.livelock ? "1 " : "0 ") + clean(v.message) + "\n";
             out += "end\n";
-            for (char& c : out)
-                if (c == '\r') c = ' ';
             if (!write_all(fd, out.data(), out.size())) return;
         }
     }
@@ -237,11 +244,16 @@ int cmd_fsd(int argc, char** argv) {
     if (o.shared_dir.empty()) throw UsageError{"'ocivm fsd' needs --shared-dir DIR"};
     if ((o.socket_path.empty()) == (o.fd < 0))
         throw UsageError{"'ocivm fsd' needs exactly one of --socket-path PATH and --fd N"};
+    // Nothing inherited by accident reaches the server (a directory fd
+    // would be a way out of the share after the pivot).
+    close_fds_except({o.fd, o.control_fd});
     struct stat st;
     if (::stat(o.shared_dir.c_str(), &st) < 0 || !S_ISDIR(st.st_mode))
         throw Error("shared directory " + o.shared_dir + " is not an existing directory");
     char real[PATH_MAX];
     if (!::realpath(o.shared_dir.c_str(), real)) throw_errno("resolving " + o.shared_dir, errno);
+    // Opened once; everything below works from this fd.
+    UniqueFd share = sandbox::open_share(real);
 
     ::signal(SIGPIPE, SIG_IGN);
     transport::raise_fd_limit();
@@ -261,10 +273,10 @@ int cmd_fsd(int argc, char** argv) {
     // From here on the server is a process of its own in new namespaces
     // (the keeper that forked it waits outside); everything it needs from
     // the host is opened before the pivot_root into the share.
-    std::string source = real;
+    UniqueFd root;
     if (o.sandbox == "namespace") {
         sandbox::enter_namespaces("ocivm fsd");
-        sandbox::bind_root(source);
+        root = sandbox::bind_root(share.get(), real, o.readonly);
     }
     std::unique_ptr<trace::Recorder> recorder;
     try {
@@ -274,7 +286,8 @@ int cmd_fsd(int argc, char** argv) {
     } catch (const std::runtime_error& e) {
         throw Error(e.what());
     }
-    auto cfg = fuse::serve_config(source, mode, o.readonly, o.xattr, o.submounts);
+    auto cfg = fuse::serve_config("/proc/self/fd/" + std::to_string(root ? root.get() : share.get()), mode,
+                                  o.readonly, o.xattr, o.submounts);
     cfg.fs.override_stat = o.override_stat;
     cfg.fs.proc_fd_cwd = o.sandbox == "namespace";
     cfg.fs.switch_credentials = fs::prepare_server_process();
@@ -282,16 +295,30 @@ int cmd_fsd(int argc, char** argv) {
     cfg.fs.nosuid = o.nosuid;
     cfg.fs.xattr_policy = xattr_policy;
     fs::Passthrough passthrough(cfg.fs);
-    if (o.sandbox == "namespace") sandbox::pivot_into(source, /*cwd_proc_fd=*/true);
+    if (root) {
+        sandbox::pivot_into(root.get(), /*cwd_proc_fd=*/true);
+        root.reset();
+        share.reset();
+    }
     auto caps = sandbox::file_server_caps(o.readonly, o.nodev, o.nosuid);
     if (o.trusted_xattrs) caps.push_back(CAP_SYS_ADMIN);
     sandbox::drop_privileges(caps);
     fuse::Server server(passthrough, cfg.protocol, recorder.get());
 
     transport::VhostUserBackend backend(server, {});
+    std::thread control_thread;
     if (control) {
-        std::thread([fd = control.get(), &recorder, &backend] { serve_control(fd, *recorder, backend); }).detach();
+        control_thread = std::thread([fd = control.get(), &recorder, &backend] { serve_control(fd, *recorder, backend); });
     }
+    struct JoinControl {
+        std::thread& t;
+        int fd;
+        ~JoinControl() {
+            if (!t.joinable()) return;
+            ::shutdown(fd, SHUT_RDWR);  // its read() returns, it ends
+            t.join();
+        }
+    } join_control{control_thread, control.get()};
     // Everything that needs more than the allow-list is set up by now.
     sandbox::install_seccomp(seccomp, sandbox::SeccompProfile::FileServer, "ocivm fsd");
     int rc = backend.serve(sock.get());

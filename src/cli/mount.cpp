@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -114,6 +115,7 @@ int cmd_mount(int argc, char** argv) {
     if (pos.size() != 2)
         throw UsageError{"'ocivm mount' needs SOURCE and MOUNTPOINT; see 'ocivm mount --help'"};
 
+    close_fds_except({});  // nothing inherited by accident reaches the server
     struct stat st;
     const std::string& source = pos[0];
     if (::stat(source.c_str(), &st) < 0)
@@ -129,6 +131,9 @@ int cmd_mount(int argc, char** argv) {
     if (::access("/dev/fuse", F_OK) < 0)
         throw Error("no /dev/fuse on this machine; load the fuse module with 'modprobe fuse'");
 
+    // Opened once; the server works from this fd (nobody who can change a
+    // parent of SOURCE can swap another directory in after the checks).
+    UniqueFd share = sandbox::open_share(abs_path(source));
     transport::raise_fd_limit();
     transport::DevFuseOptions dopts;
     dopts.fsname = "ocivm:" + abs_path(source);
@@ -136,7 +141,7 @@ int cmd_mount(int argc, char** argv) {
     dopts.threads = threads;
     dopts.readonly = readonly;
     dopts.spin_us = spin_us;
-    auto cfg = fuse::serve_config(abs_path(source), mode, readonly, !no_xattr, false);
+    auto cfg = fuse::serve_config("/proc/self/fd/" + std::to_string(share.get()), mode, readonly, !no_xattr, false);
 
     // Signals are taken by sigwait; workers never see them.
     sigset_t set;
@@ -145,7 +150,7 @@ int cmd_mount(int argc, char** argv) {
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
     transport::FuseMount mnt(dopts);
-    spdlog::info("serving {} on {} (cache={}, threads={}{}, sandbox={})", cfg.fs.source, mountpoint, cache,
+    spdlog::info("serving {} on {} (cache={}, threads={}{}, sandbox={})", abs_path(source), mountpoint, cache,
                  threads, readonly ? ", read-only" : "", sandbox_mode);
 
     if (sandbox_mode == "none") {
@@ -173,20 +178,27 @@ int cmd_mount(int argc, char** argv) {
     // The server is a process of its own, confined like `ocivm fsd`'s; this
     // one keeps the mount (in the host's mount namespace) and unmounts it
     // on a signal, which ends the server.
+    pid_t parent = ::getpid();
     pid_t pid = ::fork();
     if (pid < 0) throw_errno("cannot fork the file-system server", errno);
     if (pid == 0) {
         mnt.disown();
+        // The server's keeper goes with this process, whatever kills it.
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::getppid() != parent) ::_exit(125);
         try {
             UniqueFd fd = mnt.take_fd();
             sandbox::enter_namespaces("ocivm mount");
-            sandbox::bind_root(cfg.fs.source);
+            UniqueFd root = sandbox::bind_root(share.get(), abs_path(source), readonly);
+            cfg.fs.source = "/proc/self/fd/" + std::to_string(root.get());
             cfg.fs.proc_fd_cwd = true;
             cfg.fs.switch_credentials = fs::prepare_server_process();
             fs::Passthrough passthrough(cfg.fs);
             fuse::Server server(passthrough, cfg.protocol);
             transport::DevFuseSession session(server, std::move(fd), dopts);
-            sandbox::pivot_into(cfg.fs.source, /*cwd_proc_fd=*/true);
+            sandbox::pivot_into(root.get(), /*cwd_proc_fd=*/true);
+            root.reset();
+            share.reset();
             sandbox::drop_privileges(sandbox::file_server_caps(readonly, false, false));
             sandbox::install_seccomp(seccomp, sandbox::SeccompProfile::FileServer, "ocivm mount");
             session.run();
@@ -197,6 +209,7 @@ int cmd_mount(int argc, char** argv) {
         ::_exit(0);
     }
     mnt.take_fd();  // the server holds the connection now; ours would keep it alive
+    share.reset();
     for (;;) {
         siginfo_t si;
         int sig = sigwaitinfo(&set, &si);
@@ -208,7 +221,7 @@ int cmd_mount(int argc, char** argv) {
                 int code = exit_code(st);
                 if (code == 0) spdlog::info("{} unmounted", mountpoint);
                 else std::fprintf(stderr, "ocivm: error: the file-system server for %s stopped (exit %d); %s unmounted\n",
-                                  cfg.fs.source.c_str(), code, mountpoint.c_str());
+                                  abs_path(source).c_str(), code, mountpoint.c_str());
                 return code == 0 ? 0 : 125;
             }
         } else if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {

@@ -405,8 +405,11 @@ int Passthrough::setattr(const Context& ctx, uint64_t node, const SetAttr& s,
         if (ofd >= 0) {
             r = ::ftruncate(ofd, s.size_value);
         } else {
-            // Truncation by a caller without CAP_FSETID clears set-id bits.
-            r = ::truncate(path, s.size_value);
+            // Through an fd opened without blocking (a host user's lease
+            // must not stall the queue); truncation by a caller without
+            // CAP_FSETID clears set-id bits as truncate(2) would.
+            UniqueFd w(::openat(proc_fd_.get(), fd_name(n->fd.get()), O_WRONLY | O_CLOEXEC | O_NONBLOCK));
+            r = w ? ::ftruncate(w.get(), s.size_value) : -1;
         }
         if (r < 0) return -errno;
         if (s.kill_suidgid) {
@@ -562,10 +565,15 @@ void Passthrough::set_open_flags(bool dir, OpenResult& r) const {
 namespace {
 // Flags for reopening a node through /proc: never create, never follow (the
 // /proc link itself must be followed, so O_NOFOLLOW goes), no O_DIRECT
-// (request buffers are not aligned for it).
+// (request buffers are not aligned for it), never O_PATH, O_TMPFILE or
+// O_DIRECTORY from the guest (O_PATH would make the kernel drop
+// O_CREAT|O_EXCL). Always O_NONBLOCK: a host user's file lease makes a
+// blocking open for write wait up to lease-break-time (45 s) and stall the
+// queue; non-blocking it fails with EWOULDBLOCK instead. Reads and writes
+// of regular files ignore O_NONBLOCK, so it stays on the handle.
 int reopen_flags(int flags) {
-    flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW | O_DIRECT);
-    return flags | O_CLOEXEC;
+    flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW | O_DIRECT | O_PATH | __O_TMPFILE | O_DIRECTORY);
+    return flags | O_CLOEXEC | O_NONBLOCK;
 }
 }  // namespace
 
@@ -589,7 +597,7 @@ int Passthrough::open_node(const Inode& n, int flags, bool kill_suidgid, bool fr
         // CREATE answers handle 0 here; O_TRUNC still applies.
         if (flags & O_TRUNC) {
             UniqueFd fd(::openat(proc_fd_.get(), fd_name(n.fd.get()),
-                                 O_WRONLY | O_TRUNC | O_CLOEXEC));
+                                 O_WRONLY | O_TRUNC | O_CLOEXEC | O_NONBLOCK));
             if (!fd) return -errno;
             if (kill_suidgid) {
                 if (int k = kill_suid_sgid(fd.get()); k < 0) return k;
@@ -691,7 +699,7 @@ int Passthrough::io_fd(uint64_t node, uint64_t fh, bool write, IoFd& out) {
     // the server's fds per known file (EMFILE at 10,000 files under a
     // 20,000 limit). Reopening through /proc costs a few microseconds.
     out.own.reset(::openat(proc_fd_.get(), fd_name(n->fd.get()),
-                           (write ? O_RDWR : O_RDONLY) | O_CLOEXEC));
+                           (write ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK));
     if (!out.own) return -errno;
     out.fd = out.own.get();
     return 0;

@@ -6,9 +6,11 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <linux/openat2.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -71,7 +73,7 @@ void enter_namespaces(const std::string& who) {
         write_proc("/proc/self/uid_map", std::to_string(uid) + " " + std::to_string(uid) + " 1\n");
         write_proc("/proc/self/gid_map", std::to_string(gid) + " " + std::to_string(gid) + " 1\n");
     }
-    if (::unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC) < 0)
+    if (::unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS) < 0)
         throw_errno(who + ": cannot create namespaces for the sandbox", errno,
                     root ? "run with --sandbox none to serve without one" : "run as root, or with --sandbox none");
     int alive[2];
@@ -99,18 +101,60 @@ void enter_namespaces(const std::string& who) {
     // Our mounts never propagate to the host; the host's unmounts still reach us.
     if (::mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) < 0)
         throw_errno(who + ": sandbox: making the mount tree private", errno);
-    // A /proc of the new PID namespace: /proc/1 is this server, not the host's init.
-    if (::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0)
+    // A /proc of the new PID namespace: /proc/1 is this server, not the
+    // host's init. Only the process directories (subset=pid): no sys/,
+    // sysrq-trigger or other global knobs a uid-0 server could still write
+    // without any capability; read-only besides.
+    if (::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "subset=pid") < 0)
         throw_errno(who + ": sandbox: mounting /proc", errno);
 }
 
-void bind_root(const std::string& dir) {
-    if (dir == "/") return;  // already the root (see pivot_into)
-    if (::mount(dir.c_str(), dir.c_str(), nullptr, MS_BIND | MS_REC, nullptr) < 0)
-        throw_errno("sandbox: bind-mounting " + dir + " onto itself", errno);
+UniqueFd open_share(const std::string& real) {
+    // No symlink in any component: the caller resolved the user's path
+    // (realpath); a component swapped for a symlink since then (a user who
+    // owns a parent directory) fails here instead of redirecting root.
+    open_how how{};
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    int fd = static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, real.c_str(), &how, sizeof how));
+    if (fd < 0) {
+        int e = errno;
+        throw_errno("cannot open the shared directory " + real, e,
+                    e == ELOOP ? "a component of it became a symbolic link; check who can change its parents"
+                               : "check that it exists and is a directory");
+    }
+    return UniqueFd(fd);
 }
 
-void pivot_into(const std::string& dir, bool cwd_proc_fd) {
+UniqueFd bind_root(int share_fd, const std::string& real, bool readonly) {
+    // open_tree clones mounts of the caller's own namespace only, and the
+    // fd was opened in the host's: the same path here must be the very
+    // directory the fd holds (the same inode), or someone swapped it.
+    UniqueFd here = open_share(real);
+    struct stat a, b;
+    if (::fstat(share_fd, &a) < 0 || ::fstat(here.get(), &b) < 0) throw_errno("sandbox: fstat of the share", errno);
+    if (a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+        throw Error("sandbox: " + real + " changed while the server started (it is another directory now); "
+                    "check who can change its parents");
+    // A copy of the share's mount tree, made from the fd (never a path
+    // again), attached on top of the share itself.
+    int tree = ::open_tree(here.get(), "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH);
+    if (tree < 0) throw_errno("sandbox: cloning the share's mount tree (open_tree)", errno);
+    UniqueFd root(tree);
+    // The server's own view: no device can be opened and no set-id file
+    // runs through it whatever the guest creates, and a read-only share is
+    // read-only for the kernel too (the server is uid 0 and could otherwise
+    // write any file root owns).
+    mount_attr attr{};
+    attr.attr_set = MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | (readonly ? MOUNT_ATTR_RDONLY : 0);
+    if (::mount_setattr(root.get(), "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
+        throw_errno("sandbox: making the share nodev,nosuid" + std::string(readonly ? ",ro" : ""), errno);
+    if (::move_mount(root.get(), "", here.get(), "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        throw_errno("sandbox: attaching the share's copy (move_mount)", errno);
+    return root;
+}
+
+void pivot_into(int root_fd, bool cwd_proc_fd) {
     // The time zone is read now, from the host: once "/" is the share, a
     // guest-made /etc/localtime would be parsed instead.
     ::tzset();
@@ -119,17 +163,10 @@ void pivot_into(const std::string& dir, bool cwd_proc_fd) {
         proc_fd.reset(::open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC));
         if (!proc_fd) throw_errno("sandbox: opening /proc/self/fd", errno);
     }
-    if (dir == "/") {
-        // Sharing the host's own root (ocivm's xfs writer, `run --systemd /`):
-        // there is nothing to hide by a pivot, and pivot_root cannot move
-        // the root onto itself. The other layers still hold.
-        if (proc_fd && ::fchdir(proc_fd.get()) < 0) throw_errno("sandbox: fchdir /proc/self/fd", errno);
-        return;
-    }
-    if (::chdir(dir.c_str()) < 0) throw_errno("sandbox: chdir " + dir, errno);
+    if (::fchdir(root_fd) < 0) throw_errno("sandbox: fchdir into the share", errno);
     // pivot_root(".", "."): the old root ends up stacked on the new one,
     // and detaching "." then removes it.
-    if (::syscall(SYS_pivot_root, ".", ".") < 0) throw_errno("sandbox: pivot_root into " + dir, errno);
+    if (::syscall(SYS_pivot_root, ".", ".") < 0) throw_errno("sandbox: pivot_root into the share", errno);
     if (::umount2(".", MNT_DETACH) < 0) throw_errno("sandbox: detaching the host's root", errno);
     if (::chdir("/") < 0) throw_errno("sandbox: chdir /", errno);
     if (proc_fd && ::fchdir(proc_fd.get()) < 0) throw_errno("sandbox: fchdir /proc/self/fd", errno);

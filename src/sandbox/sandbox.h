@@ -7,14 +7,17 @@
 //
 // Order of use in a server (each step needs the one before):
 //   enter_namespaces()      fork into new user/mount/PID/network/IPC namespaces
-//   bind_root(dir)          dir becomes a mount point of its own
+//   open_share(dir)         the share as an fd, opened once
+//   bind_root(fd)           a nodev,nosuid(,ro) copy of it, a mount of its own
 //   ... open what the server needs through /proc or by path (the file system,
 //       /proc/self/fd, /dev/fuse clones) ...
-//   pivot_into(dir)         dir is now "/", nothing else of the host is visible
+//   pivot_into(root)        the copy is now "/", nothing else of the host is visible
 //   drop_privileges(caps)   capabilities, no_new_privs, rlimits
 //   install_seccomp(...)    the allow-list, last
 #include <string>
 #include <vector>
+
+#include "util/unique_fd.h"
 
 namespace ocivm::sandbox {
 
@@ -22,7 +25,7 @@ enum class SeccompMode { Kill, Log, None };
 // Parses kill|log|none; false on anything else.
 bool parse_seccomp_mode(const std::string& s, SeccompMode& out);
 
-// Forks the caller into new mount, PID, network and IPC namespaces (and,
+// Forks the caller into new mount, PID, network, IPC and UTS namespaces (and,
 // when not root, a user namespace that maps only the caller's uid and gid
 // to themselves). Must be called while the process has one thread.
 //
@@ -36,16 +39,25 @@ bool parse_seccomp_mode(const std::string& s, SeccompMode& out);
 // `who` names the process in error messages ("ocivm fsd").
 void enter_namespaces(const std::string& who);
 
-// Bind-mounts dir onto itself (recursively, keeping submounts), so that it
-// can become the root of the mount namespace.
-void bind_root(const std::string& dir);
+// The shared directory as an O_PATH fd, opened once from its resolved path
+// (realpath) with no symbolic link allowed in any component: every later
+// step works from this fd, so nobody who can change a parent directory can
+// swap in another directory between the checks and the serving.
+UniqueFd open_share(const std::string& real);
 
-// pivot_root into dir (a mount point: bind_root first) and detaches the
-// old root: afterwards "/" is dir and no other host path can be named.
-// Fds opened before stay valid. With cwd_proc_fd the working directory
-// becomes /proc/self/fd (opened before the pivot), so path-only system
-// calls (getxattr, chmod, ...) can name the server's fds as "N".
-void pivot_into(const std::string& dir, bool cwd_proc_fd = false);
+// A copy of the share's mount tree (with its submounts), nodev and nosuid
+// (and read-only for a read-only share) for the kernel, attached on top of
+// the share; returns an fd of its root, which pivot_into makes "/". Called
+// in the new mount namespace: `real` (the path open_share was given) is
+// opened again there and must still be the directory share_fd holds.
+UniqueFd bind_root(int share_fd, const std::string& real, bool readonly);
+
+// pivot_root into the copy bind_root made and detaches the old root:
+// afterwards "/" is the share and no other host path can be named. Fds
+// opened before stay valid. With cwd_proc_fd the working directory becomes
+// /proc/self/fd (opened before the pivot), so path-only system calls
+// (getxattr, chmod, ...) can name the server's fds as "N".
+void pivot_into(int root_fd, bool cwd_proc_fd = false);
 
 // Capabilities a file server keeps (numbers from <linux/capability.h>):
 // chown, dac_override, dac_read_search, fowner, fsetid, setgid, setuid,

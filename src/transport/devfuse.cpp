@@ -254,12 +254,16 @@ void DevFuseSession::worker(int fd) {
 }
 
 void DevFuseSession::run() {
+    // Every worker on a thread of its own, the calling thread only waits:
+    // workers switch their fsuid per request, and a change of credentials
+    // clears the thread's PR_SET_PDEATHSIG, which must stay on the main
+    // thread for the server to die with its keeper.
     std::vector<std::thread> threads;
+    threads.emplace_back([this] { worker(fd_.get()); });
     for (auto& c : clones_) {
         int fd = c ? c.get() : fd_.get();
         threads.emplace_back([this, fd] { worker(fd); });
     }
-    worker(fd_.get());
     for (auto& t : threads) t.join();
 }
 

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -45,6 +46,17 @@ std::vector<std::string> child_env(const std::vector<std::string>& extra) {
 }
 
 }  // namespace
+
+void close_fds_except(std::vector<int> keep) {
+    std::sort(keep.begin(), keep.end());
+    unsigned from = 3;
+    for (int k : keep) {
+        if (k < static_cast<int>(from)) continue;
+        if (static_cast<unsigned>(k) > from) ::syscall(SYS_close_range, from, static_cast<unsigned>(k) - 1, 0);
+        from = static_cast<unsigned>(k) + 1;
+    }
+    ::syscall(SYS_close_range, from, ~0U, 0);
+}
 
 int exit_code(int st) {
     if (WIFEXITED(st)) return WEXITSTATUS(st);

@@ -59,6 +59,10 @@ private:
     pid_t pid_ = -1;
 };
 
+// Closes every fd from 3 up but those in `keep` (negative entries are
+// ignored): what a server inherited by accident must not reach it.
+void close_fds_except(std::vector<int> keep);
+
 // A wait status as an exit code: the code, or 128+N for signal N.
 int exit_code(int wait_status);
 

@@ -85,5 +85,33 @@ check "SIGTERM with a busy mount: server exits" bash -c "! kill -0 $pid 2>/dev/n
 check "SIGTERM with a busy mount: detached" wait_unmounted "$work/mnt"
 kill $holder 2>/dev/null; wait $holder 2>/dev/null; wait $pid 2>/dev/null
 
+descendants() { local k; for k in $(pgrep -P "$1"); do echo "$k"; descendants "$k"; done; }
+
+# The server is a confined process of its own; it inherits no stray fd of
+# ours (fd 7 here), and kill -9 of ocivm mount takes the server with it,
+# even after a non-root user's request made a worker switch its fsuid.
+chmod 0777 "$work/src"
+chmod o+x "$work" "$(dirname "$work")"  # the test's own directories, for nobody to reach the mount
+"$OCIVM" mount "$work/src" "$work/mnt" 7< /etc/hostname & pid=$!
+check "mount with an extra fd open: mounts" wait_mounted "$work/mnt"
+su nobody -s /bin/sh -c "touch $work/mnt/by-nobody" 2>/dev/null
+check "a non-root user's file is created through the mount" [ -e "$work/src/by-nobody" ]
+server=""
+for p in $(descendants $pid); do
+  [ "$(awk '$1 == "NSpid:" { print NF }' /proc/$p/status 2>/dev/null)" = 3 ] && server=$p
+done
+check "ocivm mount's server is PID 1 of a namespace of its own" [ -n "$server" ]
+stray=$(for f in /proc/$server/fd/*; do readlink "$f"; done 2>/dev/null | grep -c '^/etc/hostname$')
+check "the server holds no fd it inherited by accident" [ "$stray" = 0 ]
+all=$(descendants $pid)
+kill -9 $pid; wait $pid 2>/dev/null
+left=""
+for _ in $(seq 50); do
+  left=""; for p in $all; do [ -d /proc/$p ] && left="$left $p"; done
+  [ -z "$left" ] && break; sleep 0.1
+done
+check "kill -9 of ocivm mount: its keeper and server are gone" [ -z "$left" ]
+umount -l "$work/mnt" 2>/dev/null
+
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]

@@ -5,7 +5,9 @@
 // writable share. Memory is measured by the allocator's counters, never by
 // time.
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -336,4 +338,65 @@ TEST(GuestAttack, HugeReplySizesDoNotGrowTheServer) {
         }
         EXPECT_LT(grown, 256 << 10) << c.what << " left " << grown << " bytes behind";
     }
+}
+
+// The kernel drops O_CREAT|O_EXCL when O_PATH is set: a guest that added
+// O_PATH to a CREATE got "success" for an existing fifo or symlink and a
+// handle holding an O_PATH fd. The guest's O_PATH, O_TMPFILE and
+// O_DIRECTORY never reach the host's open.
+TEST(GuestAttack, CreateWithOPathStillNeverOpensAnExistingName) {
+    for (fs::CacheMode mode : kModes) {
+        SCOPED_TRACE(fs::cache_mode_name(mode));
+        auto h = writable_share(mode);
+        ASSERT_EQ(::mkfifo((h->dir + "/fifo").c_str(), 0644), 0);
+        ASSERT_EQ(::symlink("/etc/shadow", (h->dir + "/link").c_str()), 0);
+        std::ofstream(h->dir + "/file") << "keep";
+        for (const char* name : {"fifo", "link", "file"}) {
+            Reply r = create(*h, 1, name, O_RDWR | O_CREAT | O_EXCL | O_PATH);
+            EXPECT_EQ(r.error, -EEXIST) << name;
+        }
+        EXPECT_EQ(slurp(h->dir + "/file"), "keep");
+        EXPECT_EQ(h->fs->node_count(), 1u);
+    }
+}
+
+// A user of the host who owns a file in the share and holds a read lease
+// on it: a blocking open for write by the server waits up to
+// lease-break-time (45 s) and stalls the queue. Non-blocking, it fails at
+// once with EWOULDBLOCK (the guest may retry) and the lease is broken.
+TEST(GuestAttack, AHostLeaseNeverStallsAnOpenForWrite) {
+    auto h = writable_share(fs::CacheMode::Never);
+    std::string f = h->dir + "/leased";
+    std::ofstream(f) << "data";
+    int ready[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    pid_t holder = ::fork();
+    if (holder == 0) {
+        ::signal(SIGIO, SIG_IGN);  // ignores the break: the kernel waits it out
+        int fd = ::open(f.c_str(), O_RDONLY);
+        char ok = fd >= 0 && ::fcntl(fd, F_SETLEASE, F_RDLCK) == 0 ? 'y' : 'n';
+        ssize_t w = ::write(ready[1], &ok, 1);
+        (void)w;
+        ::pause();
+        ::_exit(0);
+    }
+    ::close(ready[1]);
+    char ok = 0;
+    ASSERT_EQ(::read(ready[0], &ok, 1), 1);
+    ::close(ready[0]);
+    struct Reap {
+        pid_t p;
+        ~Reap() { ::kill(p, SIGKILL); ::waitpid(p, nullptr, 0); }
+    } reap{holder};
+    ASSERT_EQ(ok, 'y') << "could not take a lease for the test";
+    uint64_t node = h->lookup(1, "leased");
+    fuse_open_in in{};
+    in.flags = O_WRONLY;
+    Reply r = h->send(Request(FUSE_OPEN, node).arg(in));
+    EXPECT_EQ(r.error, -EWOULDBLOCK) << "the open waited for the lease instead of failing";
+    fuse_setattr_in sa{};
+    sa.valid = FATTR_SIZE;
+    sa.size = 0;
+    Reply t = h->send(Request(FUSE_SETATTR, node).arg(sa));
+    EXPECT_EQ(t.error, -EWOULDBLOCK) << "the truncate waited for the lease instead of failing";
 }

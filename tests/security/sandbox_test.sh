@@ -52,7 +52,7 @@ check "ocivm run has a server process for the root and one for the -v share" [ "
 for p in $servers; do
   args=$(tr '\0' ' ' < /proc/$p/cmdline)
   case "$args" in *--readonly*) what="root share";; *) what="-v share";; esac
-  for ns in mnt pid net ipc; do
+  for ns in mnt pid net ipc uts; do
     check "$what server: its own $ns namespace" [ "$(readlink /proc/$p/ns/$ns)" != "$(readlink /proc/self/ns/$ns)" ]
   done
   check "$what server: NoNewPrivs: 1" [ "$(field $p NoNewPrivs)" = 1 ]
@@ -64,6 +64,8 @@ for p in $servers; do
   if [ "$what" = "root share" ]; then
     # dac_override (1) and dac_read_search (2) only
     check "root share server: only dac_override and dac_read_search" [ "$capeff" -eq 6 ]
+    # uid 0 could write any file root owns in it otherwise
+    check "root share server: its root is read-only for the kernel ($opts)" bash -c "echo ,$opts, | grep -q ,ro,"
   else
     # -v shares are nodev,nosuid by default: no mknod (27), fsetid (4), setfcap (31)
     check "-v share server: no CAP_MKNOD, CAP_FSETID, CAP_SETFCAP" [ $(( (capeff >> 27 & 1) | (capeff >> 4 & 1) | (capeff >> 31 & 1) )) -eq 0 ]
@@ -73,6 +75,13 @@ for p in $servers; do
   mounts=$(wc -l < /proc/$p/mountinfo)
   check "$what server: sees only its share ($mounts mount)" [ "$mounts" -eq 1 ]
   check "$what server: /proc of its own PID namespace is not reachable by path" [ ! -e "/proc/$p/root/proc/1/root/etc/hostname" ]
+  # Its working directory is its own /proc/self/fd: that /proc holds the
+  # process directories only (subset=pid), no sys/ or sysrq-trigger that a
+  # uid-0 process could write without any capability.
+  check "$what server: its /proc has processes only (no sys/, no sysrq-trigger)" \
+    bash -c "[ -e /proc/$p/cwd/../../1 ] && [ ! -e /proc/$p/cwd/../../sys ] && [ ! -e /proc/$p/cwd/../../sysrq-trigger ]"
+  opts=$(awk '{print $6}' /proc/$p/mountinfo)
+  check "$what server: its root is nodev,nosuid for the kernel ($opts)" bash -c "echo ,$opts, | grep -q ,nodev, && echo ,$opts, | grep -q ,nosuid,"
   keeper=$(field $p PPid)
   check "$what server's keeper: NoNewPrivs: 1, no capabilities" [ "$(field $keeper NoNewPrivs)" = 1 -a "$((16#$(field $keeper CapEff)))" -eq 0 ]
 done
