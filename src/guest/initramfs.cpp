@@ -7,7 +7,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#include <fstream>
+#include <cerrno>
 #include <functional>
 #include <map>
 #include <set>
@@ -17,6 +17,7 @@
 #include "util/error.h"
 #include "util/hash.h"
 #include "util/log.h"
+#include "util/open_beneath.h"
 #include "util/paths.h"
 #include "util/unique_fd.h"
 
@@ -34,8 +35,13 @@ const char* const kModules[] = {"virtio_mmio", "virtio_pci", "virtio_console", "
 
 struct Module {
     std::string name;  // file name, e.g. virtiofs.ko
-    std::string path;  // absolute
+    std::string data;
 };
+
+// What the module tree may cost: it can be an image's (--kernel image).
+constexpr size_t kMaxModulesIndex = 64u << 20;  // modules.dep, modules.builtin
+constexpr size_t kMaxModule = 64u << 20;
+constexpr int kMaxDependencyDepth = 64;
 
 std::string module_name(const std::string& rel) {
     std::string base = rel.substr(rel.rfind('/') + 1);
@@ -46,9 +52,21 @@ std::string module_name(const std::string& rel) {
 }
 
 // Resolves the required modules and their dependencies, dependencies first.
+// Everything is read beneath the module directory by fd, with no symlink
+// followed and nothing but regular files opened (openat2 RESOLVE_BENEATH |
+// RESOLVE_NO_SYMLINKS): with --kernel image the tree is the image's, and a
+// module "x.ko -> /etc/shadow", a "../../etc/shadow" or an absolute path in
+// modules.dep must not put a host file into the guest.
 std::vector<Module> resolve_modules(const std::string& dir, const std::vector<std::string>& extra) {
-    std::ifstream dep(dir + "/modules.dep");
-    if (!dep) throw Error("cannot read " + dir + "/modules.dep: install the kernel's modules (linux-image-amd64)");
+    UniqueFd mdir(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!mdir) throw_errno("cannot open the module directory " + dir, errno, "install the kernel's modules (linux-image-amd64)");
+    {
+        UniqueFd probe(openat2_fd(mdir.get(), "modules.dep", O_PATH, kResolveNoSymlinks));
+        if (!probe && errno == ENOENT)
+            throw Error("cannot read " + dir + "/modules.dep: install the kernel's modules (linux-image-amd64)");
+    }
+    std::istringstream dep(read_regular_beneath(mdir.get(), "modules.dep", kResolveNoSymlinks, kMaxModulesIndex,
+                                                dir + "/modules.dep"));
     std::map<std::string, std::pair<std::string, std::vector<std::string>>> by_name;  // name -> (rel, deps)
     std::string line;
     while (std::getline(dep, line)) {
@@ -61,22 +79,34 @@ std::vector<Module> resolve_modules(const std::string& dir, const std::vector<st
         by_name[module_name(rel)] = {rel, deps};
     }
     std::set<std::string> builtin;
-    std::ifstream bi(dir + "/modules.builtin");
-    while (std::getline(bi, line)) builtin.insert(module_name(line));
+    {
+        UniqueFd probe(openat2_fd(mdir.get(), "modules.builtin", O_PATH, kResolveNoSymlinks));
+        if (probe || errno != ENOENT) {
+            std::istringstream bi(read_regular_beneath(mdir.get(), "modules.builtin", kResolveNoSymlinks,
+                                                       kMaxModulesIndex, dir + "/modules.builtin"));
+            while (std::getline(bi, line)) builtin.insert(module_name(line));
+        }
+    }
 
     std::vector<Module> order;
     std::set<std::string> seen;
-    std::function<void(const std::string&)> add = [&](const std::string& rel) {
+    std::function<void(const std::string&, int)> add = [&](const std::string& rel, int depth) {
         std::string name = module_name(rel);
         if (!seen.insert(name).second) return;
+        if (depth > kMaxDependencyDepth)
+            throw Error(dir + "/modules.dep: dependencies nest deeper than " + std::to_string(kMaxDependencyDepth));
         auto it = by_name.find(name);
         if (it != by_name.end())
-            for (auto& d : it->second.second) add(d);
+            for (auto& d : it->second.second) add(d, depth + 1);
         std::string file = rel.substr(rel.rfind('/') + 1);
-        if (file.size() > 3 && file.substr(file.size() - 3) != ".ko")
-            throw Error("module " + rel + " is compressed; ocivm needs uncompressed modules (or a kernel "
-                        "with them built in)");
-        order.push_back({file, dir + "/" + rel});
+        if (file.size() <= 3 || file.compare(file.size() - 3, 3, ".ko") != 0) {
+            if (file.find(".ko.") != std::string::npos)
+                throw Error("module " + rel + " is compressed; ocivm needs uncompressed modules (or a kernel "
+                            "with them built in)");
+            throw Error(dir + "/modules.dep names '" + rel + "', which is not a kernel module (*.ko)");
+        }
+        order.push_back({file, read_regular_beneath(mdir.get(), rel, kResolveNoSymlinks, kMaxModule,
+                                                    "module " + dir + "/" + rel)});
     };
     std::vector<std::string> wanted;
     for (const char* const* m = kModules; *m; ++m) wanted.push_back(*m);
@@ -90,7 +120,7 @@ std::vector<Module> resolve_modules(const std::string& dir, const std::vector<st
             throw Error("the guest kernel in " + dir + " has no module " + m +
                         " (neither built in nor in modules.dep); use a kernel with virtio-fs support");
         }
-        add(it->second.first);
+        add(it->second.first, 0);
     }
     return order;
 }
@@ -165,7 +195,7 @@ std::string base_initramfs(const std::string& modules_dir, const std::string& ca
     key.update(init);
     for (auto& m : modules) {
         key.update("\n" + m.name + "\n");
-        key.update_file(m.path);
+        key.update(m.data);
     }
     std::string dir = cache + "/initramfs";
     std::string out = dir + "/" + key.hex().substr(0, 32) + ".cpio";
@@ -180,7 +210,7 @@ std::string base_initramfs(const std::string& modules_dir, const std::string& ca
         w.file("init", init, 0755);
         std::string order;
         for (auto& m : modules) {
-            w.file("ocivm/modules/" + m.name, read_file(m.path));
+            w.file("ocivm/modules/" + m.name, m.data);
             order += m.name + "\n";
         }
         w.file("ocivm/modules.order", order);

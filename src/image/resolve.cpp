@@ -1,16 +1,19 @@
 #include "image/resolve.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <climits>
 #include <cstdlib>
-#include <fstream>
 #include <sstream>
 
 #include "image/store.h"
 #include "util/error.h"
+#include "util/open_beneath.h"
 #include "util/paths.h"
+#include "util/unique_fd.h"
 
 namespace ocivm::image {
 
@@ -20,10 +23,19 @@ bool is_number(const std::string& s) {
     return !s.empty() && s.size() < 10 && s.find_first_not_of("0123456789") == std::string::npos;
 }
 
-// Splits the lines of an /etc/passwd-style file into fields.
-std::vector<std::vector<std::string>> colon_file(const std::string& path) {
+// Splits the lines of the image's /etc/passwd-style file `rel` into fields.
+// The file is read beneath the image root, its symlinks resolved inside
+// the image (openat2 RESOLVE_IN_ROOT): an image's "/etc/passwd ->
+// /etc/shadow" names its own /etc/shadow, never the host's. A missing file
+// has no lines; a device, fifo or directory there is an error, never opened.
+std::vector<std::vector<std::string>> colon_file(int root, const std::string& rel) {
     std::vector<std::vector<std::string>> rows;
-    std::ifstream in(path);
+    {
+        UniqueFd probe(openat2_fd(root, rel, O_PATH, kResolveInRoot));
+        if (!probe && (errno == ENOENT || errno == ENOTDIR)) return rows;
+    }
+    std::string text = read_regular_beneath(root, rel, kResolveInRoot, 16u << 20, "the image's /" + rel);
+    std::stringstream in(text);
     std::string line;
     while (std::getline(in, line)) {
         if (line.empty() || line[0] == '#') continue;
@@ -76,8 +88,10 @@ User resolve_user(const std::string& rootfs, const std::string& spec) {
         user = spec.substr(0, c);
         group = spec.substr(c + 1);
     }
-    auto passwd = colon_file(rootfs + "/etc/passwd");
-    auto groups = colon_file(rootfs + "/etc/group");
+    UniqueFd root(::open(rootfs.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!root) throw_errno("opening the image root " + rootfs, errno);
+    auto passwd = colon_file(root.get(), "etc/passwd");
+    auto groups = colon_file(root.get(), "etc/group");
     std::string name;
     bool found = false;
     if (user.empty()) user = "0";

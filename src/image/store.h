@@ -3,14 +3,19 @@
 //   blobs/sha256/HEX     manifests, configs, compressed layers; verified
 //                        while written (temp file + rename)
 //   layers/HEX/          a layer unpacked, keyed by its diff_id (the
-//                        uncompressed digest, verified while unpacking)
+//                        uncompressed digest, verified while unpacking):
+//                        the layer's files and nothing else
+//   layers/HEX.json      its records (whiteouts, implied directories, hard
+//                        links into lower layers), beside it, never in it
 //   roots/HEX/           an image's root file system (HEX: manifest digest),
 //                        assembled from its layers
 //   names.json           NAME:TAG -> manifest digest
 //   lock                 flock: one writer at a time, readers share
 //   tmp/                 work in progress; cleared by the next writer
 // Everything lands by rename, so an interrupted import leaves the store as
-// it was plus garbage in tmp/.
+// it was plus garbage in tmp/ (and unused blobs or layers `prune` removes);
+// a failed import takes out what it added. blobs/, layers/, roots/ and
+// tmp/ are 0700: they hold the images' setuid files and device nodes.
 #include <cstdint>
 #include <functional>
 #include <optional>
