@@ -89,9 +89,14 @@ User resolve_user(const std::string& rootfs, const std::string& spec) {
         group = spec.substr(c + 1);
     }
     UniqueFd root(::open(rootfs.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    if (!root) throw_errno("opening the image root " + rootfs, errno);
-    auto passwd = colon_file(root.get(), "etc/passwd");
-    auto groups = colon_file(root.get(), "etc/group");
+    // No root on the host to read (a --disk boot): numbers only, as for an
+    // image without /etc/passwd.
+    if (!root && errno != ENOENT) throw_errno("opening the image root " + rootfs, errno);
+    std::vector<std::vector<std::string>> passwd, groups;
+    if (root) {
+        passwd = colon_file(root.get(), "etc/passwd");
+        groups = colon_file(root.get(), "etc/group");
+    }
     std::string name;
     bool found = false;
     if (user.empty()) user = "0";

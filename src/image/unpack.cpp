@@ -153,9 +153,14 @@ void apply_meta(int dirfd, const std::string& name, const Meta& m, const std::st
     }
     // xattrs after chown: chown clears security.capability. Without root,
     // trusted.* and security.* cannot be set: they are left out, said once.
+    // With root neither can they: the importer runs without CAP_SYS_ADMIN
+    // (sandbox::confine_tool), so an image's trusted.overlay.* or
+    // security.selinux never become the host's; security.capability
+    // (CAP_SETFCAP, kept) is applied.
     for (auto& [k, v] : m.xattrs) {
         if (set_x(k.c_str(), v) == 0) continue;
-        if ((link && errno == EPERM) || (!chowned && (errno == EPERM || errno == EACCES))) continue;
+        bool privileged = k.rfind("trusted.", 0) == 0 || (k.rfind("security.", 0) == 0 && k != "security.capability");
+        if ((link && errno == EPERM) || ((!chowned || privileged) && (errno == EPERM || errno == EACCES))) continue;
         throw_errno("xattr " + printable(k) + " of " + what, errno);
     }
     timespec ts[2] = {m.atime, m.mtime};

@@ -58,6 +58,7 @@ for p in $servers; do
   check "$what server: NoNewPrivs: 1" [ "$(field $p NoNewPrivs)" = 1 ]
   check "$what server: Seccomp: 2 (filter)" [ "$(field $p Seccomp)" = 2 ]
   capeff=$((16#$(field $p CapEff)))
+  opts=$(awk '{print $6}' /proc/$p/mountinfo)
   sys_admin=$(( (capeff >> 21) & 1 ))
   check "$what server: no CAP_SYS_ADMIN (CapEff $(field $p CapEff))" [ "$sys_admin" -eq 0 ]
   check "$what server: CapBnd equals CapEff (nothing to regain)" [ "$(field $p CapBnd)" = "$(field $p CapEff)" ]
@@ -80,7 +81,6 @@ for p in $servers; do
   # uid-0 process could write without any capability.
   check "$what server: its /proc has processes only (no sys/, no sysrq-trigger)" \
     bash -c "[ -e /proc/$p/cwd/../../1 ] && [ ! -e /proc/$p/cwd/../../sys ] && [ ! -e /proc/$p/cwd/../../sysrq-trigger ]"
-  opts=$(awk '{print $6}' /proc/$p/mountinfo)
   check "$what server: its root is nodev,nosuid for the kernel ($opts)" bash -c "echo ,$opts, | grep -q ,nodev, && echo ,$opts, | grep -q ,nosuid,"
   keeper=$(field $p PPid)
   check "$what server's keeper: NoNewPrivs: 1, no capabilities" [ "$(field $keeper NoNewPrivs)" = 1 -a "$((16#$(field $keeper CapEff)))" -eq 0 ]
