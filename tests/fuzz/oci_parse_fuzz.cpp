@@ -23,7 +23,8 @@
 // Oracles: every failure is an ocivm::Error (a json or filesystem exception
 // escaping is a finding: the CLI would print the library's text instead of
 // what failed and what to do); an image that imported can be listed, found
-// and resolved; nothing is written outside the store.
+// and resolved; a failed import leaves the store as it was (listable, no
+// image); nothing is written outside the store.
 #include <archive.h>
 #include <archive_entry.h>
 #include <sys/stat.h>
@@ -219,7 +220,13 @@ int fuzz_one(const uint8_t* data, size_t size) {
         else step("resolve_user", [&] { (void)image::resolve_user(r->rootfs, r->config.user); });
         must("remove", [&] { store.remove(imported); });
     } else {
-        step("list", [&] { (void)store.list(); });
+        // "Throws Error (the store unchanged) on a bad source" (store.h).
+        std::vector<image::ImageInfo> images;
+        if (!step("list", [&] { images = store.list(); }))
+            finding("oci-failed-import-changed-store", "the store cannot be listed after a failed import");
+        else if (!images.empty())
+            finding("oci-failed-import-changed-store", "a failed import left image %s in the store",
+                    images[0].name.c_str());
     }
     step("prune", [&] { (void)store.prune(); });
 
