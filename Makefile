@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build run run-mount test test-unit test-fs test-vm bench guestbench bootbench imagebench diskbench clean
+.PHONY: all deps build run run-mount test test-unit test-fs test-vm bench guestbench bootbench imagebench diskbench fuzz fuzz-corpus clean
 
 all: build
 
@@ -56,5 +56,23 @@ imagebench: build
 diskbench: build
 	@bench/diskbench.sh $(BUILD)/ocivm
 
+# Fuzzing (issue 15, tests/fuzz/README.md): the libFuzzer targets, built with
+# clang and ASan/UBSan in their own build dir, each run for FUZZ_SECONDS on a
+# copy of its seed corpus; fails when any target finds a crash or a hang.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= fuse_server_fuzz virtqueue_fuzz vhost_user_fuzz oci_parse_fuzz tar_unpack_fuzz
+
+fuzz: deps
+	@cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DOCIVM_FUZZ=ON $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_targets
+	@tests/fuzz/run_fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# Regenerates the committed seed corpus (tests/fuzz/make_corpus.cpp).
+fuzz-corpus: deps
+	@cmake -S . -B $(BUILD) $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS) --target fuzz_make_corpus
+	@rm -rf tests/fuzz/corpus && $(BUILD)/tests/fuzz/fuzz_make_corpus tests/fuzz/corpus
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(FUZZ_BUILD)
