@@ -712,6 +712,13 @@ Server::Result Server::handle_request(std::span<const std::byte> in, ReplyWriter
     }
     fuse_in_header h;
     std::memcpy(&h, in.data(), sizeof h);
+    if (out.capacity() < kOutHdr && h.opcode != FUSE_FORGET && h.opcode != FUSE_BATCH_FORGET) {
+        // Nowhere to put even an error (before any error below is sent: a
+        // "Replied" with nothing written would leave the guest waiting): the
+        // request is dropped unprocessed.
+        spdlog::warn("request {} (opcode {}) has no room for a reply", h.unique, h.opcode);
+        return Result::NoReply;
+    }
     if (h.len != in.size() || h.len < sizeof h) {
         spdlog::warn("request {} (opcode {}) says {} bytes but has {}", h.unique, h.opcode, h.len,
                      in.size());
@@ -733,11 +740,6 @@ Server::Result Server::handle_request(std::span<const std::byte> in, ReplyWriter
         spdlog::trace("request {} opcode {} node {} len {} pid {}", h.unique, h.opcode, h.nodeid,
                       h.len, h.pid);
 
-    if (out.capacity() < kOutHdr && h.opcode != FUSE_FORGET && h.opcode != FUSE_BATCH_FORGET) {
-        // Nowhere to put even an error: the request is dropped unprocessed.
-        spdlog::warn("request {} (opcode {}) has no room for a reply", h.unique, h.opcode);
-        return Result::NoReply;
-    }
     if (h.opcode == FUSE_INIT) {
         d.init();
         return Result::Replied;

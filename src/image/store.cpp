@@ -634,6 +634,9 @@ ImportReport Store::import(const std::string& source, const std::string& name, c
     std::string cfg_text = read_blob(s, manifest.config, "config");
     json cfg = parse_json(cfg_text, "config " + cfg_digest);
     if (!cfg.is_object()) throw Error("config " + cfg_digest + " is not a JSON object");
+    // What `ocivm run` will read of it must parse now: an image that
+    // imports must be runnable.
+    parse_image_config(cfg_text);
     std::vector<std::string> diff_ids = diff_ids_of(cfg, "config " + cfg_digest);
     if (diff_ids.size() != manifest.layers.size())
         throw Error("config " + cfg_digest + " lists " + std::to_string(diff_ids.size()) + " diff_ids for " +

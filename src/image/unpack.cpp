@@ -35,6 +35,13 @@ namespace ocivm::image {
 
 namespace {
 
+// libarchive's message for its last error; it has none for some (a
+// truncated pax header), and a std::string from NULL throws logic_error.
+std::string archive_message(archive* a) {
+    const char* m = archive_error_string(a);
+    return m ? m : "damaged archive data (libarchive gives no reason)";
+}
+
 constexpr const char* kOpaque = ".wh..wh..opq";
 constexpr const char* kWhiteoutPrefix = ".wh.";
 
@@ -302,7 +309,7 @@ void write_data(archive* a, int fd, const std::string& what) {
             off += w;
         }
     }
-    if (r != ARCHIVE_EOF) throw Error("layer entry " + what + ": " + archive_error_string(a));
+    if (r != ARCHIVE_EOF) throw Error("layer entry " + what + ": " + archive_message(a));
 }
 
 // A layer blob's decompressed bytes: gzip (most layers) through ISA-L;
@@ -321,10 +328,10 @@ public:
         archive_read_support_filter_bzip2(raw_.get());
         archive_read_support_format_raw(raw_.get());
         if (archive_read_open_filename(raw_.get(), blob.c_str(), 1 << 20) != ARCHIVE_OK)
-            throw Error("cannot read layer " + blob + ": " + archive_error_string(raw_.get()));
+            throw Error("cannot read layer " + blob + ": " + archive_message(raw_.get()));
         archive_entry* re;
         if (archive_read_next_header(raw_.get(), &re) != ARCHIVE_OK)
-            throw Error("layer " + blob + " is not a tar, gzip, zstd, xz or bzip2 stream: " + archive_error_string(raw_.get()));
+            throw Error("layer " + blob + " is not a tar, gzip, zstd, xz or bzip2 stream: " + archive_message(raw_.get()));
     }
     // Fills buf: the byte count, 0 at the end, -1 with *error set.
     HashingSource::Reader reader() {
@@ -703,7 +710,7 @@ UnpackStats unpack_layer(const std::string& blob, const std::string& dest, const
         archive_read_support_format_tar(tar.get());
         archive_read_support_format_gnutar(tar.get());
         if (archive_read_open(tar.get(), &src, nullptr, &HashingSource::read, nullptr) != ARCHIVE_OK)
-            throw Error("layer " + blob + (src.error().empty() ? std::string(": ") + archive_error_string(tar.get())
+            throw Error("layer " + blob + (src.error().empty() ? std::string(": ") + archive_message(tar.get())
                                                                : " is corrupt: " + src.error()));
         Unpacker u(root.get(), blob, limits);
         archive_entry* e;
@@ -718,7 +725,7 @@ UnpackStats unpack_layer(const std::string& blob, const std::string& dest, const
             }
         }
         if (r != ARCHIVE_EOF)
-            throw Error("layer " + blob + " is corrupt: " + (src.error().empty() ? archive_error_string(tar.get()) : src.error()));
+            throw Error("layer " + blob + " is corrupt: " + (src.error().empty() ? archive_message(tar.get()) : src.error()));
         // The rest of the stream (tar padding) still counts for the digest.
         src.drain();
         if (!src.error().empty()) throw Error("layer " + blob + " is corrupt: " + src.error());

@@ -84,7 +84,7 @@ int fuzz_one(const uint8_t* data, size_t size) {
     write_file(b + "/sentinel", kSentinel, sizeof kSentinel - 1);
 
     std::vector<std::string> expect_run = {"a"}, expect_c;
-    std::vector<std::string> unpacked;
+    std::vector<std::pair<std::string, image::LayerRecords>> unpacked;
     for (size_t i = 0; i < layers.size(); ++i) {
         std::string blob = "blob" + std::to_string(i + 1);
         std::string bytes = (flags & 1) ? gzip(layers[i]) : std::string(layers[i].begin(), layers[i].end());
@@ -94,8 +94,9 @@ int fuzz_one(const uint8_t* data, size_t size) {
         if (flags & 2) diff_id = "sha256:" + sha256_hex(layers[i].data(), layers[i].size());
         else if (flags & 4) diff_id = "sha256:" + std::string(64, '0');
         std::string dest = c + "/l" + std::to_string(i + 1);
-        if (step("unpack_layer", [&] { (void)image::unpack_layer(run + "/" + blob, dest, diff_id); })) {
-            unpacked.push_back(dest);
+        image::LayerRecords records;
+        if (step("unpack_layer", [&] { records = image::unpack_layer(run + "/" + blob, dest, diff_id).records; })) {
+            unpacked.emplace_back(dest, records);
             expect_c.push_back("l" + std::to_string(i + 1));
         } else if (exists(dest)) {
             finding("tar-leftover", "unpack_layer failed and left %s behind", dest.c_str());
@@ -107,8 +108,8 @@ int fuzz_one(const uint8_t* data, size_t size) {
         std::string root = c + "/root";
         ::mkdir(root.c_str(), 0755);
         expect_c.push_back("root");
-        for (auto& l : unpacked)
-            if (!step("apply_layer", [&] { image::apply_layer(l, root); })) break;
+        for (auto& [l, records] : unpacked)
+            if (!step("apply_layer", [&] { image::apply_layer(l, records, root); })) break;
         check_no_special_fds("assembling a root");
     }
 
