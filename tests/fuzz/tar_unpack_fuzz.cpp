@@ -108,8 +108,8 @@ int fuzz_one(const uint8_t* data, size_t size) {
         std::string root = c + "/root";
         ::mkdir(root.c_str(), 0755);
         expect_c.push_back("root");
-        for (auto& [l, records] : unpacked)
-            if (!step("apply_layer", [&] { image::apply_layer(l, records, root); })) break;
+        for (auto& layer : unpacked)  // (clang 14 cannot capture structured bindings)
+            if (!step("apply_layer", [&] { image::apply_layer(layer.first, layer.second, root); })) break;
         check_no_special_fds("assembling a root");
     }
 
