@@ -730,6 +730,9 @@ Server::Result Server::handle_request(std::span<const std::byte> in, ReplyWriter
     // request carrying them is cut off before them.
     size_t arglen = h.len - sizeof h;
     if (static_cast<size_t>(h.total_extlen) * 8 > arglen) {
+        // FORGETs are never answered, not even with an error (and may come
+        // with no room for one).
+        if (h.opcode == FUSE_FORGET || h.opcode == FUSE_BATCH_FORGET) return Result::NoReply;
         send_error(out, h.unique, -EINVAL);
         return Result::Replied;
     }
