@@ -49,6 +49,18 @@ void write_proc(const std::string& path, const std::string& data) {
     for (;;) {
         int st = 0;
         pid_t r = ::waitpid(server, &st, WNOHANG);
+        if (r == server && WIFSIGNALED(st)) {
+            // Died the way the server died, so whoever waits for us sees
+            // the crash (SIGSEGV, SIGBUS) and not an exit code.
+            int sig = WTERMSIG(st);
+            ::signal(sig, SIG_DFL);
+            sigset_t one;
+            sigemptyset(&one);
+            sigaddset(&one, sig);
+            ::sigprocmask(SIG_UNBLOCK, &one, nullptr);
+            ::kill(::getpid(), sig);
+            ::_exit(128 + sig);
+        }
         if (r == server) ::_exit(exit_code(st));
         if (r < 0 && errno != EINTR) ::_exit(125);
         siginfo_t si;

@@ -103,7 +103,9 @@ ChildProcess ChildProcess::spawn(const SpawnOptions& o, const std::string& hint)
     pid_t pid = ::fork();
     if (pid < 0) throw_errno("cannot start " + o.argv[0], errno);
     if (pid == 0) {
-        int ep = err_w.get();
+        // The error pipe above every number the fds below may land on.
+        int ep = ::fcntl(err_w.get(), F_DUPFD_CLOEXEC, 3 + nfds + 16 + 3 + nfds + 1);
+        if (ep < 0) ep = err_w.get();
         if (o.die_with_parent) {
             ::prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (::getppid() != parent) ::_exit(127);  // the parent is already gone

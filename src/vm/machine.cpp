@@ -95,6 +95,10 @@ public:
         if (!c.readonly) so.argv.insert(so.argv.end(), {"--xattr-policy", "remap"});
         if (!c.trace.empty()) so.argv.insert(so.argv.end(), {"--trace", c.trace});
         so.fds = {vhost_sock.get(), ctl.theirs.get()};
+        // Not in the terminal's process group: a Ctrl-C is for the command
+        // (ocivm forwards it), and the keeper would turn it into SIGKILL
+        // for the server, taking the guest's root away.
+        so.new_process_group = true;
         child_ = ChildProcess::spawn(so);
         control_ = std::move(ctl.mine);
     }
@@ -126,6 +130,7 @@ public:
         size_t pos = 0;
         while (pos < buf.size()) {
             size_t nl = buf.find('\n', pos);
+            if (nl == std::string::npos) break;
             std::string line = buf.substr(pos, nl - pos);
             pos = nl + 1;
             if (line.rfind("requests ", 0) == 0) st.requests = std::strtoull(line.c_str() + 9, nullptr, 10);

@@ -66,9 +66,17 @@ check_and_clean() {  # check_and_clean TAG-PATTERN DIR-PREFIX
 
 leaked=0
 if [ "${1:-}" = "--final" ]; then
-  check_and_clean "OCIVM_TEST_TAG=.*" "${TMPDIR:-/tmp}/ocivm-t"
+  # Whatever a test's own check could not clean (a directory its wrapper
+  # left because something was still mounted there, a tagged process).
   left=$(ls -d "${TMPDIR:-/tmp}"/ocivm-t.* 2>/dev/null)
+  for d in $left; do
+    name=${d##*/ocivm-t.}; name=${name%.*}
+    check_and_clean "OCIVM_TEST_TAG=$name\..*\.${d##*.}" "$d"
+  done
+  # any test's process, whatever its directory
+  check_and_clean "OCIVM_TEST_TAG=.*" "${TMPDIR:-/tmp}/ocivm-t.none"
   report "temporary directories" $left
+  for d in $left; do rm -rf "$d"; done
   [ $leaked -eq 0 ] && echo "no test left a process, mount, loop device or socket behind"
   exit $leaked
 fi

@@ -214,9 +214,16 @@ std::string FsdProcess::log() const {
     return ss.str();
 }
 
+pid_t FsdProcess::server_pid() const {
+    std::ifstream in("/proc/" + std::to_string(pid_) + "/task/" + std::to_string(pid_) + "/children");
+    pid_t child = 0;
+    if (in >> child && child > 0) return child;
+    return pid_;
+}
+
 ProcMemory FsdProcess::memory() const {
     ProcMemory m;
-    read_proc_memory(pid_, m);
+    read_proc_memory(server_pid(), m);
     return m;
 }
 

@@ -128,6 +128,9 @@ public:
     FsdProcess& operator=(const FsdProcess&) = delete;
 
     pid_t pid() const { return pid_; }
+    // The confined server: fsd forks it from the process we started (which
+    // stays as its keeper); pid() until it exists.
+    pid_t server_pid() const;
     // The front end's end of the connection (moved out once).
     UniqueFd take_socket() { return std::move(sock_); }
     // Whether the child still runs; once it has exited, exit_status()

@@ -349,7 +349,7 @@ TEST(Frontend, MemTableRegionAndFdCountsThatDisagree) {
 // closed, never kept: fsd's fd count does not grow.
 TEST(Frontend, FdsAttachedToMessagesThatTakeNone) {
     Session s(opts());
-    int before = count_fds(s.fsd.pid());
+    int before = count_fds(s.fsd.server_pid());
     ASSERT_GT(before, 0);
     std::vector<UniqueFd> own;
     std::vector<int> fds;
@@ -369,10 +369,10 @@ TEST(Frontend, FdsAttachedToMessagesThatTakeNone) {
     // A message's fds are closed once it is handled, just after its reply:
     // one more round trip and the last ones are gone.
     ASSERT_TRUE(s.ch.alive()) << s.report();
-    int after = count_fds(s.fsd.pid());
+    int after = count_fds(s.fsd.server_pid());
     if (after > before + 2) {
         ADD_FAILURE() << "fsd kept fds it was sent: " << before << " before, " << after << " after";
-        std::system(("ls -l /proc/" + std::to_string(s.fsd.pid()) + "/fd >&2").c_str());
+        std::system(("ls -l /proc/" + std::to_string(s.fsd.server_pid()) + "/fd >&2").c_str());
     }
     EXPECT_STILL_SERVING(s);
 }
@@ -667,7 +667,7 @@ TEST(Frontend, GuestRamShrunkAfterTheTable) {
 TEST(Frontend, ManyMemTablesLeaveNothingBehind) {
     Session s(opts());
     ASSERT_TRUE(s.fuse_works());
-    int fds_before = count_fds(s.fsd.pid());
+    int fds_before = count_fds(s.fsd.server_pid());
     ProcMemory before = s.fsd.memory();
     for (int i = 0; i < 300; ++i) {
         GuestRam extra(1 * MiB, 0x800000000ull, 0x7f5600000000ull, "extra");
@@ -677,7 +677,7 @@ TEST(Frontend, ManyMemTablesLeaveNothingBehind) {
     }
     ASSERT_EQ(s.dev.set_mem_table(s.ram).value_or(1), 0u);
     EXPECT_TRUE(s.fuse_works()) << s.report();
-    EXPECT_LE(count_fds(s.fsd.pid()), fds_before + 2);
+    EXPECT_LE(count_fds(s.fsd.server_pid()), fds_before + 2);
     ProcMemory after = s.fsd.memory();
     EXPECT_LT(after.anon, before.anon + 8 * 1024);
     EXPECT_STILL_SERVING(s);
@@ -987,4 +987,19 @@ int main(int argc, char** argv) {
         return 2;
     }
     return RUN_ALL_TESTS();
+}
+
+// The harness watches the confined server, not its keeper: a server that
+// crashes is seen as a crash (the keeper dies by the same signal), and its
+// memory and fds are the server's own.
+TEST(Frontend, TheConfinedServerIsTheOneWatched) {
+    Session s(opts());
+    pid_t server = s.fsd.server_pid();
+    ASSERT_NE(server, s.fsd.pid()) << "fsd forked no confined server";
+    EXPECT_GT(count_fds(server), 0);
+    // (PID 1 of its namespace: from outside only SIGKILL reaches it; a real
+    // SIGSEGV or SIGBUS comes from its own kernel-side fault.)
+    ::kill(server, SIGKILL);
+    ASSERT_TRUE(s.fsd.wait_exit(10000));
+    EXPECT_TRUE(s.fsd.crashed()) << s.fsd.describe_exit();
 }

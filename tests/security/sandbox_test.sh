@@ -44,7 +44,12 @@ for _ in $(seq 600); do
     # a server is PID 1 of its own PID namespace: two numbers in NSpid
     [ "$(awk '$1 == "NSpid:" { print NF }' /proc/$p/status 2>/dev/null)" = 3 ] && servers="$servers $p"
   done
-  [ "$(echo $servers | wc -w)" -ge 2 ] && break
+  # ready once confined: the seccomp filter is the server's last step
+  if [ "$(echo $servers | wc -w)" -ge 2 ]; then
+    ready=1
+    for p in $servers; do [ "$(field $p Seccomp)" = 2 ] || ready=0; done
+    [ $ready = 1 ] && break
+  fi
   sleep 0.1
 done
 check "ocivm run has a server process for the root and one for the -v share" [ "$(echo $servers | wc -w)" -eq 2 ]
@@ -86,7 +91,6 @@ for p in $servers; do
   check "$what server's keeper: NoNewPrivs: 1, no capabilities" [ "$(field $keeper NoNewPrivs)" = 1 -a "$((16#$(field $keeper CapEff)))" -eq 0 ]
 done
 
-# A writable -v share keeps nodev,nosuid: the guest cannot make device nodes.
 touch "$WORK/vol/go"
 wait "$RUN_PID"; rc=$?; RUN_PID=""
 check "the command finished (exit $rc)" [ $rc -eq 0 ]
@@ -108,6 +112,7 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 all=$(descendants "$RUN_PID")
+check "ocivm run had QEMU, a keeper and a server before kill -9 ($(echo $all | wc -w))" [ "$(echo $all | wc -w)" -ge 3 ]
 kill -9 "$RUN_PID"; wait "$RUN_PID" 2>/dev/null; RUN_PID=""
 left=""
 for _ in $(seq 50); do
