@@ -101,40 +101,32 @@ for mode in $MODES; do
   DEBUG=1 run virtiofsd-count "$mode" 2>/dev/null || true
 done 2>/dev/null
 
-printf '\n| phase |'; for mode in $MODES; do printf ' ocivm %s | virtiofsd %s | ratio |' "$mode" "$mode"; done; printf '\n|---|'
-for mode in $MODES; do printf -- '---|---|---|'; done; printf '\n'
-for p in $PHASES total; do
-  printf '| %s |' "$p"
-  for mode in $MODES; do
-    if [ "$p" = total ]; then
-      o=0; v=0
-      for q in $PHASES; do o=$(echo "$o + ${T[ocivm,$mode,$q]}" | bc); v=$(echo "$v + ${T[virtiofsd,$mode,$q]}" | bc); done
-    else
-      o=${T[ocivm,$mode,$p]}; v=${T[virtiofsd,$mode,$p]}
-    fi
-    printf ' %s s | %s s | %s |' "$o" "$v" "$(echo "scale=2; $o / $v" | bc 2>/dev/null)"
-  done
-  printf '\n'
-done
-printf '| requests |'
-for mode in $MODES; do printf ' %s | %s | %s |' "${REQ[ocivm,$mode]}" "${REQ[virtiofsd-count,$mode]}" "$(echo "scale=2; ${REQ[ocivm,$mode]} / ${REQ[virtiofsd-count,$mode]}" | bc 2>/dev/null)"; done
-printf '\n\nratio = ocivm / virtiofsd (below 1.0: ocivm faster or fewer requests)\n'
-
-if [ -n "$PREVIOUS" ]; then
-  printf '\nthis build against the previous one (%s), same run\n\n| phase |' "$PREVIOUS"
-  for mode in $MODES; do printf ' ocivm %s | previous %s | ratio |' "$mode" "$mode"; done; printf '\n|---|'
+# phase_table PEER: the phases' times of ocivm and PEER per mode, and ratios
+phase_table() {
+  local peer=$1 p mode q o v
+  printf '\n| phase |'; for mode in $MODES; do printf ' ocivm %s | %s %s | ratio |' "$mode" "$peer" "$mode"; done; printf '\n|---|'
   for mode in $MODES; do printf -- '---|---|---|'; done; printf '\n'
   for p in $PHASES total; do
     printf '| %s |' "$p"
     for mode in $MODES; do
       if [ "$p" = total ]; then
         o=0; v=0
-        for q in $PHASES; do o=$(echo "$o + ${T[ocivm,$mode,$q]}" | bc); v=$(echo "$v + ${T[previous,$mode,$q]}" | bc); done
+        for q in $PHASES; do o=$(echo "$o + ${T[ocivm,$mode,$q]}" | bc); v=$(echo "$v + ${T[$peer,$mode,$q]}" | bc); done
       else
-        o=${T[ocivm,$mode,$p]}; v=${T[previous,$mode,$p]}
+        o=${T[ocivm,$mode,$p]}; v=${T[$peer,$mode,$p]}
       fi
       printf ' %s s | %s s | %s |' "$o" "$v" "$(echo "scale=2; $o / $v" | bc 2>/dev/null)"
     done
     printf '\n'
   done
+}
+
+phase_table virtiofsd
+printf '| requests |'
+for mode in $MODES; do printf ' %s | %s | %s |' "${REQ[ocivm,$mode]}" "${REQ[virtiofsd-count,$mode]}" "$(echo "scale=2; ${REQ[ocivm,$mode]} / ${REQ[virtiofsd-count,$mode]}" | bc 2>/dev/null)"; done
+printf '\n\nratio = ocivm / virtiofsd (below 1.0: ocivm faster or fewer requests)\n'
+
+if [ -n "$PREVIOUS" ]; then
+  printf '\nthis build against the previous one (%s), same run\n' "$PREVIOUS"
+  phase_table previous
 fi
