@@ -14,7 +14,8 @@
 //   then requests, each: u16 n (bit 15: send the header's len as it is;
 //   else the harness sets it to n), n bytes (fuse_in_header + arguments).
 //
-// Oracles: every reply is committed once, fits the writer, carries the
+// Oracles: FORGET and BATCH_FORGET are never answered; every other reply is
+// committed once, fits the writer, carries the
 // request's unique, a valid -errno, a header length equal to the bytes
 // committed, and the payload size the opcode's reply has; no FIFO or device
 // stays open; nothing outside the share changes.
@@ -179,6 +180,9 @@ Expect expected_payload(const fuse_in_header& h, const std::vector<std::byte>& r
 void check_reply(const fuse_in_header& h, bool have_header, const std::vector<std::byte>& req,
                  fuse::Server::Result res, const CheckedWriter& w, uint32_t max_write) {
     using R = fuse::Server::Result;
+    // The kernel never waits for (nor expects) a reply to these.
+    if (have_header && (h.opcode == FUSE_FORGET || h.opcode == FUSE_BATCH_FORGET) && res != R::NoReply)
+        return finding("fuse-forget-replied", "opcode %u was answered (%d commits)", h.opcode, w.commits);
     if (res == R::NoReply) {
         if (w.commits) finding("fuse-result", "opcode %u: a reply was committed but handle() says NoReply", h.opcode);
         return;

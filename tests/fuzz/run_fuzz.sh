@@ -66,9 +66,15 @@ for t in "$@"; do
   corp=$(grep -o 'corp: [0-9]*' "$dir/log" | tail -1 | cut -d' ' -f2)
   found=$(find "$dir/artifacts" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l)
   verdict="none"
-  if [ "$found" -gt 0 ] || [ "$rc" -ne 0 ]; then
+  if [ "$found" -gt 0 ]; then
     status=1
     verdict="$found finding(s), exit $rc: $(ls "$dir/artifacts" | tr '\n' ' ')"
+  elif [ "$rc" -eq 72 ]; then
+    status=1
+    verdict="interrupted (SIGINT/SIGTERM from outside) after ${took}s"
+  elif [ "$rc" -ne 0 ]; then
+    status=1
+    verdict="exit $rc (see the log)"
   fi
   rows+=("$(printf '%-18s %6ss %10s %8s %7s %7s %6s %6sMB  %s' "$t" "$took" "${execs:-?}" "${rate:-?}" \
       "${cov:-?}" "${ft:-?}" "${corp:-?}" "${rss:-?}" "$verdict")")
