@@ -74,18 +74,31 @@ UniqueFd receive_fd(int sock) {
 
 }  // namespace
 
-void raise_fd_limit() {
+void set_fd_limit(std::optional<unsigned long> want) {
     struct rlimit rl;
+    if (want) {
+        if (*want == 0) return;
+        if (*want < kMinFdLimit)
+            throw Error("--rlimit-nofile " + std::to_string(*want) + " is too low: a server needs at least " +
+                        std::to_string(kMinFdLimit) + " file descriptors");
+        struct rlimit exact{*want, *want};
+        if (::setrlimit(RLIMIT_NOFILE, &exact) != 0)
+            throw_errno("setting the file descriptor limit to " + std::to_string(*want), errno,
+                        "raising it above the hard limit takes CAP_SYS_RESOURCE (root), and never past "
+                        "/proc/sys/fs/nr_open; choose a lower --rlimit-nofile");
+        spdlog::debug("file descriptor limit: {}", *want);
+        return;
+    }
     if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
     // Root may go up to fs.nr_open: a node holds one fd, two in no-open
     // mode, and a guest can know hundreds of thousands of files.
-    rlim_t want = rl.rlim_max;
+    rlim_t target = rl.rlim_max;
     if (::geteuid() == 0) {
         std::ifstream in("/proc/sys/fs/nr_open");
         unsigned long nr = 0;
-        if (in >> nr && nr > want) want = nr;
+        if (in >> nr && nr > target) target = nr;
     }
-    struct rlimit up{want, want};
+    struct rlimit up{target, target};
     if (::setrlimit(RLIMIT_NOFILE, &up) != 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         ::setrlimit(RLIMIT_NOFILE, &rl);

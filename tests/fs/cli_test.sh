@@ -113,5 +113,25 @@ done
 check "kill -9 of ocivm mount: its keeper and server are gone" [ -z "$left" ]
 umount -l "$work/mnt" 2>/dev/null
 
+# --rlimit-nofile caps the nodes the kernel can make the server hold (one
+# O_PATH fd each): with a cap of 100 and 300 names kept looked up under
+# --cache always, some lookups fail with EMFILE and the server stays up.
+expect_error "--rlimit-nofile below the minimum" "too low: a server needs at least 64" -- "$OCIVM" mount --rlimit-nofile 10 "$work/src" "$work/mnt"
+expect_error "--rlimit-nofile above nr_open" "choose a lower --rlimit-nofile" -- "$OCIVM" mount --rlimit-nofile $(( $(cat /proc/sys/fs/nr_open) + 1 )) "$work/src" "$work/mnt"
+mkdir "$work/src/many"
+for i in $(seq 300); do : > "$work/src/many/f$i"; done
+"$OCIVM" mount --cache always --rlimit-nofile 100 "$work/src" "$work/mnt" & pid=$!
+check "--rlimit-nofile 100: mounts" wait_mounted "$work/mnt"
+emfile=0; found=0
+for i in $(seq 300); do
+  if err=$(stat "$work/mnt/many/f$i" 2>&1 >/dev/null); then found=$((found+1))
+  elif [[ $err == *"Too many open files"* ]]; then emfile=$((emfile+1)); fi
+done
+check "--rlimit-nofile 100: lookups past the cap fail with EMFILE ($found found, $emfile EMFILE)" \
+  bash -c "[ $emfile -gt 0 ] && [ $found -gt 0 ] && [ $found -lt 100 ] && [ $((found + emfile)) -eq 300 ]"
+check "--rlimit-nofile 100: the server still answers (STATFS needs no new fd)" stat -f "$work/mnt"
+kill -INT $pid; wait $pid
+check "--rlimit-nofile 100: unmounted" wait_unmounted "$work/mnt"
+
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]
