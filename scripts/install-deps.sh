@@ -32,6 +32,8 @@ PACKAGES=(
   libmount-dev fdisk e2fsprogs libext2fs-dev comerr-dev qemu-utils
   # disk create --fs xfs: mkfs.xfs runs in the VM from the host root
   xfsprogs
+  # image import containers-storage:NAME (podman image save) and its test
+  podman
   # make fuzz: clang 14 with libFuzzer and the sanitizer runtimes
   clang libclang-rt-14-dev
 )

@@ -14,6 +14,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/import.h"
 #include "disk/gpt.h"
 #include "fs/passthrough.h"
 #include "image/resolve.h"
@@ -219,7 +220,11 @@ int cmd_run(int argc, char** argv) {
 
     image::ResolvedImage img;
     if (m.disk.empty()) {
-        img = image::resolve_image(pos[0]);
+        // An OCI layout is imported by a confined child; this process keeps
+        // what it needs for the VM.
+        img = image::resolve_image(pos[0], [&](const std::string& source) {
+            return import_confined(source, "", log_level).digest;
+        });
     } else {
         img.rootfs = "/nonexistent/ocivm-disk-root";  // user names cannot be looked up on the host
         img.kind = "disk " + m.disk;
