@@ -156,7 +156,16 @@ FuseMount::FuseMount(DevFuseOptions opts) : opts_(std::move(opts)) {
     }
     mounted_ = true;
     // Not stat(): nobody serves the mount yet, so that would wait forever.
-    if (auto m = find_mount(opts_.mountpoint)) dev_ = m->dev;
+    try {
+        if (auto m = find_mount(opts_.mountpoint)) dev_ = m->dev;
+    } catch (const Error&) {
+        // No destructor runs for a throwing constructor: take the mount
+        // down here (detached: nobody serves it, so nobody can be using it).
+        mounted_ = false;
+        if (via_fusermount_) run_command({"fusermount3", "-u", "-z", "--", opts_.mountpoint});
+        else ::umount2(opts_.mountpoint.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW);
+        throw;
+    }
 }
 
 FuseMount::~FuseMount() { stop(); }
@@ -164,7 +173,15 @@ FuseMount::~FuseMount() { stop(); }
 void FuseMount::stop() {
     if (!mounted_.exchange(false)) return;
     // Only unmount what is still our mount.
-    auto m = find_mount(opts_.mountpoint);
+    std::optional<MountEntry> m;
+    try {
+        m = find_mount(opts_.mountpoint);
+    } catch (const Error& e) {
+        // Runs from the destructor: say so and leave the mount alone rather
+        // than unmount something that may not be ours.
+        spdlog::warn("not unmounting {}: {}", opts_.mountpoint, e.what());
+        return;
+    }
     if (!m || m->dev != dev_) return;
     if (via_fusermount_) {
         run_command({"fusermount3", "-u", "-z", "--", opts_.mountpoint});
@@ -188,7 +205,15 @@ void FuseMount::stop() {
 void FuseMount::abort_connection() {
     const std::string ctl = "/sys/fs/fuse/connections";
     std::string abort_path = ctl + "/" + std::to_string(minor(dev_)) + "/abort";
-    if (::access(abort_path.c_str(), W_OK) != 0 && !find_mount(ctl)) {
+    bool ctl_mounted = true;
+    if (::access(abort_path.c_str(), W_OK) != 0) {
+        try {
+            ctl_mounted = find_mount(ctl).has_value();
+        } catch (const Error& e) {
+            spdlog::warn("cannot tell whether fusectl is mounted: {}", e.what());
+        }
+    }
+    if (!ctl_mounted) {
         // fusectl is not mounted in every namespace; mount it to reach the knob.
         if (::mount("fusectl", ctl.c_str(), "fusectl", 0, nullptr) != 0)
             spdlog::warn("cannot mount fusectl on {}: {}", ctl, std::strerror(errno));

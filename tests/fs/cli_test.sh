@@ -5,6 +5,7 @@ set -uo pipefail
 OCIVM=${1:?usage: cli_test.sh PATH-TO-OCIVM}
 if [ "$(id -u)" -ne 0 ]; then echo "FAIL: cli_test.sh mounts file systems and must run as root"; exit 1; fi
 command -v unshare >/dev/null || { echo "FAIL: unshare missing: apt-get install util-linux"; exit 1; }
+. "$(dirname "$0")/../lib/mounts.sh"
 
 work=${TMPDIR:-/tmp}/ocivm-clitest-$$
 mkdir -p "$work/src" "$work/mnt" "$work/busy"
@@ -62,8 +63,18 @@ check "help lists mount" bash -c "\"$OCIVM\" help | grep -q 'mount SOURCE MOUNTP
 check "mount --help explains --cache" bash -c "\"$OCIVM\" mount --help | grep -q -- '--cache MODE'"
 check "help mount = mount --help" bash -c "diff <(\"$OCIVM\" help mount) <(\"$OCIVM\" mount --help)"
 
-wait_mounted() { for _ in $(seq 200); do grep -q " $1 .* - fuse.ocivm " /proc/self/mountinfo && return 0; sleep 0.05; done; return 1; }
-wait_unmounted() { for _ in $(seq 200); do grep -q " $1 .* - fuse.ocivm " /proc/self/mountinfo || return 0; sleep 0.05; done; return 1; }
+# From the mount table: a stat would wait on a server not yet answering.
+wait_mounted() { for _ in $(seq 200); do mounted_at "$1" fuse.ocivm && return 0; sleep 0.05; done; return 1; }
+wait_unmounted() {
+  local rc
+  for _ in $(seq 200); do
+    mounted_at "$1" fuse.ocivm; rc=$?
+    [ $rc -eq 1 ] && return 0
+    [ $rc -eq 2 ] && return 1
+    sleep 0.05
+  done
+  return 1
+}
 
 # SIGINT unmounts and exits 0
 "$OCIVM" mount "$work/src" "$work/mnt" & pid=$!

@@ -23,9 +23,8 @@ tagged_pids() {  # tagged_pids PATTERN: pids whose environment has it
   done
 }
 
-mounts_under() {  # mount points at or below DIR, deepest first
-  awk -v d="$1" '{ if ($5 == d || index($5, d "/") == 1) print $5 }' /proc/self/mountinfo | sort -r
-}
+# mounts_under DIR VAR (findmnt: names with spaces or newlines come out whole)
+. "$(dirname "$0")/mounts.sh"
 
 loops_under() {  # loop devices whose backing file is below DIR
   losetup -l -n -O NAME,BACK-FILE 2>/dev/null | awk -v d="$1" 'index($2, d "/") == 1 { print $1 }'
@@ -39,7 +38,8 @@ report() {  # report KIND LIST...
 }
 
 check_and_clean() {  # check_and_clean TAG-PATTERN DIR-PREFIX
-  local pids mounts loops socks
+  local pids loops socks m
+  local -a mounts
   # Processes first: they may hold the mounts.
   for _ in 1 2 3 4 5 6 7 8 9 10; do
     pids=$(tagged_pids "$1")
@@ -54,14 +54,15 @@ check_and_clean() {  # check_and_clean TAG-PATTERN DIR-PREFIX
     kill -9 $pids 2>/dev/null
     sleep 0.3
   fi
-  socks=$(find $2 -type s 2>/dev/null | head -20)
+  socks=$(find "$2" -type s 2>/dev/null | head -20)
   report "socket files" $socks
   loops=$(loops_under "$2")
   report "loop devices" $loops
   for l in $loops; do losetup -d "$l" 2>/dev/null; done
-  mounts=$(mounts_under "$2")
-  report "mounts" $mounts
-  for m in $mounts; do umount -l "$m" 2>/dev/null; done
+  # Not knowing is a failure too: the test may have left a mount.
+  mounts_under "$2" mounts || leaked=1
+  report "mounts" "${mounts[@]}"
+  for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null; done
 }
 
 leaked=0
