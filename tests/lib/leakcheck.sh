@@ -11,7 +11,13 @@
 # under the TMPDIR (detached), socket files there. Tests run in parallel;
 # each one is judged only by what carries its own tag.
 #   leakcheck.sh --final   checks that no tagged process, mount or loop
-#                          device of any test is left (the suite's last test)
+#                          device of any test of this suite is left (the
+#                          suite's last test)
+#
+# A suite is one build directory's tests (CMake sets OCIVM_TEST_SUITE to a
+# hash of it): tags and directories start with it, so the final check of
+# one suite never judges, kills or removes what another suite running on
+# the same machine (another checkout's make test) is still doing.
 set -uo pipefail
 
 tagged_pids() {  # tagged_pids PATTERN: pids whose environment has it
@@ -65,17 +71,19 @@ check_and_clean() {  # check_and_clean TAG-PATTERN DIR-PREFIX
   for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null; done
 }
 
+suite=${OCIVM_TEST_SUITE:-adhoc}
+case $suite in *[!a-zA-Z0-9_-]*|'') echo "leakcheck: bad OCIVM_TEST_SUITE '$suite'" >&2; exit 1;; esac
 leaked=0
 if [ "${1:-}" = "--final" ]; then
   # Whatever a test's own check could not clean (a directory its wrapper
   # left because something was still mounted there, a tagged process).
-  left=$(ls -d "${TMPDIR:-/tmp}"/ocivm-t.* 2>/dev/null)
+  left=$(ls -d "${TMPDIR:-/tmp}"/ocivm-t."$suite".* 2>/dev/null)
   for d in $left; do
-    name=${d##*/ocivm-t.}; name=${name%.*}
-    check_and_clean "OCIVM_TEST_TAG=$name\..*\.${d##*.}" "$d"
+    name=${d##*/ocivm-t.$suite.}; name=${name%.*}
+    check_and_clean "OCIVM_TEST_TAG=$suite\.$name\..*\.${d##*.}" "$d"
   done
-  # any test's process, whatever its directory
-  check_and_clean "OCIVM_TEST_TAG=.*" "${TMPDIR:-/tmp}/ocivm-t.none"
+  # any process of this suite's tests, whatever its directory
+  check_and_clean "OCIVM_TEST_TAG=$suite\..*" "${TMPDIR:-/tmp}/ocivm-t.$suite.none"
   report "temporary directories" $left
   for d in $left; do rm -rf "$d"; done
   [ $leaked -eq 0 ] && echo "no test left a process, mount, loop device or socket behind"
@@ -84,8 +92,8 @@ fi
 
 name=${1:?test name}; shift
 base=${TMPDIR:-/tmp}
-dir=$(mktemp -d "$base/ocivm-t.$name.XXXXXX") || { echo "leakcheck: cannot create a directory in $base" >&2; exit 1; }
-tag="$name.$$.${dir##*.}"
+dir=$(mktemp -d "$base/ocivm-t.$suite.$name.XXXXXX") || { echo "leakcheck: cannot create a directory in $base" >&2; exit 1; }
+tag="$suite.$name.$$.${dir##*.}"
 OCIVM_TEST_TAG=$tag TMPDIR=$dir "$@"
 rc=$?
 check_and_clean "OCIVM_TEST_TAG=$tag" "$dir"

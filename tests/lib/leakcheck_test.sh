@@ -14,7 +14,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 WORK=${TMPDIR:-/tmp}/ocivm-leakself-$$
 mkdir -p "$WORK"
+other=
 cleanup() {
+  [ -n "$other" ] && kill -9 "$other" 2>/dev/null
   local -a left
   local m
   mounts_under "$WORK" left
@@ -48,5 +50,21 @@ inner "$WORK/in $weird" spaced 'mkdir "$TMPDIR/m" && mount -t tmpfs t "$TMPDIR/m
 check "a mount leaked in a TMPDIR named 'in $weird' fails the test (exit $rc)" [ $rc -ne 0 ]
 check "... is reported" grep -q "LEAK: the test left mounts behind" "$WORK/spaced.err"
 check "... and is unmounted" no_mounts_under "$WORK/in $weird"
+
+# The final check judges its own suite only (one build directory's tests):
+# another checkout's make test running beside it keeps its processes and
+# directories. (It used to kill every tagged process on the machine.)
+mkdir -p "$WORK/final/ocivm-t.othersuite.t.abcdef"
+env OCIVM_TEST_TAG=othersuite.t.1.abcdef sleep 120 & other=$!
+OCIVM_TEST_SUITE=mysuite TMPDIR="$WORK/final" "$HERE/leakcheck.sh" --final > /dev/null 2> "$WORK/final.err"; rc=$?
+check "--final of one suite passes while another suite's test runs (exit $rc)" [ $rc -eq 0 ]
+check "... leaves that test's process alone" kill -0 "$other"
+check "... and its directory" [ -d "$WORK/final/ocivm-t.othersuite.t.abcdef" ]
+OCIVM_TEST_SUITE=othersuite TMPDIR="$WORK/final" "$HERE/leakcheck.sh" --final > /dev/null 2> "$WORK/final.err"; rc=$?
+check "--final of that suite reports its leftovers (exit $rc)" [ $rc -ne 0 ]
+check "... kills its process" bash -c "! kill -0 $other 2>/dev/null"
+check "... and removes its directory" [ ! -e "$WORK/final/ocivm-t.othersuite.t.abcdef" ]
+wait "$other" 2>/dev/null; other=
+check "a bad suite name is refused" bash -c "! OCIVM_TEST_SUITE='a b' '$HERE/leakcheck.sh' --final 2>/dev/null"
 
 finish
