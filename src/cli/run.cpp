@@ -110,7 +110,8 @@ vm::ShareSpec parse_volume(const std::string& v) {
     std::string rest = v;
     size_t c = rest.find(':');
     if (c == std::string::npos || c == 0 || c + 1 >= rest.size() || rest[c + 1] != '/')
-        throw UsageError{"invalid --volume '" + v + "': use HOST:GUEST[:ro|rw][,nodev][,nosuid][,noexec] with an absolute GUEST path"};
+        throw UsageError{"invalid --volume '" + v + "': use HOST:GUEST[:OPTIONS] with an absolute GUEST path, "
+                         "OPTIONS a comma list of ro|rw, nodev|dev, nosuid|suid, noexec|exec"};
     s.host = rest.substr(0, c);
     rest = rest.substr(c + 1);
     size_t o = rest.find(':');

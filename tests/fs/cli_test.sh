@@ -57,6 +57,11 @@ expect_error "fsd without a socket" "exactly one of --socket-path" -- "$OCIVM" f
 expect_error "fsd with a missing share" "not an existing directory" -- "$OCIVM" fsd --shared-dir "$work/nope" --socket-path "$work/s.sock"
 expect_error "fsd bad --seccomp" "invalid --seccomp" -- "$OCIVM" fsd --shared-dir "$work/src" --socket-path "$work/s.sock" --seccomp maybe
 expect_error "trace summary of a missing file" "cannot read trace file" -- "$OCIVM" trace summary "$work/none.jsonl"
+# ocivm run's -v is checked before any image or VM is looked at.
+expect_error "run -v without a GUEST path" "use HOST:GUEST\\[:OPTIONS\\] .*nodev\\|dev, nosuid\\|suid, noexec\\|exec" -- "$OCIVM" run -v "$work/src" some-image -- true
+expect_error "run -v with a relative GUEST path" "an absolute GUEST path" -- "$OCIVM" run -v "$work/src:data" some-image -- true
+expect_error "run -v with an unknown option" "unknown option 'nodevv'; use ro, rw, nodev, dev, nosuid, suid, noexec or exec" -- "$OCIVM" run -v "$work/src:/data:ro,nodevv" some-image -- true
+expect_error "run -v of a missing HOST directory" "volume .*/nope is not an existing directory" -- "$OCIVM" run -v "$work/nope:/data" some-image -- true
 check "fsd --print-capabilities prints libvirt's JSON" bash -c "\"$OCIVM\" fsd --print-capabilities | grep -q '\"type\": \"fs\"'"
 check "--version prints the version" bash -c "\"$OCIVM\" --version | grep -q '^ocivm version [0-9]'"
 check "help lists mount" bash -c "\"$OCIVM\" help | grep -q 'mount SOURCE MOUNTPOINT'"
