@@ -95,6 +95,17 @@ void enter_namespaces(const std::string& who) {
     if (pid < 0) throw_errno(who + ": cannot fork the sandboxed server", errno);
     if (pid > 0) {
         alive_r.reset();
+        // The keeper lives in the server's mount namespace, and a working
+        // directory left in the copy of the host's tree (wherever ocivm was
+        // started) would keep that copy alive after the server detaches it.
+        // As a user the copy's mounts are locked together, so it is all of
+        // them: a host file system unmounted meanwhile (`ocivm mount`'s own
+        // FUSE mount on SIGTERM or fusermount3 -u) would never go, and its
+        // server would wait for requests forever. "/" now is the old root,
+        // which the server's pivot_root moves to the share; after the pivot
+        // "/" is the share itself.
+        if (::chdir("/") < 0)
+            std::fprintf(stderr, "ocivm: warning: %s: chdir /: %s\n", who.c_str(), std::strerror(errno));
         // The keeper needs no privilege to wait and to kill its own child.
         try {
             drop_privileges({});
@@ -117,8 +128,19 @@ void enter_namespaces(const std::string& who) {
     // host's init. Only the process directories (subset=pid): no sys/,
     // sysrq-trigger or other global knobs a uid-0 server could still write
     // without any capability; read-only besides.
-    if (::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "subset=pid") < 0)
-        throw_errno(who + ": sandbox: mounting /proc", errno);
+    if (::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "subset=pid") < 0) {
+        int e = errno;
+        // The kernel lets a user namespace mount a proc only where the
+        // current one is fully visible: none of its paths covered by
+        // another mount, as a container's runtime covers /proc/sys,
+        // /proc/kcore and the like.
+        if (!root && e == EPERM)
+            throw_errno(who + ": sandbox: mounting a /proc of its own", e,
+                        "as a user, a new /proc may only be mounted where /proc is fully visible, and here "
+                        "paths in it are covered by other mounts (a container's masked /proc); run as root, "
+                        "or with --sandbox none");
+        throw_errno(who + ": sandbox: mounting /proc", e);
+    }
 }
 
 UniqueFd open_share(const std::string& real) {
@@ -186,6 +208,20 @@ void pivot_into(int root_fd, bool cwd_proc_fd) {
 
 std::vector<int> file_server_caps(bool readonly, bool nodev, bool nosuid) {
     if (readonly) return {CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH};
+    if (::geteuid() != 0) {
+        // A user's server: its user namespace maps its own uid and gid
+        // only, and a capability there acts on files owned by mapped ids
+        // alone, all of which the server owns. chown, setuid and setgid
+        // have no other id to go to (and credentials are not switched:
+        // fs::prepare_server_process), fowner adds nothing to an owner,
+        // mknod and setfcap need the host's root (device nodes; file
+        // capabilities need a uid 0 in the namespace). What is left: mode
+        // bits that deny the owner (a guest's root expects to read a 0400
+        // file) and keeping set-id bits on write.
+        std::vector<int> caps = {CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH};
+        if (!nosuid) caps.push_back(CAP_FSETID);
+        return caps;
+    }
     std::vector<int> caps = {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER,
                              CAP_SETGID, CAP_SETUID};
     if (!nodev) caps.push_back(CAP_MKNOD);
@@ -210,14 +246,13 @@ void drop_privileges(const std::vector<int>& wanted) {
     for (int c : wanted)
         if (have & (1ull << c)) keep.push_back(c);
     auto kept = [&](int c) { return std::find(keep.begin(), keep.end(), c) != keep.end(); };
-    int last = CAP_LAST_CAP;
-    try {
-        last = std::stoi(read_file("/proc/sys/kernel/cap_last_cap"));
-    } catch (...) {
-    }
-    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes below.
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes
+    // below. Every number up to 63, not /proc/sys/kernel/cap_last_cap:
+    // the keeper may run after its server mounted a /proc without sys/ on
+    // the namespace they share, and a kernel newer than our headers may
+    // know more capabilities; numbers it does not know fail with EINVAL.
     if (have & (1ull << CAP_SETPCAP)) {
-        for (int c = 0; c <= last; ++c)
+        for (int c = 0; c < 64; ++c)
             if (!kept(c) && ::prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
                 throw_errno("sandbox: dropping capability " + std::to_string(c) + " from the bounding set", errno);
     }

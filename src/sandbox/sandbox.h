@@ -29,9 +29,12 @@ bool parse_seccomp_mode(const std::string& s, SeccompMode& out);
 // when not root, a user namespace that maps only the caller's uid and gid
 // to themselves). Must be called while the process has one thread.
 //
-// The parent stays outside as the child's keeper: it ignores nothing but
-// waits for the child, turns SIGINT/SIGTERM/SIGHUP into SIGKILL for it, and
-// exits with the child's exit code (128+N for a signal). It never returns.
+// The parent stays outside the new PID namespace as the child's keeper: it
+// ignores nothing but waits for the child, turns SIGINT/SIGTERM/SIGHUP into
+// SIGKILL for it, and exits with the child's exit code (128+N for a
+// signal). It never returns. It shares the child's other namespaces, with
+// its working directory at "/", which the child's pivot_into makes the
+// share: nothing of the host's mount tree stays alive through it.
 // The child returns: PID 1 of the new PID namespace, its mount tree a
 // private copy (slave of the host's), a fresh /proc of the new PID
 // namespace mounted on /proc, the loopback of an empty network namespace,
@@ -62,7 +65,9 @@ void pivot_into(int root_fd, bool cwd_proc_fd = false);
 // Capabilities a file server keeps (numbers from <linux/capability.h>):
 // chown, dac_override, dac_read_search, fowner, fsetid, setgid, setuid,
 // mknod, setfcap; read-only shares keep dac_override and dac_read_search
-// only; nodev drops mknod, nosuid drops fsetid and setfcap.
+// only; nodev drops mknod, nosuid drops fsetid and setfcap. As a user (in
+// the sandbox's user namespace, which maps only the user's ids) the rest do
+// nothing and go too: dac_override, dac_read_search and fsetid are kept.
 std::vector<int> file_server_caps(bool readonly, bool nodev, bool nosuid);
 
 // Keeps only `keep` in the effective, permitted and bounding sets (no
