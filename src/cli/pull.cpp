@@ -122,10 +122,11 @@ private:
 
 // Whether the store holds a blob: it is there only once verified (the store
 // renames a blob to its digest after hashing it), so it need not be fetched.
-bool store_has_blob(const std::string& home, const std::string& digest) {
-    if (!registry::valid_digest(digest)) return false;
+std::string stored_blob(const std::string& home, const std::string& digest) {
+    if (!registry::valid_digest(digest)) return {};
+    std::string p = home + "/blobs/sha256/" + digest.substr(7);
     struct stat st;
-    return ::lstat((home + "/blobs/sha256/" + digest.substr(7)).c_str(), &st) == 0 && S_ISREG(st.st_mode);
+    return ::lstat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) ? p : std::string();
 }
 
 // Staging directories of pulls that were killed (their pid is gone).
@@ -189,7 +190,7 @@ PulledImage pull_image(const PullRequest& req) {
     opts.tls_verify = req.tls_verify;
     opts.creds = req.creds;
     opts.authfile = req.authfile;
-    opts.have_blob = [home](const std::string& d) { return store_has_blob(home, d); };
+    opts.stored_blob = [home](const std::string& d) { return stored_blob(home, d); };
 
     const bool tty = !req.quiet && ::isatty(2);
     TtyProgress bar;

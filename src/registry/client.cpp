@@ -538,7 +538,7 @@ StagedImage fetch_from(const Endpoint& ep, const Reference& ref, const PullOptio
     Session s(ep, opts, ref.registry);
     Http http;
     Manifest m = get_manifest(s, http, ref.digest.empty() ? ref.tag : ref.digest, ref.digest);
-    if (m.media_type.find("manifest.v1") != std::string::npos || m.media_type.find("prettyjws") != std::string::npos)
+    if (m.media_type.rfind("application/vnd.docker.distribution.manifest.v1", 0) == 0)
         throw Error(ref.str() + " has a Docker schema 1 manifest, which is deprecated and not supported; push the image again with a current tool");
     std::string chosen_platform;
     if (is_index_type(m.media_type)) {
@@ -611,9 +611,19 @@ StagedImage fetch_from(const Endpoint& ep, const Reference& ref, const PullOptio
 
     // The config first (small, and it says whether the image is for us).
     Fetcher f(s, opts, st, progress);
-    f.blobs.push_back({cfg.digest, cfg.size});
-    f.run();
-    json cj = parse_json(read_file(st.blob(cfg.digest)), "config " + cfg.digest);
+    std::string cfg_text;
+    if (std::string p = opts.stored_blob ? opts.stored_blob(cfg.digest) : ""; !p.empty()) {
+        // The store's copy, checked again (a few KiB) before it is used.
+        cfg_text = read_file(p);
+        if (cfg_text.size() != cfg.size || "sha256:" + sha256_hex(cfg_text) != cfg.digest) cfg_text.clear();
+        else write_small(st.blob(cfg.digest), cfg_text);
+    }
+    if (cfg_text.empty()) {
+        f.blobs.push_back({cfg.digest, cfg.size});
+        f.run();
+        cfg_text = read_file(st.blob(cfg.digest));
+    }
+    json cj = parse_json(cfg_text, "config " + cfg.digest);
     if (!cj.is_object()) throw Error("config " + cfg.digest + " is not a JSON object");
     Platform cp;
     cp.os = str_field(cj, "os", "config", false);
@@ -628,7 +638,7 @@ StagedImage fetch_from(const Endpoint& ep, const Reference& ref, const PullOptio
     for (auto& d : layers) {
         if (!dup.insert(d.digest).second) continue;
         BlobProgress b{d.digest, d.size};
-        if (opts.have_blob && opts.have_blob(d.digest)) b.state = BlobProgress::State::Skipped;
+        if (opts.stored_blob && !opts.stored_blob(d.digest).empty()) b.state = BlobProgress::State::Skipped;
         lf.blobs.push_back(b);
     }
     std::vector<BlobProgress> todo;
@@ -646,7 +656,7 @@ StagedImage fetch_from(const Endpoint& ep, const Reference& ref, const PullOptio
         all.insert(all.end(), lf.blobs.begin(), lf.blobs.end());
         progress(all, true);
     }
-    img.blobs_fetched = static_cast<unsigned>(todo.size()) + 1;
+    img.blobs_fetched = static_cast<unsigned>(todo.size() + f.blobs.size());
     img.blobs_skipped = static_cast<unsigned>(skipped.size());
     img.bytes_fetched = f.bytes + lf.bytes;
 

@@ -33,8 +33,9 @@ struct PullOptions {
     std::optional<Credentials> creds;       // --creds
     std::string authfile;                   // --authfile
     unsigned jobs = 4;                      // blobs fetched at once
-    // Whether the store has a verified blob already (not fetched again).
-    std::function<bool(const std::string& digest)> have_blob;
+    // The path of a blob the store holds already, verified ("" when it has
+    // none): a layer there is not fetched again, a config is copied from there.
+    std::function<std::string(const std::string& digest)> stored_blob;
 };
 
 struct BlobProgress {
@@ -54,7 +55,13 @@ public:
     StagedImage() = default;
     explicit StagedImage(std::string dir) : dir_(std::move(dir)) {}
     ~StagedImage();
-    StagedImage(StagedImage&& o) noexcept : dir_(std::move(o.dir_)) { o.dir_.clear(); }
+    StagedImage(StagedImage&& o) noexcept
+        : ref(std::move(o.ref)), manifest_digest(std::move(o.manifest_digest)),
+          manifest_media_type(std::move(o.manifest_media_type)), platform(std::move(o.platform)),
+          blobs_fetched(o.blobs_fetched), blobs_skipped(o.blobs_skipped), bytes_fetched(o.bytes_fetched),
+          dir_(std::move(o.dir_)) {
+        o.dir_.clear();
+    }
     StagedImage& operator=(StagedImage&&) = delete;
     const std::string& dir() const { return dir_; }
 
