@@ -32,6 +32,11 @@ PACKAGES=(
   libmount-dev fdisk e2fsprogs libext2fs-dev comerr-dev qemu-utils
   # disk create --fs xfs: mkfs.xfs runs in the VM from the host root
   xfsprogs
+  # ocivm pull: HTTPS to registries (libcurl); zstd layers are read by
+  # libarchive, zstd makes the test's zstd layer. The registry tests run
+  # Debian's docker-registry (distribution 2.8), push with skopeo, and make
+  # their htpasswd file with apache2-utils.
+  libcurl4-openssl-dev libzstd-dev zstd docker-registry skopeo apache2-utils openssl curl
   # make fuzz: clang 14 with libFuzzer and the sanitizer runtimes
   clang libclang-rt-14-dev
 )
