@@ -114,6 +114,10 @@ mkdir -p "$OCIVM_HOME/certs.d/$REG" "$HOME" "$XDG_RUNTIME_DIR"
 cp ca.crt "$OCIVM_HOME/certs.d/$REG/ca.crt"
 printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$REG" "$(printf %s "$CREDS" | base64 -w0)" > auth.json
 
+if [ -n "${PAUSE:-}" ]; then
+  echo "PAUSE: registry $REG, OCIVM_HOME=$OCIVM_HOME, creds $CREDS; touch $WORK/go to continue"
+  while [ ! -e "$WORK/go" ]; do sleep 1; done
+fi
 blob_gets() { grep -c "GET /v2/$1/blobs/sha256:" registry.log; }
 rootfs_of() { "$OCIVM" image inspect "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rootfs"])'; }
 store_state() { (cd "$OCIVM_HOME" && find . ! -name lock | sort); }
@@ -221,7 +225,52 @@ m=$(cut -d' ' -f2 out); m=${m#sha256:}
 check "zstd layer: pulled" [ $rc -eq 0 ] && grep -q "tar+zstd" "$OCIVM_HOME/blobs/sha256/$m"
 check "zstd layer: content" [ "$(cat "$(rootfs_of "$REG/test/zst:latest")/zstd.txt" 2>/dev/null)" = "zstd layer $$" ]
 
-# 9. --tls-verify=false needs no CA
+# 9. the bearer-token flow: a second registry on the same storage, with
+# token auth (a JWT from tests/registry/token_server.py, signed by a key the
+# registry trusts); test/d2 may be pulled anonymously, the rest needs a login.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=ocivm test token signer $$" \
+  -keyout token.key -out token.crt 2>/dev/null || fail "openssl cannot make the token key"
+python3 "$HERE/token_server.py" reg.crt reg.key token.crt token.key "$CREDS" test/d2 token.port token.log & pids+=($!)
+for _ in $(seq 100); do [ -s token.port ] && break; sleep 0.1; done
+[ -s token.port ] || fail "the token service did not start"
+TPORT2=$(free_port)
+cat > registry2.yml <<YML
+version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: $WORK/storage
+http:
+  addr: 127.0.0.1:$TPORT2
+  tls:
+    certificate: $WORK/reg.crt
+    key: $WORK/reg.key
+auth:
+  token:
+    realm: https://127.0.0.1:$(cat token.port)/token
+    service: ocivm-test
+    issuer: ocivm-test-issuer
+    rootcertbundle: $WORK/token.crt
+YML
+docker-registry serve registry2.yml > registry2.log 2>&1 & pids+=($!)
+for _ in $(seq 100); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --cacert ca.crt "https://127.0.0.1:$TPORT2/v2/")" = 401 ] && break
+  sleep 0.1
+done
+REG2=127.0.0.1:$TPORT2
+mkdir -p "$OCIVM_HOME/certs.d/$REG2" && cp ca.crt "$OCIVM_HOME/certs.d/$REG2/"
+"$OCIVM" pull --creds "$CREDS" "$REG2/test/busy:v1" > out 2> err; rc=$?
+check "bearer: pull with credentials" [ $rc -eq 0 ] && grep -q "^user repository:test/busy:pull" token.log
+[ $rc -eq 0 ] || { cat err; tail -5 registry2.log; }
+"$OCIVM" pull "$REG2/test/d2" > out 2> err; rc=$?
+check "bearer: anonymous pull of a public repository" [ $rc -eq 0 ] && grep -q "^anon repository:test/d2:pull" token.log
+"$OCIVM" pull "$REG2/test/zst" > out 2> err; rc=$?
+check "bearer: anonymous pull of a private one: 125, asks for credentials" [ $rc -eq 125 ] && grep -q -- "--creds" err
+"$OCIVM" pull --creds tester:nope "$REG2/test/zst" > out 2> err; rc=$?
+check "bearer: wrong password: 125, says so" [ $rc -eq 125 ] && grep -q "wrong user name or password" err
+
+# 10. --tls-verify=false needs no CA
 rm -rf "$OCIVM_HOME/certs.d"
 "$OCIVM" image rm "$REG/test/d2:latest"
 "$OCIVM" pull --tls-verify=false --creds "$CREDS" "$REG/test/d2" > out 2> err; rc=$?
