@@ -91,6 +91,7 @@ $ML image d2 d2 --layer "docker=schema 2 $$"
 $ML image zst zst --compress zstd --layer "zstd.txt=zstd layer $$" --random "zstd.bin=300000"
 $ML image big big --layer "big.txt=big $$" --random "big.bin=8000000"
 $ML image bad bad --layer "bad.txt=doomed $$" --random "bad.bin=200000"
+$ML image hostile hostile --layer "hostile.txt=hostile $$"
 mkdir -p certs && cp ca.crt certs/ca.crt
 push() {  # push LAYOUT:TAG REPO:TAG [skopeo options]
   local src=$1 dst=$2; shift 2
@@ -275,6 +276,43 @@ rm -rf "$OCIVM_HOME/certs.d"
 "$OCIVM" image rm "$REG/test/d2:latest"
 "$OCIVM" pull --tls-verify=false --creds "$CREDS" "$REG/test/d2" > out 2> err; rc=$?
 check "--tls-verify=false: pulled without the CA" [ $rc -eq 0 ]
+
+# 11. a registry that lies and inflates (plain HTTP, insecure in registries.conf)
+python3 "$HERE/hostile_registry.py" "$WORK/hostile" hostile.port & pids+=($!)
+for _ in $(seq 100); do [ -s hostile.port ] && break; sleep 0.1; done
+[ -s hostile.port ] || fail "the hostile registry did not start"
+HREG=127.0.0.1:$(cat hostile.port)
+printf '[[registry]]\nlocation = "%s"\ninsecure = true\n' "$HREG" > "$OCIVM_HOME/registries.conf"
+# before any pull of its image: layers in the store are not fetched at all
+"$OCIVM" pull "$HREG/longblob:1" > out 2> err; rc=$?
+check "hostile longblob: 125, a blob longer than its descriptor is refused" [ $rc -eq 125 ] && grep -q "is longer than the" err
+grep -q "is longer than the" err || cat err
+"$OCIVM" pull "$HREG/flaky:1" > out 2> err; rc=$?
+check "hostile: 503 then 429 are retried, then the pull succeeds (plain HTTP, insecure)" [ $rc -eq 0 ]
+[ $rc -eq 0 ] || cat err
+"$OCIVM" pull "$HREG/good:1" > out 2> err; rc=$?
+check "hostile: its honest image" [ $rc -eq 0 ] && [ "$(cat "$(rootfs_of "$HREG/good:1")/hostile.txt")" = "hostile $$" ]
+state=$(store_state)
+hostile() {  # hostile REPO MESSAGE
+  "$OCIVM" pull "$HREG/$1:1" > out 2> err; rc=$?
+  check "hostile $1: 125, '$2'" [ $rc -eq 125 ] && grep -q -- "$2" err
+  grep -q -- "$2" err || cat err
+}
+hostile bigmanifest "larger than the 4194304 bytes"
+hostile redirect "redirects"
+hostile foreign "non-distributable"
+hostile urls "foreign layer"
+hostile lying "but the registry says"
+hostile deep "nests deeper than"
+hostile hugeheader "headers larger than"
+hostile schema1 "schema 1"
+hostile baddigest "ocivm accepts sha256 only"
+hostile artifact "is not a container image"
+check "hostile: the store is as it was" [ "$(store_state)" = "$state" ]
+printf '[[registry]]\nlocation = "%s"\nblocked = true\n' "$HREG" > "$OCIVM_HOME/registries.conf"
+"$OCIVM" pull "$HREG/good:1" > out 2> err; rc=$?
+check "blocked registry: 125, says so" [ $rc -eq 125 ] && grep -q "is blocked by registries.conf" err
+rm "$OCIVM_HOME/registries.conf"
 
 check "no staging directory left" [ -z "$(ls -A "$OCIVM_HOME/downloads")" ]
 echo "passed $passed, failed $failed"
