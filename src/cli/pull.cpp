@@ -85,7 +85,7 @@ public:
         for (auto& b : blobs) {
             auto& start = started_[b.digest];
             if (b.state == registry::BlobProgress::State::Fetching && start.time_since_epoch().count() == 0) start = now;
-            std::string line = "Copying blob " + b.digest.substr(7, 12) + " ";
+            std::string line = std::string(b.config ? "Copying config " : "Copying blob ") + b.digest.substr(7, 12) + " ";
             using S = registry::BlobProgress::State;
             if (b.state == S::Skipped) line += "skipped: already in the store";
             else if (b.state == S::Done) line += "done   " + human(static_cast<double>(b.size));

@@ -416,13 +416,12 @@ private:
         auto hash = std::make_unique<Sha256>();
         uint64_t have = 0;
         std::string err_body;
-        bool first = true, resuming = false;
+        bool first = true;
         set_state(i, BlobProgress::State::Fetching);
         auto prepare = [&]() -> std::vector<std::string> {
             first = true;
             err_body.clear();
-            resuming = have > 0;
-            if (resuming) {
+            if (have > 0) {
                 spdlog::info("blob {}: resuming at byte {} of {}", digest, have, size);
                 std::lock_guard<std::mutex> g(mu_);
                 ++blobs[i].resumes;
@@ -619,7 +618,9 @@ StagedImage fetch_from(const Endpoint& ep, const Reference& ref, const PullOptio
         else write_small(st.blob(cfg.digest), cfg_text);
     }
     if (cfg_text.empty()) {
-        f.blobs.push_back({cfg.digest, cfg.size});
+        BlobProgress b{cfg.digest, cfg.size};
+        b.config = true;
+        f.blobs.push_back(b);
         f.run();
         cfg_text = read_file(st.blob(cfg.digest));
     }

@@ -43,6 +43,7 @@ struct BlobProgress {
     uint64_t size = 0, done = 0;
     enum class State { Waiting, Fetching, Done, Skipped } state = State::Waiting;
     unsigned resumes = 0;
+    bool config = false;  // the image config (else a layer)
 };
 
 // Called (from any thread, serialised) as blobs progress; `final` once at the end.
