@@ -225,7 +225,7 @@ PulledImage pull_image(const PullRequest& req) {
     throw Error("short name '" + req.reference + "' was not found in any unqualified-search registry of registries.conf:" + errors);
 }
 
-std::string pull_for_run(const std::string& image, const std::string& policy, const std::string& log_level) {
+std::string pull_for_run(const std::string& image, const std::string& policy, PullRequest req) {
     if (policy != "missing" && policy != "always" && policy != "never")
         throw UsageError{"invalid --pull '" + policy + "': use missing, always or never"};
     struct stat st;
@@ -248,9 +248,7 @@ std::string pull_for_run(const std::string& image, const std::string& policy, co
         for (auto& c : cands)
             if (store.find(c.str())) return c.str();
     }
-    PullRequest req;
     req.reference = image;
-    req.log_level = log_level;
     return pull_image(req).name;
 }
 

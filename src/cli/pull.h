@@ -33,8 +33,10 @@ PulledImage pull_image(const PullRequest& req);
 // image::resolve_image. policy: "missing" (pull when the store has no
 // image of that name), "always", "never". A directory, an oci:/...:
 // source or a stored name is returned as it is (missing, never); otherwise
-// the reference is pulled and its store name returned. Throws UsageError
+// the reference is pulled (with req's options: --platform, --creds,
+// --authfile, --tls-verify, --quiet, --log-level as the caller took them;
+// req.reference is ignored) and its store name returned. Throws UsageError
 // for a bad policy, Error when the pull fails.
-std::string pull_for_run(const std::string& image, const std::string& policy, const std::string& log_level);
+std::string pull_for_run(const std::string& image, const std::string& policy, PullRequest req);
 
 }  // namespace ocivm::cli

@@ -227,3 +227,24 @@ TEST(Platform, Parse) {
 }
 
 }  // namespace
+
+#include "cli/args.h"
+#include "cli/pull.h"
+
+namespace {
+
+// The hook `ocivm run` and `ocivm disk create` call before resolving IMAGE:
+// what must never reach the network.
+TEST(PullForRun, LocalThingsAreNotPulled) {
+    ocivm::cli::PullRequest req;
+    EXPECT_THROW(ocivm::cli::pull_for_run("alpine", "sometimes", req), ocivm::cli::UsageError);
+    // A directory (a root file system or a layout) and a transport source stay as they are.
+    EXPECT_EQ(ocivm::cli::pull_for_run("/", "always", req), "/");
+    EXPECT_EQ(ocivm::cli::pull_for_run("oci:/nonexistent/layout", "always", req), "oci:/nonexistent/layout");
+    // never: whatever it is, resolve_image judges it.
+    EXPECT_EQ(ocivm::cli::pull_for_run("docker.io/library/alpine", "never", req), "docker.io/library/alpine");
+    // Not a reference (a digest prefix of a stored image, say): as it is.
+    EXPECT_EQ(ocivm::cli::pull_for_run("Not A Reference", "missing", req), "Not A Reference");
+}
+
+}  // namespace
