@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build run run-mount test test-unit test-fs test-vm bench guestbench bootbench imagebench diskbench pullbench fuzz fuzz-corpus clean
+.PHONY: all deps build run run-mount test test-unit test-fs test-vm bench seccompbench guestbench bootbench imagebench diskbench pullbench fuzz fuzz-corpus clean
 
 all: build
 
@@ -43,6 +43,9 @@ test-vm: build
 
 bench: build
 	@$(BUILD)/fsbench --ocivm $(BUILD)/ocivm
+
+seccompbench: build
+	@$(BUILD)/seccompbench
 
 guestbench: build
 	@bench/guestbench.sh $(BUILD)/ocivm

@@ -27,6 +27,9 @@
 #include <thread>
 #include <vector>
 
+#include "util/error.h"
+#include "util/mountinfo.h"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -51,16 +54,14 @@ struct Args {
     std::exit(1);
 }
 
+// From the mount table (libmount), not stat(): a FUSE mount whose server has
+// not answered INIT yet would block a stat.
 bool mounted(const std::string& path) {
-    std::ifstream in("/proc/self/mountinfo");
-    std::string line;
-    while (std::getline(in, line)) {
-        std::istringstream ls(line);
-        std::string a, b, c, d, mp;
-        ls >> a >> b >> c >> d >> mp;
-        if (mp == path) return true;
+    try {
+        return ocivm::find_mount(path).has_value();
+    } catch (const ocivm::Error& e) {
+        die(e.what());
     }
-    return false;
 }
 
 pid_t spawn(const std::vector<std::string>& args, bool quiet = true) {

@@ -11,7 +11,8 @@ PACKAGES=(
   fuse3
   # benchmarks: bindfs is the libfuse passthrough a user would pick today
   bindfs
-  # util-linux gives mount/umount/unshare used by tests and make run
+  # util-linux gives mount/umount/unshare used by tests and make run, and
+  # findmnt, the tests' reader of mount tables
   util-linux attr acl perl
   # VM tests and benchmarks: QEMU (with Debian's C virtiofsd as the peer),
   # Debian's kernel and its modules, a static busybox for the initramfs
@@ -27,11 +28,14 @@ PACKAGES=(
   systemd procps
   # imagebench's peer
   umoci
-  # disks and unmounting: libmount, sfdisk, mkfs.ext4 + libext2fs (our ext4
-  # writer), qemu-img, debugfs and e2fsck (the round-trip test)
+  # mount tables (src/util/mountinfo), disks and unmounting: libmount,
+  # sfdisk, mkfs.ext4 + libext2fs (our ext4 writer), qemu-img, debugfs and
+  # e2fsck (the round-trip test)
   libmount-dev fdisk e2fsprogs libext2fs-dev comerr-dev qemu-utils
   # disk create --fs xfs: mkfs.xfs runs in the VM from the host root
   xfsprogs
+  # image import containers-storage:NAME (podman image save) and its test
+  podman
   # ocivm pull: HTTPS to registries (libcurl); zstd layers are read by
   # libarchive, zstd makes the test's zstd layer. The registry tests run
   # Debian's docker-registry (distribution 2.8), push with skopeo, and make

@@ -10,6 +10,7 @@
 #include "cli/args.h"
 #include "sandbox/sandbox.h"
 #include "cli/commands.h"
+#include "cli/import.h"
 #include "disk/create.h"
 #include "image/resolve.h"
 #include "util/error.h"
@@ -67,7 +68,10 @@ int cmd_disk(int argc, char** argv) {
         throw UsageError{"usage: ocivm disk create IMAGE OUTPUT [--format raw|qcow2] [--size SIZE] [--fs ext4|xfs] [--label L]"};
     if (o.format != "raw" && o.format != "qcow2") throw UsageError{"invalid --format '" + o.format + "': use raw or qcow2"};
     if (o.fs != "ext4" && o.fs != "xfs") throw UsageError{"invalid --fs '" + o.fs + "': use ext4 or xfs"};
-    auto img = image::resolve_image(pos[1]);
+    // An OCI layout is imported by a confined child, like any import.
+    auto img = image::resolve_image(pos[1], [&](const std::string& source) {
+        return import_confined(source, "", log_level).digest;
+    });
     // The ext4 writer reads a tree and writes one file: it needs to read
     // anything (dac_*), and sys_admin only because reading trusted.* xattrs
     // takes it (the copy keeps them). The xfs writer boots a VM whose share

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include "cli/args.h"
@@ -56,6 +57,11 @@ Options:
       --shared-dir DIR       the directory to share (required)
       --cache MODE           never | metadata | auto | always (default: auto);
                              see 'ocivm mount --help'
+      --rlimit-nofile N      the file descriptor limit, which caps the files and
+                             directories the guest can make fsd hold at once (one
+                             descriptor each; past it LOOKUP fails with EMFILE).
+                             Default: raised to the hard limit (as root to
+                             fs.nr_open); 0 leaves the limit as it is
       --thread-pool-size N   accepted for virtiofsd compatibility; each queue
                              has its own thread
       --sandbox MODE         namespace (default): the server runs in new mount, PID,
@@ -109,6 +115,7 @@ struct FsdOptions {
     std::string socket_path, shared_dir, cache = "auto", sandbox = "namespace",
                 seccomp = "kill", log_level = "warn", trace, xattr_policy = "passthrough";
     int fd = -1, control_fd = -1;
+    std::optional<unsigned long> fd_limit;  // --rlimit-nofile
     bool readonly = false, xattr = true, caps = false, help = false, submounts = false,
          nodev = false, nosuid = false, override_stat = false, trusted_xattrs = false;
 };
@@ -206,6 +213,9 @@ int cmd_fsd(int argc, char** argv) {
         {"xattr-policy", 0, true, [&](const std::string& v) { o.xattr_policy = v; }},
         {"shared-dir", 0, true, [&](const std::string& v) { o.shared_dir = v; }},
         {"cache", 0, true, [&](const std::string& v) { o.cache = v; }},
+        {"rlimit-nofile", 0, true, [&](const std::string& v) {
+             o.fd_limit = v == "0" ? 0 : parse_count("--rlimit-nofile", v, 1u << 30);
+         }},
         {"thread-pool-size", 0, true, [&](const std::string& v) { if (v != "0") parse_count("--thread-pool-size", v, 1024); }},
         {"sandbox", 0, true, [&](const std::string& v) { o.sandbox = v; }},
         {"seccomp", 0, true, [&](const std::string& v) { o.seccomp = v; }},
@@ -256,7 +266,7 @@ int cmd_fsd(int argc, char** argv) {
     UniqueFd share = sandbox::open_share(real);
 
     ::signal(SIGPIPE, SIG_IGN);
-    transport::raise_fd_limit();
+    transport::set_fd_limit(o.fd_limit);
     UniqueFd sock;
     if (o.fd >= 0) {
         spdlog::info("waiting for the front end on fd {}", o.fd);

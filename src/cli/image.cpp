@@ -1,14 +1,13 @@
 // ocivm image: import, list, inspect, remove and prune images in the store.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include <linux/capability.h>
-
 #include "cli/args.h"
-#include "sandbox/sandbox.h"
 #include "cli/commands.h"
+#include "cli/import.h"
 #include "image/store.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -22,7 +21,10 @@ const char kHelp[] = R"(Usage: ocivm image COMMAND [OPTIONS]
 
 The image store ($OCIVM_HOME, default /var/lib/ocivm as root): blobs by
 sha256, verified; layers unpacked once by diff_id; one root file system per
-image. A malicious layer cannot write outside the store.
+image. A malicious layer cannot write outside the store. Images are parsed
+and unpacked by a process of their own with no network and only the
+capabilities unpacking needs (podman's export, for containers-storage:, runs
+before, outside it).
 
 Commands:
   import SOURCE [--name NAME[:TAG]]   import an image; SOURCE is one of
@@ -54,10 +56,22 @@ std::string human(uint64_t b) {
 int cmd_image(int argc, char** argv) {
     bool help = false;
     std::string name, format = "table", log_level = "warn";
+    int result_fd = -1, archive_fd = -1;
+    // --result-fd and --archive-fd are import_confined's, for the child it
+    // starts (cli/import.h); not for users, so not in the help.
+    auto fd_option = [](const char* flag, const std::string& v) {
+        if (v.empty() || v.size() > 4 || v.find_first_not_of("0123456789") != std::string::npos)
+            throw UsageError{std::string("invalid --") + flag + " '" + v + "'"};
+        int fd = std::stoi(v);
+        if (fd < 3 || ::fcntl(fd, F_GETFD) < 0) throw UsageError{std::string("--") + flag + " " + v + ": not an open fd"};
+        return fd;
+    };
     std::vector<Option> opts = {
         {"name", 0, true, [&](const std::string& v) { name = v; }},
         {"format", 0, true, [&](const std::string& v) { format = v; }},
         {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
+        {"result-fd", 0, true, [&](const std::string& v) { result_fd = fd_option("result-fd", v); }},
+        {"archive-fd", 0, true, [&](const std::string& v) { archive_fd = fd_option("archive-fd", v); }},
     };
     auto pos = parse_args("image", argc, argv, 2, opts, &help);
     if (help || pos.empty()) {
@@ -67,31 +81,22 @@ int cmd_image(int argc, char** argv) {
     }
     setup_logging(log_level);
     if (format != "table" && format != "json") throw UsageError{"invalid --format '" + format + "': use table or json"};
-    image::Store store(ocivm_home());
     const std::string& sub = pos[0];
     auto want_args = [&](size_t n, const char* usage) {
         if (pos.size() != n + 1) throw UsageError{std::string("usage: ocivm image ") + usage};
     };
+    if ((result_fd >= 0 || archive_fd >= 0) && sub != "import")
+        throw UsageError{"--result-fd and --archive-fd go with 'image import' only"};
     if (sub == "import") {
         want_args(1, "import SOURCE [--name NAME[:TAG]]");
-        // The importer parses layers an image author wrote: no network, and
-        // only what unpacking needs (owners, modes, device nodes, file
-        // capabilities, set-id bits). podman (containers-storage:) needs
-        // more for its own work and runs before we could drop anything.
-        if (pos[1].rfind("containers-storage:", 0) != 0)
-            sandbox::confine_tool("image import", {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER,
-                                                   CAP_FSETID, CAP_MKNOD, CAP_SETFCAP});
-        bool tty = ::isatty(2);
-        auto rep = store.import(pos[1], name, [tty](const std::string& line) {
-            if (tty) std::fprintf(stderr, "\r\033[Kocivm: %s", line.c_str());
-            else spdlog::info("{}", line);
-        });
-        if (tty) std::fputs("\r\033[K", stderr);
-        std::printf("%s %s\n", rep.image.name.c_str(), rep.image.manifest_digest.c_str());
-        spdlog::info("{} blobs written, {} layers unpacked, root {}", rep.blobs_written, rep.layers_unpacked,
-                     rep.root_assembled ? "assembled" : "already there");
+        if (result_fd >= 0) return run_confined_import(pos[1], name, result_fd, archive_fd);
+        if (archive_fd >= 0) throw UsageError{"--archive-fd goes with --result-fd"};
+        // The parsing happens in a confined child; this process only waits.
+        auto img = import_confined(pos[1], name, log_level);
+        std::printf("%s %s\n", img.name.c_str(), img.digest.c_str());
         return 0;
     }
+    image::Store store(ocivm_home());
     if (sub == "ls") {
         want_args(0, "ls [--format json]");
         auto images = store.list();

@@ -9,6 +9,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <thread>
 
 #include "cli/args.h"
@@ -51,6 +52,11 @@ Options:
                          wakeups for a busy client, a little CPU when idle
                          (default: 50; 0 turns it off)
       --readonly         refuse every change (EROFS)
+      --rlimit-nofile N  the server's file descriptor limit, which caps the files
+                         and directories the kernel can make it hold at once
+                         (one descriptor each; past it LOOKUP fails with
+                         EMFILE). Default: raised to the hard limit (as root to
+                         fs.nr_open); 0 leaves the limit as it is
       --no-xattr         refuse extended attributes (EOPNOTSUPP)
       --sandbox MODE     namespace (default): the server is a process of its own
                          in new mount, PID, network and IPC namespaces (a user
@@ -87,7 +93,11 @@ int cmd_mount(int argc, char** argv) {
     unsigned threads = 2, spin_us = 50;
     bool readonly = false, no_xattr = false, help = false;
     std::string sandbox_mode = "namespace", seccomp_mode = "kill";
+    std::optional<unsigned long> fd_limit;
     std::vector<Option> opts = {
+        {"rlimit-nofile", 0, true, [&](const std::string& v) {
+             fd_limit = v == "0" ? 0 : parse_count("--rlimit-nofile", v, 1u << 30);
+         }},
         {"cache", 0, true, [&](const std::string& v) { cache = v; }},
         {"threads", 0, true, [&](const std::string& v) { threads = parse_count("--threads", v, 256); }},
         {"spin-us", 0, true, [&](const std::string& v) {
@@ -135,7 +145,7 @@ int cmd_mount(int argc, char** argv) {
     // Opened once; the server works from this fd (nobody who can change a
     // parent of SOURCE can swap another directory in after the checks).
     UniqueFd share = sandbox::open_share(abs_path(source));
-    transport::raise_fd_limit();
+    transport::set_fd_limit(fd_limit);
     transport::DevFuseOptions dopts;
     dopts.fsname = "ocivm:" + abs_path(source);
     dopts.mountpoint = mountpoint;

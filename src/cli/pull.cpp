@@ -12,13 +12,13 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/import.h"
 #include "image/store.h"
 #include "registry/client.h"
 #include "registry/http.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/paths.h"
-#include "util/subprocess.h"
 
 namespace ocivm::cli {
 
@@ -145,30 +145,13 @@ void sweep_stale_staging(const std::string& root) {
 }
 
 PulledImage import_staged(const registry::StagedImage& img, const std::string& name, const std::string& log_level) {
-    // The importer parses layers an image author wrote; `ocivm image import`
-    // confines itself first (no network, only the capabilities unpacking
-    // needs), so it runs as a child rather than in this process, which keeps
-    // its network and, for `ocivm run`, its privileges.
-    auto r = run_command({"/proc/self/exe", "image", "import", "--log-level", log_level, "--name", name, "--", "oci:" + img.dir()});
-    if (!r.ok()) {
-        std::string msg = r.err;
-        const std::string prefix = "ocivm: error: ";
-        if (size_t p = msg.rfind(prefix); p != std::string::npos) msg = msg.substr(p + prefix.size());
-        throw Error("importing " + name + " (pulled, verified) failed: " + (msg.empty() ? r.why("ocivm image import") : msg));
-    }
-    if (!r.err.empty()) spdlog::info("import: {}", r.err);
-    // "NAME DIGEST\n"
-    std::string out = r.out;
-    while (!out.empty() && out.back() == '\n') out.pop_back();
-    size_t sp = out.rfind(' ');
-    PulledImage p;
-    if (sp != std::string::npos) {
-        p.name = out.substr(0, sp);
-        p.digest = out.substr(sp + 1);
-    }
-    if (p.digest != img.manifest_digest)
-        throw Error("importing " + name + ": the importer reported '" + out + "', not the pulled manifest " + img.manifest_digest);
-    return p;
+    // The importer parses layers an image author wrote: it runs in a child
+    // that confines itself (no network, only the capabilities unpacking
+    // needs), the one import path of ocivm, and checks every blob again.
+    ImportedImage r = import_confined("oci:" + img.dir(), name, log_level);
+    if (r.digest != img.manifest_digest)
+        throw Error("importing " + name + ": the importer stored " + r.digest + ", not the pulled manifest " + img.manifest_digest);
+    return {r.name, r.digest};
 }
 
 }  // namespace

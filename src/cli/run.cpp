@@ -14,6 +14,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/import.h"
 #include "disk/gpt.h"
 #include "fs/passthrough.h"
 #include "image/resolve.h"
@@ -109,7 +110,8 @@ vm::ShareSpec parse_volume(const std::string& v) {
     std::string rest = v;
     size_t c = rest.find(':');
     if (c == std::string::npos || c == 0 || c + 1 >= rest.size() || rest[c + 1] != '/')
-        throw UsageError{"invalid --volume '" + v + "': use HOST:GUEST[:ro|rw][,nodev][,nosuid][,noexec] with an absolute GUEST path"};
+        throw UsageError{"invalid --volume '" + v + "': use HOST:GUEST[:OPTIONS] with an absolute GUEST path, "
+                         "OPTIONS a comma list of ro|rw, nodev|dev, nosuid|suid, noexec|exec"};
     s.host = rest.substr(0, c);
     rest = rest.substr(c + 1);
     size_t o = rest.find(':');
@@ -219,7 +221,11 @@ int cmd_run(int argc, char** argv) {
 
     image::ResolvedImage img;
     if (m.disk.empty()) {
-        img = image::resolve_image(pos[0]);
+        // An OCI layout is imported by a confined child; this process keeps
+        // what it needs for the VM.
+        img = image::resolve_image(pos[0], [&](const std::string& source) {
+            return import_confined(source, "", log_level).digest;
+        });
     } else {
         img.rootfs = "/nonexistent/ocivm-disk-root";  // user names cannot be looked up on the host
         img.kind = "disk " + m.disk;

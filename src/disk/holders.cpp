@@ -1,7 +1,6 @@
 #include "disk/holders.h"
 
 #include <dirent.h>
-#include <libmount/libmount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -12,41 +11,24 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <spdlog/spdlog.h>
 #include <sstream>
 
 #include "util/error.h"
+#include "util/mountinfo.h"
 
 namespace ocivm::disk {
 
 namespace {
 
-struct TableFree {
-    void operator()(libmnt_table* t) const { mnt_unref_table(t); }
-};
-using Table = std::unique_ptr<libmnt_table, TableFree>;
-
-Table read_table(const std::string& file) {
-    Table t(mnt_new_table_from_file(file.c_str()));
-    return t;
-}
-
-std::vector<MountInfo> mounts_of(const std::string& file) {
-    std::vector<MountInfo> out;
-    Table t = read_table(file);
-    if (!t) return out;
-    libmnt_iter* it = mnt_new_iter(MNT_ITER_FORWARD);
-    libmnt_fs* fs;
-    while (mnt_table_next_fs(t.get(), it, &fs) == 0) {
-        MountInfo m;
-        m.target = mnt_fs_get_target(fs) ? mnt_fs_get_target(fs) : "";
-        m.source = mnt_fs_get_source(fs) ? mnt_fs_get_source(fs) : "";
-        m.fstype = mnt_fs_get_fstype(fs) ? mnt_fs_get_fstype(fs) : "";
-        m.dev = mnt_fs_get_devno(fs);
-        m.id = mnt_fs_get_id(fs);
-        out.push_back(m);
-    }
-    mnt_free_iter(it);
-    return out;
+MountInfo to_info(const MountEntry& e) {
+    MountInfo m;
+    m.target = e.target;
+    m.source = e.source;
+    m.fstype = e.fs_type;
+    m.dev = e.dev;
+    m.id = e.id;
+    return m;
 }
 
 std::string comm_of(pid_t pid) {
@@ -77,17 +59,15 @@ bool below(const std::string& p, const std::string& dir) {
 MountInfo mount_at(const std::string& path) {
     char real[PATH_MAX];
     if (!::realpath(path.c_str(), real)) throw_errno(path, errno, "give an existing mount point");
-    std::optional<MountInfo> found;
-    for (auto& m : mounts_of("/proc/self/mountinfo"))
-        if (m.target == real) found = m;  // the topmost one wins
-    if (!found) throw Error(std::string(real) + " is not a mount point");
-    return *found;
+    std::optional<MountEntry> found = find_mount(real);
+    if (!found) throw Error(std::string(real) + " is not a mount point; give the directory a file system is mounted on");
+    return to_info(*found);
 }
 
 std::vector<std::string> submounts(const std::string& path) {
     MountInfo m = mount_at(path);
     std::vector<std::string> out;
-    for (auto& s : mounts_of("/proc/self/mountinfo"))
+    for (auto& s : self_mounts())
         if (below(s.target, m.target)) out.push_back(s.target);
     std::sort(out.begin(), out.end(), [](const std::string& a, const std::string& b) {
         return std::count(a.begin(), a.end(), '/') > std::count(b.begin(), b.end(), '/');
@@ -139,11 +119,23 @@ std::vector<Holder> find_holders(const std::string& path) {
         // Another mount namespace that still has the mount: one pid per namespace.
         std::string ns = readlink_str(base + "/ns/mnt");
         if (!ns.empty() && ns != my_ns && seen_ns.insert(ns).second) {
-            for (auto& other : mounts_of(base + "/mountinfo"))
-                if (other.dev == m.dev) {
-                    add("mount-namespace", ns + " has " + other.target);
-                    break;
-                }
+            std::optional<std::vector<MountEntry>> theirs;
+            try {
+                theirs = mounts_of(pid);
+            } catch (const Error& e) {
+                // One unreadable process does not hide what the others hold.
+                spdlog::warn("{}", e.what());
+            }
+            // No table: the process exited while we looked; it holds nothing.
+            if (theirs) {
+                for (auto& other : *theirs)
+                    if (other.dev == m.dev) {
+                        add("mount-namespace", ns + " has " + other.target);
+                        break;
+                    }
+            } else {
+                seen_ns.erase(ns);  // another process may still be in that namespace
+            }
         }
     }
     // Loop devices backed by a file on the mount.
@@ -164,9 +156,9 @@ std::vector<Holder> find_holders(const std::string& path) {
         std::string file = line.substr(0, line.find_first_of(" \t"));
         if (on_dev(file, m.dev)) out.push_back({0, "", "swap", file});
     }
-    for (auto& s : mounts_of("/proc/self/mountinfo")) {
+    for (auto& s : self_mounts()) {
         if (s.id == m.id) continue;
-        if (below(s.target, m.target)) out.push_back({0, "", "submount", s.target + " (" + s.fstype + ")"});
+        if (below(s.target, m.target)) out.push_back({0, "", "submount", s.target + " (" + s.fs_type + ")"});
         else if (s.dev == m.dev && s.target != m.target) out.push_back({0, "", "bind-mount", s.target});
     }
     return out;

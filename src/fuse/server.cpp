@@ -111,6 +111,25 @@ uint32_t fopen_flags(const fs::OpenResult& r) {
     return f;
 }
 
+// The size of the answer of requests whose answer has one fixed size (0 for
+// the others). A request is refused with ERANGE before it runs when its
+// reply cannot fit: otherwise a guest that offers too little room would get
+// an error for a file that was created anyway, a lookup counted that it
+// never hears of, or a handle it cannot release.
+constexpr size_t fixed_reply_size(uint32_t opcode) {
+    switch (opcode) {
+        case FUSE_LOOKUP: case FUSE_MKNOD: case FUSE_MKDIR: case FUSE_SYMLINK: case FUSE_LINK:
+            return sizeof(fuse_entry_out);
+        case FUSE_CREATE: return sizeof(fuse_entry_out) + sizeof(fuse_open_out);
+        case FUSE_OPEN: case FUSE_OPENDIR: return sizeof(fuse_open_out);
+        case FUSE_GETATTR: case FUSE_SETATTR: return sizeof(fuse_attr_out);
+        case FUSE_WRITE: case FUSE_COPY_FILE_RANGE: return sizeof(fuse_write_out);
+        case FUSE_STATFS: return sizeof(fuse_statfs_out);
+        case FUSE_LSEEK: return sizeof(fuse_lseek_out);
+        default: return 0;
+    }
+}
+
 // What the current request's reply said, for its trace record.
 thread_local int tl_reply_error = 0;
 thread_local uint64_t tl_result_node = 0;
@@ -750,6 +769,12 @@ Server::Result Server::handle_request(std::span<const std::byte> in, ReplyWriter
     if (!initialized()) {
         if (h.opcode == FUSE_FORGET || h.opcode == FUSE_BATCH_FORGET) return Result::NoReply;
         d.err(-EIO);
+        return Result::Replied;
+    }
+    if (size_t need = fixed_reply_size(h.opcode); need && out.capacity() < kOutHdr + need) {
+        spdlog::warn("request {} (opcode {}) has room for {} reply bytes, not {}: refused", h.unique,
+                     h.opcode, out.capacity(), kOutHdr + need);
+        d.err(-ERANGE);
         return Result::Replied;
     }
     switch (h.opcode) {

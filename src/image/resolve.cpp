@@ -51,7 +51,7 @@ std::vector<std::vector<std::string>> colon_file(int root, const std::string& re
 
 }  // namespace
 
-ResolvedImage resolve_image(const std::string& ref) {
+ResolvedImage resolve_image(const std::string& ref, const LayoutImporter& import_layout) {
     if (ref.empty()) throw Error("no IMAGE given; see 'ocivm run --help'");
     struct stat st;
     if (::stat(ref.c_str(), &st) == 0) {
@@ -60,9 +60,9 @@ ResolvedImage resolve_image(const std::string& ref) {
         if (!::realpath(ref.c_str(), real)) throw_errno("resolving " + ref, errno);
         if (::access((std::string(real) + "/oci-layout").c_str(), F_OK) == 0) {
             // An OCI layout runs through the store (imported once, by digest).
+            std::string digest = import_layout(std::string("oci:") + real);
             Store store(ocivm_home());
-            auto rep = store.import(std::string("oci:") + real, "", {});
-            auto r = store.resolve(rep.image.manifest_digest);
+            auto r = store.resolve(digest);
             if (!r) throw Error("the image of " + ref + " vanished from the store");
             r->kind = "OCI layout " + ref;
             return *r;

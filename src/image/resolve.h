@@ -3,6 +3,7 @@
 // host and the image's configuration (entrypoint, cmd, env, workdir, user).
 // One function, so the image store plugs in here when it lands.
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -19,9 +20,15 @@ struct ResolvedImage {
     std::string kind;  // "rootfs directory", ...
 };
 
-// IMAGE: an existing directory (a root file system) or a stored image name.
+// Imports SOURCE ("oci:DIR") into the store and returns the image's
+// manifest digest ("sha256:..."). ocivm's is cli::import_confined: the
+// layout is parsed by a confined process of its own, never by the caller.
+using LayoutImporter = std::function<std::string(const std::string& source)>;
+
+// IMAGE: an existing directory (a root file system or an OCI layout, which
+// import_layout brings into the store first) or a stored image name.
 // Throws Error with what to do when it is neither.
-ResolvedImage resolve_image(const std::string& ref);
+ResolvedImage resolve_image(const std::string& ref, const LayoutImporter& import_layout);
 
 struct User {
     uint32_t uid = 0, gid = 0;

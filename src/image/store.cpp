@@ -21,6 +21,7 @@
 #include "util/log.h"
 #include "util/open_beneath.h"
 #include "util/paths.h"
+#include "util/process.h"
 #include "util/subprocess.h"
 #include "util/unique_fd.h"
 
@@ -352,13 +353,15 @@ void open_root(Source& s, const std::string& dir) {
     if (!s.root) throw_errno("opening " + s.where, errno);
 }
 
-Source open_source(const std::string& spec, const std::string& tmp_root) {
+Source open_source(const std::string& spec, const std::string& tmp_root, int archive_fd) {
     Source s;
     size_t colon = spec.find(':');
     if (colon == std::string::npos)
         throw Error("source '" + spec + "' names no transport; use oci:DIR[:TAG], oci-archive:FILE, "
                     "docker-archive:FILE or containers-storage:NAME");
     std::string transport = spec.substr(0, colon), rest = spec.substr(colon + 1);
+    if (archive_fd >= 0 && transport != "containers-storage")
+        throw Error("source '" + spec + "': an exported archive goes with containers-storage: only");
     auto extract = [&](const std::string& file) {
         struct stat st;
         if (::stat(file.c_str(), &st) < 0) throw_errno("archive " + file, errno, "check the path");
@@ -394,15 +397,18 @@ Source open_source(const std::string& spec, const std::string& tmp_root) {
         if (!probe && errno == ENOENT) throw Error("archive " + rest + " is not a docker archive (no manifest.json)");
         open_docker_archive(s);
     } else if (transport == "containers-storage") {
-        if (!have_program("podman"))
-            throw Error("containers-storage: needs podman (apt-get install podman)");
+        // podman ran before (Store::export_podman); its archive is read
+        // through our fd, the only name the unnamed file has.
+        struct stat st;
+        if (archive_fd < 0 || ::fstat(archive_fd, &st) < 0 || !S_ISREG(st.st_mode))
+            throw Error("containers-storage:" + rest + ": podman's export of it is missing (Store::export_podman runs podman first)");
         s.tmp = std::make_unique<TempDir>(tmp_root + "/podman-" + std::to_string(::getpid()));
-        std::string out = s.tmp->path + "/image.tar";
-        auto r = run_command({"podman", "image", "save", "--format", "oci-archive", "-o", out, rest});
-        if (!r.ok())
-            throw Error("podman image save " + rest + " failed (" + r.why("podman") + "); check the name with 'podman images'");
         std::string dir = s.tmp->path + "/x";
-        unpack_layer(out, dir, "");
+        try {
+            unpack_layer("/proc/self/fd/" + std::to_string(archive_fd), dir, "");
+        } catch (const Error& e) {
+            throw Error("podman's export of " + rest + " cannot be read: " + e.what());
+        }
         s.where = "podman's image " + rest;
         open_root(s, dir);
         open_oci_dir(s, "");
@@ -615,7 +621,7 @@ ImageConfig parse_image_config(const std::string& text) {
 
 Store::Store(std::string home) : home_(std::move(home)) {}
 
-ImportReport Store::import(const std::string& source, const std::string& name, const Progress& progress) {
+ImportReport Store::import(const std::string& source, const std::string& name, const Progress& progress, int archive_fd) {
     auto say = [&](const std::string& l) {
         if (progress) progress(l);
     };
@@ -623,7 +629,7 @@ ImportReport Store::import(const std::string& source, const std::string& name, c
     prepare_dirs(home_);
     // Work an interrupted import left behind.
     for (auto& e : stdfs::directory_iterator(home_ + "/tmp")) remove_tree(e.path().string());
-    Source s = open_source(source, home_ + "/tmp");
+    Source s = open_source(source, home_ + "/tmp", archive_fd);
     if (name.empty() && !s.tag.empty() && !valid_name(s.tag))
         throw Error("the image's own name '" + printable(s.tag) + "' is not a valid image name; give one with --name NAME");
     std::string full = normalize_name(!name.empty() ? name : !s.tag.empty() ? s.tag : hex_of(s.manifest_digest).substr(0, 12));
@@ -737,6 +743,53 @@ ImportReport Store::import(const std::string& source, const std::string& name, c
     undo.commit();
     rep.image = info_from(home_, full, names["images"][full]);
     return rep;
+}
+
+UniqueFd Store::export_podman(const std::string& image) {
+    if (!have_program("podman")) throw Error("containers-storage: needs podman (apt-get install podman)");
+    prepare_dirs(home_);
+    std::string tmp = home_ + "/tmp";
+    UniqueFd out(::open(tmp.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+    if (!out && (errno == EOPNOTSUPP || errno == EISDIR)) {
+        // A file system without O_TMPFILE: a name only until the unlink
+        // below, before podman writes anything (a sweep of tmp/ in between
+        // takes nothing the fd does not keep).
+        std::string path = tmp + "/podman-XXXXXX";
+        int fd = ::mkostemp(path.data(), O_CLOEXEC);
+        if (fd >= 0) {
+            out.reset(fd);
+            ::unlink(path.c_str());
+        }
+    }
+    if (!out) throw_errno("cannot create a temporary file in " + tmp + " for podman's export", errno);
+    int err[2];
+    if (::pipe2(err, O_CLOEXEC) < 0) throw_errno("pipe", errno);
+    UniqueFd err_r(err[0]), err_w(err[1]);
+    SpawnOptions so;
+    // No -o: podman writes the archive to its stdout, our unnamed file.
+    so.argv = {"podman", "image", "save", "--format", "oci-archive", "--", image};
+    so.stdout_fd = out.get();
+    so.stderr_fd = err_w.get();
+    spdlog::info("exporting podman's image {}", image);
+    ChildProcess podman = ChildProcess::spawn(so, "install podman (apt-get install podman)");
+    err_w.reset();
+    std::string why;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = ::read(err_r.get(), buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        if (why.size() < 65536) why.append(buf, static_cast<size_t>(n));
+    }
+    int status = exit_code(podman.wait());
+    while (!why.empty() && (why.back() == '\n' || why.back() == '\r')) why.pop_back();
+    if (status != 0)
+        throw Error("podman image save " + image + " failed (" + (why.empty() ? "exit status " + std::to_string(status) : why) +
+                    "); check the name with 'podman images'");
+    // Read-only for the importer, which only reads it.
+    UniqueFd ro(::open(("/proc/self/fd/" + std::to_string(out.get())).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!ro) throw_errno("reopening podman's export of " + image, errno);
+    return ro;
 }
 
 std::vector<ImageInfo> Store::list() {

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "image/resolve.h"
+#include "util/unique_fd.h"
 
 namespace ocivm::image {
 
@@ -53,8 +54,19 @@ public:
 
     // SOURCE: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE,
     // containers-storage:NAME. name "" = the source's own tag. Throws Error
-    // (the store unchanged) on a bad source.
-    ImportReport import(const std::string& source, const std::string& name, const Progress& progress = {});
+    // (the store unchanged) on a bad source. containers-storage:NAME needs
+    // podman's export of NAME as archive_fd (export_podman): podman runs
+    // with privileges of its own, the parsing in a confined process
+    // (cli/import.h), so the two are separate steps.
+    ImportReport import(const std::string& source, const std::string& name, const Progress& progress = {},
+                        int archive_fd = -1);
+
+    // podman's image NAME as an OCI archive (podman image save), written
+    // into an unnamed file in tmp/ (O_TMPFILE): it never has a name another
+    // import could sweep away, and nothing is left to remove on any path,
+    // not even a kill -9; it goes with the last fd. Returns it read-only.
+    // Throws Error when podman is missing or cannot save NAME.
+    UniqueFd export_podman(const std::string& image);
 
     std::vector<ImageInfo> list();
     std::optional<ImageInfo> find(const std::string& name);

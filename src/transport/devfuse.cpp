@@ -74,18 +74,31 @@ UniqueFd receive_fd(int sock) {
 
 }  // namespace
 
-void raise_fd_limit() {
+void set_fd_limit(std::optional<unsigned long> want) {
     struct rlimit rl;
+    if (want) {
+        if (*want == 0) return;
+        if (*want < kMinFdLimit)
+            throw Error("--rlimit-nofile " + std::to_string(*want) + " is too low: a server needs at least " +
+                        std::to_string(kMinFdLimit) + " file descriptors");
+        struct rlimit exact{*want, *want};
+        if (::setrlimit(RLIMIT_NOFILE, &exact) != 0)
+            throw_errno("setting the file descriptor limit to " + std::to_string(*want), errno,
+                        "raising it above the hard limit takes CAP_SYS_RESOURCE (root), and never past "
+                        "/proc/sys/fs/nr_open; choose a lower --rlimit-nofile");
+        spdlog::debug("file descriptor limit: {}", *want);
+        return;
+    }
     if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
     // Root may go up to fs.nr_open: a node holds one fd, two in no-open
     // mode, and a guest can know hundreds of thousands of files.
-    rlim_t want = rl.rlim_max;
+    rlim_t target = rl.rlim_max;
     if (::geteuid() == 0) {
         std::ifstream in("/proc/sys/fs/nr_open");
         unsigned long nr = 0;
-        if (in >> nr && nr > want) want = nr;
+        if (in >> nr && nr > target) target = nr;
     }
-    struct rlimit up{want, want};
+    struct rlimit up{target, target};
     if (::setrlimit(RLIMIT_NOFILE, &up) != 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         ::setrlimit(RLIMIT_NOFILE, &rl);
@@ -143,7 +156,16 @@ FuseMount::FuseMount(DevFuseOptions opts) : opts_(std::move(opts)) {
     }
     mounted_ = true;
     // Not stat(): nobody serves the mount yet, so that would wait forever.
-    if (auto m = find_mount(opts_.mountpoint)) dev_ = m->dev;
+    try {
+        if (auto m = find_mount(opts_.mountpoint)) dev_ = m->dev;
+    } catch (const Error&) {
+        // No destructor runs for a throwing constructor: take the mount
+        // down here (detached: nobody serves it, so nobody can be using it).
+        mounted_ = false;
+        if (via_fusermount_) run_command({"fusermount3", "-u", "-z", "--", opts_.mountpoint});
+        else ::umount2(opts_.mountpoint.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW);
+        throw;
+    }
 }
 
 FuseMount::~FuseMount() { stop(); }
@@ -151,7 +173,15 @@ FuseMount::~FuseMount() { stop(); }
 void FuseMount::stop() {
     if (!mounted_.exchange(false)) return;
     // Only unmount what is still our mount.
-    auto m = find_mount(opts_.mountpoint);
+    std::optional<MountEntry> m;
+    try {
+        m = find_mount(opts_.mountpoint);
+    } catch (const Error& e) {
+        // Runs from the destructor: say so and leave the mount alone rather
+        // than unmount something that may not be ours.
+        spdlog::warn("not unmounting {}: {}", opts_.mountpoint, e.what());
+        return;
+    }
     if (!m || m->dev != dev_) return;
     if (via_fusermount_) {
         run_command({"fusermount3", "-u", "-z", "--", opts_.mountpoint});
@@ -175,7 +205,15 @@ void FuseMount::stop() {
 void FuseMount::abort_connection() {
     const std::string ctl = "/sys/fs/fuse/connections";
     std::string abort_path = ctl + "/" + std::to_string(minor(dev_)) + "/abort";
-    if (::access(abort_path.c_str(), W_OK) != 0 && !find_mount(ctl)) {
+    bool ctl_mounted = true;
+    if (::access(abort_path.c_str(), W_OK) != 0) {
+        try {
+            ctl_mounted = find_mount(ctl).has_value();
+        } catch (const Error& e) {
+            spdlog::warn("cannot tell whether fusectl is mounted: {}", e.what());
+        }
+    }
+    if (!ctl_mounted) {
         // fusectl is not mounted in every namespace; mount it to reach the knob.
         if (::mount("fusectl", ctl.c_str(), "fusectl", 0, nullptr) != 0)
             spdlog::warn("cannot mount fusectl on {}: {}", ctl, std::strerror(errno));

@@ -3,6 +3,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -74,7 +75,14 @@ private:
     std::atomic<bool> spinning_{false};
 };
 
-// Raises RLIMIT_NOFILE to its hard limit: every known node holds an fd.
-void raise_fd_limit();
+// Sets the server's RLIMIT_NOFILE, which caps the nodes a guest can make it
+// hold (every known node holds an fd). nullopt: raised to the hard limit
+// (as root to fs.nr_open); 0: left as it is; N: exactly N, soft and hard,
+// or an ocivm::Error when N is above what this process may set. The flag
+// is virtiofsd's --rlimit-nofile.
+void set_fd_limit(std::optional<unsigned long> want);
+// The smallest N set_fd_limit accepts: below it a server cannot open even
+// its own files and queues.
+inline constexpr unsigned long kMinFdLimit = 64;
 
 }  // namespace ocivm::transport

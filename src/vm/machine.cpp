@@ -32,6 +32,7 @@
 #include "vm/accel.h"
 #include "vm/kernel.h"
 #include "vm/qemu.h"
+#include "vm/state_dir.h"
 
 namespace ocivm::vm {
 
@@ -163,58 +164,6 @@ const char* stage_name(Stage s) {
     }
     return "?";
 }
-
-// The VM's state directory, locked for as long as the VM runs.
-class StateDir {
-public:
-    StateDir(const std::string& name, bool rm) : rm_(rm) {
-        std::string base = runtime_dir() + "/vms";
-        make_dirs(base, 0700);
-        clean_stale(base);
-        path_ = base + "/" + name;
-        if (::mkdir(path_.c_str(), 0700) < 0 && errno != EEXIST) throw_errno("cannot create " + path_, errno);
-        lock_ = UniqueFd(::open((path_ + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
-        if (!lock_) throw_errno("cannot create " + path_ + "/lock", errno);
-        if (::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0)
-            throw Error("a VM named '" + name + "' is already running; choose another --name");
-        // Tells a later ocivm, should this one be killed, to remove it all.
-        if (rm_) UniqueFd(::open((path_ + "/rm").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
-    }
-
-    // A VM whose ocivm was killed (kill -9, OOM) left its state directory:
-    // nobody holds its lock any more. With --rm it goes entirely; without,
-    // only the initramfs copy (megabytes) goes and the logs stay for a look.
-    static void clean_stale(const std::string& base) {
-        std::error_code ec;
-        for (auto& e : std::filesystem::directory_iterator(base, ec)) {
-            if (!e.is_directory(ec) || e.is_symlink(ec)) continue;
-            std::string dir = e.path().string();
-            UniqueFd lock(::open((dir + "/lock").c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
-            if (!lock || ::flock(lock.get(), LOCK_EX | LOCK_NB) < 0) continue;  // running, or not ours
-            bool rm = ::access((dir + "/rm").c_str(), F_OK) == 0;
-            if (rm) {
-                std::filesystem::remove_all(dir, ec);
-                spdlog::info("removed the state of a VM whose ocivm was killed: {}", dir);
-            } else if (::unlink((dir + "/initrd.cpio").c_str()) == 0) {
-                spdlog::info("removed the initramfs copy of a VM whose ocivm was killed: {}", dir);
-            }
-        }
-    }
-    ~StateDir() {
-        if (rm_) {
-            std::error_code ec;
-            std::filesystem::remove_all(path_, ec);
-        }
-    }
-    const std::string& path() const { return path_; }
-    // A failed VM's logs outlive --rm: the diagnosis points at them.
-    void keep() { rm_ = false; }
-
-private:
-    std::string path_;
-    bool rm_;
-    UniqueFd lock_;
-};
 
 // The terminal in raw mode for -t, restored however we leave.
 class RawTerminal {

@@ -7,6 +7,7 @@
 set -uo pipefail
 OCIVM=${1:?ocivm binary}
 . "$(dirname "$0")/../lib/tree.sh"
+. "$(dirname "$0")/../lib/mounts.sh"
 fail() { echo "FAIL: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || fail "the disk tests mount file systems and must run as root"
 for t in mkfs.ext4 e2fsck losetup unshare debugfs qemu-img getfattr setfattr setfacl perl; do
@@ -20,7 +21,9 @@ cleanup() {
   wait 2>/dev/null
   swapoff "$WORK"/m/swapfile 2>/dev/null
   for l in $(losetup -j "$WORK/m/loopfile" -O NAME -n 2>/dev/null); do losetup -d "$l"; done
-  for m in $(grep -o "$WORK/[^ ]*" /proc/self/mountinfo | sort -r); do umount -l "$m" 2>/dev/null; done
+  local -a left; local m
+  mounts_under "$WORK" left
+  for m in "${left[@]}"; do umount -l "$m" 2>/dev/null; done
   [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -87,8 +90,8 @@ start=$(date +%s%N)
 check "umount while held: exit 1" [ $rc = 1 ]
 check "umount while held: says busy and not detached" grep -q "is busy after 1.0 s; it was not detached and nothing was lost" "$WORK/umount1.err"
 check "umount while held: names the mmap holder" grep -q "^$pid_mmap *sleep *mmap" "$WORK/umount1.err"
-check "umount while held: the mount is still there" grep -q " $M " /proc/self/mountinfo
-check "umount while held: the submount was taken down first (deepest first)" bash -c "! grep -q ' $M/sub ' /proc/self/mountinfo"
+check "umount while held: the mount is still there" mounted_at "$M"
+check "umount while held: the submount was taken down first (deepest first)" not_mounted_at "$M/sub"
 
 # --- after the holders exit, it succeeds
 for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; wait 2>/dev/null; pids=()
@@ -98,7 +101,7 @@ umount "$WORK/elsewhere"
 mount -t tmpfs sub2 "$M/sub"; mkdir -p "$M/sub/deeper"; mount -t tmpfs sub3 "$M/sub/deeper"
 "$OCIVM" umount --timeout 5s "$M" 2> "$WORK/umount2.err"; rc=$?
 check "umount after the holders exit: exit 0" [ $rc = 0 ]
-check "umount: the mount and its submounts are gone" bash -c "! grep -q ' $M' /proc/self/mountinfo"
+check "umount: the mount and its submounts are gone" no_mounts_under "$M"
 
 # --- --lazy-after-sync: remount read-only, freeze/thaw, detach, saying so
 mount -o loop "$WORK/fs.img" "$M"
@@ -108,7 +111,7 @@ check "--lazy-after-sync: exit 0" [ $rc = 0 ]
 check "--lazy-after-sync: says it remounted read-only" grep -q "remounted $M read-only" "$WORK/lazy.err"
 check "--lazy-after-sync: says it froze and thawed" grep -q "froze and thawed $M" "$WORK/lazy.err"
 check "--lazy-after-sync: says it detached" grep -q "detached $M" "$WORK/lazy.err"
-check "--lazy-after-sync: the mount point is free" bash -c "! grep -q ' $M ' /proc/self/mountinfo"
+check "--lazy-after-sync: the mount point is free" not_mounted_at "$M"
 kill -9 $p; wait $p 2>/dev/null; pids=()
 "$OCIVM" umount "$WORK/nowhere" 2> "$WORK/notmnt.err"; rc=$?
 check "umount of a non-mount: exit 125, one line" bash -c "[ $rc = 125 ] && [ \$(wc -l < $WORK/notmnt.err) = 1 ]"

@@ -5,6 +5,7 @@ set -uo pipefail
 OCIVM=${1:?usage: cli_test.sh PATH-TO-OCIVM}
 if [ "$(id -u)" -ne 0 ]; then echo "FAIL: cli_test.sh mounts file systems and must run as root"; exit 1; fi
 command -v unshare >/dev/null || { echo "FAIL: unshare missing: apt-get install util-linux"; exit 1; }
+. "$(dirname "$0")/../lib/mounts.sh"
 
 work=${TMPDIR:-/tmp}/ocivm-clitest-$$
 mkdir -p "$work/src" "$work/mnt" "$work/busy"
@@ -56,14 +57,29 @@ expect_error "fsd without a socket" "exactly one of --socket-path" -- "$OCIVM" f
 expect_error "fsd with a missing share" "not an existing directory" -- "$OCIVM" fsd --shared-dir "$work/nope" --socket-path "$work/s.sock"
 expect_error "fsd bad --seccomp" "invalid --seccomp" -- "$OCIVM" fsd --shared-dir "$work/src" --socket-path "$work/s.sock" --seccomp maybe
 expect_error "trace summary of a missing file" "cannot read trace file" -- "$OCIVM" trace summary "$work/none.jsonl"
+# ocivm run's -v is checked before any image or VM is looked at.
+expect_error "run -v without a GUEST path" "use HOST:GUEST\\[:OPTIONS\\] .*nodev\\|dev, nosuid\\|suid, noexec\\|exec" -- "$OCIVM" run -v "$work/src" some-image -- true
+expect_error "run -v with a relative GUEST path" "an absolute GUEST path" -- "$OCIVM" run -v "$work/src:data" some-image -- true
+expect_error "run -v with an unknown option" "unknown option 'nodevv'; use ro, rw, nodev, dev, nosuid, suid, noexec or exec" -- "$OCIVM" run -v "$work/src:/data:ro,nodevv" some-image -- true
+expect_error "run -v of a missing HOST directory" "volume .*/nope is not an existing directory" -- "$OCIVM" run -v "$work/nope:/data" some-image -- true
 check "fsd --print-capabilities prints libvirt's JSON" bash -c "\"$OCIVM\" fsd --print-capabilities | grep -q '\"type\": \"fs\"'"
 check "--version prints the version" bash -c "\"$OCIVM\" --version | grep -q '^ocivm version [0-9]'"
 check "help lists mount" bash -c "\"$OCIVM\" help | grep -q 'mount SOURCE MOUNTPOINT'"
 check "mount --help explains --cache" bash -c "\"$OCIVM\" mount --help | grep -q -- '--cache MODE'"
 check "help mount = mount --help" bash -c "diff <(\"$OCIVM\" help mount) <(\"$OCIVM\" mount --help)"
 
-wait_mounted() { for _ in $(seq 200); do grep -q " $1 .* - fuse.ocivm " /proc/self/mountinfo && return 0; sleep 0.05; done; return 1; }
-wait_unmounted() { for _ in $(seq 200); do grep -q " $1 .* - fuse.ocivm " /proc/self/mountinfo || return 0; sleep 0.05; done; return 1; }
+# From the mount table: a stat would wait on a server not yet answering.
+wait_mounted() { for _ in $(seq 200); do mounted_at "$1" fuse.ocivm && return 0; sleep 0.05; done; return 1; }
+wait_unmounted() {
+  local rc
+  for _ in $(seq 200); do
+    mounted_at "$1" fuse.ocivm; rc=$?
+    [ $rc -eq 1 ] && return 0
+    [ $rc -eq 2 ] && return 1
+    sleep 0.05
+  done
+  return 1
+}
 
 # SIGINT unmounts and exits 0
 "$OCIVM" mount "$work/src" "$work/mnt" & pid=$!
@@ -112,6 +128,26 @@ for _ in $(seq 50); do
 done
 check "kill -9 of ocivm mount: its keeper and server are gone" [ -z "$left" ]
 umount -l "$work/mnt" 2>/dev/null
+
+# --rlimit-nofile caps the nodes the kernel can make the server hold (one
+# O_PATH fd each): with a cap of 100 and 300 names kept looked up under
+# --cache always, some lookups fail with EMFILE and the server stays up.
+expect_error "--rlimit-nofile below the minimum" "too low: a server needs at least 64" -- "$OCIVM" mount --rlimit-nofile 10 "$work/src" "$work/mnt"
+expect_error "--rlimit-nofile above nr_open" "choose a lower --rlimit-nofile" -- "$OCIVM" mount --rlimit-nofile $(( $(cat /proc/sys/fs/nr_open) + 1 )) "$work/src" "$work/mnt"
+mkdir "$work/src/many"
+for i in $(seq 300); do : > "$work/src/many/f$i"; done
+"$OCIVM" mount --cache always --rlimit-nofile 100 "$work/src" "$work/mnt" & pid=$!
+check "--rlimit-nofile 100: mounts" wait_mounted "$work/mnt"
+emfile=0; found=0
+for i in $(seq 300); do
+  if err=$(stat "$work/mnt/many/f$i" 2>&1 >/dev/null); then found=$((found+1))
+  elif [[ $err == *"Too many open files"* ]]; then emfile=$((emfile+1)); fi
+done
+check "--rlimit-nofile 100: lookups past the cap fail with EMFILE ($found found, $emfile EMFILE)" \
+  bash -c "[ $emfile -gt 0 ] && [ $found -gt 0 ] && [ $found -lt 100 ] && [ $((found + emfile)) -eq 300 ]"
+check "--rlimit-nofile 100: the server still answers (STATFS needs no new fd)" stat -f "$work/mnt"
+kill -INT $pid; wait $pid
+check "--rlimit-nofile 100: unmounted" wait_unmounted "$work/mnt"
 
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]

@@ -22,7 +22,9 @@
 #include <set>
 #include <sstream>
 
+#include "util/error.h"
 #include "util/hash.h"
+#include "util/mountinfo.h"
 
 namespace ocivm::fuzz {
 
@@ -67,28 +69,6 @@ std::string dir_of(const std::string& p) {
     size_t s = p.rfind('/');
     if (s == std::string::npos) return ".";
     return s == 0 ? "/" : p.substr(0, s);
-}
-
-// Undoes the octal escapes of /proc/self/mountinfo ("\040" for a space).
-std::string unescape(const std::string& s) {
-    std::string out;
-    for (size_t i = 0; i < s.size(); ++i) {
-        if (s[i] == '\\' && i + 3 < s.size()) {
-            int v = 0;
-            bool ok = true;
-            for (size_t k = 1; k <= 3; ++k) {
-                if (s[i + k] < '0' || s[i + k] > '7') ok = false;
-                else v = v * 8 + (s[i + k] - '0');
-            }
-            if (ok) {
-                out += static_cast<char>(v);
-                i += 3;
-                continue;
-            }
-        }
-        out += s[i];
-    }
-    return out;
 }
 
 // Directories libFuzzer writes to, from its command line.
@@ -151,18 +131,17 @@ void confine(const std::set<std::string>& writable) {
         fail("mounting a tmpfs on %s: %s", g_root.c_str(), std::strerror(errno));
     keep.insert(g_root);
 
-    std::ifstream in("/proc/self/mountinfo");
-    std::vector<std::pair<std::string, std::string>> mounts;
-    for (std::string line; std::getline(in, line);) {
-        std::istringstream ls(line);
-        std::string id, parent, devno, root, point, opts;
-        ls >> id >> parent >> devno >> root >> point >> opts;
-        mounts.emplace_back(unescape(point), opts);
+    std::vector<MountEntry> mounts;
+    try {
+        mounts = self_mounts();
+    } catch (const Error& e) {
+        fail("%s", e.what());
     }
-    for (auto& [point, opts] : mounts) {
+    for (auto& m : mounts) {
+        const std::string& point = m.target;
         if (keep.count(point)) continue;
         std::set<std::string> o;
-        std::stringstream os(opts);
+        std::stringstream os(m.vfs_options);
         for (std::string x; std::getline(os, x, ',');) o.insert(x);
         if (o.count("ro") && o.count("nodev")) continue;
         unsigned long flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NODEV | MS_NOSUID;

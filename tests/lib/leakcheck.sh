@@ -11,7 +11,13 @@
 # under the TMPDIR (detached), socket files there. Tests run in parallel;
 # each one is judged only by what carries its own tag.
 #   leakcheck.sh --final   checks that no tagged process, mount or loop
-#                          device of any test is left (the suite's last test)
+#                          device of any test of this suite is left (the
+#                          suite's last test)
+#
+# A suite is one build directory's tests (CMake sets OCIVM_TEST_SUITE to a
+# hash of it): tags and directories start with it, so the final check of
+# one suite never judges, kills or removes what another suite running on
+# the same machine (another checkout's make test) is still doing.
 set -uo pipefail
 
 tagged_pids() {  # tagged_pids PATTERN: pids whose environment has it
@@ -23,9 +29,8 @@ tagged_pids() {  # tagged_pids PATTERN: pids whose environment has it
   done
 }
 
-mounts_under() {  # mount points at or below DIR, deepest first
-  awk -v d="$1" '{ if ($5 == d || index($5, d "/") == 1) print $5 }' /proc/self/mountinfo | sort -r
-}
+# mounts_under DIR VAR (findmnt: names with spaces or newlines come out whole)
+. "$(dirname "$0")/mounts.sh"
 
 loops_under() {  # loop devices whose backing file is below DIR
   losetup -l -n -O NAME,BACK-FILE 2>/dev/null | awk -v d="$1" 'index($2, d "/") == 1 { print $1 }'
@@ -39,7 +44,8 @@ report() {  # report KIND LIST...
 }
 
 check_and_clean() {  # check_and_clean TAG-PATTERN DIR-PREFIX
-  local pids mounts loops socks
+  local pids loops socks m
+  local -a mounts
   # Processes first: they may hold the mounts.
   for _ in 1 2 3 4 5 6 7 8 9 10; do
     pids=$(tagged_pids "$1")
@@ -54,27 +60,30 @@ check_and_clean() {  # check_and_clean TAG-PATTERN DIR-PREFIX
     kill -9 $pids 2>/dev/null
     sleep 0.3
   fi
-  socks=$(find $2 -type s 2>/dev/null | head -20)
+  socks=$(find "$2" -type s 2>/dev/null | head -20)
   report "socket files" $socks
   loops=$(loops_under "$2")
   report "loop devices" $loops
   for l in $loops; do losetup -d "$l" 2>/dev/null; done
-  mounts=$(mounts_under "$2")
-  report "mounts" $mounts
-  for m in $mounts; do umount -l "$m" 2>/dev/null; done
+  # Not knowing is a failure too: the test may have left a mount.
+  mounts_under "$2" mounts || leaked=1
+  report "mounts" "${mounts[@]}"
+  for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null; done
 }
 
+suite=${OCIVM_TEST_SUITE:-adhoc}
+case $suite in *[!a-zA-Z0-9_-]*|'') echo "leakcheck: bad OCIVM_TEST_SUITE '$suite'" >&2; exit 1;; esac
 leaked=0
 if [ "${1:-}" = "--final" ]; then
   # Whatever a test's own check could not clean (a directory its wrapper
   # left because something was still mounted there, a tagged process).
-  left=$(ls -d "${TMPDIR:-/tmp}"/ocivm-t.* 2>/dev/null)
+  left=$(ls -d "${TMPDIR:-/tmp}"/ocivm-t."$suite".* 2>/dev/null)
   for d in $left; do
-    name=${d##*/ocivm-t.}; name=${name%.*}
-    check_and_clean "OCIVM_TEST_TAG=$name\..*\.${d##*.}" "$d"
+    name=${d##*/ocivm-t.$suite.}; name=${name%.*}
+    check_and_clean "OCIVM_TEST_TAG=$suite\.$name\..*\.${d##*.}" "$d"
   done
-  # any test's process, whatever its directory
-  check_and_clean "OCIVM_TEST_TAG=.*" "${TMPDIR:-/tmp}/ocivm-t.none"
+  # any process of this suite's tests, whatever its directory
+  check_and_clean "OCIVM_TEST_TAG=$suite\..*" "${TMPDIR:-/tmp}/ocivm-t.$suite.none"
   report "temporary directories" $left
   for d in $left; do rm -rf "$d"; done
   [ $leaked -eq 0 ] && echo "no test left a process, mount, loop device or socket behind"
@@ -83,8 +92,8 @@ fi
 
 name=${1:?test name}; shift
 base=${TMPDIR:-/tmp}
-dir=$(mktemp -d "$base/ocivm-t.$name.XXXXXX") || { echo "leakcheck: cannot create a directory in $base" >&2; exit 1; }
-tag="$name.$$.${dir##*.}"
+dir=$(mktemp -d "$base/ocivm-t.$suite.$name.XXXXXX") || { echo "leakcheck: cannot create a directory in $base" >&2; exit 1; }
+tag="$suite.$name.$$.${dir##*.}"
 OCIVM_TEST_TAG=$tag TMPDIR=$dir "$@"
 rc=$?
 check_and_clean "OCIVM_TEST_TAG=$tag" "$dir"

@@ -400,3 +400,44 @@ TEST(GuestAttack, AHostLeaseNeverStallsAnOpenForWrite) {
     Reply t = h->send(Request(FUSE_SETATTR, node).arg(sa));
     EXPECT_EQ(t.error, -EWOULDBLOCK) << "the truncate waited for the lease instead of failing";
 }
+
+// A guest that offers room for less than the whole answer: the request
+// used to run and only its reply became ERANGE, so CREATE made the file and
+// kept a handle the guest never heard of (the handle table filled with
+// them), and LOOKUP/MKDIR counted lookups nobody would FORGET. Now each is
+// refused before it runs.
+TEST(GuestAttack, ARequestWithoutRoomForItsReplyDoesNothing) {
+    Harness h;
+    ASSERT_EQ(h.init().error, 0);
+    std::ofstream(h.dir + "/there") << "x";
+    constexpr size_t kHdr = sizeof(fuse_out_header);
+    fuse_create_in ci{O_RDWR | O_CREAT, 0644, 022, 0};
+    auto create_req = Request(FUSE_CREATE, 1).arg(ci).str("made").bytes();
+    fuse_mkdir_in mi{0755, 022};
+    auto mkdir_req = Request(FUSE_MKDIR, 1).arg(mi).str("dir").bytes();
+    auto lookup_req = Request(FUSE_LOOKUP, 1).str("there").bytes();
+    struct Case {
+        const char* what;
+        std::vector<std::byte>* req;
+        size_t room;
+    } cases[] = {
+        {"CREATE, room for the entry only", &create_req, kHdr + sizeof(fuse_entry_out)},
+        {"CREATE, room for the header only", &create_req, kHdr},
+        {"MKDIR", &mkdir_req, kHdr + sizeof(fuse_entry_out) - 1},
+        {"LOOKUP", &lookup_req, kHdr + 8},
+    };
+    for (auto& c : cases) {
+        SCOPED_TRACE(c.what);
+        ScatterWriter w(c.room);
+        h.server->handle({c.req->data(), c.req->size()}, w);
+        EXPECT_EQ(w.error(), -ERANGE);
+    }
+    struct stat st;
+    EXPECT_NE(::lstat((h.dir + "/made").c_str(), &st), 0) << "CREATE made the file anyway";
+    EXPECT_NE(::lstat((h.dir + "/dir").c_str(), &st), 0) << "MKDIR made the directory anyway";
+    EXPECT_EQ(h.fs->node_count(), 1u) << "a refused request left a lookup behind";
+    EXPECT_EQ(h.fs->handle_count(), 0u) << "a refused CREATE left a handle behind";
+    // With room, the same requests work.
+    EXPECT_EQ(h.send(Request(FUSE_CREATE, 1).arg(ci).str("made")).error, 0);
+    EXPECT_EQ(h.fs->handle_count(), 1u);
+}

@@ -4,7 +4,9 @@
 // image` and `-u NAME`. Every test keeps a canary directory outside the
 // store (a victim file, a subdirectory, files an attack would like ocivm to
 // read) and checks after each attack that nothing there, nor /etc/shadow,
-// changed; failed imports must leave the store as it was.
+// changed; failed imports must leave the store as it was. Section 8 checks
+// from outside that whoever imports (image import, run LAYOUT, disk create
+// LAYOUT, containers-storage:) parses in a confined child of the CLI.
 //
 // Label fs (root: device nodes, owners). Run as:
 //   image_security_tests --ocivm PATH
@@ -13,6 +15,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -23,6 +26,8 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
+#include <sstream>
 
 #include "guest/initramfs.h"
 #include "image/image_fixture.h"
@@ -31,6 +36,7 @@
 #include "image/unpack.h"
 #include "util/error.h"
 #include "util/paths.h"
+#include "util/subprocess.h"
 #include "vm/kernel.h"
 
 using namespace ocivm;
@@ -1087,6 +1093,315 @@ TEST_F(Redteam, ArchivesNeverReadOrWriteHostFiles) {
     r = import("oci-archive:" + dir + "/oci-blobs.tar", "");
     EXPECT_NE(r.status, 0) << "an OCI archive's blobs were taken from the host";
     EXPECT_FALSE(image::Store(home).find("hostblobs"));
+}
+
+// ---------------------------------------------------------------------------
+// 8. Who parses an image. Every import (`ocivm image import`, the implicit
+// one of `ocivm run LAYOUT` and of `ocivm disk create LAYOUT`, and the parse
+// of podman's export for containers-storage:) runs in a child of the CLI
+// that has confined itself: another network namespace, only the
+// capabilities unpacking needs, no_new_privs; the CLI itself keeps what it
+// has for QEMU, mounts and disks. Seen from outside: the test holds the
+// store's lock, which Store::import takes first, so the importer, whichever
+// process it is, stops there; /proc/locks names it, and its /proc entries
+// say what it may do.
+
+// ocivm ARGS in the background (OCIVM_HOME=home), stdout and stderr in
+// files; killed and reaped if the test leaves early.
+class Started {
+public:
+    Started(const std::vector<std::string>& args, const std::string& home, const std::string& dir) {
+        static int counter = 0;
+        std::string tag = std::to_string(::getpid()) + "-" + std::to_string(++counter);
+        out_ = dir + "/started-" + tag + ".out";
+        err_ = dir + "/started-" + tag + ".err";
+        pid_ = ::fork();
+        if (pid_ == 0) {
+            ::setenv("OCIVM_HOME", home.c_str(), 1);
+            int in = ::open("/dev/null", O_RDONLY);
+            int fo = ::open(out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            int fe = ::open(err_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            ::dup2(in, 0);
+            ::dup2(fo, 1);
+            ::dup2(fe, 2);
+            std::vector<char*> argv{const_cast<char*>(g_ocivm.c_str())};
+            for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+            argv.push_back(nullptr);
+            ::alarm(300);  // a hang guard that survives exec; the importer dies with ocivm
+            ::execv(g_ocivm.c_str(), argv.data());
+            ::_exit(127);
+        }
+    }
+    ~Started() {
+        if (pid_ > 0) {
+            ::kill(pid_, SIGKILL);
+            ::waitpid(pid_, nullptr, 0);
+        }
+    }
+    Started(const Started&) = delete;
+    Started& operator=(const Started&) = delete;
+
+    pid_t pid() const { return pid_; }
+    // Non-blocking: true once ocivm has exited.
+    bool exited() {
+        int st = 0;
+        if (pid_ <= 0) return true;
+        if (::waitpid(pid_, &st, WNOHANG) != pid_) return false;
+        pid_ = -1;
+        status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        return true;
+    }
+    RunResult wait() {
+        if (pid_ > 0) {
+            int st = 0;
+            ::waitpid(pid_, &st, 0);
+            pid_ = -1;
+            status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        return {status_, slurp(out_), slurp(err_)};
+    }
+    std::string err() const { return slurp(err_); }
+
+private:
+    pid_t pid_ = -1;
+    int status_ = -1;
+    std::string out_, err_;
+};
+
+// The store's lock (home/lock), held until release().
+class HeldStoreLock {
+public:
+    explicit HeldStoreLock(const std::string& home) {
+        make_dirs(home, 0700);
+        fd_ = ::open((home + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        EXPECT_GE(fd_, 0) << home << "/lock: " << std::strerror(errno);
+        EXPECT_EQ(::flock(fd_, LOCK_EX), 0) << std::strerror(errno);
+        struct stat st;
+        EXPECT_EQ(::fstat(fd_, &st), 0);
+        ino_ = st.st_ino;
+    }
+    ~HeldStoreLock() { release(); }
+    HeldStoreLock(const HeldStoreLock&) = delete;
+    HeldStoreLock& operator=(const HeldStoreLock&) = delete;
+    void release() {
+        if (fd_ >= 0) ::close(fd_);
+        fd_ = -1;
+    }
+    ino_t ino() const { return ino_; }
+
+private:
+    int fd_ = -1;
+    ino_t ino_ = 0;
+};
+
+// The process blocked on a flock of inode `ino` ("N: -> FLOCK ADVISORY
+// WRITE PID MAJ:MIN:INO ..." in /proc/locks), or 0.
+pid_t flock_waiter(ino_t ino) {
+    std::istringstream in(slurp("/proc/locks"));
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream ls(line);
+        std::vector<std::string> t;
+        for (std::string w; ls >> w;) t.push_back(w);
+        if (t.size() < 7 || t[1] != "->" || t[2] != "FLOCK") continue;
+        const std::string& dev_ino = t[6];
+        if (dev_ino.substr(dev_ino.rfind(':') + 1) == std::to_string(ino)) return static_cast<pid_t>(std::stol(t[5]));
+    }
+    return 0;
+}
+
+std::map<std::string, std::string> proc_status(pid_t pid) {
+    std::map<std::string, std::string> f;
+    std::istringstream in(slurp("/proc/" + std::to_string(pid) + "/status"));
+    std::string line;
+    while (std::getline(in, line)) {
+        size_t c = line.find(':');
+        if (c == std::string::npos) continue;
+        size_t v = line.find_first_not_of(" \t", c + 1);
+        f[line.substr(0, c)] = v == std::string::npos ? "" : line.substr(v);
+    }
+    return f;
+}
+
+std::string ns_of(pid_t pid, const char* ns) {
+    std::error_code ec;
+    auto target = stdfs::read_symlink("/proc/" + std::to_string(pid) + "/ns/" + ns, ec);
+    return ec ? "unreadable: " + ec.message() : target.string();
+}
+
+// Waits (no time limit but ocivm's own hang guard) until some process
+// waits for the store's lock; fails when ocivm ends first.
+pid_t wait_for_importer(Started& cli, const HeldStoreLock& lock) {
+    for (;;) {
+        if (pid_t w = flock_waiter(lock.ino())) return w;
+        if (cli.exited()) {
+            ADD_FAILURE() << "ocivm ended before anything waited for the store's lock: " << cli.wait().err;
+            return 0;
+        }
+        ::usleep(20000);
+    }
+}
+
+// What the process waiting for the store's lock may do, and what its parent
+// (the CLI) still may.
+void expect_confined_importer(pid_t importer, pid_t cli, const std::string& what) {
+    ASSERT_GT(importer, 0) << what;
+    auto st = proc_status(importer), cli_st = proc_status(cli), self = proc_status(::getpid());
+    // chown, dac_override, dac_read_search, fowner, fsetid, mknod, setfcap
+    // (0x8800001f), of those this test has (a container may lack some)
+    char caps[32];
+    std::snprintf(caps, sizeof caps, "%016llx", 0x8800001fULL & std::stoull(self["CapEff"], nullptr, 16));
+    const std::string kImportCapEff = caps;
+    EXPECT_NE(importer, cli) << what << ": the image is parsed by the CLI process itself (CapEff " << st["CapEff"] << ")";
+    EXPECT_EQ(st["PPid"], std::to_string(cli)) << what << ": the importer is not the CLI's child";
+    EXPECT_EQ(st["NoNewPrivs"], "1") << what;
+    EXPECT_EQ(st["CapEff"], kImportCapEff) << what;
+    EXPECT_EQ(st["CapPrm"], kImportCapEff) << what;
+    EXPECT_EQ(st["CapBnd"], kImportCapEff) << what << ": an exec could regain more";
+    EXPECT_EQ(st["CapAmb"], "0000000000000000") << what;
+    EXPECT_NE(ns_of(importer, "net"), ns_of(::getpid(), "net")) << what << ": the importer has the host's network";
+    EXPECT_NE(ns_of(importer, "ipc"), ns_of(::getpid(), "ipc")) << what;
+    // The CLI goes on unconfined: QEMU, mounts and disks are its work.
+    EXPECT_EQ(cli_st["CapEff"], self["CapEff"]) << what << ": the CLI lost capabilities it needs";
+    EXPECT_EQ(cli_st["NoNewPrivs"], "0") << what;
+    EXPECT_EQ(ns_of(cli, "net"), ns_of(::getpid(), "net")) << what;
+}
+
+// The store's tmp/ holds nothing once an import is over, whatever its end.
+void expect_tmp_empty(const std::string& home, const std::string& what) {
+    std::string tmp = home + "/tmp";
+    if (!stdfs::exists(tmp)) return;
+    std::vector<std::string> left;
+    for (auto& e : stdfs::directory_iterator(tmp)) left.push_back(e.path().filename());
+    EXPECT_TRUE(left.empty()) << what << ": left in tmp/: " << ::testing::PrintToString(left);
+}
+
+TEST_F(Redteam, ImageImportParsesInAConfinedChild) {
+    auto l = make_layout(dir + "/layout", {{{"f", 'f', 0644, 0, 0, "imported"}}});
+    HeldStoreLock lock(home);
+    Started cli({"image", "import", "oci:" + l.dir, "--name", "conf:1"}, home, dir);
+    expect_confined_importer(wait_for_importer(cli, lock), cli.pid(), "ocivm image import");
+    lock.release();
+    auto r = cli.wait();
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, "conf:1 " + l.manifest_digest + "\n");
+    auto found = image::Store(home).resolve("conf:1");
+    ASSERT_TRUE(found);
+    EXPECT_EQ(slurp(found->rootfs + "/f"), "imported");
+    expect_tmp_empty(home, "image import");
+}
+
+TEST_F(Redteam, RunLayoutImportsInAConfinedChild) {
+    auto l = make_layout(dir + "/layout", {{{"f", 'f', 0644, 0, 0, "run me"}}});
+    HeldStoreLock lock(home);
+    // The import comes before anything of the VM: a kernel that does not
+    // exist stops `run` right after it, and no VM boots.
+    Started cli({"run", "--kernel", dir + "/no-such-kernel", l.dir, "--", "true"}, home, dir);
+    expect_confined_importer(wait_for_importer(cli, lock), cli.pid(), "ocivm run LAYOUT");
+    lock.release();
+    auto r = cli.wait();
+    expect_clean_error(r, "run LAYOUT --kernel missing", "no-such-kernel");
+    auto found = image::Store(home).resolve(l.manifest_digest);
+    ASSERT_TRUE(found) << "the layout was not imported";
+    EXPECT_EQ(slurp(found->rootfs + "/f"), "run me");
+    expect_tmp_empty(home, "run LAYOUT");
+}
+
+TEST_F(Redteam, DiskCreateLayoutImportsInAConfinedChild) {
+    ASSERT_TRUE(have_program("sfdisk") && have_program("mkfs.ext4")) << "apt-get install fdisk e2fsprogs";
+    auto l = make_layout(dir + "/layout", {{{"f", 'f', 0644, 0, 0, "on disk"}}});
+    HeldStoreLock lock(home);
+    std::string disk = dir + "/disk.raw";
+    Started cli({"disk", "create", l.dir, disk}, home, dir);
+    expect_confined_importer(wait_for_importer(cli, lock), cli.pid(), "ocivm disk create LAYOUT");
+    lock.release();
+    auto r = cli.wait();
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out.size(), 37u) << "a PARTUUID and a newline: " << r.out;
+    EXPECT_TRUE(image::Store(home).resolve(l.manifest_digest)) << "the layout was not imported";
+    expect_tmp_empty(home, "disk create LAYOUT");
+    ::unlink(disk.c_str());
+}
+
+TEST_F(Redteam, TheImportersErrorsReachTheUserAsOneLine) {
+    // A layer that is not what its digest says, through `run LAYOUT`: the
+    // importer's own message, once, exit 125.
+    auto l = make_layout(dir + "/layout", {{{"f", 'f', 0644, 0, 0, "x"}}});
+    std::ofstream(l.layer_files[0], std::ios::app) << "tampered";
+    Started run({"run", "--kernel", dir + "/no-such-kernel", l.dir, "--", "true"}, home, dir);
+    expect_clean_error(run.wait(), "run LAYOUT with a corrupt layer", "but its descriptor says");
+    Started disk({"disk", "create", l.dir, dir + "/disk.raw"}, home, dir);
+    expect_clean_error(disk.wait(), "disk create LAYOUT with a corrupt layer");
+    EXPECT_FALSE(stdfs::exists(dir + "/disk.raw"));
+    expect_tmp_empty(home, "corrupt layer");
+
+    // An importer that dies (here killed while it waits): said so, exit 125,
+    // and the CLI does not go on.
+    auto good = make_layout(dir + "/good", {{{"f", 'f', 0644, 0, 0, "good"}}});
+    HeldStoreLock lock(home);
+    Started killed({"run", "--kernel", dir + "/no-such-kernel", good.dir, "--", "true"}, home, dir);
+    pid_t importer = wait_for_importer(killed, lock);
+    ASSERT_GT(importer, 0);
+    ASSERT_NE(importer, killed.pid()) << "the import runs in the CLI process itself";
+    ASSERT_EQ(::kill(importer, SIGKILL), 0);
+    auto r = killed.wait();
+    expect_clean_error(r, "run LAYOUT whose importer was killed", "killed by signal 9");
+    EXPECT_EQ(r.err.find("no-such-kernel"), std::string::npos) << "run went on without its image: " << r.err;
+}
+// An environment variable for the test's scope (ocivm and podman inherit it).
+class ScopedEnv {
+public:
+    ScopedEnv(const char* name, const std::string& value) : name_(name) { ::setenv(name, value.c_str(), 1); }
+    ~ScopedEnv() { ::unsetenv(name_); }
+    ScopedEnv(const ScopedEnv&) = delete;
+    ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+private:
+    const char* name_;
+};
+
+TEST_F(Redteam, ContainersStorageParsesPodmansExportInAConfinedChild) {
+    ASSERT_TRUE(have_program("podman")) << "podman is missing: apt-get install podman (scripts/install-deps.sh)";
+    // A podman store of the test's own (vfs, below dir): the host's podman
+    // images are neither read nor changed, and the image is made offline.
+    std::string pm = dir + "/podman";
+    make_dirs(pm);
+    std::ofstream(pm + "/storage.conf") << "[storage]\ndriver = \"vfs\"\ngraphroot = \"" << pm << "/graph\"\nrunroot = \""
+                                        << pm << "/run\"\n";
+    std::ofstream(pm + "/containers.conf") << "[engine]\ntmp_dir = \"" << pm << "/libpod\"\nevents_logger = \"none\"\n";
+    ScopedEnv storage("CONTAINERS_STORAGE_CONF", pm + "/storage.conf"), conf("CONTAINERS_CONF", pm + "/containers.conf");
+    std::string tar = write_layer(pm + "/rootfs.tar", {{"f", 'f', 0644, 0, 0, "from podman"}}, false);
+    std::string name = "localhost/ocivm-redteam-" + std::to_string(::getpid()) + ":v1";
+    auto made = run_command({"podman", "import", "--quiet", tar, name});
+    ASSERT_TRUE(made.ok()) << "podman import: " << made.why("podman");
+    struct Rmi {
+        std::string name;
+        ~Rmi() { run_command({"podman", "rmi", "--force", name}); }
+    } rmi{name};
+
+    HeldStoreLock lock(home);
+    Started cli({"image", "import", "containers-storage:" + name, "--name", "frompodman:1"}, home, dir);
+    pid_t importer = wait_for_importer(cli, lock);
+    expect_confined_importer(importer, cli.pid(), "containers-storage:");
+    // podman's export is done and the importer holds it, under no name:
+    // nothing in tmp/ (or anywhere) to be left behind.
+    expect_tmp_empty(home, "podman's export while the importer waits");
+    std::error_code ec;
+    std::string archive = stdfs::read_symlink("/proc/" + std::to_string(importer) + "/fd/4", ec).string();
+    EXPECT_NE(archive.find("(deleted)"), std::string::npos) << "the importer's fd 4: " << archive;
+    lock.release();
+    auto r = cli.wait();
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out.rfind("frompodman:1 sha256:", 0), 0u) << r.out;
+    auto found = image::Store(home).resolve("frompodman:1");
+    ASSERT_TRUE(found);
+    EXPECT_EQ(slurp(found->rootfs + "/f"), "from podman");
+    expect_tmp_empty(home, "containers-storage: import");
+
+    // A name podman does not have: podman's words, one line, nothing left.
+    auto bad = import("containers-storage:localhost/ocivm-redteam-none-" + std::to_string(::getpid()), "");
+    expect_clean_error(bad, "containers-storage: of an unknown image", "podman image save");
+    expect_tmp_empty(home, "a failed podman export");
 }
 
 }  // namespace

@@ -12,6 +12,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 [ "$(id -u)" -eq 0 ] || { echo "FAIL: the sandbox test runs as root"; exit 1; }
 command -v qemu-system-x86_64 >/dev/null || { echo "FAIL: qemu-system-x86_64 missing: apt-get install qemu-system-x86"; exit 1; }
+command -v findmnt >/dev/null || { echo "FAIL: findmnt missing: apt-get install util-linux"; exit 1; }
 
 WORK=${TMPDIR:-/tmp}/ocivm-sandboxtest-$$
 mkdir -p "$WORK/vol"
@@ -63,7 +64,8 @@ for p in $servers; do
   check "$what server: NoNewPrivs: 1" [ "$(field $p NoNewPrivs)" = 1 ]
   check "$what server: Seccomp: 2 (filter)" [ "$(field $p Seccomp)" = 2 ]
   capeff=$((16#$(field $p CapEff)))
-  opts=$(awk '{print $6}' /proc/$p/mountinfo)
+  # findmnt --task reads /proc/PID/mountinfo (libmount); -r: one line a mount
+  opts=$(findmnt --task "$p" -rn -o VFS-OPTIONS)
   sys_admin=$(( (capeff >> 21) & 1 ))
   check "$what server: no CAP_SYS_ADMIN (CapEff $(field $p CapEff))" [ "$sys_admin" -eq 0 ]
   check "$what server: CapBnd equals CapEff (nothing to regain)" [ "$(field $p CapBnd)" = "$(field $p CapEff)" ]
@@ -78,7 +80,7 @@ for p in $servers; do
   fi
   # Its mount table holds the share and what is mounted below it: no /proc,
   # no host root.
-  mounts=$(wc -l < /proc/$p/mountinfo)
+  mounts=$(findmnt --task "$p" -rn -o TARGET | wc -l)
   check "$what server: sees only its share ($mounts mount)" [ "$mounts" -eq 1 ]
   check "$what server: /proc of its own PID namespace is not reachable by path" [ ! -e "/proc/$p/root/proc/1/root/etc/hostname" ]
   # Its working directory is its own /proc/self/fd: that /proc holds the

@@ -6,6 +6,7 @@
 
 #include "guest/protocol.h"
 #include "image/resolve.h"
+#include "unit/test_util.h"
 #include "util/error.h"
 
 using namespace ocivm;
@@ -53,8 +54,7 @@ TEST(GuestConfig, RejectsGarbage) {
 
 namespace {
 std::string make_root() {
-    char tmpl[] = "/tmp/ocivm-usertest-XXXXXX";
-    std::string root = ::mkdtemp(tmpl);
+    std::string root = test::make_temp_dir();
     ::mkdir((root + "/etc").c_str(), 0755);
     std::ofstream(root + "/etc/passwd") << "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n";
     std::ofstream(root + "/etc/group") << "root:x:0:\nwheel:x:10:user,other\nuser:x:1000:\nstaff:x:50:\n";
@@ -79,23 +79,27 @@ TEST(ImageUser, NamesNumbersAndGroups) {
     EXPECT_EQ(u.home, "/root");
     EXPECT_THROW(image::resolve_user(root, "nobody-here"), Error);
     EXPECT_THROW(image::resolve_user(root, "user:nogroup"), Error);
-    std::string cmd = "rm -rf " + root;
-    EXPECT_EQ(std::system(cmd.c_str()), 0);
+    test::remove_tree(root);
 }
 
 TEST(ImageResolve, ErrorsSayWhatToDo) {
+    // None of these is an OCI layout: nothing is imported.
+    auto no_import = [](const std::string& source) -> std::string {
+        ADD_FAILURE() << "unexpected import of " << source;
+        throw Error("unexpected import");
+    };
     try {
-        image::resolve_image("/nonexistent/ocivm-image");
+        image::resolve_image("/nonexistent/ocivm-image", no_import);
         FAIL() << "no error";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("does not exist"), std::string::npos) << e.what();
     }
     try {
-        image::resolve_image("some-name");
+        image::resolve_image("some-name", no_import);
         FAIL() << "no error";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("no image named 'some-name'"), std::string::npos) << e.what();
     }
-    auto r = image::resolve_image("/");
+    auto r = image::resolve_image("/", no_import);
     EXPECT_EQ(r.rootfs, "/");
 }

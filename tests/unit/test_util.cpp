@@ -8,8 +8,15 @@
 
 namespace ocivm::test {
 
+std::string temp_base() {
+    // The suite's wrapper (tests/lib/leakcheck.sh) gives each test a TMPDIR
+    // of its own and checks it for leftovers afterwards.
+    const char* t = std::getenv("TMPDIR");
+    return t && *t ? t : "/tmp";
+}
+
 std::string make_temp_dir() {
-    std::string t = "/tmp/ocivm-unit-XXXXXX";
+    std::string t = temp_base() + "/ocivm-unit-XXXXXX";
     if (!::mkdtemp(t.data())) throw std::runtime_error("mkdtemp failed");
     return t;
 }

@@ -14,6 +14,9 @@
 
 namespace ocivm::test {
 
+// $TMPDIR, or /tmp without one.
+std::string temp_base();
+// A new directory below temp_base().
 std::string make_temp_dir();
 void remove_tree(const std::string& path);
 

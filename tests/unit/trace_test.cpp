@@ -126,7 +126,7 @@ TEST(Livelock, EachEpisodeWarnsOnce) {
 }
 
 TEST(Trace, RecordsBecomeJsonLinesAndASummary) {
-    std::string file = "/tmp/ocivm-trace-test-" + std::to_string(::getpid()) + ".jsonl";
+    std::string file = test::temp_base() + "/ocivm-trace-test-" + std::to_string(::getpid()) + ".jsonl";
     {
         Recorder rec(file);
         test::Harness h;
@@ -173,7 +173,7 @@ TEST(Trace, FullBufferDropsInsteadOfBlocking) {
 TEST(Trace, SummaryOfAMissingOrEmptyFileIsAnError) {
     std::ostringstream out;
     EXPECT_THROW(summarize("/nonexistent/trace", out), std::runtime_error);
-    std::string empty = "/tmp/ocivm-trace-empty-" + std::to_string(::getpid());
+    std::string empty = test::temp_base() + "/ocivm-trace-empty-" + std::to_string(::getpid());
     std::ofstream(empty) << "not a trace\n";
     EXPECT_THROW(summarize(empty, out), std::runtime_error);
     std::remove(empty.c_str());

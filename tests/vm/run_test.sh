@@ -8,6 +8,7 @@ set -uo pipefail
 OCIVM=${1:?ocivm binary}
 DEMO=${2:?demo image directory}
 . "$(dirname "$0")/../lib/tree.sh"
+. "$(dirname "$0")/../lib/mounts.sh"
 
 fail() { echo "FAIL: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || fail "the vm tests must run as root"
@@ -179,7 +180,7 @@ kill -9 $pid; wait $pid 2>/dev/null
 sleep 1
 check "kill -9 of ocivm: no QEMU left" bash -c "! pgrep -f '[q]emu-system.*$name' >/dev/null && ! pgrep -f '[r]un/vms/$name/' >/dev/null"
 check "kill -9 of ocivm: no socket left" [ -z "$(find "$WORK/run" -type s 2>/dev/null)" ]
-check "kill -9 of ocivm: no mount left" bash -c "! grep -q '$WORK' /proc/self/mountinfo"
+check "kill -9 of ocivm: no mount left" no_mount_mentions "$WORK"
 run again --name $name "$DEMO" -- true
 expect_rc again 0 "kill -9: the name can be used again"
 

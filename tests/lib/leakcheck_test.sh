@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# leakcheck.sh checks itself (ctest label fs, as root): a test that leaves a
+# mount behind fails and the mount is taken down, also when the mount
+# point's name or the TMPDIR holds a space, a tab, a newline or a
+# backslash (mountinfo escapes those; the old awk on field 5 compared the
+# escaped form, so it missed such mounts or could not unmount them); a
+# test that leaves nothing passes.
+#   leakcheck_test.sh
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/check.sh"
+. "$HERE/mounts.sh"
+[ "$(id -u)" -eq 0 ] || { echo "FAIL: leakcheck_test.sh mounts file systems and must run as root"; exit 1; }
+
+WORK=${TMPDIR:-/tmp}/ocivm-leakself-$$
+mkdir -p "$WORK"
+other=
+cleanup() {
+  [ -n "$other" ] && kill -9 "$other" 2>/dev/null
+  local -a left
+  local m
+  mounts_under "$WORK" left
+  for m in "${left[@]}"; do umount -l "$m" 2>/dev/null; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+weird=$'a b\tc\nd\\e'
+
+# inner BASE NAME CMD: leakcheck.sh NAME CMD with TMPDIR=BASE; its exit
+# status in $rc, its stderr in $WORK/NAME.err
+inner() {
+  local base=$1 name=$2; shift 2
+  mkdir -p "$base"
+  TMPDIR=$base "$HERE/leakcheck.sh" "$name" bash -c "$1" _ "$weird" > /dev/null 2> "$WORK/$name.err"
+  rc=$?
+}
+
+inner "$WORK/clean" clean 'mkdir "$TMPDIR/$1" && mount -t tmpfs t "$TMPDIR/$1" && umount "$TMPDIR/$1"'
+check "a test that unmounts what it mounted passes (exit $rc)" [ $rc -eq 0 ]
+check "... and is not reported" bash -c "! grep -q LEAK '$WORK/clean.err'"
+
+inner "$WORK/named" named 'mkdir "$TMPDIR/$1" && mount -t tmpfs t "$TMPDIR/$1" &&
+                            mkdir "$TMPDIR/$1/sub dir" && mount -t tmpfs t "$TMPDIR/$1/sub dir"'
+check "a leaked mount named '$weird' fails the test (exit $rc)" [ $rc -ne 0 ]
+check "... is reported" grep -q "LEAK: the test left mounts behind" "$WORK/named.err"
+check "... and is unmounted, with the one below it" no_mounts_under "$WORK/named"
+
+inner "$WORK/in $weird" spaced 'mkdir "$TMPDIR/m" && mount -t tmpfs t "$TMPDIR/m"'
+check "a mount leaked in a TMPDIR named 'in $weird' fails the test (exit $rc)" [ $rc -ne 0 ]
+check "... is reported" grep -q "LEAK: the test left mounts behind" "$WORK/spaced.err"
+check "... and is unmounted" no_mounts_under "$WORK/in $weird"
+
+# The final check judges its own suite only (one build directory's tests):
+# another checkout's make test running beside it keeps its processes and
+# directories. (It used to kill every tagged process on the machine.)
+mkdir -p "$WORK/final/ocivm-t.othersuite.t.abcdef"
+env OCIVM_TEST_TAG=othersuite.t.1.abcdef sleep 120 & other=$!
+OCIVM_TEST_SUITE=mysuite TMPDIR="$WORK/final" "$HERE/leakcheck.sh" --final > /dev/null 2> "$WORK/final.err"; rc=$?
+check "--final of one suite passes while another suite's test runs (exit $rc)" [ $rc -eq 0 ]
+check "... leaves that test's process alone" kill -0 "$other"
+check "... and its directory" [ -d "$WORK/final/ocivm-t.othersuite.t.abcdef" ]
+OCIVM_TEST_SUITE=othersuite TMPDIR="$WORK/final" "$HERE/leakcheck.sh" --final > /dev/null 2> "$WORK/final.err"; rc=$?
+check "--final of that suite reports its leftovers (exit $rc)" [ $rc -ne 0 ]
+check "... kills its process" bash -c "! kill -0 $other 2>/dev/null"
+check "... and removes its directory" [ ! -e "$WORK/final/ocivm-t.othersuite.t.abcdef" ]
+wait "$other" 2>/dev/null; other=
+check "a bad suite name is refused" bash -c "! OCIVM_TEST_SUITE='a b' '$HERE/leakcheck.sh' --final 2>/dev/null"
+
+finish
