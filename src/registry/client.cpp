@@ -503,7 +503,9 @@ private:
                         got + (have != size ? " (the manifest says " + std::to_string(size) + " bytes)" : "") +
                         "; it was discarded and nothing was stored");
         }
-        if (::fsync(fd.get()) < 0) throw_errno("writing " + part, errno);
+        // No fsync: the staged file lives until the importer has copied it
+        // (and checked it again); after a crash it is garbage the next pull
+        // removes. Forcing 100s of MB to disk here only slowed the pull.
         if (::rename(part.c_str(), final_path.c_str()) < 0) throw_errno("storing " + final_path, errno);
         set_state(i, BlobProgress::State::Done);
     }
