@@ -156,8 +156,7 @@ std::string error_summary(const HttpResponse& r) {
 // shared by the threads fetching from it.
 class Session {
 public:
-    Session(const Endpoint& ep, const PullOptions& opts, const std::string& original_registry)
-        : ep_(ep), opts_(opts), original_registry_(original_registry) {
+    Session(const Endpoint& ep, const PullOptions& opts) : ep_(ep), opts_(opts) {
         tls_.verify = opts.tls_verify && !ep.insecure;
         if (tls_.verify) tls_.extra_ca_pem = extra_cas(ep.host);
         scheme_ = "https://";
@@ -240,12 +239,10 @@ private:
         creds_loaded_ = true;
         if (opts_.creds) creds_ = opts_.creds;
         else {
-            // Credentials are looked up under the name the user wrote, then
-            // under the host actually contacted (a mirror).
+            // Credentials for the host actually contacted (a mirror has its own).
             auto files = auth_files(opts_.authfile);
             creds_ = lookup_credentials(files, ep_.host, ep_.repository, !opts_.authfile.empty());
         }
-        (void)original_registry_;
     }
 
     void authenticate(Http& http, const HttpResponse& r) {
@@ -307,7 +304,6 @@ private:
 
     Endpoint ep_;
     const PullOptions& opts_;
-    std::string original_registry_;
     TlsSettings tls_;
     std::string scheme_;
     std::mutex mu_;
@@ -536,7 +532,7 @@ void write_small(const std::string& path, const std::string& data) {
 
 StagedImage fetch_from(const Endpoint& ep, const Reference& ref, const PullOptions& opts, const std::string& staging_root,
                        const PullProgressFn& progress) {
-    Session s(ep, opts, ref.registry);
+    Session s(ep, opts);
     Http http;
     Manifest m = get_manifest(s, http, ref.digest.empty() ? ref.tag : ref.digest, ref.digest);
     if (m.media_type.rfind("application/vnd.docker.distribution.manifest.v1", 0) == 0)
