@@ -129,9 +129,15 @@ std::string stored_blob(const std::string& home, const std::string& digest) {
     return ::lstat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) ? p : std::string();
 }
 
-// Staging directories of pulls that were killed (their pid is gone).
+// Staging directories of pulls that were killed (their pid is gone), and
+// partial blobs no pull has continued for a week.
 void sweep_stale_staging(const std::string& root) {
     std::error_code ec;
+    const auto week_ago = std::filesystem::file_time_type::clock::now() - std::chrono::hours(24 * 7);
+    for (std::filesystem::directory_iterator p(root + "/partial", ec), end; !ec && p != end; p.increment(ec)) {
+        std::error_code e2;
+        if (std::filesystem::last_write_time(p->path(), e2) < week_ago && !e2) std::filesystem::remove(p->path(), e2);
+    }
     std::filesystem::directory_iterator it(root, ec);
     if (ec) return;
     for (auto& e : it) {

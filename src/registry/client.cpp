@@ -348,6 +348,7 @@ Platform platform_of(const json& p) {
 // The staging layout: blobs land here by rename once verified.
 struct Staging {
     std::string dir;
+    std::string kept;  // partial transfers kept for the next pull (downloads/partial)
     std::string blob(const std::string& digest) const { return dir + "/blobs/sha256/" + digest.substr(7); }
 };
 
@@ -407,10 +408,57 @@ private:
         const std::string digest = blobs[i].digest;
         const uint64_t size = blobs[i].size;
         const std::string final_path = st_.blob(digest), part = final_path + ".partial";
-        UniqueFd fd(::open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
-        if (!fd) throw_errno("cannot create " + part, errno);
+        const std::string kept = st_.kept + "/" + digest.substr(7);
         auto hash = std::make_unique<Sha256>();
         uint64_t have = 0;
+        UniqueFd fd;
+        // What an earlier pull of this blob received before it failed: the
+        // transfer continues from there. Those bytes are hashed with the
+        // rest, so nothing is used unless the whole blob has its digest.
+        if (::rename(kept.c_str(), part.c_str()) == 0) {
+            fd = UniqueFd(::open(part.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
+            if (!fd) throw_errno("cannot open " + part, errno);
+            std::vector<char> buf(1 << 20);
+            ssize_t n;
+            while ((n = ::read(fd.get(), buf.data(), buf.size())) > 0 && have + static_cast<uint64_t>(n) <= size) {
+                hash->update(buf.data(), static_cast<size_t>(n));
+                have += static_cast<uint64_t>(n);
+            }
+            if (n != 0 || have >= size) {
+                // Unreadable, or as long as the blob (or longer): start over.
+                if (::ftruncate(fd.get(), 0) < 0 || ::lseek(fd.get(), 0, SEEK_SET) < 0) throw_errno("truncating " + part, errno);
+                hash = std::make_unique<Sha256>();
+                have = 0;
+            } else {
+                spdlog::info("blob {}: continuing the {} bytes an earlier pull received", digest, have);
+                std::lock_guard<std::mutex> g(mu_);
+                blobs[i].done = have;
+            }
+        } else {
+            fd = UniqueFd(::open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+            if (!fd) throw_errno("cannot create " + part, errno);
+        }
+        try {
+            fetch_into(http, i, fd, part, hash, have);
+        } catch (...) {
+            // A transfer that broke off (not a blob found wrong) is kept for
+            // the next pull; a corrupt or over-long one was removed already.
+            if (have > 0 && ::access(part.c_str(), F_OK) == 0) {
+                try {
+                    make_dirs(st_.kept, 0700);
+                    if (::rename(part.c_str(), kept.c_str()) == 0)
+                        spdlog::info("blob {}: kept {} bytes for the next pull", digest, have);
+                } catch (const Error&) {
+                }
+            }
+            throw;
+        }
+    }
+
+    void fetch_into(Http& http, size_t i, UniqueFd& fd, const std::string& part, std::unique_ptr<Sha256>& hash, uint64_t& have) {
+        const std::string digest = blobs[i].digest;
+        const uint64_t size = blobs[i].size;
+        const std::string final_path = st_.blob(digest);
         std::string err_body;
         bool first = true;
         set_state(i, BlobProgress::State::Fetching);
@@ -486,9 +534,11 @@ private:
             if ((r.status == 200 || r.status == 206) && have < size && round + 1 < kAttempts) continue;
             break;
         }
-        if (too_long_)
+        if (too_long_) {
+            ::unlink(part.c_str());
             throw Error("blob " + digest + " from " + s_.where() + " is longer than the " + std::to_string(size) +
                         " bytes its manifest says; it was discarded and nothing was stored");
+        }
         if (r.status == 404) throw Error("blob " + digest + " is missing on " + s_.where() + " (" + error_summary(HttpResponse{404, {}, err_body, {}}) + ")");
         if (r.status != 200 && r.status != 206)
             throw Error("blob " + digest + " from " + s_.where() + ": the registry answered HTTP " + std::to_string(r.status));
@@ -604,7 +654,7 @@ StagedImage fetch_from(const Endpoint& ep, const Reference& ref, const PullOptio
     stdfs::remove_all(dir, ec);
     make_dirs(dir + "/blobs/sha256", 0700);
     StagedImage img(dir);
-    Staging st{dir};
+    Staging st{dir, staging_root + "/partial"};
 
     // The config first (small, and it says whether the image is for us).
     Fetcher f(s, opts, st, progress);

@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """A TCP proxy that cuts one connection halfway (the registry tests' flaky network).
 
-  cut_proxy.py TARGET_PORT CUT_AFTER_BYTES PORT_FILE STATS_FILE
+  cut_proxy.py TARGET_PORT CUT_AFTER_BYTES PORT_FILE STATS_FILE [exit]
 
 Listens on a free port of 127.0.0.1 (written to PORT_FILE) and forwards each
 connection to 127.0.0.1:TARGET_PORT (TLS passes through untouched). The first
 connection whose server-to-client bytes pass CUT_AFTER_BYTES is closed there,
 once. STATS_FILE always holds "<bytes server->client> <connections> <cuts>".
-Runs until killed.
+Runs until killed; with "exit", it exits right after the cut (the network
+is gone for good: the client's retries fail too).
 """
-import socket, sys, threading
+import os, socket, sys, threading
 
 target, cut_after, port_file, stats_file = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+exit_after_cut = len(sys.argv) > 5 and sys.argv[5] == "exit"
 lock = threading.Lock()
 state = {"bytes": 0, "conns": 0, "cuts": 0}
 
@@ -36,6 +38,8 @@ def pump(src, dst, downstream, conn_bytes):
                             state["bytes"] += keep
                         state["cuts"] += 1
                         save()
+                        if exit_after_cut:
+                            os._exit(0)
                         raise ConnectionResetError("cut")
                     conn_bytes[0] += len(data)
                     state["bytes"] += len(data)

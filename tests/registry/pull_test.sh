@@ -90,6 +90,7 @@ $ML index multi multi amd arm
 $ML image d2 d2 --layer "docker=schema 2 $$"
 $ML image zst zst --compress zstd --layer "zstd.txt=zstd layer $$" --random "zstd.bin=300000"
 $ML image big big --layer "big.txt=big $$" --random "big.bin=8000000"
+$ML image big2 big2 --layer "big2.txt=big2 $$" --random "big2.bin=8000000"
 $ML image bad bad --layer "bad.txt=doomed $$" --random "bad.bin=200000"
 $ML image hostile hostile --layer "hostile.txt=hostile $$"
 mkdir -p certs && cp ca.crt certs/ca.crt
@@ -104,6 +105,7 @@ push multi:multi test/multi:latest --all
 push d2:d2 test/d2:latest --format v2s2
 push zst:zst test/zst:latest
 push big:big test/big:latest
+push big2:big2 test/big2:latest
 push bad:bad test/bad:latest
 
 # --- ocivm's environment: its own store, no host registries.conf or auth files
@@ -205,6 +207,30 @@ check "cut transfer: resumed at the byte it stopped" grep -q "resuming at byte" 
 check "cut transfer: not fetched twice ($pbytes bytes for a $size-byte layer)" [ "$pbytes" -lt $((size + size / 4)) ]
 root=$(rootfs_of "127.0.0.1:$PPORT/test/big:latest")
 check "cut transfer: the layer's content" [ "$(stat -c %s "$root/big.bin" 2>/dev/null)" = 8000000 ]
+
+# 6b. a pull whose network goes away for good keeps what it received; the
+# next pull of the blob (here through another proxy: another registry name,
+# the same digest) continues from there
+size2=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1]+"/index.json"))["manifests"][0]["digest"][7:]; print(max(l["size"] for l in json.load(open(sys.argv[1]+"/blobs/sha256/"+m))["layers"]))' "$WORK/big2")
+python3 "$HERE/cut_proxy.py" "$PORT" $((size2 / 2)) proxy2.port proxy2.stats exit & pids+=($!)
+for _ in $(seq 100); do [ -s proxy2.port ] && break; sleep 0.1; done
+P2=$(cat proxy2.port)
+mkdir -p "$OCIVM_HOME/certs.d/127.0.0.1:$P2" && cp ca.crt "$OCIVM_HOME/certs.d/127.0.0.1:$P2/"
+"$OCIVM" pull --log-level info --creds "$CREDS" "127.0.0.1:$P2/test/big2:latest" > out 2> err; rc=$?
+check "network gone: exit 125" [ $rc -eq 125 ]
+check "network gone: the received part is kept" grep -q "bytes for the next pull" err
+check "network gone: no image" bash -c "! '$OCIVM' image ls | grep -q test/big2"
+python3 "$HERE/cut_proxy.py" "$PORT" 999999999999 proxy3.port proxy3.stats & pids+=($!)
+for _ in $(seq 100); do [ -s proxy3.port ] && break; sleep 0.1; done
+P3=$(cat proxy3.port)
+mkdir -p "$OCIVM_HOME/certs.d/127.0.0.1:$P3" && cp ca.crt "$OCIVM_HOME/certs.d/127.0.0.1:$P3/"
+"$OCIVM" pull --log-level info --creds "$CREDS" "127.0.0.1:$P3/test/big2:latest" > out 2> err; rc=$?
+read -r p3bytes _ _ < proxy3.stats
+check "next pull: exit 0" [ $rc -eq 0 ]
+check "next pull: continued what the failed pull received" grep -q "continuing the [0-9]* bytes an earlier pull received" err
+check "next pull: fetched about half ($p3bytes bytes for a $size2-byte layer)" [ "$p3bytes" -lt $((size2 * 3 / 4)) ]
+check "next pull: the layer's content" [ "$(stat -c %s "$(rootfs_of "127.0.0.1:$P3/test/big2:latest")/big2.bin" 2>/dev/null)" = 8000000 ]
+check "next pull: nothing kept any more" [ -z "$(find "$OCIVM_HOME/downloads" -type f)" ]
 
 # 7. a multi-platform index
 "$OCIVM" pull --creds "$CREDS" "$REG/test/multi" > out 2> err; rc=$?
@@ -314,6 +340,6 @@ printf '[[registry]]\nlocation = "%s"\nblocked = true\n' "$HREG" > "$OCIVM_HOME/
 check "blocked registry: 125, says so" [ $rc -eq 125 ] && grep -q "is blocked by registries.conf" err
 rm "$OCIVM_HOME/registries.conf"
 
-check "no staging directory left" [ -z "$(ls -A "$OCIVM_HOME/downloads")" ]
+check "no staging directory or partial blob left" [ -z "$(find "$OCIVM_HOME/downloads" -mindepth 1 ! -name partial)" ]
 echo "passed $passed, failed $failed"
 [ $failed -eq 0 ]
