@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build run run-mount test test-unit test-fs test-vm bench seccompbench guestbench bootbench imagebench diskbench fuzz fuzz-corpus clean
+.PHONY: all deps build run run-mount test test-unit test-fs test-vm bench seccompbench guestbench bootbench imagebench diskbench pullbench fuzz fuzz-corpus clean
 
 all: build
 
@@ -58,6 +58,9 @@ imagebench: build
 
 diskbench: build
 	@bench/diskbench.sh $(BUILD)/ocivm
+
+pullbench: build
+	@bench/pullbench.sh $(BUILD)/ocivm
 
 # Fuzzing (issue 15, tests/fuzz/README.md): the libFuzzer targets, built with
 # clang and ASan/UBSan in their own build dir, each run for FUZZ_SECONDS on a

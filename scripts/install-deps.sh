@@ -36,6 +36,11 @@ PACKAGES=(
   xfsprogs
   # image import containers-storage:NAME (podman image save) and its test
   podman
+  # ocivm pull: HTTPS to registries (libcurl); zstd layers are read by
+  # libarchive, zstd makes the test's zstd layer. The registry tests run
+  # Debian's docker-registry (distribution 2.8), push with skopeo, and make
+  # their htpasswd file with apache2-utils.
+  libcurl4-openssl-dev libzstd-dev zstd docker-registry skopeo apache2-utils openssl curl
   # make fuzz: clang 14 with libFuzzer and the sanitizer runtimes
   clang libclang-rt-14-dev
 )

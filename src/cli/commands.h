@@ -15,5 +15,6 @@ int cmd_image(int argc, char** argv);
 int cmd_holders(int argc, char** argv);
 int cmd_umount(int argc, char** argv);
 int cmd_disk(int argc, char** argv);
+int cmd_pull(int argc, char** argv);
 
 }  // namespace ocivm::cli

@@ -23,6 +23,7 @@ Commands:
   run [OPTIONS] IMAGE [COMMAND...]
                             boot IMAGE as an ephemeral VM, run COMMAND, exit
                             with its status
+  pull [OPTIONS] REFERENCE  fetch an image from a registry into the store
   image import|ls|inspect|rm|prune
                             the image store: import from OCI layouts, OCI and
                             docker archives, podman
@@ -75,6 +76,7 @@ int main(int argc, char** argv) {
             char* sub_argv[] = {argv[0], argv[2], help_flag, nullptr};
             if (sub == "run") return cmd_run(3, sub_argv);
             if (sub == "image") return cmd_image(3, sub_argv);
+            if (sub == "pull") return cmd_pull(3, sub_argv);
             if (sub == "disk") return cmd_disk(3, sub_argv);
             if (sub == "holders") return cmd_holders(3, sub_argv);
             if (sub == "umount") return cmd_umount(3, sub_argv);
@@ -85,6 +87,7 @@ int main(int argc, char** argv) {
         }
         if (cmd == "run") return cmd_run(argc, argv);
         if (cmd == "image") return cmd_image(argc, argv);
+        if (cmd == "pull") return cmd_pull(argc, argv);
         if (cmd == "disk") return cmd_disk(argc, argv);
         if (cmd == "holders") return cmd_holders(argc, argv);
         if (cmd == "umount") return cmd_umount(argc, argv);

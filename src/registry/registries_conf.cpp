@@ -1,0 +1,326 @@
+#include "registry/registries_conf.h"
+
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <optional>
+#include <variant>
+
+#include "util/error.h"
+#include "util/log.h"
+#include "util/paths.h"
+
+namespace ocivm::registry {
+
+namespace {
+
+constexpr size_t kMaxConfBytes = 1 << 20;  // a registries.conf is a few KiB
+constexpr size_t kMaxEntries = 4096;       // registries, mirrors, aliases, search entries
+
+using Value = std::variant<std::string, bool, long long, std::vector<std::string>>;
+
+struct Parser {
+    const std::string& s;
+    const std::string& where;
+    size_t i = 0;
+    int line = 1;
+
+    [[noreturn]] void fail(const std::string& why) const {
+        throw Error(where + ":" + std::to_string(line) + ": " + why + " (ocivm reads the TOML subset of containers-registries.conf(5))");
+    }
+    bool eof() const { return i >= s.size(); }
+    // Spaces and tabs; with newlines, also newlines and comments.
+    void skip(bool newlines) {
+        while (!eof()) {
+            char c = s[i];
+            if (c == ' ' || c == '\t' || c == '\r') ++i;
+            else if (c == '#') {
+                while (!eof() && s[i] != '\n') ++i;
+            } else if (newlines && c == '\n') {
+                ++i;
+                ++line;
+            } else break;
+        }
+    }
+    void end_of_line() {
+        skip(false);
+        if (eof()) return;
+        if (s[i] != '\n') fail("unexpected '" + std::string(1, s[i]) + "' after a value");
+        ++i;
+        ++line;
+    }
+    std::string key() {
+        skip(false);
+        if (eof()) fail("a key is missing");
+        if (s[i] == '"' || s[i] == '\'') return string();
+        size_t b = i;
+        while (!eof() && (std::isalnum(static_cast<unsigned char>(s[i])) || s[i] == '-' || s[i] == '_')) ++i;
+        if (b == i) fail("a key is missing");
+        return s.substr(b, i - b);
+    }
+    std::string string() {
+        char q = s[i++];
+        std::string out;
+        while (!eof() && s[i] != q) {
+            char c = s[i++];
+            if (c == '\n') fail("a string runs past the end of its line");
+            if (q == '"' && c == '\\') {
+                if (eof()) break;
+                char e = s[i++];
+                switch (e) {
+                    case 'n': out += '\n'; break;
+                    case 't': out += '\t'; break;
+                    case '\\': out += '\\'; break;
+                    case '"': out += '"'; break;
+                    default: fail(std::string("unsupported escape \\") + e);
+                }
+            } else {
+                out += c;
+            }
+        }
+        if (eof()) fail("a string is not closed");
+        ++i;
+        return out;
+    }
+    Value value() {
+        skip(false);
+        if (eof()) fail("a value is missing");
+        char c = s[i];
+        if (c == '"' || c == '\'') return string();
+        if (c == '[') {
+            ++i;
+            std::vector<std::string> arr;
+            for (;;) {
+                skip(true);
+                if (eof()) fail("an array is not closed");
+                if (s[i] == ']') {
+                    ++i;
+                    return arr;
+                }
+                if (s[i] != '"' && s[i] != '\'') fail("ocivm reads arrays of strings only");
+                arr.push_back(string());
+                if (arr.size() > kMaxEntries) fail("an array with more than " + std::to_string(kMaxEntries) + " entries");
+                skip(true);
+                if (!eof() && s[i] == ',') ++i;
+                else if (!eof() && s[i] != ']') fail("expected ',' or ']' in an array");
+            }
+        }
+        if (s.compare(i, 4, "true") == 0) {
+            i += 4;
+            return true;
+        }
+        if (s.compare(i, 5, "false") == 0) {
+            i += 5;
+            return false;
+        }
+        size_t b = i;
+        if (c == '-' || c == '+') ++i;
+        while (!eof() && std::isdigit(static_cast<unsigned char>(s[i]))) ++i;
+        if (i == b || i - b > 18) fail("unsupported value");
+        return std::stoll(s.substr(b, i - b));
+    }
+};
+
+template <class T>
+const T& as(const Value& v, const Parser& p, const std::string& key, const char* type) {
+    if (auto* x = std::get_if<T>(&v)) return *x;
+    p.fail("\"" + key + "\" must be " + type);
+}
+
+// "*.example.com" matches any host below example.com, with or without a path.
+bool prefix_matches(const std::string& prefix, const std::string& name) {
+    if (prefix.rfind("*.", 0) == 0) {
+        std::string host = name.substr(0, name.find('/'));
+        std::string suffix = prefix.substr(1);  // ".example.com"
+        return host.size() > suffix.size() && host.compare(host.size() - suffix.size(), suffix.size(), suffix) == 0;
+    }
+    if (name.rfind(prefix, 0) != 0) return false;
+    return name.size() == prefix.size() || name[prefix.size()] == '/' || name[prefix.size()] == ':' ||
+           name[prefix.size()] == '@';
+}
+
+// prefix -> location applied to registry/repository; "" when the result is not host/repo.
+void split_location(const std::string& full, std::string& host, std::string& repo) {
+    size_t slash = full.find('/');
+    host = full.substr(0, slash);
+    repo = slash == std::string::npos ? "" : full.substr(slash + 1);
+}
+
+}  // namespace
+
+void RegistriesConf::merge(const std::string& text, const std::string& where) {
+    if (text.size() > kMaxConfBytes) throw Error(where + " is larger than " + std::to_string(kMaxConfBytes) + " bytes");
+    Parser p{text, where};
+    enum class Section { Top, Registry, Mirror, Aliases, Other } sec = Section::Top;
+    std::vector<RegistryEntry> mine;
+    std::optional<std::vector<std::string>> search;
+    for (;;) {
+        p.skip(true);
+        if (p.eof()) break;
+        if (text[p.i] == '[') {
+            bool array = text.compare(p.i, 2, "[[") == 0;
+            p.i += array ? 2 : 1;
+            size_t b = p.i;
+            while (!p.eof() && text[p.i] != ']' && text[p.i] != '\n') ++p.i;
+            std::string name = text.substr(b, p.i - b);
+            while (!name.empty() && (name.back() == ' ' || name.back() == '\t')) name.pop_back();
+            while (!name.empty() && (name.front() == ' ' || name.front() == '\t')) name.erase(0, 1);
+            if (text.compare(p.i, array ? 2 : 1, array ? "]]" : "]") != 0) p.fail("a table header is not closed");
+            p.i += array ? 2 : 1;
+            p.end_of_line();
+            if (array && name == "registry") {
+                if (mine.size() >= kMaxEntries) p.fail("more than " + std::to_string(kMaxEntries) + " [[registry]] tables");
+                mine.emplace_back();
+                sec = Section::Registry;
+            } else if (array && name == "registry.mirror") {
+                if (mine.empty()) p.fail("[[registry.mirror]] before any [[registry]]");
+                if (mine.back().mirrors.size() >= kMaxEntries) p.fail("too many mirrors");
+                mine.back().mirrors.emplace_back();
+                sec = Section::Mirror;
+            } else if (!array && name == "aliases") {
+                sec = Section::Aliases;
+            } else {
+                spdlog::debug("{}:{}: ignoring table [{}]", where, p.line - 1, name);
+                sec = Section::Other;
+            }
+            continue;
+        }
+        std::string k = p.key();
+        p.skip(false);
+        if (p.eof() || text[p.i] != '=') p.fail("expected '=' after \"" + k + "\"");
+        ++p.i;
+        Value v = p.value();
+        p.end_of_line();
+        switch (sec) {
+            case Section::Top:
+                if (k == "unqualified-search-registries") search = as<std::vector<std::string>>(v, p, k, "an array of strings");
+                else spdlog::debug("{}: ignoring {}", where, k);
+                break;
+            case Section::Registry: {
+                RegistryEntry& r = mine.back();
+                if (k == "prefix") r.prefix = as<std::string>(v, p, k, "a string");
+                else if (k == "location") r.location = as<std::string>(v, p, k, "a string");
+                else if (k == "insecure") r.insecure = as<bool>(v, p, k, "true or false");
+                else if (k == "blocked") r.blocked = as<bool>(v, p, k, "true or false");
+                else if (k == "mirror-by-digest-only") r.mirror_by_digest_only = as<bool>(v, p, k, "true or false");
+                else spdlog::debug("{}: ignoring registry key {}", where, k);
+                break;
+            }
+            case Section::Mirror: {
+                Mirror& m = mine.back().mirrors.back();
+                if (k == "location") m.location = as<std::string>(v, p, k, "a string");
+                else if (k == "insecure") m.insecure = as<bool>(v, p, k, "true or false");
+                else spdlog::debug("{}: ignoring mirror key {}", where, k);
+                break;
+            }
+            case Section::Aliases:
+                if (aliases.size() >= kMaxEntries) p.fail("too many aliases");
+                aliases[k] = as<std::string>(v, p, k, "a string");
+                break;
+            case Section::Other:
+                break;
+        }
+    }
+    for (auto& r : mine) {
+        if (r.prefix.empty()) r.prefix = r.location;
+        if (r.prefix.empty()) throw Error(where + ": a [[registry]] has neither prefix nor location");
+        if (r.location.empty() && r.prefix.rfind("*.", 0) != 0) r.location = r.prefix;
+        for (auto& m : r.mirrors)
+            if (m.location.empty()) throw Error(where + ": a [[registry.mirror]] of " + r.prefix + " has no location");
+        bool replaced = false;
+        for (auto& old : registries)
+            if (old.prefix == r.prefix) {
+                old = r;
+                replaced = true;
+            }
+        if (!replaced) registries.push_back(r);
+    }
+    if (search) {
+        have_search = true;
+        this->search = *search;
+    }
+}
+
+RegistriesConf RegistriesConf::load() {
+    RegistriesConf c;
+    const char* env = std::getenv("CONTAINERS_REGISTRIES_CONF");
+    std::vector<std::string> files = {env && *env ? env : "/etc/containers/registries.conf", ocivm_home() + "/registries.conf"};
+    for (auto& f : files) {
+        struct stat st;
+        if (::stat(f.c_str(), &st) != 0) continue;
+        if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode)) throw Error(f + " is not a file");
+        if (static_cast<uint64_t>(st.st_size) > kMaxConfBytes)
+            throw Error(f + " is larger than " + std::to_string(kMaxConfBytes) + " bytes");
+        c.merge(read_file(f), f);
+        spdlog::debug("read {}", f);
+    }
+    return c;
+}
+
+const RegistryEntry* RegistriesConf::match(const std::string& name) const {
+    const RegistryEntry* best = nullptr;
+    for (auto& r : registries) {
+        if (!prefix_matches(r.prefix, name)) continue;
+        // An exact prefix beats a wildcard; among each, the longest wins.
+        auto rank = [](const RegistryEntry& e) {
+            return (e.prefix.rfind("*.", 0) == 0 ? 0 : 1000000) + e.prefix.size();
+        };
+        if (!best || rank(r) > rank(*best)) best = &r;
+    }
+    return best;
+}
+
+std::vector<Endpoint> endpoints_for(const RegistriesConf& conf, const Reference& ref) {
+    std::string name = ref.name();
+    const RegistryEntry* e = conf.match(name);
+    std::vector<Endpoint> out;
+    if (!e) {
+        out.push_back({ref.registry, ref.repository, false, false});
+        return out;
+    }
+    if (e->blocked)
+        throw Error("registry " + ref.registry + " is blocked by registries.conf (the [[registry]] with prefix \"" + e->prefix +
+                    "\"); pull from another registry or change that file");
+    // The part of the name below the prefix moves with it to a mirror or location.
+    auto rewrite = [&](const std::string& location) {
+        std::string full;
+        if (e->prefix.rfind("*.", 0) == 0) full = name;  // a wildcard prefix does not rewrite
+        else full = location + name.substr(e->prefix.size());
+        std::string host, repo;
+        split_location(full, host, repo);
+        return std::make_pair(host, repo);
+    };
+    if (!e->mirror_by_digest_only || !ref.digest.empty())
+        for (auto& m : e->mirrors) {
+            auto [h, r] = rewrite(m.location);
+            if (!r.empty()) out.push_back({h, r, m.insecure, true});
+        }
+    auto [h, r] = rewrite(e->location);
+    if (r.empty()) throw Error("registries.conf: location \"" + e->location + "\" leaves " + name + " without a repository");
+    out.push_back({h, r, e->insecure, false});
+    return out;
+}
+
+std::vector<Reference> candidates_for(const RegistriesConf& conf, const Reference& short_ref) {
+    std::vector<Reference> out;
+    std::string key = short_ref.repository;
+    if (auto it = conf.aliases.find(key); it != conf.aliases.end()) {
+        Reference a = parse_reference(it->second);
+        if (!a.qualified()) throw Error("registries.conf: alias \"" + key + "\" is not a fully qualified name");
+        if (it->second.find(':', it->second.find('/')) == std::string::npos || !short_ref.digest.empty() || short_ref.tag != "latest") {
+            a.tag = short_ref.tag;
+            a.digest = short_ref.digest;
+        }
+        out.push_back(a);
+        return out;
+    }
+    std::vector<std::string> regs = conf.have_search ? conf.search : std::vector<std::string>{"docker.io"};
+    if (regs.empty())
+        throw Error("short name '" + short_ref.str() +
+                    "' cannot be resolved: registries.conf lists no unqualified-search-registries; write the full name "
+                    "(e.g. docker.io/library/" + short_ref.repository + ") or add a registry there");
+    for (auto& r : regs) out.push_back(with_registry(short_ref, r));
+    return out;
+}
+
+}  // namespace ocivm::registry
