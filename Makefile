@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm bench guestbench bootbench imagebench diskbench fuzz fuzz-corpus clean
+.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench guestbench bootbench imagebench diskbench fuzz fuzz-corpus clean
 
 all: build
 
@@ -53,6 +53,9 @@ test-fs: build
 
 test-vm: build
 	@cd $(BUILD) && ctest --output-on-failure -L vm
+
+test-pkg: build
+	@cd $(BUILD) && ctest --output-on-failure -L pkg
 
 bench: build
 	@$(BUILD)/fsbench --ocivm $(BUILD)/ocivm
