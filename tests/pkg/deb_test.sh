@@ -145,6 +145,11 @@ expect_completion "--memory" ocivm run --mem
 expect_completion "auto always" ocivm mount --cache a
 expect_completion "raw qcow2" ocivm disk create --format ""
 expect_completion "--lazy-after-sync" ocivm umount --la
+# Every command's --log-level lists its levels (holders' once had one space
+# too few between the option and its text, which made the text its argument).
+for c in run image disk holders umount mount fsd; do
+  expect_completion "trace debug info warn error" ocivm $c --log-level ""
+done
 expect_completion "summary" ocivm trace ""
 
 echo "== the demo, from the installed paths"
