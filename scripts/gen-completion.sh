@@ -12,8 +12,10 @@
 # an argument when the help lists them ("raw|qcow2", or a description that
 # starts "never | metadata | auto | always"), and CMD's own subcommands (a
 # lower-case word right after "ocivm CMD" in the Usage line, or the entries
-# of its "Commands:" table). The generated file needs nothing but bash (no
-# bash-completion helpers), so it can be tested with a plain `bash -c`.
+# of its "Commands:" table). Where a command takes an image (run, disk
+# create, image inspect/rm), the names come from `ocivm image ls` as you
+# type. The generated file needs nothing but bash (no bash-completion
+# helpers), so it can be tested with a plain `bash -c`.
 set -euo pipefail
 OCIVM=${1:?path of the ocivm binary}
 OUT=${2:?output file}
@@ -31,7 +33,7 @@ commands=$("$OCIVM" --help | awk '
 # KIND is "values:A B C", "dirs", "files" or "any" (a number, a size, a
 # name: nothing to offer).
 analyse() {
-  awk -v cmd="$1" '
+  awk '
     function values_of(s,    n, v, i, r) {   # "a|b|c" or "a | b | c" -> "a b c"
       gsub(/ \| /, "|", s)
       if (s !~ /^[a-z0-9][a-z0-9-]*(\|[a-z0-9][a-z0-9-]*)+$/) return ""
@@ -106,7 +108,7 @@ trap 'rm -rf "$tmp"' EXIT
   for c in $commands; do
     case $c in help|version) continue ;; esac
     "$OCIVM" "$c" --help > "$tmp/help" || { echo "gen-completion: 'ocivm $c --help' failed" >&2; exit 1; }
-    analyse "$c" < "$tmp/help" > "$tmp/facts"
+    analyse < "$tmp/help" > "$tmp/facts"
     subs=$(awk '$1 == "sub" { print $2 }' "$tmp/facts" | awk '!seen[$0]++' | tr '\n' ' ')
     opts=$(awk '$1 == "opt" { print $2 }' "$tmp/facts" | awk '!seen[$0]++' | tr '\n' ' ')
     [ -n "$subs" ] && echo "    '$c sub') echo '${subs% }' ;;"
