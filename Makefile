@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build run run-mount test test-unit test-fs test-vm bench seccompbench guestbench bootbench imagebench diskbench pullbench fuzz fuzz-corpus clean
+.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench seccompbench guestbench bootbench imagebench diskbench pullbench fuzz fuzz-corpus clean
 
 all: build
 
@@ -14,6 +14,19 @@ deps:
 build: deps
 	@cmake -S . -B $(BUILD) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
+
+# Installs ocivm, its man pages, bash completion, docs and the demo image
+# under $(DESTDIR)$(PREFIX); builds only what it installs.
+PREFIX ?= /usr/local
+install: deps
+	@cmake -S . -B $(BUILD) $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS) --target installables
+	@DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
+
+# The Debian package: dpkg-buildpackage -us -uc -b on a copy of the tree;
+# the .deb lands in $(BUILD)/deb.
+deb: deps
+	@scripts/build-deb.sh $(BUILD)/deb
 
 # Imports the offline demo image (Debian's busybox-static, packed as an OCI
 # layout by `make build`) into the store, boots it as a VM and runs a
@@ -40,6 +53,9 @@ test-fs: build
 
 test-vm: build
 	@cd $(BUILD) && ctest --output-on-failure -L vm
+
+test-pkg: build
+	@cd $(BUILD) && ctest --output-on-failure -L pkg
 
 bench: build
 	@$(BUILD)/fsbench --ocivm $(BUILD)/ocivm

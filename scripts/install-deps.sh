@@ -7,6 +7,8 @@ PACKAGES=(
   # build
   build-essential cmake pkg-config
   libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
+  # make deb and the pkg test: dpkg-buildpackage, dh, man to read the pages
+  dpkg-dev debhelper man-db
   # run: /dev/fuse mounts when not root
   fuse3
   # benchmarks: bindfs is the libfuse passthrough a user would pick today

@@ -19,9 +19,9 @@ file on it, swap files on it, submounts below it and bind mounts of it
 elsewhere. Exit status 0 (also when nothing holds it), 125 on errors.
 
 Options:
-      --format FORMAT   table (default) or json
-      --log-level LEVEL trace | debug | info | warn | error (default: warn)
-  -h, --help            show this help
+      --format FORMAT     table (default) or json
+      --log-level LEVEL   trace | debug | info | warn | error (default: warn)
+  -h, --help              show this help
 )";
 }  // namespace
 
