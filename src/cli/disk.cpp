@@ -11,6 +11,7 @@
 #include "sandbox/sandbox.h"
 #include "cli/commands.h"
 #include "cli/import.h"
+#include "cli/pull.h"
 #include "disk/create.h"
 #include "image/resolve.h"
 #include "util/error.h"
@@ -28,8 +29,8 @@ mounting anything on the host: the partition table by sfdisk, an empty
 ext4 by mkfs.ext4, filled by ocivm through libext2fs (modes, owners,
 nanosecond times, xattrs and ACLs, hard links, symlinks, device nodes,
 fifos, sockets and sparse files kept; file data copied in whole extents).
-IMAGE is as for 'ocivm run': a stored image name, an OCI layout or a root
-file system directory. 'ocivm run --disk OUTPUT -- CMD' boots it.
+IMAGE is as for 'ocivm run': a stored image name, an OCI layout, a root
+file system directory, or a registry reference (pulled first, --pull). 'ocivm run --disk OUTPUT -- CMD' boots it.
 
 Options:
       --format raw|qcow2   disk format (default raw; qcow2 via qemu-img)
@@ -40,6 +41,12 @@ Options:
                            KVM) since mkfs.xfs -p cannot keep hard links,
                            xattrs or times; at least 302M
       --label LABEL        file-system label (default ocivm-root)
+      --pull POLICY        missing (default) | always | never: pull IMAGE from
+                           its registry first, as 'ocivm run --pull'
+      --platform OS/ARCH   the platform pulled from an index (default linux/amd64)
+      --tls-verify BOOL    false: no certificate check for the pull
+      --creds USER[:PASS]  registry credentials for the pull
+      --authfile FILE      registry credentials from this auth.json
       --log-level LEVEL    trace | debug | info | warn | error (default: warn)
   -h, --help               show this help
 The PARTUUID of the root partition is printed on stdout.
@@ -51,6 +58,7 @@ int cmd_disk(int argc, char** argv) {
     bool help = false;
     disk::DiskOptions o;
     std::string log_level = "warn";
+    PullFlags pull;
     std::vector<Option> opts = {
         {"format", 0, true, [&](const std::string& v) { o.format = v; }},
         {"size", 0, true, [&](const std::string& v) { o.size = parse_size("--size", v); }},
@@ -58,6 +66,7 @@ int cmd_disk(int argc, char** argv) {
         {"label", 0, true, [&](const std::string& v) { o.label = v; }},
         {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
     };
+    for (auto& o : pull.options(true)) opts.push_back(std::move(o));
     auto pos = parse_args("disk", argc, argv, 2, opts, &help);
     if (help) {
         std::fputs(kHelp, stdout);
@@ -69,7 +78,8 @@ int cmd_disk(int argc, char** argv) {
     if (o.format != "raw" && o.format != "qcow2") throw UsageError{"invalid --format '" + o.format + "': use raw or qcow2"};
     if (o.fs != "ext4" && o.fs != "xfs") throw UsageError{"invalid --fs '" + o.fs + "': use ext4 or xfs"};
     // An OCI layout is imported by a confined child, like any import.
-    auto img = image::resolve_image(pos[1], [&](const std::string& source) {
+    pull.finish(log_level);
+    auto img = image::resolve_image(pull_for_run(pos[1], pull.policy, pull.req), [&](const std::string& source) {
         return import_confined(source, "", log_level).digest;
     });
     // The ext4 writer reads a tree and writes one file: it needs to read

@@ -238,26 +238,49 @@ std::string pull_for_run(const std::string& image, const std::string& policy, Pu
             if (store.find(c.str())) return c.str();
     }
     req.reference = image;
-    return pull_image(req).name;
+    try {
+        return pull_image(req).name;
+    } catch (const UsageError&) {
+        throw;
+    } catch (const Error& e) {
+        if (policy == "always") throw;
+        throw Error("no image named '" + image + "' in the store ('ocivm image ls'), and pulling it failed: " +
+                    e.what());
+    }
 }
 
-int cmd_pull(int argc, char** argv) {
-    bool help = false;
-    PullRequest req;
-    std::string creds;
+std::vector<Option> PullFlags::options(bool with_policy) {
     std::vector<Option> opts = {
-        {"platform", 0, true, [&](const std::string& v) { req.platform = v; }},
+        {"platform", 0, true, [this](const std::string& v) { req.platform = v; }},
         {"tls-verify", 0, true,
-         [&](const std::string& v) {
+         [this](const std::string& v) {
              if (v == "true") req.tls_verify = true;
              else if (v == "false") req.tls_verify = false;
              else throw UsageError{"--tls-verify takes true or false"};
          }},
-        {"creds", 0, true, [&](const std::string& v) { creds = v; }},
-        {"authfile", 0, true, [&](const std::string& v) { req.authfile = v; }},
-        {"quiet", 'q', false, [&](const std::string&) { req.quiet = true; }},
-        {"log-level", 0, true, [&](const std::string& v) { req.log_level = v; }},
+        {"creds", 0, true, [this](const std::string& v) { creds = v; }},
+        {"authfile", 0, true, [this](const std::string& v) { req.authfile = v; }},
     };
+    if (with_policy) opts.push_back({"pull", 0, true, [this](const std::string& v) { policy = v; }});
+    return opts;
+}
+
+void PullFlags::finish(const std::string& log_level) {
+    req.log_level = log_level;
+    if (!creds.empty()) req.creds = registry::parse_creds(creds);
+    if (req.creds && !req.authfile.empty()) throw UsageError{"--creds and --authfile cannot be used together"};
+    if (!req.platform.empty()) registry::parse_platform(req.platform);  // a bad one fails before any request
+    if (policy != "missing" && policy != "always" && policy != "never")
+        throw UsageError{"invalid --pull '" + policy + "': use missing, always or never"};
+}
+
+int cmd_pull(int argc, char** argv) {
+    bool help = false;
+    PullFlags flags;
+    std::string log_level = "warn";
+    std::vector<Option> opts = flags.options(false);
+    opts.push_back({"quiet", 'q', false, [&](const std::string&) { flags.req.quiet = true; }});
+    opts.push_back({"log-level", 0, true, [&](const std::string& v) { log_level = v; }});
     auto pos = parse_args("pull", argc, argv, 2, opts, &help);
     if (help) {
         std::fputs(kHelp, stdout);
@@ -267,11 +290,10 @@ int cmd_pull(int argc, char** argv) {
         std::fputs(kHelp, stderr);
         throw UsageError{"usage: ocivm pull [OPTIONS] REFERENCE"};
     }
-    setup_logging(req.log_level);
-    if (!creds.empty()) req.creds = registry::parse_creds(creds);
-    if (req.creds && !req.authfile.empty()) throw UsageError{"--creds and --authfile cannot be used together"};
+    setup_logging(log_level);
+    flags.finish(log_level);
+    PullRequest& req = flags.req;
     req.reference = pos[0];
-    if (!req.platform.empty()) registry::parse_platform(req.platform);  // a bad one fails before any request
     PulledImage p = pull_image(req);
     if (req.quiet) std::printf("%s\n", p.digest.c_str());
     else std::printf("%s %s\n", p.name.c_str(), p.digest.c_str());

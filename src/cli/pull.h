@@ -3,7 +3,9 @@
 // before resolving an image (--pull missing|always|never, as podman).
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "cli/args.h"
 #include "registry/auth.h"
 
 namespace ocivm::cli {
@@ -38,5 +40,17 @@ PulledImage pull_image(const PullRequest& req);
 // req.reference is ignored) and its store name returned. Throws UsageError
 // for a bad policy, Error when the pull fails.
 std::string pull_for_run(const std::string& image, const std::string& policy, PullRequest req);
+
+// The registry options `ocivm pull`, `ocivm run` and `ocivm disk create`
+// share: --platform, --tls-verify, --creds, --authfile (and, with_policy,
+// --pull). Add options() to the command's list, then call finish() once
+// the arguments are parsed (it checks them together).
+struct PullFlags {
+    PullRequest req;
+    std::string policy = "missing";  // --pull
+    std::string creds;               // --creds USER[:PASS], parsed by finish()
+    std::vector<Option> options(bool with_policy);
+    void finish(const std::string& log_level);
+};
 
 }  // namespace ocivm::cli

@@ -17,6 +17,7 @@
 #include "cli/import.h"
 #include "disk/gpt.h"
 #include "fs/passthrough.h"
+#include "cli/pull.h"
 #include "image/resolve.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -37,9 +38,19 @@ the command's status.
 
 IMAGE is a root file system directory (e.g. the demo image that 'make'
 builds: build/demo), an OCI image layout directory (imported into the store
-on first use), or the name of an image in the store ('ocivm image ls').
+on first use), the name of an image in the store ('ocivm image ls'), or a
+registry reference (alpine, docker.io/library/alpine:3.19, ...@sha256:...),
+pulled into the store first when it is not there (--pull).
 
 Options:
+      --pull POLICY           missing (default): pull IMAGE from its registry
+                              when the store has no image of that name;
+                              always: pull it again first; never: use only
+                              what is stored (as podman)
+      --platform OS/ARCH      the platform pulled from an index (default linux/amd64)
+      --tls-verify BOOL       false: no certificate check for the pull
+      --creds USER[:PASS]     registry credentials for the pull
+      --authfile FILE         registry credentials from this auth.json
       --rm                    remove the VM's state directory (console log) at exit
   -i, --interactive           forward ocivm's stdin to the command
   -t, --tty                   give the command a terminal (a pty in the guest,
@@ -166,6 +177,7 @@ int cmd_run(int argc, char** argv) {
     bool help = false, interactive = false, tty = false;
     std::string log_level = "warn", workdir, user, hostname, cpus = "1";
     std::vector<std::string> envs, env_files, volumes;
+    PullFlags pull;
     std::vector<Option> opts = {
         {"rm", 0, false, [&](const std::string&) { m.rm = true; }},
         {"interactive", 'i', false, [&](const std::string&) { interactive = true; }},
@@ -190,6 +202,7 @@ int cmd_run(int argc, char** argv) {
         {"name", 0, true, [&](const std::string& v) { m.name = v; }},
         {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
     };
+    for (auto& o : pull.options(true)) opts.push_back(std::move(o));
     auto pos = parse_args("run", argc, argv, 2, opts, &help, true);
     if (help) {
         std::fputs(kHelp, stdout);
@@ -218,12 +231,13 @@ int cmd_run(int argc, char** argv) {
     if (!m.name.empty() && (m.name.find('/') != std::string::npos || m.name[0] == '.'))
         throw UsageError{"invalid --name '" + m.name + "': no '/' and no leading '.'"};
     for (auto& v : volumes) m.shares.push_back(parse_volume(v));
+    pull.finish(log_level);
 
     image::ResolvedImage img;
     if (m.disk.empty()) {
         // An OCI layout is imported by a confined child; this process keeps
         // what it needs for the VM.
-        img = image::resolve_image(pos[0], [&](const std::string& source) {
+        img = image::resolve_image(pull_for_run(pos[0], pull.policy, pull.req), [&](const std::string& source) {
             return import_confined(source, "", log_level).digest;
         });
     } else {

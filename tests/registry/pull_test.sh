@@ -4,9 +4,13 @@
 # and htpasswd auth, images pushed with skopeo from OCI layouts built here.
 # Each case checks what a user sees (exit status, message) and what the
 # store holds afterwards (ocivm image ls/inspect, the unpacked root).
-#   pull_test.sh OCIVM
+# With DEMO_LAYOUT (the demo image as an OCI layout, build/demo-oci), the
+# demo is pushed too and `ocivm run` boots it straight from the registry
+# reference (the implicit pull of --pull missing), in a VM.
+#   pull_test.sh OCIVM [DEMO_LAYOUT]
 set -uo pipefail
 OCIVM=$(realpath "${1:?ocivm binary}")
+DEMO=${2:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
 fail() { echo "FAIL: $*"; exit 1; }
 need() {  # need COMMAND PACKAGE
@@ -165,7 +169,8 @@ state=$(store_state)
 check "wrong password: exit 125" [ $rc -eq 125 ]
 check "wrong password: says so" grep -q "wrong user name or password" err
 "$OCIVM" pull "$REG/test/busy:v1" > out 2> err; rc=$?
-check "no credentials: exit 125, says what to give" [ $rc -eq 125 ] && grep -q -- "--creds" err
+check "no credentials: exit 125, says what to give" [ $rc -eq 125 ]
+check "no credentials: exit 125, says what to give: what it says or holds" grep -q -- "--creds" err
 "$OCIVM" pull --creds "$CREDS" "$REG/test/nosuch:v1" > out 2> err; rc=$?
 check "unknown image: exit 125" [ $rc -eq 125 ]
 check "unknown image: not found" grep -q "was not found" err
@@ -175,7 +180,8 @@ check "registry down: exit 125" [ $rc -eq 125 ]
 check "registry down: says it cannot connect" grep -q "check that the registry is up" err
 mv "$OCIVM_HOME/certs.d" "$WORK/certs.d.away"
 "$OCIVM" pull --creds "$CREDS" "$REG/test/d2:latest" > out 2> err; rc=$?
-check "unknown CA: exit 125 (certificate refused)" [ $rc -eq 125 ] && grep -qi "certificate" err
+check "unknown CA: exit 125 (certificate refused)" [ $rc -eq 125 ]
+check "unknown CA: exit 125 (certificate refused): what it says or holds" grep -qi "certificate" err
 mv "$WORK/certs.d.away" "$OCIVM_HOME/certs.d"
 # a blob corrupted in the registry's storage (same size, other bytes)
 bad_layer=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1]+"/index.json"))["manifests"][0]["digest"][7:]; print(max(json.load(open(sys.argv[1]+"/blobs/sha256/"+m))["layers"], key=lambda l: l["size"])["digest"])' "$WORK/bad")
@@ -234,22 +240,27 @@ check "next pull: nothing kept any more" [ -z "$(find "$OCIVM_HOME/downloads" -t
 
 # 7. a multi-platform index
 "$OCIVM" pull --creds "$CREDS" "$REG/test/multi" > out 2> err; rc=$?
-check "index: default linux/amd64" [ $rc -eq 0 ] && [ "$(cat "$(rootfs_of "$REG/test/multi:latest")/arch")" = amd64 ]
+check "index: default linux/amd64" [ $rc -eq 0 ]
+check "index: default linux/amd64: what it says or holds" [ "$(cat "$(rootfs_of "$REG/test/multi:latest")/arch")" = amd64 ]
 "$OCIVM" image rm "$REG/test/multi:latest"
 "$OCIVM" pull --platform linux/arm64 --creds "$CREDS" "$REG/test/multi" > out 2> err; rc=$?
-check "index: --platform linux/arm64" [ $rc -eq 0 ] && [ "$(cat "$(rootfs_of "$REG/test/multi:latest")/arch")" = arm64 ]
+check "index: --platform linux/arm64" [ $rc -eq 0 ]
+check "index: --platform linux/arm64: what it says or holds" [ "$(cat "$(rootfs_of "$REG/test/multi:latest")/arch")" = arm64 ]
 "$OCIVM" pull --platform linux/s390x --creds "$CREDS" "$REG/test/multi" > out 2> err; rc=$?
-check "index: a platform it lacks (125, lists what it has)" [ $rc -eq 125 ] && grep -q "linux/arm64" err
+check "index: a platform it lacks (125, lists what it has)" [ $rc -eq 125 ]
+check "index: a platform it lacks (125, lists what it has): what it says or holds" grep -q "linux/arm64" err
 
 # 8. Docker schema 2 and zstd
 "$OCIVM" pull --creds "$CREDS" "$REG/test/d2" > out 2> err; rc=$?
 m=$(cut -d' ' -f2 out); m=${m#sha256:}
-check "docker schema 2: pulled" [ $rc -eq 0 ] && grep -q "application/vnd.docker.distribution.manifest.v2+json" "$OCIVM_HOME/blobs/sha256/$m"
+check "docker schema 2: pulled" [ $rc -eq 0 ]
+check "docker schema 2: pulled: what it says or holds" grep -q "application/vnd.docker.distribution.manifest.v2+json" "$OCIVM_HOME/blobs/sha256/$m"
 check "docker schema 2: content" [ "$(cat "$(rootfs_of "$REG/test/d2:latest")/docker" 2>/dev/null)" = "schema 2 $$" ]
 "$OCIVM" pull --creds "$CREDS" "$REG/test/zst" > out 2> err; rc=$?
 [ $rc -eq 0 ] || cat err
 m=$(cut -d' ' -f2 out); m=${m#sha256:}
-check "zstd layer: pulled" [ $rc -eq 0 ] && grep -q "tar+zstd" "$OCIVM_HOME/blobs/sha256/$m"
+check "zstd layer: pulled" [ $rc -eq 0 ]
+check "zstd layer: pulled: what it says or holds" grep -q "tar+zstd" "$OCIVM_HOME/blobs/sha256/$m"
 check "zstd layer: content" [ "$(cat "$(rootfs_of "$REG/test/zst:latest")/zstd.txt" 2>/dev/null)" = "zstd layer $$" ]
 
 # 9. the bearer-token flow: a second registry on the same storage, with
@@ -288,14 +299,18 @@ done
 REG2=127.0.0.1:$TPORT2
 mkdir -p "$OCIVM_HOME/certs.d/$REG2" && cp ca.crt "$OCIVM_HOME/certs.d/$REG2/"
 "$OCIVM" pull --creds "$CREDS" "$REG2/test/busy:v1" > out 2> err; rc=$?
-check "bearer: pull with credentials" [ $rc -eq 0 ] && grep -q "^user repository:test/busy:pull" token.log
+check "bearer: pull with credentials" [ $rc -eq 0 ]
+check "bearer: pull with credentials: what it says or holds" grep -q "^user repository:test/busy:pull" token.log
 [ $rc -eq 0 ] || { cat err; tail -5 registry2.log; }
 "$OCIVM" pull "$REG2/test/d2" > out 2> err; rc=$?
-check "bearer: anonymous pull of a public repository" [ $rc -eq 0 ] && grep -q "^anon repository:test/d2:pull" token.log
+check "bearer: anonymous pull of a public repository" [ $rc -eq 0 ]
+check "bearer: anonymous pull of a public repository: what it says or holds" grep -q "^anon repository:test/d2:pull" token.log
 "$OCIVM" pull "$REG2/test/zst" > out 2> err; rc=$?
-check "bearer: anonymous pull of a private one: 125, asks for credentials" [ $rc -eq 125 ] && grep -q -- "--creds" err
+check "bearer: anonymous pull of a private one: 125, asks for credentials" [ $rc -eq 125 ]
+check "bearer: anonymous pull of a private one: 125, asks for credentials: what it says or holds" grep -q -- "--creds" err
 "$OCIVM" pull --creds tester:nope "$REG2/test/zst" > out 2> err; rc=$?
-check "bearer: wrong password: 125, says so" [ $rc -eq 125 ] && grep -q "wrong user name or password" err
+check "bearer: wrong password: 125, says so" [ $rc -eq 125 ]
+check "bearer: wrong password: 125, says so: what it says or holds" grep -q "wrong user name or password" err
 
 # 10. --tls-verify=false needs no CA
 rm -rf "$OCIVM_HOME/certs.d"
@@ -311,17 +326,20 @@ HREG=127.0.0.1:$(cat hostile.port)
 printf '[[registry]]\nlocation = "%s"\ninsecure = true\n' "$HREG" > "$OCIVM_HOME/registries.conf"
 # before any pull of its image: layers in the store are not fetched at all
 "$OCIVM" pull "$HREG/longblob:1" > out 2> err; rc=$?
-check "hostile longblob: 125, a blob longer than its descriptor is refused" [ $rc -eq 125 ] && grep -q "is longer than the" err
+check "hostile longblob: 125, a blob longer than its descriptor is refused" [ $rc -eq 125 ]
+check "hostile longblob: 125, a blob longer than its descriptor is refused: what it says or holds" grep -q "is longer than the" err
 grep -q "is longer than the" err || cat err
 "$OCIVM" pull "$HREG/flaky:1" > out 2> err; rc=$?
 check "hostile: 503 then 429 are retried, then the pull succeeds (plain HTTP, insecure)" [ $rc -eq 0 ]
 [ $rc -eq 0 ] || cat err
 "$OCIVM" pull "$HREG/good:1" > out 2> err; rc=$?
-check "hostile: its honest image" [ $rc -eq 0 ] && [ "$(cat "$(rootfs_of "$HREG/good:1")/hostile.txt")" = "hostile $$" ]
+check "hostile: its honest image" [ $rc -eq 0 ]
+check "hostile: its honest image: what it says or holds" [ "$(cat "$(rootfs_of "$HREG/good:1")/hostile.txt")" = "hostile $$" ]
 state=$(store_state)
 hostile() {  # hostile REPO MESSAGE
   "$OCIVM" pull "$HREG/$1:1" > out 2> err; rc=$?
-  check "hostile $1: 125, '$2'" [ $rc -eq 125 ] && grep -q -- "$2" err
+  check "hostile $1: 125, '$2'" [ $rc -eq 125 ]
+  check "hostile $1: 125, '$2': what it says or holds" grep -q -- "$2" err
   grep -q -- "$2" err || cat err
 }
 hostile bigmanifest "larger than the 4194304 bytes"
@@ -337,8 +355,29 @@ hostile artifact "is not a container image"
 check "hostile: the store is as it was" [ "$(store_state)" = "$state" ]
 printf '[[registry]]\nlocation = "%s"\nblocked = true\n' "$HREG" > "$OCIVM_HOME/registries.conf"
 "$OCIVM" pull "$HREG/good:1" > out 2> err; rc=$?
-check "blocked registry: 125, says so" [ $rc -eq 125 ] && grep -q "is blocked by registries.conf" err
+check "blocked registry: 125, says so" [ $rc -eq 125 ]
+check "blocked registry: 125, says so: what it says or holds" grep -q "is blocked by registries.conf" err
 rm "$OCIVM_HOME/registries.conf"
+
+# 12. ocivm run of a reference: pulled first (--pull missing), then booted
+if [ -n "$DEMO" ]; then
+  [ -f "$DEMO/index.json" ] || fail "no demo layout at $DEMO (built by 'make')"
+  skopeo copy -q --dest-creds "$CREDS" --dest-cert-dir "$WORK/certs" "oci:$DEMO:latest" "docker://$REG/test/demo:1" \
+    > push.log 2>&1 || { cat push.log; fail "skopeo copy of the demo failed"; }
+  mkdir -p "$OCIVM_HOME/certs.d/$REG" && cp ca.crt "$OCIVM_HOME/certs.d/$REG/ca.crt"
+  "$OCIVM" run --rm --pull never --authfile auth.json "$REG/test/demo:1" -- echo x > out 2> err; rc=$?
+  check "run --pull never of a reference not stored: 125, says it is not there" [ $rc -eq 125 ]
+  check "run --pull never: what it says" grep -q "no image named" err
+  "$OCIVM" run --rm --authfile auth.json "$REG/test/demo:1" -- sh -c 'echo pulled-and-ran; exit 7' > out 2> err; rc=$?
+  check "run of a registry reference: the command's exit status (7, got $rc)" [ $rc -eq 7 ]
+  check "run of a registry reference: the command's output" grep -qx pulled-and-ran out
+  [ $rc -eq 7 ] || cat err
+  check "run of a registry reference: the image is in the store" contains <("$OCIVM" image ls) "$REG/test/demo:1"
+  before=$(blob_gets test/demo)
+  "$OCIVM" run --rm "$REG/test/demo:1" -- true > out 2> err; rc=$?
+  check "a second run: from the store, nothing fetched (exit $rc)" [ $rc -eq 0 ]
+  check "a second run: no blob requested" [ "$(blob_gets test/demo)" -eq "$before" ]
+fi
 
 check "no staging directory or partial blob left" [ -z "$(find "$OCIVM_HOME/downloads" -mindepth 1 ! -name partial)" ]
 echo "passed $passed, failed $failed"
