@@ -28,6 +28,8 @@ PACKAGES=(
   libisal-dev
   # the --systemd test boots the host's own root (systemd, procps for ps)
   systemd procps
+  # registry tests: the test registry helpers and image builders
+  python3
   # imagebench's peer
   umoci
   # mount tables (src/util/mountinfo), disks and unmounting: libmount,

@@ -233,7 +233,14 @@ std::string pull_for_run(const std::string& image, const std::string& policy, Pu
         if (store.find(image)) return image;
         std::vector<registry::Reference> cands;
         if (ref.qualified()) cands.push_back(ref);
-        else cands = registry::candidates_for(registry::RegistriesConf::load(), ref);
+        else {
+            try {
+                cands = registry::candidates_for(registry::RegistriesConf::load(), ref);
+            } catch (const Error& e) {
+                throw Error("no image named '" + image + "' in the store; import it with 'ocivm image import SOURCE "
+                            "--name " + image + "' or pull a full reference with 'ocivm pull' (" + e.what() + ")");
+            }
+        }
         for (auto& c : cands)
             if (store.find(c.str())) return c.str();
     }
@@ -244,8 +251,8 @@ std::string pull_for_run(const std::string& image, const std::string& policy, Pu
         throw;
     } catch (const Error& e) {
         if (policy == "always") throw;
-        throw Error("no image named '" + image + "' in the store ('ocivm image ls'), and pulling it failed: " +
-                    e.what());
+        throw Error("no image named '" + image + "' in the store; import it with 'ocivm image import SOURCE --name " +
+                    image + "' or pull it with 'ocivm pull REFERENCE' (pulling '" + image + "' failed: " + e.what() + ")");
     }
 }
 

@@ -211,8 +211,8 @@ for _ in $(seq 300); do
 done
 mserver=$(child_of "$(child_of $MOUNT)")
 PIDS="$PIDS $mserver"
-"${AS_USER[@]}" fusermount3 -u "$WORK/mnt" > "$WORK/fusermount.log" 2>&1
-check "fusermount3 -u by the user ($(tr '\n' ' ' < "$WORK/fusermount.log"))" [ $? -eq 0 ]
+"${AS_USER[@]}" fusermount3 -u "$WORK/mnt" > "$WORK/fusermount.log" 2>&1; fm=$?
+check "fusermount3 -u by the user ($(tr '\n' ' ' < "$WORK/fusermount.log"))" [ $fm -eq 0 ]
 ended=0
 for _ in $(seq 200); do
   [ -d /proc/$MOUNT ] || { ended=1; break; }
