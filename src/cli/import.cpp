@@ -13,6 +13,7 @@
 #include "cli/commands.h"
 #include "image/store.h"
 #include "sandbox/sandbox.h"
+#include "util/digest.h"
 #include "util/error.h"
 #include "util/io.h"
 #include "util/log.h"
@@ -30,11 +31,6 @@ const std::vector<int> kImportCaps = {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_
                                       CAP_FSETID, CAP_MKNOD, CAP_SETFCAP};
 
 constexpr size_t kMaxResult = 64 * 1024;  // an error message, bounded
-
-bool valid_digest(const std::string& d) {
-    return d.size() == 7 + 64 && d.rfind("sha256:", 0) == 0 &&
-           d.find_first_not_of("0123456789abcdef", 7) == std::string::npos;
-}
 
 }  // namespace
 

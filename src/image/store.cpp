@@ -16,6 +16,8 @@
 #include <set>
 
 #include "image/unpack.h"
+#include "util/bounded_json.h"
+#include "util/digest.h"
 #include "util/error.h"
 #include "util/hash.h"
 #include "util/log.h"
@@ -35,7 +37,6 @@ namespace {
 // What an image's JSON may cost (docs/images.md). Manifests and indexes are
 // a few KiB in practice, configs rarely more than a few hundred.
 constexpr size_t kMaxJsonBytes = 8u << 20;
-constexpr int kMaxJsonDepth = 64;
 constexpr int kMaxNestedIndexes = 4;  // an index of indexes of ... of manifests
 constexpr size_t kMaxLayers = 256;    // docker and podman stop well below this
 
@@ -57,27 +58,9 @@ const std::set<std::string> kLayerTypes = {
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 };
 
-bool valid_digest(const std::string& d) {
-    if (d.rfind("sha256:", 0) != 0 || d.size() != 7 + 64) return false;
-    return d.find_first_not_of("0123456789abcdef", 7) == std::string::npos;
-}
 std::string hex_of(const std::string& d) { return d.substr(7); }
 
-// Parses JSON that came with an image: nesting deeper than kMaxJsonDepth
-// is refused while parsing (a few MiB of "[" would otherwise cost GiBs).
-json parse_json(const std::string& text, const std::string& what) {
-    struct TooDeep {};
-    try {
-        return json::parse(text, [](int depth, json::parse_event_t, json&) {
-            if (depth > kMaxJsonDepth) throw TooDeep{};
-            return true;
-        });
-    } catch (const TooDeep&) {
-        throw Error(what + " nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
-    } catch (const json::exception& e) {
-        throw Error(what + " is not valid JSON: " + e.what());
-    }
-}
+json parse_json(const std::string& text, const std::string& what) { return parse_bounded_json(text, what); }
 
 // Typed access to JSON an image supplied: a wrong type is an Error naming
 // the field, never a json::type_error from deep inside.

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "registry/http.h"
+#include "util/bounded_json.h"
 #include "util/hash.h"
 #include "util/log.h"
 #include "util/paths.h"
@@ -29,7 +30,6 @@ namespace {
 
 constexpr size_t kMaxErrorBody = 64 * 1024;  // a registry's error JSON, kept for the message
 constexpr size_t kMaxToken = 64 * 1024;
-constexpr int kMaxJsonDepth = 64;
 constexpr int kAttempts = 5;  // per request: the first try and 4 retries
 
 const char* kOciManifest = "application/vnd.oci.image.manifest.v1+json";
@@ -58,19 +58,7 @@ std::string printable(const std::string& s) {
     return out;
 }
 
-json parse_json(const std::string& text, const std::string& what) {
-    struct TooDeep {};
-    try {
-        return json::parse(text, [](int depth, json::parse_event_t, json&) {
-            if (depth > kMaxJsonDepth) throw TooDeep{};
-            return true;
-        });
-    } catch (const TooDeep&) {
-        throw Error(what + " nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
-    } catch (const json::exception& e) {
-        throw Error(what + " is not valid JSON: " + e.what());
-    }
-}
+json parse_json(const std::string& text, const std::string& what) { return parse_bounded_json(text, what); }
 
 std::string str_field(const json& o, const char* k, const std::string& what, bool required) {
     if (o.is_object()) {

@@ -55,10 +55,6 @@ bool valid_tag(const std::string& t) {
 
 }  // namespace
 
-bool valid_digest(const std::string& d) {
-    return d.size() == 7 + 64 && d.rfind("sha256:", 0) == 0 && d.find_first_not_of("0123456789abcdef", 7) == std::string::npos;
-}
-
 std::string Reference::name() const { return registry.empty() ? repository : registry + "/" + repository; }
 
 std::string Reference::str() const {

@@ -8,6 +8,8 @@
 // digest ends up in a path of the store, so its syntax is checked here.
 #include <string>
 
+#include "util/digest.h"
+
 namespace ocivm::registry {
 
 struct Reference {
@@ -32,6 +34,6 @@ Reference parse_reference(const std::string& ref);
 // The short name `r` on registry `host`, with docker.io's library/ rule.
 Reference with_registry(const Reference& r, const std::string& host);
 
-bool valid_digest(const std::string& d);  // sha256:<64 lowercase hex>
+using ocivm::valid_digest;  // util/digest.h
 
 }  // namespace ocivm::registry
