@@ -29,6 +29,7 @@
 #include "util/hash.h"
 #include "util/log.h"
 #include "util/open_beneath.h"
+#include "util/printable.h"
 #include "util/unique_fd.h"
 
 namespace ocivm::image {
@@ -651,24 +652,6 @@ bool safe_relative_path(const std::string& in, std::vector<std::string>& comps, 
         comps.push_back(c);
     }
     return true;
-}
-
-std::string printable(const std::string& s) {
-    std::string out;
-    for (unsigned char c : s) {
-        if (out.size() >= 200) {
-            out += "...";
-            break;
-        }
-        if (c >= 0x20 && c < 0x7f && c != '\\') {
-            out += static_cast<char>(c);
-        } else {
-            char b[8];
-            std::snprintf(b, sizeof b, "\\x%02x", c);
-            out += b;
-        }
-    }
-    return out;
 }
 
 void remove_tree(const std::string& path) {

@@ -28,6 +28,9 @@
 #include <utility>
 #include <vector>
 
+// printable(): names from an image in messages (util/printable.h).
+#include "util/printable.h"
+
 namespace ocivm::image {
 
 // What one layer may cost; past a limit the import fails with an error
@@ -83,9 +86,5 @@ void remove_tree(const std::string& path);
 // absolute path is confined to the root), "." components dropped; returns
 // false for "..", empty names, or a component longer than NAME_MAX.
 bool safe_relative_path(const std::string& in, std::vector<std::string>& components, std::string* why);
-
-// s with bytes that are not printable ASCII as \xNN, cut at 200 bytes: for
-// names from an image in messages, so they cannot drive a terminal.
-std::string printable(const std::string& s);
 
 }  // namespace ocivm::image
