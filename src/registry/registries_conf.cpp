@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cstdlib>
+#include <map>
 #include <optional>
 #include <variant>
 
@@ -146,87 +147,103 @@ void split_location(const std::string& full, std::string& host, std::string& rep
     repo = slash == std::string::npos ? "" : full.substr(slash + 1);
 }
 
+enum class Section { Top, Registry, Mirror, Aliases, Other };
+
+// What one file says, before it is merged.
+struct FileState {
+    Section sec = Section::Top;
+    std::vector<RegistryEntry> registries;
+    std::optional<std::vector<std::string>> search;
+};
+
+// "[name]" or "[[name]]" at p.i: which section follows.
+void read_table_header(Parser& p, FileState& f) {
+    const std::string& text = p.s;
+    bool array = text.compare(p.i, 2, "[[") == 0;
+    p.i += array ? 2 : 1;
+    size_t b = p.i;
+    while (!p.eof() && text[p.i] != ']' && text[p.i] != '\n') ++p.i;
+    std::string name = text.substr(b, p.i - b);
+    while (!name.empty() && (name.back() == ' ' || name.back() == '\t')) name.pop_back();
+    while (!name.empty() && (name.front() == ' ' || name.front() == '\t')) name.erase(0, 1);
+    if (text.compare(p.i, array ? 2 : 1, array ? "]]" : "]") != 0) p.fail("a table header is not closed");
+    p.i += array ? 2 : 1;
+    p.end_of_line();
+    if (array && name == "registry") {
+        if (f.registries.size() >= kMaxEntries) p.fail("more than " + std::to_string(kMaxEntries) + " [[registry]] tables");
+        f.registries.emplace_back();
+        f.sec = Section::Registry;
+    } else if (array && name == "registry.mirror") {
+        if (f.registries.empty()) p.fail("[[registry.mirror]] before any [[registry]]");
+        if (f.registries.back().mirrors.size() >= kMaxEntries) p.fail("too many mirrors");
+        f.registries.back().mirrors.emplace_back();
+        f.sec = Section::Mirror;
+    } else if (!array && name == "aliases") {
+        f.sec = Section::Aliases;
+    } else {
+        spdlog::debug("{}:{}: ignoring table [{}]", p.where, p.line - 1, name);
+        f.sec = Section::Other;
+    }
+}
+
+// "key = value" at p.i, into the current section.
+void read_key_value(Parser& p, FileState& f, std::map<std::string, std::string>& aliases) {
+    std::string k = p.key();
+    p.skip(false);
+    if (p.eof() || p.s[p.i] != '=') p.fail("expected '=' after \"" + k + "\"");
+    ++p.i;
+    Value v = p.value();
+    p.end_of_line();
+    switch (f.sec) {
+        case Section::Top:
+            if (k == "unqualified-search-registries") f.search = as<std::vector<std::string>>(v, p, k, "an array of strings");
+            else spdlog::debug("{}: ignoring {}", p.where, k);
+            break;
+        case Section::Registry: {
+            RegistryEntry& r = f.registries.back();
+            if (k == "prefix") r.prefix = as<std::string>(v, p, k, "a string");
+            else if (k == "location") r.location = as<std::string>(v, p, k, "a string");
+            else if (k == "insecure") r.insecure = as<bool>(v, p, k, "true or false");
+            else if (k == "blocked") r.blocked = as<bool>(v, p, k, "true or false");
+            else if (k == "mirror-by-digest-only") r.mirror_by_digest_only = as<bool>(v, p, k, "true or false");
+            else spdlog::debug("{}: ignoring registry key {}", p.where, k);
+            break;
+        }
+        case Section::Mirror: {
+            Mirror& m = f.registries.back().mirrors.back();
+            if (k == "location") m.location = as<std::string>(v, p, k, "a string");
+            else if (k == "insecure") m.insecure = as<bool>(v, p, k, "true or false");
+            else spdlog::debug("{}: ignoring mirror key {}", p.where, k);
+            break;
+        }
+        case Section::Aliases:
+            if (aliases.size() >= kMaxEntries) p.fail("too many aliases");
+            aliases[k] = as<std::string>(v, p, k, "a string");
+            break;
+        case Section::Other:
+            break;
+    }
+}
+
 }  // namespace
 
 void RegistriesConf::merge(const std::string& text, const std::string& where) {
-    if (text.size() > kMaxConfBytes) throw Error(where + " is larger than " + std::to_string(kMaxConfBytes) + " bytes");
+    if (text.size() > kMaxConfBytes)
+        throw Error(where + " is larger than " + std::to_string(kMaxConfBytes) + " bytes; a registries.conf is a few KiB: fix the file");
     Parser p{text, where};
-    enum class Section { Top, Registry, Mirror, Aliases, Other } sec = Section::Top;
-    std::vector<RegistryEntry> mine;
-    std::optional<std::vector<std::string>> search;
+    FileState f;
     for (;;) {
         p.skip(true);
         if (p.eof()) break;
-        if (text[p.i] == '[') {
-            bool array = text.compare(p.i, 2, "[[") == 0;
-            p.i += array ? 2 : 1;
-            size_t b = p.i;
-            while (!p.eof() && text[p.i] != ']' && text[p.i] != '\n') ++p.i;
-            std::string name = text.substr(b, p.i - b);
-            while (!name.empty() && (name.back() == ' ' || name.back() == '\t')) name.pop_back();
-            while (!name.empty() && (name.front() == ' ' || name.front() == '\t')) name.erase(0, 1);
-            if (text.compare(p.i, array ? 2 : 1, array ? "]]" : "]") != 0) p.fail("a table header is not closed");
-            p.i += array ? 2 : 1;
-            p.end_of_line();
-            if (array && name == "registry") {
-                if (mine.size() >= kMaxEntries) p.fail("more than " + std::to_string(kMaxEntries) + " [[registry]] tables");
-                mine.emplace_back();
-                sec = Section::Registry;
-            } else if (array && name == "registry.mirror") {
-                if (mine.empty()) p.fail("[[registry.mirror]] before any [[registry]]");
-                if (mine.back().mirrors.size() >= kMaxEntries) p.fail("too many mirrors");
-                mine.back().mirrors.emplace_back();
-                sec = Section::Mirror;
-            } else if (!array && name == "aliases") {
-                sec = Section::Aliases;
-            } else {
-                spdlog::debug("{}:{}: ignoring table [{}]", where, p.line - 1, name);
-                sec = Section::Other;
-            }
-            continue;
-        }
-        std::string k = p.key();
-        p.skip(false);
-        if (p.eof() || text[p.i] != '=') p.fail("expected '=' after \"" + k + "\"");
-        ++p.i;
-        Value v = p.value();
-        p.end_of_line();
-        switch (sec) {
-            case Section::Top:
-                if (k == "unqualified-search-registries") search = as<std::vector<std::string>>(v, p, k, "an array of strings");
-                else spdlog::debug("{}: ignoring {}", where, k);
-                break;
-            case Section::Registry: {
-                RegistryEntry& r = mine.back();
-                if (k == "prefix") r.prefix = as<std::string>(v, p, k, "a string");
-                else if (k == "location") r.location = as<std::string>(v, p, k, "a string");
-                else if (k == "insecure") r.insecure = as<bool>(v, p, k, "true or false");
-                else if (k == "blocked") r.blocked = as<bool>(v, p, k, "true or false");
-                else if (k == "mirror-by-digest-only") r.mirror_by_digest_only = as<bool>(v, p, k, "true or false");
-                else spdlog::debug("{}: ignoring registry key {}", where, k);
-                break;
-            }
-            case Section::Mirror: {
-                Mirror& m = mine.back().mirrors.back();
-                if (k == "location") m.location = as<std::string>(v, p, k, "a string");
-                else if (k == "insecure") m.insecure = as<bool>(v, p, k, "true or false");
-                else spdlog::debug("{}: ignoring mirror key {}", where, k);
-                break;
-            }
-            case Section::Aliases:
-                if (aliases.size() >= kMaxEntries) p.fail("too many aliases");
-                aliases[k] = as<std::string>(v, p, k, "a string");
-                break;
-            case Section::Other:
-                break;
-        }
+        if (text[p.i] == '[') read_table_header(p, f);
+        else read_key_value(p, f, aliases);
     }
-    for (auto& r : mine) {
+    for (auto& r : f.registries) {
         if (r.prefix.empty()) r.prefix = r.location;
-        if (r.prefix.empty()) throw Error(where + ": a [[registry]] has neither prefix nor location");
+        if (r.prefix.empty()) throw Error(where + ": a [[registry]] has neither prefix nor location; give it one");
         if (r.location.empty() && r.prefix.rfind("*.", 0) != 0) r.location = r.prefix;
         for (auto& m : r.mirrors)
-            if (m.location.empty()) throw Error(where + ": a [[registry.mirror]] of " + r.prefix + " has no location");
+            if (m.location.empty()) throw Error(where + ": a [[registry.mirror]] of " + r.prefix + " has no location; give it one");
         bool replaced = false;
         for (auto& old : registries)
             if (old.prefix == r.prefix) {
@@ -235,9 +252,9 @@ void RegistriesConf::merge(const std::string& text, const std::string& where) {
             }
         if (!replaced) registries.push_back(r);
     }
-    if (search) {
+    if (f.search) {
         have_search = true;
-        this->search = *search;
+        search = *f.search;
     }
 }
 
@@ -248,9 +265,9 @@ RegistriesConf RegistriesConf::load() {
     for (auto& f : files) {
         struct stat st;
         if (::stat(f.c_str(), &st) != 0) continue;
-        if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode)) throw Error(f + " is not a file");
+        if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode)) throw Error(f + " is not a file; make it a registries.conf file or remove it");
         if (static_cast<uint64_t>(st.st_size) > kMaxConfBytes)
-            throw Error(f + " is larger than " + std::to_string(kMaxConfBytes) + " bytes");
+            throw Error(f + " is larger than " + std::to_string(kMaxConfBytes) + " bytes; a registries.conf is a few KiB: fix the file");
         c.merge(read_file(f), f);
         spdlog::debug("read {}", f);
     }
@@ -296,7 +313,7 @@ std::vector<Endpoint> endpoints_for(const RegistriesConf& conf, const Reference&
             if (!r.empty()) out.push_back({h, r, m.insecure, true});
         }
     auto [h, r] = rewrite(e->location);
-    if (r.empty()) throw Error("registries.conf: location \"" + e->location + "\" leaves " + name + " without a repository");
+    if (r.empty()) throw Error("registries.conf: location \"" + e->location + "\" leaves " + name + " without a repository; fix that [[registry]]");
     out.push_back({h, r, e->insecure, false});
     return out;
 }
@@ -306,7 +323,7 @@ std::vector<Reference> candidates_for(const RegistriesConf& conf, const Referenc
     std::string key = short_ref.repository;
     if (auto it = conf.aliases.find(key); it != conf.aliases.end()) {
         Reference a = parse_reference(it->second);
-        if (!a.qualified()) throw Error("registries.conf: alias \"" + key + "\" is not a fully qualified name");
+        if (!a.qualified()) throw Error("registries.conf: alias \"" + key + "\" is not a fully qualified name; write it as HOST/REPOSITORY[:TAG]");
         if (it->second.find(':', it->second.find('/')) == std::string::npos || !short_ref.digest.empty() || short_ref.tag != "latest") {
             a.tag = short_ref.tag;
             a.digest = short_ref.digest;
