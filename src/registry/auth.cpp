@@ -10,6 +10,7 @@
 #include "util/error.h"
 #include "util/log.h"
 #include "util/paths.h"
+#include "util/printable.h"
 
 namespace ocivm::registry {
 
@@ -94,7 +95,7 @@ std::optional<Challenge> parse_challenge(const std::string& h) {
 
 Credentials parse_creds(const std::string& s) {
     size_t c = s.find(':');
-    if (c == std::string::npos || c == 0) throw Error("--creds wants USER:PASSWORD");
+    if (c == std::string::npos || c == 0) throw Error("--creds wants USER:PASSWORD (a user name, a colon, the password)");
     return {s.substr(0, c), s.substr(c + 1), "--creds"};
 }
 
@@ -134,12 +135,12 @@ std::optional<Credentials> lookup_credentials(const std::vector<std::string>& fi
             continue;
         }
         if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) > kMaxAuthFile)
-            throw Error("auth file " + f + " is not a regular file of at most 1 MiB");
+            throw Error("auth file " + f + " is not a regular file of at most 1 MiB; fix it or log in again");
         nlohmann::json j;
         try {
             j = nlohmann::json::parse(read_file(f));
         } catch (const nlohmann::json::exception& e) {
-            throw Error("auth file " + f + " is not valid JSON (" + e.what() + "); fix it or log in again");
+            throw Error("auth file " + f + " is not valid JSON (" + printable(e.what(), 300) + "); fix it or log in again");
         }
         if (!j.is_object()) continue;
         // ~/.dockercfg is the "auths" object itself.
@@ -160,7 +161,7 @@ std::optional<Credentials> lookup_credentials(const std::vector<std::string>& fi
                 throw Error("auth file " + f + ": the entry for " + key + " is not base64; log in again");
             }
             size_t c = dec.find(':');
-            if (c == std::string::npos) throw Error("auth file " + f + ": the entry for " + key + " is not USER:PASSWORD");
+            if (c == std::string::npos) throw Error("auth file " + f + ": the entry for " + key + " is not USER:PASSWORD; log in again");
             spdlog::debug("credentials for {} from {} ({})", registry, f, key);
             return Credentials{dec.substr(0, c), dec.substr(c + 1), f};
         }

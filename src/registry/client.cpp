@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <mutex>
@@ -17,8 +18,10 @@
 #include "registry/http.h"
 #include "util/bounded_json.h"
 #include "util/hash.h"
+#include "util/io.h"
 #include "util/log.h"
 #include "util/paths.h"
+#include "util/printable.h"
 #include "util/unique_fd.h"
 
 namespace ocivm::registry {
@@ -37,6 +40,11 @@ const char* kOciIndex = "application/vnd.oci.image.index.v1+json";
 const char* kDockerManifest = "application/vnd.docker.distribution.manifest.v2+json";
 const char* kDockerList = "application/vnd.docker.distribution.manifest.list.v2+json";
 
+// What to do about an image the registry serves wrongly: nothing ocivm can fix.
+const char* const kMalformed = "the image in the registry is malformed: tell its publisher, or pull another image";
+const char* const kCorrupt =
+    "the registry, or something between it and you, changed the data; pull again, and if it stays wrong, tell the registry's operator";
+
 const std::set<std::string> kLayerTypes = {
     "application/vnd.oci.image.layer.v1.tar",          "application/vnd.oci.image.layer.v1.tar+gzip",
     "application/vnd.oci.image.layer.v1.tar+zstd",     "application/vnd.docker.image.rootfs.diff.tar",
@@ -45,31 +53,46 @@ const std::set<std::string> kLayerTypes = {
 const std::set<std::string> kConfigTypes = {"application/vnd.oci.image.config.v1+json",
                                             "application/vnd.docker.container.image.v1+json"};
 
-std::string printable(const std::string& s) {
-    std::string out;
-    for (char c : s.substr(0, 200)) {
-        if (c >= 0x20 && c < 0x7f) out += c;
-        else {
-            char b[8];
-            std::snprintf(b, sizeof b, "\\x%02x", static_cast<unsigned char>(c));
-            out += b;
-        }
+// The registry's JSON; a parse error may quote its bytes, so it is sanitised.
+json parse_json(const std::string& text, const std::string& what) {
+    try {
+        return parse_bounded_json(text, what);
+    } catch (const Error& e) {
+        throw Error(printable(e.what(), 400) + "; " + kMalformed);
     }
-    return out;
 }
-
-json parse_json(const std::string& text, const std::string& what) { return parse_bounded_json(text, what); }
 
 std::string str_field(const json& o, const char* k, const std::string& what, bool required) {
     if (o.is_object()) {
         auto it = o.find(k);
         if (it != o.end() && !it->is_null()) {
-            if (!it->is_string()) throw Error(what + ": \"" + k + "\" is not a string");
+            if (!it->is_string()) throw Error(what + ": \"" + k + "\" is not a string; " + kMalformed);
             return it->get<std::string>();
         }
     }
-    if (required) throw Error(what + " has no \"" + k + "\"");
+    if (required) throw Error(what + " has no \"" + k + "\"; " + kMalformed);
     return {};
+}
+
+// A decimal number from a header: digits only, no sign or space, and no
+// wrap-around (an absurd value is refused, not reduced modulo 2^64).
+std::optional<uint64_t> parse_u64(const std::string& s) {
+    if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+    uint64_t v = 0;
+    for (char c : s) {
+        uint64_t d = static_cast<uint64_t>(c - '0');
+        if (v > (UINT64_MAX - d) / 10) return std::nullopt;
+        v = v * 10 + d;
+    }
+    return v;
+}
+
+// START of "bytes START-END/TOTAL" (RFC 9110 Content-Range), if it is one.
+std::optional<uint64_t> content_range_start(const std::string& cr) {
+    if (cr.rfind("bytes ", 0) != 0) return std::nullopt;
+    size_t dash = cr.find('-', 6);
+    if (dash == std::string::npos) return std::nullopt;
+    return parse_u64(cr.substr(6, dash - 6));
 }
 
 struct Descriptor {
@@ -79,17 +102,19 @@ struct Descriptor {
 };
 
 Descriptor descriptor(const json& d, const std::string& what) {
-    if (!d.is_object()) throw Error(what + " is not a JSON object");
+    if (!d.is_object()) throw Error(what + " is not a JSON object; " + kMalformed);
     Descriptor r;
     r.media_type = str_field(d, "mediaType", what, false);
     r.digest = str_field(d, "digest", what, true);
-    if (!valid_digest(r.digest)) throw Error(what + " has the digest '" + printable(r.digest) + "' (ocivm accepts sha256 only)");
+    if (!valid_digest(r.digest))
+        throw Error(what + " has the digest '" + printable(r.digest) + "' (ocivm accepts sha256 only); " + kMalformed);
     auto s = d.find("size");
-    if (s == d.end() || !s->is_number_unsigned()) throw Error(what + " has no size (a non-negative integer)");
+    if (s == d.end() || !s->is_number_unsigned()) throw Error(what + " has no size (a non-negative integer); " + kMalformed);
     r.size = s->get<uint64_t>();
     if (auto p = d.find("platform"); p != d.end()) r.platform = *p;
     if (auto u = d.find("urls"); u != d.end() && !u->is_null())
-        throw Error(what + " (" + r.digest + ") is a foreign layer to be fetched from other URLs; ocivm fetches only what the registry serves");
+        throw Error(what + " (" + r.digest +
+                    ") is a foreign layer to be fetched from other URLs; ocivm fetches only what the registry serves: pull an image without foreign layers");
     return r;
 }
 
@@ -126,10 +151,10 @@ std::string extra_cas(const std::string& host) {
     return pem;
 }
 
-std::string error_summary(const HttpResponse& r) {
+std::string error_summary(long status, const std::string& body) {
     // {"errors":[{"code":"MANIFEST_UNKNOWN","message":"..."}]}
     try {
-        json j = json::parse(r.body);
+        json j = json::parse(body);
         if (j.is_object() && j.contains("errors") && j["errors"].is_array() && !j["errors"].empty()) {
             const json& e = j["errors"][0];
             std::string code = str_field(e, "code", "error", false), msg = str_field(e, "message", "error", false);
@@ -137,8 +162,11 @@ std::string error_summary(const HttpResponse& r) {
         }
     } catch (...) {
     }
-    return "HTTP " + std::to_string(r.status);
+    return "HTTP " + std::to_string(status);
 }
+std::string error_summary(const HttpResponse& r) { return error_summary(r.status, r.body); }
+
+void sleep_for(double seconds) { std::this_thread::sleep_for(std::chrono::duration<double>(seconds)); }
 
 // One endpoint (registry host + repository) with its authentication state,
 // shared by the threads fetching from it.
@@ -146,8 +174,8 @@ class Session {
 public:
     Session(const Endpoint& ep, const PullOptions& opts) : ep_(ep), opts_(opts) {
         tls_.verify = opts.tls_verify && !ep.insecure;
+        tls_.allow_plain_http = ep.insecure;
         if (tls_.verify) tls_.extra_ca_pem = extra_cas(ep.host);
-        scheme_ = "https://";
     }
     const Endpoint& endpoint() const { return ep_; }
     std::string where() const { return ep_.host + "/" + ep_.repository; }
@@ -158,10 +186,10 @@ public:
     HttpResponse request(Http& http, const std::string& path, std::vector<std::string> headers, size_t max_body,
                          const std::function<std::vector<std::string>()>& prepare = {}, const Http::Sink& sink = {},
                          const std::atomic<bool>* cancel = nullptr) {
-        std::string last;
+        const std::string url = scheme(http, cancel) + ep_.host + path;
         bool tried_auth = false;
         for (int attempt = 0;; ++attempt) {
-            if (cancel && *cancel) throw Error("cancelled");
+            if (cancel && *cancel) throw Error("cancelled: another blob of this pull failed");
             std::vector<std::string> h = headers;
             if (prepare)
                 for (auto& x : prepare()) h.push_back(x);
@@ -170,20 +198,13 @@ public:
             HttpResponse r;
             double wait = 0.25 * (1 << attempt);
             try {
-                r = http.get(scheme_ + ep_.host + path, h, tls_, max_body, sink);
+                r = http.get(url, h, tls_, max_body, sink, cancel);
             } catch (const TransportError& e) {
-                // An insecure registry may speak plain HTTP (as podman tries).
-                if (ep_.insecure && scheme_ == "https://" && attempt == 0) {
-                    spdlog::info("{}: HTTPS failed ({}); trying plain HTTP (insecure in registries.conf)", ep_.host, e.message);
-                    scheme_ = "http://";
-                    continue;
-                }
-                if (!e.transient || attempt + 1 >= kAttempts)
-                    throw Error("cannot fetch " + scheme_ + ep_.host + path + ": " + e.message +
-                                (e.transient ? " (gave up after " + std::to_string(kAttempts) + " tries)" : "") +
-                                "; check that the registry is up and reachable");
-                spdlog::info("{}: {}; retrying in {:.2f} s", ep_.host, e.message, wait);
-                std::this_thread::sleep_for(std::chrono::duration<double>(wait));
+                if (!e.transient() || attempt + 1 >= kAttempts)
+                    throw Error("cannot fetch " + url + ": " + e.reason() +
+                                (e.transient() ? " (gave up after " + std::to_string(kAttempts) + " tries)" : "") + "; " + e.advice());
+                spdlog::info("{}: {}; retrying in {:.2f} s", ep_.host, e.reason(), wait);
+                sleep_for(wait);
                 continue;
             }
             if (r.status == 401 && !tried_auth) {
@@ -194,11 +215,11 @@ public:
             if (r.status == 429 || (r.status >= 500 && r.status <= 599)) {
                 if (attempt + 1 >= kAttempts)
                     throw Error(ep_.host + path + ": the registry answered " + error_summary(r) + " " + std::to_string(kAttempts) +
-                                " times; try again later");
-                if (std::string ra = r.header("retry-after"); !ra.empty() && ra.find_first_not_of("0123456789") == std::string::npos)
-                    wait = std::min(30.0, std::max(wait, std::strtod(ra.c_str(), nullptr)));
+                                " times (it is overloaded or failing); try again later");
+                if (auto ra = parse_u64(r.header("retry-after")))
+                    wait = std::min(30.0, std::max(wait, static_cast<double>(std::min<uint64_t>(*ra, 30))));
                 spdlog::info("{}: HTTP {}; retrying in {:.2f} s", ep_.host, r.status, wait);
-                std::this_thread::sleep_for(std::chrono::duration<double>(wait));
+                sleep_for(wait);
                 continue;
             }
             if (r.status == 401) {
@@ -217,6 +238,46 @@ public:
     }
 
 private:
+    // The scheme is decided once per session, before the first request, by
+    // a ping of /v2/ (as podman does) and never changes afterwards: a
+    // connection reset in the middle of a pull must not move the rest of it
+    // to plain HTTP. Only an insecure registry may speak plain HTTP at all,
+    // and only if HTTPS fails and plain HTTP gets a registry's answer to the
+    // ping (200 or 401): an HTTPS server answers plain HTTP with 400 (Go's
+    // does), which must not turn a reset HTTPS ping into a plain-HTTP pull.
+    const std::string& scheme(Http& http, const std::atomic<bool>* cancel) {
+        std::call_once(scheme_once_, [&] { scheme_ = ep_.insecure ? probe_scheme(http, cancel) : "https://"; });
+        return scheme_;
+    }
+
+    std::string probe_scheme(Http& http, const std::atomic<bool>* cancel) {
+        const Http::Sink discard = [](const HttpResponse&, const char*, size_t) { return true; };
+        std::string why_https, why_http;
+        for (int attempt = 0; attempt < kAttempts; ++attempt) {
+            if (attempt > 0) sleep_for(0.25 * (1 << (attempt - 1)));
+            try {
+                auto r = http.get("https://" + ep_.host + "/v2/", {}, tls_, 0, discard, cancel);
+                spdlog::debug("{}: HTTPS answers (HTTP {})", ep_.host, r.status);
+                return "https://";
+            } catch (const TransportError& e) {
+                why_https = e.reason();
+            }
+            try {
+                auto r = http.get("http://" + ep_.host + "/v2/", {}, tls_, 0, discard, cancel);
+                if (r.status == 200 || r.status == 401) {
+                    spdlog::info("{}: no HTTPS ({}); using plain HTTP (insecure in registries.conf)", ep_.host, why_https);
+                    return "http://";
+                }
+                why_http = "HTTP " + std::to_string(r.status) + " to the ping of /v2/, not a registry's answer";
+            } catch (const TransportError& e) {
+                why_http = e.reason();
+            }
+        }
+        throw Error("cannot reach the registry " + ep_.host + " (insecure in registries.conf) over HTTPS (" + why_https +
+                    ") or plain HTTP (" + why_http + "), " + std::to_string(kAttempts) +
+                    " tries each; check that the registry is up and reachable");
+    }
+
     std::string auth_header() {
         std::lock_guard<std::mutex> g(mu_);
         return auth_;
@@ -249,9 +310,11 @@ private:
         }
         std::lock_guard<std::mutex> g(mu_);
         load_creds();
-        if (!ch) throw AuthFailed(ep_.host + " asks for authentication ocivm does not speak (WWW-Authenticate: " + printable(all) + ")");
+        if (!ch)
+            throw AuthFailed(ep_.host + " asks for authentication ocivm does not speak (WWW-Authenticate: " + printable(all) +
+                             "); ocivm speaks Basic and Bearer: pull with podman, or from another registry");
         if (creds_ && scheme_ == "http://" && !ep_.insecure)
-            throw AuthFailed(ep_.host + ": refusing to send credentials over plain HTTP");
+            throw AuthFailed(ep_.host + ": refusing to send credentials over plain HTTP; use the registry over HTTPS");
         if (ch->scheme == "basic") {
             if (!creds_)
                 throw AuthFailed(ep_.host + " wants credentials for " + ep_.repository +
@@ -259,13 +322,20 @@ private:
             auth_ = "Basic " + base64_encode(creds_->user + ":" + creds_->password);
             return;
         }
-        std::string realm = ch->params["realm"];
+        auth_ = "Bearer " + fetch_token(http, *ch);
+    }
+
+    // The bearer token flow (distribution's token authentication): the
+    // realm named in the challenge hands out a token for our scope.
+    std::string fetch_token(Http& http, Challenge& ch) {
+        const std::string realm = ch.params["realm"], shown = printable(realm);
         if (realm.rfind("https://", 0) != 0 && realm.rfind("http://", 0) != 0)
-            throw AuthFailed(ep_.host + " names a token service that is not an http(s) URL: '" + printable(realm) + "'");
+            throw AuthFailed(ep_.host + " names a token service that is not an http(s) URL: '" + shown + "'; " + kMalformed);
         if (creds_ && realm.rfind("http://", 0) == 0 && !ep_.insecure)
-            throw AuthFailed(ep_.host + ": refusing to send credentials to the plain-HTTP token service " + printable(realm));
+            throw AuthFailed(ep_.host + ": refusing to send credentials to the plain-HTTP token service " + shown +
+                             "; mark the registry insecure in registries.conf only if you trust the network to it");
         std::string url = realm + (realm.find('?') == std::string::npos ? "?" : "&");
-        if (ch->params.count("service")) url += "service=" + url_escape(ch->params["service"]) + "&";
+        if (ch.params.count("service")) url += "service=" + url_escape(ch.params["service"]) + "&";
         url += "scope=" + url_escape("repository:" + ep_.repository + ":pull");
         std::vector<std::string> h;
         if (creds_) h.push_back("Authorization: Basic " + base64_encode(creds_->user + ":" + creds_->password));
@@ -273,27 +343,31 @@ private:
         try {
             t = http.get(url, h, tls_, kMaxTokenResponse);
         } catch (const TransportError& e) {
-            throw Error("cannot get a token from " + printable(realm) + ": " + e.message);
+            throw Error("cannot get a token from " + shown + " for " + ep_.host + ": " + e.reason() + "; " + e.advice());
         }
         if (t.status == 401 || t.status == 403) {
             if (creds_)
                 throw AuthFailed("authentication to " + ep_.host + " failed: wrong user name or password (from " + creds_->source +
-                                 "); the token service " + printable(realm) + " answered " + error_summary(t));
+                                 "); the token service " + shown + " answered " + error_summary(t) + "; check them, or log in again");
             throw AuthFailed(ep_.host + " wants credentials for " + ep_.repository + "; give them with --creds or --authfile");
         }
-        if (t.status != 200) throw Error("the token service " + printable(realm) + " answered " + error_summary(t));
-        json j = parse_json(t.body, "the token from " + printable(realm));
+        const std::string bad = "the token service " + shown + " of " + ep_.host;
+        if (t.status != 200) throw Error(bad + " answered " + error_summary(t) + "; try again later, or tell the registry's operator");
+        json j = parse_json(t.body, "the token from " + shown);
         std::string token = str_field(j, "token", "token response", false);
         if (token.empty()) token = str_field(j, "access_token", "token response", false);
-        if (token.empty() || token.size() > kMaxToken || token.find_first_of("\r\n") != std::string::npos)
-            throw Error("the token service " + printable(realm) + " sent no usable token");
-        auth_ = "Bearer " + token;
+        // It goes into a header line: visible ASCII only (RFC 6750 b64token is narrower still).
+        auto visible = [](char c) { return c > 0x20 && c < 0x7f; };
+        if (token.empty() || token.size() > kMaxToken || !std::all_of(token.begin(), token.end(), visible))
+            throw Error(bad + " sent no usable token; tell the registry's operator");
+        return token;
     }
 
     Endpoint ep_;
     const PullOptions& opts_;
     TlsSettings tls_;
-    std::string scheme_;
+    std::once_flag scheme_once_;
+    std::string scheme_;  // written once, in scheme()
     std::mutex mu_;
     std::string auth_;
     bool creds_loaded_ = false;
@@ -310,16 +384,18 @@ Manifest get_manifest(Session& s, Http& http, const std::string& ref, const std:
                        kMaxManifestBytes);
     if (r.status == 404)
         throw NotFound(s.where() + ":" + ref + " was not found (" + error_summary(r) + "); check the name and tag");
-    if (r.status != 200) throw Error(s.where() + ": the manifest request for " + ref + " answered " + error_summary(r));
+    if (r.status != 200)
+        throw Error(s.where() + ": the manifest request for " + ref + " answered " + error_summary(r) +
+                    "; check the name, or tell the registry's operator");
     Manifest m;
     m.body = r.body;
     m.digest = "sha256:" + sha256_hex(r.body);
     if (!expect_digest.empty() && m.digest != expect_digest)
         throw Error("manifest " + expect_digest + " from " + s.where() + " is corrupt: its content has the digest " + m.digest +
-                    "; nothing was stored");
+                    "; nothing was stored; " + kCorrupt);
     if (std::string hd = r.header("docker-content-digest"); expect_digest.empty() && valid_digest(hd) && hd != m.digest)
         throw Error("the manifest of " + s.where() + ":" + ref + " has the digest " + m.digest + ", but the registry says " + hd +
-                    "; nothing was stored");
+                    "; nothing was stored; " + kCorrupt);
     json j = parse_json(m.body, "manifest " + m.digest);
     m.media_type = media_type_of(r, j);
     return m;
@@ -340,12 +416,31 @@ struct Staging {
     std::string blob(const std::string& digest) const { return dir + "/blobs/sha256/" + digest.substr(7); }
 };
 
+// One blob's transfer: what its tries and curl's callbacks for it share.
+// Each transfer has its own (one thread's), so one blob's failure never
+// reads as another's.
+struct BlobTransfer {
+    size_t index = 0;
+    std::string digest;
+    uint64_t size = 0;
+    std::string final_path, part, kept;
+    UniqueFd fd;
+    std::unique_ptr<Sha256> hash = std::make_unique<Sha256>();
+    uint64_t have = 0;        // bytes in `part`, all hashed; never more than size
+    bool resumed = false;     // some of them came from an earlier try or pull
+    bool too_long = false;    // the registry sent more than `size` bytes
+    bool start_over = false;  // a range answer that does not continue: fetch again from byte 0
+    int write_errno = 0;      // writing `part` failed
+    bool first_chunk = true;  // of the current response
+    std::string err_body;     // of an error response
+};
+
 class Fetcher {
 public:
     Fetcher(Session& s, const PullOptions& o, const Staging& st, const PullProgressFn& p) : s_(s), opts_(o), st_(st), progress_(p) {}
 
     std::vector<BlobProgress> blobs;
-    uint64_t bytes = 0;
+    uint64_t bytes = 0;  // received for blobs, those discarded included
 
     void run() {
         std::vector<size_t> order;
@@ -360,7 +455,7 @@ public:
                 try {
                     Http http;
                     for (size_t k; (k = next++) < order.size() && !cancel_;) fetch(http, order[k]);
-                } catch (const std::exception& e) {
+                } catch (...) {
                     std::lock_guard<std::mutex> g(mu_);
                     if (!error_) error_ = std::current_exception();
                     cancel_ = true;
@@ -387,161 +482,222 @@ private:
         }
         report(false);
     }
+    void set_done(const BlobTransfer& t, uint64_t received) {
+        {
+            std::lock_guard<std::mutex> g(mu_);
+            blobs[t.index].done = t.have;
+            bytes += received;
+        }
+        report(false);
+    }
 
     // Streams blob i into a temp file beside its final name, hashing every
     // byte as it arrives; an interrupted transfer resumes from what was
     // written (HTTP Range); the file is renamed to its digest only when size
-    // and digest match.
+    // and digest match. A resumed transfer that ends with the wrong digest
+    // is fetched once more from byte 0: the part from before (perhaps another
+    // registry's, or written by anyone who could write there) may be what
+    // was wrong, and must not make every later pull of this blob fail.
     void fetch(Http& http, size_t i) {
-        const std::string digest = blobs[i].digest;
-        const uint64_t size = blobs[i].size;
-        const std::string final_path = st_.blob(digest), part = final_path + ".partial";
-        const std::string kept = st_.kept + "/" + digest.substr(7);
-        auto hash = std::make_unique<Sha256>();
-        uint64_t have = 0;
-        UniqueFd fd;
-        // What an earlier pull of this blob received before it failed: the
-        // transfer continues from there. Those bytes are hashed with the
-        // rest, so nothing is used unless the whole blob has its digest.
-        if (::rename(kept.c_str(), part.c_str()) == 0) {
-            fd = UniqueFd(::open(part.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
-            if (!fd) throw_errno("cannot open " + part, errno);
-            std::vector<char> buf(1 << 20);
-            ssize_t n;
-            while ((n = ::read(fd.get(), buf.data(), buf.size())) > 0 && have + static_cast<uint64_t>(n) <= size) {
-                hash->update(buf.data(), static_cast<size_t>(n));
-                have += static_cast<uint64_t>(n);
-            }
-            if (n != 0 || have >= size) {
-                // Unreadable, or as long as the blob (or longer): start over.
-                if (::ftruncate(fd.get(), 0) < 0 || ::lseek(fd.get(), 0, SEEK_SET) < 0) throw_errno("truncating " + part, errno);
-                hash = std::make_unique<Sha256>();
-                have = 0;
-            } else {
-                spdlog::info("blob {}: continuing the {} bytes an earlier pull received", digest, have);
-                std::lock_guard<std::mutex> g(mu_);
-                blobs[i].done = have;
-            }
-        } else {
-            fd = UniqueFd(::open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
-            if (!fd) throw_errno("cannot create " + part, errno);
-        }
-        try {
-            fetch_into(http, i, fd, part, hash, have);
-        } catch (...) {
-            // A transfer that broke off (not a blob found wrong) is kept for
-            // the next pull; a corrupt or over-long one was removed already.
-            if (have > 0 && ::access(part.c_str(), F_OK) == 0) {
-                try {
-                    make_dirs(st_.kept, 0700);
-                    if (::rename(part.c_str(), kept.c_str()) == 0)
-                        spdlog::info("blob {}: kept {} bytes for the next pull", digest, have);
-                } catch (const Error&) {
-                }
-            }
-            throw;
-        }
-    }
-
-    void fetch_into(Http& http, size_t i, UniqueFd& fd, const std::string& part, std::unique_ptr<Sha256>& hash, uint64_t& have) {
-        const std::string digest = blobs[i].digest;
-        const uint64_t size = blobs[i].size;
-        const std::string final_path = st_.blob(digest);
-        std::string err_body;
-        bool first = true;
-        set_state(i, BlobProgress::State::Fetching);
-        auto prepare = [&]() -> std::vector<std::string> {
-            first = true;
-            err_body.clear();
-            if (have > 0) {
-                spdlog::info("blob {}: resuming at byte {} of {}", digest, have, size);
-                std::lock_guard<std::mutex> g(mu_);
-                ++blobs[i].resumes;
-                return {"Range: bytes=" + std::to_string(have) + "-"};
-            }
-            return {};
-        };
-        auto sink = [&](const HttpResponse& head, const char* data, size_t n) -> bool {
-            if (cancel_) return false;
-            if (head.status != 200 && head.status != 206) {
-                if (err_body.size() + n > kMaxErrorBody) return false;
-                err_body.append(data, n);
-                return true;
-            }
-            if (first) {
-                first = false;
-                bool continues = false;
-                if (head.status == 206) {
-                    // Content-Range: bytes START-END/TOTAL must start where we are.
-                    std::string cr = head.header("content-range");
-                    unsigned long long from = 0;
-                    continues = std::sscanf(cr.c_str(), "bytes %llu-", &from) == 1 && from == have;
-                    if (!continues) spdlog::info("blob {}: range answer '{}' does not continue at {}; starting over", digest, printable(cr), have);
-                }
-                if (!continues && have > 0) {
-                    // The server sent the whole blob again: start over.
-                    if (::ftruncate(fd.get(), 0) < 0 || ::lseek(fd.get(), 0, SEEK_SET) < 0) return false;
-                    hash = std::make_unique<Sha256>();
-                    std::lock_guard<std::mutex> g(mu_);
-                    bytes -= have;
-                    blobs[i].done = 0;
-                    have = 0;
-                }
-            }
-            if (have + n > size) {
-                too_long_ = true;
-                return false;
-            }
-            hash->update(data, n);
-            for (size_t off = 0; off < n;) {
-                ssize_t w = ::write(fd.get(), data + off, n - off);
-                if (w < 0 && errno == EINTR) continue;
-                if (w <= 0) return false;
-                off += static_cast<size_t>(w);
-            }
-            have += n;
-            {
-                std::lock_guard<std::mutex> g(mu_);
-                blobs[i].done = have;
-                bytes += n;
-            }
-            report(false);
-            return true;
-        };
-        HttpResponse r;
-        for (int round = 0;; ++round) {
-            too_long_ = false;
+        BlobTransfer t = begin_transfer(i);
+        for (int pass = 0;; ++pass) {
             try {
-                r = s_.request(http, "/v2/" + s_.endpoint().repository + "/blobs/" + digest, {}, 0, prepare, sink, &cancel_);
-            } catch (const Error&) {
-                if (too_long_) break;
+                receive(http, t);
+            } catch (...) {
+                keep_partial(t);
                 throw;
             }
-            // A transfer the server ended early without an error from curl
-            // (no Content-Length, connection closed): resume it.
-            if ((r.status == 200 || r.status == 206) && have < size && round + 1 < kAttempts) continue;
-            break;
-        }
-        if (too_long_) {
-            ::unlink(part.c_str());
-            throw Error("blob " + digest + " from " + s_.where() + " is longer than the " + std::to_string(size) +
-                        " bytes its manifest says; it was discarded and nothing was stored");
-        }
-        if (r.status == 404) throw Error("blob " + digest + " is missing on " + s_.where() + " (" + error_summary(HttpResponse{404, {}, err_body, {}}) + ")");
-        if (r.status != 200 && r.status != 206)
-            throw Error("blob " + digest + " from " + s_.where() + ": the registry answered HTTP " + std::to_string(r.status));
-        std::string got = "sha256:" + hash->hex();
-        if (have != size || got != digest) {
-            ::unlink(part.c_str());
-            throw Error("blob " + digest + " from " + s_.where() + " is corrupt: its " + std::to_string(have) + " bytes have the digest " +
-                        got + (have != size ? " (the manifest says " + std::to_string(size) + " bytes)" : "") +
-                        "; it was discarded and nothing was stored");
+            std::string got = "sha256:" + t.hash->hex();
+            if (t.have == t.size && got == t.digest) break;
+            ::unlink(t.part.c_str());
+            if (t.resumed && pass == 0) {
+                spdlog::warn("blob {} from {}: the resumed transfer has the digest {}; discarding it and fetching the whole blob again",
+                             t.digest, s_.where(), got);
+                t.fd = create_part(t.part);
+                restart(t);
+                continue;
+            }
+            throw Error("blob " + t.digest + " from " + s_.where() + " is corrupt: its " + std::to_string(t.have) + " bytes have the digest " +
+                        got + (t.have != t.size ? " (the manifest says " + std::to_string(t.size) + " bytes)" : "") +
+                        "; it was discarded and nothing was stored; " + kCorrupt);
         }
         // No fsync: the staged file lives until the importer has copied it
         // (and checked it again); after a crash it is garbage the next pull
         // removes. Forcing 100s of MB to disk here only slowed the pull.
-        if (::rename(part.c_str(), final_path.c_str()) < 0) throw_errno("storing " + final_path, errno);
+        if (::rename(t.part.c_str(), t.final_path.c_str()) < 0)
+            throw_errno("storing " + t.final_path, errno, "check the free space and permissions of " + st_.dir);
         set_state(i, BlobProgress::State::Done);
+    }
+
+    static UniqueFd create_part(const std::string& part) {
+        UniqueFd fd(::open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+        if (!fd) throw_errno("cannot create " + part, errno, "check the free space and permissions of its directory");
+        return fd;
+    }
+
+    // The transfer of blob i, continuing what an earlier pull of the blob
+    // received before it failed. Those bytes are hashed with the rest, so
+    // nothing is used unless the whole blob has its digest.
+    BlobTransfer begin_transfer(size_t i) {
+        BlobTransfer t;
+        t.index = i;
+        t.digest = blobs[i].digest;
+        t.size = blobs[i].size;
+        t.final_path = st_.blob(t.digest);
+        t.part = t.final_path + ".partial";
+        t.kept = st_.kept + "/" + t.digest.substr(7);
+        if (::rename(t.kept.c_str(), t.part.c_str()) != 0) {
+            t.fd = create_part(t.part);
+            return t;
+        }
+        t.fd = UniqueFd(::open(t.part.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
+        if (!t.fd) throw_errno("cannot open " + t.part, errno, "check the permissions of " + st_.dir);
+        std::vector<char> buf(1 << 20);
+        ssize_t n;
+        while ((n = ::read(t.fd.get(), buf.data(), buf.size())) > 0 && static_cast<uint64_t>(n) <= t.size - t.have) {
+            t.hash->update(buf.data(), static_cast<size_t>(n));
+            t.have += static_cast<uint64_t>(n);
+        }
+        if (n != 0 || t.have >= t.size) {
+            // Unreadable, or as long as the blob (or longer): start over.
+            restart(t);
+            if (t.write_errno) throw_errno("truncating " + t.part, t.write_errno, "check the free space of " + st_.dir);
+            return t;
+        }
+        spdlog::info("blob {}: continuing the {} bytes an earlier pull received", t.digest, t.have);
+        t.resumed = true;
+        std::lock_guard<std::mutex> g(mu_);
+        blobs[i].done = t.have;
+        return t;
+    }
+
+    // Back to byte 0 of an empty `part`.
+    void restart(BlobTransfer& t) {
+        if (::ftruncate(t.fd.get(), 0) < 0 || ::lseek(t.fd.get(), 0, SEEK_SET) < 0) t.write_errno = errno;
+        t.hash = std::make_unique<Sha256>();
+        t.have = 0;
+        t.resumed = false;
+        std::lock_guard<std::mutex> g(mu_);
+        blobs[t.index].done = 0;
+    }
+
+    // A transfer that broke off (not a blob found wrong, which was removed
+    // already) is kept for the next pull.
+    void keep_partial(const BlobTransfer& t) {
+        if (t.have == 0 || ::access(t.part.c_str(), F_OK) != 0) return;
+        try {
+            make_dirs(st_.kept, 0700);
+            if (::rename(t.part.c_str(), t.kept.c_str()) == 0) spdlog::info("blob {}: kept {} bytes for the next pull", t.digest, t.have);
+        } catch (const Error&) {
+        }
+    }
+
+    // The first bytes of a response: does it continue what `part` holds?
+    // Returns false to stop the transfer.
+    bool start_response(BlobTransfer& t, const HttpResponse& head) {
+        if (t.have > 0) {
+            bool continues = false;
+            if (head.status == 206) {
+                // Content-Range: bytes START-END/TOTAL must start where we are.
+                std::string cr = head.header("content-range");
+                auto from = content_range_start(cr);
+                continues = from && *from == t.have;
+                if (!continues) {
+                    spdlog::info("blob {}: range answer '{}' does not continue at {}; starting over", t.digest, printable(cr), t.have);
+                    restart(t);
+                    t.start_over = true;
+                    return false;
+                }
+                t.resumed = true;
+            } else {
+                // The server sent the whole blob again: start over.
+                restart(t);
+                if (t.write_errno) return false;
+            }
+        }
+        // A body announced longer than the manifest's size is refused before
+        // a byte of it is stored.
+        if (auto cl = parse_u64(head.header("content-length")); cl && *cl > t.size - t.have) {
+            t.too_long = true;
+            return false;
+        }
+        return true;
+    }
+
+    bool on_chunk(BlobTransfer& t, const HttpResponse& head, const char* data, size_t n) {
+        if (cancel_) return false;
+        if (head.status != 200 && head.status != 206) {
+            if (n > kMaxErrorBody - t.err_body.size()) return false;
+            t.err_body.append(data, n);
+            return true;
+        }
+        if (t.first_chunk) {
+            t.first_chunk = false;
+            if (!start_response(t, head)) return false;
+        }
+        // The manifest's size is a hard cap, checked before the bytes count
+        // (have <= size always, so the subtraction cannot wrap).
+        if (n > t.size - t.have) {
+            t.too_long = true;
+            return false;
+        }
+        if (!write_all(t.fd.get(), data, n)) {
+            t.write_errno = errno;
+            return false;
+        }
+        t.hash->update(data, n);
+        t.have += n;
+        set_done(t, n);
+        return true;
+    }
+
+    // The requests for one blob: resumed (Range) after a cut, until the
+    // registry sent it whole or failed.
+    void receive(Http& http, BlobTransfer& t) {
+        set_state(t.index, BlobProgress::State::Fetching);
+        auto prepare = [&]() -> std::vector<std::string> {
+            t.first_chunk = true;
+            t.start_over = false;
+            t.err_body.clear();
+            if (t.have == 0) return {};
+            spdlog::info("blob {}: resuming at byte {} of {}", t.digest, t.have, t.size);
+            std::lock_guard<std::mutex> g(mu_);
+            ++blobs[t.index].resumes;
+            return {"Range: bytes=" + std::to_string(t.have) + "-"};
+        };
+        auto sink = [&](const HttpResponse& head, const char* data, size_t n) { return on_chunk(t, head, data, n); };
+        HttpResponse r;
+        for (int round = 0;; ++round) {
+            try {
+                r = s_.request(http, "/v2/" + s_.endpoint().repository + "/blobs/" + t.digest, {}, 0, prepare, sink, &cancel_);
+            } catch (const Error&) {
+                if (t.start_over && !t.write_errno && round + 1 < kAttempts) continue;
+                if (t.too_long || t.write_errno || t.start_over) break;
+                throw;
+            }
+            // A transfer the server ended early without an error from curl
+            // (no Content-Length, connection closed): resume it.
+            if ((r.status == 200 || r.status == 206) && t.have < t.size && round + 1 < kAttempts) continue;
+            break;
+        }
+        check_received(t, r);
+    }
+
+    void check_received(BlobTransfer& t, const HttpResponse& r) {
+        const std::string blob = "blob " + t.digest + " from " + s_.where();
+        if (t.too_long) {
+            ::unlink(t.part.c_str());
+            throw Error(blob + " is longer than the " + std::to_string(t.size) + " bytes its manifest says; it was discarded and nothing was stored; " +
+                        kMalformed);
+        }
+        if (t.write_errno) throw_errno("writing " + t.part, t.write_errno, "check the free space of " + st_.dir + " and pull again");
+        if (t.start_over)
+            throw Error(blob + ": the registry answered every range request with other bytes than asked for; " + kCorrupt);
+        if (r.status == 404)
+            throw Error("blob " + t.digest + " is missing on " + s_.where() + " (" + error_summary(404, t.err_body) + "); " + kMalformed);
+        if (r.status != 200 && r.status != 206)
+            throw Error(blob + ": the registry answered " + error_summary(r.status, t.err_body) +
+                        "; try again later, or tell the registry's operator");
     }
 
     Session& s_;
@@ -552,135 +708,147 @@ private:
     std::chrono::steady_clock::time_point last_report_{};
     std::atomic<bool> cancel_{false};
     std::exception_ptr error_;
-    std::atomic<bool> too_long_{false};
 };
 
 bool is_index_type(const std::string& mt) { return mt == kOciIndex || mt == kDockerList; }
 
 void write_small(const std::string& path, const std::string& data) {
     UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
-    if (!fd) throw_errno("cannot create " + path, errno);
-    for (size_t off = 0; off < data.size();) {
-        ssize_t w = ::write(fd.get(), data.data() + off, data.size() - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) throw_errno("writing " + path, errno);
-        off += static_cast<size_t>(w);
-    }
+    if (!fd) throw_errno("cannot create " + path, errno, "check the free space and permissions of its directory");
+    if (!write_all(fd.get(), data.data(), data.size())) throw_errno("writing " + path, errno, "check the free space of its directory");
 }
 
-StagedImage fetch_from(const Endpoint& ep, const Reference& ref, const PullOptions& opts, const std::string& staging_root,
-                       const PullProgressFn& progress) {
-    Session s(ep, opts);
-    Http http;
+// The image manifest of `ref` for opts.platform: the manifest itself, or
+// the one an index lists for the platform. `chosen` is the index entry's
+// platform, printable (empty without an index).
+Manifest image_manifest(Session& s, Http& http, const Reference& ref, const PullOptions& opts, std::string& chosen) {
     Manifest m = get_manifest(s, http, ref.digest.empty() ? ref.tag : ref.digest, ref.digest);
     if (m.media_type.rfind("application/vnd.docker.distribution.manifest.v1", 0) == 0)
         throw Error(ref.str() + " has a Docker schema 1 manifest, which is deprecated and not supported; push the image again with a current tool");
-    std::string chosen_platform;
-    if (is_index_type(m.media_type)) {
-        json idx = parse_json(m.body, "image index " + m.digest);
-        const std::string what = "image index " + m.digest;
-        auto it = idx.is_object() ? idx.find("manifests") : idx.end();
-        if (it == idx.end() || !it->is_array()) throw Error(what + " has no \"manifests\" array");
-        if (it->size() > 4096) throw Error(what + " lists more than 4096 manifests");
-        std::optional<Descriptor> pick;
-        std::vector<std::string> seen;
-        for (auto& e : *it) {
-            Descriptor d = descriptor(e, what + ": an entry");
-            if (d.platform.is_null()) continue;
-            if (!d.platform.is_object()) throw Error(what + ": a platform is not a JSON object");
-            Platform p = platform_of(d.platform);
-            seen.push_back(printable(p.str()));
-            if (p.os != opts.platform.os || p.architecture != opts.platform.architecture) continue;
-            if (!opts.platform.variant.empty() && p.variant != opts.platform.variant) continue;
-            if (!d.media_type.empty() && d.media_type != kOciManifest && d.media_type != kDockerManifest) continue;
-            if (!pick) {
-                pick = d;
-                chosen_platform = p.str();
-            }
-        }
+    if (!is_index_type(m.media_type)) return m;
+    const std::string what = "image index " + m.digest;
+    json idx = parse_json(m.body, what);
+    auto it = idx.is_object() ? idx.find("manifests") : idx.end();
+    if (it == idx.end() || !it->is_array()) throw Error(what + " has no \"manifests\" array; " + kMalformed);
+    if (it->size() > 4096) throw Error(what + " lists more than 4096 manifests; " + kMalformed);
+    std::optional<Descriptor> pick;
+    std::vector<std::string> seen;
+    for (auto& e : *it) {
+        Descriptor d = descriptor(e, what + ": an entry");
+        if (d.platform.is_null()) continue;
+        if (!d.platform.is_object()) throw Error(what + ": a platform is not a JSON object; " + kMalformed);
+        Platform p = platform_of(d.platform);
+        seen.push_back(printable(p.str()));
+        if (p.os != opts.platform.os || p.architecture != opts.platform.architecture) continue;
+        if (!opts.platform.variant.empty() && p.variant != opts.platform.variant) continue;
+        if (!d.media_type.empty() && d.media_type != kOciManifest && d.media_type != kDockerManifest) continue;
         if (!pick) {
-            std::string list;
-            for (auto& p : seen) list += (list.empty() ? "" : ", ") + p;
-            throw Error(ref.str() + " has no image for " + opts.platform.str() + " (it has: " + (list.empty() ? "none" : list) +
-                        "); choose one with --platform");
+            pick = d;
+            chosen = printable(p.str());
         }
-        if (pick->size > kMaxManifestBytes) throw Error(what + ": the manifest for " + chosen_platform + " is larger than ocivm accepts");
-        m = get_manifest(s, http, pick->digest, pick->digest);
-        if (is_index_type(m.media_type)) throw Error(what + " points at another index for " + chosen_platform + "; ocivm reads one level");
     }
+    if (!pick) {
+        std::string list;
+        for (auto& p : seen) list += (list.empty() ? "" : ", ") + p;
+        throw Error(ref.str() + " has no image for " + opts.platform.str() + " (it has: " + (list.empty() ? "none" : list) +
+                    "); choose one with --platform");
+    }
+    if (pick->size > kMaxManifestBytes) throw Error(what + ": the manifest for " + chosen + " is larger than ocivm accepts; " + kMalformed);
+    m = get_manifest(s, http, pick->digest, pick->digest);
+    if (is_index_type(m.media_type)) throw Error(what + " points at another index for " + chosen + "; ocivm reads one level: " + kMalformed);
+    return m;
+}
+
+struct ImageParts {
+    Descriptor config;
+    std::vector<Descriptor> layers;
+};
+
+// The config and layer descriptors of an image manifest, each one checked.
+ImageParts image_parts(const Manifest& m, const Reference& ref) {
     if (m.media_type != kOciManifest && m.media_type != kDockerManifest)
-        throw Error(ref.str() + " is not a container image: its manifest has the media type '" + printable(m.media_type) + "'");
-    json mj = parse_json(m.body, "manifest " + m.digest);
+        throw Error(ref.str() + " is not a container image: its manifest has the media type '" + printable(m.media_type) +
+                    "'; pull a container image");
     const std::string mwhat = "manifest " + m.digest;
-    if (!mj.is_object() || !mj.contains("config")) throw Error(mwhat + " has no config");
-    Descriptor cfg = descriptor(mj["config"], mwhat + ": its config");
+    json mj = parse_json(m.body, mwhat);
+    if (!mj.is_object() || !mj.contains("config")) throw Error(mwhat + " has no config; " + kMalformed);
+    ImageParts out;
+    out.config = descriptor(mj["config"], mwhat + ": its config");
+    const Descriptor& cfg = out.config;
     if (!cfg.media_type.empty() && !kConfigTypes.count(cfg.media_type))
         throw Error(ref.str() + " is not a container image: its config has the media type '" + printable(cfg.media_type) +
-                    "' (an artifact?)");
-    if (cfg.size > kMaxConfigBytes) throw Error(mwhat + ": the config is larger than the " + std::to_string(kMaxConfigBytes) + " bytes ocivm accepts");
+                    "' (an artifact?); pull a container image");
+    if (cfg.size > kMaxConfigBytes)
+        throw Error(mwhat + ": the config is larger than the " + std::to_string(kMaxConfigBytes) + " bytes ocivm accepts; " + kMalformed);
     auto li = mj.find("layers");
-    if (li == mj.end() || !li->is_array()) throw Error(mwhat + " has no \"layers\" array");
-    if (li->size() > kMaxLayers) throw Error(mwhat + " lists " + std::to_string(li->size()) + " layers; ocivm takes at most " + std::to_string(kMaxLayers));
-    std::vector<Descriptor> layers;
+    if (li == mj.end() || !li->is_array()) throw Error(mwhat + " has no \"layers\" array; " + kMalformed);
+    if (li->size() > kMaxLayers)
+        throw Error(mwhat + " lists " + std::to_string(li->size()) + " layers; ocivm takes at most " + std::to_string(kMaxLayers) +
+                    ": pull an image with fewer layers");
     for (size_t k = 0; k < li->size(); ++k) {
-        std::string lw = mwhat + ": layer " + std::to_string(k + 1);
-        Descriptor d = descriptor((*li)[k], lw);
+        Descriptor d = descriptor((*li)[k], mwhat + ": layer " + std::to_string(k + 1));
         if (d.media_type.find("nondistributable") != std::string::npos || d.media_type.find("foreign") != std::string::npos)
             throw Error(ref.str() + ": layer " + std::to_string(k + 1) + " (" + d.digest + ") is non-distributable ('" + printable(d.media_type) +
                         "'): its licence keeps it off registries, and ocivm does not fetch it from elsewhere; build the image without it");
         if (!kLayerTypes.count(d.media_type))
             throw Error(ref.str() + ": layer " + std::to_string(k + 1) + " has the media type '" + printable(d.media_type) +
-                        "', not a tar, gzip or zstd image layer (encrypted, or an artifact?)");
-        layers.push_back(d);
+                        "', not a tar, gzip or zstd image layer (encrypted, or an artifact?); pull a container image");
+        out.layers.push_back(d);
     }
+    return out;
+}
 
-    // The staging layout.
-    static std::atomic<unsigned> counter{0};
-    std::string dir = staging_root + "/pull-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-    make_dirs(staging_root, 0700);
-    std::error_code ec;
-    stdfs::remove_all(dir, ec);
-    make_dirs(dir + "/blobs/sha256", 0700);
-    StagedImage img(dir);
-    Staging st{dir, staging_root + "/partial"};
-
-    // The config first (small, and it says whether the image is for us).
-    Fetcher f(s, opts, st, progress);
-    std::string cfg_text;
+// The config's text: the store's copy if it has one (checked again, a few
+// KiB, before it is used), else fetched into the staging layout.
+std::string fetch_config(Session& s, const PullOptions& opts, const Staging& st, const PullProgressFn& progress, const Descriptor& cfg,
+                         uint64_t& bytes, unsigned& fetched) {
     if (std::string p = opts.stored_blob ? opts.stored_blob(cfg.digest) : ""; !p.empty()) {
-        // The store's copy, checked again (a few KiB) before it is used.
-        cfg_text = read_file(p);
-        if (cfg_text.size() != cfg.size || "sha256:" + sha256_hex(cfg_text) != cfg.digest) cfg_text.clear();
-        else write_small(st.blob(cfg.digest), cfg_text);
+        std::string text = read_file(p);
+        if (text.size() == cfg.size && "sha256:" + sha256_hex(text) == cfg.digest) {
+            write_small(st.blob(cfg.digest), text);
+            return text;
+        }
     }
-    if (cfg_text.empty()) {
-        BlobProgress b{cfg.digest, cfg.size};
-        b.config = true;
-        f.blobs.push_back(b);
-        f.run();
-        cfg_text = read_file(st.blob(cfg.digest));
-    }
-    json cj = parse_json(cfg_text, "config " + cfg.digest);
-    if (!cj.is_object()) throw Error("config " + cfg.digest + " is not a JSON object");
+    Fetcher f(s, opts, st, progress);
+    BlobProgress b{cfg.digest, cfg.size};
+    b.config = true;
+    f.blobs.push_back(b);
+    f.run();
+    bytes += f.bytes;
+    fetched += 1;
+    return read_file(st.blob(cfg.digest));
+}
+
+// The config says which platform the image is for; it must be ours.
+Platform check_config(const std::string& text, const Descriptor& cfg, const Reference& ref, const PullOptions& opts, bool from_index) {
+    json cj = parse_json(text, "config " + cfg.digest);
+    if (!cj.is_object()) throw Error("config " + cfg.digest + " is not a JSON object; " + kMalformed);
     Platform cp;
     cp.os = str_field(cj, "os", "config", false);
     cp.architecture = str_field(cj, "architecture", "config", false);
     cp.variant = str_field(cj, "variant", "config", false);
     if ((!cp.os.empty() && cp.os != opts.platform.os) || (!cp.architecture.empty() && cp.architecture != opts.platform.architecture))
         throw Error(ref.str() + " is an image for " + printable(cp.str()) + ", not " + opts.platform.str() +
-                    (chosen_platform.empty() ? "; choose another image or --platform" : ""));
+                    (from_index ? "; " + std::string(kMalformed) : "; choose another image or --platform"));
+    return cp;
+}
 
+// The layers the store lacks, fetched into the staging layout.
+void fetch_layers(Session& s, const PullOptions& opts, const Staging& st, const PullProgressFn& progress,
+                  const std::vector<Descriptor>& layers, StagedImage& img) {
     Fetcher lf(s, opts, st, progress);
     std::set<std::string> dup;
+    std::vector<BlobProgress> todo, skipped;
     for (auto& d : layers) {
         if (!dup.insert(d.digest).second) continue;
         BlobProgress b{d.digest, d.size};
-        if (opts.stored_blob && !opts.stored_blob(d.digest).empty()) b.state = BlobProgress::State::Skipped;
-        lf.blobs.push_back(b);
+        if (opts.stored_blob && !opts.stored_blob(d.digest).empty()) {
+            b.state = BlobProgress::State::Skipped;
+            skipped.push_back(b);
+        } else {
+            todo.push_back(b);
+        }
     }
-    std::vector<BlobProgress> todo;
-    std::vector<BlobProgress> skipped;
-    for (auto& b : lf.blobs) (b.state == BlobProgress::State::Skipped ? skipped : todo).push_back(b);
     lf.blobs = todo;
     if (progress) {
         std::vector<BlobProgress> all = skipped;
@@ -693,19 +861,50 @@ StagedImage fetch_from(const Endpoint& ep, const Reference& ref, const PullOptio
         all.insert(all.end(), lf.blobs.begin(), lf.blobs.end());
         progress(all, true);
     }
-    img.blobs_fetched = static_cast<unsigned>(todo.size() + f.blobs.size());
+    img.blobs_fetched += static_cast<unsigned>(todo.size());
     img.blobs_skipped = static_cast<unsigned>(skipped.size());
-    img.bytes_fetched = f.bytes + lf.bytes;
+    img.bytes_fetched += lf.bytes;
+}
 
+// A new, empty staging layout below staging_root.
+std::string make_staging_dir(const std::string& staging_root) {
+    static std::atomic<unsigned> counter{0};
+    std::string dir = staging_root + "/pull-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+    make_dirs(staging_root, 0700);
+    std::error_code ec;
+    stdfs::remove_all(dir, ec);
+    make_dirs(dir + "/blobs/sha256", 0700);
+    return dir;
+}
+
+void write_layout(const std::string& dir, const Staging& st, const Manifest& m) {
     write_small(st.blob(m.digest), m.body);
     json index = {{"schemaVersion", 2},
                   {"manifests", json::array({{{"mediaType", m.media_type}, {"digest", m.digest}, {"size", m.body.size()}}})}};
     write_small(dir + "/index.json", index.dump());
     write_small(dir + "/oci-layout", "{\"imageLayoutVersion\":\"1.0.0\"}");
+}
+
+StagedImage fetch_from(const Endpoint& ep, const Reference& ref, const PullOptions& opts, const std::string& staging_root,
+                       const PullProgressFn& progress) {
+    Session s(ep, opts);
+    Http http;
+    std::string chosen_platform;
+    Manifest m = image_manifest(s, http, ref, opts, chosen_platform);
+    ImageParts parts = image_parts(m, ref);
+
+    std::string dir = make_staging_dir(staging_root);
+    StagedImage img(dir);
+    Staging st{dir, staging_root + "/partial"};
+    // The config first (small, and it says whether the image is for us).
+    std::string cfg_text = fetch_config(s, opts, st, progress, parts.config, img.bytes_fetched, img.blobs_fetched);
+    Platform cp = check_config(cfg_text, parts.config, ref, opts, !chosen_platform.empty());
+    fetch_layers(s, opts, st, progress, parts.layers, img);
+    write_layout(dir, st, m);
     img.ref = ref;
     img.manifest_digest = m.digest;
     img.manifest_media_type = m.media_type;
-    img.platform = cp.str();
+    img.platform = printable(cp.str());
     return img;
 }
 
@@ -761,7 +960,7 @@ StagedImage fetch_image(const Reference& ref, const RegistriesConf& conf, const 
             errors += " (mirror " + eps[k].host + ": " + e.what() + ")";
         }
     }
-    throw Error("no endpoint for " + ref.str());
+    throw Error("no endpoint for " + ref.str() + "; check registries.conf");
 }
 
 }  // namespace ocivm::registry

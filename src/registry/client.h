@@ -69,7 +69,7 @@ public:
     Reference ref;                 // where it came from, fully qualified
     std::string manifest_digest;   // sha256:...
     std::string manifest_media_type;
-    std::string platform;          // os/arch[/variant] of the config
+    std::string platform;          // os/arch[/variant] of the config, printable (util/printable.h)
     unsigned blobs_fetched = 0, blobs_skipped = 0;
     uint64_t bytes_fetched = 0;
 

@@ -2,14 +2,18 @@
 
 #include <curl/curl.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
+#include <memory>
 #include <mutex>
 
 #include "util/error.h"
 #include "util/log.h"
 #include "util/paths.h"
+#include "util/printable.h"
 
 namespace ocivm::registry {
 
@@ -19,17 +23,20 @@ constexpr size_t kMaxHeaderLine = 16 * 1024;
 constexpr size_t kMaxHeaderTotal = 128 * 1024;
 constexpr long kMaxRedirects = 5;
 
+// What one get() shares with its callbacks. Callbacks run inside libcurl's
+// C frames, which an exception must never cross: they catch everything,
+// keep it here and abort the transfer; get() rethrows it once curl returned.
 struct Transfer {
     HttpResponse* resp;
     const Http::Sink* sink;
     size_t max_body;
+    const std::atomic<bool>* cancel;
     size_t header_bytes = 0;
     bool too_large = false, header_too_large = false, sink_stopped = false;
+    std::exception_ptr error{};
 };
 
-size_t on_header(char* data, size_t size, size_t n, void* user) {
-    auto* t = static_cast<Transfer*>(user);
-    size_t len = size * n;
+size_t header_line(Transfer* t, const char* data, size_t len) {
     t->header_bytes += len;
     if (len > kMaxHeaderLine || t->header_bytes > kMaxHeaderTotal) {
         t->header_too_large = true;
@@ -59,9 +66,7 @@ size_t on_header(char* data, size_t size, size_t n, void* user) {
     return len;
 }
 
-size_t on_body(char* data, size_t size, size_t n, void* user) {
-    auto* t = static_cast<Transfer*>(user);
-    size_t len = size * n;
+size_t body_bytes(Transfer* t, const char* data, size_t len) {
     if (t->sink && *t->sink) {
         if (!(*t->sink)(*t->resp, data, len)) {
             t->sink_stopped = true;
@@ -69,12 +74,49 @@ size_t on_body(char* data, size_t size, size_t n, void* user) {
         }
         return len;
     }
-    if (t->resp->body.size() + len > t->max_body) {
+    // A body announced larger than allowed is refused at its first bytes,
+    // not after the registry has trickled them all.
+    if (t->resp->body.empty()) {
+        const std::string cl = t->resp->header("content-length");
+        if (!cl.empty() && cl.size() <= 20 && cl.find_first_not_of("0123456789") == std::string::npos &&
+            (cl.size() == 20 || std::stoull(cl) > t->max_body)) {
+            t->too_large = true;
+            return 0;
+        }
+    }
+    if (len > t->max_body - std::min(t->max_body, t->resp->body.size())) {
         t->too_large = true;
         return 0;
     }
     t->resp->body.append(data, len);
     return len;
+}
+
+size_t on_header(char* data, size_t size, size_t n, void* user) {
+    auto* t = static_cast<Transfer*>(user);
+    try {
+        return header_line(t, data, size * n);
+    } catch (...) {
+        t->error = std::current_exception();
+        return 0;
+    }
+}
+
+size_t on_body(char* data, size_t size, size_t n, void* user) {
+    auto* t = static_cast<Transfer*>(user);
+    try {
+        return body_bytes(t, data, size * n);
+    } catch (...) {
+        t->error = std::current_exception();
+        return 0;
+    }
+}
+
+// Called by curl at least once a second: the way a cancelled pull stops a
+// transfer that receives nothing.
+int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+    auto* t = static_cast<Transfer*>(user);
+    return t->cancel && t->cancel->load() ? 1 : 0;
 }
 
 bool transient_code(CURLcode c) {
@@ -115,32 +157,90 @@ std::string system_ca_bundle() {
 void http_global_init() {
     static std::once_flag once;
     std::call_once(once, [] {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) throw Error("libcurl failed to initialise");
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) throw Error("libcurl failed to initialise (out of memory?); free some memory and try again");
     });
 }
 
 Http::Http() : curl_(curl_easy_init()) {
-    if (!curl_) throw Error("libcurl: cannot create a handle (out of memory?)");
+    if (!curl_) throw Error("libcurl: cannot create a handle (out of memory?); free some memory and try again");
 }
 Http::~Http() { curl_easy_cleanup(static_cast<CURL*>(curl_)); }
 
+namespace {
+
+using SlistPtr = std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)>;
+
+SlistPtr header_list(const std::vector<std::string>& headers) {
+    SlistPtr list(nullptr, curl_slist_free_all);
+    for (auto& h : headers) {
+        curl_slist* head = curl_slist_append(list.get(), h.c_str());
+        if (!head) throw Error("libcurl: cannot build the request headers (out of memory); free some memory and try again");
+        if (!list) list.reset(head);  // appending to a list returns its unchanged head
+    }
+    return list;
+}
+
+const char* const kReachable = "check that the registry is up and reachable";
+const char* const kMisbehaving = "the server does not behave like a registry; report it to its operator or pull from another registry";
+
+TransportError transfer_failed(CURLcode rc, const Transfer& t, const char* errbuf, const std::string& url,
+                               const std::string& effective_url, size_t max_body) {
+    if (t.header_too_large) return {"the server sent response headers larger than ocivm accepts", false, kMisbehaving};
+    if (t.too_large)
+        return {"the response body is larger than the " + std::to_string(max_body) + " bytes ocivm accepts here", false, kMisbehaving};
+    if (t.sink_stopped) return {"transfer stopped by ocivm", false, "the reason is reported with it"};
+    std::string why = printable(errbuf[0] ? errbuf : curl_easy_strerror(rc), 300);
+    switch (rc) {
+        case CURLE_ABORTED_BY_CALLBACK:
+            return {"transfer cancelled by ocivm", false, "the reason is reported with it"};
+        case CURLE_TOO_MANY_REDIRECTS:
+            return {"more than " + std::to_string(kMaxRedirects) + " redirects", false, kMisbehaving};
+        case CURLE_UNSUPPORTED_PROTOCOL:
+            if (url.rfind("https://", 0) == 0 && effective_url != url)
+                return {"the server redirected an HTTPS request to " + printable(effective_url, 300) + ", and ocivm follows HTTPS only to HTTPS",
+                        false, "if the registry really serves plain HTTP, mark it insecure in registries.conf"};
+            return {why, false, kMisbehaving};
+        case CURLE_PEER_FAILED_VERIFICATION:
+        case CURLE_SSL_CACERT_BADFILE:
+        case CURLE_SSL_CERTPROBLEM:
+        case CURLE_SSL_ISSUER_ERROR:
+        case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+            return {why, false,
+                    "if the registry's certificate is signed by a CA of your own, put that CA in $OCIVM_HOME/certs.d/HOST:PORT/ca.crt "
+                    "(or /etc/containers/certs.d/HOST:PORT/); --tls-verify=false skips the check"};
+        case CURLE_SSL_CONNECT_ERROR:
+            return {why, true, std::string(kReachable) + ", and that it speaks HTTPS (a plain-HTTP registry must be insecure in registries.conf)"};
+        default:
+            return {why, transient_code(rc), kReachable};
+    }
+}
+
+}  // namespace
+
 HttpResponse Http::get(const std::string& url, const std::vector<std::string>& headers, const TlsSettings& tls,
-                       size_t max_body, const Sink& sink) {
+                       size_t max_body, const Sink& sink, const std::atomic<bool>* cancel) {
     CURL* c = static_cast<CURL*>(curl_);
     curl_easy_reset(c);
     HttpResponse resp;
-    Transfer t{&resp, &sink, max_body};
-    curl_slist* hl = nullptr;
-    for (auto& h : headers) hl = curl_slist_append(hl, h.c_str());
+    Transfer t{&resp, &sink, max_body, cancel};
+    SlistPtr hl = header_list(headers);
     char errbuf[CURL_ERROR_SIZE] = {0};
     curl_easy_setopt(c, CURLOPT_URL, url.c_str());
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl.get());
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    // A registry that speaks HTTPS must not move a transfer to plain HTTP,
+    // where anyone on the path could read or change it.
+    const bool https = url.rfind("https://", 0) == 0;
+    curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, https && !tls.allow_plain_http ? "https" : "http,https");
     curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(c, CURLOPT_MAXREDIRS, kMaxRedirects);
+    // The Authorization header we add stays with the host (and scheme and
+    // port) of the URL: libcurl (since 7.58; scheme and port since 7.83)
+    // drops it on a redirect elsewhere, e.g. to a blob CDN, unless this is
+    // on. It is off by default; said here so it stays off.
+    curl_easy_setopt(c, CURLOPT_UNRESTRICTED_AUTH, 0L);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 20L);
     // A server that stops sending: no byte for 60 s ends the transfer.
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
@@ -150,6 +250,11 @@ HttpResponse Http::get(const std::string& url, const std::vector<std::string>& h
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &t);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &t);
+    if (cancel) {
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, &t);
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    }
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, tls.verify ? 1L : 0L);
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, tls.verify ? 2L : 0L);
     std::string ca;
@@ -162,18 +267,10 @@ HttpResponse Http::get(const std::string& url, const std::vector<std::string>& h
         curl_easy_setopt(c, CURLOPT_CAINFO_BLOB, &blob);
     }
     CURLcode rc = curl_easy_perform(c);
-    curl_slist_free_all(hl);
+    if (t.error) std::rethrow_exception(t.error);
     char* eff = nullptr;
     if (curl_easy_getinfo(c, CURLINFO_EFFECTIVE_URL, &eff) == CURLE_OK && eff) resp.effective_url = eff;
-    if (rc != CURLE_OK) {
-        if (t.header_too_large) throw TransportError{"the server sent response headers larger than ocivm accepts", false};
-        if (t.too_large)
-            throw TransportError{"the response body is larger than the " + std::to_string(max_body) + " bytes ocivm accepts here", false};
-        if (t.sink_stopped) throw TransportError{"transfer stopped", false};
-        std::string msg = errbuf[0] ? errbuf : curl_easy_strerror(rc);
-        if (rc == CURLE_TOO_MANY_REDIRECTS) msg = "more than " + std::to_string(kMaxRedirects) + " redirects";
-        throw TransportError{msg, transient_code(rc)};
-    }
+    if (rc != CURLE_OK) throw transfer_failed(rc, t, errbuf, url, resp.effective_url, max_body);
     long code = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
     resp.status = code;

@@ -2,13 +2,17 @@
 // One HTTP(S) connection to a registry over libcurl: an easy handle reused
 // for every request of one thread (keep-alive), with everything a hostile
 // server could inflate bounded: header lines and their total, redirects
-// (5, http and https only), bodies collected in memory, stalls (no byte for
-// 60 s). Not thread-safe: one Http per thread.
+// (5; from https only to https unless the registry may speak plain HTTP),
+// bodies collected in memory, stalls (no byte for 60 s). Not thread-safe:
+// one Http per thread.
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <string>
 #include <vector>
+
+#include "util/error.h"
 
 namespace ocivm::registry {
 
@@ -20,6 +24,10 @@ struct TlsSettings {
     // PEM certificates trusted for this host besides the system's
     // (certs.d/HOST/*.crt); empty: the system's only.
     std::string extra_ca_pem;
+    // The registry is insecure in registries.conf: it may speak plain HTTP,
+    // so an https request may be redirected to http. Otherwise an https
+    // request follows https redirects only.
+    bool allow_plain_http = false;
 };
 
 struct HttpResponse {
@@ -33,11 +41,21 @@ struct HttpResponse {
     }
 };
 
-// A failed transfer that trying again may cure (connection refused or
-// reset, timeout, a transfer cut short).
-struct TransportError {
-    std::string message;
-    bool transient;
+// A transfer that failed. An Error, so one that escapes is reported like
+// any other failure: what() is the reason and what to do. `transient`: trying
+// again may cure it (connection refused or reset, timeout, a transfer cut
+// short). The reason is sanitised: curl's messages may quote a redirect.
+class TransportError : public Error {
+public:
+    TransportError(const std::string& reason, bool transient, const std::string& advice)
+        : Error(reason + "; " + advice), reason_(reason), advice_(advice), transient_(transient) {}
+    const std::string& reason() const { return reason_; }
+    const std::string& advice() const { return advice_; }
+    bool transient() const { return transient_; }
+
+private:
+    std::string reason_, advice_;
+    bool transient_;
 };
 
 class Http {
@@ -48,13 +66,16 @@ public:
     Http& operator=(const Http&) = delete;
 
     // Receives body bytes of the final response (its status and headers in
-    // `head`); returns false to abort the transfer.
+    // `head`); returns false to abort the transfer. May throw: the transfer
+    // is aborted and get() rethrows the exception once curl has returned.
     using Sink = std::function<bool(const HttpResponse& head, const char* data, size_t n)>;
 
     // GET url. Without a sink the body is collected, up to max_body bytes
-    // (more aborts: TransportError, not transient). Throws TransportError.
+    // (more aborts: TransportError, not transient). A set *cancel aborts the
+    // transfer within a second (TransportError, not transient). Throws
+    // TransportError, or what the sink threw.
     HttpResponse get(const std::string& url, const std::vector<std::string>& headers, const TlsSettings& tls,
-                     size_t max_body, const Sink& sink = {});
+                     size_t max_body, const Sink& sink = {}, const std::atomic<bool>* cancel = nullptr);
 
 private:
     void* curl_;
