@@ -20,9 +20,9 @@ done
 [ -x "$OCIVM" ] || fail "$OCIVM missing: make build"
 WORK=/var/tmp/ocivm-pullbench-$$
 mkdir -p "$WORK"
-REGPID=
+. "$HERE/../tests/lib/registry.sh"
 cleanup() {
-  [ -n "$REGPID" ] && { kill -9 "$REGPID" 2>/dev/null; wait "$REGPID" 2>/dev/null; }
+  registry_stop_all
   [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -58,19 +58,12 @@ echo '{"imageLayoutVersion":"1.0.0"}' > layout/oci-layout
 size=$(du -sm "$WORK/tree" | cut -f1); files=$(find "$WORK/tree" | wc -l); blob=$(du -sm layout/blobs | cut -f1)
 rm -rf "$WORK/tree"
 
-# --- the registry
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=pullbench CA" -keyout ca.key -out ca.crt 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout reg.key -out reg.csr 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\n' > ext.cnf
-openssl x509 -req -in reg.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out reg.crt 2>/dev/null
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s/storage\nhttp:\n  addr: 127.0.0.1:%s\n  tls:\n    certificate: %s/reg.crt\n    key: %s/reg.key\n' \
-  "$WORK" "$PORT" "$WORK" "$WORK" > registry.yml
-docker-registry serve registry.yml > registry.log 2>&1 & REGPID=$!
-for _ in $(seq 100); do curl -s --cacert ca.crt -o /dev/null "https://127.0.0.1:$PORT/v2/" && break; sleep 0.1; done
+# --- the registry (TLS, no auth, no access log)
+registry_tls "$WORK" "pullbench CA $$"
+registry_start registry "$WORK" "$WORK/storage" quiet none
+PORT=$REGISTRY_PORT
 REF=127.0.0.1:$PORT/bench/debian:latest
-mkdir -p certs && cp ca.crt certs/
-skopeo copy -q --dest-cert-dir "$WORK/certs" "oci:$WORK/layout:latest" "docker://$REF" || fail "skopeo could not push"
+registry_push "$WORK/layout:latest" "$REF" "$WORK/certs" ""
 rm -rf layout
 
 # --- podman, if it can pull here (its own storage under $WORK)

@@ -10,12 +10,16 @@
 # of its option and command tables and in its Usage line), which of them
 # take an argument (a word after the option in that column), the values of
 # an argument when the help lists them ("raw|qcow2", or a description that
-# starts "never | metadata | auto | always"), and CMD's own subcommands (a
+# starts "never | metadata | auto | always"; "--opt=false" or "=true": a
+# boolean, true or false), and CMD's own subcommands (a
 # lower-case word right after "ocivm CMD" in the Usage line, or the entries
 # of its "Commands:" table). Where a command takes an image (run, disk
 # create, image inspect/rm), the names come from `ocivm image ls` as you
-# type. The generated file needs nothing but bash (no bash-completion
-# helpers), so it can be tested with a plain `bash -c`.
+# type: those names are data, matched as plain text and quoted for the
+# command line, never expanded (compgen -W would run a $(...) in one). An
+# option's argument is completed after a blank or after "=" ("--pull=m").
+# The generated file needs nothing but bash (no bash-completion helpers), so
+# it can be tested with a plain `bash -c`.
 set -euo pipefail
 OCIVM=${1:?path of the ocivm binary}
 OUT=${2:?output file}
@@ -56,11 +60,19 @@ analyse() {
     # A term such as "-e, --env KEY=VALUE", "--format raw|qcow2" or
     # "import SOURCE [--name NAME[:TAG]]": the options in it, and the word
     # after them, which every one of them takes.
-    function term(t, desc,    n, w, i, opts, nopt, a) {
+    function term(t, desc,    n, w, i, opts, nopt, a, o, v) {
       n = split(t, w, " "); nopt = 0
       for (i = 1; i <= n; i++) {
         a = w[i]; gsub(/[][,]/, "", a)
         if (a ~ /^--?[A-Za-z][-A-Za-z0-9]*$/) { opts[++nopt] = a; print "opt " a; continue }
+        # "--tls-verify=false": offered as it is written; its argument
+        # (after a blank or "=") is true or false, or what VALUE says.
+        if (a ~ /^--[A-Za-z][-A-Za-z0-9]*=[^=]+$/) {
+          print "opt " a
+          o = a; sub(/=.*/, "", o); v = a; sub(/^[^=]*=/, "", v)
+          print "arg " o " " (v == "true" || v == "false" ? "values:false true" : kind_of(v, desc))
+          continue
+        }
         if (a == "/" || a == "|" || a == "") continue
         while (nopt > 0) { print "arg " opts[nopt] " " kind_of(a, desc); nopt-- }
       }
@@ -133,73 +145,113 @@ trap 'rm -rf "$tmp"' EXIT
   echo "}"
   cat <<'EOF'
 
-# Names of the images in the store, for the commands that take one.
+# Names of the images in the store, for the commands that take one, a
+# line each (NAME, and NAME without its :latest).
 _ocivm_images() {
   local o
   o=$("${COMP_WORDS[0]}" image ls 2>/dev/null) || return 0
-  printf '%s\n' "$o" | awk 'NR > 1 { n = $1; sub(/:latest$/, "", n); print n; print $1 }'
+  printf '%s\n' "$o" | awk 'NR > 1 { n = $1; sub(/:latest$/, "", n); if (n != $1) print n; print $1 }'
+}
+
+# _ocivm_add_images CUR: adds the image names that start with CUR. A name
+# is data, whatever `image ls` printed: compared as plain text (never
+# through compgen -W, which expands the words it is given) and added
+# quoted (printf %q), so the command line holds the name and nothing runs.
+_ocivm_add_images() {
+  local n q
+  while IFS= read -r n; do
+    [ -n "$n" ] || continue
+    printf -v q %q "$n"
+    if [[ $n == "$1"* || $q == "$1"* ]]; then COMPREPLY+=("$q"); fi
+  done < <(_ocivm_images)
+}
+
+# _ocivm_add PREFIX COMPGEN-ARGS...: adds compgen's answers a line each
+# (no word splitting or globbing of a file name), each after PREFIX.
+_ocivm_add() {
+  local pre=$1 w
+  shift
+  while IFS= read -r w; do COMPREPLY+=("$pre$w"); done < <(compgen "$@")
 }
 
 _ocivm() {
-  local cur=${COMP_WORDS[COMP_CWORD]} cmd="" sub="" npos=0 i w k
+  local cur=${COMP_WORDS[COMP_CWORD]} cmd="" sub="" npos=0 i w k opt val pre joined
   COMPREPLY=()
-  # The command: the first word that is not a global option.
+  # The command: the first word that is not a global option. The words
+  # between it and the cursor: option arguments are skipped, the rest are
+  # positionals (the first one may be a subcommand). bash splits "A=B" into
+  # "A" "=" "B" ("=" is in COMP_WORDBREAKS): an "=" and the word after it
+  # belong to the word before ("--pull=never", "-e K=V"); unsplit, "--opt=V"
+  # is one word that holds its value.
   for ((i = 1; i < COMP_CWORD; i++)); do
     w=${COMP_WORDS[i]}
+    joined=0
+    [ $((i + 1)) -lt $COMP_CWORD ] && [ "${COMP_WORDS[i + 1]}" = "=" ] && joined=1
     if [ -z "$cmd" ]; then
-      case $w in -*) continue ;; esac
-      cmd=$w
-      continue
-    fi
-    # The words between the command and the cursor: option arguments are
-    # skipped, the rest are positionals (the first one may be a subcommand).
-    case $w in
-      --) npos=$((npos + 100)); continue ;;
-      -*) [ -n "$(_ocivm_arg "$cmd" "$w")" ] && i=$((i + 1)); continue ;;
-    esac
-    if [ -z "$sub" ] && [ $npos -eq 0 ] && [ -n "$(_ocivm_table "$cmd" sub)" ]; then
-      sub=$w
+      case $w in -*) ;; *) cmd=$w ;; esac
     else
-      npos=$((npos + 1))
+      case $w in
+        --) npos=$((npos + 100)) ;;
+        -*) if [ $joined = 0 ] && [ -n "$(_ocivm_arg "$cmd" "$w")" ]; then i=$((i + 1)); fi ;;
+        *)
+          if [ -z "$sub" ] && [ $npos -eq 0 ] && [ -n "$(_ocivm_table "$cmd" sub)" ]; then
+            sub=$w
+          else
+            npos=$((npos + 1))
+          fi ;;
+      esac
     fi
+    while [ $((i + 1)) -lt $COMP_CWORD ] && [ "${COMP_WORDS[i + 1]}" = "=" ]; do i=$((i + 2)); done
   done
   if [ -z "$cmd" ]; then
     case $cur in
-      -*) COMPREPLY=($(compgen -W '-h --help --version' -- "$cur")) ;;
-      *) COMPREPLY=($(compgen -W "$_ocivm_commands" -- "$cur")) ;;
+      -*) _ocivm_add "" -W '-h --help --version' -- "$cur" ;;
+      *) _ocivm_add "" -W "$_ocivm_commands" -- "$cur" ;;
     esac
     return 0
   fi
   if [ "$cmd" = help ]; then
-    [ $npos -eq 0 ] && [ -z "$sub" ] && COMPREPLY=($(compgen -W "$_ocivm_commands" -- "$cur"))
+    [ $npos -eq 0 ] && [ -z "$sub" ] && _ocivm_add "" -W "$_ocivm_commands" -- "$cur"
     return 0
   fi
-  # The argument of the option before the cursor (not after `run IMAGE`,
-  # where the words are the guest's command line).
+  # The argument of an option (not after `run IMAGE`, where the words are
+  # the guest's command line): "--opt VAL", "--opt = VAL" (bash's split of
+  # --opt=VAL), "--opt =" (nothing typed after the "=" yet: the "=" is the
+  # word, and what is added goes after it), or one word "--opt=VAL".
   if [ $COMP_CWORD -ge 2 ] && ! { [ "$cmd" = run ] && [ $npos -gt 0 ]; }; then
-    k=$(_ocivm_arg "$cmd" "${COMP_WORDS[COMP_CWORD - 1]}")
+    opt=${COMP_WORDS[COMP_CWORD - 1]} val=$cur pre=""
+    if [ "$cur" = "=" ]; then
+      val=""
+    elif [ "$opt" = "=" ]; then
+      opt=${COMP_WORDS[COMP_CWORD - 2]}
+    elif [[ $cur == --*=* ]]; then
+      opt=${cur%%=*} val=${cur#*=} pre=${cur%%=*}=
+    fi
+    k=""
+    case $opt in -?*) k=$(_ocivm_arg "$cmd" "$opt") ;; esac
     case $k in
-      values:*) COMPREPLY=($(compgen -W "${k#values:}" -- "$cur")); return 0 ;;
-      dirs) COMPREPLY=($(compgen -d -- "$cur")); return 0 ;;
-      files) COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
+      values:*) _ocivm_add "$pre" -W "${k#values:}" -- "$val"; return 0 ;;
+      dirs) _ocivm_add "$pre" -d -- "$val"; return 0 ;;
+      files) _ocivm_add "$pre" -f -- "$val"; return 0 ;;
       any) return 0 ;;
     esac
   fi
   if [ "$cmd" = run ] && [ $npos -gt 0 ]; then
-    COMPREPLY=($(compgen -f -- "$cur"))
+    _ocivm_add "" -f -- "$cur"
     return 0
   fi
   case $cur in
-    -*) COMPREPLY=($(compgen -W "$(_ocivm_table "$cmd" opt) -h --help" -- "$cur")); return 0 ;;
+    -*) _ocivm_add "" -W "$(_ocivm_table "$cmd" opt) -h --help" -- "$cur"; return 0 ;;
   esac
   if [ -z "$sub" ] && [ -n "$(_ocivm_table "$cmd" sub)" ]; then
-    COMPREPLY=($(compgen -W "$(_ocivm_table "$cmd" sub)" -- "$cur"))
+    _ocivm_add "" -W "$(_ocivm_table "$cmd" sub)" -- "$cur"
     return 0
   fi
   case "$cmd $sub $npos" in
     "run  0"|"disk create 0"|"image inspect 0"|"image rm 0")
-      COMPREPLY=($(compgen -W "$(_ocivm_images)" -- "$cur") $(compgen -d -- "$cur")) ;;
-    *) COMPREPLY=($(compgen -f -- "$cur")) ;;
+      _ocivm_add_images "$cur"
+      _ocivm_add "" -d -- "$cur" ;;
+    *) _ocivm_add "" -f -- "$cur" ;;
   esac
   return 0
 }

@@ -30,22 +30,25 @@ ext4 by mkfs.ext4, filled by ocivm through libext2fs (modes, owners,
 nanosecond times, xattrs and ACLs, hard links, symlinks, device nodes,
 fifos, sockets and sparse files kept; file data copied in whole extents).
 IMAGE is as for 'ocivm run': a stored image name, an OCI layout, a root
-file system directory, or a registry reference (pulled first, --pull). 'ocivm run --disk OUTPUT -- CMD' boots it.
+file system directory, or a registry reference (pulled first, --pull).
+'ocivm run --disk OUTPUT -- CMD' boots it.
 
 Options:
       --format raw|qcow2   disk format (default raw; qcow2 via qemu-img)
-      --size SIZE          whole disk size, e.g. 2G (default: content + 25% + 64M)
+      --size SIZE          whole disk size, e.g. 2G
+                           (default: content + 25% + 64M)
       --fs ext4|xfs        file system (default ext4). xfs is written inside a
                            VM (mkfs.xfs, mount, cp -a there: nothing is mounted
                            on the host; needs xfsprogs and QEMU; slow without
                            KVM) since mkfs.xfs -p cannot keep hard links,
                            xattrs or times; at least 302M
       --label LABEL        file-system label (default ocivm-root)
-      --pull POLICY        missing (default) | always | never: pull IMAGE from
-                           its registry first, as 'ocivm run --pull'
-      --platform OS/ARCH   the platform pulled from an index (default linux/amd64)
-      --tls-verify BOOL    false: no certificate check for the pull
-      --creds USER[:PASS]  registry credentials for the pull
+      --pull POLICY        missing | always | never (default: missing): when to
+                           pull IMAGE from its registry, as 'ocivm run --pull'
+      --platform OS/ARCH   the platform pulled from an index
+                           (default: linux/amd64)
+      --tls-verify=false   no certificate check for the pull (default: true)
+      --creds USER:PASS    registry credentials for the pull
       --authfile FILE      registry credentials from this auth.json
       --log-level LEVEL    trace | debug | info | warn | error (default: warn)
   -h, --help               show this help

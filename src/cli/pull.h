@@ -16,7 +16,8 @@ struct PullRequest {
     bool tls_verify = true;
     std::optional<registry::Credentials> creds;
     std::string authfile;
-    bool quiet = false;                 // no progress, no summary
+    bool quiet = false;                 // nothing on stderr but an error (no progress,
+                                        // no summary line): `ocivm pull -q` only
     std::string log_level = "warn";     // for the confined importer
 };
 
@@ -36,9 +37,10 @@ PulledImage pull_image(const PullRequest& req);
 // image of that name), "always", "never". A directory, an oci:/...:
 // source or a stored name is returned as it is (missing, never); otherwise
 // the reference is pulled (with req's options: --platform, --creds,
-// --authfile, --tls-verify, --quiet, --log-level as the caller took them;
-// req.reference is ignored) and its store name returned. Throws UsageError
-// for a bad policy, Error when the pull fails.
+// --authfile, --tls-verify, --log-level as the caller took them; run and
+// disk create have no --quiet, so their pull shows its progress or summary
+// on stderr; req.reference is ignored) and its store name returned.
+// Throws UsageError for a bad policy, Error when the pull fails.
 std::string pull_for_run(const std::string& image, const std::string& policy, PullRequest req);
 
 // The registry options `ocivm pull`, `ocivm run` and `ocivm disk create`
@@ -48,7 +50,7 @@ std::string pull_for_run(const std::string& image, const std::string& policy, Pu
 struct PullFlags {
     PullRequest req;
     std::string policy = "missing";  // --pull
-    std::string creds;               // --creds USER[:PASS], parsed by finish()
+    std::string creds;               // --creds USER:PASS, parsed by finish()
     std::vector<Option> options(bool with_policy);
     void finish(const std::string& log_level);
 };

@@ -43,13 +43,15 @@ registry reference (alpine, docker.io/library/alpine:3.19, ...@sha256:...),
 pulled into the store first when it is not there (--pull).
 
 Options:
-      --pull POLICY           missing (default): pull IMAGE from its registry
-                              when the store has no image of that name;
-                              always: pull it again first; never: use only
-                              what is stored (as podman)
-      --platform OS/ARCH      the platform pulled from an index (default linux/amd64)
-      --tls-verify BOOL       false: no certificate check for the pull
-      --creds USER[:PASS]     registry credentials for the pull
+      --pull POLICY           missing | always | never (default: missing):
+                              missing pulls IMAGE from its registry when the
+                              store has no image of that name, always pulls
+                              it again first, never uses only what is stored
+                              (as podman)
+      --platform OS/ARCH      the platform pulled from an index
+                              (default: linux/amd64)
+      --tls-verify=false      no certificate check for the pull (default: true)
+      --creds USER:PASS       registry credentials for the pull
       --authfile FILE         registry credentials from this auth.json
       --rm                    remove the VM's state directory (console log) at exit
   -i, --interactive           forward ocivm's stdin to the command

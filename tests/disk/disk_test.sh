@@ -6,9 +6,9 @@
 #   disk_test.sh OCIVM
 set -uo pipefail
 OCIVM=${1:?ocivm binary}
+. "$(dirname "$0")/../lib/check.sh"
 . "$(dirname "$0")/../lib/tree.sh"
 . "$(dirname "$0")/../lib/mounts.sh"
-fail() { echo "FAIL: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || fail "the disk tests mount file systems and must run as root"
 for t in mkfs.ext4 e2fsck losetup unshare debugfs qemu-img getfattr setfattr setfacl perl; do
   command -v $t >/dev/null || fail "$t missing: apt-get install e2fsprogs util-linux qemu-utils attr acl perl"
@@ -27,10 +27,6 @@ cleanup() {
   [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
-passed=0; failed=0
-ok() { echo "ok   $*"; passed=$((passed + 1)); }
-bad() { echo "FAIL $*"; failed=$((failed + 1)); }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
 
 M=$WORK/m
 truncate -s 96M "$WORK/fs.img"
@@ -140,5 +136,4 @@ check "disk create --format qcow2: a qcow2 file" bash -c "qemu-img info $WORK/di
 "$OCIVM" disk create "$WORK/missing" "$WORK/x.raw" 2> "$WORK/missing.err"; rc=$?
 check "disk create of a missing image: exit 125, one line, no output file" bash -c "[ $rc = 125 ] && [ \$(wc -l < $WORK/missing.err) = 1 ] && [ ! -e $WORK/x.raw ]"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

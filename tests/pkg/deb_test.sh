@@ -24,10 +24,7 @@ set -euo pipefail
 SRC=$(cd "${1:?source dir}" && pwd)
 BUILD=$(cd "${2:?build dir}" && pwd)
 
-fail() { echo "FAIL: $*" >&2; exit 1; }
-need() {  # need TOOL PACKAGE
-  command -v "$1" >/dev/null || fail "$1 is missing: apt-get install $2 (scripts/install-deps.sh installs it)"
-}
+. "$SRC/tests/lib/check.sh"   # fail, need
 need dpkg-buildpackage dpkg-dev
 need dh debhelper
 need man man-db
@@ -78,6 +75,9 @@ echo ",$depends," | grep -q ', *qemu-system-x86 *,' || fail "the .deb does not d
 echo "$depends" | grep -q 'linux-image-amd64' || fail "the .deb does not depend on a kernel (linux-image-amd64)"
 built_using=$(dpkg-deb -f "$deb" Built-Using)
 echo "$built_using" | grep -q '^busybox (= ' || fail "Built-Using does not name busybox (the demo image): '$built_using'"
+# ocivm pull over HTTPS trusts the system's CAs, which ca-certificates installs.
+recommends=$(dpkg-deb -f "$deb" Recommends)
+echo ",$recommends," | grep -q ', *ca-certificates *,' || fail "the .deb does not recommend ca-certificates: '$recommends'"
 
 # ---- 3. install into a scratch root and use it ----
 R="$T/root"
@@ -101,6 +101,12 @@ echo "$v"
 echo "== ocivm --help"
 "$O" --help > "$T/help" || fail "ocivm --help failed"
 grep -q '^Usage: ocivm' "$T/help" || fail "ocivm --help prints no usage"
+# The registry options' help (pull, disk create) fits an 80-column terminal.
+for c in pull disk; do
+  "$O" $c --help > "$T/help.$c" || fail "ocivm $c --help failed"
+  wide=$(awk 'length($0) > 80' "$T/help.$c")
+  [ -z "$wide" ] || fail "ocivm $c --help has lines over 80 columns: $wide"
+done
 
 echo "== man pages"
 commands=$(awk '/^[A-Z][A-Za-z ]*:$/ { s = ($0 == "Commands:"); next } s && /^  [a-z]/ { w = substr($0, 3); sub(/ .*/, "", w); print w }' "$T/help")
@@ -151,6 +157,50 @@ for c in run image disk holders umount mount fsd; do
   expect_completion "trace debug info warn error" ocivm $c --log-level ""
 done
 expect_completion "summary" ocivm trace ""
+# The registry options: --pull's policies, --tls-verify as the help writes
+# it, and their values after a blank or after "=" (bash splits --pull=m
+# into "--pull" "=" "m"; with nothing after the "=" yet, "=" is the word).
+expect_completion "missing always never" ocivm run --pull ""
+expect_completion "missing always never" ocivm disk create --pull ""
+expect_completion "missing always never" ocivm run --pull = ""
+expect_completion "missing always never" ocivm run --pull =
+expect_completion "never" ocivm run --pull = n
+expect_completion "--pull=never" ocivm run --pull=n
+expect_completion "--tls-verify=false" ocivm pull --tls
+expect_completion "--tls-verify=false" ocivm run --tls
+expect_completion "false true" ocivm pull --tls-verify ""
+expect_completion "false" ocivm disk create --tls-verify = f
+
+# Image names come from `ocivm image ls`, whose store anyone who can write
+# it could fill: a name is completed as text, never run. A stand-in ocivm
+# (first in PATH) lists names with command substitutions, backquotes and a
+# ";"; completing must create none of the files they name and offer each
+# name quoted for the command line.
+mkdir -p "$T/fake"
+cat > "$T/fake/ocivm" <<EOF
+#!/bin/sh
+[ "\$1 \$2" = "image ls" ] || exit 1
+echo 'NAME DIGEST SIZE IMPORTED'
+echo 'demo:latest sha256:0 1 now'
+echo '\$(touch\${IFS}$T/ran-dollar):latest sha256:0 1 now'
+echo '\`touch\${IFS}$T/ran-backquote\`:latest sha256:0 1 now'
+echo 'x;touch\${IFS}$T/ran-semicolon:latest sha256:0 1 now'
+EOF
+chmod 755 "$T/fake/ocivm"
+got=$(cd "$T/empty" && env -i PATH="$T/fake:/usr/bin:/bin" bash --norc --noprofile -c '
+  source "$1"; COMP_WORDS=(ocivm run ""); COMP_CWORD=2; _ocivm
+  printf "%s\n" "${COMPREPLY[@]}"' _ "$C")
+for f in ran-dollar ran-backquote ran-semicolon; do
+  [ ! -e "$T/$f" ] || fail "completing an image name ran a command from a name in 'ocivm image ls' ($f)"
+done
+want=$(printf '%q\n' demo demo:latest "\$(touch\${IFS}$T/ran-dollar)" "\$(touch\${IFS}$T/ran-dollar):latest" \
+  "\`touch\${IFS}$T/ran-backquote\`" "\`touch\${IFS}$T/ran-backquote\`:latest" \
+  "x;touch\${IFS}$T/ran-semicolon" "x;touch\${IFS}$T/ran-semicolon:latest")
+[ "$got" = "$want" ] || fail "completing image names with shell characters gave
+$got
+not
+$want"
+echo "  ocivm run <hostile image names> -> quoted, nothing run"
 
 echo "== the demo, from the installed paths"
 export OCIVM_HOME="$T/home"

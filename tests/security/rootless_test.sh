@@ -13,6 +13,7 @@ OCIVM=${1:?ocivm binary}
 READ_SHARE=${2:?read_share binary}
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib/check.sh"
+. "$HERE/../lib/mounts.sh"
 
 [ "$(id -u)" -eq 0 ] || { echo "FAIL: the rootless test runs as root (it becomes an unprivileged user itself)"; exit 1; }
 for tool in setpriv unshare; do
@@ -27,21 +28,27 @@ RGID=$(getent passwd $RUID | cut -d: -f4)
 [ -n "$RGID" ] || { echo "FAIL: no user with uid $RUID (nobody) in the passwd database"; exit 1; }
 AS_USER=(setpriv --reuid=$RUID --regid=$RGID --clear-groups --inh-caps=-all)
 
-# Not under the wrapper's TMPDIR: that one is root's and 0700, and the user
-# must reach the binaries, the socket and the share. /tmp is open to all.
-WORK=$(mktemp -d /tmp/ocivm-rootless.$$.XXXXXX) || { echo "FAIL: cannot create a directory in /tmp"; exit 1; }
+# The user must reach the binaries, the socket and the share in WORK. The
+# suite's wrapper (tests/lib/leakcheck.sh) gives the test a TMPDIR of its
+# own, root's and 0700: the user gets search permission on it (never
+# read) while the test runs, and its mode is put back at the end.
+BASE=${TMPDIR:-/tmp}
+WORK=$(mktemp -d "$BASE/ocivm-rootless.$$.XXXXXX") || { echo "FAIL: cannot create a directory in $BASE"; exit 1; }
 chmod 755 "$WORK"
+BASE_MODE=$(stat -c %a "$BASE")
 PIDS=""   # every process the test started (killed on exit)
 cleanup() {
   exec 7>&- 8>&- 2>/dev/null
   for p in $PIDS; do kill -9 "$p" 2>/dev/null; done
   wait 2>/dev/null
-  for m in "$WORK/mnt"; do
-    grep -q " $m " /proc/self/mountinfo && umount -l "$m"
-  done
+  mounted_at "$WORK/mnt" && umount -l "$WORK/mnt"
   rm -rf "$WORK"
+  [ "$(stat -c %a "$BASE")" = "$BASE_MODE" ] || chmod "$BASE_MODE" "$BASE"
 }
 trap cleanup EXIT
+"${AS_USER[@]}" test -x "$WORK" || chmod o+x "$BASE"
+"${AS_USER[@]}" test -x "$WORK" ||
+  { echo "FAIL: uid $RUID cannot reach $WORK: give it search permission on every directory above, or set TMPDIR elsewhere"; exit 1; }
 
 # The binaries are copied where the user can run them (a build directory
 # under /work or /root need not be reachable by nobody).
@@ -58,7 +65,18 @@ cd "$WORK"
 
 field() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }
 status_line() { awk -v k="$2:" '$1 == k { $1 = ""; print substr($0, 2) }' "/proc/$1/status" 2>/dev/null; }
-child_of() { tr -d ' ' < "/proc/$1/task/$1/children" 2>/dev/null; }
+# child_of PID: PID's only child (from the children lists of all its
+# threads); nothing, and a message, when it has several.
+child_of() {
+  local -a kids
+  # Each file is "PID PID ..." (one line or none): split on any blank.
+  read -r -d '' -a kids < <(cat /proc/"$1"/task/*/children 2>/dev/null)
+  if [ ${#kids[@]} -gt 1 ]; then
+    echo "  pid $1 has ${#kids[@]} children (${kids[*]}), not one" >&2
+    return 1
+  fi
+  echo "${kids[@]}"
+}
 gone() {  # gone PID...: true once none of them exists (10 s at most)
   local p left
   for _ in $(seq 100); do
@@ -166,7 +184,7 @@ wait $FE 2>/dev/null
 # --- ocivm mount as a user (fusermount3) ----------------------------------
 "${AS_USER[@]}" "$WORK/ocivm" mount "$WORK/share" "$WORK/mnt" > "$WORK/mount.log" 2>&1 &
 MOUNT=$!; PIDS="$PIDS $MOUNT"
-mounted() { awk -v m="$WORK/mnt" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo; }
+mounted() { mounted_at "$WORK/mnt"; }
 for _ in $(seq 300); do
   mounted && break
   [ -d /proc/$MOUNT ] || break
@@ -197,7 +215,7 @@ done
 [ $ended = 1 ] || kill -9 $MOUNT
 wait $MOUNT 2>/dev/null; rc=$?
 check "SIGTERM to ocivm mount: it unmounts and ends (status $rc)" [ $ended = 1 -a $rc -eq 0 ]
-check "nothing mounted on the mount point" bash -c "! awk -v m='$WORK/mnt' '\$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo"
+check "nothing mounted on the mount point" not_mounted_at "$WORK/mnt"
 check "no server process of ocivm mount left" gone $mserver
 
 # The user unmounts it: the server sees the connection end, and ocivm
@@ -230,7 +248,7 @@ rc=$?
 check "ocivm mount as a user without fusermount3: exit 125 ($rc)" [ $rc -eq 125 ]
 check "and the error names fusermount3 and the package fuse3 ($(tr '\n' ' ' < "$WORK/nofm.log"))" \
   bash -c "grep -q fusermount3 '$WORK/nofm.log' && grep -q fuse3 '$WORK/nofm.log'"
-check "and nothing is mounted" bash -c "! grep -q ' $WORK/mnt ' /proc/self/mountinfo"
+check "and nothing is mounted" not_mounted_at "$WORK/mnt"
 
 # Inside a container whose /proc has a path covered (Docker mounts
 # /proc/sys read-only), a user namespace may not mount a new /proc: the

@@ -10,6 +10,7 @@
 #include "registry/client.h"
 #include "registry/reference.h"
 #include "registry/registries_conf.h"
+#include "unit/test_util.h"
 #include "util/error.h"
 
 using namespace ocivm::registry;
@@ -184,8 +185,13 @@ TEST(Auth, Base64RoundTrip) {
 }
 
 TEST(Auth, FilesMostSpecificKeyFirst) {
-    char dir[] = "/tmp/ocivm-auth-XXXXXX";
-    ASSERT_TRUE(mkdtemp(dir));
+    // Under the test's own TMPDIR, and removed even when an assertion ends
+    // the test early.
+    struct Dir {
+        std::string path = ocivm::test::make_temp_dir();
+        ~Dir() { ocivm::test::remove_tree(path); }
+    } tmp;
+    const std::string& dir = tmp.path;
     std::string a = std::string(dir) + "/auth.json", d = std::string(dir) + "/config.json";
     std::ofstream(a) << R"({"auths":{"reg.example:5000":{"auth":")" << base64_encode("host:h") << R"("},
         "reg.example:5000/team/app":{"auth":")" << base64_encode("repo:r") << R"("}}})";
@@ -204,9 +210,6 @@ TEST(Auth, FilesMostSpecificKeyFirst) {
     EXPECT_THROW(lookup_credentials({std::string(dir) + "/missing.json"}, "x", "y", true), ocivm::Error);
     std::ofstream(a) << "{not json";
     EXPECT_THROW(lookup_credentials({a}, "x", "y", false), ocivm::Error);
-    std::remove(a.c_str());
-    std::remove(d.c_str());
-    rmdir(dir);
 }
 
 TEST(Auth, Creds) {

@@ -7,10 +7,10 @@
 set -uo pipefail
 OCIVM=${1:?ocivm binary}
 DEMO=${2:?demo image directory}
+. "$(dirname "$0")/../lib/check.sh"
 . "$(dirname "$0")/../lib/tree.sh"
 . "$(dirname "$0")/../lib/mounts.sh"
 
-fail() { echo "FAIL: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || fail "the vm tests must run as root"
 command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 missing: apt-get install qemu-system-x86"
 command -v script >/dev/null || fail "script missing: apt-get install util-linux"
@@ -21,11 +21,6 @@ mkdir -p "$WORK"
 export OCIVM_RUNTIME_DIR=$WORK/run
 cleanup() { [ -n "${KEEP:-}" ] || rm -rf "$WORK"; }
 trap cleanup EXIT
-
-passed=0; failed=0
-ok() { echo "ok   $*"; passed=$((passed + 1)); }
-bad() { echo "FAIL $*"; failed=$((failed + 1)); }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
 
 # run NAME ARGS...: runs ocivm, keeps stdout/stderr/rc in $WORK/NAME.{out,err,rc}
 run() {
@@ -252,5 +247,4 @@ check "--systemd: journald is volatile" grep -q "^Storage=volatile" "$WORK/sd.ou
 check "--systemd: no getty on the console" [ "$(out sd | tail -1)" = 0 ]
 check "--systemd: stderr arrives on stderr" grep -q "^to-stderr" "$WORK/sd.err"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

@@ -13,8 +13,7 @@ OCIVM=${1:?ocivm binary}
 GUEST_TESTS=${2:?guest_posix_tests binary}
 CACHE_DIR=${3:?directory for the initramfs}
 HERE=$(cd "$(dirname "$0")" && pwd)
-
-fail() { echo "FAIL: $*"; exit 1; }
+. "$HERE/../lib/check.sh"
 [ "$(id -u)" -eq 0 ] || fail "the vm tests run fsd with a namespace sandbox and must run as root"
 command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 missing: apt-get install qemu-system-x86"
 command -v cpio >/dev/null || fail "cpio missing: apt-get install cpio"
@@ -69,9 +68,6 @@ cleanup() {
   [ -n "${KEEP:-}" ] || { umount -l "$WORK"; rm -rf "$WORK"; }
 }
 trap cleanup EXIT
-passed=0; failed=0
-ok() { passed=$((passed+1)); echo "ok   $*"; }
-bad() { failed=$((failed+1)); echo "FAIL $*"; }
 
 # A tree to compare: nested directories, files of many sizes, symlinks, a
 # hard link, an empty file.
@@ -243,5 +239,4 @@ for cache in never metadata; do
   [ "$n" -eq 0 ] && ok "$cache: no livelock warning for the POSIX suite and tree walk" || bad "$cache: $n false livelock warnings"
 done
 
-echo "$passed passed, $failed failed"
-[ $failed -eq 0 ]
+finish
