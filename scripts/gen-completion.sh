@@ -65,12 +65,13 @@ analyse() {
       for (i = 1; i <= n; i++) {
         a = w[i]; gsub(/[][,]/, "", a)
         if (a ~ /^--?[A-Za-z][-A-Za-z0-9]*$/) { opts[++nopt] = a; print "opt " a; continue }
-        # "--tls-verify=false": offered as it is written; its argument
-        # (after a blank or "=") is true or false, or what VALUE says.
+        # "--tls-verify=false": offered as it is written; its argument is
+        # what VALUE says, or, for a boolean, true or false after "=" only
+        # (kind "eqvalues": booleans, as in podman, never take the next word).
         if (a ~ /^--[A-Za-z][-A-Za-z0-9]*=[^=]+$/) {
           print "opt " a
           o = a; sub(/=.*/, "", o); v = a; sub(/^[^=]*=/, "", v)
-          print "arg " o " " (v == "true" || v == "false" ? "values:false true" : kind_of(v, desc))
+          print "arg " o " " (v == "true" || v == "false" ? "eqvalues:false true" : kind_of(v, desc))
           continue
         }
         if (a == "/" || a == "|" || a == "") continue
@@ -131,7 +132,8 @@ trap 'rm -rf "$tmp"' EXIT
   echo "  esac"
   echo "}"
   echo
-  echo "# _ocivm_arg CMD OPTION: what OPTION takes (values:A B, dirs, files, any),"
+  echo "# _ocivm_arg CMD OPTION: what OPTION takes (values:A B, eqvalues:A B after"
+  echo "# '=' only, dirs, files, any),"
   echo "# or nothing when it takes no argument."
   echo "_ocivm_arg() {"
   echo "  case \"\$1 \$2\" in"
@@ -175,7 +177,7 @@ _ocivm_add() {
 }
 
 _ocivm() {
-  local cur=${COMP_WORDS[COMP_CWORD]} cmd="" sub="" npos=0 i w k opt val pre joined
+  local cur=${COMP_WORDS[COMP_CWORD]} cmd="" sub="" npos=0 i w k opt val pre joined eq
   COMPREPLY=()
   # The command: the first word that is not a global option. The words
   # between it and the cursor: option arguments are skipped, the rest are
@@ -192,7 +194,8 @@ _ocivm() {
     else
       case $w in
         --) npos=$((npos + 100)) ;;
-        -*) if [ $joined = 0 ] && [ -n "$(_ocivm_arg "$cmd" "$w")" ]; then i=$((i + 1)); fi ;;
+        -*) k=$(_ocivm_arg "$cmd" "$w")
+            if [ $joined = 0 ] && [ -n "$k" ] && [[ $k != eqvalues:* ]]; then i=$((i + 1)); fi ;;
         *)
           if [ -z "$sub" ] && [ $npos -eq 0 ] && [ -n "$(_ocivm_table "$cmd" sub)" ]; then
             sub=$w
@@ -219,17 +222,20 @@ _ocivm() {
   # --opt=VAL), "--opt =" (nothing typed after the "=" yet: the "=" is the
   # word, and what is added goes after it), or one word "--opt=VAL".
   if [ $COMP_CWORD -ge 2 ] && ! { [ "$cmd" = run ] && [ $npos -gt 0 ]; }; then
-    opt=${COMP_WORDS[COMP_CWORD - 1]} val=$cur pre=""
+    opt=${COMP_WORDS[COMP_CWORD - 1]} val=$cur pre="" eq=1
     if [ "$cur" = "=" ]; then
       val=""
     elif [ "$opt" = "=" ]; then
       opt=${COMP_WORDS[COMP_CWORD - 2]}
     elif [[ $cur == --*=* ]]; then
       opt=${cur%%=*} val=${cur#*=} pre=${cur%%=*}=
+    else
+      eq=0
     fi
     k=""
     case $opt in -?*) k=$(_ocivm_arg "$cmd" "$opt") ;; esac
     case $k in
+      eqvalues:*) if [ $eq = 1 ]; then _ocivm_add "$pre" -W "${k#eqvalues:}" -- "$val"; return 0; fi ;;
       values:*) _ocivm_add "$pre" -W "${k#values:}" -- "$val"; return 0 ;;
       dirs) _ocivm_add "$pre" -d -- "$val"; return 0 ;;
       files) _ocivm_add "$pre" -f -- "$val"; return 0 ;;

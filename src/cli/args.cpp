@@ -66,7 +66,9 @@ std::vector<std::string> parse_args(const std::string& cmd, int argc, char** arg
         if (!found)
             throw UsageError{"unknown option '" + arg + "' for 'ocivm " + cmd +
                              "'; see 'ocivm " + cmd + " --help'"};
-        if (found->takes_value) {
+        if (found->optional_value) {
+            // value stays "" without '='
+        } else if (found->takes_value) {
             if (!has_value) {
                 if (i + 1 >= argc)
                     throw UsageError{"option '" + arg + "' needs a value; see 'ocivm " + cmd +

@@ -17,6 +17,9 @@ struct Option {
     char short_name = 0;     // 0 when none
     bool takes_value = false;
     std::function<void(const std::string&)> apply;
+    // A boolean as podman writes it: "--name" alone (apply gets "") or
+    // "--name=VALUE"; the next word is never taken as its value.
+    bool optional_value = false;
 };
 
 // Parses argv[first..]; options may come before, between and after

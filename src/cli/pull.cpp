@@ -129,27 +129,6 @@ std::string stored_blob(const std::string& home, const std::string& digest) {
     return ::lstat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) ? p : std::string();
 }
 
-// Staging directories of pulls that were killed (their pid is gone), and
-// partial blobs no pull has continued for a week.
-void sweep_stale_staging(const std::string& root) {
-    std::error_code ec;
-    const auto week_ago = std::filesystem::file_time_type::clock::now() - std::chrono::hours(24 * 7);
-    for (std::filesystem::directory_iterator p(root + "/partial", ec), end; !ec && p != end; p.increment(ec)) {
-        std::error_code e2;
-        if (std::filesystem::last_write_time(p->path(), e2) < week_ago && !e2) std::filesystem::remove(p->path(), e2);
-    }
-    std::filesystem::directory_iterator it(root, ec);
-    if (ec) return;
-    for (auto& e : it) {
-        std::string n = e.path().filename();
-        unsigned long pid = 0;
-        if (std::sscanf(n.c_str(), "pull-%lu-", &pid) != 1 || pid == 0) continue;
-        if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
-        std::filesystem::remove_all(e.path(), ec);
-        spdlog::info("removed {} left by an interrupted pull", e.path().string());
-    }
-}
-
 PulledImage import_staged(const registry::StagedImage& img, const std::string& name, const std::string& log_level) {
     // The importer parses layers an image author wrote: it runs in a child
     // that confines itself (no network, only the capabilities unpacking
@@ -172,7 +151,7 @@ PulledImage pull_image(const PullRequest& req) {
     std::string staging = home + "/downloads";
     make_dirs(staging, 0700);
     ::chmod(staging.c_str(), 0700);
-    sweep_stale_staging(staging);
+    registry::sweep_stale_staging(staging);
 
     registry::PullOptions opts;
     if (!req.platform.empty()) opts.platform = registry::parse_platform(req.platform);
@@ -259,12 +238,13 @@ std::string pull_for_run(const std::string& image, const std::string& policy, Pu
 std::vector<Option> PullFlags::options(bool with_policy) {
     std::vector<Option> opts = {
         {"platform", 0, true, [this](const std::string& v) { req.platform = v; }},
-        {"tls-verify", 0, true,
+        {"tls-verify", 0, false,
          [this](const std::string& v) {
-             if (v == "true") req.tls_verify = true;
+             if (v.empty() || v == "true") req.tls_verify = true;
              else if (v == "false") req.tls_verify = false;
-             else throw UsageError{"--tls-verify takes true or false"};
-         }},
+             else throw UsageError{"--tls-verify takes no value, =true or =false (as podman: --tls-verify=false)"};
+         },
+         /*optional_value=*/true},
         {"creds", 0, true, [this](const std::string& v) { creds = v; }},
         {"authfile", 0, true, [this](const std::string& v) { req.authfile = v; }},
     };

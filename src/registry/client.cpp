@@ -1,6 +1,7 @@
 #include "registry/client.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -53,12 +54,13 @@ const std::set<std::string> kLayerTypes = {
 const std::set<std::string> kConfigTypes = {"application/vnd.oci.image.config.v1+json",
                                             "application/vnd.docker.container.image.v1+json"};
 
-// The registry's JSON; a parse error may quote its bytes, so it is sanitised.
+// The registry's JSON (parse_bounded_json sanitises the bytes a parse
+// error quotes).
 json parse_json(const std::string& text, const std::string& what) {
     try {
         return parse_bounded_json(text, what);
     } catch (const Error& e) {
-        throw Error(printable(e.what(), 400) + "; " + kMalformed);
+        throw Error(std::string(e.what()) + "; " + kMalformed);
     }
 }
 
@@ -866,15 +868,29 @@ void fetch_layers(Session& s, const PullOptions& opts, const Staging& st, const 
     img.bytes_fetched += lf.bytes;
 }
 
-// A new, empty staging layout below staging_root.
-std::string make_staging_dir(const std::string& staging_root) {
-    static std::atomic<unsigned> counter{0};
-    std::string dir = staging_root + "/pull-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+// The staging root's own lock, held while a staging directory is made and
+// locked, and while the sweep looks: a sweep never sees a new directory
+// before its owner holds it.
+UniqueFd lock_staging_root(const std::string& staging_root) {
+    UniqueFd root(::open(staging_root.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!root) throw_errno("opening the download directory " + staging_root, errno,
+                           "check that it is a directory of yours (ocivm keeps pulls in progress there)");
+    while (::flock(root.get(), LOCK_EX) < 0)
+        if (errno != EINTR) throw_errno("locking " + staging_root, errno);
+    return root;
+}
+
+// A new, empty staging layout below staging_root, locked for its lifetime.
+StagedImage make_staging_dir(const std::string& staging_root) {
     make_dirs(staging_root, 0700);
-    std::error_code ec;
-    stdfs::remove_all(dir, ec);
-    make_dirs(dir + "/blobs/sha256", 0700);
-    return dir;
+    UniqueFd root = lock_staging_root(staging_root);
+    std::string templ = staging_root + "/pull-XXXXXX";
+    if (!::mkdtemp(templ.data())) throw_errno("creating a download directory in " + staging_root, errno);
+    UniqueFd lock(::open(templ.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!lock || ::flock(lock.get(), LOCK_EX | LOCK_NB) < 0) throw_errno("locking " + templ, errno);
+    StagedImage img(templ, std::move(lock));
+    make_dirs(templ + "/blobs/sha256", 0700);
+    return img;
 }
 
 void write_layout(const std::string& dir, const Staging& st, const Manifest& m) {
@@ -893,8 +909,8 @@ StagedImage fetch_from(const Endpoint& ep, const Reference& ref, const PullOptio
     Manifest m = image_manifest(s, http, ref, opts, chosen_platform);
     ImageParts parts = image_parts(m, ref);
 
-    std::string dir = make_staging_dir(staging_root);
-    StagedImage img(dir);
+    StagedImage img = make_staging_dir(staging_root);
+    const std::string& dir = img.dir();
     Staging st{dir, staging_root + "/partial"};
     // The config first (small, and it says whether the image is for us).
     std::string cfg_text = fetch_config(s, opts, st, progress, parts.config, img.bytes_fetched, img.blobs_fetched);
@@ -909,6 +925,30 @@ StagedImage fetch_from(const Endpoint& ep, const Reference& ref, const PullOptio
 }
 
 }  // namespace
+
+void sweep_stale_staging(const std::string& staging_root) {
+    std::error_code ec;
+    const auto week_ago = stdfs::file_time_type::clock::now() - std::chrono::hours(24 * 7);
+    for (stdfs::directory_iterator p(staging_root + "/partial", ec), end; !ec && p != end; p.increment(ec)) {
+        std::error_code e2;
+        if (stdfs::last_write_time(p->path(), e2) < week_ago && !e2) stdfs::remove(p->path(), e2);
+    }
+    UniqueFd root = lock_staging_root(staging_root);
+    std::vector<stdfs::path> stale;
+    for (stdfs::directory_iterator it(staging_root, ec), end; !ec && it != end; it.increment(ec)) {
+        if (it->path().filename().string().rfind("pull-", 0) != 0) continue;
+        UniqueFd d(::open(it->path().c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+        // Not a directory (nothing ocivm made) or held by a live pull.
+        if (!d || ::flock(d.get(), LOCK_EX | LOCK_NB) < 0) continue;
+        stale.push_back(it->path());
+    }
+    for (const auto& p : stale) {
+        std::error_code e2;
+        stdfs::remove_all(p, e2);
+        if (e2) spdlog::warn("cannot remove {} left by an interrupted pull: {}", p.string(), e2.message());
+        else spdlog::info("removed {} left by an interrupted pull", p.string());
+    }
+}
 
 StagedImage::~StagedImage() {
     if (dir_.empty()) return;

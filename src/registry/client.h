@@ -15,6 +15,7 @@
 
 #include "registry/auth.h"
 #include "util/error.h"
+#include "util/unique_fd.h"
 #include "registry/reference.h"
 #include "registry/registries_conf.h"
 
@@ -54,13 +55,17 @@ using PullProgressFn = std::function<void(const std::vector<BlobProgress>& blobs
 class StagedImage {
 public:
     StagedImage() = default;
-    explicit StagedImage(std::string dir) : dir_(std::move(dir)) {}
+    // `lock` holds an flock on the directory for as long as it exists: that
+    // is how sweep_stale_staging tells a live pull's directory from one an
+    // interrupted pull left (process ids say nothing across PID namespaces
+    // and are reused).
+    StagedImage(std::string dir, UniqueFd lock) : dir_(std::move(dir)), lock_(std::move(lock)) {}
     ~StagedImage();
     StagedImage(StagedImage&& o) noexcept
         : ref(std::move(o.ref)), manifest_digest(std::move(o.manifest_digest)),
           manifest_media_type(std::move(o.manifest_media_type)), platform(std::move(o.platform)),
           blobs_fetched(o.blobs_fetched), blobs_skipped(o.blobs_skipped), bytes_fetched(o.bytes_fetched),
-          dir_(std::move(o.dir_)) {
+          dir_(std::move(o.dir_)), lock_(std::move(o.lock_)) {
         o.dir_.clear();
     }
     StagedImage& operator=(StagedImage&&) = delete;
@@ -75,7 +80,13 @@ public:
 
 private:
     std::string dir_;
+    UniqueFd lock_;
 };
+
+// Removes the staging directories below staging_root that no live pull
+// holds (left by a pull that was killed), and partial blobs older than a
+// week.
+void sweep_stale_staging(const std::string& staging_root);
 
 // A reference the registry does not have (404: NAME_UNKNOWN, MANIFEST_UNKNOWN).
 class NotFound : public Error {

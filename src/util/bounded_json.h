@@ -7,6 +7,7 @@
 #include <string>
 
 #include "util/error.h"
+#include "util/printable.h"
 
 namespace ocivm {
 
@@ -22,7 +23,8 @@ inline nlohmann::json parse_bounded_json(const std::string& text, const std::str
     } catch (const TooDeep&) {
         throw Error(what + " nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
     } catch (const nlohmann::json::exception& e) {
-        throw Error(what + " is not valid JSON: " + e.what());
+        // nlohmann quotes the text it stopped at: the author's bytes.
+        throw Error(what + " is not valid JSON: " + printable(e.what(), 400));
     }
 }
 

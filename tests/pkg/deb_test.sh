@@ -168,7 +168,9 @@ expect_completion "never" ocivm run --pull = n
 expect_completion "--pull=never" ocivm run --pull=n
 expect_completion "--tls-verify=false" ocivm pull --tls
 expect_completion "--tls-verify=false" ocivm run --tls
-expect_completion "false true" ocivm pull --tls-verify ""
+expect_completion "false true" ocivm pull --tls-verify = ""
+# a boolean takes no next word (podman): after "--tls-verify " come options
+expect_completion "--creds" ocivm pull --tls-verify --cr
 expect_completion "false" ocivm disk create --tls-verify = f
 
 # Image names come from `ocivm image ls`, whose store anyone who can write

@@ -63,3 +63,18 @@ TEST(Args, RunStyleStopsAtTheImage) {
     for (auto& s : b) argv2.push_back(s.data());
     EXPECT_THROW(parse_args("run", 4, argv2.data(), 2, o, &help, true), UsageError);
 }
+
+// podman's booleans: "--tls-verify" alone, or "--tls-verify=false"; the
+// next word is a positional, never the flag's value.
+TEST(Args, BooleanTakesItsValueOnlyAfterEquals) {
+    bool help = false;
+    std::vector<std::string> seen;
+    std::vector<Option> o = {{"tls-verify", 0, false, [&](const std::string& v) { seen.push_back(v); }, true}};
+    auto pos = run({"ocivm", "test", "--tls-verify", "false"}, o, &help);
+    EXPECT_EQ(seen, (std::vector<std::string>{""}));
+    EXPECT_EQ(pos, (std::vector<std::string>{"false"}));
+    seen.clear();
+    pos = run({"ocivm", "test", "--tls-verify=false", "img"}, o, &help);
+    EXPECT_EQ(seen, (std::vector<std::string>{"false"}));
+    EXPECT_EQ(pos, (std::vector<std::string>{"img"}));
+}

@@ -4,6 +4,8 @@
 // before its digest is verified; every failure above leaves the store as
 // it was"; a registry is hostile input).
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -480,3 +482,22 @@ TEST(RegistryClient, BlobErrorsSayWhatToDo) {
 }
 
 }  // namespace
+
+// A download directory is stale when no pull holds its lock, whatever its
+// name says: a pull in another PID namespace may carry any pid, ours too.
+TEST(RegistryStaging, SweepRemovesUnlockedDirectoriesAndKeepsHeldOnes) {
+    Staging st;
+    const std::string left = st.dir + "/pull-" + std::to_string(::getpid()) + "-7";
+    const std::string live = st.dir + "/pull-live";
+    std::filesystem::create_directories(left + "/blobs/sha256");
+    std::filesystem::create_directories(live + "/blobs/sha256");
+    ocivm::UniqueFd held(::open(live.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    ASSERT_TRUE(held);
+    ASSERT_EQ(::flock(held.get(), LOCK_EX), 0);
+    sweep_stale_staging(st.dir);
+    EXPECT_FALSE(exists(left)) << "a directory no pull holds stayed";
+    EXPECT_TRUE(exists(live)) << "a live pull's directory was removed";
+    held.reset();
+    sweep_stale_staging(st.dir);
+    EXPECT_FALSE(exists(live)) << "released, it is stale";
+}

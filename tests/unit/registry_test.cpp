@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "util/bounded_json.h"
 #include "registry/auth.h"
 #include "registry/client.h"
 #include "registry/reference.h"
@@ -251,3 +252,17 @@ TEST(PullForRun, LocalThingsAreNotPulled) {
 }
 
 }  // namespace
+
+// nlohmann's message quotes the bytes it stopped at; an image's or a
+// registry's escape sequences must not reach the terminal through it.
+TEST(BoundedJson, ParseErrorsCarryNoRawBytes) {
+    const std::string hostile = std::string("{\"a\": \x7f\xff\x1b]0;owned\x07") + "}";
+    try {
+        (void)ocivm::parse_bounded_json(hostile, "the image config");
+        FAIL() << "invalid JSON parsed";
+    } catch (const ocivm::Error& e) {
+        std::string m = e.what();
+        EXPECT_NE(m.find("the image config is not valid JSON"), std::string::npos) << m;
+        for (unsigned char c : m) EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "raw byte " << int(c) << " in: " << m;
+    }
+}
