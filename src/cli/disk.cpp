@@ -4,6 +4,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <vector>
 
 #include <linux/capability.h>
 
@@ -85,12 +87,24 @@ int cmd_disk(int argc, char** argv) {
     auto img = image::resolve_image(pull_for_run(pos[1], pull.policy, pull.req), [&](const std::string& source) {
         return import_confined(source, "", log_level).digest;
     });
-    // The ext4 writer reads a tree and writes one file: it needs to read
-    // anything (dac_*), and sys_admin only because reading trusted.* xattrs
-    // takes it (the copy keeps them). The xfs writer boots a VM whose share
-    // server needs namespaces: it keeps what it has.
-    if (o.fs == "ext4")
-        sandbox::confine_tool("disk create", {CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_SYS_ADMIN});
+    // The ext4 writer reads a tree and writes one file (and its temporary
+    // siblings) in OUTPUT's directory, the one place it may write: it
+    // needs to read anything (dac_*). sys_admin only because listing and
+    // reading trusted.* xattrs takes it, and only for a root file system
+    // directory the user names, whose trusted.* the copy keeps; a stored
+    // image has none (its importer cannot set them: it has no sys_admin),
+    // so its writer goes without. With sys_admin the writer stays in its
+    // own mount namespace and its seccomp filter refuses mount, unshare,
+    // setns, swapon, quotactl, sethostname, bpf and the rest that
+    // sys_admin would allow (docs/security.md). The xfs writer boots a VM
+    // whose share server needs namespaces: it keeps what it has.
+    if (o.fs == "ext4") {
+        std::vector<int> keep = {CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER};
+        if (img.kind == "rootfs directory") keep.push_back(CAP_SYS_ADMIN);
+        std::string out_dir = std::filesystem::path(pos[2]).parent_path().string();
+        if (out_dir.empty()) out_dir = ".";
+        sandbox::confine_tool("disk create", sandbox::SeccompProfile::DiskWriter, keep, out_dir);
+    }
     bool tty = ::isatty(2);
     o.write_xfs = vm::write_xfs_in_vm;
     auto r = disk::create_disk(img.rootfs, pos[2], o, [tty](const std::string& s) {

@@ -102,10 +102,13 @@ int run_confined_import(const std::string& source, const std::string& name, int 
     };
     const bool tty = ::isatty(2);
     try {
-        // The importer parses layers an image author wrote: no network, and
-        // only what unpacking needs.
-        sandbox::confine_tool("image import", kImportCaps);
-        image::Store store(ocivm_home());
+        // The importer parses layers an image author wrote: no network, the
+        // store the only place it may write, only what unpacking needs. The
+        // store is made first: its copy is what stays writable.
+        const std::string home = ocivm_home();
+        make_dirs(home, 0700);
+        sandbox::confine_tool("image import", sandbox::SeccompProfile::Importer, kImportCaps, home);
+        image::Store store(home);
         auto rep = store.import(
             source, name,
             [tty](const std::string& line) {

@@ -139,8 +139,10 @@ void apply_meta(int dirfd, const std::string& name, const Meta& m, const std::st
     std::string p = name.empty() ? self : self + "/" + name;
     // Without root, what cannot be applied (a foreign owner, a device that
     // had to become a regular file) goes into the override xattr.
+    // A user's importer runs in a user namespace that maps its own ids
+    // only: there an id it may not chown to is not even mapped (EINVAL).
     bool chowned = ::fchownat(dirfd, n, m.uid, m.gid, flags) == 0;
-    if (!chowned && errno != EPERM) throw_errno("chown of " + what, errno);
+    if (!chowned && errno != EPERM && !(errno == EINVAL && ::geteuid() != 0)) throw_errno("chown of " + what, errno);
     bool has_override = false;
     for (auto& [k, v] : m.xattrs) has_override |= k == kOverrideXattr;
     // With no name, p is our fd's /proc magic link: follow it (the l-calls

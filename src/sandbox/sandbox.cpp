@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <linux/openat2.h>
+#include <limits.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -277,13 +278,142 @@ void drop_privileges(const std::vector<int>& wanted) {
     ::setrlimit(RLIMIT_CORE, &none);
 }
 
-void confine_tool(const char* who, const std::vector<int>& keep) {
-    if (::geteuid() == 0 && ::unshare(CLONE_NEWNET | CLONE_NEWIPC) < 0)
-        throw_errno(std::string(who) + ": cannot leave the network namespace", errno);
-    drop_privileges(keep);
+namespace {
+
+// A user namespace that maps the caller's own uid and gid to themselves
+// and nothing else: the same ids, so files, chown and the store behave as
+// they did, but capabilities (all of them, until dropped) that act on
+// nothing but the caller's own files, and the right to make the other
+// namespaces. "" on success, else why not (unshare's error): the caller
+// decides whether to go on without it. A namespace made but not mapped
+// cannot be left again, and nothing works in it: that throws.
+std::string enter_own_user_namespace(const std::string& who) {
+    const uid_t uid = ::geteuid();
+    const gid_t gid = ::getegid();
+    if (::unshare(CLONE_NEWUSER) < 0) {
+        int e = errno;
+        if (e == ENOSPC) return std::string(std::strerror(e)) + ": user.max_user_namespaces is 0 or reached";
+        if (e == EPERM) return std::string(std::strerror(e)) + ": unprivileged user namespaces are disabled";
+        return std::strerror(e);
+    }
+    try {
+        // setgroups first: a process without CAP_SETGID in the parent may
+        // write a gid_map only once it can no longer drop groups (which
+        // could grant access a group's deny bits refuse).
+        write_proc("/proc/self/setgroups", "deny");
+        write_proc("/proc/self/uid_map", std::to_string(uid) + " " + std::to_string(uid) + " 1\n");
+        write_proc("/proc/self/gid_map", std::to_string(gid) + " " + std::to_string(gid) + " 1\n");
+    } catch (const Error& e) {
+        throw Error(who + ": a user namespace was made but its ids could not be mapped (" + e.what() +
+                    "); nothing can run in it. Check what limits user namespaces here (an LSM policy)");
+    }
+    return "";
+}
+
+// What a confined tool sees of the host's files, in its own mount
+// namespace: every mount read-only, nodev and nosuid, but a copy of
+// `writable` (read-write, still nodev and nosuid) attached on top of it,
+// and copies of the harmless devices attached on top of theirs. As root
+// this is what keeps a tool that was taken over from writing host files
+// (uid 0 needs no capability to write root's own files: /etc/passwd, or
+// /proc/sys/kernel/core_pattern, which runs a program as root on the next
+// crash) and from opening a disk's device node to write it raw.
+void narrow_mounts(const std::string& who, const std::string& writable) {
+    // Nothing of ours reaches the host, and nothing the host mounts later
+    // (rw, with devices) appears here: private, not a slave.
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0)
+        throw_errno(who + ": making its mount tree private", errno);
+    UniqueFd dir(::open(writable.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!dir) throw_errno(who + ": opening " + writable, errno, "check that the directory exists");
+    // The copies are made before the tree becomes read-only and attached
+    // after: a copy of an already read-only mount would be read-only.
+    UniqueFd rw(::open_tree(dir.get(), "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH));
+    if (!rw)
+        throw_errno(who + ": copying the mount of " + writable + " (open_tree)", errno,
+                    "ocivm needs Linux 5.12 or later");
+    mount_attr attr{};
+    attr.attr_set = MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID;
+    if (::mount_setattr(rw.get(), "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
+        throw_errno(who + ": making the copy of " + writable + " nodev,nosuid", errno);
+    // Libraries and the disk writer's programs open these (the child's
+    // stdin, qemu-img's /dev/null); none of them reaches host data.
+    std::vector<std::pair<const char*, UniqueFd>> devices;
+    for (const char* dev : {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}) {
+        UniqueFd t(::open_tree(AT_FDCWD, dev, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW));
+        struct stat st;
+        // A host without one (a minimal container's /dev) simply has none here.
+        if (!t || ::fstat(t.get(), &st) < 0 || !S_ISCHR(st.st_mode)) continue;
+        mount_attr dattr{};
+        dattr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC;
+        if (::mount_setattr(t.get(), "", AT_EMPTY_PATH, &dattr, sizeof dattr) < 0)
+            throw_errno(who + ": restricting the copy of " + dev, errno);
+        devices.emplace_back(dev, std::move(t));
+    }
+    // Remember where we are: a working directory inside `writable` would
+    // stay on the read-only mount below the copy.
+    std::string cwd;
+    {
+        char buf[PATH_MAX];
+        if (::getcwd(buf, sizeof buf)) cwd = buf;
+    }
+    mount_attr ro{};
+    ro.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID;
+    if (::mount_setattr(AT_FDCWD, "/", AT_RECURSIVE, &ro, sizeof ro) < 0)
+        throw_errno(who + ": making the host's mounts read-only, nodev and nosuid in its own mount namespace", errno);
+    if (::move_mount(rw.get(), "", dir.get(), "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        throw_errno(who + ": attaching the writable copy of " + writable, errno);
+    for (auto& [dev, t] : devices)
+        if (::move_mount(t.get(), "", AT_FDCWD, dev, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            throw_errno(who + ": attaching the copy of " + dev, errno);
+    if (!cwd.empty() && ::chdir(cwd.c_str()) < 0)
+        spdlog::debug("{}: chdir {}: {}", who, cwd, std::strerror(errno));
+}
+
+}  // namespace
+
+void confine_tool(const char* who, SeccompProfile profile, const std::vector<int>& keep, const std::string& writable) {
+    const std::string w = who;
+    const bool root = ::geteuid() == 0;
+    bool namespaces = root;
+    std::string why_not;  // why a user's importer has no namespaces of its own
+    if (!root && profile == SeccompProfile::Importer) {
+        why_not = enter_own_user_namespace(w);
+        if (why_not.empty()) namespaces = true;
+        else why_not = "cannot create a user namespace (" + why_not + ")";
+    }
+    if (namespaces && ::unshare(CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWNS) < 0) {
+        int e = errno;
+        if (root) throw_errno(w + ": cannot create its own network, IPC and mount namespaces", e);
+        // In a user namespace of our own and still refused: an LSM's policy
+        // on unprivileged user namespaces (Ubuntu's AppArmor one).
+        namespaces = false;
+        why_not = std::string("cannot create network, IPC and mount namespaces in its user namespace (") +
+                  std::strerror(e) + ")";
+    }
+    if (namespaces) narrow_mounts(w, writable);
+    // In the user namespace capabilities act on the user's own files only,
+    // and the importer needs none there: with none it does exactly what a
+    // user's importer did before (chown to its own ids only, no device
+    // nodes, modes that bind it too).
+    drop_privileges(root ? keep : std::vector<int>{});
+    install_seccomp(SeccompMode::Kill, profile, who);
     char caps[32];
     std::snprintf(caps, sizeof caps, "%llx", effective_caps());
-    spdlog::info("{}: no network; capabilities cut to CapEff {}; no_new_privs", who, caps);
+    if (namespaces)
+        spdlog::info("{}: no network; capabilities cut to CapEff {}; no_new_privs; its own mount namespace, "
+                     "read-only but {}; seccomp filter",
+                     who, caps, writable);
+    else if (!why_not.empty())
+        spdlog::warn("{}: {}: it runs with the host's network, IPC and mount namespaces and may write wherever you "
+                     "may; what still confines it is no capabilities, no_new_privs and its seccomp filter (no "
+                     "sockets, no exec, no mount, no ptrace: docs/security.md). Allow unprivileged user namespaces "
+                     "(sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone=1, or Ubuntu's "
+                     "kernel.apparmor_restrict_unprivileged_userns=0) to confine it fully",
+                     who, why_not);
+    else
+        spdlog::info("{}: capabilities cut to CapEff {}; no_new_privs; seccomp filter (no sockets); as a user "
+                     "it has no namespaces of its own",
+                     who, caps);
 }
 
 unsigned long long effective_caps() {

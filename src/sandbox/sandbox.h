@@ -76,23 +76,41 @@ std::vector<int> file_server_caps(bool readonly, bool nodev, bool nosuid);
 // privileges back. Throws Error when the kernel refuses.
 void drop_privileges(const std::vector<int>& keep);
 
-// What a process may call once it serves.
+// What a process may call once it serves or works.
 enum class SeccompProfile {
-    FileServer,  // fuse::Server + fs::Passthrough over vhost-user or /dev/fuse
+    FileServer,  // fuse::Server + fs::Passthrough over vhost-user or /dev/fuse: an allow-list
+    Importer,    // `ocivm image import`'s child: a deny-list (no mount, ptrace, bpf, keyctl, exec, socket, ...)
+    DiskWriter,  // `ocivm disk create` and the mkfs/sfdisk/qemu-img it runs: the importer's list but exec
 };
 
-// Installs the allow-list for every thread of the process (threads already
-// running included). A call outside it kills the process (Kill) after one
-// line on stderr naming the system call and `who`, or is logged by the
-// kernel (Log).
+// Installs the profile's filter for every thread of the process (threads
+// already running included). A call it refuses kills the process (Kill)
+// after one line on stderr naming the system call and `who` (which must
+// outlive the process: a literal), or is logged by the kernel (Log). The
+// list of each profile and why is in docs/security.md.
 void install_seccomp(SeccompMode mode, SeccompProfile profile, const char* who = "ocivm");
 
-// For a tool that parses what it did not write (the image importer, the
-// disk writer) and runs in the CLI's own process: as root, a new network
-// and IPC namespace (it needs neither), then drop_privileges(keep). Logs
-// what it kept at info level. A user without capabilities has nothing to
-// drop; the call then only sets no_new_privs.
-void confine_tool(const char* who, const std::vector<int>& keep);
+// Confines a tool that parses what it did not write, in its own process,
+// before it reads a byte of it: `profile` is Importer (the child of
+// cli::import_confined) or DiskWriter (`ocivm disk create`, which then runs
+// sfdisk, mkfs.ext4 and qemu-img under the same confinement).
+//
+// As root: new network, IPC and mount namespaces; in the mount namespace
+// (private: nothing propagates either way) every mount is read-only, nodev
+// and nosuid but a copy of `writable` (the store, the output's directory:
+// read-write, nodev, nosuid) and /dev/null, zero, full, random and urandom;
+// then drop_privileges(keep) and the profile's seccomp filter.
+// As a user, the importer first enters a user namespace that maps only
+// its own uid and gid to themselves (it decides what it can chown by what
+// the kernel lets it, so it behaves as before) and keeps no capability
+// in it. Where a user namespace cannot be had (disabled by a sysctl or an
+// LSM) it logs a warning naming what is not confined and goes on with
+// no_new_privs and the seccomp filter. The disk writer as a user gets no
+// namespaces (in a user namespace the owners of other users' files, which
+// it copies, would read as nobody): no_new_privs and the filter.
+// Must be called while the process has one thread. Logs what it did at
+// info level; throws Error when the kernel refuses a step it relies on.
+void confine_tool(const char* who, SeccompProfile profile, const std::vector<int>& keep, const std::string& writable);
 
 // The capability numbers still effective in this process (for tests and
 // `--log-level debug`).

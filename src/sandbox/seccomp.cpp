@@ -1,14 +1,20 @@
-// The seccomp allow-lists. A system call outside the list stops the server
-// with one line naming it (SIGSYS trapped, not a silent kill), so a missing
-// entry shows up as a clear failure in the tests rather than a mystery.
+// The seccomp filters. The share servers' is an allow-list: a system call
+// outside it stops the server with one line naming it (SIGSYS trapped, not
+// a silent kill), so a missing entry shows up as a clear failure in the
+// tests rather than a mystery. The image importer's and the disk writer's
+// are deny-lists of what such a tool never needs (docs/security.md says
+// why), stopping it the same way.
+#include <linux/fs.h>
 #include <seccomp.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 
 #include "sandbox/sandbox.h"
 #include "util/error.h"
@@ -41,8 +47,51 @@ const char* const kFileServer[] = {
     "recvmsg", "sendmsg", "sendto", "recvfrom", "poll", "ppoll", "eventfd2", "shutdown",
 };
 
+// What neither the importer nor the disk writer (nor the sfdisk,
+// mkfs.ext4 and qemu-img it runs, which inherit the filter) ever calls: an
+// unpacker reads an archive and writes files, the writer reads a tree and
+// writes one file. Each of these is a way out of the tool's confinement or
+// into a corner of the kernel it has no business with.
+const char* const kToolDenied[] = {
+    // mounts and the root: its view of the host's files is fixed
+    "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsconfig", "fsmount",
+    "fspick", "mount_setattr",
+    // namespaces, once confined (clone's namespace flags: a rule below)
+    "unshare", "setns",
+    // other processes and their memory
+    "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "kcmp", "pidfd_getfd", "migrate_pages",
+    "move_pages",
+    // the kernel itself: programs, modules, a new kernel, hardware ports
+    "bpf", "perf_event_open", "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    "iopl", "ioperm", "modify_ldt", "uselib", "_sysctl", "lookup_dcookie", "nfsservctl", "userfaultfd",
+    // keyrings (the user's and root's secrets live there)
+    "keyctl", "add_key", "request_key",
+    // files by handle: opens any inode of a file system, past every path check
+    "open_by_handle_at", "name_to_handle_at",
+    // the host as a whole
+    "reboot", "swapon", "swapoff", "acct", "quotactl", "quotactl_fd", "syslog", "vhangup", "fanotify_init",
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname", "setdomainname",
+    // System V and POSIX message queues, semaphores, shared memory
+    "shmget", "shmat", "shmdt", "shmctl", "semget", "semop", "semtimedop", "semctl", "msgget", "msgsnd", "msgrcv",
+    "msgctl", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+};
+
+// The importer alone: it runs no program (the disk writer runs three), has
+// nobody to talk to over a socket, and signals nobody but itself.
+const char* const kImporterDenied[] = {
+    "execve", "execveat", "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
+    "tkill", "pidfd_send_signal",
+};
+
+// A socket the disk writer's programs might ask for (a name lookup through
+// nscd, libuuid's uuidd) is refused with an error they handle rather than
+// a kill. None of them needs one; as root the writer's network namespace
+// is empty anyway, and as a user (no namespaces) this is its only cut.
+const char* const kDiskWriterRefused[] = {"socket", "socketpair", "connect", "bind", "listen", "accept", "accept4"};
+
 const char* g_who = "ocivm";
 const char* g_names[1024];
+const char* g_why = "";
 
 void append(char*& p, char* end, const char* s) {
     while (*s && p < end) *p++ = *s++;
@@ -65,8 +114,7 @@ void on_sigsys(int, siginfo_t* si, void*) {
     append(p, end, nr >= 0 && nr < 1024 && g_names[nr] ? g_names[nr] : "?");
     append(p, end, " (");
     while (k > 0 && p < end) *p++ = num[--k];
-    append(p, end, "), which its seccomp allow-list does not permit; it stops here. "
-                   "This is a bug in ocivm: please report it (--seccomp log or none serves without the list)\n");
+    append(p, end, g_why);
     ssize_t w = ::write(2, buf, static_cast<size_t>(p - buf));
     (void)w;
     ::_exit(128 + SIGSYS);
@@ -82,31 +130,14 @@ bool parse_seccomp_mode(const std::string& s, SeccompMode& out) {
     return true;
 }
 
-void install_seccomp(SeccompMode mode, SeccompProfile profile, const char* who) {
-    if (mode == SeccompMode::None) return;
-    (void)profile;  // one profile so far
-    g_who = who;
-    for (int nr = 0; nr < 1024; ++nr)
-        if (!g_names[nr]) g_names[nr] = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr);
-    struct sigaction sa {};
-    sa.sa_sigaction = on_sigsys;
-    sa.sa_flags = SA_SIGINFO;
-    sigemptyset(&sa.sa_mask);
-    if (::sigaction(SIGSYS, &sa, nullptr) < 0) throw_errno("seccomp: installing the SIGSYS handler", errno);
-    sigset_t sys;
-    sigemptyset(&sys);
-    sigaddset(&sys, SIGSYS);
-    ::pthread_sigmask(SIG_UNBLOCK, &sys, nullptr);
+namespace {
 
-    scmp_filter_ctx ctx = seccomp_init(mode == SeccompMode::Kill ? SCMP_ACT_TRAP : SCMP_ACT_LOG);
-    if (!ctx) throw Error("cannot create a seccomp filter");
+// The share servers' allow-list.
+int add_file_server_rules(scmp_filter_ctx ctx) {
     for (const char* name : kFileServer) {
         int nr = seccomp_syscall_resolve_name(name);
         if (nr == __NR_SCMP_ERROR) continue;  // not on this architecture
-        if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0) < 0) {
-            seccomp_release(ctx);
-            throw Error(std::string("seccomp: cannot allow ") + name);
-        }
+        if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0) < 0) throw Error(std::string("seccomp: cannot allow ") + name);
     }
     // clone only for threads, never into new namespaces (nor a fork); clone3
     // passes its flags in memory the filter cannot read, so it is "not
@@ -122,10 +153,100 @@ void install_seccomp(SeccompMode mode, SeccompProfile profile, const char* who) 
         if (rc == 0)
             rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
                                   SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(opt)));
+    return rc;
+}
+
+// The tools' deny-list (default: allow). `deny` is the action of every
+// refusal that names the call (trap, or log).
+int add_tool_rules(scmp_filter_ctx ctx, SeccompProfile profile, uint32_t deny) {
+    int rc = 0;
+    auto add_all = [&](const char* const* names, size_t n, uint32_t action) {
+        for (size_t i = 0; i < n && rc == 0; ++i) {
+            int nr = seccomp_syscall_resolve_name(names[i]);
+            if (nr < 0) continue;  // not on this architecture (or a multiplexed pseudo-call)
+            rc = seccomp_rule_add(ctx, action, nr, 0);
+        }
+    };
+    add_all(kToolDenied, std::size(kToolDenied), deny);
+    if (profile == SeccompProfile::Importer) add_all(kImporterDenied, std::size(kImporterDenied), deny);
+    else add_all(kDiskWriterRefused, std::size(kDiskWriterRefused), SCMP_ACT_ERRNO(EACCES));
+    // No new namespaces from clone either; clone3's flags are in memory the
+    // filter cannot read, so it is "not implemented" and glibc falls back
+    // to clone (threads, posix_spawn, fork).
+    for (int flag : {CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUTS, CLONE_NEWIPC,
+                     CLONE_NEWCGROUP, CLONE_NEWTIME}) {
+        const auto f = static_cast<scmp_datum_t>(flag);
+        if (rc == 0) rc = seccomp_rule_add(ctx, deny, SCMP_SYS(clone), 1, SCMP_A0(SCMP_CMP_MASKED_EQ, f, f));
+    }
+    if (rc == 0) rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+    // io_uring is probed by libraries (qemu-img does) and they fall back
+    // when it is missing: "not implemented", not a kill. Neither tool uses
+    // it, and it is a large, separately audited part of the kernel.
+    for (auto nr : {SCMP_SYS(io_uring_setup), SCMP_SYS(io_uring_enter), SCMP_SYS(io_uring_register)})
+        if (rc == 0) rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), nr, 0);
+    // ioctl: no keystrokes pushed into the terminal the tool writes its
+    // progress to (TIOCSTI: the user's shell would run them), no console
+    // selection games, no frozen host file system. The kernel reads the
+    // request as 32 bits: compare only those, or a set high bit would slip by.
+    for (unsigned long req : {static_cast<unsigned long>(TIOCSTI), static_cast<unsigned long>(TIOCLINUX),
+                              static_cast<unsigned long>(FIFREEZE)})
+        if (rc == 0)
+            rc = seccomp_rule_add(ctx, deny, SCMP_SYS(ioctl), 1, SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, req));
+    if (profile == SeccompProfile::Importer) {
+        // Signals to itself only (abort() raises SIGABRT that way): as root,
+        // or as the user, it could otherwise kill any process of its uid.
+        const scmp_datum_t self = static_cast<scmp_datum_t>(::getpid());
+        for (auto nr : {SCMP_SYS(kill), SCMP_SYS(tgkill), SCMP_SYS(rt_sigqueueinfo), SCMP_SYS(rt_tgsigqueueinfo)})
+            if (rc == 0) rc = seccomp_rule_add(ctx, deny, nr, 1, SCMP_A0(SCMP_CMP_NE, self));
+    }
+    return rc;
+}
+
+}  // namespace
+
+void install_seccomp(SeccompMode mode, SeccompProfile profile, const char* who) {
+    if (mode == SeccompMode::None) return;
+    g_who = who;
+    g_why = profile == SeccompProfile::FileServer
+                ? "), which its seccomp allow-list does not permit; it stops here. This is a bug in ocivm: please "
+                  "report it (--seccomp log or none serves without the list)\n"
+            : profile == SeccompProfile::Importer
+                ? "), which an image importer never needs; its seccomp filter stops it here (a hostile image, or a "
+                  "bug in ocivm: please report it)\n"
+                : "), which a disk writer never needs; its seccomp filter stops it here (a hostile image, or a bug "
+                  "in ocivm: please report it)\n";
+    for (int nr = 0; nr < 1024; ++nr)
+        if (!g_names[nr]) g_names[nr] = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr);
+    struct sigaction sa {};
+    sa.sa_sigaction = on_sigsys;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    if (::sigaction(SIGSYS, &sa, nullptr) < 0) throw_errno("seccomp: installing the SIGSYS handler", errno);
+    sigset_t sys;
+    sigemptyset(&sys);
+    sigaddset(&sys, SIGSYS);
+    ::pthread_sigmask(SIG_UNBLOCK, &sys, nullptr);
+
+    const uint32_t deny = mode == SeccompMode::Kill ? SCMP_ACT_TRAP : SCMP_ACT_LOG;
+    const bool server = profile == SeccompProfile::FileServer;
+    scmp_filter_ctx ctx = seccomp_init(server ? deny : SCMP_ACT_ALLOW);
+    if (!ctx) throw Error("cannot create a seccomp filter");
+    int rc;
+    try {
+        rc = server ? add_file_server_rules(ctx) : add_tool_rules(ctx, profile, deny);
+    } catch (...) {
+        seccomp_release(ctx);
+        throw;
+    }
     if (rc < 0) {
         seccomp_release(ctx);
-        throw Error("seccomp: cannot add the clone and prctl rules");
+        throw Error(server ? "seccomp: cannot add the clone and prctl rules"
+                           : std::string("seccomp: cannot build ") + who + "'s filter: " + std::strerror(-rc));
     }
+    // A call of another architecture's table (int 0x80, x32) is none of
+    // the above: it ends the process. (The servers' allow-list gets the
+    // same from its default action.)
+    if (!server) seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
     // Threads started before the filter get it too; a binary tree keeps the
     // cost per system call flat however long the list grows.
     seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
@@ -134,8 +255,8 @@ void install_seccomp(SeccompMode mode, SeccompProfile profile, const char* who) 
     // mitigation for the process by default (spec_store_bypass_disable=
     // seccomp), which costs every request ~9% here. It guards a process
     // against code running inside it; the server runs none of the guest's
-    // code, so the filter is loaded with SECCOMP_FILTER_FLAG_SPEC_ALLOW
-    // (docs/security.md).
+    // code (nor the importer any of the image's), so the filter is loaded
+    // with SECCOMP_FILTER_FLAG_SPEC_ALLOW (docs/security.md).
     seccomp_attr_set(ctx, SCMP_FLTATR_CTL_SSB, 1);
     rc = seccomp_load(ctx);
     seccomp_release(ctx);

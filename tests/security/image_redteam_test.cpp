@@ -27,6 +27,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "guest/initramfs.h"
@@ -1099,12 +1100,14 @@ TEST_F(Redteam, ArchivesNeverReadOrWriteHostFiles) {
 // 8. Who parses an image. Every import (`ocivm image import`, the implicit
 // one of `ocivm run LAYOUT` and of `ocivm disk create LAYOUT`, and the parse
 // of podman's export for containers-storage:) runs in a child of the CLI
-// that has confined itself: another network namespace, only the
-// capabilities unpacking needs, no_new_privs; the CLI itself keeps what it
-// has for QEMU, mounts and disks. Seen from outside: the test holds the
-// store's lock, which Store::import takes first, so the importer, whichever
-// process it is, stops there; /proc/locks names it, and its /proc entries
-// say what it may do.
+// that has confined itself: other network, IPC and mount namespaces (in
+// which every host mount is read-only and nodev but the store), only the
+// capabilities unpacking needs, no_new_privs, a seccomp filter; the CLI
+// itself keeps what it has for QEMU, mounts and disks. Seen from outside:
+// the test holds the store's lock, which Store::import takes first, so the
+// importer, whichever process it is, stops there; /proc/locks names it, and
+// its /proc entries say what it may do. The disk writer of `disk create`
+// is seen the same way, stopped in a mkfs.ext4 of the test's.
 
 // ocivm ARGS in the background (OCIVM_HOME=home), stdout and stderr in
 // files; killed and reaped if the test leaves early.
@@ -1242,9 +1245,59 @@ pid_t wait_for_importer(Started& cli, const HeldStoreLock& lock) {
     }
 }
 
+// A process's mount table as its mountinfo says: mount point, options
+// (rw/ro, nodev, ...), propagation tags.
+struct MountLine {
+    std::string point, options, tags;
+};
+std::vector<MountLine> mounts_of(pid_t pid) {
+    std::vector<MountLine> v;
+    std::istringstream in(slurp("/proc/" + std::to_string(pid) + "/mountinfo"));
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream ls(line);
+        std::vector<std::string> t;
+        for (std::string w; ls >> w;) t.push_back(w);
+        if (t.size() < 7) continue;
+        MountLine m{t[4], "," + t[5] + ",", ""};
+        for (size_t i = 6; i < t.size() && t[i] != "-"; ++i) m.tags += t[i] + " ";
+        v.push_back(m);
+    }
+    return v;
+}
+
+// What a confined tool sees of the host's mounts: its own mount namespace,
+// private (no shared: peer group with the host's), every mount read-only,
+// nodev and nosuid but `writable` (read-write, nodev, nosuid) and the five
+// harmless devices (read-only mounts, devices allowed).
+void expect_narrow_view(pid_t pid, const std::string& writable, const std::string& what) {
+    EXPECT_NE(ns_of(pid, "mnt"), ns_of(::getpid(), "mnt")) << what << ": the host's mount namespace";
+    std::string real = stdfs::canonical(writable).string();
+    const std::set<std::string> devices = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"};
+    auto has = [](const MountLine& m, const char* o) {
+        return m.options.find("," + std::string(o) + ",") != std::string::npos;
+    };
+    std::vector<std::string> rw, shared, dev, suid;
+    bool found = false;
+    for (auto& m : mounts_of(pid)) {
+        if (m.tags.find("shared:") != std::string::npos) shared.push_back(m.point);
+        if (has(m, "rw")) rw.push_back(m.point);
+        if (m.point == real) found = true;
+        if (devices.count(m.point)) continue;
+        if (!has(m, "nodev")) dev.push_back(m.point);
+        if (!has(m, "nosuid")) suid.push_back(m.point);
+    }
+    EXPECT_TRUE(found) << what << ": no copy of " << real << " in its mount table";
+    EXPECT_EQ(rw, std::vector<std::string>{real}) << what << ": the mounts it may write";
+    EXPECT_TRUE(shared.empty()) << what << ": mounts that propagate to or from the host: "
+                                << ::testing::PrintToString(shared);
+    EXPECT_TRUE(dev.empty()) << what << ": mounts on which it may open devices: " << ::testing::PrintToString(dev);
+    EXPECT_TRUE(suid.empty()) << what << ": mounts without nosuid: " << ::testing::PrintToString(suid);
+}
+
 // What the process waiting for the store's lock may do, and what its parent
 // (the CLI) still may.
-void expect_confined_importer(pid_t importer, pid_t cli, const std::string& what) {
+void expect_confined_importer(pid_t importer, pid_t cli, const std::string& what, const std::string& home) {
     ASSERT_GT(importer, 0) << what;
     auto st = proc_status(importer), cli_st = proc_status(cli), self = proc_status(::getpid());
     // chown, dac_override, dac_read_search, fowner, fsetid, mknod, setfcap
@@ -1261,10 +1314,14 @@ void expect_confined_importer(pid_t importer, pid_t cli, const std::string& what
     EXPECT_EQ(st["CapAmb"], "0000000000000000") << what;
     EXPECT_NE(ns_of(importer, "net"), ns_of(::getpid(), "net")) << what << ": the importer has the host's network";
     EXPECT_NE(ns_of(importer, "ipc"), ns_of(::getpid(), "ipc")) << what;
+    EXPECT_EQ(st["Seccomp"], "2") << what << ": no seccomp filter";
+    expect_narrow_view(importer, home, what);
     // The CLI goes on unconfined: QEMU, mounts and disks are its work.
     EXPECT_EQ(cli_st["CapEff"], self["CapEff"]) << what << ": the CLI lost capabilities it needs";
     EXPECT_EQ(cli_st["NoNewPrivs"], "0") << what;
+    EXPECT_EQ(cli_st["Seccomp"], "0") << what;
     EXPECT_EQ(ns_of(cli, "net"), ns_of(::getpid(), "net")) << what;
+    EXPECT_EQ(ns_of(cli, "mnt"), ns_of(::getpid(), "mnt")) << what;
 }
 
 // The store's tmp/ holds nothing once an import is over, whatever its end.
@@ -1280,7 +1337,7 @@ TEST_F(Redteam, ImageImportParsesInAConfinedChild) {
     auto l = make_layout(dir + "/layout", {{{"f", 'f', 0644, 0, 0, "imported"}}});
     HeldStoreLock lock(home);
     Started cli({"image", "import", "oci:" + l.dir, "--name", "conf:1"}, home, dir);
-    expect_confined_importer(wait_for_importer(cli, lock), cli.pid(), "ocivm image import");
+    expect_confined_importer(wait_for_importer(cli, lock), cli.pid(), "ocivm image import", home);
     lock.release();
     auto r = cli.wait();
     EXPECT_EQ(r.status, 0) << r.err;
@@ -1297,7 +1354,7 @@ TEST_F(Redteam, RunLayoutImportsInAConfinedChild) {
     // The import comes before anything of the VM: a kernel that does not
     // exist stops `run` right after it, and no VM boots.
     Started cli({"run", "--kernel", dir + "/no-such-kernel", l.dir, "--", "true"}, home, dir);
-    expect_confined_importer(wait_for_importer(cli, lock), cli.pid(), "ocivm run LAYOUT");
+    expect_confined_importer(wait_for_importer(cli, lock), cli.pid(), "ocivm run LAYOUT", home);
     lock.release();
     auto r = cli.wait();
     expect_clean_error(r, "run LAYOUT --kernel missing", "no-such-kernel");
@@ -1313,7 +1370,7 @@ TEST_F(Redteam, DiskCreateLayoutImportsInAConfinedChild) {
     HeldStoreLock lock(home);
     std::string disk = dir + "/disk.raw";
     Started cli({"disk", "create", l.dir, disk}, home, dir);
-    expect_confined_importer(wait_for_importer(cli, lock), cli.pid(), "ocivm disk create LAYOUT");
+    expect_confined_importer(wait_for_importer(cli, lock), cli.pid(), "ocivm disk create LAYOUT", home);
     lock.release();
     auto r = cli.wait();
     EXPECT_EQ(r.status, 0) << r.err;
@@ -1382,7 +1439,7 @@ TEST_F(Redteam, ContainersStorageParsesPodmansExportInAConfinedChild) {
     HeldStoreLock lock(home);
     Started cli({"image", "import", "containers-storage:" + name, "--name", "frompodman:1"}, home, dir);
     pid_t importer = wait_for_importer(cli, lock);
-    expect_confined_importer(importer, cli.pid(), "containers-storage:");
+    expect_confined_importer(importer, cli.pid(), "containers-storage:", home);
     // podman's export is done and the importer holds it, under no name:
     // nothing in tmp/ (or anywhere) to be left behind.
     expect_tmp_empty(home, "podman's export while the importer waits");
@@ -1402,6 +1459,85 @@ TEST_F(Redteam, ContainersStorageParsesPodmansExportInAConfinedChild) {
     auto bad = import("containers-storage:localhost/ocivm-redteam-none-" + std::to_string(::getpid()), "");
     expect_clean_error(bad, "containers-storage: of an unknown image", "podman image save");
     expect_tmp_empty(home, "a failed podman export");
+}
+
+// The disk writer of `disk create` (ext4: the CLI process itself, once the
+// image is resolved) confines itself as the importer does: its own
+// network, IPC and mount namespaces, a read-only host but OUTPUT's
+// directory, no_new_privs, a seccomp filter, and capabilities cut to
+// reading what it copies (sys_admin only for a root file system directory,
+// whose trusted.* xattrs it keeps; a stored image has none). The programs
+// it runs inherit all of it. Seen while a mkfs.ext4 of the test's, first on
+// PATH, waits: it also tries to write the canary, which TearDown checks.
+void expect_confined_disk_writer(const std::string& dir, const std::string& home, const std::string& outside,
+                                 const std::string& image, unsigned long long want_caps, const std::string& what) {
+    std::string real_mkfs;
+    for (const char* d : {"/usr/sbin", "/sbin", "/usr/bin", "/bin"})
+        if (::access((std::string(d) + "/mkfs.ext4").c_str(), X_OK) == 0) {
+            real_mkfs = std::string(d) + "/mkfs.ext4";
+            break;
+        }
+    ASSERT_FALSE(real_mkfs.empty()) << "mkfs.ext4 is missing: apt-get install e2fsprogs";
+    std::string bin = dir + "/bin", out = dir + "/out";
+    make_dirs(bin);
+    make_dirs(out);
+    {
+        std::ofstream sh(bin + "/mkfs.ext4");
+        sh << "#!/bin/sh\n"
+           << "{ true > '" << outside << "/victim'; } 2>/dev/null\n"  // never: the host is read-only here
+           << ": > '" << out << "/mkfs-ready'\n"
+           << "while [ ! -e '" << out << "/mkfs-go' ]; do sleep 0.05; done\n"
+           << "exec '" << real_mkfs << "' \"$@\"\n";
+    }
+    ASSERT_EQ(::chmod((bin + "/mkfs.ext4").c_str(), 0755), 0);
+    const char* old_path = std::getenv("PATH");
+    std::string saved = old_path ? old_path : "";
+    ::setenv("PATH", (bin + ":" + saved).c_str(), 1);
+    Started cli({"disk", "create", image, out + "/disk.raw"}, home, dir);
+    ::setenv("PATH", saved.c_str(), 1);
+    while (!stdfs::exists(out + "/mkfs-ready")) {
+        if (cli.exited()) {
+            ADD_FAILURE() << what << ": ocivm ended before its mkfs.ext4 ran: " << cli.wait().err;
+            return;
+        }
+        ::usleep(20000);
+    }
+    pid_t writer = cli.pid();
+    auto st = proc_status(writer), self = proc_status(::getpid());
+    char caps[32];
+    std::snprintf(caps, sizeof caps, "%016llx", want_caps & std::stoull(self["CapEff"], nullptr, 16));
+    EXPECT_EQ(st["CapEff"], caps) << what;
+    EXPECT_EQ(st["CapBnd"], caps) << what << ": an exec could regain more";
+    EXPECT_EQ(st["NoNewPrivs"], "1") << what;
+    EXPECT_EQ(st["Seccomp"], "2") << what << ": no seccomp filter";
+    EXPECT_NE(ns_of(writer, "net"), ns_of(::getpid(), "net")) << what << ": the writer has the host's network";
+    EXPECT_NE(ns_of(writer, "ipc"), ns_of(::getpid(), "ipc")) << what;
+    expect_narrow_view(writer, out, what);
+    // Its programs: the same filter and no_new_privs (the script is mkfs.ext4's shell).
+    std::istringstream kids(slurp("/proc/" + std::to_string(writer) + "/task/" + std::to_string(writer) + "/children"));
+    pid_t mkfs = 0;
+    kids >> mkfs;
+    ASSERT_GT(mkfs, 0) << what << ": no child of the writer";
+    auto ms = proc_status(mkfs);
+    EXPECT_EQ(ms["Seccomp"], "2") << what << ": mkfs.ext4 runs without the filter";
+    EXPECT_EQ(ms["NoNewPrivs"], "1") << what;
+    EXPECT_EQ(ms["CapEff"], "0000000000000000") << what;
+    std::ofstream(out + "/mkfs-go") << "";
+    auto r = cli.wait();
+    EXPECT_EQ(r.status, 0) << what << ": " << r.err;
+    EXPECT_EQ(r.out.size(), 37u) << what << ": a PARTUUID and a newline: " << r.out;
+    stdfs::remove_all(out);
+}
+
+TEST_F(Redteam, DiskCreateWritesInAConfinedWriter) {
+    ASSERT_TRUE(have_program("sfdisk") && have_program("mkfs.ext4")) << "apt-get install fdisk e2fsprogs";
+    auto l = make_layout(dir + "/layout", {{{"f", 'f', 0644, 0, 0, "on disk"}}});
+    // dac_override, dac_read_search, fowner: 0xe; a stored image has no trusted.*
+    expect_confined_disk_writer(dir, home, outside, l.dir, 0xeULL, "disk create LAYOUT");
+    // a root file system directory of the user's: + sys_admin (trusted.* kept)
+    make_dirs(dir + "/rootfs/etc");
+    std::ofstream(dir + "/rootfs/etc/hostname") << "tree\n";
+    expect_confined_disk_writer(dir, home, outside, dir + "/rootfs", 0x20000eULL, "disk create DIR");
 }
 
 }  // namespace
