@@ -153,8 +153,16 @@ void apply_meta(int dirfd, const std::string& name, const Meta& m, const std::st
     };
     if ((!chowned || placeholder) && !has_override && !link) {
         std::string v = override_value(m);
-        if (set_x(kOverrideXattr, v) < 0)
-            throw_errno("xattr " + std::string(kOverrideXattr) + " of " + what, errno);
+        // The kernel takes user.* xattrs on files and directories only: a
+        // fifo or socket of a foreign owner keeps the importing user's
+        // (a guest opens it the same; only ls -l tells).
+        bool special = S_ISFIFO(m.mode) || S_ISSOCK(m.mode);
+        if (set_x(kOverrideXattr, v) < 0) {
+            if (!(special && errno == EPERM))
+                throw_errno("xattr " + std::string(kOverrideXattr) + " of " + what, errno);
+            spdlog::debug("{}: owner {}:{} not recorded (no user.* xattrs on a {})", what, m.uid, m.gid,
+                          S_ISFIFO(m.mode) ? "fifo" : "socket");
+        }
     }
     if (!link) {
         mode_t mode = (placeholder ? 0600 : m.mode) & 07777;

@@ -53,6 +53,9 @@ echo "root's" > "$R/etc/hello"
 echo "a stranger's" > "$R/etc/stranger"; chown 1234:5678 "$R/etc/stranger"
 echo "the user's" > "$R/home/nobody/mine"; chown -R $RUID:$RGID "$R/home/nobody"
 mknod -m 644 "$R/dev/null" c 1 3
+# A fifo of root's: no user.* xattr can hold its owner (the kernel takes
+# them on files and directories only); the import once failed on it.
+mkfifo -m 600 "$R/dev/initctl"
 chmod 700 "$R/root"
 ln -s ../etc/hello "$R/home/link"
 "$MAKE_LAYOUT" "$R" "$WORK/layout" rootless:1 >/dev/null || { echo "FAIL: make-oci-layout.sh failed"; exit 1; }
@@ -135,6 +138,8 @@ check "the user's own file: chowned, no override xattr" \
   bash -c "[ \"\$(stat -c %u:%g '$ROOT/home/nobody/mine')\" = $RUID:$RGID ] && ! getfattr -n user.containers.override_stat '$ROOT/home/nobody/mine' >/dev/null 2>&1"
 check "the device node: an empty 0600 file carrying char-1-3 ($(stat -c '%F %a' "$ROOT/dev/null"), $(ovr "$ROOT/dev/null"))" \
   bash -c "[ \"\$(stat -c '%F %a %s' '$ROOT/dev/null')\" = 'regular empty file 600 0' ] && [ \"$(ovr "$ROOT/dev/null")\" = 0:0:0644:char-1-3 ]"
+check "the fifo of root's: a fifo of the user's ($(stat -c '%F %u' "$ROOT/dev/initctl" 2>&1))" \
+  [ "$(stat -c '%F %u' "$ROOT/dev/initctl" 2>/dev/null)" = "fifo $RUID" ]
 check "root's private directory: mode 700 and 0:0 in the override xattr ($(ovr "$ROOT/root"))" \
   bash -c "[ \"\$(stat -c %a '$ROOT/root')\" = 700 ] && [ \"$(ovr "$ROOT/root")\" = 0:0:0700:dir ]"
 check "the symlink is a symlink to ../etc/hello" [ "$(readlink "$ROOT/home/link")" = ../etc/hello ]
