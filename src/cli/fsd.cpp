@@ -1,10 +1,13 @@
 // ocivm fsd: a drop-in for virtiofsd. Serves one directory to one VM over a
 // vhost-user socket (QEMU's vhost-user-fs-pci) and exits when QEMU goes.
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -159,6 +162,63 @@ UniqueFd front_end(UniqueFd sock) {
     return UniqueFd(conn);
 }
 
+// Waits for the front end on a socket file of fsd's own and removes the
+// file once it is connected. A SIGINT, SIGTERM or SIGHUP meanwhile (a
+// Ctrl-C before QEMU came, a service manager stopping fsd) removes the file
+// too, and fsd then ends by that signal (its status says which): no path
+// leaves the socket file behind. A signal the caller had ignored (a background job
+// of a shell script) stays ignored.
+UniqueFd accept_on_path(const std::string& path) {
+    sigset_t watch, old;
+    sigemptyset(&watch);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+        struct sigaction sa {};
+        if (::sigaction(sig, nullptr, &sa) == 0 && sa.sa_handler != SIG_IGN) sigaddset(&watch, sig);
+    }
+    ::pthread_sigmask(SIG_BLOCK, &watch, &old);
+    struct RestoreMask {
+        sigset_t m;
+        ~RestoreMask() { ::pthread_sigmask(SIG_SETMASK, &m, nullptr); }
+    } restore{old};
+    UniqueFd signals(::signalfd(-1, &watch, SFD_CLOEXEC));
+    if (!signals) throw_errno("signalfd", errno);
+    UniqueFd listener(listen_unix(path));
+    spdlog::info("waiting for the front end on {}", path);
+    for (;;) {
+        pollfd p[2] = {{listener.get(), POLLIN, 0}, {signals.get(), POLLIN, 0}};
+        if (::poll(p, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            ::unlink(path.c_str());
+            throw_errno("waiting for the front end on " + path, e);
+        }
+        if (p[1].revents & POLLIN) {
+            signalfd_siginfo si{};
+            int sig = ::read(signals.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)
+                          ? static_cast<int>(si.ssi_signo) : SIGTERM;
+            ::unlink(path.c_str());
+            spdlog::info("signal {} before the front end connected: {} removed", sig, path);
+            spdlog::default_logger()->flush();
+            ::signal(sig, SIG_DFL);
+            ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+            ::raise(sig);
+            ::_exit(128 + sig);  // not reached: sig is unblocked with its default action
+        }
+        if (p[0].revents & (POLLIN | POLLERR | POLLHUP)) {
+            int conn = ::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
+            if (conn < 0) {
+                if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED) continue;
+                int e = errno;
+                ::unlink(path.c_str());
+                throw_errno("accepting the front end's connection", e);
+            }
+            // Nothing is left behind: the socket goes as soon as QEMU is connected.
+            ::unlink(path.c_str());
+            return UniqueFd(conn);
+        }
+    }
+}
+
 // `ocivm run` asks its share servers for their statistics over this socket
 // (the servers are separate, confined processes): "stats" is answered with
 // the request count, the last 10 s of requests and the livelock verdict.
@@ -272,11 +332,7 @@ int cmd_fsd(int argc, char** argv) {
         spdlog::info("waiting for the front end on fd {}", o.fd);
         sock = front_end(UniqueFd(o.fd));
     } else {
-        UniqueFd listener(listen_unix(o.socket_path));
-        spdlog::info("waiting for the front end on {}", o.socket_path);
-        sock = front_end(std::move(listener));
-        // Nothing is left behind: the socket goes as soon as QEMU is connected.
-        ::unlink(o.socket_path.c_str());
+        sock = accept_on_path(o.socket_path);
     }
     UniqueFd control(o.control_fd);
 

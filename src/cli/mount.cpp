@@ -200,6 +200,14 @@ int cmd_mount(int argc, char** argv) {
         // The server's keeper goes with this process, whatever kills it.
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (::getppid() != parent) ::_exit(125);
+        // A process group of its own: a terminal's Ctrl-C is the parent's
+        // to handle (it unmounts, and the server ends with the mount). In
+        // the parent's group the keeper would get it too, kill the server
+        // (SIGKILL) and die so, which the parent reports as a failed server
+        // ("stopped (exit 137)", exit 125) after a clean Ctrl-C. No stop
+        // on writing an error to the terminal from that group (tostop).
+        ::setpgid(0, 0);
+        ::signal(SIGTTOU, SIG_IGN);
         try {
             UniqueFd fd = mnt.take_fd();
             sandbox::enter_namespaces("ocivm mount");
@@ -222,6 +230,7 @@ int cmd_mount(int argc, char** argv) {
         }
         ::_exit(0);
     }
+    ::setpgid(pid, pid);  // as the child does: whichever runs first
     mnt.take_fd();  // the server holds the connection now; ours would keep it alive
     share.reset();
     for (;;) {

@@ -355,12 +355,21 @@ struct Dispatch {
         o.max_write = s.opts_.max_write;
         o.time_gran = 1;
         o.max_pages = static_cast<uint16_t>((s.opts_.max_write + 4095) / 4096);
+        size_t len = minor < 23 ? FUSE_COMPAT_22_INIT_OUT_SIZE : sizeof o;
+        // A guest that left no room for the answer never hears that the
+        // session started: it stays uninitialised, and an INIT with room
+        // can follow (it would get EPROTO otherwise, and every request
+        // would run under flags the guest never saw).
+        if (w.capacity() < kOutHdr + len) {
+            spdlog::warn("INIT {} has room for {} reply bytes, not {}: refused", h.unique, w.capacity(),
+                         kOutHdr + len);
+            return err(-ERANGE);
+        }
         s.minor_.store(minor, std::memory_order_relaxed);
         s.flags_.store(agreed, std::memory_order_relaxed);
         s.initialized_.store(true, std::memory_order_release);
         spdlog::debug("INIT: kernel 7.{} offered {:#x}, agreed 7.{} flags {:#x} max_write {}",
                       in->minor, offered, minor, agreed, o.max_write);
-        size_t len = minor < 23 ? FUSE_COMPAT_22_INIT_OUT_SIZE : sizeof o;
         return send(w, h.unique, 0, &o, len);
     }
 

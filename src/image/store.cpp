@@ -780,7 +780,19 @@ std::vector<ImageInfo> Store::list() {
     if (::access((home_ + "/names.json").c_str(), F_OK) != 0) return out;
     StoreLock lock(home_, false);
     json names = load_names(home_);
-    for (auto& [n, e] : names["images"].items()) out.push_back(info_from(home_, n, e));
+    for (auto& [n, e] : names["images"].items()) {
+        // What `image ls` prints, and bash completion offers, is only ever
+        // a name `image import --name` would take: a name with control
+        // characters, blanks or shell metacharacters (a damaged store, or
+        // one another program wrote) is named escaped and left out.
+        if (!valid_name(n)) {
+            spdlog::warn("{}/names.json lists '{}', which is not a valid image name: left out", home_, printable(n));
+            continue;
+        }
+        ImageInfo i = info_from(home_, n, e);
+        i.created = printable(i.created);
+        out.push_back(std::move(i));
+    }
     return out;
 }
 

@@ -1,12 +1,14 @@
 #include "vm/state_dir.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <filesystem>
+#include <cstring>
+#include <vector>
 
 #include "util/error.h"
 #include "util/log.h"
@@ -15,29 +17,81 @@
 namespace ocivm::vm {
 namespace {
 
-// The lock of the vms directory, held while a state directory is created
-// and locked, and while stale ones are looked for.
-UniqueFd lock_base(const std::string& base) {
+// The vms directory itself, never a symbolic link in its place.
+UniqueFd open_base(const std::string& base) {
     UniqueFd fd(::open(base.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
     if (!fd) throw_errno("cannot open " + base, errno);
-    while (::flock(fd.get(), LOCK_EX) < 0)
-        if (errno != EINTR) throw_errno("cannot lock " + base, errno);
     return fd;
 }
 
-void clean_stale_locked(const std::string& base) {
-    std::error_code ec;
-    for (auto& e : std::filesystem::directory_iterator(base, ec)) {
-        if (!e.is_directory(ec) || e.is_symlink(ec)) continue;
-        std::string dir = e.path().string();
-        UniqueFd lock(::open((dir + "/lock").c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+// The lock of the vms directory, held while a state directory is created
+// and locked, while stale ones are looked for, and while one is removed.
+void lock_base(int fd, const std::string& base) {
+    while (::flock(fd, LOCK_EX) < 0)
+        if (errno != EINTR) throw_errno("cannot lock " + base, errno);
+}
+
+struct BaseLock {
+    int fd;
+    BaseLock(int f, const std::string& base) : fd(f) { lock_base(fd, base); }
+    ~BaseLock() { ::flock(fd, LOCK_UN); }
+    BaseLock(const BaseLock&) = delete;
+    BaseLock& operator=(const BaseLock&) = delete;
+};
+
+// Names in the directory dirfd, or none when it cannot be read (what is
+// left then makes the removal of the directory fail, which is reported).
+std::vector<std::string> names_in(int dirfd) {
+    std::vector<std::string> out;
+    UniqueFd fd(::openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd) return out;
+    DIR* d = ::fdopendir(fd.get());
+    if (!d) return out;
+    fd.release();  // the DIR owns it now
+    while (dirent* e = ::readdir(d))
+        if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) out.emplace_back(e->d_name);
+    ::closedir(d);
+    return out;
+}
+
+// Removes name, with everything in it when a directory, from dirfd: one
+// component at a time below an fd, no symbolic link followed (one is
+// removed as itself). 0, or the first errno met; never throws, as a
+// destructor calls it.
+int remove_tree_at(int dirfd, const char* name) {
+    struct stat st;
+    if (::fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) return errno == ENOENT ? 0 : errno;
+    if (!S_ISDIR(st.st_mode)) return ::unlinkat(dirfd, name, 0) < 0 && errno != ENOENT ? errno : 0;
+    UniqueFd d(::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!d) return errno;
+    int first = 0;
+    for (auto& n : names_in(d.get()))
+        if (int e = remove_tree_at(d.get(), n.c_str()); e && !first) first = e;
+    if (::unlinkat(dirfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT && !first) first = errno;
+    return first;
+}
+
+bool exists_at(int dirfd, const char* name) {
+    struct stat st;
+    return ::fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+void clean_stale_locked(int basefd, const std::string& base) {
+    for (auto& n : names_in(basefd)) {
+        struct stat st;
+        if (::fstatat(basefd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)) continue;
+        UniqueFd dir(::openat(basefd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+        if (!dir) continue;
+        UniqueFd lock(::openat(dir.get(), "lock", O_RDWR | O_CLOEXEC | O_NOFOLLOW));
         if (!lock || ::flock(lock.get(), LOCK_EX | LOCK_NB) < 0) continue;  // running, or not ours
-        bool rm = ::access((dir + "/rm").c_str(), F_OK) == 0;
-        if (rm) {
-            std::filesystem::remove_all(dir, ec);
-            spdlog::info("removed the state of a VM whose ocivm was killed: {}", dir);
-        } else if (::unlink((dir + "/initrd.cpio").c_str()) == 0) {
-            spdlog::info("removed the initramfs copy of a VM whose ocivm was killed: {}", dir);
+        std::string path = base + "/" + n;
+        if (exists_at(dir.get(), "rm")) {
+            if (int e = remove_tree_at(basefd, n.c_str()))
+                spdlog::warn("cannot remove the state of a VM whose ocivm was killed, {}: {}", path, std::strerror(e));
+            else
+                spdlog::info("removed the state of a VM whose ocivm was killed: {}", path);
+        } else if (::unlinkat(dir.get(), "initrd.cpio", 0) == 0) {
+            spdlog::info("removed the initramfs copy of a VM whose ocivm was killed: {}", path);
         }
     }
 }
@@ -51,28 +105,44 @@ std::string StateDir::base_dir() {
 }
 
 void StateDir::clean_stale(const std::string& base) {
-    UniqueFd guard = lock_base(base);
-    clean_stale_locked(base);
+    UniqueFd fd = open_base(base);
+    BaseLock guard(fd.get(), base);
+    clean_stale_locked(fd.get(), base);
 }
 
-StateDir::StateDir(const std::string& name, bool rm) : rm_(rm) {
+StateDir::StateDir(const std::string& name, bool rm) : name_(name), rm_(rm) {
+    // One component below the vms directory, resolved from its fd.
+    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+        throw Error("invalid VM name '" + name + "': no '/', not empty, not '.' or '..'");
     std::string base = base_dir();
-    UniqueFd guard = lock_base(base);
-    clean_stale_locked(base);
+    base_ = open_base(base);
+    BaseLock guard(base_.get(), base);
+    clean_stale_locked(base_.get(), base);
     path_ = base + "/" + name;
-    if (::mkdir(path_.c_str(), 0700) < 0 && errno != EEXIST) throw_errno("cannot create " + path_, errno);
-    lock_ = UniqueFd(::open((path_ + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (::mkdirat(base_.get(), name.c_str(), 0700) < 0 && errno != EEXIST) throw_errno("cannot create " + path_, errno);
+    UniqueFd dir(::openat(base_.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!dir) throw_errno("cannot open " + path_, errno, "remove it if it is not a directory of ocivm's");
+    lock_ = UniqueFd(::openat(dir.get(), "lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
     if (!lock_) throw_errno("cannot create " + path_ + "/lock", errno);
     if (::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0)
         throw Error("a VM named '" + name + "' is already running; choose another --name");
     // Tells a later ocivm, should this one be killed, to remove it all.
-    if (rm_) UniqueFd(::open((path_ + "/rm").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (rm_) UniqueFd(::openat(dir.get(), "rm", O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
 }
 
 StateDir::~StateDir() {
-    if (rm_) {
-        std::error_code ec;
-        std::filesystem::remove_all(path_, ec);
+    if (!rm_) return;
+    // Under the vms directory's lock, so a start of a VM of the same name
+    // waits until the directory is gone (otherwise it could take the
+    // directory as its own, and lose its new lock and state to this
+    // removal), and with this VM's own lock still held (lock_ goes after
+    // this body), so no clean-up takes it for stale meanwhile.
+    try {
+        BaseLock guard(base_.get(), path_);
+        if (int e = remove_tree_at(base_.get(), name_.c_str()))
+            spdlog::warn("cannot remove the state directory {}: {}", path_, std::strerror(e));
+    } catch (const Error& e) {
+        spdlog::warn("cannot remove the state directory {}: {}", path_, e.what());
     }
 }
 

@@ -4,10 +4,16 @@
 // later ocivm tells a running VM from one whose ocivm was killed (kill -9,
 // OOM): it cleans the state of the latter (clean_stale).
 //
-// Every start and every clean-up takes the lock of the vms directory
-// itself first, so a clean-up never holds a starting VM's lock in the
-// moment between its creation and its owner taking it (which made two VMs
-// started at once fail with "already running", or lose their state).
+// Every start, every clean-up and every removal (--rm) takes the lock of
+// the vms directory itself first, so a clean-up never holds a starting
+// VM's lock in the moment between its creation and its owner taking it
+// (which made two VMs started at once fail with "already running", or lose
+// their state), and a finishing VM never removes the directory a new VM
+// of the same name has just made its own.
+//
+// Everything below the vms directory is reached by fd from it, one name at
+// a time, never through a symbolic link: what is removed is what ocivm
+// made, wherever a link planted in the runtime directory points.
 #include <string>
 
 #include "util/unique_fd.h"
@@ -36,8 +42,11 @@ public:
     static std::string base_dir();
 
 private:
-    std::string path_;
+    std::string name_, path_;
     bool rm_;
+    // The vms directory as it was opened at the start: the removal works
+    // from it, not from its path, and locks it again.
+    UniqueFd base_;
     UniqueFd lock_;
 };
 

@@ -12,6 +12,7 @@
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 
+#include <cerrno>
 #include <fstream>
 #include <set>
 #include <thread>
@@ -45,6 +46,12 @@ uint64_t fh_of(const Reply& r) {
     if (r.error == 0 && r.payload.size() >= sizeof(fuse_entry_out) + sizeof o)
         std::memcpy(&o, r.payload.data() + sizeof(fuse_entry_out), sizeof o);
     return o.fh;
+}
+
+// Nothing at p: ENOENT, not any failure of lstat.
+bool absent(const std::string& p) {
+    struct stat st;
+    return ::lstat(p.c_str(), &st) < 0 && errno == ENOENT;
 }
 
 std::string slurp(const std::string& p) {
@@ -93,13 +100,15 @@ TEST(GuestAttack, DeviceNodesAreNeverOpenedOnTheHost) {
                 rd.fh = fh_of(r);
                 rd.size = 16;
                 Reply rr = h->send(Request(FUSE_READ, node).arg(rd));
-                EXPECT_NE(rr.error, 0) << "READ through the CREATE handle returned "
+                // The refused CREATE made no handle: the one the guest
+                // names is none (EBADF), never a host device's.
+                EXPECT_EQ(rr.error, -EBADF) << "READ through the CREATE handle returned "
                                        << rr.payload.size() << " bytes of a host device";
                 fuse_write_in wr{};
                 wr.fh = fh_of(r);
                 wr.size = 4;
                 Reply wrr = h->send(Request(FUSE_WRITE, node).arg(wr).raw("gone", 4));
-                EXPECT_NE(wrr.error, 0) << "WRITE through the CREATE handle reached a host device";
+                EXPECT_EQ(wrr.error, -EBADF) << "WRITE through the CREATE handle reached a host device";
             }
             // The device node itself stays what it is; OPEN is the guest
             // kernel's business and refused here.
@@ -432,12 +441,40 @@ TEST(GuestAttack, ARequestWithoutRoomForItsReplyDoesNothing) {
         h.server->handle({c.req->data(), c.req->size()}, w);
         EXPECT_EQ(w.error(), -ERANGE);
     }
-    struct stat st;
-    EXPECT_NE(::lstat((h.dir + "/made").c_str(), &st), 0) << "CREATE made the file anyway";
-    EXPECT_NE(::lstat((h.dir + "/dir").c_str(), &st), 0) << "MKDIR made the directory anyway";
+    EXPECT_TRUE(absent(h.dir + "/made")) << "CREATE made the file anyway";
+    EXPECT_TRUE(absent(h.dir + "/dir")) << "MKDIR made the directory anyway";
     EXPECT_EQ(h.fs->node_count(), 1u) << "a refused request left a lookup behind";
     EXPECT_EQ(h.fs->handle_count(), 0u) << "a refused CREATE left a handle behind";
     // With room, the same requests work.
     EXPECT_EQ(h.send(Request(FUSE_CREATE, 1).arg(ci).str("made")).error, 0);
     EXPECT_EQ(h.fs->handle_count(), 1u);
+}
+
+// INIT with room for less than its answer: the session was marked started
+// before the reply turned into ERANGE, so the guest, which never saw the
+// negotiated flags, could not INIT again (EPROTO) and every later request
+// ran under flags it had not agreed to. A refused INIT leaves the session
+// as it was.
+TEST(GuestAttack, AnInitWithoutRoomForItsReplyStartsNoSession) {
+    Harness h;
+    constexpr size_t kHdr = sizeof(fuse_out_header);
+    struct {
+        uint32_t major, minor, max_readahead, flags, flags2, unused[11];
+    } in{FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, 131072, 0xffffffffu, 0xffffffffu, {}};
+    auto init_req = Request(FUSE_INIT, 0).arg(in).bytes();
+    for (size_t room : {kHdr, kHdr + 8, kHdr + sizeof(fuse_init_out) - 1}) {
+        SCOPED_TRACE(room);
+        ScatterWriter w(room);
+        EXPECT_EQ(h.server->handle({init_req.data(), init_req.size()}, w), fuse::Server::Result::Replied);
+        EXPECT_EQ(w.error(), -ERANGE);
+        EXPECT_FALSE(h.server->initialized()) << "a refused INIT started the session";
+        EXPECT_EQ(h.send(Request(FUSE_GETATTR, 1).arg(fuse_getattr_in{})).error, -EIO)
+            << "a request ran in a session the guest never saw start";
+    }
+    // The guest tries again with room, and the session starts.
+    Reply r = h.init();
+    EXPECT_EQ(r.error, 0) << "a guest whose INIT was refused cannot INIT again";
+    EXPECT_TRUE(h.server->initialized());
+    EXPECT_EQ(r.payload.size(), sizeof(fuse_init_out));
+    EXPECT_EQ(h.send(Request(FUSE_GETATTR, 1).arg(fuse_getattr_in{})).error, 0);
 }

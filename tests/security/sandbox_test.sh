@@ -71,12 +71,17 @@ for p in $servers; do
   check "$what server: CapBnd equals CapEff (nothing to regain)" [ "$(field $p CapBnd)" = "$(field $p CapEff)" ]
   if [ "$what" = "root share" ]; then
     # dac_override (1) and dac_read_search (2) only
-    check "root share server: only dac_override and dac_read_search" [ "$capeff" -eq 6 ]
+    check "root share server: exactly dac_override and dac_read_search (CapEff $(field $p CapEff))" \
+      [ "$(field $p CapEff)" = 0000000000000006 ]
     # uid 0 could write any file root owns in it otherwise
     check "root share server: its root is read-only for the kernel ($opts)" bash -c "echo ,$opts, | grep -q ,ro,"
   else
-    # -v shares are nodev,nosuid by default: no mknod (27), fsetid (4), setfcap (31)
-    check "-v share server: no CAP_MKNOD, CAP_FSETID, CAP_SETFCAP" [ $(( (capeff >> 27 & 1) | (capeff >> 4 & 1) | (capeff >> 31 & 1) )) -eq 0 ]
+    # -v shares are nodev,nosuid by default, so docs/security.md's writable
+    # set without mknod (27), fsetid (4), setfcap (31): chown (0),
+    # dac_override (1), dac_read_search (2), fowner (3), setgid (6),
+    # setuid (7), and nothing else.
+    check "-v share server: exactly chown, dac_override, dac_read_search, fowner, setgid, setuid (CapEff $(field $p CapEff))" \
+      [ "$(field $p CapEff)" = 00000000000000cf ]
   fi
   # Its mount table holds the share and what is mounted below it: no /proc,
   # no host root.

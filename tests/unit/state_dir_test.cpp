@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -132,4 +133,60 @@ TEST_F(StateDirTest, AStartWaitsForAnotherStartsLockedMoment) {
     t.join();
     EXPECT_EQ(error, "");
     EXPECT_TRUE(exists(other + "/lock")) << "a start removed the state of a VM that was starting";
+}
+
+// A finishing VM's --rm removal used to run without the vms directory's
+// lock: a VM of the same name starting meanwhile could find the directory
+// still there, make its own lock in it, and then lose lock and state to
+// the removal. The removal now waits for the lock like a start and a
+// clean-up do.
+TEST_F(StateDirTest, RemovalWaitsForTheVmsDirectorysLock) {
+    auto s = std::make_unique<vm::StateDir>("finishing", true);
+    std::string dir = s->path();
+    UniqueFd base(::open(base_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    ASSERT_TRUE(base);
+    ASSERT_EQ(::flock(base.get(), LOCK_EX), 0);  // another ocivm starting, or cleaning up
+    std::atomic<bool> removed{false};
+    std::thread t([&] {
+        s.reset();
+        removed = true;
+    });
+    // A removal that does not wait is done in well under this.
+    for (int i = 0; i < 50 && !removed.load(); ++i) ::usleep(10000);
+    EXPECT_FALSE(removed.load()) << "the removal did not wait for the vms directory's lock";
+    EXPECT_TRUE(exists(dir + "/lock")) << "the state directory went while another ocivm held the vms directory";
+    ASSERT_EQ(::flock(base.get(), LOCK_UN), 0);
+    t.join();
+    EXPECT_FALSE(exists(dir)) << "--rm state outlived its VM";
+}
+
+// What the removal deletes is the directory ocivm made, reached from the
+// vms directory it opened, never through a symbolic link planted in the
+// runtime directory since: not in place of the vms directory (the old
+// remove_all of its path went through it and emptied the target), not in
+// place of the state directory.
+TEST_F(StateDirTest, RemovalFollowsNoPlantedSymlink) {
+    std::string victim = root_ + "/victim";
+    ASSERT_EQ(::mkdir(victim.c_str(), 0700), 0);
+    ASSERT_EQ(::mkdir((victim + "/planted").c_str(), 0700), 0);
+    std::ofstream(victim + "/planted/keep") << "not ocivm's";
+    std::ofstream(victim + "/keep") << "not ocivm's";
+
+    auto s = std::make_unique<vm::StateDir>("planted", true);
+    std::string real = root_ + "/vms.real";
+    ASSERT_EQ(::rename(base_.c_str(), real.c_str()), 0);
+    ASSERT_EQ(::symlink(victim.c_str(), base_.c_str()), 0);
+    s.reset();
+    EXPECT_TRUE(exists(victim + "/planted/keep")) << "the removal followed a link in place of the vms directory";
+    EXPECT_FALSE(exists(real + "/planted")) << "the VM's own state directory stayed";
+    ASSERT_EQ(::unlink(base_.c_str()), 0);
+    ASSERT_EQ(::rename(real.c_str(), base_.c_str()), 0);
+
+    s = std::make_unique<vm::StateDir>("swapped", true);
+    std::string dir = s->path();
+    ASSERT_EQ(::rename(dir.c_str(), (dir + ".moved").c_str()), 0);
+    ASSERT_EQ(::symlink(victim.c_str(), dir.c_str()), 0);
+    s.reset();
+    EXPECT_TRUE(exists(victim + "/keep")) << "the removal followed a link in place of the state directory";
+    EXPECT_FALSE(exists(dir)) << "the planted link stayed";
 }
