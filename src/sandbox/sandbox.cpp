@@ -47,13 +47,17 @@ void write_proc(const std::string& path, const std::string& data) {
     sigemptyset(&set);
     for (int s : {SIGCHLD, SIGINT, SIGTERM, SIGHUP}) sigaddset(&set, s);
     ::sigprocmask(SIG_BLOCK, &set, nullptr);
+    int asked = 0;  // the signal that told us to stop, if one did
     for (;;) {
         int st = 0;
         pid_t r = ::waitpid(server, &st, WNOHANG);
         if (r == server && WIFSIGNALED(st)) {
             // Died the way the server died, so whoever waits for us sees
-            // the crash (SIGSEGV, SIGBUS) and not an exit code.
-            int sig = WTERMSIG(st);
+            // the crash (SIGSEGV, SIGBUS) and not an exit code; when we
+            // killed it because we were told to stop, by that signal
+            // (130/143 for a shell, not a SIGKILL that looks like the OOM
+            // killer's).
+            int sig = asked && WTERMSIG(st) == SIGKILL ? asked : WTERMSIG(st);
             ::signal(sig, SIG_DFL);
             sigset_t one;
             sigemptyset(&one);
@@ -66,7 +70,10 @@ void write_proc(const std::string& path, const std::string& data) {
         if (r < 0 && errno != EINTR) ::_exit(125);
         siginfo_t si;
         int sig = ::sigwaitinfo(&set, &si);
-        if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) ::kill(server, SIGKILL);
+        if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
+            if (!asked) asked = sig;
+            ::kill(server, SIGKILL);
+        }
     }
     (void)alive;  // held open until we exit: the server's sign that we live
 }

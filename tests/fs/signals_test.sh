@@ -5,8 +5,8 @@
 #   ocivm mount  0 (README: "Exit status 0 after a clean unmount")
 #   ocivm fsd    before a front end connects: ended by that signal (130,
 #                143), its socket file removed; afterwards: the keeper
-#                ends the server with SIGKILL and exits with its status,
-#                ended by SIGKILL (137) (docs/virtiofs.md)
+#                ends the server with SIGKILL and still ends by the
+#                signal it was sent (130, 143), not 137 (docs/virtiofs.md)
 # Each signal is sent to the process we started, as kill(1) or a service
 # manager does, and to its process group, as a terminal's Ctrl-C does. The
 # servers killed are checked to be the confined ones, with the exact
@@ -171,7 +171,8 @@ fsd_serving_case() {
   check "$what: CapBnd is the same set (nothing to regain)" caps_are "$server" CapBnd "$want"
   send "$sig" "$to" $pid
   wait $pid; rc=$?
-  check "$what: the keeper ends by the SIGKILL it gave the server (status 137, got $rc)" [ $rc -eq 137 ]
+  local want_rc=$((128 + $(kill -l "$sig")))
+  check "$what: fsd ends by SIG$sig as asked, not the SIGKILL it gave the server (status $want_rc, got $rc)" [ $rc -eq $want_rc ]
   check "$what: no keeper or server left" gone $pid $all
   exec 7>&-
   wait $fe 2>/dev/null

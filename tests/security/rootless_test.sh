@@ -177,7 +177,8 @@ start_fsd b
 check "second fsd served the file" [ "$(cat "$WORK/b.read")" = "$CONTENT" ]
 kill -TERM $KEEPER
 wait $KEEPER 2>/dev/null; rc=$?
-check "SIGTERM to fsd: it ends (status $rc) and no server process is left" gone $KEEPER $SERVER
+check "SIGTERM to fsd: it ends by SIGTERM (status 143, got $rc)" [ $rc -eq 143 ]
+check "SIGTERM to fsd: no server process is left" gone $KEEPER $SERVER
 exec 7>&-
 wait $FE 2>/dev/null
 
