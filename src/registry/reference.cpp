@@ -12,6 +12,17 @@ constexpr size_t kMaxReference = 255;  // what docker and podman accept for NAME
 
 bool lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
 
+bool valid_tag(const std::string& t) {
+    if (t.empty() || t.size() > 128) return false;
+    auto word = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+    if (!word(t[0])) return false;
+    for (char c : t)
+        if (!word(c) && c != '.' && c != '-') return false;
+    return true;
+}
+
+}  // namespace
+
 // A path component: [a-z0-9]+ ((\. | _ | __ | -+) [a-z0-9]+)*
 bool valid_component(const std::string& c) {
     if (c.empty() || !lower_alnum(c.front()) || !lower_alnum(c.back())) return false;
@@ -44,16 +55,6 @@ bool valid_registry(const std::string& r) {
     return true;
 }
 
-bool valid_tag(const std::string& t) {
-    if (t.empty() || t.size() > 128) return false;
-    auto word = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
-    if (!word(t[0])) return false;
-    for (char c : t)
-        if (!word(c) && c != '.' && c != '-') return false;
-    return true;
-}
-
-}  // namespace
 
 std::string Reference::name() const { return registry.empty() ? repository : registry + "/" + repository; }
 

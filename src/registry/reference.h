@@ -35,5 +35,9 @@ Reference parse_reference(const std::string& ref);
 Reference with_registry(const Reference& r, const std::string& host);
 
 using ocivm::valid_digest;  // util/digest.h
+// One path component of a repository: [a-z0-9]+ ((. | _ | __ | -+) [a-z0-9]+)*
+bool valid_component(const std::string& c);
+// A registry as a reference names it: host[:port] (DNS labels or IPv4).
+bool valid_registry(const std::string& r);
 
 }  // namespace ocivm::registry

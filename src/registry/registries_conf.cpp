@@ -8,6 +8,7 @@
 #include <variant>
 
 #include "util/error.h"
+#include "util/printable.h"
 #include "util/log.h"
 #include "util/paths.h"
 
@@ -147,6 +148,27 @@ void split_location(const std::string& full, std::string& host, std::string& rep
     repo = slash == std::string::npos ? "" : full.substr(slash + 1);
 }
 
+// HOST[:PORT][/PATH] as a location, prefix or search registry is written
+// (a prefix may start with "*." for every subdomain). These become URLs
+// and lines on the user's terminal: anything else is refused, shown escaped.
+void check_location(const std::string& where, const std::string& what, const std::string& loc, bool host_only,
+                    bool wildcard_ok) {
+    std::string host, repo;
+    split_location(loc, host, repo);
+    if (wildcard_ok && host.rfind("*.", 0) == 0) host = host.substr(2);
+    bool ok = valid_registry(host) && (repo.empty() || !host_only);
+    for (size_t b = 0; ok && !repo.empty();) {
+        size_t e = repo.find('/', b);
+        ok = valid_component(repo.substr(b, e == std::string::npos ? std::string::npos : e - b));
+        if (e == std::string::npos) break;
+        b = e + 1;
+    }
+    if (!ok)
+        throw Error(where + ": " + what + " \"" + printable(loc) + "\" is not " +
+                    (host_only ? "a registry HOST[:PORT]" : "HOST[:PORT][/PATH] (lowercase path components)") +
+                    "; fix that line");
+}
+
 enum class Section { Top, Registry, Mirror, Aliases, Other };
 
 // What one file says, before it is merged.
@@ -241,9 +263,13 @@ void RegistriesConf::merge(const std::string& text, const std::string& where) {
     for (auto& r : f.registries) {
         if (r.prefix.empty()) r.prefix = r.location;
         if (r.prefix.empty()) throw Error(where + ": a [[registry]] has neither prefix nor location; give it one");
+        check_location(where, "the [[registry]] prefix", r.prefix, false, true);
         if (r.location.empty() && r.prefix.rfind("*.", 0) != 0) r.location = r.prefix;
-        for (auto& m : r.mirrors)
+        if (!r.location.empty()) check_location(where, "the [[registry]] location", r.location, false, false);
+        for (auto& m : r.mirrors) {
             if (m.location.empty()) throw Error(where + ": a [[registry.mirror]] of " + r.prefix + " has no location; give it one");
+            check_location(where, "the [[registry.mirror]] location", m.location, false, false);
+        }
         bool replaced = false;
         for (auto& old : registries)
             if (old.prefix == r.prefix) {
@@ -253,6 +279,7 @@ void RegistriesConf::merge(const std::string& text, const std::string& where) {
         if (!replaced) registries.push_back(r);
     }
     if (f.search) {
+        for (auto& r : *f.search) check_location(where, "the unqualified-search-registries entry", r, true, false);
         have_search = true;
         search = *f.search;
     }

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "util/bounded_json.h"
+#include "util/printable.h"
 #include "registry/auth.h"
 #include "registry/client.h"
 #include "registry/reference.h"
@@ -265,4 +266,35 @@ TEST(BoundedJson, ParseErrorsCarryNoRawBytes) {
         EXPECT_NE(m.find("the image config is not valid JSON"), std::string::npos) << m;
         for (unsigned char c : m) EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "raw byte " << int(c) << " in: " << m;
     }
+}
+
+// Hosts from registries.conf become URLs and lines on the terminal: a
+// location with escape sequences or URL syntax (@ # ?) is refused when the
+// file is read, and shown escaped.
+TEST(RegistriesConf, LocationsMustBeHostsAndPaths) {
+    using ocivm::registry::RegistriesConf;
+    const std::vector<std::string> bad = {
+        "[[registry]]\nlocation = \"evil\x1b]0;PWNED\x07.example.com\"\n",
+        "[[registry]]\nprefix = \"example.com\"\nlocation = \"user:pw@evil.example.com\"\n",
+        "[[registry]]\nlocation = \"example.com/a?b\"\n",
+        "[[registry]]\nlocation = \"example.com\"\n[[registry.mirror]]\nlocation = \"mirror.example.com#x\"\n",
+        "unqualified-search-registries = [\"docker.io\", \"\x1b[2Jevil.io\"]\n",
+        "unqualified-search-registries = [\"docker.io/library\"]\n",
+    };
+    for (const auto& text : bad) {
+        RegistriesConf c;
+        try {
+            c.merge(text, "test.conf");
+            ADD_FAILURE() << "accepted: " << ocivm::printable(text);
+        } catch (const ocivm::Error& e) {
+            std::string m = e.what();
+            for (unsigned char ch : m) EXPECT_TRUE(ch >= 0x20 && ch < 0x7f) << "raw byte in: " << m;
+            EXPECT_NE(m.find("fix that line"), std::string::npos) << m;
+        }
+    }
+    RegistriesConf ok;
+    ok.merge("unqualified-search-registries = [\"docker.io\", \"localhost:5000\"]\n"
+             "[[registry]]\nprefix = \"*.example.com\"\nlocation = \"mirror.example.com:443/team/sub-path\"\n",
+             "test.conf");
+    EXPECT_EQ(ok.search.size(), 2u);
 }
