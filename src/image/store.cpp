@@ -786,7 +786,8 @@ std::vector<ImageInfo> Store::list() {
         // characters, blanks or shell metacharacters (a damaged store, or
         // one another program wrote) is named escaped and left out.
         if (!valid_name(n)) {
-            spdlog::warn("{}/names.json lists '{}', which is not a valid image name: left out", home_, printable(n));
+            spdlog::warn("{}/names.json lists '{}', which is not a valid image name: left out; remove that entry from the file "
+                         "(or re-import the image under a valid name)", home_, printable(n));
             continue;
         }
         ImageInfo i = info_from(home_, n, e);

@@ -188,11 +188,11 @@ TransportError transfer_failed(CURLcode rc, const Transfer& t, const char* errbu
     if (t.header_too_large) return {"the server sent response headers larger than ocivm accepts", false, kMisbehaving};
     if (t.too_large)
         return {"the response body is larger than the " + std::to_string(max_body) + " bytes ocivm accepts here", false, kMisbehaving};
-    if (t.sink_stopped) return {"transfer stopped by ocivm", false, "the reason is reported with it"};
+    if (t.sink_stopped) return {"transfer stopped by ocivm", false, "see the message before this one for why; pull again"};
     std::string why = printable(errbuf[0] ? errbuf : curl_easy_strerror(rc), 300);
     switch (rc) {
         case CURLE_ABORTED_BY_CALLBACK:
-            return {"transfer cancelled by ocivm", false, "the reason is reported with it"};
+            return {"transfer cancelled by ocivm", false, "see the message before this one for why; pull again"};
         case CURLE_TOO_MANY_REDIRECTS:
             return {"more than " + std::to_string(kMaxRedirects) + " redirects", false, kMisbehaving};
         case CURLE_UNSUPPORTED_PROTOCOL:

@@ -102,7 +102,9 @@ void install_seccomp(SeccompMode mode, SeccompProfile profile, const char* who =
 // then drop_privileges(keep) and the profile's seccomp filter.
 // As a user, the importer first enters a user namespace that maps only
 // its own uid and gid to themselves (it decides what it can chown by what
-// the kernel lets it, so it behaves as before) and keeps no capability
+// the kernel lets it, so it behaves as before, except that owners among
+// the user's supplementary groups now go to the override xattr: they are
+// not mapped) and keeps no capability
 // in it. Where a user namespace cannot be had (disabled by a sysctl or an
 // LSM) it logs a warning naming what is not confined and goes on with
 // no_new_privs and the seccomp filter. The disk writer as a user gets no

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <vector>
 
 #include "util/error.h"
@@ -138,7 +139,8 @@ StateDir::~StateDir() {
     // removal), and with this VM's own lock still held (lock_ goes after
     // this body), so no clean-up takes it for stale meanwhile.
     try {
-        BaseLock guard(base_.get(), path_);
+        // The lock is the vms directory's: name it in an error.
+        BaseLock guard(base_.get(), std::filesystem::path(path_).parent_path().string());
         if (int e = remove_tree_at(base_.get(), name_.c_str()))
             spdlog::warn("cannot remove the state directory {}: {}", path_, std::strerror(e));
     } catch (const Error& e) {

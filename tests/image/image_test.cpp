@@ -280,9 +280,10 @@ TEST_F(ImageTest, CorruptBlobsAndBadSourcesLeaveTheStoreAsItWas) {
     std::string after = store_listing(home);
     // Only what the good image put there (the diff_id liar's layer blob is
     // verified and kept as content, but no layer, root or name came of it).
-    EXPECT_EQ(after.find("bad"), std::string::npos);
-    EXPECT_NE(after.find("good:latest"), std::string::npos);
-    EXPECT_EQ(store.list().size(), 1u);
+    // (Names, not the listing's text: a hex digest may well contain "bad".)
+    auto names = store.list();
+    ASSERT_EQ(names.size(), 1u) << after;
+    EXPECT_EQ(names[0].name, "good:latest") << after;
 }
 
 TEST_F(ImageTest, MaliciousLayersNeverWriteOutsideTheStore) {

@@ -30,8 +30,8 @@ RGID=$(getent passwd $RUID | cut -d: -f4)
 [ -n "$RGID" ] || { echo "FAIL: no user with uid $RUID (nobody) in the passwd database"; exit 1; }
 AS_USER=(setpriv --reuid=$RUID --regid=$RGID --clear-groups --inh-caps=-all)
 
-# /tmp, not the wrapper's 0700 TMPDIR: the user must reach the binary,
-# the layout and the store.
+# /tmp (world-searchable), not a TMPDIR that may be root's 0700 directory:
+# the user must reach the binary, the layout and the store.
 WORK=$(mktemp -d /tmp/ocivm-rootless-import.$$.XXXXXX) || { echo "FAIL: cannot create a directory in /tmp"; exit 1; }
 chmod 755 "$WORK"
 PIDS=""   # every process the test started (killed on exit)

@@ -24,6 +24,7 @@
 #include "util/error.h"
 
 #include "sandbox/sandbox.h"
+#include "unit/test_util.h"
 
 using namespace ocivm::sandbox;
 
@@ -139,6 +140,12 @@ TEST(Sandbox, OpenShareRefusesASymlinkInAnyComponent) {
 
 namespace {
 
+// A scratch directory under the test's TMPDIR, removed however the test ends.
+struct TempDir {
+    std::string path = ocivm::test::make_temp_dir();
+    ~TempDir() { ocivm::test::remove_tree(path); }
+};
+
 struct Outcome {
     int status = 0;
     std::string err;  // what the child wrote on stderr
@@ -221,9 +228,8 @@ TEST(ToolSeccomp, TheImporterIsStoppedNamingTheCall) {
 // says ENOSYS, glibc falls back to clone), a signal to itself, and
 // io_uring reads as missing rather than killing.
 TEST(ToolSeccomp, TheImporterStillUnpacks) {
-    char tmpl[] = "/tmp/ocivm-toolseccomp-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    std::string d = tmpl;
+    TempDir td;
+    const std::string& d = td.path;
     Outcome o = in_tool_child(SeccompProfile::Importer, "image import", [&] {
         int dir = ::open(d.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
         int fd = ::openat(dir, "f", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -239,7 +245,6 @@ TEST(ToolSeccomp, TheImporterStillUnpacks) {
         if (::syscall(SYS_io_uring_setup, 1, nullptr) != -1 || errno != ENOSYS) return 8;
         return 0;
     });
-    std::filesystem::remove_all(d);
     ASSERT_TRUE(WIFEXITED(o.status)) << "killed by signal " << WTERMSIG(o.status) << ": " << o.err;
     EXPECT_EQ(WEXITSTATUS(o.status), 0) << o.err;
 }
@@ -275,9 +280,10 @@ TEST(ToolSeccomp, TheDiskWriterRunsProgramsButNoMount) {
 // written, /proc/sys included in what cannot (uid 0 needs no capability
 // to write core_pattern), the harmless devices still open, no network.
 TEST(Sandbox, ConfinedToolWritesOnlyItsDirectory) {
-    char tmpl[] = "/tmp/ocivm-confine-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    std::string d = tmpl;
+    TempDir td;
+    const std::string& d = td.path;
+    struct stat host_net;
+    ASSERT_EQ(::stat("/proc/self/ns/net", &host_net), 0);
     ASSERT_EQ(::mkdir((d + "/store").c_str(), 0700), 0);
     ASSERT_EQ(::mkdir((d + "/outside").c_str(), 0700), 0);
     int pipefd[2];
@@ -300,7 +306,7 @@ TEST(Sandbox, ConfinedToolWritesOnlyItsDirectory) {
             ::_exit(13);
         if (::open("/dev/null", O_RDWR | O_CLOEXEC) < 0) ::_exit(14);
         struct stat st;
-        if (::stat("/proc/self/ns/net", &st) < 0) ::_exit(15);
+        if (::stat("/proc/self/ns/net", &st) < 0 || st.st_ino == host_net.st_ino) ::_exit(15);
         ::_exit(0);
     }
     ::close(pipefd[1]);
@@ -311,10 +317,9 @@ TEST(Sandbox, ConfinedToolWritesOnlyItsDirectory) {
     int st = 0;
     ::waitpid(pid, &st, 0);
     bool written = std::filesystem::exists(d + "/store/f"), leaked = std::filesystem::exists(d + "/outside/f");
-    std::filesystem::remove_all(d);
     ASSERT_TRUE(WIFEXITED(st)) << "killed by signal " << WTERMSIG(st) << ": " << err;
     EXPECT_EQ(WEXITSTATUS(st), 0) << "(10: confine_tool failed, 11: no write in the store, 12: a write outside it, "
-                                     "13: core_pattern writable, 14: no /dev/null) "
+                                     "13: core_pattern writable, 14: no /dev/null, 15: the host's network) "
                                   << err;
     EXPECT_TRUE(written);
     EXPECT_FALSE(leaked);
