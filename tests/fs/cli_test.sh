@@ -6,6 +6,7 @@ OCIVM=${1:?usage: cli_test.sh PATH-TO-OCIVM}
 if [ "$(id -u)" -ne 0 ]; then echo "FAIL: cli_test.sh mounts file systems and must run as root"; exit 1; fi
 command -v unshare >/dev/null || { echo "FAIL: unshare missing: apt-get install util-linux"; exit 1; }
 . "$(dirname "$0")/../lib/mounts.sh"
+. "$(dirname "$0")/../lib/proc.sh"
 
 work=${TMPDIR:-/tmp}/ocivm-clitest-$$
 mkdir -p "$work/src" "$work/mnt" "$work/busy"
@@ -68,18 +69,6 @@ check "help lists mount" bash -c "\"$OCIVM\" help | grep -q 'mount SOURCE MOUNTP
 check "mount --help explains --cache" bash -c "\"$OCIVM\" mount --help | grep -q -- '--cache MODE'"
 check "help mount = mount --help" bash -c "diff <(\"$OCIVM\" help mount) <(\"$OCIVM\" mount --help)"
 
-# From the mount table: a stat would wait on a server not yet answering.
-wait_mounted() { for _ in $(seq 200); do mounted_at "$1" fuse.ocivm && return 0; sleep 0.05; done; return 1; }
-wait_unmounted() {
-  local rc
-  for _ in $(seq 200); do
-    mounted_at "$1" fuse.ocivm; rc=$?
-    [ $rc -eq 1 ] && return 0
-    [ $rc -eq 2 ] && return 1
-    sleep 0.05
-  done
-  return 1
-}
 
 # SIGINT unmounts and exits 0
 "$OCIVM" mount "$work/src" "$work/mnt" & pid=$!
@@ -101,7 +90,6 @@ check "SIGTERM with a busy mount: server exits" bash -c "! kill -0 $pid 2>/dev/n
 check "SIGTERM with a busy mount: detached" wait_unmounted "$work/mnt"
 kill $holder 2>/dev/null; wait $holder 2>/dev/null; wait $pid 2>/dev/null
 
-descendants() { local k; for k in $(pgrep -P "$1"); do echo "$k"; descendants "$k"; done; }
 
 # The server is a confined process of its own; it inherits no stray fd of
 # ours (fd 7 here), and kill -9 of ocivm mount takes the server with it,

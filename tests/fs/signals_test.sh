@@ -17,6 +17,7 @@ OCIVM=${1:?usage: signals_test.sh PATH-TO-OCIVM PATH-TO-READ_SHARE}
 READ_SHARE=${2:?usage: signals_test.sh PATH-TO-OCIVM PATH-TO-READ_SHARE}
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib/check.sh"
+. "$HERE/../lib/proc.sh"
 . "$HERE/../lib/mounts.sh"
 [ "$(id -u)" -eq 0 ] || { echo "FAIL: signals_test.sh mounts file systems and must run as root"; exit 1; }
 command -v pgrep >/dev/null || { echo "FAIL: pgrep missing: apt-get install procps"; exit 1; }
@@ -42,19 +43,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-field() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }
-descendants() { local k; for k in $(pgrep -P "$1"); do echo "$k"; descendants "$k"; done; }
-gone() {  # gone PID...: true once none of them exists (10 s at most)
-  local p left
-  for _ in $(seq 100); do
-    left=""
-    for p in "$@"; do [ -d "/proc/$p" ] && left="$left $p"; done
-    [ -z "$left" ] && return 0
-    sleep 0.1
-  done
-  echo "  still there:$left" >&2
-  return 1
-}
 # confined_server PID: the descendant of PID that is PID 1 of a PID
 # namespace of its own, once its seccomp filter (its last step) is on.
 confined_server() {
@@ -65,17 +53,6 @@ confined_server() {
         [ "$(field "$p" Seccomp)" = 2 ] && { echo "$p"; return 0; }
     done
     sleep 0.1
-  done
-  return 1
-}
-wait_mounted() { for _ in $(seq 200); do mounted_at "$1" fuse.ocivm && return 0; sleep 0.05; done; return 1; }
-wait_unmounted() {
-  local rc
-  for _ in $(seq 200); do
-    mounted_at "$1" fuse.ocivm; rc=$?
-    [ $rc -eq 1 ] && return 0
-    [ $rc -eq 2 ] && return 1
-    sleep 0.05
   done
   return 1
 }

@@ -86,3 +86,18 @@ no_mount_mentions() {
   done <<< "$raw_"
   return 0
 }
+
+# wait_mounted DIR / wait_unmounted DIR: until DIR is (no longer) an ocivm
+# FUSE mount, 10 s at most (from the mount table: a stat would wait on a
+# server not yet answering).
+wait_mounted() { for _ in $(seq 200); do mounted_at "$1" fuse.ocivm && return 0; sleep 0.05; done; return 1; }
+wait_unmounted() {
+  local rc
+  for _ in $(seq 200); do
+    mounted_at "$1" fuse.ocivm; rc=$?
+    [ $rc -eq 1 ] && return 0
+    [ $rc -eq 2 ] && return 1
+    sleep 0.05
+  done
+  return 1
+}

@@ -15,6 +15,7 @@ set -uo pipefail
 OCIVM=${1:?ocivm binary}
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib/check.sh"
+. "$HERE/../lib/proc.sh"
 MAKE_LAYOUT=$HERE/../../scripts/make-oci-layout.sh
 
 [ "$(id -u)" -eq 0 ] || { echo "FAIL: the rootless import test runs as root (it becomes an unprivileged user itself)"; exit 1; }
@@ -61,8 +62,6 @@ ln -s ../etc/hello "$R/home/link"
 "$MAKE_LAYOUT" "$R" "$WORK/layout" rootless:1 >/dev/null || { echo "FAIL: make-oci-layout.sh failed"; exit 1; }
 chmod -R a+rX "$WORK/layout"
 
-field() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }
-status_line() { awk -v k="$2:" '$1 == k { $1 = ""; print substr($0, 2) }' "/proc/$1/status" 2>/dev/null; }
 own_ns() { local a; a=$(readlink "/proc/$1/ns/$2") && [ -n "$a" ] && [ "$a" != "$(readlink /proc/self/ns/$2)" ]; }
 host_ns() { [ "$(readlink "/proc/$1/ns/$2")" = "$(readlink /proc/self/ns/$2)" ]; }
 # Mount points the process may write (mountinfo's options start rw).

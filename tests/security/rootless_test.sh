@@ -13,6 +13,7 @@ OCIVM=${1:?ocivm binary}
 READ_SHARE=${2:?read_share binary}
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib/check.sh"
+. "$HERE/../lib/proc.sh"
 . "$HERE/../lib/mounts.sh"
 
 [ "$(id -u)" -eq 0 ] || { echo "FAIL: the rootless test runs as root (it becomes an unprivileged user itself)"; exit 1; }
@@ -63,8 +64,6 @@ chown -R $RUID:$RGID "$WORK/share" "$WORK/run" "$WORK/mnt"
 # working directory holds is checked below).
 cd "$WORK"
 
-field() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }
-status_line() { awk -v k="$2:" '$1 == k { $1 = ""; print substr($0, 2) }' "/proc/$1/status" 2>/dev/null; }
 # child_of PID: PID's only child (from the children lists of all its
 # threads); nothing, and a message, when it has several.
 child_of() {
@@ -76,17 +75,6 @@ child_of() {
     return 1
   fi
   echo "${kids[@]}"
-}
-gone() {  # gone PID...: true once none of them exists (10 s at most)
-  local p left
-  for _ in $(seq 100); do
-    left=""
-    for p in "$@"; do [ -d "/proc/$p" ] && left="$left $p"; done
-    [ -z "$left" ] && return 0
-    sleep 0.1
-  done
-  echo "  still there:$left" >&2
-  return 1
 }
 
 # start_fsd NAME: an fsd as the user on $WORK/run/NAME.sock and a front end

@@ -9,6 +9,7 @@ OCIVM=${1:?ocivm binary}
 DEMO=${2:?demo root file system}
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib/check.sh"
+. "$HERE/../lib/proc.sh"
 
 [ "$(id -u)" -eq 0 ] || { echo "FAIL: the sandbox test runs as root"; exit 1; }
 command -v qemu-system-x86_64 >/dev/null || { echo "FAIL: qemu-system-x86_64 missing: apt-get install qemu-system-x86"; exit 1; }
@@ -31,12 +32,6 @@ trap cleanup EXIT
   sh -c 'while [ ! -e /vol/go ]; do sleep 0.2; done; echo done' > "$WORK/out" 2> "$WORK/err" &
 RUN_PID=$!
 
-descendants() {  # all descendants of a pid
-  local kids
-  kids=$(pgrep -P "$1")
-  for k in $kids; do echo "$k"; descendants "$k"; done
-}
-field() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }
 
 servers=""
 for _ in $(seq 600); do
