@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,7 +33,8 @@ namespace stdfs = std::filesystem;
 
 namespace {
 
-constexpr size_t kMaxErrorBody = 64 * 1024;  // a registry's error JSON, kept for the message
+// The /v2/ ping's body is not used: "{}" or a short error.
+constexpr size_t kMaxPingBody = 16 * 1024;
 constexpr size_t kMaxToken = 64 * 1024;
 constexpr int kAttempts = 5;  // per request: the first try and 4 retries
 
@@ -156,7 +158,7 @@ std::string extra_cas(const std::string& host) {
 std::string error_summary(long status, const std::string& body) {
     // {"errors":[{"code":"MANIFEST_UNKNOWN","message":"..."}]}
     try {
-        json j = json::parse(body);
+        json j = parse_bounded_json(body.size() > kMaxErrorBody ? body.substr(0, kMaxErrorBody) : body, "error");
         if (j.is_object() && j.contains("errors") && j["errors"].is_array() && !j["errors"].empty()) {
             const json& e = j["errors"][0];
             std::string code = str_field(e, "code", "error", false), msg = str_field(e, "message", "error", false);
@@ -209,6 +211,7 @@ public:
                 sleep_for(wait);
                 continue;
             }
+            if (r.status == 401) check_challenger(r);
             if (r.status == 401 && !tried_auth) {
                 tried_auth = true;
                 authenticate(http, r);
@@ -240,6 +243,20 @@ public:
     }
 
 private:
+    // A 401 is answered with credentials only when the registry itself sent
+    // it. A redirect may lead anywhere (a blob CDN, or a host the registry's
+    // attacker picked); a challenge from there would name a token service
+    // of its choosing, and the credentials would go to it. As
+    // containers/image, the challenge comes from the registry, and a token
+    // service on another host is trusted only because the registry named it.
+    void check_challenger(const HttpResponse& r) {
+        const std::string got = url_authority(r.effective_url);
+        if (!got.empty() && got == url_authority(scheme_ + ep_.host + "/")) return;
+        const std::string shown = printable(got.empty() ? r.effective_url : got, 300);
+        throw AuthFailed(shown + ", where " + ep_.host + " redirected, asks for credentials; ocivm sends credentials only to the registry and its token service. "
+                         "Tell the registry's operator, or pull from another registry");
+    }
+
     // The scheme is decided once per session, before the first request, by
     // a ping of /v2/ (as podman does) and never changes afterwards: a
     // connection reset in the middle of a pull must not move the rest of it
@@ -253,19 +270,18 @@ private:
     }
 
     std::string probe_scheme(Http& http, const std::atomic<bool>* cancel) {
-        const Http::Sink discard = [](const HttpResponse&, const char*, size_t) { return true; };
         std::string why_https, why_http;
         for (int attempt = 0; attempt < kAttempts; ++attempt) {
             if (attempt > 0) sleep_for(0.25 * (1 << (attempt - 1)));
             try {
-                auto r = http.get("https://" + ep_.host + "/v2/", {}, tls_, 0, discard, cancel);
+                auto r = http.get("https://" + ep_.host + "/v2/", {}, tls_, kMaxPingBody, {}, cancel);
                 spdlog::debug("{}: HTTPS answers (HTTP {})", ep_.host, r.status);
                 return "https://";
             } catch (const TransportError& e) {
                 why_https = e.reason();
             }
             try {
-                auto r = http.get("http://" + ep_.host + "/v2/", {}, tls_, 0, discard, cancel);
+                auto r = http.get("http://" + ep_.host + "/v2/", {}, tls_, kMaxPingBody, {}, cancel);
                 if (r.status == 200 || r.status == 401) {
                     spdlog::info("{}: no HTTPS ({}); using plain HTTP (insecure in registries.conf)", ep_.host, why_https);
                     return "http://";
@@ -584,14 +600,34 @@ private:
     }
 
     // A transfer that broke off (not a blob found wrong, which was removed
-    // already) is kept for the next pull.
+    // already) is kept for the next pull, while what is kept stays within
+    // kMaxKeptPartials: a registry that cuts every transfer of many large
+    // blobs must not fill the disk for a week.
     void keep_partial(const BlobTransfer& t) {
         if (t.have == 0 || ::access(t.part.c_str(), F_OK) != 0) return;
         try {
             make_dirs(st_.kept, 0700);
+            std::lock_guard<std::mutex> g(keep_mu_);
+            const uint64_t kept = bytes_in(st_.kept);
+            if (kept > kMaxKeptPartials || t.have > kMaxKeptPartials - kept) {
+                ::unlink(t.part.c_str());
+                spdlog::info("blob {}: not keeping its {} bytes for the next pull: {} holds {} bytes of partial downloads already (at most {})",
+                             t.digest, t.have, st_.kept, kept, kMaxKeptPartials);
+                return;
+            }
             if (::rename(t.part.c_str(), t.kept.c_str()) == 0) spdlog::info("blob {}: kept {} bytes for the next pull", t.digest, t.have);
         } catch (const Error&) {
         }
+    }
+
+    static uint64_t bytes_in(const std::string& dir) {
+        uint64_t total = 0;
+        std::error_code ec;
+        for (stdfs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+            struct stat st;
+            if (::lstat(it->path().c_str(), &st) == 0 && S_ISREG(st.st_mode)) total += static_cast<uint64_t>(st.st_size);
+        }
+        return total;
     }
 
     // The first bytes of a response: does it continue what `part` holds?
@@ -710,6 +746,7 @@ private:
     std::chrono::steady_clock::time_point last_report_{};
     std::atomic<bool> cancel_{false};
     std::exception_ptr error_;
+    std::mutex keep_mu_;
 };
 
 bool is_index_type(const std::string& mt) { return mt == kOciIndex || mt == kDockerList; }
@@ -805,10 +842,21 @@ ImageParts image_parts(const Manifest& m, const Reference& ref) {
 std::string fetch_config(Session& s, const PullOptions& opts, const Staging& st, const PullProgressFn& progress, const Descriptor& cfg,
                          uint64_t& bytes, unsigned& fetched) {
     if (std::string p = opts.stored_blob ? opts.stored_blob(cfg.digest) : ""; !p.empty()) {
-        std::string text = read_file(p);
-        if (text.size() == cfg.size && "sha256:" + sha256_hex(text) == cfg.digest) {
-            write_small(st.blob(cfg.digest), text);
-            return text;
+        // Its size first: a manifest may name any stored blob (a layer of
+        // GiBs) as its config, and only cfg.size bytes (<= kMaxConfigBytes)
+        // may be read into memory.
+        UniqueFd fd(::open(p.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+        struct stat sb;
+        if (fd && ::fstat(fd.get(), &sb) == 0 && S_ISREG(sb.st_mode) && static_cast<uint64_t>(sb.st_size) == cfg.size) {
+            std::string text(cfg.size, '\0');
+            ssize_t n = 0;
+            size_t got = 0;
+            while (got < text.size() && (n = ::pread(fd.get(), text.data() + got, text.size() - got, static_cast<off_t>(got))) > 0)
+                got += static_cast<size_t>(n);
+            if (got == cfg.size && "sha256:" + sha256_hex(text) == cfg.digest) {
+                write_small(st.blob(cfg.digest), text);
+                return text;
+            }
         }
     }
     Fetcher f(s, opts, st, progress);
@@ -835,6 +883,28 @@ Platform check_config(const std::string& text, const Descriptor& cfg, const Refe
     return cp;
 }
 
+// The manifest's sizes decide how much is written: refused before a byte
+// is fetched when they cannot fit (a hostile manifest may declare any size,
+// up to 2^64-1 per layer; the sum saturates). What a kept partial holds
+// already counts as fetched: it moves into the staging layout by rename.
+void check_free_space(const Staging& st, const std::vector<BlobProgress>& todo) {
+    uint64_t need = 0;
+    for (auto& b : todo) {
+        uint64_t size = b.size;
+        struct stat sb;
+        if (::stat((st.kept + "/" + b.digest.substr(7)).c_str(), &sb) == 0 && S_ISREG(sb.st_mode))
+            size -= std::min(size, static_cast<uint64_t>(sb.st_size));
+        need = size > UINT64_MAX - need ? UINT64_MAX : need + size;
+    }
+    struct statvfs vs;
+    if (::statvfs(st.dir.c_str(), &vs) < 0) throw_errno("checking the free space of " + st.dir, errno);
+    const unsigned __int128 avail = static_cast<unsigned __int128>(vs.f_bavail) * vs.f_frsize;
+    if (need > avail)
+        throw Error("the layers to fetch take " + std::to_string(need) + " bytes (as the manifest says), but the file system of " + st.dir +
+                    " has only " + std::to_string(static_cast<uint64_t>(avail)) +
+                    " bytes free; free some space there (or set OCIVM_HOME to a larger file system), or pull a smaller image");
+}
+
 // The layers the store lacks, fetched into the staging layout.
 void fetch_layers(Session& s, const PullOptions& opts, const Staging& st, const PullProgressFn& progress,
                   const std::vector<Descriptor>& layers, StagedImage& img) {
@@ -851,6 +921,7 @@ void fetch_layers(Session& s, const PullOptions& opts, const Staging& st, const 
             todo.push_back(b);
         }
     }
+    check_free_space(st, todo);
     lf.blobs = todo;
     if (progress) {
         std::vector<BlobProgress> all = skipped;

@@ -110,5 +110,8 @@ constexpr size_t kMaxManifestBytes = 4u << 20;
 constexpr size_t kMaxConfigBytes = 8u << 20;
 constexpr size_t kMaxTokenResponse = 1u << 20;
 constexpr size_t kMaxLayers = 256;
+// What partial downloads (STAGING/partial, kept for the next pull to resume)
+// may hold together; a transfer cut beyond it is discarded instead.
+constexpr uint64_t kMaxKeptPartials = 8ull << 30;
 
 }  // namespace ocivm::registry

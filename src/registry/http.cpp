@@ -33,6 +33,7 @@ struct Transfer {
     const std::atomic<bool>* cancel;
     size_t header_bytes = 0;
     bool too_large = false, header_too_large = false, sink_stopped = false;
+    bool error_body_cut = false;  // an error answer's body beyond kMaxErrorBody was dropped
     std::exception_ptr error{};
 };
 
@@ -74,9 +75,16 @@ size_t body_bytes(Transfer* t, const char* data, size_t len) {
         }
         return len;
     }
+    // An error answer is read for its message only: its first bytes are
+    // enough, the transfer ends there and the answer stands.
+    if (t->resp->status >= 400 && len > kMaxErrorBody - std::min(kMaxErrorBody, t->resp->body.size())) {
+        t->resp->body.append(data, kMaxErrorBody - std::min(kMaxErrorBody, t->resp->body.size()));
+        t->error_body_cut = true;
+        return 0;
+    }
     // A body announced larger than allowed is refused at its first bytes,
     // not after the registry has trickled them all.
-    if (t->resp->body.empty()) {
+    if (t->resp->body.empty() && t->resp->status < 400) {
         const std::string cl = t->resp->header("content-length");
         if (!cl.empty() && cl.size() <= 20 && cl.find_first_not_of("0123456789") == std::string::npos &&
             (cl.size() == 20 || std::stoull(cl) > t->max_body)) {
@@ -161,7 +169,7 @@ void http_global_init() {
     });
 }
 
-Http::Http() : curl_(curl_easy_init()) {
+Http::Http(const HttpLimits& limits) : curl_(curl_easy_init()), limits_(limits) {
     if (!curl_) throw Error("libcurl: cannot create a handle (out of memory?); free some memory and try again");
 }
 Http::~Http() { curl_easy_cleanup(static_cast<CURL*>(curl_)); }
@@ -241,10 +249,14 @@ HttpResponse Http::get(const std::string& url, const std::vector<std::string>& h
     // drops it on a redirect elsewhere, e.g. to a blob CDN, unless this is
     // on. It is off by default; said here so it stays off.
     curl_easy_setopt(c, CURLOPT_UNRESTRICTED_AUTH, 0L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 20L);
-    // A server that stops sending: no byte for 60 s ends the transfer.
-    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, limits_.connect_seconds);
+    // A server that stops sending, or drips bytes to keep the connection
+    // alive, ends the transfer.
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, limits_.stall_bytes_per_second);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, limits_.stall_seconds);
+    // A body held in memory is small: it has a deadline too. A blob stream
+    // (a sink) may take hours on a slow link and has none.
+    if (!sink) curl_easy_setopt(c, CURLOPT_TIMEOUT, limits_.collected_seconds);
     curl_easy_setopt(c, CURLOPT_USERAGENT, "ocivm/" OCIVM_VERSION);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &t);
@@ -270,11 +282,35 @@ HttpResponse Http::get(const std::string& url, const std::vector<std::string>& h
     if (t.error) std::rethrow_exception(t.error);
     char* eff = nullptr;
     if (curl_easy_getinfo(c, CURLINFO_EFFECTIVE_URL, &eff) == CURLE_OK && eff) resp.effective_url = eff;
-    if (rc != CURLE_OK) throw transfer_failed(rc, t, errbuf, url, resp.effective_url, max_body);
+    if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && t.error_body_cut))
+        throw transfer_failed(rc, t, errbuf, url, resp.effective_url, max_body);
     long code = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
     resp.status = code;
     return resp;
+}
+
+std::string url_authority(const std::string& url) {
+    std::unique_ptr<CURLU, decltype(&curl_url_cleanup)> u(curl_url(), curl_url_cleanup);
+    if (!u || curl_url_set(u.get(), CURLUPART_URL, url.c_str(), 0) != CURLUE_OK) return {};
+    char* scheme = nullptr;
+    if (curl_url_get(u.get(), CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK) return {};
+    const std::string sch = scheme;
+    curl_free(scheme);
+    if (sch != "http" && sch != "https") return {};
+    char* host = nullptr;
+    if (curl_url_get(u.get(), CURLUPART_HOST, &host, 0) != CURLUE_OK) return {};
+    std::string out = host;
+    curl_free(host);
+    for (auto& ch : out) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    char* port = nullptr;
+    // Without CURLU_DEFAULT_PORT: only a port the URL names; the scheme's
+    // default is dropped (CURLU_NO_DEFAULT_PORT), so host and host:443 agree.
+    if (curl_url_get(u.get(), CURLUPART_PORT, &port, CURLU_NO_DEFAULT_PORT) == CURLUE_OK && port) {
+        out += ":" + std::string(port);
+        curl_free(port);
+    }
+    return out;
 }
 
 std::string url_escape(const std::string& s) {

@@ -3,8 +3,8 @@
 // for every request of one thread (keep-alive), with everything a hostile
 // server could inflate bounded: header lines and their total, redirects
 // (5; from https only to https unless the registry may speak plain HTTP),
-// bodies collected in memory, stalls (no byte for 60 s). Not thread-safe:
-// one Http per thread.
+// bodies collected in memory (in size and in time), error bodies, stalls
+// (below a floor rate for too long). Not thread-safe: one Http per thread.
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -29,6 +29,22 @@ struct TlsSettings {
     // request follows https redirects only.
     bool allow_plain_http = false;
 };
+
+// How long a registry may take. A body collected in memory (a ping, a
+// manifest, a token, an error) is a few KiB to MiB: the whole transfer is
+// bounded in time, so a server that drips bytes cannot hold a pull for
+// days. A blob streamed to a sink may legitimately take hours: only the
+// stall floor applies to it (and to everything else).
+struct HttpLimits {
+    long connect_seconds = 20;
+    long collected_seconds = 120;         // whole transfer of a body collected in memory
+    long stall_bytes_per_second = 1024;   // slower than this ...
+    long stall_seconds = 30;              // ... for this long ends any transfer
+};
+
+// The body of an error answer (4xx/5xx) is kept only for the message it
+// carries: at most this much of it, the rest is not read.
+constexpr size_t kMaxErrorBody = 64 * 1024;
 
 struct HttpResponse {
     long status = 0;                             // of the last response (after redirects)
@@ -60,7 +76,7 @@ private:
 
 class Http {
 public:
-    Http();
+    explicit Http(const HttpLimits& limits = {});
     ~Http();
     Http(const Http&) = delete;
     Http& operator=(const Http&) = delete;
@@ -71,7 +87,9 @@ public:
     using Sink = std::function<bool(const HttpResponse& head, const char* data, size_t n)>;
 
     // GET url. Without a sink the body is collected, up to max_body bytes
-    // (more aborts: TransportError, not transient). A set *cancel aborts the
+    // (more aborts: TransportError, not transient), of an error answer
+    // (status >= 400) up to kMaxErrorBody (the rest is dropped: the answer
+    // is returned with the first bytes), within limits.collected_seconds. A set *cancel aborts the
     // transfer within a second (TransportError, not transient). Throws
     // TransportError, or what the sink threw.
     HttpResponse get(const std::string& url, const std::vector<std::string>& headers, const TlsSettings& tls,
@@ -79,7 +97,12 @@ public:
 
 private:
     void* curl_;
+    HttpLimits limits_;
 };
+
+// "host[:port]" of an http(s) URL as libcurl reads it: the host lowercased,
+// the port only when it is not the scheme's default. "" when it is not one.
+std::string url_authority(const std::string& url);
 
 // curl_easy_escape for a query value.
 std::string url_escape(const std::string& s);

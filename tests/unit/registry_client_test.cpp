@@ -10,9 +10,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <sstream>
 #include <optional>
 #include <stdexcept>
 #include <thread>
@@ -52,6 +55,7 @@ struct PullSetup {
     bool insecure = false;  // in registries.conf (else HTTPS, --tls-verify=false)
     unsigned jobs = 4;
     std::optional<Credentials> creds;
+    std::function<std::string(const std::string&)> stored_blob;
 };
 PullSetup insecure() {
     PullSetup s;
@@ -67,6 +71,7 @@ StagedImage pull(const RegistryServer& srv, const Staging& st, const PullSetup& 
     opts.tls_verify = s.insecure;  // an insecure registry is never verified; a secure one here has a self-signed certificate
     opts.jobs = s.jobs;
     opts.creds = s.creds;
+    opts.stored_blob = s.stored_blob;
     return fetch_image(parse_reference(srv.host() + "/" + repo + ":1"), conf, opts, st.dir, {});
 }
 
@@ -262,6 +267,54 @@ TEST(RegistryClient, CredentialsStayWithTheRegistryOnRedirect) {
     EXPECT_TRUE(sent);
 }
 
+// A redirect target's challenge gets no credentials: the registry sends the
+// manifest request to another host, which answers 401 naming a token
+// service of its own. Sending --creds there would hand them to whoever the
+// registry (or its attacker) redirected to.
+TEST(RegistryClient, RedirectTargetsChallengeGetsNoCredentials) {
+    TestImage img = TestImage::make({bytes_of(500, 'R')});
+    RegistryServer srv(true), other(true);
+    srv.serve(img);
+    other.set_hook([&](const HttpRequest& r, Conn& c) {
+        if (r.path.rfind("/token", 0) == 0) return c.respond(200, R"({"token":"stolen"})");
+        return c.respond(401, "{}", {{"WWW-Authenticate", "Bearer realm=\"https://" + other.host() + "/token\",service=\"x\""}});
+    });
+    srv.set_hook([&](const HttpRequest& r, Conn& c) {
+        if (r.path.find("/manifests/") == std::string::npos) return false;
+        return c.respond(307, "", {{"Location", "https://" + other.host() + r.path}});
+    });
+    Staging st;
+    PullSetup with_creds;
+    with_creds.creds = Credentials{"user", "secret", "--creds"};
+    std::string err = pull_error(srv, st, with_creds);
+    EXPECT_NE(err.find(other.host() + ", where " + srv.host() + " redirected, asks for credentials"), std::string::npos) << err;
+    EXPECT_NE(err.find("only to the registry and its token service"), std::string::npos) << err;
+    EXPECT_EQ(other.count("/token"), 0) << "the redirect target's token service was asked";
+    for (auto& r : other.requests()) EXPECT_EQ(r.header("authorization"), "") << r.path << " got credentials";
+}
+
+// ... while a token service on another host that the registry itself names
+// still gets them (as with Docker Hub's auth.docker.io).
+TEST(RegistryClient, RegistrysOwnChallengeMayNameATokenServiceElsewhere) {
+    TestImage img = TestImage::make({bytes_of(500, 'T')});
+    const std::string basic = "Basic dXNlcjpzZWNyZXQ=";  // user:secret
+    RegistryServer tok(true), srv(true);
+    srv.serve(img);
+    tok.set_hook([&](const HttpRequest& r, Conn& c) {
+        if (r.header("authorization") != basic) return c.respond(401, "{}");
+        return c.respond(200, R"({"token":"good"})");
+    });
+    srv.set_hook([&](const HttpRequest& r, Conn& c) {
+        if (r.path == "/v2/" || r.header("authorization") == "Bearer good") return false;
+        return c.respond(401, "{}", {{"WWW-Authenticate", "Bearer realm=\"https://" + tok.host() + "/token\",service=\"reg\""}});
+    });
+    Staging st;
+    PullSetup with_creds;
+    with_creds.creds = Credentials{"user", "secret", "--creds"};
+    EXPECT_EQ(pull(srv, st, with_creds).manifest_digest, img.manifest_digest);
+    EXPECT_GE(tok.count("/token"), 1);
+}
+
 // --- 4: what the registry writes reaches the terminal only sanitised
 
 TEST(Printable, EscapesControlBytesAndCaps) {
@@ -417,6 +470,212 @@ TEST(RegistryClient, CorruptBlobNamesBothDigests) {
     EXPECT_NE(err.find("have the digest " + ocivm::regtest::sha256_digest(wrong)), std::string::npos) << err;
     EXPECT_EQ(srv.count(blob), 2);
     EXPECT_FALSE(exists(st.partial(d)));
+}
+
+// --- 6b: what a registry can make ocivm hold: time, memory, disk
+
+// A body collected in memory has a deadline: bytes dripped faster than the
+// stall floor do not keep it alive. (Small limits here; the defaults are
+// the same mechanism.)
+TEST(Http, CollectedBodyHasADeadline) {
+    http_global_init();
+    std::atomic<bool> hung_up{false};
+    RegistryServer srv(false);
+    srv.set_hook([&](const HttpRequest&, Conn& c) {
+        // 2 KiB every 100 ms for at most 20 s: above the floor, past the deadline.
+        if (!c.send("HTTP/1.1 200 OK\r\nContent-Length: 409600\r\n\r\n")) return true;
+        for (int k = 0; k < 200; ++k) {
+            if (!c.send(std::string(2048, 'x'))) {
+                hung_up = true;
+                return true;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        c.close();
+        return true;
+    });
+    HttpLimits limits;
+    limits.collected_seconds = 2;
+    limits.stall_bytes_per_second = 1024;
+    limits.stall_seconds = 5;
+    Http http(limits);
+    try {
+        http.get("http://" + srv.host() + "/v2/x/manifests/1", {}, TlsSettings{}, 1 << 20);
+        ADD_FAILURE() << "a dripped body was collected whole";
+    } catch (const TransportError& e) {
+        EXPECT_NE(e.reason().find("imed out"), std::string::npos) << e.what();
+    }
+    // A stream to a sink (a blob) has no such deadline: only the floor.
+    hung_up = false;
+    size_t got = 0;
+    Http::Sink sink = [&](const HttpResponse&, const char*, size_t n) {
+        got += n;
+        return true;
+    };
+    HttpLimits floor_only = limits;
+    floor_only.collected_seconds = 1;
+    Http stream(floor_only);
+    srv.set_hook([&](const HttpRequest&, Conn& c) {
+        // 40 KiB over 4 s: longer than collected_seconds, above the floor.
+        if (!c.send("HTTP/1.1 200 OK\r\nContent-Length: 40960\r\n\r\n")) return true;
+        for (int k = 0; k < 20 && c.send(std::string(2048, 'y')); ++k) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        return true;
+    });
+    HttpResponse r = stream.get("http://" + srv.host() + "/v2/x/blobs/1", {}, TlsSettings{}, 0, sink);
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(got, 40960u);
+}
+
+// Below the stall floor, a stream ends too.
+TEST(Http, StreamBelowTheStallFloorEnds) {
+    http_global_init();
+    RegistryServer srv(false);
+    srv.set_hook([&](const HttpRequest&, Conn& c) {
+        // 100 bytes every 200 ms (500 B/s) for at most 30 s.
+        if (!c.send("HTTP/1.1 200 OK\r\nContent-Length: 15000\r\n\r\n")) return true;
+        for (int k = 0; k < 150 && c.send(std::string(100, 'z')); ++k) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        return true;
+    });
+    HttpLimits limits;
+    limits.stall_seconds = 2;
+    EXPECT_GE(limits.stall_bytes_per_second, 1024) << "the default floor";
+    Http http(limits);
+    Http::Sink sink = [](const HttpResponse&, const char*, size_t) { return true; };
+    try {
+        http.get("http://" + srv.host() + "/v2/x/blobs/1", {}, TlsSettings{}, 0, sink);
+        ADD_FAILURE() << "a transfer below the floor went on";
+    } catch (const TransportError& e) {
+        EXPECT_TRUE(e.transient()) << e.what();
+    }
+}
+
+// The /v2/ ping of an insecure registry is read up to a small cap, not to
+// wherever the registry stops.
+TEST(RegistryClient, PingBodyIsCapped) {
+    TestImage img = TestImage::make({bytes_of(100, 'P')});
+    std::atomic<bool> whole_sent{false};
+    RegistryServer srv(true);
+    srv.serve(img);
+    srv.set_hook([&](const HttpRequest& r, Conn& c) {
+        if (r.path != "/v2/") return false;
+        if (!c.send("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")) return true;
+        const std::string chunk(64 * 1024, 'p');
+        for (int k = 0; k < 256; ++k)  // 16 MiB
+            if (!c.send(chunk)) return true;
+        whole_sent = true;
+        c.close();
+        return true;
+    });
+    Staging st;
+    std::string err = pull_error(srv, st, insecure());
+    EXPECT_FALSE(whole_sent.load()) << "16 MiB of ping read";
+    EXPECT_NE(err.find("larger than the"), std::string::npos) << err;
+}
+
+uint64_t bytes_read_by_process() {
+    std::ifstream io("/proc/self/io");
+    std::string key;
+    uint64_t v = 0;
+    while (io >> key >> v)
+        if (key == "rchar:") return v;
+    throw std::runtime_error("/proc/self/io has no rchar (a kernel without task I/O accounting?)");
+}
+
+// A manifest whose config names a large blob the store holds: its size
+// differs, so it is not read (only a config's few KiB may be).
+TEST(RegistryClient, StoredBlobOfAnotherSizeIsNotReadAsTheConfig) {
+    TestImage img = TestImage::make({bytes_of(100, 'S')});
+    RegistryServer srv(true);
+    srv.serve(img);
+    Staging st, store;
+    const std::string big = store.dir + "/big";
+    std::ofstream(big).close();
+    std::filesystem::resize_file(big, 256u << 20);  // sparse
+    PullSetup s;
+    s.stored_blob = [&](const std::string& d) { return d == img.config_digest ? big : std::string(); };
+    const uint64_t before = bytes_read_by_process();
+    EXPECT_EQ(pull(srv, st, s).manifest_digest, img.manifest_digest);
+    const uint64_t read = bytes_read_by_process() - before;
+    EXPECT_LT(read, 64u << 20) << "the stored blob was read";
+    EXPECT_EQ(srv.count("/blobs/" + img.config_digest), 1) << "the config should come from the registry";
+}
+
+// Layer sizes the file system cannot hold are refused before a byte is
+// fetched; their sum saturates (two 2^63 layers are not 0 bytes).
+TEST(RegistryClient, LayersLargerThanTheFreeSpaceAreRefused) {
+    const std::string a = bytes_of(100, 'D'), b = bytes_of(100, 'E');
+    TestImage img = TestImage::make({a, b}, "",
+                                    {{ocivm::regtest::sha256_digest(a), 1ull << 63}, {ocivm::regtest::sha256_digest(b), 1ull << 63}});
+    RegistryServer srv(true);
+    srv.serve(img);
+    Staging st;
+    std::string err = pull_error(srv, st);
+    EXPECT_NE(err.find("the layers to fetch take 18446744073709551615 bytes"), std::string::npos) << err;
+    EXPECT_NE(err.find("bytes free"), std::string::npos) << err;
+    EXPECT_EQ(srv.count("/blobs/" + img.layer_digests[0]), 0);
+    EXPECT_EQ(srv.count("/blobs/" + img.layer_digests[1]), 0);
+}
+
+// Partial downloads are kept for the next pull only while they stay under
+// kMaxKeptPartials together.
+TEST(RegistryClient, KeptPartialsAreCapped) {
+    const std::string layer = bytes_of(200000, 'K');
+    TestImage img = TestImage::make({layer});
+    const std::string d = img.layer_digests[0];
+    RegistryServer srv(true);
+    srv.serve(img);
+    srv.set_hook([&](const HttpRequest& r, Conn& c) {
+        if (r.path.find("/blobs/" + d) == std::string::npos) return false;
+        if (r.header("range").empty())
+            c.send("HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(layer.size()) + "\r\n\r\n" + layer.substr(0, layer.size() / 2));
+        c.reset();
+        return true;
+    });
+    Staging st;
+    const std::string other = "sha256:" + std::string(64, 'a');
+    st.put_partial(other, "");
+    std::filesystem::resize_file(st.partial(other), kMaxKeptPartials);  // sparse: what earlier pulls left
+    std::string err = pull_error(srv, st);
+    EXPECT_NE(err.find("cannot fetch"), std::string::npos) << err;
+    EXPECT_FALSE(exists(st.partial(d))) << "kept beyond kMaxKeptPartials";
+    EXPECT_TRUE(exists(st.partial(other)));
+
+    // Below the cap it is kept (so the cap is what discarded it).
+    std::filesystem::remove(st.partial(other));
+    err = pull_error(srv, st);
+    EXPECT_TRUE(exists(st.partial(d))) << err;
+}
+
+// Peak RSS since `reset_peak_rss` (Linux: /proc/self/clear_refs 5 resets VmHWM).
+void reset_peak_rss() {
+    std::ofstream f("/proc/self/clear_refs");
+    f << "5";
+    f.close();
+    if (!f) throw std::runtime_error("cannot write /proc/self/clear_refs (a Linux kernel >= 4.0 is needed)");
+}
+uint64_t status_kib(const char* key) {
+    std::ifstream f("/proc/self/status");
+    std::string line;
+    while (std::getline(f, line))
+        if (line.rfind(key, 0) == 0) return std::stoull(line.substr(std::strlen(key)));
+    throw std::runtime_error(std::string("/proc/self/status has no ") + key);
+}
+
+// An error body of 4 MiB of '[' is not parsed unbounded (it cost ~330 MB).
+TEST(RegistryClient, DeepErrorBodyIsParsedBounded) {
+    const std::string body(kMaxManifestBytes - 1, '[');
+    RegistryServer srv(true);
+    srv.set_hook([&](const HttpRequest& r, Conn& c) {
+        if (r.path.find("/manifests/") == std::string::npos) return false;
+        return c.respond(404, body);
+    });
+    Staging st;
+    reset_peak_rss();
+    const uint64_t base = status_kib("VmRSS:");
+    std::string err = pull_error(srv, st);
+    const uint64_t peak = status_kib("VmHWM:");
+    EXPECT_NE(err.find("HTTP 404"), std::string::npos) << err;
+    EXPECT_LT(peak, base + 64 * 1024) << "peak RSS grew by " << (peak - base) / 1024 << " MiB";
 }
 
 // --- 7: exceptions never cross libcurl's C frames
