@@ -78,19 +78,6 @@ std::string str_field(const json& o, const char* k, const std::string& what, boo
     return {};
 }
 
-// A decimal number from a header: digits only, no sign or space, and no
-// wrap-around (an absurd value is refused, not reduced modulo 2^64).
-std::optional<uint64_t> parse_u64(const std::string& s) {
-    if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
-    uint64_t v = 0;
-    for (char c : s) {
-        uint64_t d = static_cast<uint64_t>(c - '0');
-        if (v > (UINT64_MAX - d) / 10) return std::nullopt;
-        v = v * 10 + d;
-    }
-    return v;
-}
-
 // START of "bytes START-END/TOTAL" (RFC 9110 Content-Range), if it is one.
 std::optional<uint64_t> content_range_start(const std::string& cr) {
     if (cr.rfind("bytes ", 0) != 0) return std::nullopt;

@@ -17,6 +17,20 @@
 
 namespace ocivm::registry {
 
+// A decimal number from a header: digits only, no sign or space, and no
+// wrap-around (an absurd value is refused, not reduced modulo 2^64).
+std::optional<uint64_t> parse_u64(const std::string& s) {
+    if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+    uint64_t v = 0;
+    for (char c : s) {
+        uint64_t d = static_cast<uint64_t>(c - '0');
+        if (v > (UINT64_MAX - d) / 10) return std::nullopt;
+        v = v * 10 + d;
+    }
+    return v;
+}
+
+
 namespace {
 
 constexpr size_t kMaxHeaderLine = 16 * 1024;
@@ -86,8 +100,9 @@ size_t body_bytes(Transfer* t, const char* data, size_t len) {
     // not after the registry has trickled them all.
     if (t->resp->body.empty() && t->resp->status < 400) {
         const std::string cl = t->resp->header("content-length");
-        if (!cl.empty() && cl.size() <= 20 && cl.find_first_not_of("0123456789") == std::string::npos &&
-            (cl.size() == 20 || std::stoull(cl) > t->max_body)) {
+        const bool digits = !cl.empty() && cl.find_first_not_of("0123456789") == std::string::npos;
+        auto n = parse_u64(cl);  // none for digits past 2^64: too large as well
+        if (digits && (!n || *n > t->max_body)) {
             t->too_large = true;
             return 0;
         }

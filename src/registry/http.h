@@ -9,12 +9,17 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "util/error.h"
 
 namespace ocivm::registry {
+
+// A decimal number from a header: digits only, no sign or space, and no
+// wrap-around (an absurd value is refused, not reduced modulo 2^64).
+std::optional<uint64_t> parse_u64(const std::string& s);
 
 // Call once, before any thread starts (curl_global_init is not thread-safe).
 void http_global_init();

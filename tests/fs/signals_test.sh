@@ -122,6 +122,8 @@ fsd_waiting_case INT pid
 fsd_waiting_case TERM pid
 fsd_waiting_case INT group
 fsd_waiting_case TERM group
+# A closed terminal or a service manager's reload: 129 (docs/virtiofs.md).
+fsd_waiting_case HUP pid
 
 # --- ocivm fsd serving a front end ---------------------------------------------
 # fsd_serving_case SIG pid|group WANT-CAPS [FSD-OPTION...]
@@ -148,7 +150,7 @@ fsd_serving_case() {
   check "$what: CapBnd is the same set (nothing to regain)" caps_are "$server" CapBnd "$want"
   send "$sig" "$to" $pid
   wait $pid; rc=$?
-  local want_rc=$((128 + $(kill -l "$sig")))
+  local want_rc=$((128 + $(signum "$sig")))
   check "$what: fsd ends by SIG$sig as asked, not the SIGKILL it gave the server (status $want_rc, got $rc)" [ $rc -eq $want_rc ]
   check "$what: no keeper or server left" gone $pid $all
   exec 7>&-
@@ -160,5 +162,6 @@ fsd_serving_case TERM group "$CAPS_WRITABLE"
 # What `ocivm run` gives a writable -v share: no mknod, fsetid, setfcap.
 fsd_serving_case TERM pid "$CAPS_NODEV_NOSUID" --nodev --nosuid
 fsd_serving_case INT group "$CAPS_READONLY" --readonly
+fsd_serving_case HUP pid "$CAPS_WRITABLE"
 
 finish
