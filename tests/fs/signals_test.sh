@@ -56,6 +56,18 @@ confined_server() {
   done
   return 1
 }
+# check_confined WHAT PID WANT-CAPS: PID serves from a confined server with
+# exactly WANT-CAPS (effective and bounding); sets $server and $all (PID's
+# descendants, also added to PIDS for the clean-up).
+check_confined() {
+  local what=$1 pid=$2 want=$3
+  server=$(confined_server "$pid")
+  check "$what: a confined server (pid ${server:-none})" [ -n "$server" ]
+  all=$(descendants "$pid"); PIDS="$PIDS $all"
+  check "$what: the server keeps exactly the documented capabilities ($want; CapEff $(field "${server:-0}" CapEff))" \
+    caps_are "$server" CapEff "$want"
+  check "$what: CapBnd is the same set (nothing to regain)" caps_are "$server" CapBnd "$want"
+}
 # send SIG pid|group PID
 send() { if [ "$2" = group ]; then kill -s "$1" -- "-$3"; else kill -s "$1" "$3"; fi; }
 signum() { kill -l "$1"; }
@@ -79,12 +91,7 @@ mount_case() {
   pid=$!; PIDS="$PIDS $pid"
   check "$what: mounted" wait_mounted "$WORK/mnt"
   check "$what: serves the file" [ "$(cat "$WORK/mnt/file" 2>&1)" = "$CONTENT" ]
-  server=$(confined_server $pid)
-  check "$what: a confined server (pid ${server:-none})" [ -n "$server" ]
-  all=$(descendants $pid); PIDS="$PIDS $all"
-  check "$what: the server keeps exactly the documented capabilities ($want; CapEff $(field "${server:-0}" CapEff))" \
-    caps_are "$server" CapEff "$want"
-  check "$what: CapBnd is the same set (nothing to regain)" caps_are "$server" CapBnd "$want"
+  check_confined "$what" $pid "$want"
   send "$sig" "$to" $pid
   wait $pid; rc=$?
   check "$what: exit status 0 (got $rc; stderr: $(tr '\n' ' ' < "$WORK/mount.err"))" [ $rc -eq 0 ]
@@ -142,12 +149,7 @@ fsd_serving_case() {
   for _ in $(seq 200); do [ -s "$WORK/fe.out" ] && break; [ -d /proc/$fe ] || break; sleep 0.05; done
   check "$what: the front end read the file ($(tr '\n' ' ' < "$WORK/fe.err"))" [ "$(cat "$WORK/fe.out")" = "$CONTENT" ]
   check "$what: the socket file went when the front end connected" [ ! -e "$sock" ]
-  server=$(confined_server $pid)
-  check "$what: a confined server (pid ${server:-none})" [ -n "$server" ]
-  all=$(descendants $pid); PIDS="$PIDS $all"
-  check "$what: the server keeps exactly the documented capabilities ($want; CapEff $(field "${server:-0}" CapEff))" \
-    caps_are "$server" CapEff "$want"
-  check "$what: CapBnd is the same set (nothing to regain)" caps_are "$server" CapBnd "$want"
+  check_confined "$what" $pid "$want"
   send "$sig" "$to" $pid
   wait $pid; rc=$?
   local want_rc=$((128 + $(signum "$sig")))

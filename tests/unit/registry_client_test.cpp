@@ -99,6 +99,16 @@ std::string bytes_of(size_t n, char seed) {
 
 // --- 1: the scheme of an insecure registry is decided once, never downgraded
 
+// The first request whose path holds `part` gets a connection reset;
+// `seen` counts every such request.
+void reset_first_fetch_of(RegistryServer& srv, const std::string& part, std::atomic<int>& seen) {
+    srv.set_hook([part, &seen](const HttpRequest& r, Conn& c) {
+        if (r.path.find(part) == std::string::npos || seen++ != 0) return false;
+        c.reset();
+        return true;
+    });
+}
+
 // An insecure registry that speaks HTTPS: one connection reset on a blob
 // (attempt 0) must be retried over HTTPS, not move the pull to plain HTTP.
 TEST(RegistryClient, InsecureHttpsRegistryStaysOnHttpsAfterAReset) {
@@ -106,13 +116,7 @@ TEST(RegistryClient, InsecureHttpsRegistryStaysOnHttpsAfterAReset) {
     std::atomic<int> resets{0};
     RegistryServer srv(true);
     srv.serve(img);
-    srv.set_hook([&](const HttpRequest& r, Conn& c) {
-        if (r.path.find("/blobs/" + img.layer_digests[0]) != std::string::npos && resets++ == 0) {
-            c.reset();
-            return true;
-        }
-        return false;
-    });
+    reset_first_fetch_of(srv, "/blobs/" + img.layer_digests[0], resets);
     Staging st;
     StagedImage out = pull(srv, st, insecure());
     EXPECT_EQ(out.manifest_digest, img.manifest_digest);
@@ -151,13 +155,7 @@ TEST(RegistryClient, InsecurePlainHttpRegistry) {
     std::atomic<int> resets{0};
     RegistryServer srv(false);
     srv.serve(img);
-    srv.set_hook([&](const HttpRequest& r, Conn& c) {
-        if (r.path.find("/blobs/" + img.layer_digests[0]) != std::string::npos && resets++ == 0) {
-            c.reset();
-            return true;
-        }
-        return false;
-    });
+    reset_first_fetch_of(srv, "/blobs/" + img.layer_digests[0], resets);
     Staging st;
     StagedImage out = pull(srv, st, insecure());
     EXPECT_EQ(out.manifest_digest, img.manifest_digest);
