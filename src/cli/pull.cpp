@@ -129,6 +129,12 @@ std::string stored_blob(const std::string& home, const std::string& digest) {
     return ::lstat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) ? p : std::string();
 }
 
+// An image neither in the store nor pulled: what to do, then `how`.
+Error not_in_store(const std::string& image, const std::string& how) {
+    return Error("no image named '" + image + "' in the store; import it with 'ocivm image import SOURCE --name " +
+                 image + "' " + how);
+}
+
 PulledImage import_staged(const registry::StagedImage& img, const std::string& name, const std::string& log_level) {
     // The importer parses layers an image author wrote: it runs in a child
     // that confines itself (no network, only the capabilities unpacking
@@ -216,8 +222,7 @@ std::string pull_for_run(const std::string& image, const std::string& policy, Pu
             try {
                 cands = registry::candidates_for(registry::RegistriesConf::load(), ref);
             } catch (const Error& e) {
-                throw Error("no image named '" + image + "' in the store; import it with 'ocivm image import SOURCE "
-                            "--name " + image + "' or pull a full reference with 'ocivm pull' (" + e.what() + ")");
+                throw not_in_store(image, "or pull a full reference with 'ocivm pull' (" + std::string(e.what()) + ")");
             }
         }
         for (auto& c : cands)
@@ -230,8 +235,7 @@ std::string pull_for_run(const std::string& image, const std::string& policy, Pu
         throw;
     } catch (const Error& e) {
         if (policy == "always") throw;
-        throw Error("no image named '" + image + "' in the store; import it with 'ocivm image import SOURCE --name " +
-                    image + "' or pull it with 'ocivm pull REFERENCE' (pulling '" + image + "' failed: " + e.what() + ")");
+        throw not_in_store(image, "or pull it with 'ocivm pull REFERENCE' (pulling '" + image + "' failed: " + e.what() + ")");
     }
 }
 
