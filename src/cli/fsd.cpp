@@ -32,6 +32,7 @@
 #include "trace/recorder.h"
 #include "transport/vhost_user.h"
 #include "sandbox/sandbox.h"
+#include "util/clock.h"
 #include "util/error.h"
 #include "util/io.h"
 #include "util/process.h"
@@ -65,8 +66,10 @@ Options:
                              descriptor each; past it LOOKUP fails with EMFILE).
                              Default: raised to the hard limit (as root to
                              fs.nr_open); 0 leaves the limit as it is
-      --thread-pool-size N   accepted for virtiofsd compatibility; each queue
-                             has its own thread
+      --thread-pool-size N   worker threads (default: 8; 0: none) for requests that
+                             may wait long (fsync, blocking locks, fallocate) and
+                             for requests queued behind one being served; a lone
+                             quick request is served by its queue's thread
       --sandbox MODE         namespace (default): the server runs in new mount, PID,
                              network and IPC namespaces (and a user namespace when
                              not root) with DIR as its root (pivot_root), a /proc
@@ -119,6 +122,7 @@ struct FsdOptions {
                 seccomp = "kill", log_level = "warn", trace, xattr_policy = "passthrough";
     int fd = -1, control_fd = -1;
     std::optional<unsigned long> fd_limit;  // --rlimit-nofile
+    unsigned thread_pool = 8;               // --thread-pool-size
     bool readonly = false, xattr = true, caps = false, help = false, submounts = false,
          nodev = false, nosuid = false, override_stat = false, trusted_xattrs = false;
 };
@@ -236,9 +240,7 @@ void serve_control(int fd, const trace::Recorder& recorder, const transport::Vho
             std::string cmd = pending.substr(0, nl);
             pending.erase(0, nl + 1);
             if (cmd != "stats") continue;
-            timespec ts;
-            ::clock_gettime(CLOCK_MONOTONIC, &ts);
-            uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+            uint64_t now = mono_ns();
             const auto& det = recorder.detector();
             // Paths and names in the summary are the guest's: no control
             // character (a newline above all) reaches the supervisor's
@@ -249,6 +251,7 @@ void serve_control(int fd, const trace::Recorder& recorder, const transport::Vho
                 return s;
             };
             std::string out = "requests " + std::to_string(backend.stats().requests.load()) + "\n";
+            for (const auto& l : backend.poll_lines()) out += "poll " + l + "\n";
             for (auto& l : det.window_summary(now, 10)) out += "summary " + clean(l) + "\n";
             auto v = det.verdict();
             out += std::string("verdict ") + (v.livelock ? "1 " : "0 ") + clean(v.message) + "\n";
@@ -276,7 +279,8 @@ int cmd_fsd(int argc, char** argv) {
         {"rlimit-nofile", 0, true, [&](const std::string& v) {
              o.fd_limit = v == "0" ? 0 : parse_count("--rlimit-nofile", v, 1u << 30);
          }},
-        {"thread-pool-size", 0, true, [&](const std::string& v) { if (v != "0") parse_count("--thread-pool-size", v, 1024); }},
+        {"thread-pool-size", 0, true, [&](const std::string& v) {
+             o.thread_pool = v == "0" ? 0 : parse_count("--thread-pool-size", v, transport::kMaxPoolThreads); }},
         {"sandbox", 0, true, [&](const std::string& v) { o.sandbox = v; }},
         {"seccomp", 0, true, [&](const std::string& v) { o.seccomp = v; }},
         {"readonly", 0, false, [&](const std::string&) { o.readonly = true; }},
@@ -339,6 +343,9 @@ int cmd_fsd(int argc, char** argv) {
     // From here on the server is a process of its own in new namespaces
     // (the keeper that forked it waits outside); everything it needs from
     // the host is opened before the pivot_root into the share.
+    // Read through an fd opened here: the sandbox's /proc shows only its
+    // own PID namespace.
+    transport::HostLoad host_load;
     UniqueFd root;
     if (o.sandbox == "namespace") {
         sandbox::enter_namespaces("ocivm fsd");
@@ -371,7 +378,10 @@ int cmd_fsd(int argc, char** argv) {
     sandbox::drop_privileges(caps);
     fuse::Server server(passthrough, cfg.protocol, recorder.get());
 
-    transport::VhostUserBackend backend(server, {});
+    transport::VhostUserOptions vo;
+    vo.thread_pool_size = o.thread_pool;
+    vo.load = &host_load;
+    transport::VhostUserBackend backend(server, vo);
     std::thread control_thread;
     if (control) {
         control_thread = std::thread([fd = control.get(), &recorder, &backend] { serve_control(fd, *recorder, backend); });
@@ -388,8 +398,11 @@ int cmd_fsd(int argc, char** argv) {
     // Everything that needs more than the allow-list is set up by now.
     sandbox::install_seccomp(seccomp, sandbox::SeccompProfile::FileServer, "ocivm fsd");
     int rc = backend.serve(sock.get());
-    spdlog::info("served {} requests; {} bad descriptor chains; {} interrupts sent again to a guest that had missed one",
-                 backend.stats().requests.load(), backend.stats().bad_chains.load(), backend.stats().renotified.load());
+    spdlog::info("served {} requests ({} by the worker pool); {} bad descriptor chains; {} interrupts sent again "
+                 "to a guest that had missed one",
+                 backend.stats().requests.load(), backend.stats().pooled.load(), backend.stats().bad_chains.load(),
+                 backend.stats().renotified.load());
+    for (const auto& l : backend.poll_lines()) spdlog::info("polling (host load from {}), {}", host_load.source(), l);
     recorder->flush();
     if (recorder->dropped())
         spdlog::warn("trace: {} records dropped (buffer full)", recorder->dropped());

@@ -1,5 +1,7 @@
 #include "fuse/server.h"
 
+#include "util/clock.h"
+
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <linux/limits.h>
@@ -264,12 +266,6 @@ long name_offset(uint32_t opcode) {
         case FUSE_GETXATTR: return sizeof(fuse_getxattr_in);
         default: return -1;
     }
-}
-
-uint64_t now_ns() {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 }  // namespace
@@ -672,7 +668,7 @@ struct Dispatch {
 
 Server::Result Server::handle(std::span<const std::byte> in, ReplyWriter& out) {
     if (!recorder_) return handle_request(in, out);
-    uint64_t t0 = now_ns();
+    uint64_t t0 = mono_ns();
     tl_reply_error = 0;
     tl_result_node = 0;
     Result res = handle_request(in, out);
@@ -689,7 +685,7 @@ Server::Result Server::handle(std::span<const std::byte> in, ReplyWriter& out) {
     r.uid = h.uid;
     r.gid = h.gid;
     r.error = res == Result::NoReply ? 0 : tl_reply_error;
-    r.latency_us = static_cast<uint32_t>((now_ns() - t0) / 1000);
+    r.latency_us = static_cast<uint32_t>((mono_ns() - t0) / 1000);
     if (h.len == in.size()) record_forgets(h, in, r);
     long off = name_offset(h.opcode);
     if (off >= 0 && sizeof h + static_cast<size_t>(off) < in.size()) {

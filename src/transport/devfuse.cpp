@@ -239,47 +239,60 @@ DevFuseSession::DevFuseSession(fuse::Server& server, UniqueFd fd, const DevFuseO
         }
         clones_.push_back(std::move(c));
     }
+    for (unsigned i = 0; i < n; ++i) poll_stats_.push_back(std::make_unique<PollStats>());
 }
 
-// Reads one request. The fds are non-blocking: after a request the thread
-// holding the spin token keeps polling for up to spin_us (a synchronous
-// client's next request usually comes within microseconds, and catching it
-// awake spares a sleep and a cross-CPU wakeup); others sleep in poll().
-ssize_t DevFuseSession::next_request(int fd, std::byte* buf, size_t size) {
-    for (;;) {
-        ssize_t n = ::read(fd, buf, size);
-        if (n >= 0 || errno != EAGAIN) return n;
-        if (opts_.spin_us > 0 && !spinning_.exchange(true, std::memory_order_acquire)) {
-            auto deadline = std::chrono::steady_clock::now() +
-                            std::chrono::microseconds(opts_.spin_us);
-            do {
-                n = ::read(fd, buf, size);
-                if (n >= 0 || errno != EAGAIN) break;
-            } while (std::chrono::steady_clock::now() < deadline);
-            int saved = errno;
-            spinning_.store(false, std::memory_order_release);
-            if (n >= 0 || saved != EAGAIN) {
-                errno = saved;
-                return n;
-            }
+// Reads one request. The fds are non-blocking: when none is waiting, the
+// thread holding the spin token keeps reading for its SpinWindow (a
+// synchronous client's next request usually comes within microseconds, and
+// catching it awake spares a sleep and a cross-CPU wakeup), unless the host
+// is contended; the others, and the spinner after its window, sleep in poll().
+ssize_t DevFuseSession::next_request(int fd, std::byte* buf, size_t size, SpinWindow& spin) {
+    ssize_t n = ::read(fd, buf, size);
+    if (n >= 0 || errno != EAGAIN) return n;
+    const uint64_t start = mono_ns();
+    int64_t spun = 0;
+    int64_t budget = spin.budget(start);
+    if (budget > 0 && !spinning_.exchange(true, std::memory_order_acquire)) {
+        do {
+            n = ::read(fd, buf, size);
+            spun = static_cast<int64_t>(mono_ns() - start);
+            if (n >= 0 || errno != EAGAIN) break;
+        } while (spun < budget);
+        int saved = errno;
+        spinning_.store(false, std::memory_order_release);
+        if (n >= 0 || saved != EAGAIN) {
+            spin.waited(spun, spun, true);
+            errno = saved;
+            return n;
         }
+    }
+    for (;;) {
         struct pollfd p{fd, POLLIN, 0};
         if (::poll(&p, 1, -1) < 0 && errno != EINTR) return -1;
         if (p.revents & (POLLERR | POLLHUP | POLLNVAL)) {
             errno = ENODEV;  // the connection is gone
             return -1;
         }
+        n = ::read(fd, buf, size);
+        if (n >= 0 || errno != EAGAIN) {
+            int saved = errno;
+            spin.waited(static_cast<int64_t>(mono_ns() - start), spun, false);
+            errno = saved;
+            return n;
+        }
     }
 }
 
-void DevFuseSession::worker(int fd) {
+void DevFuseSession::worker(int fd, PollStats& stats) {
     const size_t in_size = server_.request_buffer_size();
     const size_t out_size = server_.options().max_write + 4096;
     AlignedBuf in = alloc_buffer(in_size);
     AlignedBuf out = alloc_buffer(out_size);
     DevFuseReply reply(fd, out.get(), out_size);
+    SpinWindow spin(opts_.spin_us, &load_, &stats);
     for (;;) {
-        ssize_t n = next_request(fd, in.get(), in_size);
+        ssize_t n = next_request(fd, in.get(), in_size, spin);
         if (n < 0) {
             int e = errno;
             if (e == EINTR || e == EAGAIN || e == ENOENT) continue;
@@ -297,12 +310,14 @@ void DevFuseSession::run() {
     // clears the thread's PR_SET_PDEATHSIG, which must stay on the main
     // thread for the server to die with its keeper.
     std::vector<std::thread> threads;
-    threads.emplace_back([this] { worker(fd_.get()); });
-    for (auto& c : clones_) {
-        int fd = c ? c.get() : fd_.get();
-        threads.emplace_back([this, fd] { worker(fd); });
+    threads.emplace_back([this] { worker(fd_.get(), *poll_stats_[0]); });
+    for (size_t i = 0; i < clones_.size(); ++i) {
+        int fd = clones_[i] ? clones_[i].get() : fd_.get();
+        threads.emplace_back([this, fd, i] { worker(fd, *poll_stats_[i + 1]); });
     }
     for (auto& t : threads) t.join();
+    for (size_t i = 0; i < poll_stats_.size(); ++i)
+        spdlog::info("polling, thread {} (host load from {}): {}", i, load_.source(), poll_stats_[i]->line());
 }
 
 }  // namespace ocivm::transport

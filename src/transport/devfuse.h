@@ -3,11 +3,13 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "fuse/server.h"
+#include "transport/polling.h"
 #include "util/unique_fd.h"
 
 namespace ocivm::transport {
@@ -17,7 +19,7 @@ struct DevFuseOptions {
     std::string mountpoint;  // absolute path
     unsigned threads = 2;
     bool readonly = false;
-    unsigned spin_us = 50;   // busy-poll after a request before sleeping (0: never)
+    unsigned spin_us = 50;   // longest busy-poll after a request before sleeping (0: never); adaptive
 };
 
 // A FUSE mount: mounted on construction (mount(2) as root, fusermount3
@@ -63,16 +65,20 @@ public:
 
     // Serves until the connection ends (unmounted, or aborted).
     void run();
+    // Each thread's polling (docs/filesystem.md, "Polling").
+    const std::vector<std::unique_ptr<PollStats>>& poll_stats() const { return poll_stats_; }
 
 private:
-    void worker(int fd);
-    ssize_t next_request(int fd, std::byte* buf, size_t size);
+    void worker(int fd, PollStats& stats);
+    ssize_t next_request(int fd, std::byte* buf, size_t size, SpinWindow& spin);
 
     fuse::Server& server_;
     DevFuseOptions opts_;
     UniqueFd fd_;
     std::vector<UniqueFd> clones_;  // threads - 1 of them; an empty one shares fd_
     std::atomic<bool> spinning_{false};
+    HostLoad load_;  // opened here, before the server's sandbox
+    std::vector<std::unique_ptr<PollStats>> poll_stats_;  // one per thread
 };
 
 // Sets the server's RLIMIT_NOFILE, which caps the nodes a guest can make it

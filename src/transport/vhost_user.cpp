@@ -21,6 +21,8 @@
 #include <cstring>
 #include <mutex>
 
+#include <linux/fuse.h>
+
 namespace ocivm::transport {
 
 namespace {
@@ -226,6 +228,18 @@ struct VhostUserBackend::Queue {
     std::mutex exit_mu;
     std::condition_variable exit_cv;
     bool exited = false;
+    // Chains of this queue a pool worker holds: the queue is stopped (and
+    // its memory may go) only when this is back to 0.
+    std::atomic<unsigned> inflight{0};
+    // Serialises the used ring between the queue's thread and the workers.
+    std::mutex used_mu;
+    PollStats poll;
+};
+
+// A request handed to the worker pool, with the chain it came in.
+struct VhostUserBackend::Job {
+    unsigned queue = 0;
+    DescChain chain;
 };
 
 namespace {
@@ -237,6 +251,16 @@ VhostUserBackend::VhostUserBackend(fuse::Server& server, VhostUserOptions opts)
     : server_(server), opts_(opts), spin_us_(opts.spin_us) {
     unsigned n = 1 + std::max(1u, opts_.request_queues);
     for (unsigned i = 0; i < n; ++i) queues_.push_back(std::make_unique<Queue>());
+    unsigned workers = std::min(opts_.thread_pool_size, kMaxPoolThreads);
+    // Twice as many jobs as workers: a queue thread hands on requests while
+    // every worker is busy, up to that bound, and then serves them itself.
+    for (unsigned i = 0; i < 2 * workers; ++i) {
+        jobs_.push_back(std::make_unique<Job>());
+        jobs_.back()->chain.reserve(64);  // grows to the longest chain it carries, once
+        free_jobs_.push_back(jobs_.back().get());
+    }
+    pending_.assign(jobs_.size(), nullptr);
+    for (unsigned i = 0; i < workers; ++i) workers_.emplace_back([this] { worker_loop(); });
     // Both before any seccomp filter: they need rt_sigaction.
     GuestMemory::install_fault_guard();
     std::call_once(g_wake_installed, [] {
@@ -248,7 +272,15 @@ VhostUserBackend::VhostUserBackend(fuse::Server& server, VhostUserOptions opts)
     });
 }
 
-VhostUserBackend::~VhostUserBackend() { stop_all(); }
+VhostUserBackend::~VhostUserBackend() {
+    stop_all();
+    {
+        std::lock_guard lk(pool_mu_);
+        pool_stop_ = true;
+    }
+    pool_cv_.notify_all();
+    for (auto& t : workers_) t.join();
+}
 
 // The reason a message is refused, logged as refusals are counted (the
 // first few, then at powers of two).
@@ -316,37 +348,131 @@ void VhostUserBackend::notify(Queue& q) {
     q.in_fd_io.store(false, std::memory_order_release);
 }
 
-void VhostUserBackend::serve_ring(Queue& q, unsigned i, DescChain& chain, std::vector<std::byte>& scratch) {
+// Requests whose system calls can wait long on the host: they always go
+// to the pool, so that one guest's fsync does not hold up its other
+// requests. (SETLKW waits for another process's lock.)
+static bool may_block(const DescChain& chain) {
+    if (chain.readable.empty() || chain.readable[0].iov_len < 8) return false;
+    uint32_t opcode;
+    std::memcpy(&opcode, static_cast<const std::byte*>(chain.readable[0].iov_base) + 4, sizeof opcode);
+    switch (opcode) {
+    case FUSE_FSYNC:
+    case FUSE_FSYNCDIR:
+    case FUSE_SETLKW:
+    case FUSE_FALLOCATE:
+    case FUSE_COPY_FILE_RANGE:
+    case FUSE_SYNCFS:
+        return true;
+    default:
+        return false;
+    }
+}
+
+void VhostUserBackend::complete(Queue& q, uint16_t head, uint32_t len) {
+    bool wake;
+    {
+        std::lock_guard lk(q.used_mu);
+        q.vq.push(head, len);
+        wake = q.vq.need_notify();
+    }
+    if (wake) notify(q);
+}
+
+// Hands the chain to a worker; false when every job is taken (the caller
+// serves it itself). The chain's buffers are swapped with the job's.
+bool VhostUserBackend::dispatch(unsigned i, DescChain& chain) {
+    {
+        std::lock_guard lk(pool_mu_);
+        if (free_jobs_.empty()) return false;
+        Job* j = free_jobs_.back();
+        free_jobs_.pop_back();
+        std::swap(j->chain, chain);
+        j->queue = i;
+        queues_[i]->inflight.fetch_add(1, std::memory_order_acq_rel);
+        pending_[(pending_head_ + pending_count_) % pending_.size()] = j;
+        ++pending_count_;
+    }
+    stats_.pooled.fetch_add(1, std::memory_order_relaxed);
+    pool_cv_.notify_one();
+    return true;
+}
+
+void VhostUserBackend::worker_loop() {
+    sigset_t wake;
+    sigemptyset(&wake);
+    sigaddset(&wake, kWakeSignal);
+    pthread_sigmask(SIG_UNBLOCK, &wake, nullptr);  // stop_queue may interrupt a slow request
+    std::vector<std::byte> scratch;
+    for (;;) {
+        Job* j;
+        {
+            std::unique_lock lk(pool_mu_);
+            pool_cv_.wait(lk, [&] { return pool_stop_ || pending_count_ > 0; });
+            if (pending_count_ == 0) return;
+            j = pending_[pending_head_];
+            pending_head_ = (pending_head_ + 1) % pending_.size();
+            --pending_count_;
+        }
+        Queue& q = *queues_[j->queue];
+        complete(q, j->chain.head, handle_chain(j->chain, scratch));
+        {
+            std::lock_guard lk(pool_mu_);
+            free_jobs_.push_back(j);
+        }
+        if (q.inflight.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            std::lock_guard lk(q.exit_mu);
+            q.exit_cv.notify_all();
+        }
+    }
+}
+
+// Serves the ring until it is empty (then returns with notifications on)
+// or the queue is asked to stop. spin_start/spun: when the thread began
+// waiting, and how long it watched the ring, for the caller's SpinWindow.
+void VhostUserBackend::serve_ring(Queue& q, unsigned i, DescChain& chain, std::vector<std::byte>& scratch,
+                                  SpinWindow& spin, int64_t& spun) {
+    const bool pooled = i > 0 && !workers_.empty();  // the hiprio queue's FORGETs never wait
     while (!q.stop_requested.load(std::memory_order_relaxed)) {
         const char* why = "";
         auto res = q.vq.pop(memory_, chain, &why);
         if (res == Virtqueue::Pop::Empty) {
             // A guest waiting on a reply sends its next request soon:
             // watch the ring a little before sleeping (no kick, no
-            // wakeup), then ask for a kick and look once more.
-            if (spin_us_ > 0) {
-                auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+            // wakeup), unless the host's CPUs are wanted elsewhere; then
+            // ask for a kick and look once more.
+            const uint64_t start = mono_ns();
+            spun = 0;
+            if (int64_t budget = spin.budget(start); budget > 0) {
                 bool more = false;
                 // Yield, not pause: under TCG the QEMU thread that
                 // delivers our interrupt may need this very CPU.
-                while (!(more = q.vq.available()) && std::chrono::steady_clock::now() < deadline)
+                while (!(more = q.vq.available()) && (spun = static_cast<int64_t>(mono_ns() - start)) < budget)
                     sched_yield();
-                if (more) continue;
+                if (more) {
+                    spun = static_cast<int64_t>(mono_ns() - start);
+                    spin.waited(spun, spun, true);
+                    continue;
+                }
             }
-            if (q.vq.enable_notify_and_check()) continue;
+            if (q.vq.enable_notify_and_check()) {
+                spin.waited(static_cast<int64_t>(mono_ns() - start), spun, false);
+                continue;
+            }
             return;
         }
-        uint32_t len = 0;
         if (res == Virtqueue::Pop::Bad) {
             uint64_t n = stats_.bad_chains.fetch_add(1, std::memory_order_relaxed) + 1;
             if (worth_logging(n))
                 spdlog::warn("virtio-fs queue {}: bad descriptor chain: {} ({} so far)", i, why, n);
             if (chain.head >= q.vq.num()) continue;
-        } else {
-            len = handle_chain(chain, scratch);
+            complete(q, chain.head, 0);
+            continue;
         }
-        q.vq.push(chain.head, len);
-        if (q.vq.need_notify()) notify(q);
+        // Parallel demand (more chains waiting behind this one) or a
+        // request that may wait long goes to the pool; a lone quick request
+        // is served here, with no hand-over.
+        if (pooled && (may_block(chain) || q.vq.available()) && dispatch(i, chain)) continue;
+        complete(q, chain.head, handle_chain(chain, scratch));
     }
 }
 
@@ -359,6 +485,9 @@ void VhostUserBackend::queue_loop(unsigned i) {
     DescChain chain;
     chain.reserve(q.vq.num());  // pop() never allocates
     std::vector<std::byte> scratch;
+    SpinWindow spin(spin_us_, opts_.load, &q.poll);
+    uint64_t wait_start = 0;
+    int64_t spun = 0;
     // A (re)started queue looks at its ring before waiting for a kick: the
     // guest may have queued requests while the thread was stopped (e.g. for
     // SET_VRING_CALL) without kicking, because the avail_event it saw was
@@ -373,7 +502,11 @@ void VhostUserBackend::queue_loop(unsigned i) {
             // the guest asks for no other until it has seen that one: that
             // is how a guest's umount hung on a full hiprio ring. A spurious
             // interrupt only makes the guest look at its ring.
-            bool behind = q.vq.guest_behind();
+            bool behind;
+            {
+                std::lock_guard lk(q.used_mu);
+                behind = q.vq.guest_behind();
+            }
             int n = ::poll(p, 2, behind ? 1000 : -1);
             if (n < 0) {
                 if (errno == EINTR) continue;
@@ -382,7 +515,10 @@ void VhostUserBackend::queue_loop(unsigned i) {
             }
             if (p[1].revents) break;
             if (n == 0) {
-                if (q.vq.guest_behind() && q.call) {
+                std::unique_lock lk(q.used_mu);
+                bool still = q.vq.guest_behind();
+                lk.unlock();
+                if (still && q.call) {
                     stats_.renotified.fetch_add(1, std::memory_order_relaxed);  // counted before it can be seen
                     notify(q);
                     spdlog::debug("virtio-fs queue {}: the guest has not taken its replies; interrupt sent again", i);
@@ -399,10 +535,13 @@ void VhostUserBackend::queue_loop(unsigned i) {
                 q.in_fd_io.store(true, std::memory_order_seq_cst);
                 if (!q.stop_requested.load(std::memory_order_seq_cst)) (void)!::read(q.kick.get(), &v, sizeof v);
                 q.in_fd_io.store(false, std::memory_order_release);
+                // The wait began with the watch in serve_ring.
+                spin.waited(static_cast<int64_t>(mono_ns() - wait_start) + spun, spun, false);
             }
         }
         first = false;
-        serve_ring(q, i, chain, scratch);
+        serve_ring(q, i, chain, scratch, spin, spun);
+        wait_start = mono_ns();
     }
     std::lock_guard lk(q.exit_mu);
     q.exited = true;
@@ -436,14 +575,18 @@ void VhostUserBackend::stop_queue(unsigned i) {
     bool warned = false;
     {
         std::unique_lock lk(q.exit_mu);
-        while (!q.exited) {
+        // The pool's chains of this queue point into the same memory: they
+        // are finished (or interrupted) before the queue counts as stopped.
+        while (!q.exited || q.inflight.load(std::memory_order_acquire) > 0) {
             bool slow = std::chrono::steady_clock::now() - start > std::chrono::seconds(1);
             if (slow && !warned) {
                 spdlog::warn("vhost-user: queue {} did not stop within a second; interrupting its request", i);
                 warned = true;
             }
-            if (slow || q.in_fd_io.load(std::memory_order_seq_cst))
+            if (!q.exited && (slow || q.in_fd_io.load(std::memory_order_seq_cst)))
                 pthread_kill(q.thread.native_handle(), kWakeSignal);
+            if (slow && q.inflight.load(std::memory_order_acquire) > 0)
+                for (auto& w : workers_) pthread_kill(w.native_handle(), kWakeSignal);
             q.exit_cv.wait_for(lk, std::chrono::milliseconds(10));
         }
     }
@@ -760,6 +903,16 @@ int VhostUserBackend::serve(int sock) {
             }
         }
     }
+}
+
+std::vector<std::string> VhostUserBackend::poll_lines() const {
+    std::vector<std::string> out;
+    for (size_t i = 1; i < queues_.size(); ++i) {
+        const auto& p = queues_[i]->poll;
+        if (p.spins.load(std::memory_order_relaxed) + p.sleeps.load(std::memory_order_relaxed) == 0) continue;
+        out.push_back("queue " + std::to_string(i) + ": " + p.line());
+    }
+    return out;
 }
 
 }  // namespace ocivm::transport

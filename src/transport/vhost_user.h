@@ -5,6 +5,8 @@
 // requests through fuse::Server, writing replies straight into the guest's
 // buffers.
 #include <atomic>
+#include <condition_variable>
+#include <string>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -14,6 +16,7 @@
 
 #include "fuse/server.h"
 #include "transport/guest_memory.h"
+#include "transport/polling.h"
 #include "transport/virtqueue.h"
 #include "util/unique_fd.h"
 
@@ -21,8 +24,16 @@ namespace ocivm::transport {
 
 struct VhostUserOptions {
     unsigned request_queues = 1;  // besides the hiprio queue
-    unsigned spin_us = 100;       // watch the ring this long before sleeping (0: never)
+    unsigned spin_us = 100;       // longest watch of the ring before sleeping (0: never); adaptive
+    // Workers for requests that may wait long (fsync, blocking locks, ...)
+    // and for requests queued behind one being served; 0: every request is
+    // served by its queue's thread. At most kMaxPoolThreads.
+    unsigned thread_pool_size = 0;
+    // The host's CPU contention (polling stops while contended); may be null.
+    HostLoad* load = nullptr;
 };
+
+inline constexpr unsigned kMaxPoolThreads = 256;
 
 // Counters a test or `ocivm fsd` can read.
 struct VhostUserStats {
@@ -36,6 +47,8 @@ struct VhostUserStats {
     std::atomic<uint64_t> oversized{0};
     // Front-end messages refused (bad size, fds, values, unknown request).
     std::atomic<uint64_t> refused_messages{0};
+    // Requests handed to the worker pool.
+    std::atomic<uint64_t> pooled{0};
 };
 
 class VhostUserBackend {
@@ -54,9 +67,12 @@ public:
     // part, the reply written to its writable part; returns the reply's
     // length (0 when there is none). Public for the virtqueue tests.
     uint32_t handle_chain(const DescChain& chain, std::vector<std::byte>& scratch);
+    // Each request queue's polling: "queue N: spins ..." (docs/filesystem.md, "Polling").
+    std::vector<std::string> poll_lines() const;
 
 private:
     struct Queue;
+    struct Job;
     int handle_message(uint32_t request, const std::byte* payload, uint32_t size,
                        std::vector<UniqueFd>& fds, std::vector<std::byte>& reply);
     int set_mem_table(const std::byte* payload, uint32_t size, std::vector<UniqueFd>& fds);
@@ -65,7 +81,11 @@ private:
     void stop_all();
     bool map_ring(Queue& q, unsigned i);
     void queue_loop(unsigned i);
-    void serve_ring(Queue& q, unsigned i, DescChain& chain, std::vector<std::byte>& scratch);
+    void serve_ring(Queue& q, unsigned i, DescChain& chain, std::vector<std::byte>& scratch, SpinWindow& spin,
+                    int64_t& spun);
+    void complete(Queue& q, uint16_t head, uint32_t len);
+    bool dispatch(unsigned i, DescChain& chain);
+    void worker_loop();
     void notify(Queue& q);
     bool log_refusal() const;
 
@@ -83,6 +103,17 @@ private:
     uint64_t protocol_features_ = 0;
     GuestMemory memory_;
     std::vector<std::unique_ptr<Queue>> queues_;
+
+    // The worker pool: jobs_ is allocated once; a job is free, pending (a
+    // FIFO ring of pending_.size() slots) or held by one worker.
+    std::vector<std::unique_ptr<Job>> jobs_;
+    std::mutex pool_mu_;
+    std::condition_variable pool_cv_;
+    std::vector<Job*> free_jobs_;
+    std::vector<Job*> pending_;
+    size_t pending_head_ = 0, pending_count_ = 0;
+    bool pool_stop_ = false;
+    std::vector<std::thread> workers_;
 };
 
 }  // namespace ocivm::transport

@@ -23,6 +23,7 @@
 
 #include "fs/passthrough.h"
 #include "guest/initramfs.h"
+#include "util/clock.h"
 #include "util/error.h"
 #include "util/io.h"
 #include "util/log.h"
@@ -37,12 +38,6 @@
 namespace ocivm::vm {
 
 namespace {
-
-uint64_t mono_ns() {
-    timespec ts;
-    ::clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 struct SocketPair {
     UniqueFd mine, theirs;

@@ -9,10 +9,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstring>
 #include <chrono>
+#include <mutex>
 #include <thread>
 #include <vector>
+
+#include "fs/file_system.h"
+#include "fuse/serve_config.h"
 
 #include "transport/vhost_user.h"
 #include "unit/test_util.h"
@@ -61,6 +66,7 @@ uint64_t get_u64(int sock, uint32_t req) {
 // queue 1 set up with EVENT_IDX, FUSE LOOKUPs of "." put in its ring.
 struct FrontEnd {
     test::Harness h;
+    fuse::Server* server_ = nullptr;
     std::unique_ptr<VhostUserBackend> backend;
     UniqueFd front, back;
     std::thread server;
@@ -71,9 +77,11 @@ struct FrontEnd {
     vring_used* used = nullptr;
     uint64_t q1 = 1;
 
-    FrontEnd() {
-        h.init();
-        backend = std::make_unique<VhostUserBackend>(*h.server, VhostUserOptions{});
+    // Serves h's Passthrough, or `other` (already past INIT) with `opts`.
+    explicit FrontEnd(fuse::Server* other = nullptr, VhostUserOptions opts = {}) {
+        if (!other) h.init();
+        server_ = other ? other : h.server.get();
+        backend = std::make_unique<VhostUserBackend>(*server_, opts);
         int sv[2];
         EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
         front = UniqueFd(sv[0]);
@@ -130,6 +138,26 @@ struct FrontEnd {
         avail->ring[idx % kNum] = d;
         __atomic_store_n(&avail->idx, static_cast<uint16_t>(idx + 1), __ATOMIC_RELEASE);
     }
+    // Any request (header + args) in descriptors 2*slot and 2*slot+1.
+    void queue_request(uint16_t slot, uint32_t opcode, uint64_t unique, uint64_t nodeid, const void* arg,
+                       uint32_t arg_len) {
+        fuse_in_header ih{};
+        ih.opcode = opcode;
+        ih.unique = unique;
+        ih.nodeid = nodeid;
+        ih.len = static_cast<uint32_t>(sizeof ih) + arg_len;
+        uint64_t in = 0x8000 + slot * 0x2000ull, out = in + 0x1000;
+        std::memcpy(ram + in, &ih, sizeof ih);
+        if (arg_len) std::memcpy(ram + in + sizeof ih, arg, arg_len);
+        uint16_t d = static_cast<uint16_t>(2 * slot);
+        desc[d] = {kGpa + in, ih.len, VRING_DESC_F_NEXT, static_cast<uint16_t>(d + 1)};
+        desc[d + 1] = {kGpa + out, 4096, VRING_DESC_F_WRITE, 0};
+        uint16_t idx = avail->idx;
+        avail->ring[idx % kNum] = d;
+        __atomic_store_n(&avail->idx, static_cast<uint16_t>(idx + 1), __ATOMIC_RELEASE);
+    }
+    // The id of the used ring's element n (the head descriptor it returned).
+    uint32_t used_id(uint16_t n) { return __atomic_load_n(&used->ring[n % kNum].id, __ATOMIC_ACQUIRE); }
     uint64_t reply_unique(uint16_t slot) {
         fuse_out_header oh{};
         std::memcpy(&oh, ram + 0x9000 + slot * 0x2000ull, sizeof oh);
@@ -156,7 +184,127 @@ bool signalled(int fd, int ms) {
     return true;
 }
 
+// A file system whose fsync waits until the test lets it go (a disk that
+// takes its time); getattr answers at once; everything else is ENOSYS.
+class SlowFsyncFs final : public fs::FileSystem {
+public:
+    void release_fsync() {
+        std::lock_guard lk(mu_);
+        released_ = true;
+        cv_.notify_all();
+    }
+    bool fsync_started(int ms) {
+        std::unique_lock lk(mu_);
+        return cv_.wait_for(lk, std::chrono::milliseconds(ms), [&] { return started_; });
+    }
+    int fsync(const fs::Context&, uint64_t, uint64_t, bool) override {
+        std::unique_lock lk(mu_);
+        started_ = true;
+        cv_.notify_all();
+        cv_.wait(lk, [&] { return released_; });
+        return 0;
+    }
+    int getattr(const fs::Context&, uint64_t, const uint64_t*, fs::Attr& a) override {
+        a.st.st_mode = S_IFDIR | 0755;
+        a.st.st_ino = 1;
+        a.st.st_nlink = 2;
+        return 0;
+    }
+    int lookup(const fs::Context&, uint64_t, std::string_view, fs::Entry&) override { return -ENOSYS; }
+    void forget(uint64_t, uint64_t) override {}
+    int setattr(const fs::Context&, uint64_t, const fs::SetAttr&, const uint64_t*, fs::Attr&) override { return -ENOSYS; }
+    int readlink(const fs::Context&, uint64_t, char*, size_t) override { return -ENOSYS; }
+    int symlink(const fs::Context&, uint64_t, std::string_view, std::string_view, fs::Entry&) override { return -ENOSYS; }
+    int mknod(const fs::Context&, uint64_t, std::string_view, mode_t, dev_t, fs::Entry&) override { return -ENOSYS; }
+    int mkdir(const fs::Context&, uint64_t, std::string_view, mode_t, fs::Entry&) override { return -ENOSYS; }
+    int unlink(const fs::Context&, uint64_t, std::string_view) override { return -ENOSYS; }
+    int rmdir(const fs::Context&, uint64_t, std::string_view) override { return -ENOSYS; }
+    int rename(const fs::Context&, uint64_t, std::string_view, uint64_t, std::string_view, unsigned) override { return -ENOSYS; }
+    int link(const fs::Context&, uint64_t, uint64_t, std::string_view, fs::Entry&) override { return -ENOSYS; }
+    int open(const fs::Context&, uint64_t, int, bool, fs::OpenResult&) override { return -ENOSYS; }
+    int create(const fs::Context&, uint64_t, std::string_view, mode_t, int, bool, fs::Entry&, fs::OpenResult&) override { return -ENOSYS; }
+    ssize_t read(const fs::Context&, uint64_t, uint64_t, off_t, const struct iovec*, int) override { return -ENOSYS; }
+    ssize_t write(const fs::Context&, uint64_t, uint64_t, off_t, const struct iovec*, int, bool) override { return -ENOSYS; }
+    int flush(const fs::Context&, uint64_t, uint64_t) override { return -ENOSYS; }
+    int release(const fs::Context&, uint64_t, uint64_t) override { return -ENOSYS; }
+    int opendir(const fs::Context&, uint64_t, int, fs::OpenResult&) override { return -ENOSYS; }
+    int readdir(const fs::Context&, uint64_t, uint64_t, uint64_t, bool, fs::DirSink&) override { return -ENOSYS; }
+    int releasedir(const fs::Context&, uint64_t, uint64_t) override { return -ENOSYS; }
+    int fsyncdir(const fs::Context&, uint64_t, uint64_t, bool) override { return -ENOSYS; }
+    int statfs(const fs::Context&, uint64_t, struct statvfs&) override { return -ENOSYS; }
+    int access(const fs::Context&, uint64_t, int) override { return -ENOSYS; }
+    int setxattr(const fs::Context&, uint64_t, std::string_view, const void*, size_t, int) override { return -ENOSYS; }
+    ssize_t getxattr(const fs::Context&, uint64_t, std::string_view, void*, size_t) override { return -ENOSYS; }
+    ssize_t listxattr(const fs::Context&, uint64_t, char*, size_t) override { return -ENOSYS; }
+    int removexattr(const fs::Context&, uint64_t, std::string_view) override { return -ENOSYS; }
+    int fallocate(const fs::Context&, uint64_t, uint64_t, int, off_t, off_t) override { return -ENOSYS; }
+    off_t lseek(const fs::Context&, uint64_t, uint64_t, off_t, int) override { return -ENOSYS; }
+    ssize_t copy_file_range(const fs::Context&, uint64_t, uint64_t, off_t, uint64_t, uint64_t, off_t, size_t,
+                            unsigned) override {
+        return -ENOSYS;
+    }
+    int syncfs(const fs::Context&) override { return -ENOSYS; }
+    void destroy() override {}
+
+private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    bool started_ = false, released_ = false;
+};
+
+// Runs INIT through `server` as the guest kernel would first.
+void init_server(fuse::Server& server) {
+    test::Request r(FUSE_INIT, 0);
+    fuse_init_in in{};
+    in.major = FUSE_KERNEL_VERSION;
+    in.minor = FUSE_KERNEL_MINOR_VERSION;
+    in.max_readahead = 1 << 20;
+    r.arg(in);
+    auto bytes = r.bytes();
+    struct Discard final : fuse::BufferReplyWriter {
+        using BufferReplyWriter::BufferReplyWriter;
+        int commit(size_t) override { return 0; }
+    };
+    std::vector<std::byte> out(8192);
+    Discard w(out.data(), out.size());
+    server.handle({bytes.data(), bytes.size()}, w);
+}
+
 }  // namespace
+
+// Issue 10: a slow request (an fsync the disk takes its time over) is
+// handed to the worker pool; the guest's other requests on the same queue
+// are answered meanwhile. (Before the pool, the queue's only thread sat in
+// the fsync and every other request of the guest waited for it.)
+TEST(VhostUser, ASlowFsyncDoesNotHoldUpTheQueue) {
+    SlowFsyncFs slow;
+    fuse::Server server(slow, fuse::serve_config("/", fs::CacheMode::Auto, false, false, false).protocol);
+    init_server(server);
+    VhostUserOptions opts;
+    opts.thread_pool_size = 2;
+    FrontEnd fe(&server, opts);
+    UniqueFd call(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)), kick(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    fe.set_call(call.get());
+    fe.set_kick(kick.get());
+    fuse_fsync_in fi{};
+    fe.queue_request(0, FUSE_FSYNC, 11, 1, &fi, sizeof fi);
+    uint64_t one = 1;
+    ASSERT_EQ(::write(kick.get(), &one, sizeof one), 8);
+    ASSERT_TRUE(slow.fsync_started(5000)) << "the fsync never reached the file system";
+    fuse_getattr_in gi{};
+    fe.queue_request(1, FUSE_GETATTR, 12, 1, &gi, sizeof gi);
+    ASSERT_EQ(::write(kick.get(), &one, sizeof one), 8);
+    bool answered = fe.used_reaches(1);
+    EXPECT_TRUE(answered) << "GETATTR waited for the fsync in front of it";
+    if (answered) {
+        EXPECT_EQ(fe.used_id(0), 2u) << "the first reply should be GETATTR's (descriptor 2)";
+        EXPECT_EQ(fe.reply_unique(1), 12u);
+    }
+    slow.release_fsync();
+    EXPECT_TRUE(fe.used_reaches(2)) << "the fsync's reply never came";
+    EXPECT_EQ(fe.reply_unique(0), 11u);
+    EXPECT_GE(fe.backend->stats().pooled.load(), 1u);
+}
 
 // Regression: a queue thread that starts (or restarts, as SET_VRING_CALL
 // does mid-run) waited for a kick before looking at its ring, so requests
