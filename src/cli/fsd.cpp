@@ -403,6 +403,7 @@ int cmd_fsd(int argc, char** argv) {
                  backend.stats().requests.load(), backend.stats().pooled.load(), backend.stats().bad_chains.load(),
                  backend.stats().renotified.load());
     for (const auto& l : backend.poll_lines()) spdlog::info("polling (host load from {}), {}", host_load.source(), l);
+    for (const auto& l : backend.poll_lines(true)) recorder->note(l);
     recorder->flush();
     if (recorder->dropped())
         spdlog::warn("trace: {} records dropped (buffer full)", recorder->dropped());

@@ -48,9 +48,11 @@ Options:
                                      the mount changes SOURCE)
       --threads N        worker threads serving requests (default: 2)
       --spin-us N        after each request, one thread keeps polling for the
-                         next one for N microseconds before sleeping: fewer
-                         wakeups for a busy client, a little CPU when idle
-                         (default: 50; 0 turns it off)
+                         next one for up to N microseconds before sleeping:
+                         fewer wakeups for a busy client. The window adapts
+                         to how soon requests come, and nobody polls while
+                         the host's CPUs are contended (default: 50; 0 turns
+                         it off)
       --readonly         refuse every change (EROFS)
       --rlimit-nofile N  the server's file descriptor limit, which caps the files
                          and directories the kernel can make it hold at once

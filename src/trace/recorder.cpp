@@ -285,6 +285,14 @@ void Recorder::run() {
     }
 }
 
+void Recorder::note(const std::string& json_object) {
+    flush();
+    if (!out_) return;
+    std::fputs(json_object.c_str(), out_);
+    std::fputc('\n', out_);
+    std::fflush(out_);
+}
+
 void Recorder::flush() {
     uint64_t target = recorded_.load();
     while (processed_.load(std::memory_order_acquire) < target) {

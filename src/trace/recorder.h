@@ -45,6 +45,10 @@ public:
     uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
     // Waits until everything pushed so far is processed (tests, shutdown).
     void flush();
+    // Appends one line that is not a request (a flat JSON object, such as
+    // the servers' polling statistics at exit), after the records pushed so
+    // far. Not for the request path.
+    void note(const std::string& json_object);
     const LivelockDetector& detector() const { return detector_; }
     // The path a node was first looked up by ("" if unknown); consumer-side
     // state, current after flush().

@@ -60,10 +60,21 @@ size_t summarize(const std::string& path, std::ostream& out, size_t top) {
     std::map<uint64_t, uint64_t> pids, per_sec;
     double t_first = -1, t_last = 0;
     size_t records = 0, bad = 0;
+    std::vector<std::string> polling;
     std::string line, v;
     while (std::getline(in, line)) {
         if (line.empty()) continue;
         std::string op, t;
+        if (field(line, "polling", v)) {
+            // The servers' polling at exit (docs/filesystem.md, "Polling").
+            std::string row = "  " + v + ":";
+            for (const char* k : {"spins", "hits", "spin_us", "busy_skips", "sleeps", "window_us"}) {
+                std::string n;
+                if (field(line, k, n)) row += std::string(" ") + k + " " + n;
+            }
+            polling.push_back(row);
+            continue;
+        }
         if (!field(line, "op", op) || !field(line, "t", t)) {
             ++bad;
             continue;
@@ -116,6 +127,10 @@ size_t summarize(const std::string& path, std::ostream& out, size_t top) {
     for (auto& [s, n] : per_sec) {
         int bar = peak ? static_cast<int>(40.0 * static_cast<double>(n) / static_cast<double>(peak)) : 0;
         out << "  +" << std::setw(5) << s << "s " << std::setw(9) << n << " " << std::string(bar, '#') << "\n";
+    }
+    if (!polling.empty()) {
+        out << "\npolling (per serving thread, at exit):\n";
+        for (auto& row : polling) out << row << "\n";
     }
     return records;
 }

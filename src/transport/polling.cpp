@@ -118,6 +118,20 @@ std::string PollStats::line() const {
     return buf;
 }
 
+std::string PollStats::json(const std::string& who) const {
+    char buf[320];
+    std::snprintf(buf, sizeof buf,
+                  "{\"polling\":\"%s\",\"spins\":%llu,\"hits\":%llu,\"spin_us\":%llu,\"busy_skips\":%llu,"
+                  "\"sleeps\":%llu,\"window_us\":%llu}",
+                  who.c_str(), static_cast<unsigned long long>(spins.load(std::memory_order_relaxed)),
+                  static_cast<unsigned long long>(hits.load(std::memory_order_relaxed)),
+                  static_cast<unsigned long long>(spin_ns.load(std::memory_order_relaxed) / 1000),
+                  static_cast<unsigned long long>(busy_skips.load(std::memory_order_relaxed)),
+                  static_cast<unsigned long long>(sleeps.load(std::memory_order_relaxed)),
+                  static_cast<unsigned long long>(window_ns.load(std::memory_order_relaxed) / 1000));
+    return buf;
+}
+
 SpinWindow::SpinWindow(unsigned max_us, HostLoad* load, PollStats* stats)
     : max_(static_cast<int64_t>(max_us) * 1000), window_(max_), load_(load), stats_(stats) {
     stats_->window_ns.store(static_cast<uint64_t>(window_), std::memory_order_relaxed);

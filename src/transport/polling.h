@@ -76,6 +76,9 @@ struct PollStats {
     std::atomic<uint64_t> window_ns{0};   // the current window
     // "spins N hits N (P%) spun_ms N busy_skips N sleeps N window_us N"
     std::string line() const;
+    // {"polling":"WHO","spins":N,"hits":N,"spin_us":N,"busy_skips":N,"sleeps":N,"window_us":N}
+    // for the trace file (`ocivm trace summary` reads it back). WHO is ours: no escaping.
+    std::string json(const std::string& who) const;
 };
 
 class SpinWindow {

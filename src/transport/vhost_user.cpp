@@ -905,12 +905,13 @@ int VhostUserBackend::serve(int sock) {
     }
 }
 
-std::vector<std::string> VhostUserBackend::poll_lines() const {
+std::vector<std::string> VhostUserBackend::poll_lines(bool json) const {
     std::vector<std::string> out;
     for (size_t i = 1; i < queues_.size(); ++i) {
         const auto& p = queues_[i]->poll;
         if (p.spins.load(std::memory_order_relaxed) + p.sleeps.load(std::memory_order_relaxed) == 0) continue;
-        out.push_back("queue " + std::to_string(i) + ": " + p.line());
+        std::string who = "queue " + std::to_string(i);
+        out.push_back(json ? p.json(who) : who + ": " + p.line());
     }
     return out;
 }

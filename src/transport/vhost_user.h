@@ -67,8 +67,9 @@ public:
     // part, the reply written to its writable part; returns the reply's
     // length (0 when there is none). Public for the virtqueue tests.
     uint32_t handle_chain(const DescChain& chain, std::vector<std::byte>& scratch);
-    // Each request queue's polling: "queue N: spins ..." (docs/filesystem.md, "Polling").
-    std::vector<std::string> poll_lines() const;
+    // Each request queue's polling: "queue N: spins ..." (docs/filesystem.md,
+    // "Polling"); json: the same as trace lines.
+    std::vector<std::string> poll_lines(bool json = false) const;
 
 private:
     struct Queue;

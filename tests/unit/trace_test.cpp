@@ -11,6 +11,7 @@
 #include "trace/livelock.h"
 #include "trace/recorder.h"
 #include "trace/summary.h"
+#include "transport/polling.h"
 #include "unit/test_util.h"
 
 using namespace ocivm;
@@ -141,6 +142,12 @@ TEST(Trace, RecordsBecomeJsonLinesAndASummary) {
         rec.flush();
         EXPECT_EQ(rec.dropped(), 0u);
         EXPECT_EQ(rec.path_of(f), "/dir/file");
+        // What fsd appends at exit: its queues' polling (not a request).
+        transport::PollStats ps;
+        ps.spins = 40;
+        ps.hits = 30;
+        ps.sleeps = 12;
+        rec.note(ps.json("queue 1"));
     }
     std::ifstream in(file);
     std::string line;
@@ -150,11 +157,14 @@ TEST(Trace, RecordsBecomeJsonLinesAndASummary) {
         if (line.find("\"op\":\"LOOKUP\"") != std::string::npos) ++lookups;
         if (line.find("\"path\":\"/dir/file\"") != std::string::npos) ++with_path;
     }
-    EXPECT_EQ(lines, 14);  // INIT, MKDIR, CREATE, 10 + 1 LOOKUP
+    EXPECT_EQ(lines, 15);  // INIT, MKDIR, CREATE, 10 + 1 LOOKUP, polling
     EXPECT_EQ(lookups, 11);
     EXPECT_GE(with_path, 11);
     std::ostringstream out;
     EXPECT_EQ(summarize(file, out), 14u);
+    EXPECT_NE(out.str().find("queue 1: spins 40 hits 30 spin_us 0 busy_skips 0 sleeps 12"), std::string::npos)
+        << out.str();
+    EXPECT_EQ(out.str().find("unreadable"), std::string::npos) << out.str();
     EXPECT_NE(out.str().find("LOOKUP"), std::string::npos) << out.str();
     EXPECT_NE(out.str().find("/dir/file"), std::string::npos) << out.str();
     EXPECT_NE(out.str().find("requests per second"), std::string::npos);
