@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench seccompbench guestbench bootbench imagebench diskbench pullbench fuzz fuzz-corpus clean
+.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench seccompbench guestbench parbench bootbench imagebench diskbench pullbench fuzz fuzz-corpus clean
 
 all: build
 
@@ -68,6 +68,11 @@ seccompbench: build
 
 guestbench: build
 	@bench/guestbench.sh $(BUILD)/ocivm
+
+# 4 guest readers' latency while a writer's fsync runs, against the C
+# virtiofsd (FSD_THREAD_POOL_SIZE=N passes --thread-pool-size to ocivm fsd).
+parbench: build
+	@bench/parbench.sh $(BUILD)/ocivm
 
 bootbench: build
 	@bench/bootbench.sh $(BUILD)/ocivm $(BUILD)/demo
