@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench seccompbench guestbench bootbench imagebench diskbench pullbench fuzz fuzz-corpus clean
+.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench seccompbench guestbench parbench bootbench imagebench diskbench pullbench fuzz fuzz-corpus clean
 
 all: build
 
@@ -57,14 +57,22 @@ test-vm: build
 test-pkg: build
 	@cd $(BUILD) && ctest --output-on-failure -L pkg
 
+# fsbench twice: on a quiet machine, then with two busy-loop processes
+# competing for the CPUs during every timed phase (its tables say CONTENDED).
 bench: build
 	@$(BUILD)/fsbench --ocivm $(BUILD)/ocivm
+	@$(BUILD)/fsbench --ocivm $(BUILD)/ocivm --contend 2
 
 seccompbench: build
 	@$(BUILD)/seccompbench
 
 guestbench: build
 	@bench/guestbench.sh $(BUILD)/ocivm
+
+# 4 guest readers' latency while a writer's fsync runs, against the C
+# virtiofsd (FSD_THREAD_POOL_SIZE=N passes --thread-pool-size to ocivm fsd).
+parbench: build
+	@bench/parbench.sh $(BUILD)/ocivm
 
 bootbench: build
 	@bench/bootbench.sh $(BUILD)/ocivm $(BUILD)/demo

@@ -6,10 +6,14 @@
 //           [--reps 3] [--modes never,metadata,auto,always] [--dir /var/tmp]
 //           [--baseline OTHER_OCIVM]   (e.g. the previous commit's build: base-MODE
 //                                       columns and a ratio table against it)
+//           [--contend N]   N busy-loop processes compete for the CPUs during
+//                           every timed phase of every target (never while a
+//                           target is being mounted, set up or unmounted)
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -47,11 +51,73 @@ struct Args {
     std::string threads;  // --threads for ocivm mount, when given
     std::string spin;     // --spin-us for ocivm mount, when given
     std::string baseline; // another ocivm (the previous commit's), measured alongside
+    int contend = 0;      // busy-loop processes during the timed phases
 } g;
+
+// The busy loops of --contend: separate processes (not threads of this one,
+// so they compete for the CPUs as any other program would), forked once and
+// held stopped (SIGSTOP) outside the timed phases so that mounting, setting
+// up, dropping caches and unmounting run on a quiet machine. Plain globals:
+// the signal handler and atexit() must reach them.
+pid_t g_main_pid = 0;
+pid_t g_spinners[64];
+int g_nspinners = 0;
+
+// Kills and reaps the busy loops; async-signal-safe (kill, waitpid only).
+void kill_spinners() {
+    if (getpid() != g_main_pid) return;  // a forked child between fork and exec
+    for (int i = 0; i < g_nspinners; ++i) kill(g_spinners[i], SIGKILL);
+    for (int i = 0; i < g_nspinners; ++i) waitpid(g_spinners[i], nullptr, 0);
+    g_nspinners = 0;
+}
+
+void on_fatal_signal(int sig) {
+    kill_spinners();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
 
 [[noreturn]] void die(const std::string& m) {
     std::fprintf(stderr, "fsbench: %s\n", m.c_str());
-    std::exit(1);
+    std::exit(1);  // atexit(kill_spinners): no busy loop outlives a failure
+}
+
+void start_spinners(int n) {
+    g_main_pid = getpid();
+    std::atexit(kill_spinners);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGABRT, SIGSEGV}) signal(sig, on_fatal_signal);
+    for (int i = 0; i < n; ++i) {
+        pid_t pid = fork();
+        if (pid < 0) die(std::string("cannot fork a busy loop: ") + strerror(errno));
+        if (pid == 0) {
+            for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGABRT, SIGSEGV}) signal(sig, SIG_DFL);
+            // Even a SIGKILLed fsbench leaves no busy loop behind.
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != g_main_pid) _exit(0);
+            raise(SIGSTOP);
+            volatile unsigned long spin = 0;
+            for (;;) spin = spin + 1;
+        }
+        g_spinners[g_nspinners++] = pid;
+        // Stopped before the next is forked: none runs before the first phase.
+        int st = 0;
+        if (waitpid(pid, &st, WUNTRACED) != pid || !WIFSTOPPED(st)) die("a busy loop did not start");
+    }
+}
+
+// Around each timed phase: the loops spin exactly while the clock runs.
+void contention_on() {
+    for (int i = 0; i < g_nspinners; ++i) kill(g_spinners[i], SIGCONT);
+}
+void contention_off() {
+    for (int i = 0; i < g_nspinners; ++i) kill(g_spinners[i], SIGSTOP);
+    // Wait until each has really stopped, so the untimed work that follows
+    // (drop_caches, unmount, the next target's mount) is not contended.
+    for (int i = 0; i < g_nspinners; ++i) {
+        int st = 0;
+        if (waitpid(g_spinners[i], &st, WUNTRACED) != g_spinners[i] || !WIFSTOPPED(st))
+            die("a busy loop did not stop");
+    }
 }
 
 // From the mount table (libmount), not stat(): a FUSE mount whose server has
@@ -131,6 +197,21 @@ double seconds_since(Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// Times one phase; the busy loops (if any) run from just before the clock
+// starts until just after it stops.
+struct Stopwatch {
+    Clock::time_point t0;
+    void start() {
+        contention_on();
+        t0 = Clock::now();
+    }
+    double stop() {
+        double s = seconds_since(t0);
+        contention_off();
+        return s;
+    }
+};
+
 std::string fname(const std::string& dir, int i) { return dir + "/file" + std::to_string(i); }
 
 // Each workload returns microseconds per operation (or MB/s for the big ones).
@@ -141,62 +222,64 @@ std::map<std::string, double> run_workloads(const Target& t) {
     std::string block(4096, 'b');
     char buf[4096];
 
-    auto t0 = Clock::now();
+    Stopwatch timer;
+    timer.start();
     for (int i = 0; i < g.files; ++i) {
         int fd = open(fname(dir, i).c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
         if (fd < 0 || write(fd, block.data(), block.size()) != 4096) die("create failed on " + t.name);
         close(fd);
     }
-    r["create"] = seconds_since(t0) * 1e6 / g.files;
+    r["create"] = timer.stop() * 1e6 / g.files;
 
-    t0 = Clock::now();
+    timer.start();
     for (int i = 0; i < g.files; ++i) {
         struct stat st;
         if (stat(fname(dir, i).c_str(), &st) != 0) die("stat failed on " + t.name);
     }
-    r["stat"] = seconds_since(t0) * 1e6 / g.files;
+    r["stat"] = timer.stop() * 1e6 / g.files;
 
-    t0 = Clock::now();
+    timer.start();
     for (int i = 0; i < g.files; ++i) {
         int fd = open(fname(dir, i).c_str(), O_RDONLY);
         if (fd < 0 || read(fd, buf, sizeof buf) != 4096) die("read failed on " + t.name);
         close(fd);
     }
-    r["open+read 4K"] = seconds_since(t0) * 1e6 / g.files;
+    r["open+read 4K"] = timer.stop() * 1e6 / g.files;
 
-    t0 = Clock::now();
+    timer.start();
     for (int i = 0; i < g.files; ++i)
         if (unlink(fname(dir, i).c_str()) != 0) die("unlink failed on " + t.name);
-    r["unlink"] = seconds_since(t0) * 1e6 / g.files;
+    r["unlink"] = timer.stop() * 1e6 / g.files;
     rmdir(dir.c_str());
 
     // ls -lR of the prepared tree, cold (caches dropped) then warm.
     drop_caches();
     for (const char* phase : {"ls -lR cold", "ls -lR warm"}) {
-        t0 = Clock::now();
+        timer.start();
         if (wait_for(spawn({"ls", "-lR", t.root() + "/tree"})) != 0) die("ls -lR failed on " + t.name);
-        r[phase] = seconds_since(t0) * 1e6 / g.tree;
+        r[phase] = timer.stop() * 1e6 / g.tree;
     }
 
     // Sequential write then read of one big file in 1 MiB blocks.
     std::string big = t.root() + "/big";
     std::string mib(1 << 20, 'w');
-    t0 = Clock::now();
+    timer.start();
     int fd = open(big.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
     for (int i = 0; i < g.big_mib; ++i)
         if (write(fd, mib.data(), mib.size()) != static_cast<ssize_t>(mib.size())) die("write failed on " + t.name);
     close(fd);
     // Timed to close: the FUSE path, not the disk's writeback (flushed below).
-    r["seq write MB/s"] = g.big_mib * 1.048576 / seconds_since(t0);
+    r["seq write MB/s"] = g.big_mib * 1.048576 / timer.stop();
     drop_caches();
-    t0 = Clock::now();
+    timer.start();
     fd = open(big.c_str(), O_RDONLY);
     ssize_t n;
     size_t total = 0;
     while ((n = read(fd, mib.data(), mib.size())) > 0) total += static_cast<size_t>(n);
     close(fd);
+    double read_s = timer.stop();
     if (total != static_cast<size_t>(g.big_mib) << 20) die("short read on " + t.name);
-    r["seq read MB/s"] = g.big_mib * 1.048576 / seconds_since(t0);
+    r["seq read MB/s"] = g.big_mib * 1.048576 / read_s;
     unlink(big.c_str());
     return r;
 }
@@ -241,6 +324,7 @@ int main(int argc, char** argv) {
         else if (a == "--threads") g.threads = next();
         else if (a == "--spin-us") g.spin = next();
         else if (a == "--baseline") g.baseline = next();
+        else if (a == "--contend") g.contend = std::stoi(next());
         else if (a == "--modes") {
             g.modes.clear();
             std::stringstream ss(next());
@@ -249,13 +333,20 @@ int main(int argc, char** argv) {
         } else {
             die("unknown option " + a +
                 "; usage: fsbench --ocivm PATH [--files N] [--tree N] [--big-mib N] [--reps N] "
-                "[--modes LIST] [--dir DIR] [--no-bindfs] [--threads N] [--spin-us N] [--baseline OTHER_OCIVM]");
+                "[--modes LIST] [--dir DIR] [--no-bindfs] [--threads N] [--spin-us N] [--baseline OTHER_OCIVM] "
+                "[--contend N]");
         }
     }
     if (g.ocivm.empty()) die("--ocivm PATH is required");
+    if (g.contend < 0 || g.contend > static_cast<int>(sizeof g_spinners / sizeof g_spinners[0]))
+        die("--contend takes 0 to 64 busy loops");
     if (geteuid() != 0) die("run as root (mounts and drop_caches)");
     if (g.bindfs && system("command -v bindfs >/dev/null") != 0)
         die("bindfs is not installed: apt-get install bindfs (or scripts/install-deps.sh)");
+    if (g.contend > 0) start_spinners(g.contend);
+    // Every table of a contended run says so: its figures are not the quiet ones.
+    std::string contended =
+        g.contend > 0 ? " [CONTENDED: " + std::to_string(g.contend) + " busy loops during every timed phase]" : "";
 
     std::string base = g.dir + "/ocivm-fsbench-" + std::to_string(getpid());
     std::vector<Target> targets;
@@ -271,8 +362,9 @@ int main(int argc, char** argv) {
         make_tree(t.src);
         targets.push_back(t);
     }
-    std::printf("fsbench: %d files, %d-entry tree, %d MiB sequential, %d repetitions, %u cores, in %s\n",
-                g.files, g.tree, g.big_mib, g.reps, std::thread::hardware_concurrency(), g.dir.c_str());
+    std::printf("fsbench: %d files, %d-entry tree, %d MiB sequential, %d repetitions, %u cores, in %s%s\n",
+                g.files, g.tree, g.big_mib, g.reps, std::thread::hardware_concurrency(), g.dir.c_str(),
+                contended.c_str());
     std::map<std::string, std::map<std::string, std::vector<double>>> results;
     for (int rep = 0; rep < g.reps; ++rep) {
         for (auto& t : targets) {
@@ -287,7 +379,8 @@ int main(int argc, char** argv) {
     const std::vector<std::string> rows = {"create", "stat", "open+read 4K", "unlink",
                                            "ls -lR cold", "ls -lR warm", "seq write MB/s",
                                            "seq read MB/s"};
-    std::printf("\nmedian of %d; per-op rows in us/entry (lower is better), MB/s rows higher is better\n\n", g.reps);
+    std::printf("\nmedian of %d; per-op rows in us/entry (lower is better), MB/s rows higher is better%s\n\n",
+                g.reps, contended.c_str());
     std::printf("| workload |");
     for (auto& t : targets) std::printf(" %s |", t.name.c_str());
     std::printf("\n|---|");
@@ -302,7 +395,8 @@ int main(int argc, char** argv) {
     // so below 1.0 means ocivm is faster.
     for (const char* peer : {"bindfs", "native"}) {
         if (!results.count(peer)) continue;
-        std::printf("\nratio ocivm time / %s time (below 1.0: ocivm faster)\n\n| workload |", peer);
+        std::printf("\nratio ocivm time / %s time (below 1.0: ocivm faster)%s\n\n| workload |", peer,
+                    contended.c_str());
         for (auto& t : targets)
             if (t.name.rfind("ocivm-", 0) == 0) std::printf(" %s |", t.name.c_str());
         std::printf("\n|---|");
@@ -321,8 +415,9 @@ int main(int argc, char** argv) {
         }
     }
     if (!g.baseline.empty()) {
-        std::printf("\nratio ocivm time / baseline time, same mode (%s; below 1.0: this build faster)\n\n| workload |",
-                    g.baseline.c_str());
+        std::printf("\nratio ocivm time / baseline time, same mode (%s; below 1.0: this build faster)%s\n\n"
+                    "| workload |",
+                    g.baseline.c_str(), contended.c_str());
         for (auto& m : g.modes) std::printf(" %s |", m.c_str());
         std::printf("\n|---|");
         for (size_t i = 0; i < g.modes.size(); ++i) std::printf("---|");
@@ -338,5 +433,6 @@ int main(int argc, char** argv) {
         }
     }
     stdfs::remove_all(base);
+    kill_spinners();
     return 0;
 }
