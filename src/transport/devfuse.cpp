@@ -48,6 +48,8 @@ AlignedBuf alloc_buffer(size_t size) {
 class DevFuseReply final : public fuse::BufferReplyWriter {
 public:
     DevFuseReply(int fd, std::byte* buf, size_t cap) : BufferReplyWriter(buf, cap), fd_(fd) {}
+    // The reply goes to the fd (clone) its request was read from.
+    void set_fd(int fd) { fd_ = fd; }
     int commit(size_t len) override {
         for (;;) {
             ssize_t n = ::write(fd_, buf_, len);
@@ -224,38 +226,57 @@ void FuseMount::abort_connection() {
     if (!out) spdlog::warn("cannot abort the FUSE connection through {}", abort_path);
 }
 
+namespace {
+
+UniqueFd clone_connection(int master_fd, bool nonblock) {
+    UniqueFd c(::open("/dev/fuse", O_RDWR | O_CLOEXEC | (nonblock ? O_NONBLOCK : 0)));
+    uint32_t master = static_cast<uint32_t>(master_fd);
+    if (!c || ::ioctl(c.get(), FUSE_DEV_IOC_CLONE, &master) < 0) return UniqueFd();
+    return c;
+}
+
+}  // namespace
+
 DevFuseSession::DevFuseSession(fuse::Server& server, UniqueFd fd, const DevFuseOptions& opts)
     : server_(server), opts_(opts), fd_(std::move(fd)) {
+    // Sleeping threads block in read(): the kernel wakes one of them per
+    // request (an exclusive wait), where poll() would wake them all.
+    int fl = ::fcntl(fd_.get(), F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK)) ::fcntl(fd_.get(), F_SETFL, fl & ~O_NONBLOCK);
     unsigned n = opts_.threads ? opts_.threads : 1;
+    bool cloning = true;
     for (unsigned i = 1; i < n; ++i) {
-        UniqueFd c(::open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK));
-        uint32_t master = static_cast<uint32_t>(fd_.get());
-        if (!c || ::ioctl(c.get(), FUSE_DEV_IOC_CLONE, &master) < 0) {
+        UniqueFd c = cloning ? clone_connection(fd_.get(), false) : UniqueFd();
+        if (!c && cloning) {
             // Without clone support all threads share one fd: still correct.
-            spdlog::debug("FUSE_DEV_IOC_CLONE unavailable ({}); threads share one fd",
-                          std::strerror(errno));
-            clones_.emplace_back();
-            continue;
+            spdlog::debug("FUSE_DEV_IOC_CLONE unavailable ({}); threads share one fd", std::strerror(errno));
+            cloning = false;
         }
         clones_.push_back(std::move(c));
+    }
+    // The watching thread reads a non-blocking clone of its own.
+    if (opts_.spin_us > 0) {
+        spin_fd_ = clone_connection(fd_.get(), true);
+        if (!spin_fd_) spdlog::debug("no non-blocking clone of the connection ({}); no thread polls", std::strerror(errno));
     }
     for (unsigned i = 0; i < n; ++i) poll_stats_.push_back(std::make_unique<PollStats>());
 }
 
-// Reads one request. The fds are non-blocking: when none is waiting, the
-// thread holding the spin token keeps reading for its SpinWindow (a
-// synchronous client's next request usually comes within microseconds, and
-// catching it awake spares a sleep and a cross-CPU wakeup), unless the host
-// is contended; the others, and the spinner after its window, sleep in poll().
-ssize_t DevFuseSession::next_request(int fd, std::byte* buf, size_t size, SpinWindow& spin) {
-    ssize_t n = ::read(fd, buf, size);
-    if (n >= 0 || errno != EAGAIN) return n;
+// Reads one request into buf; *from is the fd it came from, which the reply
+// must go to. When none is waiting, the thread that gets the spin token
+// keeps reading the non-blocking clone for its SpinWindow (a synchronous
+// client's next request usually comes within microseconds, and catching it
+// awake spares a sleep and a cross-CPU wakeup), unless the host is
+// contended; otherwise, and after the window, it sleeps in a blocking read
+// of its own fd.
+ssize_t DevFuseSession::next_request(int fd, std::byte* buf, size_t size, SpinWindow& spin, int* from) {
     const uint64_t start = mono_ns();
     int64_t spun = 0;
-    int64_t budget = spin.budget(start);
+    ssize_t n;
+    const int64_t budget = spin_fd_ ? spin.budget(start) : 0;
     if (budget > 0 && !spinning_.exchange(true, std::memory_order_acquire)) {
         do {
-            n = ::read(fd, buf, size);
+            n = ::read(spin_fd_.get(), buf, size);
             spun = static_cast<int64_t>(mono_ns() - start);
             if (n >= 0 || errno != EAGAIN) break;
         } while (spun < budget);
@@ -263,25 +284,17 @@ ssize_t DevFuseSession::next_request(int fd, std::byte* buf, size_t size, SpinWi
         spinning_.store(false, std::memory_order_release);
         if (n >= 0 || saved != EAGAIN) {
             spin.waited(spun, spun, true);
+            *from = spin_fd_.get();
             errno = saved;
             return n;
         }
     }
-    for (;;) {
-        struct pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, -1) < 0 && errno != EINTR) return -1;
-        if (p.revents & (POLLERR | POLLHUP | POLLNVAL)) {
-            errno = ENODEV;  // the connection is gone
-            return -1;
-        }
-        n = ::read(fd, buf, size);
-        if (n >= 0 || errno != EAGAIN) {
-            int saved = errno;
-            spin.waited(static_cast<int64_t>(mono_ns() - start), spun, false);
-            errno = saved;
-            return n;
-        }
-    }
+    n = ::read(fd, buf, size);
+    int saved = errno;
+    spin.waited(static_cast<int64_t>(mono_ns() - start), spun, false);
+    *from = fd;
+    errno = saved;
+    return n;
 }
 
 void DevFuseSession::worker(int fd, PollStats& stats) {
@@ -292,13 +305,15 @@ void DevFuseSession::worker(int fd, PollStats& stats) {
     DevFuseReply reply(fd, out.get(), out_size);
     SpinWindow spin(opts_.spin_us, &load_, &stats);
     for (;;) {
-        ssize_t n = next_request(fd, in.get(), in_size, spin);
+        int from = fd;
+        ssize_t n = next_request(fd, in.get(), in_size, spin, &from);
         if (n < 0) {
             int e = errno;
             if (e == EINTR || e == EAGAIN || e == ENOENT) continue;
             if (e != ENODEV) spdlog::error("reading /dev/fuse: {}", std::strerror(e));
             return;
         }
+        reply.set_fd(from);
         auto r = server_.handle({in.get(), static_cast<size_t>(n)}, reply);
         if (r == fuse::Server::Result::Destroyed) return;
     }
