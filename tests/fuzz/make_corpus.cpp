@@ -578,6 +578,10 @@ void vhost_seeds() {
     busy.push_back(vu(7, {}, 1u << 2));
     busy.push_back(vu(99));
     put(t, "reconfigure_while_running", vu_input(64 | 2 | (1 << 2), 4, 4, mem, busy));
+    // The same two with a worker pool (flags bit 7): chains in the pool's
+    // hands while the memory table changes and queues stop.
+    put(t, "pool_hot_kick", vu_input(128 | 64 | 1 | (1 << 2), 4, 0, mem, with_stop(setup(version1 | event_idx, 1u << 4))));
+    put(t, "pool_reconfigure_while_running", vu_input(128 | 64 | 2 | (1 << 2), 4, 4, mem, busy));
 
     // Malformed: short payloads, bad queue index, bad sizes, missing fds.
     put(t, "malformed",

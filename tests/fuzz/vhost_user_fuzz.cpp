@@ -10,7 +10,8 @@
 // Input:
 //   u8  flags: bit 0 spin 100 us before sleeping (else 0), bit 1 two
 //       request queues (else one), bits 2-5 the session's FuseFixture bits
-//       0-3, bit 6 the harness sends a kernel's INIT to the server first
+//       0-3, bit 6 the harness sends a kernel's INIT to the server first,
+//       bit 7 a worker pool of two threads (else none)
 //   u8, u8: memfd sizes, 4096 << (n % 5) each
 //   u16 n, n bytes: memfd 0's contents; u16 n, n bytes: memfd 1's
 //   then messages, each:
@@ -185,6 +186,7 @@ int fuzz_one(const uint8_t* data, size_t size) {
         VhostUserOptions o;
         o.request_queues = (flags & 2) ? 2 : 1;
         o.spin_us = (flags & 1) ? 100 : 0;
+        o.thread_pool_size = (flags & 128) ? 2 : 0;
         VhostUserBackend backend(fx.server(), o);
         std::thread writer([&] { send_all(front.get(), msgs); });
         std::thread reader([&] { replies = drain(front.get()); });
