@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench seccompbench guestbench parbench bootbench imagebench diskbench pullbench fuzz fuzz-corpus clean
+.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench seccompbench guestbench parbench seqbench bootbench imagebench diskbench pullbench fuzz fuzz-corpus clean
 
 all: build
 
@@ -73,6 +73,11 @@ guestbench: build
 # virtiofsd (FSD_THREAD_POOL_SIZE=N passes --thread-pool-size to ocivm fsd).
 parbench: build
 	@bench/parbench.sh $(BUILD)/ocivm
+
+# Sequential 1 GiB write and read in a VM, with and without the writeback
+# cache, ocivm fsd against the C virtiofsd (SIZE_MB=, ROUNDS= to change).
+seqbench: build
+	@bench/seqbench.sh $(BUILD)/ocivm
 
 bootbench: build
 	@bench/bootbench.sh $(BUILD)/ocivm $(BUILD)/demo

@@ -81,6 +81,14 @@ Options:
                              stops fsd with a message naming the call (kill) or
                              is logged by the kernel (log)
       --readonly             refuse every change (EROFS)
+      --writeback            the guest's kernel caches writes and sends them later
+                             in large batches (FUSE writeback cache, as
+                             virtiofsd's --writeback): much faster writes, but
+                             the guest takes file sizes and mtimes from its own
+                             cache, and changes made to DIR on the host while the
+                             guest runs may be missed or overwritten. Only for a
+                             directory nothing else writes to (docs/filesystem.md,
+                             "Writeback cache"); needs --cache auto or always
       --nodev                the guest cannot create device nodes (EPERM); the
                              server also gives up CAP_MKNOD
       --nosuid               no set-user/group-ID bits on files the guest creates
@@ -123,7 +131,7 @@ struct FsdOptions {
     int fd = -1, control_fd = -1;
     std::optional<unsigned long> fd_limit;  // --rlimit-nofile
     unsigned thread_pool = 8;               // --thread-pool-size
-    bool readonly = false, xattr = true, caps = false, help = false, submounts = false,
+    bool readonly = false, writeback = false, xattr = true, caps = false, help = false, submounts = false,
          nodev = false, nosuid = false, override_stat = false, trusted_xattrs = false;
 };
 
@@ -284,6 +292,7 @@ int cmd_fsd(int argc, char** argv) {
         {"sandbox", 0, true, [&](const std::string& v) { o.sandbox = v; }},
         {"seccomp", 0, true, [&](const std::string& v) { o.seccomp = v; }},
         {"readonly", 0, false, [&](const std::string&) { o.readonly = true; }},
+        {"writeback", 0, false, [&](const std::string&) { o.writeback = true; }},
         {"announce-submounts", 0, false, [&](const std::string&) { o.submounts = true; }},
         {"xattr", 0, false, [&](const std::string&) { o.xattr = true; }},
         {"no-xattr", 0, false, [&](const std::string&) { o.xattr = false; }},
@@ -305,6 +314,9 @@ int cmd_fsd(int argc, char** argv) {
     fs::CacheMode mode;
     if (!fs::parse_cache_mode(o.cache, mode))
         throw UsageError{"invalid --cache '" + o.cache + "': use never, metadata, auto or always"};
+    if (o.writeback) {
+        if (auto why = fuse::writeback_refusal(mode, o.readonly); !why.empty()) throw UsageError{"--writeback: " + why};
+    }
     if (o.sandbox != "namespace" && o.sandbox != "chroot" && o.sandbox != "none")
         throw UsageError{"invalid --sandbox '" + o.sandbox + "': use namespace, chroot or none"};
     if (o.sandbox == "chroot")  // the namespace sandbox is a pivot_root into DIR, which is stronger
@@ -360,7 +372,7 @@ int cmd_fsd(int argc, char** argv) {
         throw Error(e.what());
     }
     auto cfg = fuse::serve_config("/proc/self/fd/" + std::to_string(root ? root.get() : share.get()), mode,
-                                  o.readonly, o.xattr, o.submounts);
+                                  o.readonly, o.xattr, o.submounts, o.writeback);
     cfg.fs.override_stat = o.override_stat;
     cfg.fs.proc_fd_cwd = o.sandbox == "namespace";
     cfg.fs.switch_credentials = fs::prepare_server_process();

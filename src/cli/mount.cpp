@@ -54,6 +54,14 @@ Options:
                          the host's CPUs are contended (default: 50; 0 turns
                          it off)
       --readonly         refuse every change (EROFS)
+      --writeback        the kernel caches writes and sends them later in large
+                         batches (FUSE writeback cache): much faster writes, but
+                         the sizes and mtimes of files come from the mount's own
+                         cache, and changes made to SOURCE other than through
+                         the mount may be missed or overwritten. Only for a
+                         directory nothing else writes to while it is mounted
+                         (docs/filesystem.md, "Writeback cache"); needs --cache
+                         auto or always
       --rlimit-nofile N  the server's file descriptor limit, which caps the files
                          and directories the kernel can make it hold at once
                          (one descriptor each; past it LOOKUP fails with
@@ -93,7 +101,7 @@ std::string abs_path(const std::string& p) {
 int cmd_mount(int argc, char** argv) {
     std::string cache = "auto", log_level = "warn";
     unsigned threads = 2, spin_us = 50;
-    bool readonly = false, no_xattr = false, help = false;
+    bool readonly = false, no_xattr = false, writeback = false, help = false;
     std::string sandbox_mode = "namespace", seccomp_mode = "kill";
     std::optional<unsigned long> fd_limit;
     std::vector<Option> opts = {
@@ -106,6 +114,7 @@ int cmd_mount(int argc, char** argv) {
              spin_us = v == "0" ? 0 : parse_count("--spin-us", v, 100000);
          }},
         {"readonly", 0, false, [&](const std::string&) { readonly = true; }},
+        {"writeback", 0, false, [&](const std::string&) { writeback = true; }},
         {"no-xattr", 0, false, [&](const std::string&) { no_xattr = true; }},
         {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
         {"sandbox", 0, true, [&](const std::string& v) { sandbox_mode = v; }},
@@ -120,6 +129,9 @@ int cmd_mount(int argc, char** argv) {
     fs::CacheMode mode;
     if (!fs::parse_cache_mode(cache, mode))
         throw UsageError{"invalid --cache '" + cache + "': use never, metadata, auto or always"};
+    if (writeback) {
+        if (auto why = fuse::writeback_refusal(mode, readonly); !why.empty()) throw UsageError{"--writeback: " + why};
+    }
     if (sandbox_mode != "namespace" && sandbox_mode != "none")
         throw UsageError{"invalid --sandbox '" + sandbox_mode + "': use namespace or none"};
     sandbox::SeccompMode seccomp;
@@ -154,7 +166,8 @@ int cmd_mount(int argc, char** argv) {
     dopts.threads = threads;
     dopts.readonly = readonly;
     dopts.spin_us = spin_us;
-    auto cfg = fuse::serve_config("/proc/self/fd/" + std::to_string(share.get()), mode, readonly, !no_xattr, false);
+    auto cfg = fuse::serve_config("/proc/self/fd/" + std::to_string(share.get()), mode, readonly, !no_xattr, false,
+                                  writeback);
 
     // Signals are taken by sigwait; workers never see them.
     sigset_t set;
@@ -163,8 +176,8 @@ int cmd_mount(int argc, char** argv) {
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
     transport::FuseMount mnt(dopts);
-    spdlog::info("serving {} on {} (cache={}, threads={}{}, sandbox={})", abs_path(source), mountpoint, cache,
-                 threads, readonly ? ", read-only" : "", sandbox_mode);
+    spdlog::info("serving {} on {} (cache={}{}, threads={}{}, sandbox={})", abs_path(source), mountpoint, cache,
+                 writeback ? ", writeback" : "", threads, readonly ? ", read-only" : "", sandbox_mode);
 
     if (sandbox_mode == "none") {
         cfg.fs.switch_credentials = fs::prepare_server_process();

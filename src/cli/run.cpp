@@ -17,6 +17,7 @@
 #include "cli/import.h"
 #include "disk/gpt.h"
 #include "fs/passthrough.h"
+#include "fuse/serve_config.h"
 #include "cli/pull.h"
 #include "image/resolve.h"
 #include "util/error.h"
@@ -63,11 +64,18 @@ Options:
   -v, --volume HOST:GUEST[:OPTIONS]
                               share the host directory HOST at GUEST; OPTIONS a
                               comma list: ro or rw (default), nodev or dev,
-                              nosuid or suid, noexec or exec. Writable shares
-                              are nodev,nosuid by default: the guest can create
-                              no device nodes and no set-user/group-ID files on
-                              the host. Each share is served by a confined
-                              process of its own (docs/security.md); repeatable
+                              nosuid or suid, noexec or exec, writeback. Writable
+                              shares are nodev,nosuid by default: the guest can
+                              create no device nodes and no set-user/group-ID
+                              files on the host. writeback: the guest caches
+                              writes and sends them later in large batches (much
+                              faster writes), taking file sizes and mtimes from
+                              its own cache; changes made to HOST while the VM
+                              runs may be missed or overwritten, so only for a
+                              directory nothing else writes to meanwhile
+                              (docs/filesystem.md, "Writeback cache"). Each
+                              share is served by a confined process of its own
+                              (docs/security.md); repeatable
   -w, --workdir DIR           working directory of the command (created if missing)
   -u, --user UID[:GID]        run as this user (numbers, or names from the
                               image's /etc/passwd and /etc/group)
@@ -115,16 +123,16 @@ std::string parse_memory(const std::string& v) {
 }
 
 // HOST:GUEST[:OPTIONS], OPTIONS a comma list of ro|rw, nodev|dev,
-// nosuid|suid, noexec|exec (podman's spelling). Writable shares are
-// nodev,nosuid unless told otherwise: a guest must not plant device nodes
-// or set-id files on the host.
+// nosuid|suid, noexec|exec (podman's spelling) and writeback (virtiofsd's
+// word). Writable shares are nodev,nosuid unless told otherwise: a guest
+// must not plant device nodes or set-id files on the host.
 vm::ShareSpec parse_volume(const std::string& v) {
     vm::ShareSpec s;
     std::string rest = v;
     size_t c = rest.find(':');
     if (c == std::string::npos || c == 0 || c + 1 >= rest.size() || rest[c + 1] != '/')
         throw UsageError{"invalid --volume '" + v + "': use HOST:GUEST[:OPTIONS] with an absolute GUEST path, "
-                         "OPTIONS a comma list of ro|rw, nodev|dev, nosuid|suid, noexec|exec"};
+                         "OPTIONS a comma list of ro|rw, nodev|dev, nosuid|suid, noexec|exec, writeback"};
     s.host = rest.substr(0, c);
     rest = rest.substr(c + 1);
     size_t o = rest.find(':');
@@ -141,9 +149,10 @@ vm::ShareSpec parse_volume(const std::string& v) {
             else if (f == "suid") s.nosuid = false;
             else if (f == "noexec") s.noexec = true;
             else if (f == "exec") s.noexec = false;
+            else if (f == "writeback") s.writeback = true;
             else
                 throw UsageError{"invalid --volume '" + v + "': unknown option '" + f +
-                                 "'; use ro, rw, nodev, dev, nosuid, suid, noexec or exec"};
+                                 "'; use ro, rw, nodev, dev, nosuid, suid, noexec, exec or writeback"};
         }
     }
     struct stat st;
@@ -225,14 +234,17 @@ int cmd_run(int argc, char** argv) {
     if (pos.empty()) throw UsageError{"'ocivm run' needs an IMAGE; see 'ocivm run --help'"};
     if (m.machine != "microvm" && m.machine != "q35")
         throw UsageError{"invalid --machine '" + m.machine + "': use microvm or q35"};
-    if (!m.cache.empty()) {
-        fs::CacheMode mode;
-        if (!fs::parse_cache_mode(m.cache, mode))
-            throw UsageError{"invalid --cache '" + m.cache + "': use never, metadata, auto or always"};
-    }
+    fs::CacheMode vol_mode = fs::CacheMode::Auto;  // what machine.cpp serves -v shares with
+    if (!m.cache.empty() && !fs::parse_cache_mode(m.cache, vol_mode))
+        throw UsageError{"invalid --cache '" + m.cache + "': use never, metadata, auto or always"};
     if (!m.name.empty() && (m.name.find('/') != std::string::npos || m.name[0] == '.'))
         throw UsageError{"invalid --name '" + m.name + "': no '/' and no leading '.'"};
-    for (auto& v : volumes) m.shares.push_back(parse_volume(v));
+    for (auto& v : volumes) {
+        m.shares.push_back(parse_volume(v));
+        if (!m.shares.back().writeback) continue;
+        if (auto why = fuse::writeback_refusal(vol_mode, m.shares.back().readonly); !why.empty())
+            throw UsageError{"invalid --volume '" + v + "': writeback: " + why};
+    }
     pull.finish(log_level);
 
     image::ResolvedImage img;

@@ -575,6 +575,18 @@ int reopen_flags(int flags) {
     flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW | O_DIRECT | O_PATH | __O_TMPFILE | O_DIRECTORY);
     return flags | O_CLOEXEC | O_NONBLOCK;
 }
+
+// Host flags for a handle under FUSE_WRITEBACK_CACHE. A write into part of
+// a page makes the kernel read that page first, through the handle being
+// written: a write-only handle is opened read-write. The kernel computes
+// O_APPEND offsets itself and writes whole cached pages back from their
+// start: an O_APPEND host fd would put each of them at the host's end of
+// file instead, so O_APPEND goes (appends are then only as atomic as the
+// kernel's cache is right: docs/filesystem.md).
+int writeback_flags(int flags) {
+    if ((flags & O_ACCMODE) == O_WRONLY) flags = (flags & ~O_ACCMODE) | O_RDWR;
+    return flags & ~O_APPEND;
+}
 }  // namespace
 
 int Passthrough::open(const Context&, uint64_t node, int flags, bool kill_suidgid,
@@ -607,7 +619,16 @@ int Passthrough::open_node(const Inode& n, int flags, bool kill_suidgid, bool fr
         return 0;
     }
     if (handles_.full()) return -ENFILE;
-    UniqueFd fd(::openat(proc_fd_.get(), fd_name(n.fd.get()), reopen_flags(flags)));
+    int of = reopen_flags(flags);
+    UniqueFd fd(::openat(proc_fd_.get(), fd_name(n.fd.get()), opts_.writeback ? writeback_flags(of) : of));
+    if (!fd && opts_.writeback && errno == EACCES && (of & O_ACCMODE) == O_WRONLY) {
+        // The host lets the server write this file but not read it (a
+        // rootless server and a file of an unmapped owner, an LSM): the
+        // handle stays write-only. Writes of whole pages and past the end
+        // work; one into part of a page the kernel has not cached fails
+        // with its page fill (EACCES, see read()).
+        fd.reset(::openat(proc_fd_.get(), fd_name(n.fd.get()), of & ~O_APPEND));
+    }
     if (!fd) return -errno;
     if (kill_suidgid && (flags & O_TRUNC)) {
         if (int k = kill_suid_sgid(fd.get()); k < 0) return k;
@@ -635,6 +656,8 @@ int Passthrough::create(const Context& ctx, uint64_t parent, std::string_view na
     // host device, follow a symlink, or truncate a file the guest asked to
     // create exclusively.
     int of = reopen_flags(flags) | O_CREAT | O_EXCL | O_NOFOLLOW;
+    // Opening a file one creates checks no permission: read-write always works.
+    if (opts_.writeback) of = writeback_flags(of);
     UniqueFd fd;
     int err = 0;
     {
@@ -698,8 +721,10 @@ int Passthrough::io_fd(uint64_t node, uint64_t fh, bool write, IoFd& out) {
     // A fresh fd per request, not one kept per node: kept fds would double
     // the server's fds per known file (EMFILE at 10,000 files under a
     // 20,000 limit). Reopening through /proc costs a few microseconds.
+    // Write-only for writes: a file the server may write but not read (a
+    // rootless server, a file of an unmapped owner) still takes them.
     out.own.reset(::openat(proc_fd_.get(), fd_name(n->fd.get()),
-                           (write ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK));
+                           (write ? O_WRONLY : O_RDONLY) | O_CLOEXEC | O_NONBLOCK));
     if (!out.own) return -errno;
     out.fd = out.own.get();
     return 0;
@@ -710,7 +735,12 @@ ssize_t Passthrough::read(const Context&, uint64_t node, uint64_t fh, off_t off,
     IoFd f;
     if (int r = io_fd(node, fh, false, f); r < 0) return r;
     ssize_t n = ::preadv(f.fd, dst, cnt, off);
-    return n < 0 ? -errno : n;
+    if (n >= 0) return n;
+    // A handle the host let the server open write-only (writeback, see
+    // open_node): the kernel's page fill is refused as the host refused
+    // reading, not with a bad-descriptor error the guest's writer could
+    // not explain.
+    return errno == EBADF ? -EACCES : -errno;
 }
 
 ssize_t Passthrough::write(const Context&, uint64_t node, uint64_t fh, off_t off,
@@ -1020,6 +1050,12 @@ int Passthrough::fallocate(const Context&, uint64_t node, uint64_t fh, int mode,
 }
 
 off_t Passthrough::lseek(const Context&, uint64_t node, uint64_t fh, off_t off, int whence) {
+    // The kernel sends SEEK_DATA and SEEK_HOLE without writing its dirty
+    // pages back first: under the writeback cache the host file can still
+    // have a hole where the guest has data, and `cp --sparse` would skip
+    // it. ENOSYS makes the kernel answer them itself from its own size
+    // (all data, no holes) for the rest of the session.
+    if (opts_.writeback) return -ENOSYS;
     IoFd f;
     if (int r = io_fd(node, fh, false, f); r < 0) return r;
     off_t r = ::lseek(f.fd, off, whence);

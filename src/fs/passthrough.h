@@ -57,6 +57,12 @@ struct PassthroughOptions {
     // stops sending it; I/O comes with handle 0 and reopens the node.
     // Only with page-cache modes (the kernel then keeps the cache).
     bool no_open = false;
+    // The kernel caches writes and sends them later (FUSE_WRITEBACK_CACHE):
+    // it fills its page cache through whichever handle it holds, a
+    // write-only one included, and puts O_APPEND data at its own end of
+    // file. Handles are then opened readable where the host allows it and
+    // never O_APPEND (docs/filesystem.md, "Writeback cache").
+    bool writeback = false;
     // Rootless stores: owner, mode and device numbers a non-root import
     // could not apply are kept in the user.containers.override_stat xattr
     // ("uid:gid:0mode:type", containers/storage's convention) and served

@@ -62,7 +62,8 @@ public:
     struct Config {
         std::string dir;
         fs::CacheMode mode = fs::CacheMode::Auto;
-        bool readonly = false, nodev = true, nosuid = true, override_stat = false, trusted_xattrs = false;
+        bool readonly = false, nodev = true, nosuid = true, override_stat = false, trusted_xattrs = false,
+             writeback = false;
         std::string trace;
     };
     struct Stats {
@@ -81,6 +82,7 @@ public:
                    std::string(spdlog::level::to_string_view(spdlog::get_level()).data(),
                                spdlog::level::to_string_view(spdlog::get_level()).size())};
         if (c.readonly) so.argv.push_back("--readonly");
+        if (c.writeback) so.argv.push_back("--writeback");
         if (c.nodev) so.argv.push_back("--nodev");
         if (c.nosuid) so.argv.push_back("--nosuid");
         if (c.override_stat) so.argv.push_back("--override-stat");
@@ -413,6 +415,7 @@ int Run::go() {
         c.nodev = s.nodev;
         c.nosuid = s.nosuid;
         c.trusted_xattrs = s.trusted_xattrs;
+        c.writeback = s.writeback;
         c.trace = o_.trace.empty() ? "" : o_.trace + ".vol" + std::to_string(i);
         add_share(c);
         o_.guest.volumes.push_back({"ocivm-vol" + std::to_string(i), s.guest, s.readonly, s.nodev, s.nosuid, s.noexec});

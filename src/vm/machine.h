@@ -17,6 +17,9 @@ struct ShareSpec {
     // Writable shares default to nodev,nosuid: a guest cannot plant device
     // nodes or set-id files on the host. noexec is the guest mount's.
     bool nodev = true, nosuid = true, noexec = false;
+    // The guest caches writes (`ocivm fsd --writeback`): for a directory
+    // only this guest writes to while it runs.
+    bool writeback = false;
     // The server keeps CAP_SYS_ADMIN to read trusted.* xattrs: only for
     // ocivm's own tools sharing a user's tree (the xfs writer's copy).
     bool trusted_xattrs = false;

@@ -61,12 +61,20 @@ expect_error "trace summary of a missing file" "cannot read trace file" -- "$OCI
 # ocivm run's -v is checked before any image or VM is looked at.
 expect_error "run -v without a GUEST path" "use HOST:GUEST\\[:OPTIONS\\] .*nodev\\|dev, nosuid\\|suid, noexec\\|exec" -- "$OCIVM" run -v "$work/src" some-image -- true
 expect_error "run -v with a relative GUEST path" "an absolute GUEST path" -- "$OCIVM" run -v "$work/src:data" some-image -- true
-expect_error "run -v with an unknown option" "unknown option 'nodevv'; use ro, rw, nodev, dev, nosuid, suid, noexec or exec" -- "$OCIVM" run -v "$work/src:/data:ro,nodevv" some-image -- true
+expect_error "run -v with an unknown option" "unknown option 'nodevv'; use ro, rw, nodev, dev, nosuid, suid, noexec, exec or writeback" -- "$OCIVM" run -v "$work/src:/data:ro,nodevv" some-image -- true
+# --writeback needs the page cache and something to write
+expect_error "mount --writeback --cache never" "--writeback: .*--cache never bypasses for file data; use --cache auto or always" -- "$OCIVM" mount --writeback --cache never "$work/src" "$work/mnt"
+expect_error "mount --writeback --readonly" "--writeback: a read-only share has no writes to cache" -- "$OCIVM" mount --writeback --readonly "$work/src" "$work/mnt"
+expect_error "fsd --writeback --cache metadata" "--writeback: .*--cache metadata bypasses" -- "$OCIVM" fsd --writeback --cache metadata --shared-dir "$work/src" --socket-path "$work/s.sock"
+expect_error "run -v :ro,writeback" "invalid --volume '.*:/data:ro,writeback': writeback: a read-only share has no writes to cache" -- "$OCIVM" run -v "$work/src:/data:ro,writeback" some-image -- true
+expect_error "run --cache never -v :writeback" "writeback: .*--cache never bypasses" -- "$OCIVM" run --cache never -v "$work/src:/data:writeback" some-image -- true
+check "fsd --writeback --cache metadata leaves no socket behind" [ ! -e "$work/s.sock" ]
 expect_error "run -v of a missing HOST directory" "volume .*/nope is not an existing directory" -- "$OCIVM" run -v "$work/nope:/data" some-image -- true
 check "fsd --print-capabilities prints libvirt's JSON" bash -c "\"$OCIVM\" fsd --print-capabilities | grep -q '\"type\": \"fs\"'"
 check "--version prints the version" bash -c "\"$OCIVM\" --version | grep -q '^ocivm version [0-9]'"
 check "help lists mount" bash -c "\"$OCIVM\" help | grep -q 'mount SOURCE MOUNTPOINT'"
 check "mount --help explains --cache" bash -c "\"$OCIVM\" mount --help | grep -q -- '--cache MODE'"
+check "mount, fsd and run --help explain writeback" bash -c "\"$OCIVM\" mount --help | grep -q -- '--writeback' && \"$OCIVM\" fsd --help | grep -q -- '--writeback' && \"$OCIVM\" run --help | grep -q 'writeback: the guest caches'"
 check "help mount = mount --help" bash -c "diff <(\"$OCIVM\" help mount) <(\"$OCIVM\" mount --help)"
 
 

@@ -966,9 +966,12 @@ TEST(Lifecycle, ExternalUnmountEndsTheServer) {
 int main(int argc, char** argv) {
     ::testing::InitGoogleTest(&argc, argv);
     std::string guest_mnt;
-    for (int i = 1; i + 1 < argc; ++i) {
+    std::vector<std::string> mount_args;
+    for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
-        if (a == "--ocivm") config().ocivm = argv[++i];
+        if (a == "--writeback") mount_args.push_back(a);  // the same semantics, writes cached
+        else if (i + 1 >= argc) break;
+        else if (a == "--ocivm") config().ocivm = argv[++i];
         else if (a == "--cache") config().cache = argv[++i];
         else if (a == "--guest") guest_mnt = argv[++i];
     }
@@ -984,19 +987,19 @@ int main(int argc, char** argv) {
         return RUN_ALL_TESTS();
     }
     if (config().ocivm.empty()) {
-        std::fprintf(stderr, "usage: fs_tests --ocivm PATH [--cache MODE] | --guest MOUNTPOINT\n");
+        std::fprintf(stderr, "usage: fs_tests --ocivm PATH [--cache MODE] [--writeback] | --guest MOUNTPOINT\n");
         return 2;
     }
     if (::access("/dev/fuse", R_OK | W_OK) != 0) {
         std::fprintf(stderr, "FAIL: /dev/fuse is missing: load the fuse module (modprobe fuse)\n");
         return 1;
     }
-    std::printf("fs tests with --cache %s\n", config().cache.c_str());
+    std::printf("fs tests with --cache %s%s\n", config().cache.c_str(), mount_args.empty() ? "" : " --writeback");
     int rc;
     {
         Workspace ws;
         g_ws = &ws;
-        Mount m(ws.share, ws.mnt);
+        Mount m(ws.share, ws.mnt, mount_args);
         g_mount = &m;
         rc = RUN_ALL_TESTS();
         int st = m.stop();

@@ -119,6 +119,13 @@ run volro -v "$VOL:/ro:ro" "$DEMO" -- sh -c 'cat /ro/in; echo x > /ro/new'
 check "-v :ro: writing fails" [ "$(rc volro)" != 0 ]
 check "-v :ro: the error is EROFS" grep -q "Read-only file system" "$WORK/volro.err"
 check "-v :ro: nothing written on the host" [ ! -e "$VOL/new" ]
+# writeback: the guest caches writes; all of them are on the host once
+# ocivm run has returned (ocivm-init syncs before it reports the exit)
+run volwb -v "$VOL:/wb:rw,writeback" "$DEMO" -- sh -c 'cat /wb/in; echo cached > /wb/wb-small; dd if=/dev/zero of=/wb/wb-big bs=65536 count=48 2>/dev/null; echo more >> /wb/wb-small'
+expect_rc volwb 0 "-v :writeback: exit 0"
+check "-v :writeback: the guest reads host files" [ "$(out volwb)" = from-host ]
+wb_on_host() { [ "$(tr '\n' ' ' < "$VOL/wb-small")" = "cached more " ] && cmp -s "$VOL/wb-big" <(head -c 3145728 /dev/zero); }
+check "-v :writeback: everything the guest wrote is on the host when ocivm run returns" wb_on_host
 
 # --- stdin and tty
 printf 'line one\nline two\n' | "$OCIVM" run --rm -i "$DEMO" -- sh -c 'cat; echo done' > "$WORK/stdin.out" 2>/dev/null
