@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench seccompbench guestbench parbench seqbench bootbench imagebench diskbench pullbench fuzz fuzz-corpus clean
+.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench seccompbench guestbench parbench seqbench bootbench imagebench diskbench pullbench systemdbench fuzz fuzz-corpus clean
 
 all: build
 
@@ -90,6 +90,12 @@ diskbench: build
 
 pullbench: build
 	@bench/pullbench.sh $(BUILD)/ocivm
+
+# Issue 10's bcvk case: a debootstrap'd Debian systemd root booted over
+# virtio-fs to multi-user.target, ocivm fsd against the C virtiofsd, and
+# `ocivm run --systemd`. Needs the Debian mirror (debootstrap), as root.
+systemdbench: build
+	@bench/systemdbench.sh $(BUILD)/ocivm
 
 # Fuzzing (issue 15, tests/fuzz/README.md): the libFuzzer targets, built with
 # clang and ASan/UBSan in their own build dir, each run for FUZZ_SECONDS on a

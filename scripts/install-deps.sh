@@ -32,6 +32,8 @@ PACKAGES=(
   python3
   # imagebench's peer
   umoci
+  # make systemdbench builds its Debian systemd root with debootstrap
+  debootstrap
   # mount tables (src/util/mountinfo), disks and unmounting: libmount,
   # sfdisk, mkfs.ext4 + libext2fs (our ext4 writer), qemu-img, debugfs and
   # e2fsck (the round-trip test)
