@@ -288,7 +288,13 @@ int cmd_fsd(int argc, char** argv) {
              o.fd_limit = v == "0" ? 0 : parse_count("--rlimit-nofile", v, 1u << 30);
          }},
         {"thread-pool-size", 0, true, [&](const std::string& v) {
-             o.thread_pool = v == "0" ? 0 : parse_count("--thread-pool-size", v, transport::kMaxPoolThreads); }},
+             // virtiofsd takes up to 1024; more than kMaxPoolThreads buys nothing here.
+             o.thread_pool = v == "0" ? 0 : parse_count("--thread-pool-size", v, 1024);
+             if (o.thread_pool > transport::kMaxPoolThreads) {
+                 spdlog::warn("--thread-pool-size {}: using {} worker threads, the most fsd starts", o.thread_pool,
+                              transport::kMaxPoolThreads);
+                 o.thread_pool = transport::kMaxPoolThreads;
+             } }},
         {"sandbox", 0, true, [&](const std::string& v) { o.sandbox = v; }},
         {"seccomp", 0, true, [&](const std::string& v) { o.seccomp = v; }},
         {"readonly", 0, false, [&](const std::string&) { o.readonly = true; }},

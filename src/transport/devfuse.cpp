@@ -303,7 +303,7 @@ void DevFuseSession::worker(int fd, PollStats& stats) {
     AlignedBuf in = alloc_buffer(in_size);
     AlignedBuf out = alloc_buffer(out_size);
     DevFuseReply reply(fd, out.get(), out_size);
-    SpinWindow spin(opts_.spin_us, &load_, &stats);
+    SpinWindow spin(opts_.spin_us, opts_.load, &stats);
     for (;;) {
         int from = fd;
         ssize_t n = next_request(fd, in.get(), in_size, spin, &from);
@@ -332,7 +332,8 @@ void DevFuseSession::run() {
     }
     for (auto& t : threads) t.join();
     for (size_t i = 0; i < poll_stats_.size(); ++i)
-        spdlog::info("polling, thread {} (host load from {}): {}", i, load_.source(), poll_stats_[i]->line());
+        spdlog::info("polling, thread {} (host load from {}): {}", i, opts_.load ? opts_.load->source() : "none",
+                     poll_stats_[i]->line());
 }
 
 }  // namespace ocivm::transport

@@ -20,6 +20,9 @@ struct DevFuseOptions {
     unsigned threads = 2;
     bool readonly = false;
     unsigned spin_us = 50;   // longest busy-poll after a request before sleeping (0: never); adaptive
+    // The host's CPU contention (nobody polls while contended); null: not
+    // watched. Open it before any sandbox: a confined /proc lacks it.
+    HostLoad* load = nullptr;
 };
 
 // A FUSE mount: mounted on construction (mount(2) as root, fusermount3
@@ -78,7 +81,6 @@ private:
     std::vector<UniqueFd> clones_;  // threads - 1 of them; an empty one shares fd_
     UniqueFd spin_fd_;              // non-blocking clone the watching thread reads
     std::atomic<bool> spinning_{false};
-    HostLoad load_;  // opened here, before the server's sandbox
     std::vector<std::unique_ptr<PollStats>> poll_stats_;  // one per thread
 };
 

@@ -82,11 +82,12 @@ bool HostLoad::sample(uint64_t now_ns) {
     if (source_ == Source::Psi) {
         uint64_t total;
         if (!parse_psi_some_total(buf, total)) return false;
+        if (now_ns <= last_ns_) return false;  // a thread that read its clock before the last sample
         uint64_t dt = now_ns - last_ns_;
         uint64_t stalled_us = total >= last_total_us_ ? total - last_total_us_ : 0;
         last_total_us_ = total;
         last_ns_ = now_ns;
-        return dt > 0 && static_cast<double>(stalled_us) * 1000.0 > kStallFraction * static_cast<double>(dt);
+        return static_cast<double>(stalled_us) * 1000.0 > kStallFraction * static_cast<double>(dt);
     }
     unsigned running;
     // The count includes the sampling thread itself.
@@ -98,6 +99,10 @@ bool HostLoad::busy(uint64_t now_ns) {
     if (now_ns < busy_until_ns_.load(std::memory_order_relaxed)) return true;
     if (now_ns < next_sample_ns_.load(std::memory_order_relaxed)) return false;
     if (sampling_.test_and_set(std::memory_order_acquire)) return false;  // another thread samples
+    if (now_ns < next_sample_ns_.load(std::memory_order_relaxed)) {  // sampled meanwhile
+        sampling_.clear(std::memory_order_release);
+        return false;
+    }
     next_sample_ns_.store(now_ns + kSampleNs, std::memory_order_relaxed);
     bool contended = sample(now_ns);
     if (contended) busy_until_ns_.store(now_ns + kHoldNs, std::memory_order_relaxed);

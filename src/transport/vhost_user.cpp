@@ -1,5 +1,6 @@
 #include "transport/vhost_user.h"
 
+#include "util/error.h"
 #include "util/fd_passing.h"
 
 #include <fcntl.h>
@@ -20,6 +21,7 @@
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <system_error>
 
 #include <linux/fuse.h>
 
@@ -260,7 +262,17 @@ VhostUserBackend::VhostUserBackend(fuse::Server& server, VhostUserOptions opts)
         free_jobs_.push_back(jobs_.back().get());
     }
     pending_.assign(jobs_.size(), nullptr);
-    for (unsigned i = 0; i < workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+    try {
+        for (unsigned i = 0; i < workers; ++i) {
+            workers_.push_back(std::make_unique<Worker>());
+            Worker& ref = *workers_.back();
+            ref.thread = std::thread([this, &ref] { worker_loop(ref); });
+        }
+    } catch (const std::system_error& e) {
+        stop_pool();
+        throw Error("cannot start " + std::to_string(workers) + " worker threads (" + e.what() +
+                    "); choose a smaller --thread-pool-size");
+    }
     // Both before any seccomp filter: they need rt_sigaction.
     GuestMemory::install_fault_guard();
     std::call_once(g_wake_installed, [] {
@@ -274,12 +286,18 @@ VhostUserBackend::VhostUserBackend(fuse::Server& server, VhostUserOptions opts)
 
 VhostUserBackend::~VhostUserBackend() {
     stop_all();
+    stop_pool();
+}
+
+void VhostUserBackend::stop_pool() {
     {
         std::lock_guard lk(pool_mu_);
         pool_stop_ = true;
     }
     pool_cv_.notify_all();
-    for (auto& t : workers_) t.join();
+    for (auto& w : workers_)
+        if (w->thread.joinable()) w->thread.join();
+    workers_.clear();
 }
 
 // The reason a message is refused, logged as refusals are counted (the
@@ -338,19 +356,20 @@ bool VhostUserBackend::map_ring(Queue& q, unsigned i) {
     return true;
 }
 
-void VhostUserBackend::notify(Queue& q) {
+void VhostUserBackend::notify(Queue& q, bool queue_thread) {
     if (!q.call) return;
     uint64_t one = 1;
     // Sent even when the queue is stopping: the chain it announces is in
-    // the used ring already. (stop_queue interrupts a write that waits.)
-    q.in_fd_io.store(true, std::memory_order_seq_cst);
+    // the used ring already. (stop_queue interrupts the queue thread's
+    // write that waits at once, a worker's after a second.)
+    if (queue_thread) q.in_fd_io.store(true, std::memory_order_seq_cst);
     (void)!::write(q.call.get(), &one, sizeof one);
-    q.in_fd_io.store(false, std::memory_order_release);
+    if (queue_thread) q.in_fd_io.store(false, std::memory_order_release);
 }
 
 // Requests whose system calls can wait long on the host: they always go
 // to the pool, so that one guest's fsync does not hold up its other
-// requests. (SETLKW waits for another process's lock.)
+// requests. (Locks stay in the guest: no SETLKW reaches the file system.)
 static bool may_block(const DescChain& chain) {
     if (chain.readable.empty() || chain.readable[0].iov_len < 8) return false;
     uint32_t opcode;
@@ -358,7 +377,6 @@ static bool may_block(const DescChain& chain) {
     switch (opcode) {
     case FUSE_FSYNC:
     case FUSE_FSYNCDIR:
-    case FUSE_SETLKW:
     case FUSE_FALLOCATE:
     case FUSE_COPY_FILE_RANGE:
     case FUSE_SYNCFS:
@@ -368,19 +386,20 @@ static bool may_block(const DescChain& chain) {
     }
 }
 
-void VhostUserBackend::complete(Queue& q, uint16_t head, uint32_t len) {
+void VhostUserBackend::complete(Queue& q, uint16_t head, uint32_t len, bool queue_thread) {
     bool wake;
     {
         std::lock_guard lk(q.used_mu);
         q.vq.push(head, len);
         wake = q.vq.need_notify();
     }
-    if (wake) notify(q);
+    if (wake) notify(q, queue_thread);
 }
 
 // Hands the chain to a worker; false when every job is taken (the caller
 // serves it itself). The chain's buffers are swapped with the job's.
 bool VhostUserBackend::dispatch(unsigned i, DescChain& chain) {
+    const uint16_t num = queues_[i]->vq.num();
     {
         std::lock_guard lk(pool_mu_);
         if (free_jobs_.empty()) return false;
@@ -394,10 +413,14 @@ bool VhostUserBackend::dispatch(unsigned i, DescChain& chain) {
     }
     stats_.pooled.fetch_add(1, std::memory_order_relaxed);
     pool_cv_.notify_one();
+    // The chain that came back is a job's: sized once to the queue, so
+    // pop() does not allocate (at most 2 x workers x 32 KiB per 1,024
+    // entries of the queue).
+    if (chain.readable.capacity() < num || chain.writable.capacity() < num) chain.reserve(num);
     return true;
 }
 
-void VhostUserBackend::worker_loop() {
+void VhostUserBackend::worker_loop(Worker& self) {
     sigset_t wake;
     sigemptyset(&wake);
     sigaddset(&wake, kWakeSignal);
@@ -414,7 +437,9 @@ void VhostUserBackend::worker_loop() {
             --pending_count_;
         }
         Queue& q = *queues_[j->queue];
-        complete(q, j->chain.head, handle_chain(j->chain, scratch));
+        self.queue.store(static_cast<int>(j->queue), std::memory_order_release);
+        complete(q, j->chain.head, handle_chain(j->chain, scratch), false);
+        self.queue.store(-1, std::memory_order_release);
         {
             std::lock_guard lk(pool_mu_);
             free_jobs_.push_back(j);
@@ -465,14 +490,14 @@ void VhostUserBackend::serve_ring(Queue& q, unsigned i, DescChain& chain, std::v
             if (worth_logging(n))
                 spdlog::warn("virtio-fs queue {}: bad descriptor chain: {} ({} so far)", i, why, n);
             if (chain.head >= q.vq.num()) continue;
-            complete(q, chain.head, 0);
+            complete(q, chain.head, 0, true);
             continue;
         }
         // Parallel demand (more chains waiting behind this one) or a
         // request that may wait long goes to the pool; a lone quick request
         // is served here, with no hand-over.
         if (pooled && (may_block(chain) || q.vq.available()) && dispatch(i, chain)) continue;
-        complete(q, chain.head, handle_chain(chain, scratch));
+        complete(q, chain.head, handle_chain(chain, scratch), true);
     }
 }
 
@@ -507,7 +532,10 @@ void VhostUserBackend::queue_loop(unsigned i) {
                 std::lock_guard lk(q.used_mu);
                 behind = q.vq.guest_behind();
             }
-            int n = ::poll(p, 2, behind ? 1000 : -1);
+            // Replies the pool pushes later are covered too: while it holds
+            // chains of this queue, the thread looks again every second.
+            bool pooled_work = q.inflight.load(std::memory_order_acquire) > 0;
+            int n = ::poll(p, 2, behind || pooled_work ? 1000 : -1);
             if (n < 0) {
                 if (errno == EINTR) continue;
                 spdlog::error("virtio-fs queue {}: poll: {}; the queue stops", i, std::strerror(errno));
@@ -520,7 +548,7 @@ void VhostUserBackend::queue_loop(unsigned i) {
                 lk.unlock();
                 if (still && q.call) {
                     stats_.renotified.fetch_add(1, std::memory_order_relaxed);  // counted before it can be seen
-                    notify(q);
+                    notify(q, true);
                     spdlog::debug("virtio-fs queue {}: the guest has not taken its replies; interrupt sent again", i);
                 }
                 continue;
@@ -557,8 +585,13 @@ void VhostUserBackend::start_queue_if_ready(unsigned i) {
     q.vq.set_base(q.base);
     q.stop_requested = false;
     q.exited = false;
+    try {
+        q.thread = std::thread([this, i] { queue_loop(i); });
+    } catch (const std::system_error& e) {
+        spdlog::error("vhost-user: cannot start a thread for queue {}: {}; the queue stays stopped", i, e.what());
+        return;
+    }
     q.running = true;
-    q.thread = std::thread([this, i] { queue_loop(i); });
     spdlog::debug("vhost-user: queue {} started (size {}, base {})", i, q.num, q.base);
 }
 
@@ -572,6 +605,7 @@ void VhostUserBackend::stop_queue(unsigned i) {
     // of the front end's fds, or for more than a second in a request, is
     // interrupted until it is out (the request fails with EINTR).
     auto start = std::chrono::steady_clock::now();
+    auto next_worker_signal = start;
     bool warned = false;
     {
         std::unique_lock lk(q.exit_mu);
@@ -585,8 +619,13 @@ void VhostUserBackend::stop_queue(unsigned i) {
             }
             if (!q.exited && (slow || q.in_fd_io.load(std::memory_order_seq_cst)))
                 pthread_kill(q.thread.native_handle(), kWakeSignal);
-            if (slow && q.inflight.load(std::memory_order_acquire) > 0)
-                for (auto& w : workers_) pthread_kill(w.native_handle(), kWakeSignal);
+            auto now = std::chrono::steady_clock::now();
+            if (slow && q.inflight.load(std::memory_order_acquire) > 0 && now >= next_worker_signal) {
+                for (auto& w : workers_)
+                    if (w->queue.load(std::memory_order_acquire) == static_cast<int>(i))
+                        pthread_kill(w->thread.native_handle(), kWakeSignal);
+                next_worker_signal = now + std::chrono::seconds(1);
+            }
             q.exit_cv.wait_for(lk, std::chrono::milliseconds(10));
         }
     }

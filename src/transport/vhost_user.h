@@ -84,10 +84,17 @@ private:
     void queue_loop(unsigned i);
     void serve_ring(Queue& q, unsigned i, DescChain& chain, std::vector<std::byte>& scratch, SpinWindow& spin,
                     int64_t& spun);
-    void complete(Queue& q, uint16_t head, uint32_t len);
+    struct Worker {
+        std::thread thread;
+        std::atomic<int> queue{-1};  // the queue whose chain it serves, -1: none
+    };
+    // queue_thread: the caller is the queue's own thread (stop_queue may
+    // interrupt its blocked write at once).
+    void complete(Queue& q, uint16_t head, uint32_t len, bool queue_thread);
     bool dispatch(unsigned i, DescChain& chain);
-    void worker_loop();
-    void notify(Queue& q);
+    void worker_loop(Worker& self);
+    void stop_pool();
+    void notify(Queue& q, bool queue_thread);
     bool log_refusal() const;
 
     // Threads and memory: a queue's thread is the only one that touches
@@ -114,7 +121,7 @@ private:
     std::vector<Job*> pending_;
     size_t pending_head_ = 0, pending_count_ = 0;
     bool pool_stop_ = false;
-    std::vector<std::thread> workers_;
+    std::vector<std::unique_ptr<Worker>> workers_;
 };
 
 }  // namespace ocivm::transport

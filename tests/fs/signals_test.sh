@@ -109,6 +109,20 @@ mount_case TERM pid --readonly
 mount_case INT group
 mount_case TERM group --readonly
 
+# Regression (attack review): the confined server opened the host-load
+# probe inside its sandbox, whose /proc has no /proc/pressure or loadavg, so
+# it never saw a busy host and kept spinning through one. Its exit log
+# names the probe's source.
+want_load=psi; [ -r /proc/pressure/cpu ] && head -c1 /proc/pressure/cpu >/dev/null 2>&1 || want_load=loadavg
+"$OCIVM" mount --log-level info "$WORK/src" "$WORK/mnt" > "$WORK/mount.out" 2> "$WORK/mount.err" &
+pid=$!; PIDS="$PIDS $pid"
+check "mount --log-level info: mounted" wait_mounted "$WORK/mnt"
+check "mount --log-level info: serves the file" [ "$(cat "$WORK/mnt/file" 2>&1)" = "$CONTENT" ]
+kill -TERM $pid; wait $pid
+check "mount --log-level info: unmounted" wait_unmounted "$WORK/mnt"
+check "the confined server watches the host's load through $want_load (log: $(grep -o 'host load from [a-z]*' "$WORK/mount.err" | sort -u | tr '\n' ' '))" \
+  grep -q "polling, thread 0 (host load from $want_load)" "$WORK/mount.err"
+
 # --- ocivm fsd, no front end yet ---------------------------------------------
 # fsd_waiting_case SIG pid|group
 fsd_waiting_case() {

@@ -370,3 +370,32 @@ TEST(VhostUser, AnInterruptTheGuestMissedIsSentAgain) {
     signalled(call.get(), 1200);  // one may have been on its way
     EXPECT_FALSE(signalled(call.get(), 2500)) << "interrupts sent to a guest that has taken every reply";
 }
+
+// Regression (attack review): the one-second resend of an interrupt the
+// guest missed covered only replies the queue thread pushed. A reply the
+// pool pushed after the queue thread had gone to sleep, whose interrupt was
+// lost, was never sent again, and a guest's umount (which fsyncs) hung.
+TEST(VhostUser, AMissedInterruptForAPooledReplyIsSentAgain) {
+    SlowFsyncFs slow;
+    fuse::Server server(slow, fuse::serve_config("/", fs::CacheMode::Auto, false, false, false).protocol);
+    init_server(server);
+    VhostUserOptions opts;
+    opts.thread_pool_size = 2;
+    FrontEnd fe(&server, opts);
+    UniqueFd call(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)), kick(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    fe.set_used_event(0);
+    fe.set_call(call.get());
+    fe.set_kick(kick.get());
+    signalled(call.get(), 1000);  // the one SET_VRING_CALL sends
+    fuse_fsync_in fi{};
+    fe.queue_request(0, FUSE_FSYNC, 11, 1, &fi, sizeof fi);
+    uint64_t one = 1;
+    ASSERT_EQ(::write(kick.get(), &one, sizeof one), 8);
+    ASSERT_TRUE(slow.fsync_started(5000));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the queue thread is asleep by now
+    slow.release_fsync();
+    ASSERT_TRUE(fe.used_reaches(1));
+    EXPECT_TRUE(signalled(call.get(), 1000)) << "no interrupt for the reply";
+    // That interrupt is "lost": the guest's used_event stays 0, behind 1.
+    EXPECT_TRUE(signalled(call.get(), 3500)) << "the missed interrupt of a pooled reply was not sent again";
+}
