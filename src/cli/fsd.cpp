@@ -259,7 +259,6 @@ void serve_control(int fd, const trace::Recorder& recorder, const transport::Vho
                 return s;
             };
             std::string out = "requests " + std::to_string(backend.stats().requests.load()) + "\n";
-            for (const auto& l : backend.poll_lines()) out += "poll " + l + "\n";
             for (auto& l : det.window_summary(now, 10)) out += "summary " + clean(l) + "\n";
             auto v = det.verdict();
             out += std::string("verdict ") + (v.livelock ? "1 " : "0 ") + clean(v.message) + "\n";
@@ -361,8 +360,8 @@ int cmd_fsd(int argc, char** argv) {
     // From here on the server is a process of its own in new namespaces
     // (the keeper that forked it waits outside); everything it needs from
     // the host is opened before the pivot_root into the share.
-    // Read through an fd opened here: the sandbox's /proc shows only its
-    // own PID namespace.
+    // Read through an fd opened here: the sandbox's /proc (subset=pid) has
+    // neither /proc/pressure nor /proc/loadavg.
     transport::HostLoad host_load;
     UniqueFd root;
     if (o.sandbox == "namespace") {

@@ -166,8 +166,8 @@ int cmd_mount(int argc, char** argv) {
     dopts.threads = threads;
     dopts.readonly = readonly;
     dopts.spin_us = spin_us;
-    // Opened here, before the server's sandbox, whose /proc has no
-    // /proc/pressure (docs/filesystem.md, "Polling and threads").
+    // Opened here, before the server's sandbox, whose /proc (subset=pid)
+    // has no /proc/pressure (docs/filesystem.md, "Polling and threads").
     transport::HostLoad host_load;
     dopts.load = &host_load;
     auto cfg = fuse::serve_config("/proc/self/fd/" + std::to_string(share.get()), mode, readonly, !no_xattr, false,

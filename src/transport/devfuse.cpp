@@ -120,7 +120,7 @@ FuseMount::FuseMount(DevFuseOptions opts) : opts_(std::move(opts)) {
                        ",default_permissions";
 
     if (::geteuid() == 0) {
-        fd_.reset(::open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK));
+        fd_.reset(::open("/dev/fuse", O_RDWR | O_CLOEXEC));
         if (!fd_) {
             throw_errno("cannot open /dev/fuse", errno,
                         "load the fuse module (modprobe fuse) or pass --device /dev/fuse to the container");
@@ -152,7 +152,6 @@ FuseMount::FuseMount(DevFuseOptions opts) : opts_(std::move(opts)) {
             throw Error("fusermount3 could not mount " + opts_.mountpoint +
                         " (see its message above); as a user, the mount point must be yours");
         }
-        ::fcntl(received.get(), F_SETFL, ::fcntl(received.get(), F_GETFL) | O_NONBLOCK);
         fd_ = std::move(received);
         via_fusermount_ = true;
     }
@@ -239,10 +238,9 @@ UniqueFd clone_connection(int master_fd, bool nonblock) {
 
 DevFuseSession::DevFuseSession(fuse::Server& server, UniqueFd fd, const DevFuseOptions& opts)
     : server_(server), opts_(opts), fd_(std::move(fd)) {
-    // Sleeping threads block in read(): the kernel wakes one of them per
-    // request (an exclusive wait), where poll() would wake them all.
-    int fl = ::fcntl(fd_.get(), F_GETFL);
-    if (fl >= 0 && (fl & O_NONBLOCK)) ::fcntl(fd_.get(), F_SETFL, fl & ~O_NONBLOCK);
+    // Sleeping threads block in read() (the connection is opened blocking):
+    // the kernel wakes one of them per request (an exclusive wait), where
+    // poll() would wake them all.
     unsigned n = opts_.threads ? opts_.threads : 1;
     bool cloning = true;
     for (unsigned i = 1; i < n; ++i) {
@@ -266,9 +264,10 @@ DevFuseSession::DevFuseSession(fuse::Server& server, UniqueFd fd, const DevFuseO
 // must go to. When none is waiting, the thread that gets the spin token
 // keeps reading the non-blocking clone for its SpinWindow (a synchronous
 // client's next request usually comes within microseconds, and catching it
-// awake spares a sleep and a cross-CPU wakeup), unless the host is
-// contended; otherwise, and after the window, it sleeps in a blocking read
-// of its own fd.
+// awake spares this thread's sleep and wakeup; a sleeping thread the kernel
+// wakes for the same request finds nothing and sleeps again inside the
+// kernel), unless the host is contended; otherwise, and after the window,
+// it sleeps in a blocking read of its own fd.
 ssize_t DevFuseSession::next_request(int fd, std::byte* buf, size_t size, SpinWindow& spin, int* from) {
     const uint64_t start = mono_ns();
     int64_t spun = 0;

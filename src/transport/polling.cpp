@@ -50,8 +50,9 @@ HostLoad::HostLoad() {
     char buf[256];
     if (fd_) {
         ssize_t n = ::pread(fd_.get(), buf, sizeof buf - 1, 0);
+        if (n > 0) buf[n] = 0;
         uint64_t total;
-        if (n > 0 && (buf[n] = 0, parse_psi_some_total(buf, total))) {
+        if (n > 0 && parse_psi_some_total(buf, total)) {
             source_ = Source::Psi;
             last_total_us_ = total;
             last_ns_ = mono_ns();

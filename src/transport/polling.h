@@ -27,8 +27,8 @@ namespace ocivm::transport {
 class HostLoad {
 public:
     // Opens /proc/pressure/cpu (or /proc/loadavg) now: construct before a
-    // sandbox's pivot_root, whose /proc shows only the server's own PID
-    // namespace. Without either the host always counts as idle.
+    // sandbox's pivot_root, whose /proc (subset=pid) has neither. Without
+    // either the host always counts as idle.
     HostLoad();
     HostLoad(const HostLoad&) = delete;
     HostLoad& operator=(const HostLoad&) = delete;

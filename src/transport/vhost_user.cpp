@@ -510,7 +510,8 @@ void VhostUserBackend::queue_loop(unsigned i) {
     DescChain chain;
     chain.reserve(q.vq.num());  // pop() never allocates
     std::vector<std::byte> scratch;
-    SpinWindow spin(spin_us_, opts_.load, &q.poll);
+    // No watching the hiprio queue: nobody waits on a FORGET's reply.
+    SpinWindow spin(i == 0 ? 0 : spin_us_, opts_.load, &q.poll);
     uint64_t wait_start = 0;
     int64_t spun = 0;
     // A (re)started queue looks at its ring before waiting for a kick: the

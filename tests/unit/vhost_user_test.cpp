@@ -252,6 +252,14 @@ private:
     bool started_ = false, released_ = false;
 };
 
+// Lets a held fsync go however the test ends: declared after the FrontEnd,
+// it runs first, so the FrontEnd's stop does not wait for an fsync that a
+// failed assertion left held.
+struct ReleaseFsync {
+    SlowFsyncFs& fs;
+    ~ReleaseFsync() { fs.release_fsync(); }
+};
+
 // Runs INIT through `server` as the guest kernel would first.
 void init_server(fuse::Server& server) {
     test::Request r(FUSE_INIT, 0);
@@ -283,6 +291,7 @@ TEST(VhostUser, ASlowFsyncDoesNotHoldUpTheQueue) {
     VhostUserOptions opts;
     opts.thread_pool_size = 2;
     FrontEnd fe(&server, opts);
+    ReleaseFsync release{slow};
     UniqueFd call(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)), kick(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     fe.set_call(call.get());
     fe.set_kick(kick.get());
@@ -382,6 +391,7 @@ TEST(VhostUser, AMissedInterruptForAPooledReplyIsSentAgain) {
     VhostUserOptions opts;
     opts.thread_pool_size = 2;
     FrontEnd fe(&server, opts);
+    ReleaseFsync release{slow};
     UniqueFd call(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)), kick(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     fe.set_used_event(0);
     fe.set_call(call.get());

@@ -161,6 +161,10 @@ TEST(Writeback, WithoutItHandlesKeepTheGuestsFlags) {
 // as root, so that the host refuses the read.
 TEST(Writeback, FilesTheServerCannotReadStayWritable) {
     std::string dir = make_temp_dir();
+    struct RemoveTree {
+        const std::string& d;
+        ~RemoveTree() { remove_tree(d); }
+    } remove_dir{dir};
     {
         std::ofstream(dir + "/wo") << "0123456789";
     }
@@ -234,7 +238,6 @@ TEST(Writeback, FilesTheServerCannotReadStayWritable) {
     EXPECT_EQ(why, "");
     ASSERT_EQ(::chmod((dir + "/wo").c_str(), 0600), 0);
     EXPECT_EQ(slurp(dir + "/wo"), "01ABAB6789");
-    remove_tree(dir);
 }
 
 // SEEK_DATA/SEEK_HOLE arrive before the kernel's dirty pages: the host
