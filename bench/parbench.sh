@@ -163,7 +163,7 @@ for mode in $MODES; do
   done
 done
 
-printf '\nmedian of %s; latencies of the reads the fsync overlapped, in ms; ratio = ocivm / virtiofsd (below 1.0: ocivm better)\n\n' "$REPS"
+printf '\nmedian of %s; latencies of the reads the fsync overlapped, in ms; ratio = ocivm / virtiofsd (below 1.0: ocivm better, except the two read counts, where more is better)\n\n' "$REPS"
 printf '| figure |'; for mode in $MODES; do printf ' ocivm %s | virtiofsd %s | ratio |' "$mode" "$mode"; done
 printf '\n|---|'; for mode in $MODES; do printf -- '---|---|---|'; done; printf '\n'
 row() {  # row LABEL KEY SCALE FORMAT

@@ -76,7 +76,8 @@ run() {
   SERVER_PID=$!
   for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
   [ -S "$sock" ] || { echo "seqbench: $cfg did not create its socket; see $dir/fsd.log" >&2; KEEP=1; }
-  qemu-system-x86_64 -accel tcg -machine q35 -m "$MEM" -smp 1 \
+  # Bounded: a guest that hangs ends the round (reported below), not the bench.
+  timeout --kill-after=5 "${TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -machine q35 -m "$MEM" -smp 1 \
     -object memory-backend-memfd,id=mem,size="$MEM",share=on -numa node,memdev=mem \
     -kernel "$KERNEL" -initrd "$INITRD" -append "console=ttyS0 quiet panic=-1 ocivm_cmd=.bench/seq.sh" \
     -chardev socket,id=fs0,path="$sock" -device vhost-user-fs-pci,chardev=fs0,tag=share \
@@ -87,6 +88,7 @@ run() {
   rm -f "$SHARE/seq.bin"
   if ! grep -aq BENCH-DONE "$dir/console.log"; then
     echo "seqbench: $cfg round $round did not finish; see $dir" >&2; tail -5 "$dir/console.log" >&2; KEEP=1
+    FAILED=$((FAILED + 1))
   fi
   local p v
   for p in write read; do
@@ -100,6 +102,7 @@ run() {
 median() { printf '%s\n' "$@" | grep -v nan | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { if [ "$1" = nan ] || [ "$2" = nan ]; then echo nan; else echo "scale=2; $1 / $2" | bc; fi; }
 
+FAILED=0
 echo "seqbench: $(nproc) cores, kernel $KREL under TCG, guest ${MEM}, ${SIZE_MB} MiB, $ROUNDS rounds, $(date -u +%F)"
 for round in $(seq "$ROUNDS"); do
   for cfg in $CONFIGS; do run "$cfg" "$round"; done
@@ -125,3 +128,7 @@ printf '| ocivm --writeback / ocivm | %s | %s |\n' "$(ratio "${MED[ocivm-wb,writ
 printf '| ocivm --writeback / virtiofsd -o writeback | %s | %s |\n' "$(ratio "${MED[ocivm-wb,write]}" "${MED[virtiofsd-wb,write]}")" "$(ratio "${MED[ocivm-wb,read]}" "${MED[virtiofsd-wb,read]}")"
 printf '| ocivm / virtiofsd | %s | %s |\n' "$(ratio "${MED[ocivm,write]}" "${MED[virtiofsd,write]}")" "$(ratio "${MED[ocivm,read]}" "${MED[virtiofsd,read]}")"
 printf '\nAcceptance (issue 10): ocivm --writeback write >= 2x ocivm write and >= virtiofsd -o writeback write\n'
+if [ "$FAILED" -gt 0 ]; then
+  echo "seqbench: $FAILED round(s) did not finish: the medians above leave them out; see the kept work directory" >&2
+  exit 1
+fi

@@ -358,7 +358,7 @@ against() {
 [ -n "$PREVIOUS" ] && against previous "this build against the previous one ($PREVIOUS)"
 [ -n "${BARE:-}" ] && against ocivm-bare "ocivm fsd as it is against ocivm fsd --sandbox none --seccomp none (what confinement costs)"
 if [ "$COUNT" = 1 ]; then
-  printf '\nrequests served per boot\n\n| cache | ocivm fsd | C virtiofsd | ratio |\n|---|---|---|---|\n'
+  printf '\nrequests served per boot (ocivm: median of its timed boots; C virtiofsd: its one untimed boot with -d, slower)\n\n| cache | ocivm fsd | C virtiofsd | ratio |\n|---|---|---|---|\n'
   for mode in $MODES; do
     o=$(med ${REQ[ocivm,$mode]:-}); v=$(med ${REQ[virtiofsd-count,$mode]:-})
     printf '| %s | %s | %s | %s |\n' "$mode" "$o" "$v" "$(ratio "$o" "$v")"
@@ -377,7 +377,7 @@ if [ "$COUNT" = 1 ]; then
     dir=$WORK/ocivm-trace-$mode-1
     [ -s "$dir/trace.jsonl" ] || { echo "systemdbench: no trace for cache=$mode" >&2; continue; }
     printf '\n=== cache=%s: ocivm trace summary (traced boot, not timed) ===\n' "$mode"
-    "$OCIVM" trace summary --top 15 "$dir/trace.jsonl" | sed '/^requests per second:/,$d'
+    "$OCIVM" trace summary --top 15 "$dir/trace.jsonl" | sed '/^requests per second:/,/^$/d'
     printf -- '--- cache=%s: opcodes of ocivm fsd and of the C virtiofsd (its debug log), errors, and what each asked for ---\n' "$mode"
     python3 "$HERE/systemd_trace.py" "$dir/trace.jsonl" "$WORK/virtiofsd-count-$mode-1/server.log"
   done
