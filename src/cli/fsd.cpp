@@ -55,66 +55,71 @@ exits 0 when QEMU disconnects. Start it first, then QEMU with:
 and in the guest: mount -t virtiofs TAG /mnt
 
 Options:
-      --socket-path PATH     listen on this Unix socket (removed once QEMU connects)
-      --fd N                 use the socket on fd N: a listening one (as virtiofsd),
-                             or one already connected to the front end
+      --socket-path PATH     listen on this Unix socket (removed once QEMU
+                             connects)
+      --fd N                 use the socket on fd N: a listening one (as
+                             virtiofsd), or one already connected to the front
+                             end
       --shared-dir DIR       the directory to share (required)
       --cache MODE           never | metadata | auto | always (default: auto);
                              see 'ocivm mount --help'
       --rlimit-nofile N      the file descriptor limit, which caps the files and
-                             directories the guest can make fsd hold at once (one
-                             descriptor each; past it LOOKUP fails with EMFILE).
-                             Default: raised to the hard limit (as root to
-                             fs.nr_open); 0 leaves the limit as it is
-      --thread-pool-size N   worker threads (default: 8; 0: none) for requests that
-                             may wait long (fsync, blocking locks, fallocate) and
+                             directories the guest can make fsd hold at once
+                             (one descriptor each; past it LOOKUP fails with
+                             EMFILE). Default: raised to the hard limit (as root
+                             to fs.nr_open); 0 leaves the limit as it is
+      --thread-pool-size N   worker threads (default: 8; 0: none) for requests
+                             that may wait long (fsync, fallocate, syncfs) and
                              for requests queued behind one being served; a lone
                              quick request is served by its queue's thread
-      --sandbox MODE         namespace (default): the server runs in new mount, PID,
-                             network and IPC namespaces (and a user namespace when
-                             not root) with DIR as its root (pivot_root), a /proc
-                             of its own PID namespace, only the capabilities a
-                             file server needs and no_new_privs; none: no
-                             namespaces (debugging)
-      --seccomp MODE         kill | log | none (default: kill): once serving, allow
-                             only the system calls serving needs; anything else
-                             stops fsd with a message naming the call (kill) or
-                             is logged by the kernel (log)
+      --sandbox MODE         namespace (default): the server runs in new mount,
+                             PID, network and IPC namespaces (and a user
+                             namespace when not root) with DIR as its root
+                             (pivot_root), a /proc of its own PID namespace,
+                             only the capabilities a file server needs and
+                             no_new_privs; none: no namespaces (debugging)
+      --seccomp MODE         kill | log | none (default: kill): once serving,
+                             allow only the system calls serving needs; anything
+                             else stops fsd with a message naming the call
+                             (kill) or is logged by the kernel (log)
       --readonly             refuse every change (EROFS)
-      --writeback            the guest's kernel caches writes and sends them later
-                             in large batches (FUSE writeback cache, as
+      --writeback            the guest's kernel caches writes and sends them
+                             later in large batches (FUSE writeback cache, as
                              virtiofsd's --writeback): much faster writes, but
                              the guest takes file sizes and mtimes from its own
-                             cache, and changes made to DIR on the host while the
-                             guest runs may be missed or overwritten. Only for a
-                             directory nothing else writes to (docs/filesystem.md,
-                             "Writeback cache"); needs --cache auto or always
+                             cache, and changes made to DIR on the host while
+                             the guest runs may be missed or overwritten. Only
+                             for a directory nothing else writes to
+                             (docs/filesystem.md, "Writeback cache"); needs
+                             --cache auto or always
       --nodev                the guest cannot create device nodes (EPERM); the
                              server also gives up CAP_MKNOD
-      --nosuid               no set-user/group-ID bits on files the guest creates
-                             or changes; the server gives up CAP_FSETID and
-                             CAP_SETFCAP
-      --xattr-policy P       what the guest's security.* and trusted.* xattrs become
-                             on the host: passthrough (default: as they are),
-                             remap (stored as user.ocivm.security.* and
+      --nosuid               no set-user/group-ID bits on files the guest
+                             creates or changes; the server gives up CAP_FSETID
+                             and CAP_SETFCAP
+      --xattr-policy P       what the guest's security.* and trusted.* xattrs
+                             become on the host: passthrough (default: as they
+                             are), remap (stored as user.ocivm.security.* and
                              user.ocivm.trusted.*, shown back under their own
                              names; host names under user.ocivm. are hidden), or
                              refuse (EPERM)
       --override-stat        serve owners, modes and device numbers from the
-                             user.containers.override_stat xattr (a store imported
-                             without root)
-      --trusted-xattrs       keep CAP_SYS_ADMIN, which reading and writing trusted.*
-                             xattrs takes (seccomp still forbids mounts); for a
-                             tree of your own that must be copied whole
-      --control-fd N         answer "stats" requests on the socket on fd N (used by
-                             'ocivm run', which reports them in its diagnosis)
+                             user.containers.override_stat xattr (a store
+                             imported without root)
+      --trusted-xattrs       keep CAP_SYS_ADMIN, which reading and writing
+                             trusted.* xattrs takes (seccomp still forbids
+                             mounts); for a tree of your own that must be copied
+                             whole
+      --control-fd N         answer "stats" requests on the socket on fd N (used
+                             by 'ocivm run', which reports them in its
+                             diagnosis)
       --announce-submounts   tell the guest about mount points inside DIR so it
                              gives each its own device (no inode collisions)
       --xattr / --no-xattr   serve extended attributes (default) or refuse them
       --log-level LEVEL      trace | debug | info | warn | error (default: warn)
-      --trace FILE           record every request as a JSON line in FILE (read it
-                             with 'ocivm trace summary FILE'); a full buffer drops
-                             records rather than slow the guest down
+      --trace FILE           record every request as a JSON line in FILE (read
+                             it with 'ocivm trace summary FILE'); a full buffer
+                             drops records rather than slow the guest down
 
       --print-capabilities   print the JSON libvirt reads and exit
   -h, --help                 show this help

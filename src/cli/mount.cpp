@@ -62,9 +62,9 @@ Options:
                          directory nothing else writes to while it is mounted
                          (docs/filesystem.md, "Writeback cache"); needs --cache
                          auto or always
-      --rlimit-nofile N  the server's file descriptor limit, which caps the files
-                         and directories the kernel can make it hold at once
-                         (one descriptor each; past it LOOKUP fails with
+      --rlimit-nofile N  the server's file descriptor limit, which caps the
+                         files and directories the kernel can make it hold at
+                         once (one descriptor each; past it LOOKUP fails with
                          EMFILE). Default: raised to the hard limit (as root to
                          fs.nr_open); 0 leaves the limit as it is
       --no-xattr         refuse extended attributes (EOPNOTSUPP)

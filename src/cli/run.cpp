@@ -54,7 +54,8 @@ Options:
       --tls-verify=false      no certificate check for the pull (default: true)
       --creds USER:PASS       registry credentials for the pull
       --authfile FILE         registry credentials from this auth.json
-      --rm                    remove the VM's state directory (console log) at exit
+      --rm                    remove the VM's state directory (console log) at
+                              exit
   -i, --interactive           forward ocivm's stdin to the command
   -t, --tty                   give the command a terminal (a pty in the guest,
                               with the window size of ocivm's terminal)
@@ -64,19 +65,21 @@ Options:
   -v, --volume HOST:GUEST[:OPTIONS]
                               share the host directory HOST at GUEST; OPTIONS a
                               comma list: ro or rw (default), nodev or dev,
-                              nosuid or suid, noexec or exec, writeback. Writable
-                              shares are nodev,nosuid by default: the guest can
-                              create no device nodes and no set-user/group-ID
-                              files on the host. writeback: the guest caches
-                              writes and sends them later in large batches (much
-                              faster writes), taking file sizes and mtimes from
-                              its own cache; changes made to HOST while the VM
-                              runs may be missed or overwritten, so only for a
-                              directory nothing else writes to meanwhile
-                              (docs/filesystem.md, "Writeback cache"). Each
-                              share is served by a confined process of its own
-                              (docs/security.md); repeatable
-  -w, --workdir DIR           working directory of the command (created if missing)
+                              nosuid or suid, noexec or exec, writeback.
+                              Writable shares are nodev,nosuid by default: the
+                              guest can create no device nodes and no
+                              set-user/group-ID files on the host. writeback:
+                              the guest caches writes and sends them later in
+                              large batches (much faster writes), taking file
+                              sizes and mtimes from its own cache; changes made
+                              to HOST while the VM runs may be missed or
+                              overwritten, so only for a directory nothing else
+                              writes to meanwhile (docs/filesystem.md,
+                              "Writeback cache"). Each share is served by a
+                              confined process of its own (docs/security.md);
+                              repeatable
+  -w, --workdir DIR           working directory of the command (created if
+                              missing)
   -u, --user UID[:GID]        run as this user (numbers, or names from the
                               image's /etc/passwd and /etc/group)
       --hostname NAME         the guest's host name (default: the VM's name)
@@ -93,18 +96,21 @@ Options:
                               a unit once the system is up
       --kernel PATH|image     the guest kernel: a bzImage (modules from
                               /lib/modules/RELEASE), or 'image' for the image's
-                              own /usr/lib/modules/*/vmlinuz (default: the host's
-                              newest /boot/vmlinuz-*)
+                              own /usr/lib/modules/*/vmlinuz (default: the
+                              host's newest /boot/vmlinuz-*)
       --karg ARG              extra kernel command-line argument; repeatable
       --machine TYPE          microvm (default) or q35
       --disk FILE             boot a disk made by 'ocivm disk create' (raw or
                               qcow2, read-only, root by its PARTUUID) instead of
                               IMAGE: 'ocivm run --disk FILE -- CMD' 
-      --console               show the guest's console (kernel and init) on stderr
-      --trace FILE            record every virtio-fs request of the root share as
-                              a JSON line (-v shares: FILE.vol0, FILE.vol1, ...)
+      --console               show the guest's console (kernel and init) on
+                              stderr
+      --trace FILE            record every virtio-fs request of the root share
+                              as a JSON line (-v shares: FILE.vol0, FILE.vol1,
+                              ...)
       --name NAME             the VM's name (state in /run/ocivm/vms/NAME)
-      --log-level LEVEL       trace | debug | info | warn | error (default: warn)
+      --log-level LEVEL       trace | debug | info | warn | error (default:
+                              warn)
   -h, --help                  show this help
 
 Exit status: the command's; 128+N when it was killed by signal N; 126 when

@@ -61,7 +61,10 @@ struct PassthroughOptions {
     // it fills its page cache through whichever handle it holds, a
     // write-only one included, and puts O_APPEND data at its own end of
     // file. Handles are then opened readable where the host allows it and
-    // never O_APPEND (docs/filesystem.md, "Writeback cache").
+    // never O_APPEND (docs/filesystem.md, "Writeback cache"). The commands
+    // allow --writeback only with no_open (auto, always), where I/O opens
+    // by node; the handle rules serve a library user with per-open handles
+    // (tests/unit/writeback_test.cpp covers both).
     bool writeback = false;
     // Rootless stores: owner, mode and device numbers a non-root import
     // could not apply are kept in the user.containers.override_stat xattr

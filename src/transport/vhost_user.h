@@ -25,7 +25,7 @@ namespace ocivm::transport {
 struct VhostUserOptions {
     unsigned request_queues = 1;  // besides the hiprio queue
     unsigned spin_us = 100;       // longest watch of the ring before sleeping (0: never); adaptive
-    // Workers for requests that may wait long (fsync, blocking locks, ...)
+    // Workers for requests that may wait long (fsync, fallocate, syncfs, ...)
     // and for requests queued behind one being served; 0: every request is
     // served by its queue's thread. At most kMaxPoolThreads.
     unsigned thread_pool_size = 0;
