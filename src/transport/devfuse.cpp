@@ -274,23 +274,40 @@ ssize_t DevFuseSession::next_request(int fd, std::byte* buf, size_t size, SpinWi
     ssize_t n;
     const int64_t budget = spin_fd_ ? spin.budget(start) : 0;
     if (budget > 0 && !spinning_.exchange(true, std::memory_order_acquire)) {
+        // A sleeping thread the kernel woke for a request may take it
+        // first. Requests are still coming then: the window starts again
+        // from that arrival instead of running out (and shrinking) while
+        // the client is busy.
+        uint64_t seen = arrivals_.load(std::memory_order_relaxed);
+        uint64_t watch = start, now;
         do {
             n = ::read(spin_fd_.get(), buf, size);
-            spun = static_cast<int64_t>(mono_ns() - start);
+            now = mono_ns();
             if (n >= 0 || errno != EAGAIN) break;
-        } while (spun < budget);
+            if (uint64_t a = arrivals_.load(std::memory_order_relaxed); a != seen) {
+                seen = a;
+                watch = now;
+            }
+        } while (static_cast<int64_t>(now - watch) < budget);
+        spun = static_cast<int64_t>(now - start);
         int saved = errno;
         spinning_.store(false, std::memory_order_release);
         if (n >= 0 || saved != EAGAIN) {
-            spin.waited(spun, spun, true);
+            spin.waited(static_cast<int64_t>(now - watch), spun, true);
             *from = spin_fd_.get();
             errno = saved;
             return n;
         }
     }
+    const uint64_t before = arrivals_.load(std::memory_order_relaxed);
     n = ::read(fd, buf, size);
     int saved = errno;
-    spin.waited(static_cast<int64_t>(mono_ns() - start), spun, false);
+    // While this thread slept, others may have served requests: then its
+    // wait says nothing about how soon requests come (only counted).
+    if (arrivals_.load(std::memory_order_relaxed) == before)
+        spin.waited(static_cast<int64_t>(mono_ns() - start), spun, false);
+    else
+        spin.slept_while_served(spun);
     *from = fd;
     errno = saved;
     return n;
@@ -312,6 +329,7 @@ void DevFuseSession::worker(int fd, PollStats& stats) {
             if (e != ENODEV) spdlog::error("reading /dev/fuse: {}", std::strerror(e));
             return;
         }
+        arrivals_.fetch_add(1, std::memory_order_relaxed);
         reply.set_fd(from);
         auto r = server_.handle({in.get(), static_cast<size_t>(n)}, reply);
         if (r == fuse::Server::Result::Destroyed) return;

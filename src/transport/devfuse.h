@@ -81,6 +81,7 @@ private:
     std::vector<UniqueFd> clones_;  // threads - 1 of them; an empty one shares fd_
     UniqueFd spin_fd_;              // non-blocking clone the watching thread reads
     std::atomic<bool> spinning_{false};
+    std::atomic<uint64_t> arrivals_{0};  // requests read by any thread
     std::vector<std::unique_ptr<PollStats>> poll_stats_;  // one per thread
 };
 

@@ -152,6 +152,14 @@ int64_t SpinWindow::budget(uint64_t now_ns) {
     return window_;
 }
 
+void SpinWindow::slept_while_served(int64_t spun_ns) {
+    if (spun_ns > 0) {
+        stats_->spins.fetch_add(1, std::memory_order_relaxed);
+        stats_->spin_ns.fetch_add(static_cast<uint64_t>(spun_ns), std::memory_order_relaxed);
+    }
+    stats_->sleeps.fetch_add(1, std::memory_order_relaxed);
+}
+
 void SpinWindow::waited(int64_t wait_ns, int64_t spun_ns, bool caught) {
     if (spun_ns > 0) {
         stats_->spins.fetch_add(1, std::memory_order_relaxed);

@@ -38,13 +38,18 @@ public:
     bool busy(uint64_t now_ns);
     const char* source() const;
 
-    // A sample is taken at most this often; once contended, the host counts
-    // as busy for kHoldNs at least (hysteresis: without spinning the stall
-    // it caused disappears, and spinning again at once would bring it back).
-    static constexpr uint64_t kSampleNs = 2'000'000;
-    static constexpr uint64_t kHoldNs = 50'000'000;
+    // A sample is taken at most this often, and its verdict holds until the
+    // next one. Long enough to average out the stall that wakeups alone
+    // cause: a client and a server handing requests back and forth on an
+    // idle host show 20-25 % "some" (each wakeup waits a moment for its
+    // CPU), one busy loop beside them about 40 %, two busy loops on two
+    // CPUs 75-85 % (measured here, docs/benchmarks.md, session 7). Shorter
+    // samples flicker, and a busy verdict without spinning makes more
+    // wakeups, which kept the verdict busy.
+    static constexpr uint64_t kSampleNs = 10'000'000;
+    static constexpr uint64_t kHoldNs = kSampleNs;
     // PSI: busy when some task waited for a CPU this fraction of the interval.
-    static constexpr double kStallFraction = 0.10;
+    static constexpr double kStallFraction = 0.50;
 
     // Parses PSI's "some ... total=N" (microseconds); false if absent.
     static bool parse_psi_some_total(const char* text, uint64_t& total_us);
@@ -91,6 +96,9 @@ public:
     // The wait for a request ended: wait_ns from its start to the request,
     // spun_ns of it spent watching, caught whether the watch found it.
     void waited(int64_t wait_ns, int64_t spun_ns, bool caught);
+    // The thread slept while others served the requests that came: counted,
+    // the window left as it is.
+    void slept_while_served(int64_t spun_ns);
     int64_t window_ns() const { return window_; }
 
     static constexpr int64_t kGrowStartNs = 4'000;  // a window grows from 0 to this

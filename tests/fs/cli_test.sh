@@ -74,7 +74,7 @@ check "fsd --print-capabilities prints libvirt's JSON" bash -c "\"$OCIVM\" fsd -
 check "--version prints the version" bash -c "\"$OCIVM\" --version | grep -q '^ocivm version [0-9]'"
 check "help lists mount" bash -c "\"$OCIVM\" help | grep -q 'mount SOURCE MOUNTPOINT'"
 check "mount --help explains --cache" bash -c "\"$OCIVM\" mount --help | grep -q -- '--cache MODE'"
-check "mount, fsd and run --help explain writeback" bash -c "\"$OCIVM\" mount --help | grep -q -- '--writeback' && \"$OCIVM\" fsd --help | grep -q -- '--writeback' && \"$OCIVM\" run --help | grep -q 'writeback: the guest caches'"
+check "mount, fsd and run --help explain writeback" bash -c "\"$OCIVM\" mount --help | grep -q -- '--writeback' && \"$OCIVM\" fsd --help | grep -q -- '--writeback' && \"$OCIVM\" run --help | grep -q 'the guest caches writes'"
 check "help mount = mount --help" bash -c "diff <(\"$OCIVM\" help mount) <(\"$OCIVM\" mount --help)"
 
 
