@@ -48,8 +48,6 @@ AlignedBuf alloc_buffer(size_t size) {
 class DevFuseReply final : public fuse::BufferReplyWriter {
 public:
     DevFuseReply(int fd, std::byte* buf, size_t cap) : BufferReplyWriter(buf, cap), fd_(fd) {}
-    // The reply goes to the fd (clone) its request was read from.
-    void set_fd(int fd) { fd_ = fd; }
     int commit(size_t len) override {
         for (;;) {
             ssize_t n = ::write(fd_, buf_, len);
@@ -225,63 +223,47 @@ void FuseMount::abort_connection() {
     if (!out) spdlog::warn("cannot abort the FUSE connection through {}", abort_path);
 }
 
-namespace {
-
-UniqueFd clone_connection(int master_fd, bool nonblock) {
-    UniqueFd c(::open("/dev/fuse", O_RDWR | O_CLOEXEC | (nonblock ? O_NONBLOCK : 0)));
-    uint32_t master = static_cast<uint32_t>(master_fd);
-    if (!c || ::ioctl(c.get(), FUSE_DEV_IOC_CLONE, &master) < 0) return UniqueFd();
-    return c;
-}
-
-}  // namespace
-
 DevFuseSession::DevFuseSession(fuse::Server& server, UniqueFd fd, const DevFuseOptions& opts)
     : server_(server), opts_(opts), fd_(std::move(fd)) {
-    // Sleeping threads block in read() (the connection is opened blocking):
-    // the kernel wakes one of them per request (an exclusive wait), where
-    // poll() would wake them all.
+    // Every fd is non-blocking: a thread with nothing to read watches (the
+    // spin token's holder) or sleeps in poll().
+    int fl = ::fcntl(fd_.get(), F_GETFL);
+    if (fl >= 0 && !(fl & O_NONBLOCK)) ::fcntl(fd_.get(), F_SETFL, fl | O_NONBLOCK);
     unsigned n = opts_.threads ? opts_.threads : 1;
-    bool cloning = true;
     for (unsigned i = 1; i < n; ++i) {
-        UniqueFd c = cloning ? clone_connection(fd_.get(), false) : UniqueFd();
-        if (!c && cloning) {
+        UniqueFd c(::open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK));
+        uint32_t master = static_cast<uint32_t>(fd_.get());
+        if (!c || ::ioctl(c.get(), FUSE_DEV_IOC_CLONE, &master) < 0) {
             // Without clone support all threads share one fd: still correct.
             spdlog::debug("FUSE_DEV_IOC_CLONE unavailable ({}); threads share one fd", std::strerror(errno));
-            cloning = false;
+            clones_.emplace_back();
+            continue;
         }
         clones_.push_back(std::move(c));
-    }
-    // The watching thread reads a non-blocking clone of its own.
-    if (opts_.spin_us > 0) {
-        spin_fd_ = clone_connection(fd_.get(), true);
-        if (!spin_fd_) spdlog::debug("no non-blocking clone of the connection ({}); no thread polls", std::strerror(errno));
     }
     for (unsigned i = 0; i < n; ++i) poll_stats_.push_back(std::make_unique<PollStats>());
 }
 
-// Reads one request into buf; *from is the fd it came from, which the reply
-// must go to. When none is waiting, the thread that gets the spin token
-// keeps reading the non-blocking clone for its SpinWindow (a synchronous
+// Reads one request from this thread's fd. When none is waiting, the thread
+// that gets the spin token keeps reading for its SpinWindow (a synchronous
 // client's next request usually comes within microseconds, and catching it
-// awake spares this thread's sleep and wakeup; a sleeping thread the kernel
-// wakes for the same request finds nothing and sleeps again inside the
-// kernel), unless the host is contended; otherwise, and after the window,
-// it sleeps in a blocking read of its own fd.
-ssize_t DevFuseSession::next_request(int fd, std::byte* buf, size_t size, SpinWindow& spin, int* from) {
+// awake spares a sleep and a wakeup), unless the host is contended; the
+// others, and the watcher after its window, sleep in poll().
+ssize_t DevFuseSession::next_request(int fd, std::byte* buf, size_t size, SpinWindow& spin) {
+    ssize_t n = ::read(fd, buf, size);
+    if (n >= 0 || errno != EAGAIN) return n;
     const uint64_t start = mono_ns();
     int64_t spun = 0;
-    ssize_t n;
-    const int64_t budget = spin_fd_ ? spin.budget(start) : 0;
+    const int64_t budget = spin.budget(start);
     if (budget > 0 && !spinning_.exchange(true, std::memory_order_acquire)) {
-        // A sleeping thread the kernel woke for a request may take it
-        // first. Requests are still coming then: the window starts again
-        // from that arrival instead of running out (and shrinking) while
-        // the client is busy.
+        // Another thread may take the request this one waits for (the
+        // kernel wakes every poller). Requests are still coming then: the
+        // window starts again from that arrival instead of running out
+        // (and shrinking) while the client is busy.
         uint64_t seen = arrivals_.load(std::memory_order_relaxed);
         uint64_t watch = start, now;
         do {
-            n = ::read(spin_fd_.get(), buf, size);
+            n = ::read(fd, buf, size);
             now = mono_ns();
             if (n >= 0 || errno != EAGAIN) break;
             if (uint64_t a = arrivals_.load(std::memory_order_relaxed); a != seen) {
@@ -294,23 +276,31 @@ ssize_t DevFuseSession::next_request(int fd, std::byte* buf, size_t size, SpinWi
         spinning_.store(false, std::memory_order_release);
         if (n >= 0 || saved != EAGAIN) {
             spin.waited(static_cast<int64_t>(now - watch), spun, true);
-            *from = spin_fd_.get();
             errno = saved;
             return n;
         }
     }
     const uint64_t before = arrivals_.load(std::memory_order_relaxed);
-    n = ::read(fd, buf, size);
-    int saved = errno;
-    // While this thread slept, others may have served requests: then its
-    // wait says nothing about how soon requests come (only counted).
-    if (arrivals_.load(std::memory_order_relaxed) == before)
-        spin.waited(static_cast<int64_t>(mono_ns() - start), spun, false);
-    else
-        spin.slept_while_served(spun);
-    *from = fd;
-    errno = saved;
-    return n;
+    for (;;) {
+        struct pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, -1) < 0 && errno != EINTR) return -1;
+        if (p.revents & (POLLERR | POLLHUP | POLLNVAL)) {
+            errno = ENODEV;  // the connection is gone
+            return -1;
+        }
+        n = ::read(fd, buf, size);
+        if (n >= 0 || errno != EAGAIN) {
+            int saved = errno;
+            // While this thread slept, others may have served requests:
+            // then its wait says nothing about how soon requests come.
+            if (arrivals_.load(std::memory_order_relaxed) == before)
+                spin.waited(static_cast<int64_t>(mono_ns() - start), spun, false);
+            else
+                spin.slept_while_served(spun);
+            errno = saved;
+            return n;
+        }
+    }
 }
 
 void DevFuseSession::worker(int fd, PollStats& stats) {
@@ -321,8 +311,7 @@ void DevFuseSession::worker(int fd, PollStats& stats) {
     DevFuseReply reply(fd, out.get(), out_size);
     SpinWindow spin(opts_.spin_us, opts_.load, &stats);
     for (;;) {
-        int from = fd;
-        ssize_t n = next_request(fd, in.get(), in_size, spin, &from);
+        ssize_t n = next_request(fd, in.get(), in_size, spin);
         if (n < 0) {
             int e = errno;
             if (e == EINTR || e == EAGAIN || e == ENOENT) continue;
@@ -330,7 +319,6 @@ void DevFuseSession::worker(int fd, PollStats& stats) {
             return;
         }
         arrivals_.fetch_add(1, std::memory_order_relaxed);
-        reply.set_fd(from);
         auto r = server_.handle({in.get(), static_cast<size_t>(n)}, reply);
         if (r == fuse::Server::Result::Destroyed) return;
     }

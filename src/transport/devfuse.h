@@ -73,13 +73,12 @@ public:
 
 private:
     void worker(int fd, PollStats& stats);
-    ssize_t next_request(int fd, std::byte* buf, size_t size, SpinWindow& spin, int* from);
+    ssize_t next_request(int fd, std::byte* buf, size_t size, SpinWindow& spin);
 
     fuse::Server& server_;
     DevFuseOptions opts_;
     UniqueFd fd_;
     std::vector<UniqueFd> clones_;  // threads - 1 of them; an empty one shares fd_
-    UniqueFd spin_fd_;              // non-blocking clone the watching thread reads
     std::atomic<bool> spinning_{false};
     std::atomic<uint64_t> arrivals_{0};  // requests read by any thread
     std::vector<std::unique_ptr<PollStats>> poll_stats_;  // one per thread

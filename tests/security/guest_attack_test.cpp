@@ -54,11 +54,6 @@ bool absent(const std::string& p) {
     return ::lstat(p.c_str(), &st) < 0 && errno == ENOENT;
 }
 
-std::string slurp(const std::string& p) {
-    std::ifstream in(p);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 const fs::CacheMode kModes[] = {fs::CacheMode::Never, fs::CacheMode::Metadata,
                                 fs::CacheMode::Auto, fs::CacheMode::Always};
 

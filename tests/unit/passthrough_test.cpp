@@ -17,15 +17,6 @@
 using namespace ocivm;
 using namespace ocivm::test;
 
-namespace {
-std::string slurp(const std::string& p) {
-    std::ifstream in(p);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-}
-std::string text(const Reply& r) {
-    return std::string(reinterpret_cast<const char*>(r.payload.data()), r.payload.size());
-}
-}  // namespace
 
 TEST(Opcodes, EveryOperationEndToEnd) {
     Harness h;

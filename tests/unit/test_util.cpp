@@ -1,5 +1,8 @@
 #include "unit/test_util.h"
 
+#include <fstream>
+#include <iterator>
+
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -185,6 +188,15 @@ std::vector<std::pair<std::string, uint64_t>> Harness::readdir(uint64_t node, ui
         pos += sz;
     }
     return out;
+}
+
+std::string slurp(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::string text(const Reply& r) {
+    return std::string(reinterpret_cast<const char*>(r.payload.data()), r.payload.size());
 }
 
 }  // namespace ocivm::test

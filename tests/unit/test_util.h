@@ -51,6 +51,10 @@ struct Reply {
     }
 };
 
+// A host file's contents; a reply's payload as text.
+std::string slurp(const std::string& path);
+std::string text(const Reply& r);
+
 class Harness {
 public:
     explicit Harness(fs::CacheMode mode = fs::CacheMode::Auto, bool readonly = false,

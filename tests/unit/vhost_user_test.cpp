@@ -13,6 +13,7 @@
 #include <cstring>
 #include <chrono>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -278,6 +279,35 @@ void init_server(fuse::Server& server) {
     server.handle({bytes.data(), bytes.size()}, w);
 }
 
+// A front end, with a pool of two workers, on a server over SlowFsyncFs;
+// its request queue running. A held fsync is let go before the front end
+// stops (release is destroyed first), so a failed assertion fails rather
+// than hangs.
+struct PooledSlowFsync {
+    SlowFsyncFs slow;
+    fuse::Server server{slow, fuse::serve_config("/", fs::CacheMode::Auto, false, false, false).protocol};
+    FrontEnd fe;
+    ReleaseFsync release{slow};
+    UniqueFd call{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)}, kick{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
+
+    // used_event: the guest's "interrupt me past this" set before the start.
+    explicit PooledSlowFsync(std::optional<uint16_t> used_event = std::nullopt)
+        : fe((init_server(server), &server), pool_of_two()) {
+        if (used_event) fe.set_used_event(*used_event);
+        fe.set_call(call.get());
+        fe.set_kick(kick.get());
+    }
+    static VhostUserOptions pool_of_two() {
+        VhostUserOptions o;
+        o.thread_pool_size = 2;
+        return o;
+    }
+    bool kick_now() {
+        uint64_t one = 1;
+        return ::write(kick.get(), &one, sizeof one) == 8;
+    }
+};
+
 }  // namespace
 
 // Issue 10: a slow request (an fsync the disk takes its time over) is
@@ -285,31 +315,22 @@ void init_server(fuse::Server& server) {
 // are answered meanwhile. (Before the pool, the queue's only thread sat in
 // the fsync and every other request of the guest waited for it.)
 TEST(VhostUser, ASlowFsyncDoesNotHoldUpTheQueue) {
-    SlowFsyncFs slow;
-    fuse::Server server(slow, fuse::serve_config("/", fs::CacheMode::Auto, false, false, false).protocol);
-    init_server(server);
-    VhostUserOptions opts;
-    opts.thread_pool_size = 2;
-    FrontEnd fe(&server, opts);
-    ReleaseFsync release{slow};
-    UniqueFd call(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)), kick(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    fe.set_call(call.get());
-    fe.set_kick(kick.get());
+    PooledSlowFsync t;
+    auto& fe = t.fe;
     fuse_fsync_in fi{};
     fe.queue_request(0, FUSE_FSYNC, 11, 1, &fi, sizeof fi);
-    uint64_t one = 1;
-    ASSERT_EQ(::write(kick.get(), &one, sizeof one), 8);
-    ASSERT_TRUE(slow.fsync_started(5000)) << "the fsync never reached the file system";
+    ASSERT_TRUE(t.kick_now());
+    ASSERT_TRUE(t.slow.fsync_started(5000)) << "the fsync never reached the file system";
     fuse_getattr_in gi{};
     fe.queue_request(1, FUSE_GETATTR, 12, 1, &gi, sizeof gi);
-    ASSERT_EQ(::write(kick.get(), &one, sizeof one), 8);
+    ASSERT_TRUE(t.kick_now());
     bool answered = fe.used_reaches(1);
     EXPECT_TRUE(answered) << "GETATTR waited for the fsync in front of it";
     if (answered) {
         EXPECT_EQ(fe.used_id(0), 2u) << "the first reply should be GETATTR's (descriptor 2)";
         EXPECT_EQ(fe.reply_unique(1), 12u);
     }
-    slow.release_fsync();
+    t.slow.release_fsync();
     EXPECT_TRUE(fe.used_reaches(2)) << "the fsync's reply never came";
     EXPECT_EQ(fe.reply_unique(0), 11u);
     EXPECT_GE(fe.backend->stats().pooled.load(), 1u);
@@ -385,27 +406,16 @@ TEST(VhostUser, AnInterruptTheGuestMissedIsSentAgain) {
 // pool pushed after the queue thread had gone to sleep, whose interrupt was
 // lost, was never sent again, and a guest's umount (which fsyncs) hung.
 TEST(VhostUser, AMissedInterruptForAPooledReplyIsSentAgain) {
-    SlowFsyncFs slow;
-    fuse::Server server(slow, fuse::serve_config("/", fs::CacheMode::Auto, false, false, false).protocol);
-    init_server(server);
-    VhostUserOptions opts;
-    opts.thread_pool_size = 2;
-    FrontEnd fe(&server, opts);
-    ReleaseFsync release{slow};
-    UniqueFd call(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)), kick(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    fe.set_used_event(0);
-    fe.set_call(call.get());
-    fe.set_kick(kick.get());
-    signalled(call.get(), 1000);  // the one SET_VRING_CALL sends
+    PooledSlowFsync t(/*used_event=*/0);  // the guest has seen nothing yet
+    signalled(t.call.get(), 1000);        // the one SET_VRING_CALL sends
     fuse_fsync_in fi{};
-    fe.queue_request(0, FUSE_FSYNC, 11, 1, &fi, sizeof fi);
-    uint64_t one = 1;
-    ASSERT_EQ(::write(kick.get(), &one, sizeof one), 8);
-    ASSERT_TRUE(slow.fsync_started(5000));
+    t.fe.queue_request(0, FUSE_FSYNC, 11, 1, &fi, sizeof fi);
+    ASSERT_TRUE(t.kick_now());
+    ASSERT_TRUE(t.slow.fsync_started(5000));
     std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the queue thread is asleep by now
-    slow.release_fsync();
-    ASSERT_TRUE(fe.used_reaches(1));
-    EXPECT_TRUE(signalled(call.get(), 1000)) << "no interrupt for the reply";
+    t.slow.release_fsync();
+    ASSERT_TRUE(t.fe.used_reaches(1));
+    EXPECT_TRUE(signalled(t.call.get(), 1000)) << "no interrupt for the reply";
     // That interrupt is "lost": the guest's used_event stays 0, behind 1.
-    EXPECT_TRUE(signalled(call.get(), 3500)) << "the missed interrupt of a pooled reply was not sent again";
+    EXPECT_TRUE(signalled(t.call.get(), 3500)) << "the missed interrupt of a pooled reply was not sent again";
 }

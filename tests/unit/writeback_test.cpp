@@ -22,13 +22,6 @@ using namespace ocivm::test;
 
 namespace {
 
-std::string slurp(const std::string& p) {
-    std::ifstream in(p);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-}
-std::string text(const Reply& r) {
-    return std::string(reinterpret_cast<const char*>(r.payload.data()), r.payload.size());
-}
 
 // A server with per-open handles (the configuration of virtiofsd's cache
 // modes, and of ocivm's own with no_open off) and the page cache.
