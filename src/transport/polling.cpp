@@ -167,10 +167,17 @@ void SpinWindow::waited(int64_t wait_ns, int64_t spun_ns, bool caught) {
         if (caught) stats_->hits.fetch_add(1, std::memory_order_relaxed);
     }
     if (!caught) stats_->sleeps.fetch_add(1, std::memory_order_relaxed);
-    if (max_ == 0 || wait_ns <= window_) return;
+    if (max_ == 0) return;
+    if (wait_ns <= window_) {
+        long_waits_ = 0;
+        return;
+    }
     if (wait_ns <= max_) {
+        long_waits_ = 0;
         window_ = window_ ? std::min(max_, window_ * 2) : std::min(max_, kGrowStartNs);
-    } else if (window_ > 0) {
+    } else if (window_ > 0 && ++long_waits_ >= kShrinkAfter) {
+        // Only a run of wasted watches shrinks the window: a gap between
+        // two bursts of requests is not a sign they stopped coming.
         window_ /= 2;
         if (window_ < kMinNs) window_ = 0;
     } else {

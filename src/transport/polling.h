@@ -103,10 +103,15 @@ public:
 
     static constexpr int64_t kGrowStartNs = 4'000;  // a window grows from 0 to this
     static constexpr int64_t kMinNs = 2'000;        // a window shrinks below this to 0
+    // Waits past the maximum in a row before the window halves (then each
+    // further one halves it again). Contention is HostLoad's to catch; what
+    // the window guards against is spinning after requests have stopped.
+    static constexpr int kShrinkAfter = 8;
 
 private:
     int64_t max_;
     int64_t window_;
+    int long_waits_ = 0;  // waits past the maximum in a row
     HostLoad* load_;
     PollStats* stats_;
 };

@@ -87,6 +87,8 @@ public:
     bool enable_notify_and_check();
     // Whether the guest made chains available that pop() has not taken.
     bool available() const { return configured() && avail_idx() != last_avail_; }
+    // How many chains the guest made available that pop() has not taken.
+    uint16_t pending() const { return configured() ? static_cast<uint16_t>(avail_idx() - last_avail_) : 0; }
     // With EVENT_IDX: whether the guest's used_event says it has not seen
     // every chain returned (it sets used_event to the last used index it
     // took when it asks for the next interrupt).

@@ -45,7 +45,11 @@ TEST(Polling, TheWindowGrowsOnNearMissesAndShrinksOnLongWaits) {
     EXPECT_EQ(w.window_ns(), 50'000);
     w.waited(10'000, 10'000, true);  // caught: nothing changes
     EXPECT_EQ(w.window_ns(), 50'000);
-    w.waited(1'000'000, 50'000, false);  // a 1 ms wait: the spin was wasted
+    // One long gap (between two bursts) leaves the window alone; a run of
+    // them (the requests stopped) halves it, then halves it again each time.
+    for (int i = 1; i < SpinWindow::kShrinkAfter; ++i) w.waited(1'000'000, 50'000, false);
+    EXPECT_EQ(w.window_ns(), 50'000);
+    w.waited(1'000'000, 50'000, false);
     EXPECT_EQ(w.window_ns(), 25'000);
     for (int i = 0; i < 10; ++i) w.waited(1'000'000, w.window_ns(), false);
     EXPECT_EQ(w.window_ns(), 0) << "a thread whose requests never come soon should stop spinning";
@@ -54,7 +58,8 @@ TEST(Polling, TheWindowGrowsOnNearMissesAndShrinksOnLongWaits) {
     EXPECT_EQ(w.window_ns(), SpinWindow::kGrowStartNs);
     for (int i = 0; i < 10; ++i) w.waited(40'000, 0, false);
     EXPECT_EQ(w.window_ns(), 50'000) << "the window never exceeds the maximum";
-    EXPECT_EQ(st.spins.load(), 6u);  // waits with a watch: 25, 12.5, 6.25, 3.1 us, then none
+    // waits with a watch: kShrinkAfter at 50 us, then 25, 12.5, 6.25, 3.1 us, then none
+    EXPECT_EQ(st.spins.load(), 1u + SpinWindow::kShrinkAfter + 4u);
     EXPECT_EQ(st.hits.load(), 1u);
     EXPECT_EQ(st.window_ns.load(), 50'000u);
 }
