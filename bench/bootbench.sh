@@ -37,21 +37,7 @@ trap 'pkill -9 -f "$WORK/" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EX
 root=$WORK/initramfs
 mkdir -p "$root"/{bin,dev,proc,sys,mnt,lib}
 cp /bin/busybox "$root/bin/busybox"
-order=()
-declare -A seen=()
-add_module() {
-  local rel=$1 d
-  [ -n "${seen[$rel]:-}" ] && return
-  seen[$rel]=1
-  for d in $(awk -v m="$rel:" '$1 == m { $1=""; print }' "$MODDIR/modules.dep"); do add_module "$d"; done
-  order+=("$rel")
-}
-for m in virtio_pci virtiofs; do
-  rel=$(awk -F: -v m="/$m.ko" 'substr($1, length($1)-length(m)+1) == m {print $1; exit}' "$MODDIR/modules.dep")
-  [ -n "$rel" ] || fail "module $m missing in $MODDIR"
-  add_module "$rel"
-done
-for rel in "${order[@]}"; do cp "$MODDIR/$rel" "$root/lib/"; echo "$(basename "$rel")" >> "$root/lib/order"; done
+copy_virtiofs_modules "$MODDIR" "$root/lib" || fail "cannot put the virtio-fs modules into the initramfs"
 cat > "$root/init" <<'INIT'
 #!/bin/busybox sh
 B=/bin/busybox

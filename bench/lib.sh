@@ -12,3 +12,33 @@ make_debian_tree() {
     awk -v limit=$((300 << 20)) -v have="$(du -sb "$root" | cut -f1)" '{ have += $1; if (have > limit) exit; print $2 }' |
     (cd /usr/lib/x86_64-linux-gnu && xargs -r cp -a --parents -t "$root/usr/lib/x86_64-linux-gnu")
 }
+
+# copy_virtiofs_modules MODDIR LIBDIR: virtio_pci and virtiofs with the
+# modules they depend on (modules.dep), decompressed, into LIBDIR, and
+# their names in load order in LIBDIR/order. Returns 1 naming a missing one.
+copy_virtiofs_modules() {
+  local moddir=$1 lib=$2 m rel name
+  local -A seen=()
+  local order=()
+  _add_module() {
+    local r=$1 d
+    [ -n "${seen[$r]:-}" ] && return
+    seen[$r]=1
+    for d in $(awk -v m="$r:" '$1 == m { $1=""; print }' "$moddir/modules.dep"); do _add_module "$d"; done
+    order+=("$r")
+  }
+  for m in virtio_pci virtiofs; do
+    rel=$(awk -F: -v m="/$m.ko" 'index($1, m) && substr($1, length($1)-length(m)+1) == m {print $1; exit}' "$moddir/modules.dep")
+    [ -n "$rel" ] || { echo "module $m missing in $moddir" >&2; return 1; }
+    _add_module "$rel"
+  done
+  for rel in "${order[@]}"; do
+    name=$(basename "$rel")
+    case "$rel" in
+      *.ko.xz) xz -dc "$moddir/$rel" > "$lib/${name%.xz}"; name=${name%.xz} ;;
+      *.ko.zst) zstd -qdc "$moddir/$rel" > "$lib/${name%.zst}"; name=${name%.zst} ;;
+      *) cp "$moddir/$rel" "$lib/$name" ;;
+    esac
+    echo "$name" >> "$lib/order"
+  done
+}

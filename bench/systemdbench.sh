@@ -86,29 +86,7 @@ build_initramfs() {
   local root=$WORK/initramfs rel d name
   mkdir -p "$root"/{bin,dev,proc,sys,newroot,lib}
   cp /bin/busybox "$root/bin/busybox"
-  declare -A seen=()
-  local order=()
-  add_module() {
-    local rel=$1 d
-    [ -n "${seen[$rel]:-}" ] && return
-    seen[$rel]=1
-    for d in $(awk -v m="$rel:" '$1 == m { $1=""; print }' "$MODDIR/modules.dep"); do add_module "$d"; done
-    order+=("$rel")
-  }
-  for m in virtio_pci virtiofs; do
-    rel=$(awk -F: -v m="/$m.ko" 'index($1, m) && substr($1, length($1)-length(m)+1) == m {print $1; exit}' "$MODDIR/modules.dep")
-    [ -n "$rel" ] || fail "module $m missing in $MODDIR"
-    add_module "$rel"
-  done
-  for rel in "${order[@]}"; do
-    name=$(basename "$rel")
-    case "$rel" in
-      *.ko.xz) xz -dc "$MODDIR/$rel" > "$root/lib/${name%.xz}"; name=${name%.xz} ;;
-      *.ko.zst) zstd -qdc "$MODDIR/$rel" > "$root/lib/${name%.zst}"; name=${name%.zst} ;;
-      *) cp "$MODDIR/$rel" "$root/lib/$name" ;;
-    esac
-    echo "$name" >> "$root/lib/order"
-  done
+  copy_virtiofs_modules "$MODDIR" "$root/lib" || fail "cannot put the virtio-fs modules into the initramfs"
   cat > "$root/init" <<'INIT'
 #!/bin/busybox sh
 B=/bin/busybox
