@@ -23,11 +23,7 @@ fail() { echo "bootbench: $*" >&2; exit 1; }
 [ -x "$OCIVM" ] || fail "$OCIVM missing: make build"
 [ -x "$DEMO/bin/busybox" ] || fail "demo image $DEMO missing: make build"
 DEMO=$(cd "$DEMO" && pwd)
-KREL=""
-for v in /boot/vmlinuz-*; do r=${v#/boot/vmlinuz-}; [ -f "/lib/modules/$r/modules.dep" ] && KREL=$r; done
-[ -n "$KREL" ] || fail "no kernel: apt-get install linux-image-amd64"
-KERNEL=/boot/vmlinuz-$KREL
-MODDIR=/lib/modules/$KREL
+guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 
 WORK=/var/tmp/ocivm-bootbench-$$
 mkdir -p "$WORK"

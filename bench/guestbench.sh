@@ -8,6 +8,7 @@
 #   [PREVIOUS=OCIVM] bench/guestbench.sh [OCIVM] [--modes "never auto always"]
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
 OCIVM=${1:-$HERE/../build/ocivm}
 MODES=${MODES:-never auto always}
 VIRTIOFSD=/usr/lib/qemu/virtiofsd
@@ -15,10 +16,7 @@ fail() { echo "guestbench: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || fail "run as root"
 [ -x "$VIRTIOFSD" ] || fail "$VIRTIOFSD missing: apt-get install qemu-system-x86"
 command -v qemu-system-x86_64 >/dev/null || fail "apt-get install qemu-system-x86"
-KREL=""
-for v in /boot/vmlinuz-*; do r=${v#/boot/vmlinuz-}; [ -f "/lib/modules/$r/modules.dep" ] && KREL=$r; done
-[ -n "$KREL" ] || fail "no kernel: apt-get install linux-image-amd64"
-KERNEL=/boot/vmlinuz-$KREL
+guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 
 WORK=/var/tmp/ocivm-guestbench-$$
 mkdir -p "$WORK"

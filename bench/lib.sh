@@ -42,3 +42,15 @@ copy_virtiofs_modules() {
     echo "$name" >> "$lib/order"
   done
 }
+
+# guest_kernel: sets KREL, KERNEL and MODDIR to the newest /boot/vmlinuz-*
+# whose modules are installed (the guest kernel of the VM benchmarks);
+# returns 1 when there is none.
+guest_kernel() {
+  local v r
+  KREL=""
+  for v in /boot/vmlinuz-*; do r=${v#/boot/vmlinuz-}; [ -f "/lib/modules/$r/modules.dep" ] && KREL=$r; done
+  [ -n "$KREL" ] || return 1
+  KERNEL=/boot/vmlinuz-$KREL
+  MODDIR=/lib/modules/$KREL
+}

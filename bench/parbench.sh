@@ -30,6 +30,7 @@
 # /var/tmp, a disk, so the fsync does real work.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
 OCIVM=${1:-$HERE/../build/ocivm}
 MODES=${MODES:-auto never}
 REPS=${REPS:-3}
@@ -52,10 +53,7 @@ command -v g++ >/dev/null || fail "g++ missing (the guest helper is built static
 for m in $MODES; do
   case $m in never|auto|always) ;; *) fail "cache mode $m: the C virtiofsd has only never (none), auto, always" ;; esac
 done
-KREL=""
-for v in /boot/vmlinuz-*; do r=${v#/boot/vmlinuz-}; [ -f "/lib/modules/$r/modules.dep" ] && KREL=$r; done
-[ -n "$KREL" ] || fail "no kernel: apt-get install linux-image-amd64"
-KERNEL=/boot/vmlinuz-$KREL
+guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 
 WORK=/var/tmp/ocivm-parbench-$$
 FSD_PID="" QEMU_PID=""

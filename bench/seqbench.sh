@@ -11,6 +11,7 @@
 #   bench/seqbench.sh [OCIVM]
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
 OCIVM=${1:-$HERE/../build/ocivm}
 SIZE_MB=${SIZE_MB:-1024}
 ROUNDS=${ROUNDS:-3}
@@ -24,10 +25,7 @@ command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 missing: ap
 command -v bc >/dev/null || fail "bc missing: apt-get install bc"
 [[ $SIZE_MB =~ ^[1-9][0-9]*$ ]] || fail "SIZE_MB must be a positive number of MiB, not '$SIZE_MB'"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || fail "ROUNDS must be a positive number, not '$ROUNDS'"
-KREL=""
-for v in /boot/vmlinuz-*; do r=${v#/boot/vmlinuz-}; [ -f "/lib/modules/$r/modules.dep" ] && KREL=$r; done
-[ -n "$KREL" ] || fail "no kernel: apt-get install linux-image-amd64"
-KERNEL=/boot/vmlinuz-$KREL
+guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 
 # On disk, not tmpfs: the host side writes into its page cache as a real
 # share would. Room for the file twice over.

@@ -60,11 +60,7 @@ command -v python3 >/dev/null || fail "python3 missing: apt-get install python3"
 [ -x "$OCIVM" ] || fail "$OCIVM missing: make build"
 OCIVM=$(cd "$(dirname "$OCIVM")" && pwd)/$(basename "$OCIVM")
 [ -z "$PREVIOUS" ] || [ -x "$PREVIOUS" ] || fail "PREVIOUS=$PREVIOUS is not an executable"
-KREL=""
-for v in /boot/vmlinuz-*; do r=${v#/boot/vmlinuz-}; [ -f "/lib/modules/$r/modules.dep" ] && KREL=$r; done
-[ -n "$KREL" ] || fail "no kernel with modules: apt-get install linux-image-amd64"
-KERNEL=/boot/vmlinuz-$KREL
-MODDIR=/lib/modules/$KREL
+guest_kernel || fail "no kernel with modules: apt-get install linux-image-amd64"
 
 WORK=/var/tmp/ocivm-systemdbench-$$
 mkdir -p "$WORK"
