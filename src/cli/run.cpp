@@ -20,6 +20,7 @@
 #include "fuse/serve_config.h"
 #include "cli/pull.h"
 #include "image/resolve.h"
+#include "net/network.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "vm/machine.h"
@@ -109,6 +110,20 @@ Options:
                               as a JSON line (-v shares: FILE.vol0, FILE.vol1,
                               ...)
       --name NAME             the VM's name (state in /run/ocivm/vms/NAME)
+      --network MODE          none (default) | user | passt | slirp | bridge:
+                              user is rootless, through passt (QEMU's own
+                              user network, slirp, when passt is missing);
+                              the guest is 10.0.2.15/24, its gateway
+                              10.0.2.2 reaches the host's loopback. bridge
+                              (root): a network namespace, tap and veth per
+                              VM, NAT from --subnet (docs/networking.md)
+  -p, --publish [IP:]HOSTPORT:GUESTPORT[/tcp|/udp]
+                              forward HOSTPORT on the host (127.0.0.1 unless
+                              IP is given; 0.0.0.0: every address) to
+                              GUESTPORT in the guest; repeatable; a port in
+                              use is an error before boot
+      --subnet CIDR           bridge: the network VMs get a /30 from
+                              (default: 10.89.0.0/16)
       --log-level LEVEL       trace | debug | info | warn | error (default:
                               warn)
   -h, --help                  show this help
@@ -195,6 +210,13 @@ int cmd_run(int argc, char** argv) {
     std::string log_level = "warn", workdir, user, hostname, cpus = "1";
     std::vector<std::string> envs, env_files, volumes;
     PullFlags pull;
+    auto net_spec = [](const auto& f) {  // network
+        try {
+            f();
+        } catch (const net::SpecError& e) {
+            throw UsageError{e.what()};
+        }
+    };
     std::vector<Option> opts = {
         {"rm", 0, false, [&](const std::string&) { m.rm = true; }},
         {"interactive", 'i', false, [&](const std::string&) { interactive = true; }},
@@ -217,6 +239,10 @@ int cmd_run(int argc, char** argv) {
         {"console", 0, false, [&](const std::string&) { m.console = true; }},
         {"trace", 0, true, [&](const std::string& v) { m.trace = v; }},
         {"name", 0, true, [&](const std::string& v) { m.name = v; }},
+        // network (src/net): a bad value is a usage error naming the form
+        {"network", 0, true, [&](const std::string& v) { net_spec([&] { m.net.mode = net::parse_mode(v); }); }},
+        {"publish", 'p', true, [&](const std::string& v) { net_spec([&] { m.net.ports.push_back(net::parse_port(v)); }); }},
+        {"subnet", 0, true, [&](const std::string& v) { net_spec([&] { net::parse_subnet(v); m.net.subnet = v; }); }},
         {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
     };
     for (auto& o : pull.options(true)) opts.push_back(std::move(o));
@@ -251,6 +277,9 @@ int cmd_run(int argc, char** argv) {
         if (auto why = fuse::writeback_refusal(vol_mode, m.shares.back().readonly); !why.empty())
             throw UsageError{"invalid --volume '" + v + "': writeback: " + why};
     }
+    if (m.net.mode == net::Mode::Bridge && ::geteuid() != 0)  // network: refused before any work
+        throw Error("--network bridge needs root (a network namespace, a veth pair and nftables rules per VM); "
+                    "as a user, use --network user");
     pull.finish(log_level);
 
     image::ResolvedImage img;

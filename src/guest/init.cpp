@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "guest/net_config.h"  // network
 #include "guest/protocol.h"
 #include "util/io.h"
 
@@ -567,6 +568,7 @@ int pid1_main() {
     control("stage root");
     switch_root("/ocivm/root");
     mount_api_filesystems(c);
+    ocivm::guest::configure_network(say);  // network: lo, ocivm.net= from the kernel command line
     if (::sethostname(c.hostname.data(), c.hostname.size()) < 0) say("sethostname: %s", std::strerror(errno));
     if (c.systemd) {
         mkdir_p("/run/ocivm");

@@ -421,8 +421,15 @@ int Run::go() {
         o_.guest.volumes.push_back({"ocivm-vol" + std::to_string(i), s.guest, s.readonly, s.nodev, s.nosuid, s.noexec});
     }
 
+    // --- network (src/net): set up before QEMU, torn down after it (declared before `qemu`)
+    o_.net.vm_name = o_.name;
+    o_.net.state_dir = state.path();
+    o_.net.microvm = o_.machine == "microvm";
+    net::Network network(o_.net);
+    // --- end network
     std::vector<std::string> extra;
     if (!root_share || !o_.attach.empty()) extra = {"virtio_blk", "crc32c_generic", "ext4", "xfs"};
+    for (auto& m : network.guest_modules()) extra.push_back(m);  // network
     std::string base = guest::base_initramfs(kernel.modules_dir, cache, extra);
     std::string initrd = state.path() + "/initrd.cpio";
     guest::write_run_initramfs(base, guest::encode(o_.guest), initrd);
@@ -440,6 +447,8 @@ int Run::go() {
     if (!o_.console && !o_.debug) qc.append += " quiet";
     if (o_.machine == "microvm") qc.append += " acpi=on pci=off";
     if (o_.machine == "microvm" && !host.kvm && host.tsc_khz) qc.append += " tsc_early_khz=" + std::to_string(host.tsc_khz);
+    for (auto& k : network.kernel_args()) qc.append += " " + k;  // network
+    qc.net = network.qemu();                                       // network
     for (auto& k : o_.kargs) qc.append += " " + k;
     auto con = socket_pair(), qmpp = socket_pair(), out = socket_pair(), err = socket_pair(), in = socket_pair(),
          ctl = socket_pair();

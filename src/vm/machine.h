@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "guest/protocol.h"
+#include "net/network.h"
 
 namespace ocivm::vm {
 
@@ -45,6 +46,8 @@ struct MachineOptions {
     std::string disk;           // boot this disk (ocivm disk create) instead of rootfs
     std::string disk_partuuid;  // its root partition
     std::vector<std::string> attach;  // writable raw disks for the command (/dev/vda, ... after --disk)
+    // network: mode, -p forwards, --subnet; name, state dir and machine are set by run_machine
+    net::NetworkOptions net;
 };
 
 // Runs the VM to its end; returns the exit status for ocivm (the command's,

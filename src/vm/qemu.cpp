@@ -48,6 +48,7 @@ std::pair<std::vector<std::string>, std::vector<int>> qemu_argv(const QemuConfig
     };
     if (!c.disk.empty()) blk(c.disk, "disk0", "readonly=on,format=" + c.disk_format);
     for (size_t k = 0; k < c.attach.size(); ++k) blk(c.attach[k], "attach" + std::to_string(k), "format=raw");
+    for (auto& w : net::qemu_args(c.net, pass)) a.push_back(w);  // network (src/net)
     int i = 0;
     for (auto& [tag, fd] : c.fs) {
         std::string id = "fs" + std::to_string(i++);

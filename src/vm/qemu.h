@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "net/network.h"  // network: net::QemuNetdev
 #include "util/process.h"
 
 namespace ocivm::vm {
@@ -23,6 +24,7 @@ struct QemuConfig {
     std::vector<std::pair<std::string, int>> fs;  // tag, vhost-user socket
     std::string disk, disk_format;                // a read-only virtio-blk disk
     std::vector<std::string> attach;              // writable raw virtio-blk disks, after it
+    net::QemuNetdev net;                          // network: none unless active()
 };
 
 // The argv, and the fds (in the parent) to hand to QEMU as 3, 4, 5, ...

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "net/network.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/paths.h"
@@ -86,6 +87,7 @@ void clean_stale_locked(int basefd, const std::string& base) {
         UniqueFd lock(::openat(dir.get(), "lock", O_RDWR | O_CLOEXEC | O_NOFOLLOW));
         if (!lock || ::flock(lock.get(), LOCK_EX | LOCK_NB) < 0) continue;  // running, or not ours
         std::string path = base + "/" + n;
+        net::cleanup(path);  // network: the nft table and veth end a killed bridged VM left
         if (exists_at(dir.get(), "rm")) {
             if (int e = remove_tree_at(basefd, n.c_str()))
                 spdlog::warn("cannot remove the state of a VM whose ocivm was killed, {}: {}", path, std::strerror(e));

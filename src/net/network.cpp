@@ -1,0 +1,247 @@
+// The Network object: user-mode back ends (passt, QEMU's slirp) here, the
+// bridge in bridge.cpp.
+#include "net/network.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "guest/net_arg.h"
+#include "net/bridge.h"
+#include "util/clock.h"
+#include "util/error.h"
+#include "util/log.h"
+#include "util/paths.h"
+#include "util/process.h"
+#include "util/subprocess.h"
+#include "util/unique_fd.h"
+
+namespace ocivm::net {
+
+namespace {
+
+// The same addresses for passt and slirp (QEMU's defaults), so a guest
+// sees one layout whichever runs: itself at .15, the gateway at .2 (which
+// reaches the host's loopback), DNS at .3 (forwarded to the host's resolver).
+constexpr const char* kUserAddress = "10.0.2.15";
+constexpr unsigned kUserPrefix = 24;
+constexpr const char* kUserGateway = "10.0.2.2";
+constexpr const char* kUserDns = "10.0.2.3";
+// passt's own default MTU (802.3's maximum frame, rounded): the guest
+// sends 64 KiB frames instead of 1500-byte ones, the main reason passt
+// outruns slirp (whose MTU is fixed at 1500).
+constexpr unsigned kPasstMtu = 65520;
+
+// Whether something (passt) now holds the port: our own bind fails.
+bool port_taken(const PortForward& p) {
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(p.host_port);
+    ::inet_pton(AF_INET, p.host_ip.c_str(), &sa.sin_addr);
+    UniqueFd s(::socket(AF_INET, (p.udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_CLOEXEC, 0));
+    if (!s) return false;
+    int one = 1;
+    if (!p.udp) ::setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    return ::bind(s.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0 && errno == EADDRINUSE;
+}
+
+std::string last_lines(const std::string& path) {
+    std::string text;
+    try {
+        text = read_file(path);
+    } catch (const Error&) {
+        return "";
+    }
+    std::string out;
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t nl = text.find('\n', pos);
+        if (nl == std::string::npos) nl = text.size();
+        std::string line = text.substr(pos, nl - pos);
+        pos = nl + 1;
+        // This passt cannot reach a syslog daemon and says so per line.
+        if (line.empty() || line.rfind("Failed to send", 0) == 0) continue;
+        out += (out.empty() ? "" : "; ") + line;
+    }
+    return out;
+}
+
+uint32_t fnv1a(const std::string& s) {
+    uint32_t h = 2166136261u;
+    for (unsigned char c : s) h = (h ^ c) * 16777619u;
+    return h;
+}
+
+}  // namespace
+
+struct Network::Impl {
+    UniqueFd qemu_end;  // passt's peer socket or the tap: QEMU gets a copy
+    ChildProcess passt;
+    std::unique_ptr<Bridge> bridge;
+};
+
+std::vector<std::string> qemu_args(const QemuNetdev& n, const std::function<std::string(int)>& pass) {
+    if (!n.active()) return {};
+    std::string netdev;
+    if (n.backend == "stream") netdev = "stream,id=net0,server=off,addr.type=fd,addr.str=" + pass(n.fd);
+    else if (n.backend == "tap") netdev = "tap,id=net0,vhost=off,fd=" + pass(n.fd);
+    else if (n.backend == "user") netdev = "user,id=net0" + (n.user_opts.empty() ? "" : "," + n.user_opts);
+    else throw Error("unknown network back end '" + n.backend + "'");
+    std::string dev = n.device + ",netdev=net0";
+    if (!n.mac.empty()) dev += ",mac=" + n.mac;
+    return {"-netdev", netdev, "-device", dev};
+}
+
+Network::Network(const NetworkOptions& o) : impl_(std::make_unique<Impl>()) {
+    Mode mode = o.mode;
+    desc_.mode = "none";
+    for (auto& p : o.ports) desc_.ports.push_back(p.text());
+    if (mode == Mode::None) {
+        if (!o.ports.empty()) throw Error("-p needs a network: give --network user (or passt, slirp, bridge)");
+        return;
+    }
+    if (mode == Mode::User) {
+        mode = have_program("passt") ? Mode::Passt : Mode::Slirp;
+        if (mode == Mode::Slirp)
+            std::fprintf(stderr, "ocivm: warning: passt is not installed; using QEMU's slower user network "
+                                 "(apt-get install passt)\n");
+    }
+    if (mode == Mode::Passt && !have_program("passt"))
+        throw Error("--network passt: passt is not installed; apt-get install passt (or use --network slirp)");
+    check_ports_free(o.ports);
+
+    qemu_.device = o.microvm ? "virtio-net-device" : "virtio-net-pci";
+    // A stable MAC per VM name (locally administered range QEMU uses).
+    uint32_t h = fnv1a(o.vm_name);
+    char mac[32];
+    std::snprintf(mac, sizeof mac, "52:54:00:%02x:%02x:%02x", (h >> 16) & 0xff, (h >> 8) & 0xff, h & 0xff);
+    qemu_.mac = mac;
+    modules_ = {"virtio_net"};
+    guest::NetArg arg;
+
+    if (mode == Mode::Passt || mode == Mode::Slirp) {
+        arg.address = kUserAddress;
+        arg.prefix = kUserPrefix;
+        arg.gateway = kUserGateway;
+        arg.dns = {kUserDns};
+        desc_.mode = mode_name(mode);
+        desc_.address = std::string(kUserAddress) + "/" + std::to_string(kUserPrefix);
+        desc_.gateway = kUserGateway;
+        desc_.dns = arg.dns;
+    }
+    if (mode == Mode::Slirp) {
+        qemu_.backend = "user";
+        std::string opts = std::string("net=10.0.2.0/24,host=") + kUserGateway + ",dns=" + kUserDns +
+                           ",dhcpstart=" + kUserAddress + ",ipv6=off";
+        for (auto& p : o.ports)
+            opts += ",hostfwd=" + std::string(p.udp ? "udp" : "tcp") + ":" + p.host_ip + ":" +
+                    std::to_string(p.host_port) + "-" + kUserAddress + ":" + std::to_string(p.guest_port);
+        qemu_.user_opts = opts;
+    } else if (mode == Mode::Passt) {
+        int sv[2];
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) throw_errno("socketpair for passt", errno);
+        UniqueFd mine(sv[0]), theirs(sv[1]);
+        std::string log = o.state_dir + "/passt.log";
+        UniqueFd logfd(::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+        if (!logfd) throw_errno("cannot create " + log, errno);
+        SpawnOptions so;
+        // -f: no daemon, -1: exit when QEMU's end closes (passt drops to
+        // nobody, which clears the parent-death signal: this is what ends it
+        // after a kill -9 of ocivm), -4: the guest is IPv4 only.
+        so.argv = {"passt", "-f", "-q", "-1", "-4", "-F", "3", "-a", kUserAddress, "-n", std::to_string(kUserPrefix),
+                   "-g", kUserGateway, "--dns-forward", kUserDns, "-m", std::to_string(kPasstMtu)};
+        for (auto& p : o.ports)
+            so.argv.insert(so.argv.end(), {p.udp ? "-u" : "-t", p.host_ip + "/" + std::to_string(p.host_port) + ":" +
+                                                                    std::to_string(p.guest_port)});
+        so.fds = {theirs.get()};
+        so.stdout_fd = logfd.get();
+        so.stderr_fd = logfd.get();
+        so.new_process_group = true;  // a Ctrl-C is ocivm's to handle
+        impl_->passt = ChildProcess::spawn(so, "apt-get install passt");
+        theirs.reset();
+        // passt binds the forwarded ports as it starts; QEMU is started only
+        // once they are bound, so a forward that fails is an error now, not
+        // a connection refused later.
+        uint64_t deadline = mono_ns() + 10'000'000'000ull;
+        for (size_t i = 0; i < o.ports.size();) {
+            int st = 0;
+            if (impl_->passt.reap(&st))
+                throw Error("passt exited (status " + std::to_string(exit_code(st)) + ") before the VM started: " +
+                            last_lines(log) + " (log: " + log + ")");
+            if (port_taken(o.ports[i])) {
+                ++i;
+                continue;
+            }
+            if (mono_ns() > deadline)
+                throw Error("passt did not bind " + o.ports[i].text() + " within 10 s (log: " + log + ")");
+            ::usleep(5000);
+        }
+        qemu_.backend = "stream";
+        impl_->qemu_end = std::move(mine);
+        qemu_.fd = impl_->qemu_end.get();
+        arg.mtu = kPasstMtu;
+        spdlog::info("network: passt (pid {}), guest {}, gateway {} (the host's loopback)", impl_->passt.pid(),
+                     desc_.address, desc_.gateway);
+    } else if (mode == Mode::Bridge) {
+        impl_->bridge = std::make_unique<Bridge>(o);
+        const Bridge& b = *impl_->bridge;
+        qemu_.backend = "tap";
+        qemu_.fd = b.tap_fd();
+        arg.address = ipv4_text(b.guest_ip());
+        arg.prefix = b.prefix();
+        arg.gateway = ipv4_text(b.gateway_ip());
+        arg.dns = b.dns();
+        desc_.mode = "bridge";
+        desc_.address = arg.address + "/" + std::to_string(arg.prefix);
+        desc_.gateway = arg.gateway;
+        desc_.dns = arg.dns;
+        desc_.host_device = b.host_device();
+        desc_.nft_table = b.nft_table();
+        desc_.netns = b.netns_text();
+    }
+    kargs_ = {guest::format_net_arg(arg)};
+    if (!o.state_dir.empty()) {
+        try {
+            write_file_atomic(o.state_dir + "/network.json", desc_.to_json() + "\n");
+        } catch (const Error& e) {
+            spdlog::warn("network: {}", e.what());
+        }
+    }
+}
+
+Network::~Network() = default;
+
+int Network::helper_pid() const { return impl_ && impl_->passt.running() ? impl_->passt.pid() : 0; }
+
+std::string Description::to_json() const {
+    nlohmann::json j = {{"mode", mode}, {"ports", ports}};
+    if (!address.empty()) j["address"] = address;
+    if (!gateway.empty()) j["gateway"] = gateway;
+    if (!dns.empty()) j["dns"] = dns;
+    if (!host_device.empty()) j["host_device"] = host_device;
+    if (!netns.empty()) j["netns"] = netns;
+    if (!nft_table.empty()) j["nft_table"] = nft_table;
+    return j.dump();
+}
+
+void cleanup(const std::string& state_dir) {
+    std::string text;
+    try {
+        text = read_file(state_dir + "/network.json");
+    } catch (const Error&) {
+        return;
+    }
+    nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+    if (!j.is_object() || j.value("mode", std::string()) != "bridge") return;
+    Bridge::remove_leftovers(j.value("host_device", std::string()), j.value("nft_table", std::string()));
+    // Done: a later clean-up of the same directory need not run nft again.
+    ::unlink((state_dir + "/network.json").c_str());
+}
+
+}  // namespace ocivm::net
