@@ -47,6 +47,9 @@ PACKAGES=(
   # Debian's docker-registry (distribution 2.8), push with skopeo, and make
   # their htpasswd file with apache2-utils.
   libcurl4-openssl-dev libzstd-dev zstd docker-registry skopeo apache2-utils openssl curl
+  # networking (docs/networking.md): passt for --network user (rootless),
+  # nft and ip for --network bridge, and the vm_net test's namespaces
+  passt nftables iproute2
   # make fuzz: clang 14 with libFuzzer and the sanitizer runtimes
   clang libclang-rt-14-dev
 )

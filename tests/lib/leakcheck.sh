@@ -36,6 +36,35 @@ loops_under() {  # loop devices whose backing file is below DIR
   losetup -l -n -O NAME,BACK-FILE 2>/dev/null | awk -v d="$1" 'index($2, d "/") == 1 { print $1 }'
 }
 
+# --- network (tests/vm/net_test.sh): the network namespaces a test makes
+# carry its tag in their name (ocivm-t.TAG.*); a bridged VM's host-side
+# veth end (ocivmXXXXXXXX) and nft table (ip ocivm-*) in this namespace
+# are compared before and after the test (the tests make them only inside
+# their own namespaces, so any new one here is a leak).
+netns_tagged() {  # netns_tagged PREFIX
+  ip netns list 2>/dev/null | awk '{print $1}' | grep -F -- "ocivm-t.$1" 2>/dev/null
+}
+net_objects() {
+  ip -o link show 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2); print $2}' | grep -E '^ocivm[0-9a-f]{8}$' | sed 's/^/link /'
+  nft list tables 2>/dev/null | awk '$1 == "table" && $3 ~ /^ocivm-/ {print "nft " $2 " " $3}'
+}
+check_net() {  # check_net TAG-PREFIX BEFORE-LIST
+  local ns new o
+  ns=$(netns_tagged "$1")
+  report "network namespaces" $ns
+  for o in $ns; do ip netns del "$o" 2>/dev/null; done
+  new=$(comm -13 <(printf '%s\n' "$2" | sort) <(net_objects | sort) | grep .)
+  [ -z "$new" ] && return 0
+  report "network devices or nft tables" $(echo "$new" | tr ' ' ':')
+  while read -r kind a b; do
+    case $kind in
+      link) ip link del "$a" 2>/dev/null ;;
+      nft) nft delete table "$a" "$b" 2>/dev/null ;;
+    esac
+  done <<< "$new"
+}
+# --- end network
+
 report() {  # report KIND LIST...
   local kind=$1; shift
   [ $# -eq 0 ] && return 0
@@ -84,9 +113,10 @@ if [ "${1:-}" = "--final" ]; then
   done
   # any process of this suite's tests, whatever its directory
   check_and_clean "OCIVM_TEST_TAG=$suite\..*" "${TMPDIR:-/tmp}/ocivm-t.$suite.none"
+  check_net "$suite." "$(net_objects)"  # network: namespaces of this suite's tests
   report "temporary directories" $left
   for d in $left; do rm -rf "$d"; done
-  [ $leaked -eq 0 ] && echo "no test left a process, mount, loop device or socket behind"
+  [ $leaked -eq 0 ] && echo "no test left a process, mount, loop device, socket or network namespace behind"
   exit $leaked
 fi
 
@@ -94,9 +124,11 @@ name=${1:?test name}; shift
 base=${TMPDIR:-/tmp}
 dir=$(mktemp -d "$base/ocivm-t.$suite.$name.XXXXXX") || { echo "leakcheck: cannot create a directory in $base" >&2; exit 1; }
 tag="$suite.$name.$$.${dir##*.}"
+net_before=$(net_objects)  # network
 OCIVM_TEST_TAG=$tag TMPDIR=$dir "$@"
 rc=$?
 check_and_clean "OCIVM_TEST_TAG=$tag" "$dir"
+check_net "$tag" "$net_before"  # network
 [ $leaked -eq 0 ] && rm -rf "$dir"
 if [ $leaked -ne 0 ]; then
   echo "FAIL: $name left the above behind (cleaned up now)" >&2

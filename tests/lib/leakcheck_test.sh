@@ -51,6 +51,21 @@ check "a mount leaked in a TMPDIR named 'in $weird' fails the test (exit $rc)" [
 check "... is reported" grep -q "LEAK: the test left mounts behind" "$WORK/spaced.err"
 check "... and is unmounted" no_mounts_under "$WORK/in $weird"
 
+# --- network: a namespace named with the test's tag, a bridged VM's veth
+# end and nft table left in this namespace fail the test and are removed.
+inner "$WORK/net" netleak 'ip netns add "ocivm-t.$OCIVM_TEST_TAG.x" && ip link add ocivm0badf00d type veth peer name ocvleakpeer &&
+                           nft add table ip ocivm-leakself'
+check "a leaked network namespace, veth end and nft table fail the test (exit $rc)" [ $rc -ne 0 ]
+check "... the namespace is reported" grep -q "LEAK: the test left network namespaces behind" "$WORK/netleak.err"
+check "... the device and table are reported" \
+  bash -c "grep 'LEAK: the test left network devices or nft tables behind' '$WORK/netleak.err' | grep -q 'link:ocivm0badf00d' &&
+           grep 'network devices' '$WORK/netleak.err' | grep -q 'nft:ip:ocivm-leakself'"
+check "... and all three are removed" bash -c "! ip netns list | grep -q 'ocivm-t\..*netleak' &&
+  ! ip link show ocivm0badf00d 2>/dev/null && ! nft list table ip ocivm-leakself 2>/dev/null"
+inner "$WORK/netok" netok 'ip netns add "ocivm-t.$OCIVM_TEST_TAG.x" && ip netns del "ocivm-t.$OCIVM_TEST_TAG.x"'
+check "a test that removes its namespace passes (exit $rc)" [ $rc -eq 0 ]
+# --- end network
+
 # The final check judges its own suite only (one build directory's tests):
 # another checkout's make test running beside it keeps its processes and
 # directories. (It used to kill every tagged process on the machine.)

@@ -42,7 +42,8 @@ NSB=ocivm-t.$TAG.b
 BG=()
 cleanup() {
   local p
-  for p in "${BG[@]}"; do kill "$p" 2>/dev/null; done
+  # the servers' pids are in files: serve runs in a command substitution
+  for p in "${BG[@]}" $(cat "$WORK"/*.spid 2>/dev/null); do kill "$p" 2>/dev/null; done
   wait 2>/dev/null
   ip netns del "$NSA" 2>/dev/null
   ip netns del "$NSB" 2>/dev/null
@@ -51,7 +52,8 @@ cleanup() {
 trap cleanup EXIT
 
 # serve NAME BIND [NETNS]: an HTTP server of $WORK/NAME on BIND, port
-# chosen by the kernel (no race with other tests), pid in BG; prints the port.
+# chosen by the kernel (no race with other tests), pid in NAME.spid; prints
+# the port.
 serve() {
   local name=$1 bind=$2 ns=${3:-} port
   mkdir -p "$WORK/$name"
@@ -64,7 +66,7 @@ h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[2
 s = http.server.ThreadingHTTPServer((sys.argv[1], 0), h)
 print(s.server_port, flush=True)
 s.serve_forever()' "$bind" "$WORK/$name" > "$WORK/$name.port" 2> "$WORK/$name.log" &
-  BG+=($!)
+  echo $! > "$WORK/$name.spid"
   for _ in $(seq 100); do
     port=$(head -1 "$WORK/$name.port" 2>/dev/null)
     [ -n "$port" ] && { echo "$port"; return 0; }
