@@ -54,7 +54,7 @@ analyse() {
       }
       if (argword ~ /^[a-z0-9][a-z0-9-]*$/) return "values:" argword
       if (argword ~ /DIR/) return "dirs"
-      if (argword ~ /FILE|PATH|SOURCE|MOUNTPOINT|HOST/) return "files"
+      if (argword ~ /FILE|PATH|SOURCE|MOUNTPOINT|HOST([^P]|$)/) return "files"  # not -p HOSTPORT
       return "any"
     }
     # A term such as "-e, --env KEY=VALUE", "--format raw|qcow2" or

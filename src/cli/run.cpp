@@ -110,13 +110,14 @@ Options:
                               as a JSON line (-v shares: FILE.vol0, FILE.vol1,
                               ...)
       --name NAME             the VM's name (state in /run/ocivm/vms/NAME)
-      --network MODE          none (default) | user | passt | slirp | bridge:
-                              user is rootless, through passt (QEMU's own
-                              user network, slirp, when passt is missing);
-                              the guest is 10.0.2.15/24, its gateway
-                              10.0.2.2 reaches the host's loopback. bridge
-                              (root): a network namespace, tap and veth per
-                              VM, NAT from --subnet (docs/networking.md)
+      --network MODE          none | user | passt | slirp | bridge (default:
+                              none): user is rootless, through passt (QEMU's
+                              own user network, slirp, when passt is
+                              missing); the guest is 10.0.2.15/24, its
+                              gateway 10.0.2.2 reaches the host's loopback.
+                              bridge (root): a network namespace, tap and
+                              veth per VM, NAT from --subnet
+                              (docs/networking.md)
   -p, --publish [IP:]HOSTPORT:GUESTPORT[/tcp|/udp]
                               forward HOSTPORT on the host (127.0.0.1 unless
                               IP is given; 0.0.0.0: every address) to
