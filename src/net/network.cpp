@@ -72,6 +72,28 @@ std::string last_lines(const std::string& path) {
     return out;
 }
 
+// passt takes its outbound interface from the IPv4 default route and will
+// not start without one (a namespace with only lo, as tests make); slirp
+// needs none.
+bool have_default_route() {
+    std::string table;
+    try {
+        table = read_file("/proc/net/route");
+    } catch (const Error&) {
+        return true;  // cannot tell: let passt say what it thinks
+    }
+    size_t pos = table.find('\n');  // the header
+    while (pos != std::string::npos && pos + 1 < table.size()) {
+        size_t nl = table.find('\n', pos + 1);
+        std::string line = table.substr(pos + 1, nl == std::string::npos ? std::string::npos : nl - pos - 1);
+        char dev[64];
+        char dest[16];
+        if (std::sscanf(line.c_str(), "%63s %15s", dev, dest) == 2 && std::string(dest) == "00000000") return true;
+        pos = nl;
+    }
+    return false;
+}
+
 uint32_t fnv1a(const std::string& s) {
     uint32_t h = 2166136261u;
     for (unsigned char c : s) h = (h ^ c) * 16777619u;
@@ -107,13 +129,21 @@ Network::Network(const NetworkOptions& o) : impl_(std::make_unique<Impl>()) {
         return;
     }
     if (mode == Mode::User) {
-        mode = have_program("passt") ? Mode::Passt : Mode::Slirp;
-        if (mode == Mode::Slirp)
+        mode = Mode::Slirp;
+        if (!have_program("passt"))
             std::fprintf(stderr, "ocivm: warning: passt is not installed; using QEMU's slower user network "
                                  "(apt-get install passt)\n");
+        else if (!have_default_route())
+            std::fprintf(stderr, "ocivm: warning: no IPv4 default route in this network namespace, which passt "
+                                 "needs; using QEMU's slower user network\n");
+        else
+            mode = Mode::Passt;
     }
     if (mode == Mode::Passt && !have_program("passt"))
         throw Error("--network passt: passt is not installed; apt-get install passt (or use --network slirp)");
+    if (mode == Mode::Passt && !have_default_route())
+        throw Error("--network passt: this network namespace has no IPv4 default route, and passt takes its "
+                    "outbound interface from it; add one, or use --network slirp");
     check_ports_free(o.ports);
 
     qemu_.device = o.microvm ? "virtio-net-device" : "virtio-net-pci";

@@ -9,7 +9,9 @@
 #      (same guest port, different host ports), each fetching a page from
 #      a server on the host's 127.0.0.1 through its gateway 10.0.2.2
 #   2. a host port in use: exit 125 with a clear message, before boot
-#      (passt and slirp); -p without a network; a malformed -p
+#      (passt and slirp); -p without a network; a malformed -p; user
+#      without passt installed (slirp, one warning); passt without a
+#      default route refused
 #   3. --network bridge in namespace A: the guest reaches a server in A
 #      (its gateway) and one in namespace B (routed and masqueraded), -p
 #      forwards from A's loopback and from B; nothing left afterwards;
@@ -203,6 +205,23 @@ check "a malformed -p: exit 125 naming the form" \
 "$OCIVM" run --rm --network wifi "$DEMO" -- true > "$WORK/badn.out" 2> "$WORK/badn.err"; echo $? > "$WORK/badn.rc"
 check "an unknown --network: exit 125 listing the modes" \
   bash -c "[ \$(cat '$WORK/badn.rc') = 125 ] && grep -q 'none, user, passt, slirp or bridge' '$WORK/badn.err'"
+
+# user without passt (a PATH without it): QEMU's user network, one warning line
+mkdir -p "$WORK/nopasst-bin"
+ln -s "$(command -v qemu-system-x86_64)" "$WORK/nopasst-bin/qemu-system-x86_64"
+env PATH="$WORK/nopasst-bin" "$OCIVM" run --rm --network user "$DEMO" \
+  -- sh -c "timeout 60 wget -O /tmp/f http://10.0.2.2:$SP/index.html 2>/dev/null && echo fetched: \$(cat /tmp/f)" \
+  > "$WORK/nopasst.out" 2> "$WORK/nopasst.err"; echo $? > "$WORK/nopasst.rc"
+if [ "$(cat "$WORK/nopasst.rc")" = 0 ] && grep -qx "fetched: $HOSTPAGE" "$WORK/nopasst.out"; then
+  ok "user without passt installed: QEMU's user network, the guest reaches the host's 127.0.0.1"
+else bad "user without passt installed: QEMU's user network, the guest reaches the host's 127.0.0.1"; show nopasst; fi
+check "... with one warning line naming the package" \
+  bash -c "[ \$(grep -c 'warning: passt is not installed.*apt-get install passt' '$WORK/nopasst.err') = 1 ]"
+# passt needs a default route (its outbound interface): a namespace with only lo
+unshare -n sh -c "ip link set lo up && exec '$OCIVM' run --rm --network passt '$DEMO' -- true" \
+  > "$WORK/noroute.out" 2> "$WORK/noroute.err"; echo $? > "$WORK/noroute.rc"
+check "passt without a default route: exit 125 saying so and naming slirp" \
+  bash -c "[ \$(cat '$WORK/noroute.rc') = 125 ] && grep -q 'no IPv4 default route.*--network slirp' '$WORK/noroute.err'"
 
 # ---------------------------------------------------------------- 3
 fwd_before=$(cat /proc/sys/net/ipv4/ip_forward)
