@@ -45,10 +45,23 @@ struct MachineOptions {
     std::string disk;           // boot this disk (ocivm disk create) instead of rootfs
     std::string disk_partuuid;  // its root partition
     std::vector<std::string> attach;  // writable raw disks for the command (/dev/vda, ... after --disk)
+    // What `ps` and `inspect` show as the image (the user's IMAGE).
+    std::string image;
+    // Detached (run -d): the command's output goes to stdout.log and
+    // stderr.log in the state directory, and "ready NAME" is written to
+    // ready_fd once the guest agent has greeted (then stdin, stdout and
+    // stderr leave the caller's terminal).
+    bool detach = false;
+    int ready_fd = -1;
 };
 
 // Runs the VM to its end; returns the exit status for ocivm (the command's,
 // 128+N for a signal, 125 for ocivm's own failures, 126/127 as podman).
 int run_machine(MachineOptions o);
+
+// run -d: starts a supervisor (a session of its own, outliving the caller)
+// that runs the VM; returns once the guest is ready (0, its name printed on
+// stdout) or has failed (125, its diagnosis on stderr).
+int run_detached(MachineOptions o);
 
 }  // namespace ocivm::vm
