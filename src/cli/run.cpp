@@ -23,6 +23,7 @@
 #include "util/error.h"
 #include "util/log.h"
 #include "vm/machine.h"
+#include "vm/supervisor.h"
 
 namespace ocivm::cli {
 

@@ -4,7 +4,6 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
-#include <termios.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -15,6 +14,7 @@
 #include "util/error.h"
 #include "util/io.h"
 #include "util/log.h"
+#include "util/terminal.h"
 
 namespace ocivm::vm {
 
@@ -22,28 +22,6 @@ namespace {
 
 using agent::Frame;
 using agent::Type;
-
-// The caller's terminal in raw mode while a -it session runs: keys (Ctrl-C
-// too) go to the guest's pty, which turns them into signals.
-class RawMode {
-public:
-    explicit RawMode(int fd) : fd_(fd) {
-        if (::tcgetattr(fd, &saved_) < 0) return;
-        termios raw = saved_;
-        ::cfmakeraw(&raw);
-        if (::tcsetattr(fd, TCSANOW, &raw) == 0) active_ = true;
-    }
-    ~RawMode() {
-        if (active_) ::tcsetattr(fd_, TCSANOW, &saved_);
-    }
-    RawMode(const RawMode&) = delete;
-    RawMode& operator=(const RawMode&) = delete;
-
-private:
-    int fd_;
-    termios saved_{};
-    bool active_ = false;
-};
 
 struct SignalMask {
     sigset_t set{}, old{};
@@ -73,8 +51,8 @@ int exec_session(const VmEntry& vm, const guest::GuestConfig& c) {
 
     SignalMask mask;
     UniqueFd sfd(::signalfd(-1, &mask.set, SFD_CLOEXEC | SFD_NONBLOCK));
-    std::unique_ptr<RawMode> raw;
-    if (c.tty && c.stdin_open && ::isatty(0)) raw = std::make_unique<RawMode>(0);
+    std::unique_ptr<RawTerminal> raw;
+    if (c.tty && c.stdin_open && ::isatty(0)) raw = std::make_unique<RawTerminal>(0);
 
     agent::FrameReader reader;
     uint32_t in_credit = agent::kWindow;

@@ -8,7 +8,6 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,12 +28,14 @@
 #include "util/log.h"
 #include "util/paths.h"
 #include "util/process.h"
+#include "util/terminal.h"
 #include "util/unique_fd.h"
 #include "guest/agent_protocol.h"
 #include "vm/accel.h"
 #include "vm/agent_hub.h"
 #include "vm/kernel.h"
 #include "vm/qemu.h"
+#include "vm/share_server.h"
 #include "vm/state_dir.h"
 #include "vm/vm_state.h"
 
@@ -55,103 +56,6 @@ SocketPair socket_pair() {
 void set_nonblock(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
 
-// One directory served to the guest over virtio-fs by a process of its
-// own: `ocivm fsd` on the vhost-user socket QEMU is handed, confined in its
-// own namespaces with the share as its root, fewer capabilities and a
-// seccomp allow-list. A guest that breaks the server holds nothing of this
-// supervisor: not QEMU's channels, not the other shares, not the host.
-class ShareServer {
-public:
-    struct Config {
-        std::string dir;
-        fs::CacheMode mode = fs::CacheMode::Auto;
-        bool readonly = false, nodev = true, nosuid = true, override_stat = false, trusted_xattrs = false,
-             writeback = false;
-        std::string trace;
-        int stderr_fd = SpawnOptions::kInherit;  // a detached VM's servers log to a file
-    };
-    struct Stats {
-        uint64_t requests = 0;
-        std::vector<std::string> summary;  // the last 10 s, as lines
-        bool livelock = false;
-        std::string verdict;
-        bool answered = false;
-    };
-
-    ShareServer(const Config& c, UniqueFd vhost_sock) {
-        auto ctl = socket_pair();
-        SpawnOptions so;
-        so.argv = {"/proc/self/exe", "fsd", "--fd", "3", "--control-fd", "4", "--shared-dir", c.dir,
-                   "--cache", fs::cache_mode_name(c.mode), "--log-level",
-                   std::string(spdlog::level::to_string_view(spdlog::get_level()).data(),
-                               spdlog::level::to_string_view(spdlog::get_level()).size())};
-        if (c.readonly) so.argv.push_back("--readonly");
-        if (c.writeback) so.argv.push_back("--writeback");
-        if (c.nodev) so.argv.push_back("--nodev");
-        if (c.nosuid) so.argv.push_back("--nosuid");
-        if (c.override_stat) so.argv.push_back("--override-stat");
-        if (c.trusted_xattrs) so.argv.push_back("--trusted-xattrs");
-        // The guest's security.* and trusted.* of a writable share never
-        // become the host's own (file capabilities, SELinux labels, overlay
-        // metadata the host would trust).
-        if (!c.readonly) so.argv.insert(so.argv.end(), {"--xattr-policy", "remap"});
-        if (!c.trace.empty()) so.argv.insert(so.argv.end(), {"--trace", c.trace});
-        so.fds = {vhost_sock.get(), ctl.theirs.get()};
-        so.stderr_fd = c.stderr_fd;
-        // Not in the terminal's process group: a Ctrl-C is for the command
-        // (ocivm forwards it), and the keeper would turn it into SIGKILL
-        // for the server, taking the guest's root away.
-        so.new_process_group = true;
-        child_ = ChildProcess::spawn(so);
-        control_ = std::move(ctl.mine);
-    }
-    // QEMU is gone by now, and with it the server's socket: it exits on its
-    // own (writing the end of its trace); one that does not is killed.
-    ~ShareServer() {
-        for (int i = 0; i < 50 && !child_.reap(nullptr); ++i) ::usleep(100000);
-    }
-    ShareServer(const ShareServer&) = delete;
-    ShareServer& operator=(const ShareServer&) = delete;
-
-    // Asks the server for its statistics; `answered` is false when it does
-    // not answer within a second (it is gone, or stuck).
-    Stats stats() {
-        Stats st;
-        if (!control_ || !write_all(control_.get(), "stats\n", 6)) return st;
-        std::string buf;
-        uint64_t deadline = mono_ns() + 1'000'000'000ull;
-        char tmp[4096];
-        while (buf.find("end\n") == std::string::npos) {
-            uint64_t now = mono_ns();
-            if (now >= deadline || buf.size() > (1 << 20)) return st;
-            pollfd pf{control_.get(), POLLIN, 0};
-            if (::poll(&pf, 1, static_cast<int>((deadline - now) / 1000000 + 1)) <= 0) continue;
-            ssize_t n = ::read(control_.get(), tmp, sizeof tmp);
-            if (n <= 0) return st;
-            buf.append(tmp, static_cast<size_t>(n));
-        }
-        size_t pos = 0;
-        while (pos < buf.size()) {
-            size_t nl = buf.find('\n', pos);
-            if (nl == std::string::npos) break;
-            std::string line = buf.substr(pos, nl - pos);
-            pos = nl + 1;
-            if (line.rfind("requests ", 0) == 0) st.requests = std::strtoull(line.c_str() + 9, nullptr, 10);
-            else if (line.rfind("summary ", 0) == 0) st.summary.push_back(line.substr(8));
-            else if (line.rfind("verdict ", 0) == 0 && line.size() >= 10) {
-                st.livelock = line[8] == '1';
-                st.verdict = line.substr(10);
-            }
-        }
-        st.answered = true;
-        return st;
-    }
-
-private:
-    ChildProcess child_;
-    UniqueFd control_;
-};
-
 enum class Stage { QemuStarted, KernelBooting, InitRunning, RootMounted, SystemdStarting, CommandStarted, Finished };
 
 const char* stage_name(Stage s) {
@@ -167,26 +71,7 @@ const char* stage_name(Stage s) {
     return "?";
 }
 
-// The terminal in raw mode for -t, restored however we leave.
-class RawTerminal {
-public:
-    explicit RawTerminal(int fd) : fd_(fd) {
-        if (::tcgetattr(fd, &saved_) < 0) return;
-        termios raw = saved_;
-        ::cfmakeraw(&raw);
-        if (::tcsetattr(fd, TCSANOW, &raw) == 0) active_ = true;
-    }
-    ~RawTerminal() {
-        if (active_) ::tcsetattr(fd_, TCSANOW, &saved_);
-    }
-    RawTerminal(const RawTerminal&) = delete;
-    RawTerminal& operator=(const RawTerminal&) = delete;
-
-private:
-    int fd_;
-    termios saved_{};
-    bool active_ = false;
-};
+}  // namespace
 
 std::string random_name() {
     std::random_device rd;
@@ -194,6 +79,8 @@ std::string random_name() {
     std::snprintf(buf, sizeof buf, "ocivm-%d-%04x", ::getpid(), rd() & 0xffff);
     return buf;
 }
+
+namespace {
 
 fs::CacheMode cache_mode(const std::string& s, fs::CacheMode dflt) {
     fs::CacheMode m = dflt;
@@ -791,56 +678,6 @@ int run_machine(MachineOptions o) {
     ::signal(SIGPIPE, SIG_IGN);
     Run r(std::move(o));
     return r.go();
-}
-
-int run_detached(MachineOptions o) {
-    if (o.name.empty()) o.name = random_name();
-    int p[2];
-    if (::pipe2(p, O_CLOEXEC) < 0) throw_errno("pipe", errno);
-    UniqueFd rd(p[0]), wr(p[1]);
-    std::fflush(nullptr);
-    pid_t first = ::fork();
-    if (first < 0) throw_errno("fork", errno);
-    if (first == 0) {
-        // The supervisor: a grandchild in a session of its own, so it
-        // outlives this command and no terminal's hangup reaches it.
-        ::setsid();
-        pid_t sup = ::fork();
-        if (sup != 0) ::_exit(sup < 0 ? 125 : 0);
-        rd.reset();
-        int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
-        if (null >= 0) {
-            ::dup2(null, 0);
-            ::dup2(null, 1);  // stderr stays the caller's until the VM is ready
-            ::close(null);
-        }
-        o.detach = true;
-        o.ready_fd = wr.release();
-        int rc = 125;
-        try {
-            rc = run_machine(std::move(o));
-        } catch (const Error& e) {
-            std::fprintf(stderr, "ocivm: error: %s\n", e.what());
-        } catch (const std::exception& e) {
-            std::fprintf(stderr, "ocivm: error: %s\n", e.what());
-        }
-        std::fflush(nullptr);
-        ::_exit(rc);
-    }
-    wr.reset();
-    int st = 0;
-    while (::waitpid(first, &st, 0) < 0 && errno == EINTR) {
-    }
-    std::string got;
-    char buf[256];
-    ssize_t n;
-    while ((n = ::read(rd.get(), buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
-        if (n > 0) got.append(buf, static_cast<size_t>(n));
-    // The supervisor said why on stderr.
-    if (got.rfind("exit ", 0) == 0) return std::atoi(got.c_str() + 5);
-    if (got.rfind("ready ", 0) != 0) return 125;
-    std::printf("%s\n", o.name.c_str());
-    return 0;
 }
 
 }  // namespace ocivm::vm

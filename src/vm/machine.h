@@ -59,9 +59,7 @@ struct MachineOptions {
 // 128+N for a signal, 125 for ocivm's own failures, 126/127 as podman).
 int run_machine(MachineOptions o);
 
-// run -d: starts a supervisor (a session of its own, outliving the caller)
-// that runs the VM; returns once the guest is ready (0, its name printed on
-// stdout) or has failed (125, its diagnosis on stderr).
-int run_detached(MachineOptions o);
+// "ocivm-PID-XXXX": the name of a VM started without --name.
+std::string random_name();
 
 }  // namespace ocivm::vm
