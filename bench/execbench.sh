@@ -28,7 +28,7 @@ export OCIVM_RUNTIME_DIR=$WORK/run
 NAME=execbench-$$
 trap '"$OCIVM" rm -f $NAME >/dev/null 2>&1; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 
-ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) * 1000 }'; }
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f\n", (b - a) * 1000 }'; }
 pct() { # pct P < values: the P-th percentile (nearest rank)
   sort -n | awk -v p="$1" '{a[NR]=$1} END {r=int((p*NR+99)/100); if (r<1) r=1; print a[r]}'
 }

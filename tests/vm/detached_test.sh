@@ -167,6 +167,24 @@ check "run -d of a command that is not there: 127 and why" \
   bash -c "[ $(rc bad) = 127 ] && grep -q 'no-such-command' '$WORK/bad.err' && [ -z \"\$(cat '$WORK/bad.out')\" ]"
 "$OCIVM" rm $P-x > /dev/null 2>&1
 
+# --- QEMU dies under a running VM: the exec learns at once, the state says why
+ocx q run -d --name $P-q "$DEMO" -- sleep 3600
+expect q 0 "$P-q" "run -d (its QEMU to be killed)"
+"$OCIVM" inspect $P-q > "$WORK/inspect-q.json"
+qpid=$(json_field "$WORK/inspect-q.json" "j[0]['pids']['qemu']")
+"$OCIVM" exec $P-q sleep 3600 > /dev/null 2> "$WORK/qlost.err" &
+execpid=$!
+sleep 2
+kill -9 "$qpid"
+wait $execpid; qlost_rc=$?
+check "exec while QEMU is killed: 125 and why" \
+  bash -c "[ $qlost_rc = 125 ] && grep -q 'QEMU has exited' '$WORK/qlost.err'"
+"$OCIVM" wait $P-q > /dev/null 2>&1
+ocx psq ps -a --format json
+check "ps -a: the VM exited with 125, and the reason names QEMU's death" \
+  bash -c "json=\$(python3 -c \"import json,sys; j=json.load(open(sys.argv[1])); print([(v['state'], v['exit_code'], 'QEMU was killed' in v['exit_reason']) for v in j if v['name']=='$P-q'])\" '$WORK/psq.out'); [ \"\$json\" = \"[('exited', 125, True)]\" ]"
+"$OCIVM" rm $P-q > /dev/null
+
 # --- the supervisor killed with -9: ps shows dead, rm cleans everything
 ocx d run -d --name $P-d "$DEMO" -- sleep 3600
 expect d 0 "$P-d" "run -d (to be killed)"
