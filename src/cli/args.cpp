@@ -117,4 +117,21 @@ unsigned parse_count(const std::string& flag, const std::string& v, unsigned max
     return static_cast<unsigned>(n);
 }
 
+std::string env_entry(const std::string& v) {
+    if (v.empty() || v[0] == '=') throw UsageError{"invalid --env '" + v + "': use KEY=VALUE"};
+    if (v.find('=') != std::string::npos) return v;
+    const char* host = std::getenv(v.c_str());
+    return host ? v + "=" + host : "";
+}
+
+void set_env(std::vector<std::string>& env, const std::string& entry) {
+    std::string key = entry.substr(0, entry.find('='));
+    for (auto& e : env)
+        if (e.substr(0, e.find('=')) == key) {
+            e = entry;
+            return;
+        }
+    env.push_back(entry);
+}
+
 }  // namespace ocivm::cli

@@ -38,6 +38,12 @@ double parse_duration(const std::string& flag, const std::string& v, bool allow_
 // A size such as 512M, 2G, 4096 (bytes; K, M, G, T and KiB.. suffixes).
 // Throws UsageError naming the flag.
 unsigned long long parse_size(const std::string& flag, const std::string& v);
+// An --env value: "KEY=VALUE" as is, "KEY" with the value from ocivm's own
+// environment ("" when it has none: nothing to set). UsageError if malformed.
+std::string env_entry(const std::string& v);
+// Sets entry (KEY=VALUE) in env, replacing an entry of the same KEY.
+void set_env(std::vector<std::string>& env, const std::string& entry);
+
 // Parses a positive integer option value or throws UsageError.
 unsigned parse_count(const std::string& flag, const std::string& v, unsigned max);
 

@@ -16,5 +16,14 @@ int cmd_holders(int argc, char** argv);
 int cmd_umount(int argc, char** argv);
 int cmd_disk(int argc, char** argv);
 int cmd_pull(int argc, char** argv);
+int cmd_exec(int argc, char** argv);
+int cmd_ps(int argc, char** argv);
+int cmd_stop(int argc, char** argv);
+int cmd_kill(int argc, char** argv);
+int cmd_rm(int argc, char** argv);
+int cmd_logs(int argc, char** argv);
+int cmd_wait(int argc, char** argv);
+int cmd_inspect(int argc, char** argv);
+
 
 }  // namespace ocivm::cli

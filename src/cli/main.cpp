@@ -22,7 +22,16 @@ root file system served by its own FUSE / virtio-fs server.
 Commands:
   run [OPTIONS] IMAGE [COMMAND...]
                             boot IMAGE as an ephemeral VM, run COMMAND, exit
-                            with its status
+                            with its status (-d: keep it running)
+  exec [OPTIONS] NAME COMMAND...
+                            run COMMAND in the running VM NAME
+  ps [-a] [--format json]   list VMs
+  stop [-t SECONDS] NAME... stop VMs (SIGTERM, then kill)
+  kill [-s SIGNAL] NAME...  signal a VM's main command
+  wait NAME...              wait for VMs to exit, print their status
+  rm [-f] NAME...           remove VMs that have exited (-f: running too)
+  logs [-f] NAME            what a detached VM's command wrote
+  inspect NAME...           everything about VMs, as JSON
   pull [OPTIONS] REFERENCE  fetch an image from a registry into the store
   image import|ls|inspect|rm|prune
                             the image store: import from OCI layouts, OCI and
@@ -75,6 +84,14 @@ int main(int argc, char** argv) {
             char help_flag[] = "--help";
             char* sub_argv[] = {argv[0], argv[2], help_flag, nullptr};
             if (sub == "run") return cmd_run(3, sub_argv);
+            if (sub == "exec") return cmd_exec(3, sub_argv);
+            if (sub == "ps") return cmd_ps(3, sub_argv);
+            if (sub == "stop") return cmd_stop(3, sub_argv);
+            if (sub == "kill") return cmd_kill(3, sub_argv);
+            if (sub == "rm") return cmd_rm(3, sub_argv);
+            if (sub == "logs") return cmd_logs(3, sub_argv);
+            if (sub == "wait") return cmd_wait(3, sub_argv);
+            if (sub == "inspect") return cmd_inspect(3, sub_argv);
             if (sub == "image") return cmd_image(3, sub_argv);
             if (sub == "pull") return cmd_pull(3, sub_argv);
             if (sub == "disk") return cmd_disk(3, sub_argv);
@@ -86,6 +103,14 @@ int main(int argc, char** argv) {
             throw UsageError{"unknown command '" + sub + "'; see 'ocivm help'"};
         }
         if (cmd == "run") return cmd_run(argc, argv);
+        if (cmd == "exec") return cmd_exec(argc, argv);
+        if (cmd == "ps") return cmd_ps(argc, argv);
+        if (cmd == "stop") return cmd_stop(argc, argv);
+        if (cmd == "kill") return cmd_kill(argc, argv);
+        if (cmd == "rm") return cmd_rm(argc, argv);
+        if (cmd == "logs") return cmd_logs(argc, argv);
+        if (cmd == "wait") return cmd_wait(argc, argv);
+        if (cmd == "inspect") return cmd_inspect(argc, argv);
         if (cmd == "image") return cmd_image(argc, argv);
         if (cmd == "pull") return cmd_pull(argc, argv);
         if (cmd == "disk") return cmd_disk(argc, argv);

@@ -24,6 +24,7 @@
 #include "util/error.h"
 #include "util/log.h"
 #include "vm/machine.h"
+#include "vm/supervisor.h"
 
 namespace ocivm::cli {
 
@@ -45,6 +46,11 @@ registry reference (alpine, docker.io/library/alpine:3.19, ...@sha256:...),
 pulled into the store first when it is not there (--pull).
 
 Options:
+  -d, --detach                keep the VM running in the background: print its
+                              name once the guest is ready for 'ocivm exec',
+                              and return (see 'ocivm ps', 'exec', 'logs',
+                              'stop', 'wait', 'rm'); the command's output goes
+                              to 'ocivm logs NAME'
       --pull POLICY           missing | always | never (default: missing):
                               missing pulls IMAGE from its registry when the
                               store has no image of that name, always pulls
@@ -109,7 +115,8 @@ Options:
       --trace FILE            record every virtio-fs request of the root share
                               as a JSON line (-v shares: FILE.vol0, FILE.vol1,
                               ...)
-      --name NAME             the VM's name (state in /run/ocivm/vms/NAME)
+      --name NAME             the VM's name (state in /run/ocivm/vms/NAME);
+                              with -d a random one is printed when not given
       --network MODE          none | user | passt | slirp | bridge (default:
                               none): user is rootless, through passt (QEMU's
                               own user network, slirp, when passt is
@@ -186,28 +193,11 @@ vm::ShareSpec parse_volume(const std::string& v) {
     return s;
 }
 
-std::string env_entry(const std::string& v) {
-    if (v.empty() || v[0] == '=') throw UsageError{"invalid --env '" + v + "': use KEY=VALUE"};
-    if (v.find('=') != std::string::npos) return v;
-    const char* host = std::getenv(v.c_str());
-    return host ? v + "=" + host : "";
-}
-
-void set_env(std::vector<std::string>& env, const std::string& entry) {
-    std::string key = entry.substr(0, entry.find('='));
-    for (auto& e : env)
-        if (e.substr(0, e.find('=')) == key) {
-            e = entry;
-            return;
-        }
-    env.push_back(entry);
-}
-
 }  // namespace
 
 int cmd_run(int argc, char** argv) {
     vm::MachineOptions m;
-    bool help = false, interactive = false, tty = false;
+    bool help = false, interactive = false, tty = false, detach = false;
     std::string log_level = "warn", workdir, user, hostname, cpus = "1";
     std::vector<std::string> envs, env_files, volumes;
     PullFlags pull;
@@ -220,6 +210,7 @@ int cmd_run(int argc, char** argv) {
     };
     std::vector<Option> opts = {
         {"rm", 0, false, [&](const std::string&) { m.rm = true; }},
+        {"detach", 'd', false, [&](const std::string&) { detach = true; }},
         {"interactive", 'i', false, [&](const std::string&) { interactive = true; }},
         {"tty", 't', false, [&](const std::string&) { tty = true; }},
         {"env", 'e', true, [&](const std::string& v) { envs.push_back(v); }},
@@ -265,6 +256,8 @@ int cmd_run(int argc, char** argv) {
         pos.insert(pos.begin(), "");
     }
     if (pos.empty()) throw UsageError{"'ocivm run' needs an IMAGE; see 'ocivm run --help'"};
+    if (detach && (interactive || tty))
+        throw UsageError{"-d cannot be combined with -i or -t (there is no attach); use 'ocivm exec -it NAME CMD'"};
     if (m.machine != "microvm" && m.machine != "q35")
         throw UsageError{"invalid --machine '" + m.machine + "': use microvm or q35"};
     fs::CacheMode vol_mode = fs::CacheMode::Auto;  // what machine.cpp serves -v shares with
@@ -296,6 +289,7 @@ int cmd_run(int argc, char** argv) {
         img.config.env = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"};
     }
     m.rootfs = img.rootfs;
+    m.image = m.disk.empty() ? pos[0] : m.disk;
     auto& g = m.guest;
     std::vector<std::string> cmd(pos.begin() + 1, pos.end());
     g.argv = img.config.entrypoint;
@@ -338,6 +332,7 @@ int cmd_run(int argc, char** argv) {
     }
     if (!m.name.empty()) g.hostname = hostname.empty() ? m.name : hostname;
     else if (!hostname.empty()) g.hostname = hostname;
+    if (detach) return vm::run_detached(std::move(m));
     return vm::run_machine(std::move(m));
 }
 

@@ -31,6 +31,8 @@
 #include <string>
 #include <vector>
 
+#include "guest/agent.h"
+#include "guest/command.h"
 #include "guest/net_config.h"  // network
 #include "guest/protocol.h"
 #include "util/io.h"
@@ -38,9 +40,12 @@
 namespace {
 
 using ocivm::guest::GuestConfig;
+using ocivm::guest::mkdir_p;
 
 bool g_pid1 = false;
 int g_control = -1;
+pid_t g_agent = -1;  // direct mode: the exec agent, a child of PID 1
+int g_agent_starts = 0;
 
 void say(const char* fmt, ...) {
     char buf[1024];
@@ -104,18 +109,6 @@ bool write_file(const std::string& path, const std::string& data, mode_t mode = 
     return ok;
 }
 
-void mkdir_p(const std::string& path, mode_t mode = 0755) {
-    std::string cur;
-    size_t pos = 0;
-    while (pos <= path.size()) {
-        size_t slash = path.find('/', pos);
-        if (slash == std::string::npos) slash = path.size();
-        cur = path.substr(0, slash);
-        if (!cur.empty()) ::mkdir(cur.c_str(), mode);
-        pos = slash + 1;
-    }
-}
-
 void must_mount(const char* src, const std::string& dst, const char* type, unsigned long flags,
                 const char* data) {
     mkdir_p(dst);
@@ -146,17 +139,7 @@ void load_modules() {
 std::map<std::string, std::string> find_ports(double wait_s) {
     std::map<std::string, std::string> ports;
     for (int tries = 0; tries < static_cast<int>(wait_s * 100); ++tries) {
-        ports.clear();
-        if (DIR* d = ::opendir("/sys/class/virtio-ports")) {
-            while (dirent* e = ::readdir(d)) {
-                if (e->d_name[0] == '.') continue;
-                std::string name = read_file(std::string("/sys/class/virtio-ports/") + e->d_name + "/name");
-                while (!name.empty() && name.back() == '\n') name.pop_back();
-                std::string dev = std::string("/dev/") + e->d_name;
-                if (!name.empty() && ::access(dev.c_str(), F_OK) == 0) ports[name] = dev;
-            }
-            ::closedir(d);
-        }
+        ports = ocivm::guest::virtio_ports();
         if (ports.count(ocivm::guest::kPortControl) && ports.count(ocivm::guest::kPortStdout) &&
             ports.count(ocivm::guest::kPortStderr) && ports.count(ocivm::guest::kPortStdin))
             return ports;
@@ -186,44 +169,6 @@ Ports open_ports() {
     return p;
 }
 
-std::string env_value(const std::vector<std::string>& env, const std::string& key) {
-    for (auto& e : env)
-        if (e.compare(0, key.size() + 1, key + "=") == 0) return e.substr(key.size() + 1);
-    return {};
-}
-
-// Finds the program the way execvp would, with the command's PATH; returns
-// "" and sets *err (ENOENT or EACCES) when there is none to run.
-std::string resolve_program(const std::string& prog, const std::vector<std::string>& env, int* err) {
-    auto runnable = [err](const std::string& p) {
-        struct stat st;
-        if (::stat(p.c_str(), &st) < 0) return false;
-        if (S_ISDIR(st.st_mode) || ::access(p.c_str(), X_OK) < 0) {
-            *err = EACCES;
-            return false;
-        }
-        return true;
-    };
-    *err = ENOENT;
-    if (prog.find('/') != std::string::npos) return runnable(prog) ? prog : "";
-    std::string path = env_value(env, "PATH");
-    if (path.empty()) path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-    int first_err = ENOENT;
-    size_t pos = 0;
-    while (pos <= path.size()) {
-        size_t c = path.find(':', pos);
-        if (c == std::string::npos) c = path.size();
-        std::string dir = path.substr(pos, c - pos);
-        pos = c + 1;
-        std::string cand = (dir.empty() ? "." : dir) + "/" + prog;
-        if (runnable(cand)) return cand;
-        if (*err == EACCES) first_err = EACCES;
-        *err = ENOENT;
-    }
-    *err = first_err;
-    return "";
-}
-
 struct Relay {
     int from = -1, to = -1;
     uint64_t bytes = 0;
@@ -239,98 +184,68 @@ bool pump(Relay& r) {
     return true;
 }
 
-void set_winsize(int fd, unsigned rows, unsigned cols) {
-    if (rows == 0 || cols == 0) return;
-    winsize ws{};
-    ws.ws_row = static_cast<unsigned short>(rows);
-    ws.ws_col = static_cast<unsigned short>(cols);
-    ::ioctl(fd, TIOCSWINSZ, &ws);
+// The exec agent in a child of its own, so a crash of it (or of a session
+// it serves) never takes PID 1 down; restarted a few times if it dies (its
+// Hello tells the host that the sessions it had are gone).
+void start_agent() {
+    pid_t p = ::fork();
+    if (p < 0) {
+        say("cannot start the exec agent: %s", std::strerror(errno));
+        return;
+    }
+    if (p == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        if (g_control >= 0) ::close(g_control);
+        ::_exit(ocivm::guest::agent_main());
+    }
+    g_agent = p;
+    ++g_agent_starts;
+}
+
+void respawn_agent() {
+    g_agent = -1;
+    if (g_agent_starts >= 5) {
+        say("the exec agent died %d times; not restarting it", g_agent_starts);
+        return;
+    }
+    say("the exec agent died; restarting it");
+    start_agent();
 }
 
 // Runs the command with its own session, the configured identity, and its
 // output relayed (and counted) to the ports; reports to the host. Returns
 // after the host confirmed it has all of the output.
 void run_command(const GuestConfig& c, const Ports& ports) {
-    int errpipe[2];
-    if (::pipe2(errpipe, O_CLOEXEC) < 0) fatal("pipe: %s", std::strerror(errno));
     int outpipe[2] = {-1, -1}, errout[2] = {-1, -1};
     int master = -1;
-    std::string slave_path;
+    ocivm::guest::CommandStdio io;
     if (c.tty) {
         master = ::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
         if (master < 0 || ::grantpt(master) < 0 || ::unlockpt(master) < 0)
             fatal("cannot allocate a pty: %s", std::strerror(errno));
-        slave_path = ::ptsname(master);
-        set_winsize(master, c.rows, c.cols);
+        io.tty = ::ptsname(master);
+        ocivm::guest::set_winsize(master, c.rows, c.cols);
     } else if (::pipe2(outpipe, O_CLOEXEC) < 0 || ::pipe2(errout, O_CLOEXEC) < 0) {
         fatal("pipe: %s", std::strerror(errno));
+    } else {
+        io.in = c.stdin_open ? ports.in : -1;
+        io.out = outpipe[1];
+        io.err = errout[1];
     }
-    int err = 0;
-    std::string prog = resolve_program(c.argv[0], c.env, &err);
-
     sigset_t all;
     sigfillset(&all);
-    pid_t child = ::fork();
-    if (child < 0) fatal("fork: %s", std::strerror(errno));
-    if (child == 0) {
-        sigset_t none;
-        sigemptyset(&none);
-        ::sigprocmask(SIG_SETMASK, &none, nullptr);
-        for (int s = 1; s < NSIG; ++s) ::signal(s, SIG_DFL);
-        ::setsid();
-        auto fail = [&](int code, int e) {
-            int msg[2] = {code, e};
-            ssize_t w = ::write(errpipe[1], msg, sizeof msg);
-            (void)w;
-            ::_exit(code);
-        };
-        if (c.tty) {
-            int s = ::open(slave_path.c_str(), O_RDWR);
-            if (s < 0) fail(125, errno);
-            ::ioctl(s, TIOCSCTTY, 0);
-            ::dup2(s, 0);
-            ::dup2(s, 1);
-            ::dup2(s, 2);
-            if (s > 2) ::close(s);
-        } else {
-            int in = c.stdin_open ? ports.in : ::open("/dev/null", O_RDONLY);
-            ::dup2(in, 0);
-            ::dup2(outpipe[1], 1);
-            ::dup2(errout[1], 2);
-        }
-        if (!c.groups.empty() || c.uid != 0) {
-            std::vector<gid_t> g(c.groups.begin(), c.groups.end());
-            if (::setgroups(g.size(), g.data()) < 0) fail(125, errno);
-        }
-        struct stat cst;
-        if (::stat(c.cwd.c_str(), &cst) < 0) mkdir_p(c.cwd);  // like podman's -w
-        if (::setgid(c.gid) < 0 || ::setuid(c.uid) < 0) fail(125, errno);
-        if (::chdir(c.cwd.c_str()) < 0) fail(126, errno);
-        if (prog.empty()) fail(err == EACCES ? 126 : 127, err);
-        std::vector<char*> argv, envp;
-        for (auto& a : c.argv) argv.push_back(const_cast<char*>(a.c_str()));
-        argv.push_back(nullptr);
-        for (auto& e : c.env) envp.push_back(const_cast<char*>(e.c_str()));
-        envp.push_back(nullptr);
-        ::execve(prog.c_str(), argv.data(), envp.data());
-        int e = errno;
-        fail(e == ENOENT ? 127 : 126, e);
-    }
-    ::close(errpipe[1]);
+    ocivm::guest::SpawnFailure failure;
+    pid_t child = ocivm::guest::spawn_command(c, io, &failure);
     if (!c.tty) {
         ::close(outpipe[1]);
         ::close(errout[1]);
     }
-    int msg[2] = {0, 0};
-    ssize_t got = ::read(errpipe[0], msg, sizeof msg);
-    ::close(errpipe[0]);
-    if (got == sizeof msg) {
-        ::waitpid(child, nullptr, 0);
-        const char* what = msg[0] == 127 ? "command not found" : msg[0] == 126 ? "command not executable" : "cannot start the command";
-        std::string detail = c.argv[0] + ": " + what + " (" + std::strerror(msg[1]) + ")";
-        if (msg[0] == 126 && msg[1] != EACCES) detail = "cannot start " + c.argv[0] + ": " + std::strerror(msg[1]);
-        say("%s", detail.c_str());
-        control("error " + std::to_string(msg[0]) + " " + detail);
+    bool failed = child < 0;
+    if (failed) {
+        say("%s", failure.message.c_str());
+        control("error " + std::to_string(failure.code) + " " + failure.message);
     } else {
         control("started " + std::to_string(child));
     }
@@ -345,7 +260,7 @@ void run_command(const GuestConfig& c, const Ports& ports) {
     }
     Relay input{c.tty && c.stdin_open ? ports.in : -1, master, 0};
     std::vector<bool> open_relay(relays.size(), true);
-    bool child_done = got == sizeof msg;
+    bool child_done = failed;
     int status = 0;
     std::string ctl_buf;
     bool bye = false;
@@ -374,6 +289,8 @@ void run_command(const GuestConfig& c, const Ports& ports) {
                 if (p == child && !child_done) {
                     child_done = true;
                     status = st;
+                } else if (p == g_agent && !child_done) {
+                    respawn_agent();
                 }
             }
         }
@@ -388,7 +305,8 @@ void run_command(const GuestConfig& c, const Ports& ports) {
                 unsigned a = 0, b = 0;
                 if (line == "bye") bye = true;
                 else if (std::sscanf(line.c_str(), "signal %u", &a) == 1 && !child_done) ::kill(-child, static_cast<int>(a));
-                else if (std::sscanf(line.c_str(), "winsize %u %u", &a, &b) == 2 && master >= 0) set_winsize(master, a, b);
+                else if (std::sscanf(line.c_str(), "winsize %u %u", &a, &b) == 2 && master >= 0)
+                    ocivm::guest::set_winsize(master, a, b);
             }
         }
         if (pf[2].revents & (POLLIN | POLLHUP)) {
@@ -409,7 +327,7 @@ void run_command(const GuestConfig& c, const Ports& ports) {
     }
     ::sync();
     uint64_t out_bytes = relays[0].bytes, err_bytes = relays.size() > 1 ? relays[1].bytes : 0;
-    if (got != sizeof msg) {
+    if (!failed) {
         std::string counts = " " + std::to_string(out_bytes) + " " + std::to_string(err_bytes);
         if (WIFSIGNALED(status)) control("signal " + std::to_string(WTERMSIG(status)) + counts);
         else control("exit " + std::to_string(WEXITSTATUS(status)) + counts);
@@ -551,6 +469,13 @@ void prepare_systemd(const GuestConfig& c) {
                "StandardInput=null\nStandardOutput=journal+console\nStandardError=journal+console\n");
     ::symlink("/etc/systemd/system/ocivm-command.service",
               "/etc/systemd/system/multi-user.target.wants/ocivm-command.service");
+    // The exec agent as early as systemd can start it, restarted if it dies.
+    write_file("/etc/systemd/system/ocivm-agent.service",
+               "[Unit]\nDescription=ocivm: the exec agent\nDefaultDependencies=no\nAfter=local-fs.target\n"
+               "[Service]\nExecStart=/run/ocivm/ocivm-init --agent\nRestart=always\nRestartSec=100ms\n"
+               "StandardInput=null\nStandardOutput=journal\nStandardError=journal+console\n");
+    ::symlink("/etc/systemd/system/ocivm-agent.service",
+              "/etc/systemd/system/multi-user.target.wants/ocivm-agent.service");
 }
 
 int pid1_main() {
@@ -591,6 +516,7 @@ int pid1_main() {
     sigset_t all;
     sigfillset(&all);
     ::sigprocmask(SIG_BLOCK, &all, nullptr);
+    start_agent();
     run_command(c, ports);
     power_off();
 }
@@ -599,6 +525,7 @@ int pid1_main() {
 
 int main(int argc, char** argv) {
     if (::getpid() == 1) return pid1_main();
+    if (argc > 1 && std::strcmp(argv[1], "--agent") == 0) return ocivm::guest::agent_main();  // systemd's unit
     if (argc > 1 && std::strcmp(argv[1], "--run-command") == 0) {
         // Started by the ocivm-command unit under systemd.
         GuestConfig c = load_config("/run/ocivm/config");

@@ -8,7 +8,6 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,11 +28,16 @@
 #include "util/log.h"
 #include "util/paths.h"
 #include "util/process.h"
+#include "util/terminal.h"
 #include "util/unique_fd.h"
+#include "guest/agent_protocol.h"
 #include "vm/accel.h"
+#include "vm/agent_hub.h"
 #include "vm/kernel.h"
 #include "vm/qemu.h"
+#include "vm/share_server.h"
 #include "vm/state_dir.h"
+#include "vm/vm_state.h"
 
 namespace ocivm::vm {
 
@@ -52,101 +56,6 @@ SocketPair socket_pair() {
 void set_nonblock(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
 
-// One directory served to the guest over virtio-fs by a process of its
-// own: `ocivm fsd` on the vhost-user socket QEMU is handed, confined in its
-// own namespaces with the share as its root, fewer capabilities and a
-// seccomp allow-list. A guest that breaks the server holds nothing of this
-// supervisor: not QEMU's channels, not the other shares, not the host.
-class ShareServer {
-public:
-    struct Config {
-        std::string dir;
-        fs::CacheMode mode = fs::CacheMode::Auto;
-        bool readonly = false, nodev = true, nosuid = true, override_stat = false, trusted_xattrs = false,
-             writeback = false;
-        std::string trace;
-    };
-    struct Stats {
-        uint64_t requests = 0;
-        std::vector<std::string> summary;  // the last 10 s, as lines
-        bool livelock = false;
-        std::string verdict;
-        bool answered = false;
-    };
-
-    ShareServer(const Config& c, UniqueFd vhost_sock) {
-        auto ctl = socket_pair();
-        SpawnOptions so;
-        so.argv = {"/proc/self/exe", "fsd", "--fd", "3", "--control-fd", "4", "--shared-dir", c.dir,
-                   "--cache", fs::cache_mode_name(c.mode), "--log-level",
-                   std::string(spdlog::level::to_string_view(spdlog::get_level()).data(),
-                               spdlog::level::to_string_view(spdlog::get_level()).size())};
-        if (c.readonly) so.argv.push_back("--readonly");
-        if (c.writeback) so.argv.push_back("--writeback");
-        if (c.nodev) so.argv.push_back("--nodev");
-        if (c.nosuid) so.argv.push_back("--nosuid");
-        if (c.override_stat) so.argv.push_back("--override-stat");
-        if (c.trusted_xattrs) so.argv.push_back("--trusted-xattrs");
-        // The guest's security.* and trusted.* of a writable share never
-        // become the host's own (file capabilities, SELinux labels, overlay
-        // metadata the host would trust).
-        if (!c.readonly) so.argv.insert(so.argv.end(), {"--xattr-policy", "remap"});
-        if (!c.trace.empty()) so.argv.insert(so.argv.end(), {"--trace", c.trace});
-        so.fds = {vhost_sock.get(), ctl.theirs.get()};
-        // Not in the terminal's process group: a Ctrl-C is for the command
-        // (ocivm forwards it), and the keeper would turn it into SIGKILL
-        // for the server, taking the guest's root away.
-        so.new_process_group = true;
-        child_ = ChildProcess::spawn(so);
-        control_ = std::move(ctl.mine);
-    }
-    // QEMU is gone by now, and with it the server's socket: it exits on its
-    // own (writing the end of its trace); one that does not is killed.
-    ~ShareServer() {
-        for (int i = 0; i < 50 && !child_.reap(nullptr); ++i) ::usleep(100000);
-    }
-    ShareServer(const ShareServer&) = delete;
-    ShareServer& operator=(const ShareServer&) = delete;
-
-    // Asks the server for its statistics; `answered` is false when it does
-    // not answer within a second (it is gone, or stuck).
-    Stats stats() {
-        Stats st;
-        if (!control_ || !write_all(control_.get(), "stats\n", 6)) return st;
-        std::string buf;
-        uint64_t deadline = mono_ns() + 1'000'000'000ull;
-        char tmp[4096];
-        while (buf.find("end\n") == std::string::npos) {
-            uint64_t now = mono_ns();
-            if (now >= deadline || buf.size() > (1 << 20)) return st;
-            pollfd pf{control_.get(), POLLIN, 0};
-            if (::poll(&pf, 1, static_cast<int>((deadline - now) / 1000000 + 1)) <= 0) continue;
-            ssize_t n = ::read(control_.get(), tmp, sizeof tmp);
-            if (n <= 0) return st;
-            buf.append(tmp, static_cast<size_t>(n));
-        }
-        size_t pos = 0;
-        while (pos < buf.size()) {
-            size_t nl = buf.find('\n', pos);
-            if (nl == std::string::npos) break;
-            std::string line = buf.substr(pos, nl - pos);
-            pos = nl + 1;
-            if (line.rfind("requests ", 0) == 0) st.requests = std::strtoull(line.c_str() + 9, nullptr, 10);
-            else if (line.rfind("summary ", 0) == 0) st.summary.push_back(line.substr(8));
-            else if (line.rfind("verdict ", 0) == 0 && line.size() >= 10) {
-                st.livelock = line[8] == '1';
-                st.verdict = line.substr(10);
-            }
-        }
-        st.answered = true;
-        return st;
-    }
-
-private:
-    ChildProcess child_;
-    UniqueFd control_;
-};
-
 enum class Stage { QemuStarted, KernelBooting, InitRunning, RootMounted, SystemdStarting, CommandStarted, Finished };
 
 const char* stage_name(Stage s) {
@@ -162,26 +71,7 @@ const char* stage_name(Stage s) {
     return "?";
 }
 
-// The terminal in raw mode for -t, restored however we leave.
-class RawTerminal {
-public:
-    explicit RawTerminal(int fd) : fd_(fd) {
-        if (::tcgetattr(fd, &saved_) < 0) return;
-        termios raw = saved_;
-        ::cfmakeraw(&raw);
-        if (::tcsetattr(fd, TCSANOW, &raw) == 0) active_ = true;
-    }
-    ~RawTerminal() {
-        if (active_) ::tcsetattr(fd_, TCSANOW, &saved_);
-    }
-    RawTerminal(const RawTerminal&) = delete;
-    RawTerminal& operator=(const RawTerminal&) = delete;
-
-private:
-    int fd_;
-    termios saved_{};
-    bool active_ = false;
-};
+}  // namespace
 
 std::string random_name() {
     std::random_device rd;
@@ -189,6 +79,8 @@ std::string random_name() {
     std::snprintf(buf, sizeof buf, "ocivm-%d-%04x", ::getpid(), rd() & 0xffff);
     return buf;
 }
+
+namespace {
 
 fs::CacheMode cache_mode(const std::string& s, fs::CacheMode dflt) {
     fs::CacheMode m = dflt;
@@ -240,8 +132,26 @@ private:
         stop_deadline_ = mono_ns() + 5'000'000'000ull;
     }
 
+    void save_record() {
+        if (!state_) return;
+        try {
+            write_record(state_->path(), record_);
+        } catch (const Error& e) {
+            spdlog::warn("cannot write the VM's state: {}", e.what());
+        }
+    }
+    void on_agent_hello(const std::string& boot_id, pid_t qemu_pid);
+    void maybe_ready(bool at_end = false);
+    bool agent_ready_ = false, command_started_ = false;
+    void write_out(bool err, const char* p, size_t n);
+    void finish_record(int code, const std::string& why);
+
     MachineOptions o_;
     StateDir* state_ = nullptr;
+    VmRecord record_;
+    std::unique_ptr<AgentHub> hub_;
+    UniqueFd out_log_, err_log_, servers_log_;
+    bool stopping_ = false;
     sigset_t signals_{};
     Stage stage_ = Stage::QemuStarted;
     std::string console_path_;
@@ -257,6 +167,53 @@ private:
     uint64_t stop_deadline_ = 0;
     bool stdout_ok_ = true, stderr_ok_ = true;
 };
+
+void Run::write_out(bool err, const char* p, size_t n) {
+    bool& ok = err ? stderr_ok_ : stdout_ok_;
+    int fd = err ? (err_log_ ? err_log_.get() : 2) : (out_log_ ? out_log_.get() : 1);
+    if (ok && !write_all(fd, p, n)) ok = false;
+}
+
+// The guest can take exec sessions: a detached VM is ready, and its
+// supervisor lets go of the caller's terminal.
+void Run::on_agent_hello(const std::string& boot_id, pid_t qemu_pid) {
+    if (record_.state == "starting") {
+        record_.state = "running";
+        record_.started = utc_now();
+    }
+    record_.boot_id = boot_id;
+    record_.qemu_pid = qemu_pid;
+    save_record();
+    agent_ready_ = true;
+    maybe_ready();
+}
+
+// run -d returns once the main command runs and exec can reach the guest
+// (or the command has already come and gone); a command that could not be
+// started fails the run -d itself, with its status (126, 127, 125).
+void Run::maybe_ready(bool at_end) {
+    if (o_.ready_fd < 0) return;
+    if (!command_started_ && at_end) {
+        std::string msg = "exit " + std::to_string(have_result_ ? result_ : 125) + "\n";
+        write_all(o_.ready_fd, msg.data(), msg.size());
+        ::close(o_.ready_fd);
+        o_.ready_fd = -1;
+        return;
+    }
+    if (command_started_ && (agent_ready_ || have_result_ || at_end)) {
+        std::string msg = "ready " + o_.name + "\n";
+        write_all(o_.ready_fd, msg.data(), msg.size());
+        ::close(o_.ready_fd);
+        o_.ready_fd = -1;
+        UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
+        UniqueFd log(::open((state_->path() + "/supervisor.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+        if (null) {
+            ::dup2(null.get(), 0);
+            ::dup2(null.get(), 1);
+        }
+        if (log || null) ::dup2(log ? log.get() : null.get(), 2);
+    }
+}
 
 void Run::on_console(const char* p, size_t n) {
     if (console_log_) {
@@ -288,6 +245,8 @@ void Run::on_control_line(const std::string& line) {
         stage_ = std::max(stage_, Stage::SystemdStarting);
     } else if (line.rfind("started", 0) == 0) {
         stage_ = Stage::CommandStarted;
+        command_started_ = true;
+        maybe_ready();
     } else if (std::sscanf(line.c_str(), "exit %lu %lu %lu", &a, &b, &c) == 3) {
         have_result_ = true;
         result_ = static_cast<int>(a & 0xff);
@@ -367,8 +326,34 @@ int Run::go() {
         ~Restore() { ::pthread_sigmask(SIG_SETMASK, &m, nullptr); }
     } restore{old};
     if (o_.name.empty()) o_.name = random_name();
-    StateDir state(o_.name, o_.rm);
+    StateDir state(o_.name, o_.rm, o_.detach);
     state_ = &state;
+    record_.name = o_.name;
+    record_.state = "starting";
+    record_.detached = o_.detach;
+    record_.supervisor_pid = ::getpid();
+    record_.image = o_.image;
+    record_.rootfs = o_.disk.empty() ? o_.rootfs : "";
+    record_.command = o_.guest.argv;
+    record_.env = o_.guest.env;
+    record_.cwd = o_.guest.cwd;
+    record_.uid = o_.guest.uid;
+    record_.gid = o_.guest.gid;
+    record_.hostname = o_.guest.hostname;
+    record_.created = utc_now();
+    record_.rm = o_.rm;
+    for (auto& sh : o_.shares) record_.shares.push_back(sh.host + ":" + sh.guest + (sh.readonly ? ":ro" : ":rw"));
+    save_record();
+    if (o_.detach) {
+        auto open_log = [&](const char* name) {
+            UniqueFd fd(::open((state.path() + "/" + name).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+            if (!fd) throw_errno("cannot create " + state.path() + "/" + name, errno);
+            return fd;
+        };
+        out_log_ = open_log("stdout.log");
+        err_log_ = open_log("stderr.log");
+        servers_log_ = open_log("servers.log");
+    }
     std::string cache = cache_dir();
     make_dirs(cache);
     Kernel kernel = resolve_kernel(o_.kernel, o_.rootfs, cache);
@@ -390,7 +375,8 @@ int Run::go() {
     fs::CacheMode vol_mode = cache_mode(o_.cache, fs::CacheMode::Auto);
     bool root_share = o_.disk.empty();
     std::vector<SocketPair> fs_socks;
-    auto add_share = [&](const ShareServer::Config& c) {
+    auto add_share = [&](ShareServer::Config c) {
+        if (servers_log_) c.stderr_fd = servers_log_.get();
         fs_socks.push_back(socket_pair());
         shares_.push_back(std::make_unique<ShareServer>(c, std::move(fs_socks.back().mine)));
     };
@@ -426,6 +412,9 @@ int Run::go() {
     o_.net.state_dir = state.path();
     o_.net.microvm = o_.machine == "microvm";
     net::Network network(o_.net);
+    record_.ports = network.description().ports;  // ps, inspect
+    record_.network_json = network.description().to_json();
+    save_record();
     // --- end network
     std::vector<std::string> extra;
     if (!root_share || !o_.attach.empty()) extra = {"virtio_blk", "crc32c_generic", "ext4", "xfs"};
@@ -451,7 +440,8 @@ int Run::go() {
     qc.net = network.qemu();                                       // network
     for (auto& k : o_.kargs) qc.append += " " + k;
     auto con = socket_pair(), qmpp = socket_pair(), out = socket_pair(), err = socket_pair(), in = socket_pair(),
-         ctl = socket_pair();
+         ctl = socket_pair(), agent = socket_pair();
+    qc.port_agent = agent.theirs.get();
     qc.console = con.theirs.get();
     qc.qmp = qmpp.theirs.get();
     qc.port_out = out.theirs.get();
@@ -475,12 +465,43 @@ int Run::go() {
     spdlog::debug("QEMU: {}", cmdline);
 
     UniqueFd sfd(::signalfd(-1, &signals_, SFD_CLOEXEC | SFD_NONBLOCK));
+    UniqueFd listener = listen_supervisor(state.path());
 
     QemuProcess qemu;
     qemu.start(argv, fds, state.path() + "/qemu.log");
+    AgentHub::Hooks hooks;
+    hooks.on_hello = [this, &qemu](const std::string& boot) { on_agent_hello(boot, qemu.pid()); };
+    hooks.stop = [this, &qemu](double secs) {
+        if (have_result_ || stopping_) return;
+        stopping_ = true;
+        record_.state = "stopping";
+        save_record();
+        spdlog::info("stop requested: SIGTERM to the command, {:.0f} s before the VM is killed", secs);
+        if (stage_ >= Stage::CommandStarted) send_control("signal " + std::to_string(SIGTERM));
+        stop_deadline_ = mono_ns() + static_cast<uint64_t>(secs * 1e9);
+        if (secs <= 0) {
+            qemu.kill_now();
+            stop_deadline_ = 0;
+            have_result_ = bye_sent_ = true;
+            result_ = 128 + SIGKILL;
+            record_.exit_reason = "killed: stopped with no grace time";
+        }
+    };
+    hooks.kill = [this, &qemu](int sig) {
+        if (have_result_) return;
+        if (stage_ >= Stage::CommandStarted) {
+            send_control("signal " + std::to_string(sig));
+        } else if (sig == SIGKILL) {
+            qemu.kill_now();
+            have_result_ = bye_sent_ = true;
+            result_ = 128 + SIGKILL;
+            record_.exit_reason = "killed before the command started";
+        }
+    };
     uint64_t started = mono_ns();
     // QEMU holds its ends now; ours must go so its exit is seen as EOF.
-    for (auto* p : {&con, &qmpp, &out, &err, &in, &ctl}) p->theirs.reset();
+    for (auto* p : {&con, &qmpp, &out, &err, &in, &ctl, &agent}) p->theirs.reset();
+    hub_ = std::make_unique<AgentHub>(std::move(agent.mine), std::move(listener), std::move(hooks));
     fs_socks.clear();
     console_ = std::move(con.mine);
     qmp_ = std::move(qmpp.mine);
@@ -516,6 +537,11 @@ int Run::go() {
         }
         if (stop_deadline_ && now >= stop_deadline_) {
             spdlog::info("QEMU did not exit in time; killing it");
+            if (stopping_ && !have_result_) {
+                have_result_ = true;
+                result_ = 128 + SIGKILL;
+                record_.exit_reason = "killed: the command did not stop in time";
+            }
             qemu.kill_now();
             stop_deadline_ = 0;
         }
@@ -528,6 +554,7 @@ int Run::go() {
         int wait_ms = 1000;
         if (stage_ < Stage::CommandStarted && !timed_out)
             wait_ms = static_cast<int>(std::min<uint64_t>(1000, (deadline - std::min(deadline, now)) / 1000000 + 1));
+        hub_->add_pollfds(pf);
         int n = ::poll(pf.data(), pf.size(), wait_ms);
         if (n < 0 && errno != EINTR) throw_errno("poll", errno);
         if (n <= 0) {
@@ -575,8 +602,7 @@ int Run::go() {
             UniqueFd& src = k == 3 ? out_ : err_;
             ssize_t r = ::read(src.get(), buf, sizeof buf);
             if (r > 0) {
-                bool& ok = k == 3 ? stdout_ok_ : stderr_ok_;
-                if (ok && !write_all(k == 3 ? 1 : 2, buf, static_cast<size_t>(r))) ok = false;
+                write_out(k == 4, buf, static_cast<size_t>(r));
                 (k == 3 ? got_out_ : got_err_) += static_cast<uint64_t>(r);
                 maybe_bye();
             } else if (r == 0) {
@@ -601,16 +627,15 @@ int Run::go() {
             ::shutdown(in_.get(), SHUT_WR);
             stdin_shut = true;
         }
+        hub_->handle(pf);
         if (qemu.reap(&qemu_status)) qemu_gone = true;
     }
+    hub_->shutdown("the VM has stopped");
     // What QEMU wrote before it went is still in the sockets.
     for (auto* p : {&out_, &err_}) {
         if (!*p) continue;
         ssize_t r;
-        while ((r = ::read(p->get(), buf, sizeof buf)) > 0) {
-            bool& ok = p == &out_ ? stdout_ok_ : stderr_ok_;
-            if (ok) ok = write_all(p == &out_ ? 1 : 2, buf, static_cast<size_t>(r));
-        }
+        while ((r = ::read(p->get(), buf, sizeof buf)) > 0) write_out(p == &err_, buf, static_cast<size_t>(r));
     }
     if (console_) {
         ssize_t r;
@@ -635,10 +660,28 @@ int Run::go() {
                    (log.empty() ? "" : ": " + log.substr(log.rfind('\n') == std::string::npos ? 0 : log.rfind('\n') + 1)) + ")";
         }
         diagnose(why);
+        finish_record(125, why);
         return 125;
     }
+    finish_record(result_, timed_out ? "the command did not start in time" : "");
     spdlog::info("state directory {}{}", state.path(), o_.rm ? " (removed)" : "");
     return result_;
+}
+
+void Run::finish_record(int code, const std::string& why) {
+    record_.state = "exited";
+    record_.finished = utc_now();
+    record_.exit_code = code;
+    if (record_.exit_reason.empty()) {
+        record_.exit_reason = why;
+        if (why.empty() && !command_started_) record_.exit_reason = "the command could not be started";
+        else if (why.empty())
+            record_.exit_reason = code > 128 && code < 160 ? "the command was killed by signal " + std::to_string(code - 128) +
+                                                                 " (" + strsignal(code - 128) + ")"
+                                                           : "the command exited";
+    }
+    save_record();
+    maybe_ready(true);  // after any diagnosis: run -d returns when it is printed
 }
 
 }  // namespace

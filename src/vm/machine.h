@@ -46,6 +46,14 @@ struct MachineOptions {
     std::string disk;           // boot this disk (ocivm disk create) instead of rootfs
     std::string disk_partuuid;  // its root partition
     std::vector<std::string> attach;  // writable raw disks for the command (/dev/vda, ... after --disk)
+    // What `ps` and `inspect` show as the image (the user's IMAGE).
+    std::string image;
+    // Detached (run -d): the command's output goes to stdout.log and
+    // stderr.log in the state directory, and "ready NAME" is written to
+    // ready_fd once the guest agent has greeted (then stdin, stdout and
+    // stderr leave the caller's terminal).
+    bool detach = false;
+    int ready_fd = -1;
     // network: mode, -p forwards, --subnet; name, state dir and machine are set by run_machine
     net::NetworkOptions net;
 };
@@ -53,5 +61,8 @@ struct MachineOptions {
 // Runs the VM to its end; returns the exit status for ocivm (the command's,
 // 128+N for a signal, 125 for ocivm's own failures, 126/127 as podman).
 int run_machine(MachineOptions o);
+
+// "ocivm-PID-XXXX": the name of a VM started without --name.
+std::string random_name();
 
 }  // namespace ocivm::vm

@@ -41,6 +41,7 @@ std::pair<std::vector<std::string>, std::vector<int>> qemu_argv(const QemuConfig
     port("perr", c.port_err, "ocivm.stderr");
     port("pin", c.port_in, "ocivm.stdin");
     port("pctl", c.port_control, "ocivm.control");
+    if (c.port_agent >= 0) port("pagent", c.port_agent, "ocivm.agent");
     auto blk = [&](std::string file, const std::string& id, const std::string& opts) {
         for (size_t p = 0; (p = file.find(',', p)) != std::string::npos; p += 2) file.insert(p, ",");  // QEMU's escaping
         a.insert(a.end(), {"-drive", "file=" + file + ",if=none,id=" + id + "," + opts, "-device",

@@ -113,7 +113,7 @@ void StateDir::clean_stale(const std::string& base) {
     clean_stale_locked(fd.get(), base);
 }
 
-StateDir::StateDir(const std::string& name, bool rm) : name_(name), rm_(rm) {
+StateDir::StateDir(const std::string& name, bool rm, bool detached) : name_(name), rm_(rm) {
     // One component below the vms directory, resolved from its fd.
     if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
         throw Error("invalid VM name '" + name + "': no '/', not empty, not '.' or '..'");
@@ -129,8 +129,33 @@ StateDir::StateDir(const std::string& name, bool rm) : name_(name), rm_(rm) {
     if (!lock_) throw_errno("cannot create " + path_ + "/lock", errno);
     if (::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0)
         throw Error("a VM named '" + name + "' is already running; choose another --name");
+    // A detached VM's state stays until `ocivm rm` (its exit status, its
+    // logs): the name is taken until then, as podman's.
+    if (exists_at(dir.get(), "detached")) {
+        ::flock(lock_.get(), LOCK_UN);
+        lock_.reset();
+        throw Error("the name '" + name + "' is in use by a VM that has exited; remove it with 'ocivm rm " + name +
+                    "' or choose another --name");
+    }
+    if (detached) UniqueFd(::openat(dir.get(), "detached", O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
     // Tells a later ocivm, should this one be killed, to remove it all.
     if (rm_) UniqueFd(::openat(dir.get(), "rm", O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+}
+
+void StateDir::remove(const std::string& name) {
+    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+        throw Error("invalid VM name '" + name + "'");
+    std::string base = base_dir();
+    UniqueFd basefd = open_base(base);
+    BaseLock guard(basefd.get(), base);
+    UniqueFd dir(::openat(basefd.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!dir) throw_errno("cannot open the state of VM '" + name + "'", errno);
+    UniqueFd lock(::openat(dir.get(), "lock", O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+    if (lock && ::flock(lock.get(), LOCK_EX | LOCK_NB) < 0)
+        throw Error("VM '" + name + "' is running; stop it first ('ocivm stop " + name + "') or use 'ocivm rm -f'");
+    net::cleanup(base + "/" + name);  // network: what a killed bridged VM left
+    if (int e = remove_tree_at(basefd.get(), name.c_str()))
+        throw Error("cannot remove " + base + "/" + name + ": " + std::strerror(e));
 }
 
 StateDir::~StateDir() {

@@ -26,7 +26,11 @@ public:
     // "already running" when another ocivm holds that name. rm: the whole
     // directory goes when this object does (and, via an "rm" marker, when
     // a later ocivm finds it stale).
-    StateDir(const std::string& name, bool rm);
+    // detached: the directory stays, and its name taken, until `ocivm rm`.
+    StateDir(const std::string& name, bool rm, bool detached = false);
+    // Removes the state directory of a VM that is not running (ocivm rm);
+    // Error when it is running or cannot be removed.
+    static void remove(const std::string& name);
     ~StateDir();
     StateDir(const StateDir&) = delete;
     StateDir& operator=(const StateDir&) = delete;

@@ -1,0 +1,279 @@
+#include "vm/agent_hub.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <random>
+
+#include "util/log.h"
+#include "vm/vm_state.h"
+
+namespace ocivm::vm {
+
+using agent::Frame;
+using agent::Type;
+
+struct AgentHub::Client {
+    UniqueFd fd;
+    enum Mode { Line, Exec, Control } mode = Line;
+    std::string line;  // the request line, until its '\n'
+    agent::FrameReader reader;
+    std::string out;
+    uint32_t session = 0;
+    std::string open_payload;  // kept until acknowledged: re-sent after a reset
+    bool acked = false, done = false;
+};
+
+AgentHub::AgentHub(UniqueFd agent_port, UniqueFd listener, Hooks hooks)
+    : port_(std::move(agent_port)), listener_(std::move(listener)), hooks_(std::move(hooks)) {
+    ::fcntl(port_.get(), F_SETFL, ::fcntl(port_.get(), F_GETFL) | O_NONBLOCK);
+    // Ids never reused within a supervisor, and unlikely to match what an
+    // agent remembers from another supervisor of the same guest.
+    std::random_device rd;
+    next_session_ = (rd() & 0x7fff) << 16 | 1;
+}
+
+AgentHub::~AgentHub() = default;
+
+size_t AgentHub::sessions() const {
+    size_t n = 0;
+    for (auto& [fd, c] : clients_) n += c->mode == Client::Exec && c->session != 0 && !c->done;
+    return n;
+}
+
+void AgentHub::to_agent(uint32_t session, Type t, const std::string& p) {
+    agent::append_frame(hellos_ ? port_out_ : held_, session, t, p);
+    flush_agent();
+}
+
+void AgentHub::flush_agent() {
+    while (port_ && !port_out_.empty()) {
+        ssize_t n = ::write(port_.get(), port_out_.data(), port_out_.size());
+        if (n <= 0) return;
+        port_out_.erase(0, static_cast<size_t>(n));
+    }
+}
+
+void AgentHub::fail_client(Client& c, const std::string& why) {
+    if (c.done) return;
+    agent::append_frame(c.out, c.session, Type::Exit, "error 125 " + why);
+    c.done = true;
+    if (c.session) by_session_.erase(c.session);
+}
+
+void AgentHub::drop_client(int fd) {
+    auto it = clients_.find(fd);
+    if (it == clients_.end()) return;
+    Client& c = *it->second;
+    if (c.mode == Client::Exec && c.session && !c.done) {
+        to_agent(c.session, Type::Close);  // nobody reads its output any more
+        by_session_.erase(c.session);
+    }
+    clients_.erase(it);
+}
+
+void AgentHub::shutdown(const std::string& why) {
+    for (auto& [fd, c] : clients_)
+        if (c->mode == Client::Exec) fail_client(*c, why);
+    // Best effort, blocking briefly: the clients learn why before the EOF.
+    for (auto& [fd, c] : clients_) {
+        int flags = ::fcntl(fd, F_GETFL);
+        ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+        struct timeval tv = {0, 200000};
+        ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        if (!c->out.empty()) {
+            ssize_t w = ::send(fd, c->out.data(), c->out.size(), MSG_NOSIGNAL);
+            (void)w;
+        }
+    }
+    clients_.clear();
+    by_session_.clear();
+    port_.reset();
+}
+
+void AgentHub::on_agent_frame(const Frame& f) {
+    if (f.type == Type::Hello) {
+        std::string boot;
+        unsigned version = 0;
+        char id[80] = {};
+        if (std::sscanf(f.payload.c_str(), "ocivm-agent %u %79s", &version, id) == 2) boot = id;
+        if (version != agent::kVersion)
+            spdlog::warn("the guest agent speaks protocol {} (this ocivm: {}): {}", version, agent::kVersion, f.payload);
+        if (hellos_++ == 0) {
+            port_out_ += held_;
+            held_.clear();
+        } else {
+            spdlog::warn("the guest agent restarted: its sessions are lost");
+            port_out_.clear();
+            for (auto& [fd, c] : clients_) {
+                if (c->mode != Client::Exec || c->done || !c->session) continue;
+                if (c->acked) {
+                    fail_client(*c, "the guest agent restarted; the command's fate is unknown");
+                } else {
+                    agent::append_frame(port_out_, c->session, Type::Open, c->open_payload);
+                }
+            }
+        }
+        flush_agent();
+        if (hooks_.on_hello) hooks_.on_hello(boot);
+        return;
+    }
+    auto it = by_session_.find(f.session);
+    if (it == by_session_.end()) return;  // a session whose client left
+    Client& c = *clients_.at(it->second);
+    if (f.type == Type::Ack) {
+        if (!c.acked) {
+            c.acked = true;
+            c.open_payload.clear();
+            to_agent(c.session, Type::Go);
+        }
+        return;
+    }
+    agent::append_frame(c.out, 0, f.type, f.payload);
+    if (f.type == Type::Exit) {
+        c.done = true;
+        by_session_.erase(it);
+    }
+}
+
+void AgentHub::on_client_line(Client& c, const std::string& line) {
+    double secs = 0;
+    int sig = 0;
+    if (line == "exec") {
+        c.mode = Client::Exec;
+    } else if (std::sscanf(line.c_str(), "stop %lf", &secs) == 1) {
+        c.mode = Client::Control;
+        if (hooks_.stop) hooks_.stop(secs);
+    } else if (std::sscanf(line.c_str(), "kill %d", &sig) == 1 && sig > 0 && sig < 65) {
+        c.mode = Client::Control;
+        if (hooks_.kill) hooks_.kill(sig);
+    } else {
+        c.mode = Client::Control;
+        c.out += "error unknown request\n";
+    }
+}
+
+void AgentHub::on_client_frame(Client& c, const Frame& f) {
+    if (c.done) return;
+    if (f.type == Type::Open) {
+        if (c.session) return;  // one session per connection
+        if (!port_) return fail_client(c, "the VM has stopped");
+        c.session = next_session_++;
+        if (next_session_ == 0) next_session_ = 1;
+        c.open_payload = f.payload;
+        by_session_[c.session] = c.fd.get();
+        to_agent(c.session, Type::Open, f.payload);
+        return;
+    }
+    if (!c.session) return;
+    switch (f.type) {
+        case Type::Stdin:
+        case Type::StdinEof:
+        case Type::Signal:
+        case Type::Winsize:
+        case Type::CreditOut: to_agent(c.session, f.type, f.payload); return;
+        default: return;
+    }
+}
+
+void AgentHub::add_pollfds(std::vector<pollfd>& pf) {
+    pf_first_ = pf.size();
+    pf_fds_.clear();
+    pf.push_back({port_ ? port_.get() : -1, static_cast<short>(POLLIN | (port_out_.empty() ? 0 : POLLOUT)), 0});
+    pf.push_back({listener_ ? listener_.get() : -1, POLLIN, 0});
+    for (auto& [fd, c] : clients_) {
+        // A client whose replies pile up is not read from until it takes
+        // them (its credit keeps that bounded).
+        short ev = c->out.empty() ? POLLIN : POLLOUT;
+        if (c->out.size() < (1u << 20)) ev |= POLLIN;
+        pf.push_back({fd, ev, 0});
+        pf_fds_.push_back(fd);
+    }
+    pf_count_ = pf.size() - pf_first_;
+}
+
+void AgentHub::handle(const std::vector<pollfd>& pf) {
+    if (pf_count_ == 0 || pf.size() < pf_first_ + pf_count_) return;
+    const pollfd& port = pf[pf_first_];
+    if (port_ && (port.revents & (POLLIN | POLLHUP))) {
+        char buf[65536];
+        ssize_t r = ::read(port_.get(), buf, sizeof buf);
+        if (r > 0) {
+            port_reader_.feed(buf, static_cast<size_t>(r));
+            Frame f;
+            while (port_reader_.next(f)) on_agent_frame(f);
+            if (!port_reader_.error().empty()) {
+                // Garbage from the guest: what follows cannot be framed. Its
+                // sessions are lost; the agent resets on its own garbage too.
+                spdlog::warn("the guest agent's channel is broken ({}): failing its sessions", port_reader_.error());
+                for (auto& [fd, c] : clients_)
+                    if (c->mode == Client::Exec && c->session) fail_client(*c, "the guest agent's channel broke");
+                port_reader_.reset();
+            }
+        } else if (r == 0) {
+            shutdown("the VM's agent channel closed (QEMU has exited)");
+            return;
+        }
+    }
+    if (port.revents & POLLOUT) flush_agent();
+    if (listener_ && (pf[pf_first_ + 1].revents & POLLIN)) {
+        while (true) {
+            int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+            if (fd < 0) break;
+            if (!trusted_peer(fd)) {  // anyone in the netns can reach an abstract socket
+                ::close(fd);
+                continue;
+            }
+            auto c = std::make_unique<Client>();
+            c->fd = UniqueFd(fd);
+            clients_[fd] = std::move(c);
+        }
+    }
+    for (size_t i = 0; i < pf_fds_.size(); ++i) {
+        int fd = pf_fds_[i];
+        short rev = pf[pf_first_ + 2 + i].revents;
+        auto it = clients_.find(fd);
+        if (it == clients_.end() || !rev) continue;
+        Client& c = *it->second;
+        bool gone = false;
+        if (rev & POLLIN) {
+            char buf[65536];
+            ssize_t r = ::read(fd, buf, sizeof buf);
+            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+                gone = true;
+            } else if (r > 0) {
+                size_t off = 0;
+                if (c.mode == Client::Line) {
+                    while (off < static_cast<size_t>(r) && buf[off] != '\n' && c.line.size() < 256) c.line += buf[off++];
+                    if (off < static_cast<size_t>(r) && buf[off] == '\n') {
+                        ++off;
+                        on_client_line(c, c.line);
+                    } else if (c.line.size() >= 256) {
+                        gone = true;
+                    }
+                }
+                if (c.mode == Client::Exec && off < static_cast<size_t>(r)) {
+                    c.reader.feed(buf + off, static_cast<size_t>(r) - off);
+                    Frame f;
+                    while (c.reader.next(f)) on_client_frame(c, f);
+                    if (!c.reader.error().empty()) gone = true;
+                }
+            }
+        } else if (rev & (POLLHUP | POLLERR)) {
+            gone = true;
+        }
+        if (!gone && !c.out.empty()) {
+            ssize_t w = ::send(fd, c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w > 0) c.out.erase(0, static_cast<size_t>(w));
+            else if (w < 0 && errno != EAGAIN && errno != EINTR) gone = true;
+        }
+        if (!gone && c.done && c.out.empty()) gone = true;  // everything told
+        if (gone) drop_client(fd);
+    }
+}
+
+}  // namespace ocivm::vm

@@ -1,0 +1,51 @@
+#pragma once
+// One directory served to the guest over virtio-fs by a process of its
+// own: `ocivm fsd` on the vhost-user socket QEMU is handed, confined in its
+// own namespaces with the share as its root, fewer capabilities and a
+// seccomp allow-list. A guest that breaks the server holds nothing of the
+// supervisor: not QEMU's channels, not the other shares, not the host.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fs/passthrough.h"
+#include "util/process.h"
+#include "util/unique_fd.h"
+
+namespace ocivm::vm {
+
+class ShareServer {
+public:
+    struct Config {
+        std::string dir;
+        fs::CacheMode mode = fs::CacheMode::Auto;
+        bool readonly = false, nodev = true, nosuid = true, override_stat = false, trusted_xattrs = false,
+             writeback = false;
+        std::string trace;
+        int stderr_fd = SpawnOptions::kInherit;  // a detached VM's servers log to a file
+    };
+    struct Stats {
+        uint64_t requests = 0;
+        std::vector<std::string> summary;  // the last 10 s, as lines
+        bool livelock = false;
+        std::string verdict;
+        bool answered = false;
+    };
+
+    ShareServer(const Config& c, UniqueFd vhost_sock);
+    // QEMU is gone by now, and with it the server's socket: it exits on its
+    // own (writing the end of its trace); one that does not is killed.
+    ~ShareServer();
+    ShareServer(const ShareServer&) = delete;
+    ShareServer& operator=(const ShareServer&) = delete;
+
+    // Asks the server for its statistics; `answered` is false when it does
+    // not answer within a second (it is gone, or stuck).
+    Stats stats();
+
+private:
+    ChildProcess child_;
+    UniqueFd control_;
+};
+
+}  // namespace ocivm::vm

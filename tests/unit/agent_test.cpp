@@ -1,0 +1,266 @@
+// The exec agent's wire format (agent_protocol.h) and the supervisor's hub
+// (vm/agent_hub): framing across arbitrary splits, broken frames refused,
+// podman's exit statuses, and the session life cycle as a guest agent sees
+// it: nothing before its Hello, Go only after the Ack, Close when the client
+// leaves, and a reset (a second Hello) failing what ran and re-sending what
+// was never acknowledged.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "guest/agent_protocol.h"
+#include "util/clock.h"
+#include "util/io.h"
+#include "vm/agent_hub.h"
+#include "vm/vm_state.h"
+
+namespace ocivm {
+namespace {
+
+using agent::Frame;
+using agent::Type;
+
+TEST(AgentProtocol, FramesSurviveAnySplit) {
+    std::string wire;
+    agent::append_frame(wire, 7, Type::Open, "arg sh\n");
+    agent::append_frame(wire, 7, Type::Stdin, std::string(70000 - 4466, 'x'));
+    agent::append_frame(wire, 9, Type::StdinEof);
+    for (size_t step : {size_t{1}, size_t{5}, size_t{12}, size_t{4096}, wire.size()}) {
+        agent::FrameReader r;
+        std::vector<Frame> got;
+        for (size_t i = 0; i < wire.size(); i += step) {
+            r.feed(wire.data() + i, std::min(step, wire.size() - i));
+            Frame f;
+            while (r.next(f)) got.push_back(f);
+        }
+        ASSERT_EQ(got.size(), 3u) << "step " << step;
+        EXPECT_EQ(got[0].session, 7u);
+        EXPECT_EQ(got[0].type, Type::Open);
+        EXPECT_EQ(got[0].payload, "arg sh\n");
+        EXPECT_EQ(got[1].payload.size(), 70000u - 4466);
+        EXPECT_EQ(got[2].session, 9u);
+        EXPECT_EQ(got[2].type, Type::StdinEof);
+        EXPECT_EQ(r.pending(), 0u);
+        EXPECT_TRUE(r.error().empty());
+    }
+}
+
+TEST(AgentProtocol, OversizedOrUnknownFramesBreakTheChannel) {
+    unsigned char h[agent::kHeaderSize] = {};
+    agent::put_u32(h, 1);
+    h[4] = static_cast<unsigned char>(Type::Stdout);
+    agent::put_u32(h + 8, agent::kMaxPayload + 1);
+    agent::FrameReader r;
+    r.feed(reinterpret_cast<char*>(h), sizeof h);
+    Frame f;
+    EXPECT_FALSE(r.next(f));
+    EXPECT_NE(r.error().find("limit"), std::string::npos);
+    // Nothing after a broken frame is yielded, even a good one.
+    std::string good;
+    agent::append_frame(good, 1, Type::Go);
+    r.feed(good.data(), good.size());
+    EXPECT_FALSE(r.next(f));
+
+    agent::FrameReader u;
+    h[4] = 99;
+    agent::put_u32(h + 8, 0);
+    u.feed(reinterpret_cast<char*>(h), sizeof h);
+    EXPECT_FALSE(u.next(f));
+    EXPECT_NE(u.error().find("unknown type 99"), std::string::npos);
+}
+
+TEST(AgentProtocol, ExitStatusesArePodmans) {
+    std::string msg;
+    EXPECT_EQ(agent::exit_status("exit 0", &msg), 0);
+    EXPECT_EQ(agent::exit_status("exit 3", &msg), 3);
+    EXPECT_EQ(agent::exit_status("signal 9", &msg), 137);
+    EXPECT_EQ(agent::exit_status("error 127 sh: command not found", &msg), 127);
+    EXPECT_EQ(msg, "sh: command not found");
+    EXPECT_EQ(agent::exit_status("error 126 x: not executable", &msg), 126);
+    EXPECT_EQ(agent::exit_status("error 42 odd", &msg), 125);
+    EXPECT_EQ(agent::exit_status("garbage", &msg), 125);
+    EXPECT_NE(msg.find("malformed"), std::string::npos);
+}
+
+// A hub with a fake guest agent on the other end of its port, and clients
+// connecting the way `ocivm exec` does.
+class HubTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        int sv[2];
+        ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        guest_ = UniqueFd(sv[1]);
+        dir_ = "/nonexistent/ocivm-hub-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++);
+        AgentHub::Hooks hooks;
+        hooks.on_hello = [this](const std::string& boot) { boots_.push_back(boot); };
+        hub_ = std::make_unique<vm::AgentHub>(UniqueFd(sv[0]), vm::listen_supervisor(dir_), hooks);
+    }
+    using AgentHub = vm::AgentHub;
+
+    UniqueFd client() {
+        vm::VmEntry e;
+        e.dir = dir_;
+        e.record.name = "hub-test";
+        e.record.supervisor_pid = ::getpid();
+        e.supervisor_alive = true;
+        UniqueFd c = vm::connect_supervisor(e);
+        pump();
+        return c;
+    }
+    // Runs the hub until nothing happens for a while.
+    void pump(int idle_ms = 50) {
+        uint64_t idle_since = mono_ns();
+        while (mono_ns() - idle_since < static_cast<uint64_t>(idle_ms) * 1000000) {
+            std::vector<pollfd> pf;
+            hub_->add_pollfds(pf);
+            if (::poll(pf.data(), pf.size(), 10) > 0) {
+                hub_->handle(pf);
+                idle_since = mono_ns();
+            }
+        }
+    }
+    void send(int fd, uint32_t session, Type t, const std::string& p = {}) {
+        std::string w;
+        agent::append_frame(w, session, t, p);
+        ASSERT_TRUE(write_all(fd, w.data(), w.size()));
+        pump();
+    }
+    void open_session(int fd) {
+        std::string w = "exec\n";
+        agent::append_frame(w, 0, Type::Open, "arg true\n");
+        ASSERT_TRUE(write_all(fd, w.data(), w.size()));
+        pump();
+    }
+    // What arrived on fd so far, as frames; *eof when it was closed.
+    std::vector<Frame> frames(int fd, agent::FrameReader& r, bool* eof = nullptr) {
+        std::vector<Frame> out;
+        char buf[65536];
+        pollfd p{fd, POLLIN, 0};
+        while (::poll(&p, 1, 20) > 0) {
+            ssize_t n = ::read(fd, buf, sizeof buf);
+            if (n <= 0) {
+                if (eof) *eof = true;
+                break;
+            }
+            r.feed(buf, static_cast<size_t>(n));
+        }
+        Frame f;
+        while (r.next(f)) out.push_back(f);
+        return out;
+    }
+
+    static inline int counter_ = 0;
+    std::string dir_;
+    UniqueFd guest_;
+    agent::FrameReader guest_reader_;
+    std::unique_ptr<vm::AgentHub> hub_;
+    std::vector<std::string> boots_;
+};
+
+TEST_F(HubTest, SessionLifeCycle) {
+    UniqueFd c = client();
+    open_session(c.get());
+    EXPECT_TRUE(frames(guest_.get(), guest_reader_).empty()) << "nothing may reach the agent before its Hello";
+    send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 boot-a");
+    ASSERT_EQ(boots_, std::vector<std::string>{"boot-a"});
+    auto g = frames(guest_.get(), guest_reader_);
+    ASSERT_EQ(g.size(), 1u);
+    EXPECT_EQ(g[0].type, Type::Open);
+    EXPECT_EQ(g[0].payload, "arg true\n");
+    uint32_t id = g[0].session;
+    EXPECT_NE(id, 0u);
+    send(guest_.get(), id, Type::Ack);
+    g = frames(guest_.get(), guest_reader_);
+    ASSERT_EQ(g.size(), 1u);
+    EXPECT_EQ(g[0].type, Type::Go);
+    EXPECT_EQ(g[0].session, id);
+    // A repeated Ack (the agent answering a re-sent Open) sends no second Go.
+    send(guest_.get(), id, Type::Ack);
+    EXPECT_TRUE(frames(guest_.get(), guest_reader_).empty());
+
+    send(guest_.get(), id, Type::Stdout, "hello");
+    send(guest_.get(), id, Type::Exit, "exit 3");
+    agent::FrameReader cr;
+    bool eof = false;
+    auto cf = frames(c.get(), cr, &eof);
+    ASSERT_EQ(cf.size(), 2u);
+    EXPECT_EQ(cf[0].type, Type::Stdout);
+    EXPECT_EQ(cf[0].payload, "hello");
+    EXPECT_EQ(cf[1].type, Type::Exit);
+    EXPECT_EQ(cf[1].payload, "exit 3");
+    pump();
+    frames(c.get(), cr, &eof);
+    EXPECT_TRUE(eof) << "the hub closes a finished session's connection";
+    EXPECT_EQ(hub_->sessions(), 0u);
+}
+
+TEST_F(HubTest, ClientThatLeavesClosesItsSession) {
+    send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 boot-a");
+    UniqueFd c = client();
+    open_session(c.get());
+    auto g = frames(guest_.get(), guest_reader_);
+    ASSERT_EQ(g.size(), 1u);
+    uint32_t id = g[0].session;
+    send(guest_.get(), id, Type::Ack);
+    frames(guest_.get(), guest_reader_);
+    c.reset();
+    pump();
+    g = frames(guest_.get(), guest_reader_);
+    ASSERT_EQ(g.size(), 1u);
+    EXPECT_EQ(g[0].type, Type::Close);
+    EXPECT_EQ(g[0].session, id);
+}
+
+TEST_F(HubTest, AgentResetFailsRunningAndResendsUnacknowledged) {
+    send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 boot-a");
+    UniqueFd running = client();
+    open_session(running.get());
+    auto g = frames(guest_.get(), guest_reader_);
+    ASSERT_EQ(g.size(), 1u);
+    uint32_t run_id = g[0].session;
+    send(guest_.get(), run_id, Type::Ack);
+    frames(guest_.get(), guest_reader_);  // its Go
+
+    UniqueFd pending = client();
+    open_session(pending.get());
+    g = frames(guest_.get(), guest_reader_);
+    ASSERT_EQ(g.size(), 1u);
+    uint32_t pend_id = g[0].session;
+    ASSERT_NE(pend_id, run_id);
+
+    send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 boot-a");  // the agent restarted
+    agent::FrameReader rr;
+    auto rf = frames(running.get(), rr);
+    ASSERT_EQ(rf.size(), 1u);
+    EXPECT_EQ(rf[0].type, Type::Exit);
+    std::string msg;
+    EXPECT_EQ(agent::exit_status(rf[0].payload, &msg), 125);
+    EXPECT_NE(msg.find("restarted"), std::string::npos);
+    g = frames(guest_.get(), guest_reader_);
+    ASSERT_EQ(g.size(), 1u) << "only the unacknowledged Open is sent again";
+    EXPECT_EQ(g[0].type, Type::Open);
+    EXPECT_EQ(g[0].session, pend_id);
+}
+
+TEST_F(HubTest, VmGoneFailsEverySession) {
+    send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 boot-a");
+    UniqueFd c = client();
+    open_session(c.get());
+    guest_.reset();  // QEMU exited: the port reads end of file
+    pump();
+    agent::FrameReader cr;
+    bool eof = false;
+    auto cf = frames(c.get(), cr, &eof);
+    ASSERT_EQ(cf.size(), 1u);
+    EXPECT_EQ(cf[0].type, Type::Exit);
+    std::string msg;
+    EXPECT_EQ(agent::exit_status(cf[0].payload, &msg), 125);
+    EXPECT_TRUE(eof);
+}
+
+}  // namespace
+}  // namespace ocivm
