@@ -89,14 +89,17 @@ free_ports() {
   echo "${got[@]}"
 }
 
-# wait_page URL WANT SECONDS [NETNS]: polls until URL serves WANT.
+# wait_page URL WANT UNTIL [NETNS]: polls until URL serves WANT, at the
+# latest until $SECONDS reaches UNTIL (VMs booting at once share one
+# deadline, so a broken network fails the test in minutes, not hours).
 wait_page() {
-  local url=$1 want=$2 secs=$3 ns=${4:-} got
+  local url=$1 want=$2 until=$3 ns=${4:-} got=
   local -a pre=()
   [ -n "$ns" ] && pre=(ip netns exec "$ns")
-  for _ in $(seq $((secs * 2))); do
+  while :; do
     got=$("${pre[@]}" curl -s --max-time 3 "$url" 2>/dev/null)
     [ "$got" = "$want" ] && return 0
+    [ "$SECONDS" -ge "$until" ] && break
     sleep 0.5
   done
   echo "  $url served '$got', want '$want'" >&2
@@ -104,16 +107,19 @@ wait_page() {
 }
 
 # stop_guest PORT PID [NETNS]: the guest's `nc -l -p 81` ends its command
-# once something connects; repeated until ocivm (PID) has exited.
+# once something connects; repeated until ocivm (PID) has exited. When that
+# does not work (the forward is broken), two SIGTERMs: the first goes to
+# the command, the second stops the VM.
 stop_guest() {
   local port=$1 pid=$2 ns=${3:-}
   local -a pre=()
   [ -n "$ns" ] && pre=(ip netns exec "$ns")
-  for _ in $(seq 60); do
+  for _ in $(seq 15); do
     kill -0 "$pid" 2>/dev/null || return 0
     "${pre[@]}" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && echo stop >&3 && sleep 1" 2>/dev/null
     sleep 1
   done
+  kill -TERM "$pid" 2>/dev/null; sleep 2; kill -TERM "$pid" 2>/dev/null
   return 1
 }
 
@@ -126,7 +132,7 @@ guest_cmd() {  # guest_cmd HOST-URL... PAGE
   local page=${*: -1} urls=("${@:1:$#-1}") s="grep nameserver /etc/resolv.conf; echo hostname: \$(hostname); " u i=0
   for u in "${urls[@]}"; do
     i=$((i + 1))
-    s+="timeout 60 wget -O /tmp/f$i $u 2>/dev/null && echo fetched: \$(cat /tmp/f$i); "
+    s+="timeout 30 wget -O /tmp/f$i $u 2>/dev/null && echo fetched: \$(cat /tmp/f$i); "
   done
   echo "$s mkdir -p /www && echo $page > /www/index.html && httpd -p 80 -h /www && echo serving && nc -l -p 81 > /dev/null; echo guest-done"
 }
@@ -157,11 +163,12 @@ start_vm() {
 start_vm pa passt guest-page-pa
 start_vm pb passt guest-page-pb
 start_vm sl slirp guest-page-sl
+until=$((SECONDS + 180))
 for v in pa pb sl; do
   read -r hp cp < "$WORK/$v.ports"
   mode=$([ $v = sl ] && echo slirp || echo passt)
   check "$v ($mode): the guest's httpd on port 80 answers on the host's 127.0.0.1:$hp" \
-    wait_page "http://127.0.0.1:$hp/" "guest-page-$v" 180
+    wait_page "http://127.0.0.1:$hp/" "guest-page-$v" $until
   check "$v ($mode): ocivm records the forward and the guest address in network.json" \
     grep -q "\"mode\":\"$mode\".*\"127.0.0.1:$hp->80/tcp\"" "$WORK/run/vms/$v/network.json"
 done
@@ -210,7 +217,7 @@ check "an unknown --network: exit 125 listing the modes" \
 mkdir -p "$WORK/nopasst-bin"
 ln -s "$(command -v qemu-system-x86_64)" "$WORK/nopasst-bin/qemu-system-x86_64"
 env PATH="$WORK/nopasst-bin" "$OCIVM" run --rm --network user "$DEMO" \
-  -- sh -c "timeout 60 wget -O /tmp/f http://10.0.2.2:$SP/index.html 2>/dev/null && echo fetched: \$(cat /tmp/f)" \
+  -- sh -c "timeout 30 wget -O /tmp/f http://10.0.2.2:$SP/index.html 2>/dev/null && echo fetched: \$(cat /tmp/f)" \
   > "$WORK/nopasst.out" 2> "$WORK/nopasst.err"; echo $? > "$WORK/nopasst.rc"
 if [ "$(cat "$WORK/nopasst.rc")" = 0 ] && grep -qx "fetched: $HOSTPAGE" "$WORK/nopasst.out"; then
   ok "user without passt installed: QEMU's user network, the guest reaches the host's 127.0.0.1"
@@ -241,9 +248,9 @@ ip netns exec "$NSA" timeout 300 "$OCIVM" run --name br --network bridge --subne
 BRPID=$!
 BG+=($BRPID)
 check "bridge: the guest's httpd answers on namespace A's 127.0.0.1:8080 (DNAT from output)" \
-  wait_page http://127.0.0.1:8080/ guest-page-br 180 "$NSA"
+  wait_page http://127.0.0.1:8080/ guest-page-br $((SECONDS + 120)) "$NSA"
 check "bridge: ... and from namespace B on A's 192.168.211.1:8081 (DNAT from prerouting)" \
-  wait_page http://192.168.211.1:8081/ guest-page-br 20 "$NSB"
+  wait_page http://192.168.211.1:8081/ guest-page-br $((SECONDS + 20)) "$NSB"
 check "bridge: one nft table for the VM, named after it" bash -c "ip netns exec '$NSA' nft list tables | grep -qx 'table ip ocivm-br'"
 check "bridge: the host's veth end holds the gateway 10.123.0.1/30" \
   bash -c "ip -n '$NSA' -o addr | grep -E 'ocivm[0-9a-f]{8}' | grep -q 10.123.0.1/30"
