@@ -271,6 +271,8 @@ int cmd_run(int argc, char** argv) {
         if (auto why = fuse::writeback_refusal(vol_mode, m.shares.back().readonly); !why.empty())
             throw UsageError{"invalid --volume '" + v + "': writeback: " + why};
     }
+    if (m.net.mode != net::Mode::Bridge && m.net.subnet != net::NetworkOptions{}.subnet)  // network
+        throw UsageError{"--subnet is for --network bridge only (user networks are always 10.0.2.0/24)"};
     if (m.net.mode == net::Mode::Bridge && ::geteuid() != 0)  // network: refused before any work
         throw Error("--network bridge needs root (a network namespace, a veth pair and nftables rules per VM); "
                     "as a user, use --network user");

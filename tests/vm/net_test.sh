@@ -209,6 +209,10 @@ check "-p without --network: exit 125 saying a network is needed" \
 "$OCIVM" run --rm --network passt -p 80 "$DEMO" -- true > "$WORK/badp.out" 2> "$WORK/badp.err"; echo $? > "$WORK/badp.rc"
 check "a malformed -p: exit 125 naming the form" \
   bash -c "[ \$(cat '$WORK/badp.rc') = 125 ] && grep -qF '[IP:]HOSTPORT:GUESTPORT[/tcp|/udp]' '$WORK/badp.err'"
+"$OCIVM" run --rm --network passt --subnet 10.50.0.0/24 "$DEMO" -- true > "$WORK/subnet.out" 2> "$WORK/subnet.err"
+echo $? > "$WORK/subnet.rc"
+check "--subnet without bridge: exit 125 saying it is for bridge" \
+  bash -c "[ \$(cat '$WORK/subnet.rc') = 125 ] && grep -q -- '--subnet is for --network bridge only' '$WORK/subnet.err'"
 "$OCIVM" run --rm --network wifi "$DEMO" -- true > "$WORK/badn.out" 2> "$WORK/badn.err"; echo $? > "$WORK/badn.rc"
 check "an unknown --network: exit 125 listing the modes" \
   bash -c "[ \$(cat '$WORK/badn.rc') = 125 ] && grep -q 'none, user, passt, slirp or bridge' '$WORK/badn.err'"
