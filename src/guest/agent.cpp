@@ -196,7 +196,7 @@ void Agent::on_frame(const Frame& f) {
             if (!s || s->state != Session::Running || s->in < 0) return;
             if (s->in_buf.size() + f.payload.size() > agent::kWindow) {
                 // The host broke the window: the session cannot be trusted.
-                ::kill(-s->pid, SIGKILL);
+                if (!s->exited) ::kill(-s->pid, SIGKILL);
                 s->abandoned = true;
                 send(s->id, Type::Exit, "error 125 stdin beyond the credit window");
                 return;
@@ -208,7 +208,10 @@ void Agent::on_frame(const Frame& f) {
             return;
         case Type::Signal: {
             uint32_t sig = 0;
-            if (s && s->state == Session::Running && agent::parse_u32(f.payload, &sig) && sig > 0 && sig < 65)
+            // Not once reaped: its process group id may belong to another
+            // process by now.
+            if (s && s->state == Session::Running && !s->exited && agent::parse_u32(f.payload, &sig) && sig > 0 &&
+                sig < 65)
                 ::kill(-s->pid, static_cast<int>(sig));
             return;
         }
@@ -230,8 +233,8 @@ void Agent::on_frame(const Frame& f) {
                 return;
             }
             s->abandoned = true;
-            if (s->state == Session::Running) ::kill(-s->pid, SIGKILL);
-            else sessions_.erase(it);
+            if (s->state == Session::Running && !s->exited) ::kill(-s->pid, SIGKILL);
+            else if (s->state != Session::Running) sessions_.erase(it);
             return;
         default:
             return;  // the guest's own frame types coming back: ignored
@@ -330,8 +333,17 @@ int Agent::run() {
                 while (reader_.next(f)) on_frame(f);
                 if (!reader_.error().empty()) {
                     // Nothing after a broken frame can be trusted: start
-                    // over and tell the host (a Hello is its reset signal).
+                    // over and tell the host (a Hello is its reset signal,
+                    // and it fails every session it had), so nothing of
+                    // the old sessions may keep running without a reader.
                     reader_.reset();
+                    for (auto it = sessions_.begin(); it != sessions_.end();) {
+                        Session& sp = *it->second;
+                        sp.abandoned = true;
+                        if (sp.state == Session::Running && !sp.exited) ::kill(-sp.pid, SIGKILL);
+                        if (sp.state == Session::Running) ++it;
+                        else it = sessions_.erase(it);  // never started: nothing to reap
+                    }
                     hello();
                 }
             } else if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {

@@ -5,10 +5,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <random>
 
+#include "util/clock.h"
 #include "util/log.h"
 #include "vm/vm_state.h"
 
@@ -26,7 +28,28 @@ struct AgentHub::Client {
     uint32_t session = 0;
     std::string open_payload;  // kept until acknowledged: re-sent after a reset
     bool acked = false, done = false;
+    uint64_t open_sent_ns = 0;  // when the Open went to the agent (0: held)
+    // Output the agent sent that the client has not credited back: the
+    // hub's own check of the window, as the guest may ignore it.
+    uint64_t unacked_out = 0;
 };
+
+namespace {
+
+// What the hub holds for the agent at most before it stops reading
+// clients (their Stdin waits in their sockets instead).
+constexpr size_t kMaxToAgent = 1u << 20;
+
+// A boot id as the guest reports it: letters, digits and '-' (a UUID), so
+// a hostile guest puts no odd bytes into state.json or the logs.
+bool valid_boot_id(const std::string& id) {
+    if (id.empty() || id.size() > 64) return false;
+    for (char ch : id)
+        if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-') return false;
+    return true;
+}
+
+}  // namespace
 
 AgentHub::AgentHub(UniqueFd agent_port, UniqueFd listener, Hooks hooks)
     : port_(std::move(agent_port)), listener_(std::move(listener)), hooks_(std::move(hooks)) {
@@ -62,7 +85,12 @@ void AgentHub::fail_client(Client& c, const std::string& why) {
     if (c.done) return;
     agent::append_frame(c.out, c.session, Type::Exit, "error 125 " + why);
     c.done = true;
-    if (c.session) by_session_.erase(c.session);
+    if (c.session) {
+        by_session_.erase(c.session);
+        // Whatever still runs for it in the guest is killed, not left to
+        // stall without credit.
+        if (port_ && hellos_) to_agent(c.session, Type::Close);
+    }
 }
 
 void AgentHub::drop_client(int fd) {
@@ -97,29 +125,38 @@ void AgentHub::shutdown(const std::string& why) {
 
 void AgentHub::on_agent_frame(const Frame& f) {
     if (f.type == Type::Hello) {
-        std::string boot;
+        std::string boot = "invalid";
         unsigned version = 0;
         char id[80] = {};
-        if (std::sscanf(f.payload.c_str(), "ocivm-agent %u %79s", &version, id) == 2) boot = id;
-        if (version != agent::kVersion)
-            spdlog::warn("the guest agent speaks protocol {} (this ocivm: {}): {}", version, agent::kVersion, f.payload);
+        if (std::sscanf(f.payload.c_str(), "ocivm-agent %u %79s", &version, id) == 2 && valid_boot_id(id)) boot = id;
+        if (version != agent::kVersion && hellos_ == 0)
+            spdlog::warn("the guest agent speaks protocol {} (this ocivm: {})", version, agent::kVersion);
+        uint64_t now = mono_ns();
         if (hellos_++ == 0) {
             port_out_ += held_;
             held_.clear();
+            for (auto& [fd, c] : clients_)
+                if (c->session && !c->open_sent_ns) c->open_sent_ns = now;
         } else {
-            spdlog::warn("the guest agent restarted: its sessions are lost");
-            port_out_.clear();
+            // Said once: a guest sending Hellos in a loop gets no log flood.
+            if (hellos_ <= 4) spdlog::warn("the guest agent restarted: its sessions are lost");
+            // Frames already queued stay (cutting one in half would break
+            // the channel); the agent ignores those of sessions it lacks.
             for (auto& [fd, c] : clients_) {
                 if (c->mode != Client::Exec || c->done || !c->session) continue;
                 if (c->acked) {
                     fail_client(*c, "the guest agent restarted; the command's fate is unknown");
                 } else {
                     agent::append_frame(port_out_, c->session, Type::Open, c->open_payload);
+                    c->open_sent_ns = now;
                 }
             }
         }
         flush_agent();
-        if (hooks_.on_hello) hooks_.on_hello(boot);
+        if (boot != boot_id_) {
+            boot_id_ = boot;
+            if (hooks_.on_hello) hooks_.on_hello(boot);
+        }
         return;
     }
     auto it = by_session_.find(f.session);
@@ -133,6 +170,14 @@ void AgentHub::on_agent_frame(const Frame& f) {
         }
         return;
     }
+    if (f.type == Type::Stdout || f.type == Type::Stderr) {
+        c.unacked_out += f.payload.size();
+        if (c.unacked_out > agent::kWindow) {
+            spdlog::warn("the guest agent sent output beyond the credit window: failing the session");
+            fail_client(c, "the guest broke the output credit window");
+            return;
+        }
+    }
     agent::append_frame(c.out, 0, f.type, f.payload);
     if (f.type == Type::Exit) {
         c.done = true;
@@ -145,7 +190,7 @@ void AgentHub::on_client_line(Client& c, const std::string& line) {
     int sig = 0;
     if (line == "exec") {
         c.mode = Client::Exec;
-    } else if (std::sscanf(line.c_str(), "stop %lf", &secs) == 1) {
+    } else if (std::sscanf(line.c_str(), "stop %lf", &secs) == 1 && secs >= 0 && secs <= 1e6) {
         c.mode = Client::Control;
         if (hooks_.stop) hooks_.stop(secs);
     } else if (std::sscanf(line.c_str(), "kill %d", &sig) == 1 && sig > 0 && sig < 65) {
@@ -166,10 +211,16 @@ void AgentHub::on_client_frame(Client& c, const Frame& f) {
         if (next_session_ == 0) next_session_ = 1;
         c.open_payload = f.payload;
         by_session_[c.session] = c.fd.get();
+        if (hellos_) c.open_sent_ns = mono_ns();
         to_agent(c.session, Type::Open, f.payload);
         return;
     }
     if (!c.session) return;
+    if (f.type == Type::CreditOut) {
+        uint32_t n = 0;
+        if (!agent::parse_u32(f.payload, &n)) return;
+        c.unacked_out -= std::min<uint64_t>(c.unacked_out, n);
+    }
     switch (f.type) {
         case Type::Stdin:
         case Type::StdinEof:
@@ -180,16 +231,27 @@ void AgentHub::on_client_frame(Client& c, const Frame& f) {
     }
 }
 
+void AgentHub::tick() {
+    uint64_t now = mono_ns();
+    for (auto& [fd, c] : clients_)
+        if (c->mode == Client::Exec && c->session && !c->acked && !c->done && c->open_sent_ns &&
+            now - c->open_sent_ns > kAckTimeoutNs)
+            fail_client(*c, "the guest agent does not answer (no acknowledgement within " +
+                                std::to_string(kAckTimeoutNs / 1000000000) + " s)");
+}
+
 void AgentHub::add_pollfds(std::vector<pollfd>& pf) {
     pf_first_ = pf.size();
     pf_fds_.clear();
     pf.push_back({port_ ? port_.get() : -1, static_cast<short>(POLLIN | (port_out_.empty() ? 0 : POLLOUT)), 0});
     pf.push_back({listener_ ? listener_.get() : -1, POLLIN, 0});
+    // Clients are always read (what they send is small: credit, signals)
+    // unless the agent is not taking what is queued for it: their Stdin
+    // then waits in their sockets. What is queued for a client is bounded
+    // by the output window the hub enforces.
+    bool agent_full = port_out_.size() + held_.size() > kMaxToAgent;
     for (auto& [fd, c] : clients_) {
-        // A client whose replies pile up is not read from until it takes
-        // them (its credit keeps that bounded).
-        short ev = c->out.empty() ? POLLIN : POLLOUT;
-        if (c->out.size() < (1u << 20)) ev |= POLLIN;
+        short ev = static_cast<short>((agent_full ? 0 : POLLIN) | (c->out.empty() ? 0 : POLLOUT));
         pf.push_back({fd, ev, 0});
         pf_fds_.push_back(fd);
     }

@@ -9,6 +9,8 @@
 //            acknowledged the Open, and tells the agent to Close a session
 //            whose client went away;
 //   "stop SECONDS\n", "kill SIGNAL\n": handed to the supervisor's hooks;
+//            (on_hello runs when the guest's boot id is new: the first
+//            Hello, or one after a reboot or restore);
 //            the connection stays open until the supervisor exits, so the
 //            client knows when the VM is gone.
 // Nothing is sent to the agent before its Hello (frames are held); a second
@@ -44,6 +46,11 @@ public:
     // reported for them.
     void add_pollfds(std::vector<pollfd>& pf);
     void handle(const std::vector<pollfd>& pf);
+    // Fails sessions the agent has not acknowledged within kAckTimeoutNs of
+    // their Open reaching it (a dead or stuck agent): call at least once a
+    // second.
+    void tick();
+    static constexpr uint64_t kAckTimeoutNs = 10'000'000'000ull;
     // The VM is gone: every session still open fails with why (exit 125).
     void shutdown(const std::string& why);
 
@@ -66,6 +73,7 @@ private:
     std::string port_out_;   // for the agent, written as the port takes it
     std::string held_;       // for the agent, before its Hello
     unsigned hellos_ = 0;
+    std::string boot_id_;
     uint32_t next_session_;
     std::map<int, std::unique_ptr<Client>> clients_;  // by fd
     std::map<uint32_t, int> by_session_;               // session -> client fd

@@ -1,6 +1,8 @@
 #include "vm/exec_client.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
@@ -33,12 +35,6 @@ struct SignalMask {
     ~SignalMask() { ::sigprocmask(SIG_SETMASK, &old, nullptr); }
 };
 
-bool send_frame(int fd, Type t, const std::string& p = {}) {
-    std::string f;
-    agent::append_frame(f, 0, t, p);
-    return write_all(fd, f.data(), f.size());
-}
-
 }  // namespace
 
 int exec_session(const VmEntry& vm, const guest::GuestConfig& c) {
@@ -53,17 +49,23 @@ int exec_session(const VmEntry& vm, const guest::GuestConfig& c) {
     UniqueFd sfd(::signalfd(-1, &mask.set, SFD_CLOEXEC | SFD_NONBLOCK));
     std::unique_ptr<RawTerminal> raw;
     if (c.tty && c.stdin_open && ::isatty(0)) raw = std::make_unique<RawTerminal>(0);
+    // The socket never blocks us: what we send (credit, stdin, signals)
+    // queues here, so we always keep reading what the supervisor sends.
+    ::fcntl(sock.get(), F_SETFL, ::fcntl(sock.get(), F_GETFL) | O_NONBLOCK);
+    std::string sendq;
+    auto queue = [&sendq](Type t, const std::string& p) { agent::append_frame(sendq, 0, t, p); };
 
     agent::FrameReader reader;
     uint32_t in_credit = agent::kWindow;
-    bool started = false, stdin_done = !c.stdin_open, out_ok = true, err_ok = true;
+    bool started = false, stdin_done = !c.stdin_open, out_ok = true, err_ok = true, lost = false;
     int status = -1;
     std::string message;
     char buf[65536];
-    while (status < 0) {
-        pollfd pf[3] = {{sock.get(), POLLIN, 0},
+    while (status < 0 && !lost) {
+        bool want_stdin = started && !stdin_done && in_credit > 0 && sendq.size() < agent::kWindow;
+        pollfd pf[3] = {{sock.get(), static_cast<short>(POLLIN | (sendq.empty() ? 0 : POLLOUT)), 0},
                         {sfd.get(), POLLIN, 0},
-                        {started && !stdin_done && in_credit > 0 ? 0 : -1, POLLIN, 0}};
+                        {want_stdin ? 0 : -1, POLLIN, 0}};
         if (::poll(pf, 3, -1) < 0) {
             if (errno == EINTR) continue;
             throw_errno("poll", errno);
@@ -74,9 +76,9 @@ int exec_session(const VmEntry& vm, const guest::GuestConfig& c) {
                 if (si.ssi_signo == SIGWINCH) {
                     winsize ws{};
                     if (c.tty && ::ioctl(0, TIOCGWINSZ, &ws) == 0)
-                        send_frame(sock.get(), Type::Winsize, std::to_string(ws.ws_row) + " " + std::to_string(ws.ws_col));
+                        queue(Type::Winsize, std::to_string(ws.ws_row) + " " + std::to_string(ws.ws_col));
                 } else {
-                    send_frame(sock.get(), Type::Signal, agent::u32_payload(si.ssi_signo));
+                    queue(Type::Signal, agent::u32_payload(si.ssi_signo));
                 }
             }
         }
@@ -84,21 +86,22 @@ int exec_session(const VmEntry& vm, const guest::GuestConfig& c) {
             size_t want = std::min<size_t>({sizeof buf, in_credit, agent::kMaxPayload});
             ssize_t n = ::read(0, buf, want);
             if (n > 0) {
-                std::string f;
-                agent::append_frame(f, 0, Type::Stdin, buf, static_cast<size_t>(n));
-                if (!write_all(sock.get(), f.data(), f.size())) break;
+                agent::append_frame(sendq, 0, Type::Stdin, buf, static_cast<size_t>(n));
                 in_credit -= static_cast<uint32_t>(n);
             } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
                 stdin_done = true;
-                send_frame(sock.get(), Type::StdinEof);
+                queue(Type::StdinEof, {});
             }
         }
         if (pf[0].revents & (POLLIN | POLLHUP | POLLERR)) {
             ssize_t n = ::read(sock.get(), buf, sizeof buf);
-            if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) break;
-            if (n < 0) continue;
-            reader.feed(buf, static_cast<size_t>(n));
+            if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
+                lost = true;
+                break;
+            }
+            if (n > 0) reader.feed(buf, static_cast<size_t>(n));
             Frame f;
+            uint64_t credit = 0;  // one CreditOut for the whole batch
             while (status < 0 && reader.next(f)) {
                 switch (f.type) {
                     case Type::Started: started = true; break;
@@ -108,7 +111,7 @@ int exec_session(const VmEntry& vm, const guest::GuestConfig& c) {
                         if (ok) ok = write_all(f.type == Type::Stdout ? 1 : 2, f.payload.data(), f.payload.size());
                         // Credit back even when our stdout is gone: the
                         // command must not block on a reader that left.
-                        send_frame(sock.get(), Type::CreditOut, agent::u32_payload(static_cast<uint32_t>(f.payload.size())));
+                        credit += f.payload.size();
                         break;
                     }
                     case Type::CreditIn: {
@@ -120,9 +123,19 @@ int exec_session(const VmEntry& vm, const guest::GuestConfig& c) {
                     default: break;
                 }
             }
+            if (credit) queue(Type::CreditOut, agent::u32_payload(static_cast<uint32_t>(credit)));
             if (!reader.error().empty()) {
                 message = "the supervisor's reply is garbled (" + reader.error() + ")";
                 status = 125;
+            }
+        }
+        while (!sendq.empty()) {
+            ssize_t w = ::send(sock.get(), sendq.data(), sendq.size(), MSG_NOSIGNAL);
+            if (w > 0) {
+                sendq.erase(0, static_cast<size_t>(w));
+            } else {
+                if (w < 0 && errno != EAGAIN && errno != EINTR) lost = true;
+                break;
             }
         }
     }

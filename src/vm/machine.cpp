@@ -136,7 +136,7 @@ private:
         if (!state_) return;
         try {
             write_record(state_->path(), record_);
-        } catch (const Error& e) {
+        } catch (const std::exception& e) {  // Error, or a JSON error: never fatal to the VM
             spdlog::warn("cannot write the VM's state: {}", e.what());
         }
     }
@@ -151,6 +151,8 @@ private:
     VmRecord record_;
     std::unique_ptr<AgentHub> hub_;
     UniqueFd out_log_, err_log_, servers_log_;
+    static constexpr uint64_t kMaxLog = 64ull << 20;  // per log file of a VM
+    uint64_t out_logged_ = 0, err_logged_ = 0, console_logged_ = 0;
     bool stopping_ = false;
     sigset_t signals_{};
     Stage stage_ = Stage::QemuStarted;
@@ -171,6 +173,20 @@ private:
 void Run::write_out(bool err, const char* p, size_t n) {
     bool& ok = err ? stderr_ok_ : stdout_ok_;
     int fd = err ? (err_log_ ? err_log_.get() : 2) : (out_log_ ? out_log_.get() : 1);
+    if (err ? err_log_ : out_log_) {
+        // A detached VM's logs live in the runtime directory (tmpfs, RAM):
+        // a chatty or hostile guest may not fill it.
+        uint64_t& logged = err ? err_logged_ : out_logged_;
+        if (logged >= kMaxLog) return;
+        n = static_cast<size_t>(std::min<uint64_t>(n, kMaxLog - logged));
+        logged += n;
+        if (ok && !write_all(fd, p, n)) ok = false;
+        if (logged >= kMaxLog) {
+            std::string note = "\n[ocivm: log stopped at " + std::to_string(kMaxLog >> 20) + " MiB]\n";
+            write_all(fd, note.data(), note.size());
+        }
+        return;
+    }
     if (ok && !write_all(fd, p, n)) ok = false;
 }
 
@@ -216,8 +232,10 @@ void Run::maybe_ready(bool at_end) {
 }
 
 void Run::on_console(const char* p, size_t n) {
-    if (console_log_) {
-        ssize_t w = ::write(console_log_.get(), p, n);
+    if (console_log_ && console_logged_ < kMaxLog) {
+        size_t k = static_cast<size_t>(std::min<uint64_t>(n, kMaxLog - console_logged_));
+        console_logged_ += k;
+        ssize_t w = ::write(console_log_.get(), p, k);
         (void)w;
     }
     if (o_.console) write_all(2, p, n);
@@ -342,6 +360,7 @@ int Run::go() {
     record_.hostname = o_.guest.hostname;
     record_.created = utc_now();
     record_.rm = o_.rm;
+    record_.control = new_control_token();
     for (auto& sh : o_.shares) record_.shares.push_back(sh.host + ":" + sh.guest + (sh.readonly ? ":ro" : ":rw"));
     save_record();
     if (o_.detach) {
@@ -465,7 +484,7 @@ int Run::go() {
     spdlog::debug("QEMU: {}", cmdline);
 
     UniqueFd sfd(::signalfd(-1, &signals_, SFD_CLOEXEC | SFD_NONBLOCK));
-    UniqueFd listener = listen_supervisor(state.path());
+    UniqueFd listener = listen_supervisor(record_.control);
 
     QemuProcess qemu;
     qemu.start(argv, fds, state.path() + "/qemu.log");
@@ -527,10 +546,18 @@ int Run::go() {
     char buf[65536];
     while (!qemu_gone) {
         uint64_t now = mono_ns();
-        if (stage_ < Stage::CommandStarted && !timed_out && now >= deadline) {
+        // run -d waits for the agent too: a guest whose agent never greets
+        // is a failed start, diagnosed like one, not a caller waiting forever.
+        bool waiting_agent = o_.ready_fd >= 0 && command_started_ && !agent_ready_ && !have_result_;
+        if ((stage_ < Stage::CommandStarted || waiting_agent) && !timed_out && now >= deadline) {
             timed_out = true;
             char why[160];
-            std::snprintf(why, sizeof why, "the command did not start within %.0f s; stopping the VM", o_.timeout_s);
+            if (waiting_agent)
+                std::snprintf(why, sizeof why, "the guest's exec agent did not greet within %.0f s; stopping the VM",
+                              o_.timeout_s);
+            else
+                std::snprintf(why, sizeof why, "the command did not start within %.0f s; stopping the VM", o_.timeout_s);
+            command_started_ = false;  // run -d fails: the VM is not usable
             diagnose(why);
             result_ = 125;
             stop_vm();
@@ -552,7 +579,8 @@ int Run::go() {
             {in_ && !pending_in.empty() && stage_ >= Stage::CommandStarted ? in_.get() : -1, POLLOUT, 0},
         };
         int wait_ms = 1000;
-        if (stage_ < Stage::CommandStarted && !timed_out)
+        hub_->tick();
+        if ((stage_ < Stage::CommandStarted || waiting_agent) && !timed_out)
             wait_ms = static_cast<int>(std::min<uint64_t>(1000, (deadline - std::min(deadline, now)) / 1000000 + 1));
         hub_->add_pollfds(pf);
         int n = ::poll(pf.data(), pf.size(), wait_ms);
@@ -656,6 +684,9 @@ int Run::go() {
             } catch (const Error&) {
             }
             while (!log.empty() && log.back() == '\n') log.pop_back();
+            for (char& ch : log)  // it goes into state.json and the terminal
+                if (static_cast<unsigned char>(ch) < 0x20 && ch != '\n') ch = '?';
+                else if (static_cast<unsigned char>(ch) >= 0x7f) ch = '?';
             why += " (QEMU exited with status " + std::to_string(WEXITSTATUS(qemu_status)) +
                    (log.empty() ? "" : ": " + log.substr(log.rfind('\n') == std::string::npos ? 0 : log.rfind('\n') + 1)) + ")";
         }
@@ -663,7 +694,7 @@ int Run::go() {
         finish_record(125, why);
         return 125;
     }
-    finish_record(result_, timed_out ? "the command did not start in time" : "");
+    finish_record(result_, timed_out ? "the VM did not become ready in time" : "");
     spdlog::info("state directory {}{}", state.path(), o_.rm ? " (removed)" : "");
     return result_;
 }

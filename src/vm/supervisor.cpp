@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 
 #include "util/error.h"
@@ -17,6 +18,16 @@ namespace ocivm::vm {
 
 int run_detached(MachineOptions o) {
     if (o.name.empty()) o.name = random_name();
+    // The supervisor leaves the caller's directory: relative paths it is
+    // given are made absolute first.
+    auto absolute = [](std::string& p) {
+        if (!p.empty() && p[0] != '/') p = std::filesystem::absolute(p).lexically_normal().string();
+    };
+    if (o.kernel != "image") absolute(o.kernel);
+    absolute(o.trace);
+    absolute(o.rootfs);
+    absolute(o.disk);
+    for (auto& a : o.attach) absolute(a);
     int p[2];
     if (::pipe2(p, O_CLOEXEC) < 0) throw_errno("pipe", errno);
     UniqueFd rd(p[0]), wr(p[1]);
@@ -27,6 +38,9 @@ int run_detached(MachineOptions o) {
         // The supervisor: a grandchild in a session of its own, so it
         // outlives this command and no terminal's hangup reaches it.
         ::setsid();
+        // Not the caller's directory: it would stay busy (no unmount) for
+        // as long as the VM runs. Every path the VM needs is absolute.
+        if (::chdir("/") < 0) ::_exit(125);
         pid_t sup = ::fork();
         if (sup != 0) ::_exit(sup < 0 ? 125 : 0);
         rd.reset();

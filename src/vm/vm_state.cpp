@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <nlohmann/json.hpp>
 
 #include "util/clock.h"
@@ -48,6 +49,7 @@ std::string VmRecord::to_json() const {
               {"ports", ports},
               {"network", json::parse(network_json.empty() ? "{}" : network_json, nullptr, false)},
               {"boot_id", boot_id},
+              {"control", control},
               {"rm", rm}};
     if (j["network"].is_discarded()) j["network"] = json::object();
     return j.dump(2) + "\n";
@@ -82,6 +84,7 @@ std::optional<VmRecord> VmRecord::from_json(const std::string& text) {
         r.ports = j.value("ports", std::vector<std::string>{});
         r.network_json = j.contains("network") ? j["network"].dump() : "{}";
         r.boot_id = j.value("boot_id", "");
+        r.control = j.value("control", "");
         r.rm = j.value("rm", false);
     } catch (const json::exception&) {
         return std::nullopt;
@@ -170,16 +173,13 @@ VmEntry find_vm(const std::string& name) {
 namespace {
 
 // An abstract socket (no file to leave behind when a supervisor is killed),
-// named after the state directory; both ends check who is at the other
-// (SO_PEERCRED), as anyone in the network namespace may connect to or
-// squat an abstract name.
-sockaddr_un socket_address(const std::string& dir, socklen_t* len) {
-    uint64_t h = 1469598103934665603ull;  // FNV-1a of the directory
-    for (unsigned char ch : dir) h = (h ^ ch) * 1099511628211ull;
+// named by a random token the supervisor records in state.json, so another
+// user cannot squat the name in advance; both ends check who is at the
+// other (SO_PEERCRED), as anyone in the network namespace may connect.
+sockaddr_un socket_address(const std::string& token, socklen_t* len) {
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
-    int n = std::snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "ocivm-ctl-%u-%016llx", ::geteuid(),
-                          static_cast<unsigned long long>(h));
+    int n = std::snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "ocivm-ctl-%s", token.c_str());
     *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + static_cast<size_t>(n));
     return a;
 }
@@ -194,15 +194,21 @@ bool trusted_peer(int fd, pid_t expect_pid) {
     return expect_pid <= 0 || cr.pid == expect_pid;
 }
 
-UniqueFd listen_supervisor(const std::string& dir) {
+std::string new_control_token() {
+    std::random_device rd;
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%08x%08x%08x%08x", rd(), rd(), rd(), rd());
+    return buf;
+}
+
+UniqueFd listen_supervisor(const std::string& token) {
     UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (!s) throw_errno("socket", errno);
     socklen_t len;
-    sockaddr_un a = socket_address(dir, &len);
+    sockaddr_un a = socket_address(token, &len);
     if (::bind(s.get(), reinterpret_cast<sockaddr*>(&a), len) < 0)
-        throw_errno("cannot create the control socket of " + dir, errno,
-                    "another process holds its name (@" + std::string(a.sun_path + 1) + ")");
-    if (::listen(s.get(), 64) < 0) throw_errno("listen on the control socket of " + dir, errno);
+        throw_errno("cannot create the control socket @" + std::string(a.sun_path + 1), errno);
+    if (::listen(s.get(), 64) < 0) throw_errno("listen on the control socket", errno);
     return s;
 }
 
@@ -212,7 +218,8 @@ UniqueFd connect_supervisor(const VmEntry& e) {
     UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!s) throw_errno("socket", errno);
     socklen_t len;
-    sockaddr_un a = socket_address(e.dir, &len);
+    if (e.record.control.empty()) throw Error("VM '" + e.record.name + "' has no control socket recorded");
+    sockaddr_un a = socket_address(e.record.control, &len);
     if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), len) < 0)
         throw_errno("cannot reach the supervisor of VM '" + e.record.name + "'", errno,
                     "it may be starting or exiting, or run in another network namespace; see 'ocivm ps -a'");

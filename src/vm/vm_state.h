@@ -34,6 +34,7 @@ struct VmRecord {
     std::vector<std::string> ports;   // "127.0.0.1:8080->80/tcp"
     std::string network_json = "{}";  // the network back-end's own description
     std::string boot_id;
+    std::string control;  // the supervisor's control socket: @ocivm-ctl-CONTROL
     bool rm = false;
 
     std::string to_json() const;
@@ -64,10 +65,12 @@ VmEntry find_vm(const std::string& name);
 // not answer (it is not running).
 UniqueFd connect_supervisor(const VmEntry& e);
 // The supervisor's control socket: abstract (nothing to clean up after a
-// kill -9), named after the state directory; connect_supervisor checks the
-// listener is the recorded supervisor (or root), the supervisor checks each
-// client with trusted_peer.
-UniqueFd listen_supervisor(const std::string& dir);
+// kill -9), named by a random token recorded in state.json (nobody can
+// squat it in advance); connect_supervisor checks the listener is the
+// recorded supervisor, the supervisor checks each client with
+// trusted_peer (its own uid, or root).
+std::string new_control_token();
+UniqueFd listen_supervisor(const std::string& token);
 bool trusted_peer(int fd, pid_t expect_pid = 0);
 // Blocks until the VM's supervisor has exited (its lock is free), or
 // timeout_s has passed (false). timeout_s < 0: no limit.

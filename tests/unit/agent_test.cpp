@@ -14,6 +14,7 @@
 
 #include "guest/agent_protocol.h"
 #include "util/clock.h"
+#include "util/error.h"
 #include "util/io.h"
 #include "vm/agent_hub.h"
 #include "vm/vm_state.h"
@@ -95,9 +96,10 @@ protected:
         ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
         guest_ = UniqueFd(sv[1]);
         dir_ = "/nonexistent/ocivm-hub-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++);
+        token_ = vm::new_control_token();
         AgentHub::Hooks hooks;
         hooks.on_hello = [this](const std::string& boot) { boots_.push_back(boot); };
-        hub_ = std::make_unique<vm::AgentHub>(UniqueFd(sv[0]), vm::listen_supervisor(dir_), hooks);
+        hub_ = std::make_unique<vm::AgentHub>(UniqueFd(sv[0]), vm::listen_supervisor(token_), hooks);
     }
     using AgentHub = vm::AgentHub;
 
@@ -106,6 +108,7 @@ protected:
         e.dir = dir_;
         e.record.name = "hub-test";
         e.record.supervisor_pid = ::getpid();
+        e.record.control = token_;
         e.supervisor_alive = true;
         UniqueFd c = vm::connect_supervisor(e);
         pump();
@@ -140,13 +143,20 @@ protected:
         std::vector<Frame> out;
         char buf[65536];
         pollfd p{fd, POLLIN, 0};
-        while (::poll(&p, 1, 20) > 0) {
+        // The hub writes as the socket takes it: keep it running meanwhile.
+        for (int idle = 0; idle < 3;) {
+            if (::poll(&p, 1, 20) <= 0) {
+                pump(20);
+                ++idle;
+                continue;
+            }
             ssize_t n = ::read(fd, buf, sizeof buf);
             if (n <= 0) {
                 if (eof) *eof = true;
                 break;
             }
             r.feed(buf, static_cast<size_t>(n));
+            idle = 0;
         }
         Frame f;
         while (r.next(f)) out.push_back(f);
@@ -154,12 +164,59 @@ protected:
     }
 
     static inline int counter_ = 0;
-    std::string dir_;
+    std::string dir_, token_;
     UniqueFd guest_;
     agent::FrameReader guest_reader_;
     std::unique_ptr<vm::AgentHub> hub_;
     std::vector<std::string> boots_;
 };
+
+TEST_F(HubTest, ClientsTalkOnlyToTheRecordedSupervisor) {
+    vm::VmEntry e;
+    e.dir = dir_;
+    e.record.name = "hub-test";
+    e.record.control = token_;
+    e.record.supervisor_pid = ::getpid() + 100000;  // someone else holds the socket
+    e.supervisor_alive = true;
+    try {
+        vm::connect_supervisor(e);
+        FAIL() << "connected to a listener that is not the recorded supervisor";
+    } catch (const Error& err) {
+        EXPECT_NE(std::string(err.what()).find("not its supervisor"), std::string::npos) << err.what();
+    }
+}
+
+TEST_F(HubTest, GuestIgnoringTheOutputWindowLosesItsSession) {
+    send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 boot-a");
+    UniqueFd c = client();
+    open_session(c.get());
+    auto g = frames(guest_.get(), guest_reader_);
+    ASSERT_EQ(g.size(), 1u);
+    uint32_t id = g[0].session;
+    send(guest_.get(), id, Type::Ack);
+    frames(guest_.get(), guest_reader_);
+    // The client credits nothing back; the guest sends beyond the window.
+    std::string chunk(agent::kMaxPayload, 'x');
+    for (uint32_t sent = 0; sent <= agent::kWindow; sent += agent::kMaxPayload) send(guest_.get(), id, Type::Stdout, chunk);
+    agent::FrameReader cr;
+    auto cf = frames(c.get(), cr);
+    ASSERT_FALSE(cf.empty());
+    EXPECT_EQ(cf.back().type, Type::Exit);
+    std::string msg;
+    EXPECT_EQ(agent::exit_status(cf.back().payload, &msg), 125);
+    EXPECT_NE(msg.find("credit window"), std::string::npos) << msg;
+    size_t data = 0;
+    for (auto& f : cf) data += f.type == Type::Stdout ? f.payload.size() : 0;
+    EXPECT_LE(data, agent::kWindow) << "nothing beyond the window reaches (or is held for) the client";
+    g = frames(guest_.get(), guest_reader_);
+    ASSERT_EQ(g.size(), 1u);
+    EXPECT_EQ(g[0].type, Type::Close) << "the guest is told to kill the session";
+}
+
+TEST_F(HubTest, OddBootIdsAreNotRecorded) {
+    send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 \xff\xfe\"{}");
+    ASSERT_EQ(boots_, std::vector<std::string>{"invalid"});
+}
 
 TEST_F(HubTest, SessionLifeCycle) {
     UniqueFd c = client();
@@ -241,9 +298,11 @@ TEST_F(HubTest, AgentResetFailsRunningAndResendsUnacknowledged) {
     EXPECT_EQ(agent::exit_status(rf[0].payload, &msg), 125);
     EXPECT_NE(msg.find("restarted"), std::string::npos);
     g = frames(guest_.get(), guest_reader_);
-    ASSERT_EQ(g.size(), 1u) << "only the unacknowledged Open is sent again";
-    EXPECT_EQ(g[0].type, Type::Open);
-    EXPECT_EQ(g[0].session, pend_id);
+    ASSERT_EQ(g.size(), 2u) << "the lost session is closed, the unacknowledged Open sent again";
+    EXPECT_EQ(g[0].type, Type::Close);
+    EXPECT_EQ(g[0].session, run_id);
+    EXPECT_EQ(g[1].type, Type::Open);
+    EXPECT_EQ(g[1].session, pend_id);
 }
 
 TEST_F(HubTest, VmGoneFailsEverySession) {

@@ -80,6 +80,11 @@ check "exec -i: 10 MB come back unchanged" cmp -s "$WORK/in.bin" "$WORK/back.bin
 check "exec -i: the guest saw the same bytes" \
   [ "$("$OCIVM" exec -i $P-a md5sum < "$WORK/in.bin" | cut -d' ' -f1)" = "$(md5sum < "$WORK/in.bin" | cut -d' ' -f1)" ]
 
+# --- output a byte at a time to a reader that stalls: the window holds,
+# nothing deadlocks, nothing is lost
+"$OCIVM" exec $P-a sh -c 'i=0; while [ $i -lt 20000 ]; do printf x; i=$((i+1)); done' | (sleep 4; wc -c) > "$WORK/bytes.out"
+check "exec: 20000 one-byte writes to a stalled reader all arrive" [ "$(tr -d ' ' < "$WORK/bytes.out")" = 20000 ]
+
 # --- -t under script: a pty, its size, a resize, Ctrl-C
 # Inside script's pty: the size is set, the exec starts; 3 s later the
 # size changes (SIGWINCH to ocivm exec); the guest reports both sizes, then
