@@ -118,7 +118,7 @@ Options:
       --name NAME             the VM's name (state in /run/ocivm/vms/NAME);
                               with -d a random one is printed when not given
       --network MODE          none | user | passt | slirp | bridge (default:
-                              none): user is rootless, through passt (QEMU's
+                              user with -d or -p, else none): user is rootless, through passt (QEMU's
                               own user network, slirp, when passt is
                               missing); the guest is 10.0.2.15/24, its
                               gateway 10.0.2.2 reaches the host's loopback.
@@ -197,7 +197,7 @@ vm::ShareSpec parse_volume(const std::string& v) {
 
 int cmd_run(int argc, char** argv) {
     vm::MachineOptions m;
-    bool help = false, interactive = false, tty = false, detach = false;
+    bool help = false, interactive = false, tty = false, detach = false, network_given = false;
     std::string log_level = "warn", workdir, user, hostname, cpus = "1";
     std::vector<std::string> envs, env_files, volumes;
     PullFlags pull;
@@ -232,7 +232,10 @@ int cmd_run(int argc, char** argv) {
         {"trace", 0, true, [&](const std::string& v) { m.trace = v; }},
         {"name", 0, true, [&](const std::string& v) { m.name = v; }},
         // network (src/net): a bad value is a usage error naming the form
-        {"network", 0, true, [&](const std::string& v) { net_spec([&] { m.net.mode = net::parse_mode(v); }); }},
+        {"network", 0, true, [&](const std::string& v) {
+             net_spec([&] { m.net.mode = net::parse_mode(v); });
+             network_given = true;
+         }},
         {"publish", 'p', true, [&](const std::string& v) { net_spec([&] { m.net.ports.push_back(net::parse_port(v)); }); }},
         {"subnet", 0, true, [&](const std::string& v) { net_spec([&] { net::parse_subnet(v); m.net.subnet = v; }); }},
         {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
@@ -271,6 +274,9 @@ int cmd_run(int argc, char** argv) {
         if (auto why = fuse::writeback_refusal(vol_mode, m.shares.back().readonly); !why.empty())
             throw UsageError{"invalid --volume '" + v + "': writeback: " + why};
     }
+    // A sandbox lives on and talks to the world; a batch run stays offline
+    // unless it forwards ports.
+    if (!network_given && (detach || !m.net.ports.empty())) m.net.mode = net::Mode::User;
     if (m.net.mode != net::Mode::Bridge && m.net.subnet != net::NetworkOptions{}.subnet)  // network
         throw UsageError{"--subnet is for --network bridge only (user networks are always 10.0.2.0/24)"};
     if (m.net.mode == net::Mode::Bridge && ::geteuid() != 0)  // network: refused before any work
