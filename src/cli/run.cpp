@@ -118,13 +118,13 @@ Options:
       --name NAME             the VM's name (state in /run/ocivm/vms/NAME);
                               with -d a random one is printed when not given
       --network MODE          none | user | passt | slirp | bridge (default:
-                              user with -d or -p, else none): user is rootless, through passt (QEMU's
-                              own user network, slirp, when passt is
-                              missing); the guest is 10.0.2.15/24, its
-                              gateway 10.0.2.2 reaches the host's loopback.
-                              bridge (root): a network namespace, tap and
-                              veth per VM, NAT from --subnet
-                              (docs/networking.md)
+                              user with -d or -p, else none): user is
+                              rootless, through passt (QEMU's own user
+                              network, slirp, when passt is missing); the
+                              guest is 10.0.2.15/24, its gateway 10.0.2.2
+                              reaches the host's loopback. bridge (root): a
+                              network namespace, tap and veth per VM, NAT
+                              from --subnet (docs/networking.md)
   -p, --publish [IP:]HOSTPORT:GUESTPORT[/tcp|/udp]
                               forward HOSTPORT on the host (127.0.0.1 unless
                               IP is given; 0.0.0.0: every address) to

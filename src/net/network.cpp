@@ -125,7 +125,7 @@ Network::Network(const NetworkOptions& o) : impl_(std::make_unique<Impl>()) {
     desc_.mode = "none";
     for (auto& p : o.ports) desc_.ports.push_back(p.text());
     if (mode == Mode::None) {
-        if (!o.ports.empty()) throw Error("-p needs a network: give --network user (or passt, slirp, bridge)");
+        if (!o.ports.empty()) throw Error("-p needs a network, and --network none has none: leave --network out or give user, passt, slirp or bridge");
         return;
     }
     if (mode == Mode::User) {

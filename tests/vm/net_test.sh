@@ -9,7 +9,7 @@
 #      (same guest port, different host ports), each fetching a page from
 #      a server on the host's 127.0.0.1 through its gateway 10.0.2.2
 #   2. a host port in use: exit 125 with a clear message, before boot
-#      (passt and slirp); -p without a network; a malformed -p; user
+#      (passt and slirp); -p with --network none; a malformed -p; user
 #      without passt installed (slirp, one warning); passt without a
 #      default route refused
 #   3. --network bridge in namespace A: the guest reaches a server in A
@@ -203,8 +203,13 @@ for mode in passt slirp; do
   check "$mode: ... before the VM was started (no console log, no QEMU log)" \
     bash -c "[ ! -e '$WORK/run/vms/busy-$mode/console.log' ] && [ ! -e '$WORK/run/vms/busy-$mode/qemu.log' ]"
 done
-"$OCIVM" run --rm -p 8080:80 "$DEMO" -- true > "$WORK/nonet.out" 2> "$WORK/nonet.err"; echo $? > "$WORK/nonet.rc"
-check "-p without --network: exit 125 saying a network is needed" \
+"$OCIVM" run --name busy-default -p "127.0.0.1:$SP:80" "$DEMO" -- true > "$WORK/busy-default.out" 2> "$WORK/busy-default.err"
+echo $? > "$WORK/busy-default.rc"
+check "-p without --network gets a user network (its port check refuses the busy port, exit 125)" \
+  bash -c "[ \$(cat '$WORK/busy-default.rc') = 125 ] && grep -q 'port $SP on 127.0.0.1 is already in use' '$WORK/busy-default.err'"
+"$OCIVM" run --rm --network none -p 8080:80 "$DEMO" -- true > "$WORK/nonet.out" 2> "$WORK/nonet.err"
+echo $? > "$WORK/nonet.rc"
+check "-p with --network none: exit 125 saying a network is needed" \
   bash -c "[ \$(cat '$WORK/nonet.rc') = 125 ] && grep -q -- '-p needs a network' '$WORK/nonet.err'"
 "$OCIVM" run --rm --network passt -p 80 "$DEMO" -- true > "$WORK/badp.out" 2> "$WORK/badp.err"; echo $? > "$WORK/badp.rc"
 check "a malformed -p: exit 125 naming the form" \
