@@ -75,7 +75,8 @@ void AgentHub::to_agent(uint32_t session, Type t, const std::string& p) {
 
 void AgentHub::flush_agent() {
     while (port_ && !port_out_.empty()) {
-        ssize_t n = ::write(port_.get(), port_out_.data(), port_out_.size());
+        // send, not write: a port whose QEMU went away must not SIGPIPE us.
+        ssize_t n = ::send(port_.get(), port_out_.data(), port_out_.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n <= 0) return;
         port_out_.erase(0, static_cast<size_t>(n));
     }

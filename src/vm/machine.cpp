@@ -145,6 +145,18 @@ private:
     bool agent_ready_ = false, command_started_ = false;
     void write_out(bool err, const char* p, size_t n);
     void finish_record(int code, const std::string& why);
+    void init_record();
+    void open_detached_logs();
+    std::vector<SocketPair> start_shares();
+    QemuConfig qemu_config(const Kernel& kernel, const HostVirt& host, const std::string& initrd, net::Network& network);
+    AgentHub::Hooks hub_hooks(QemuProcess& qemu);
+    std::string qemu_failure(int qemu_status);
+    void on_signal(int sig);
+    int event_loop(QemuProcess& qemu, int sfd, uint64_t deadline);
+    int interrupts_ = 0;
+    bool timed_out_ = false;
+    bool forward_stdin_ = false, stdin_eof_ = false, stdin_shut_ = false;
+    std::string pending_in_;  // read from our stdin, not yet taken by QEMU
 
     MachineOptions o_;
     StateDir* state_ = nullptr;
@@ -346,33 +358,8 @@ int Run::go() {
     if (o_.name.empty()) o_.name = random_name();
     StateDir state(o_.name, o_.rm, o_.detach);
     state_ = &state;
-    record_.name = o_.name;
-    record_.state = "starting";
-    record_.detached = o_.detach;
-    record_.supervisor_pid = ::getpid();
-    record_.image = o_.image;
-    record_.rootfs = o_.disk.empty() ? o_.rootfs : "";
-    record_.command = o_.guest.argv;
-    record_.env = o_.guest.env;
-    record_.cwd = o_.guest.cwd;
-    record_.uid = o_.guest.uid;
-    record_.gid = o_.guest.gid;
-    record_.hostname = o_.guest.hostname;
-    record_.created = utc_now();
-    record_.rm = o_.rm;
-    record_.control = new_control_token();
-    for (auto& sh : o_.shares) record_.shares.push_back(sh.host + ":" + sh.guest + (sh.readonly ? ":ro" : ":rw"));
-    save_record();
-    if (o_.detach) {
-        auto open_log = [&](const char* name) {
-            UniqueFd fd(::open((state.path() + "/" + name).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
-            if (!fd) throw_errno("cannot create " + state.path() + "/" + name, errno);
-            return fd;
-        };
-        out_log_ = open_log("stdout.log");
-        err_log_ = open_log("stderr.log");
-        servers_log_ = open_log("servers.log");
-    }
+    init_record();
+    if (o_.detach) open_detached_logs();
     std::string cache = cache_dir();
     make_dirs(cache);
     Kernel kernel = resolve_kernel(o_.kernel, o_.rootfs, cache);
@@ -389,11 +376,142 @@ int Run::go() {
                  o_.timeout_s, "; stdio over virtio-serial (no vsock)");
     spdlog::info("kernel {} ({}), booting {}", kernel.source, kernel.release, kernel.boot_path);
 
+    std::vector<SocketPair> fs_socks = start_shares();
+    bool root_share = o_.disk.empty();
+
+    // --- network (src/net): set up before QEMU, torn down after it (declared before `qemu`)
+    o_.net.vm_name = o_.name;
+    o_.net.state_dir = state.path();
+    o_.net.microvm = o_.machine == "microvm";
+    net::Network network(o_.net);
+    record_.ports = network.description().ports;  // ps, inspect
+    record_.network_json = network.description().to_json();
+    save_record();
+    // --- end network
+    std::vector<std::string> extra;
+    if (!root_share || !o_.attach.empty()) extra = {"virtio_blk", "crc32c_generic", "ext4", "xfs"};
+    for (auto& m : network.guest_modules()) extra.push_back(m);  // network
+    std::string base = guest::base_initramfs(kernel.modules_dir, cache, extra);
+    std::string initrd = state.path() + "/initrd.cpio";
+    guest::write_run_initramfs(base, guest::encode(o_.guest), initrd);
+    console_path_ = state.path() + "/console.log";
+    console_log_ = UniqueFd(::open(console_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+
+    QemuConfig qc = qemu_config(kernel, host, initrd, network);
+    auto con = socket_pair(), qmpp = socket_pair(), out = socket_pair(), err = socket_pair(), in = socket_pair(),
+         ctl = socket_pair(), agent = socket_pair();
+    qc.port_agent = agent.theirs.get();
+    qc.console = con.theirs.get();
+    qc.qmp = qmpp.theirs.get();
+    qc.port_out = out.theirs.get();
+    qc.port_err = err.theirs.get();
+    qc.port_in = in.theirs.get();
+    qc.port_control = ctl.theirs.get();
+    size_t first_vol = root_share ? 1 : 0;
+    for (size_t i = 0; i < shares_.size(); ++i)
+        qc.fs.emplace_back(i < first_vol ? guest::kRootTag : o_.guest.volumes[i - first_vol].tag, fs_socks[i].theirs.get());
+    auto [argv, fds] = qemu_argv(qc);
+    std::string cmdline;
+    for (auto& a : argv) cmdline += a + " ";
+    spdlog::debug("QEMU: {}", cmdline);
+
+    UniqueFd sfd(::signalfd(-1, &signals_, SFD_CLOEXEC | SFD_NONBLOCK));
+    UniqueFd listener = listen_supervisor(record_.control);
+
+    QemuProcess qemu;
+    qemu.start(argv, fds, state.path() + "/qemu.log");
+    AgentHub::Hooks hooks = hub_hooks(qemu);
+    uint64_t started = mono_ns();
+    // QEMU holds its ends now; ours must go so its exit is seen as EOF.
+    for (auto* p : {&con, &qmpp, &out, &err, &in, &ctl, &agent}) p->theirs.reset();
+    hub_ = std::make_unique<AgentHub>(std::move(agent.mine), std::move(listener), std::move(hooks));
+    fs_socks.clear();
+    console_ = std::move(con.mine);
+    qmp_ = std::move(qmpp.mine);
+    out_ = std::move(out.mine);
+    err_ = std::move(err.mine);
+    in_ = std::move(in.mine);
+    control_ = std::move(ctl.mine);
+    for (int fd : {console_.get(), qmp_.get(), out_.get(), err_.get(), control_.get(), in_.get()}) set_nonblock(fd);
+    qmp("qmp_capabilities");
+
+    std::unique_ptr<RawTerminal> raw;
+    bool stdin_is_tty = ::isatty(0);
+    if (o_.guest.tty && stdin_is_tty) raw = std::make_unique<RawTerminal>(0);
+    forward_stdin_ = o_.guest.stdin_open;
+    if (!forward_stdin_) in_.reset();
+
+    uint64_t deadline = started + static_cast<uint64_t>(o_.timeout_s * 1e9);
+    int qemu_status = event_loop(qemu, sfd.get(), deadline);
+    bool timed_out = timed_out_;
+    char buf[65536];
+    hub_->shutdown("the VM has stopped");
+    // What QEMU wrote before it went is still in the sockets.
+    for (auto* p : {&out_, &err_}) {
+        if (!*p) continue;
+        ssize_t r;
+        while ((r = ::read(p->get(), buf, sizeof buf)) > 0) write_out(p == &err_, buf, static_cast<size_t>(r));
+    }
+    if (console_) {
+        ssize_t r;
+        while ((r = ::read(console_.get(), buf, sizeof buf)) > 0) on_console(buf, static_cast<size_t>(r));
+    }
+    raw.reset();
+    ::unlink(initrd.c_str());  // 3 MB nobody needs once the guest has booted
+    for (auto* p : {&console_, &qmp_, &out_, &err_, &in_, &control_}) p->reset();
+    shares_.clear();  // waits for the share servers (QEMU is gone, so are their sockets)
+
+    if (!have_result_ && !timed_out) {
+        std::string why = qemu_failure(qemu_status);
+        diagnose(why);
+        finish_record(125, why);
+        return 125;
+    }
+    finish_record(result_, timed_out ? "the VM did not become ready in time" : "");
+    spdlog::info("state directory {}{}", state.path(), o_.rm ? " (removed)" : "");
+    return result_;
+}
+
+void Run::init_record() {
+
+    record_.state = "starting";
+    record_.detached = o_.detach;
+    record_.supervisor_pid = ::getpid();
+    record_.image = o_.image;
+    record_.rootfs = o_.disk.empty() ? o_.rootfs : "";
+    record_.command = o_.guest.argv;
+    record_.env = o_.guest.env;
+    record_.cwd = o_.guest.cwd;
+    record_.uid = o_.guest.uid;
+    record_.gid = o_.guest.gid;
+    record_.hostname = o_.guest.hostname;
+    record_.created = utc_now();
+    record_.rm = o_.rm;
+    record_.control = new_control_token();
+    for (auto& sh : o_.shares) record_.shares.push_back(sh.host + ":" + sh.guest + (sh.readonly ? ":ro" : ":rw"));
+    save_record();
+}
+
+// A detached VM's output and its servers' stderr go to its state directory.
+void Run::open_detached_logs() {
+    auto open_log = [&](const char* name) {
+        UniqueFd fd(::open((state_->path() + "/" + name).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+        if (!fd) throw_errno("cannot create " + state_->path() + "/" + name, errno);
+        return fd;
+    };
+    out_log_ = open_log("stdout.log");
+    err_log_ = open_log("stderr.log");
+    servers_log_ = open_log("servers.log");
+}
+
+// The share servers: the root read-only (the guest writes to a tmpfs
+// overlay), then the volumes. Returns the sockets QEMU's ends are in.
+std::vector<SocketPair> Run::start_shares() {
+    std::vector<SocketPair> fs_socks;
     // The shares: the root read-only (the guest writes to a tmpfs overlay), then the volumes.
     fs::CacheMode root_mode = cache_mode(o_.cache, fs::CacheMode::Always);
     fs::CacheMode vol_mode = cache_mode(o_.cache, fs::CacheMode::Auto);
     bool root_share = o_.disk.empty();
-    std::vector<SocketPair> fs_socks;
     auto add_share = [&](ShareServer::Config c) {
         if (servers_log_) c.stderr_fd = servers_log_.get();
         fs_socks.push_back(socket_pair());
@@ -425,25 +543,10 @@ int Run::go() {
         add_share(c);
         o_.guest.volumes.push_back({"ocivm-vol" + std::to_string(i), s.guest, s.readonly, s.nodev, s.nosuid, s.noexec});
     }
+    return fs_socks;
+}
 
-    // --- network (src/net): set up before QEMU, torn down after it (declared before `qemu`)
-    o_.net.vm_name = o_.name;
-    o_.net.state_dir = state.path();
-    o_.net.microvm = o_.machine == "microvm";
-    net::Network network(o_.net);
-    record_.ports = network.description().ports;  // ps, inspect
-    record_.network_json = network.description().to_json();
-    save_record();
-    // --- end network
-    std::vector<std::string> extra;
-    if (!root_share || !o_.attach.empty()) extra = {"virtio_blk", "crc32c_generic", "ext4", "xfs"};
-    for (auto& m : network.guest_modules()) extra.push_back(m);  // network
-    std::string base = guest::base_initramfs(kernel.modules_dir, cache, extra);
-    std::string initrd = state.path() + "/initrd.cpio";
-    guest::write_run_initramfs(base, guest::encode(o_.guest), initrd);
-    console_path_ = state.path() + "/console.log";
-    console_log_ = UniqueFd(::open(console_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-
+QemuConfig Run::qemu_config(const Kernel& kernel, const HostVirt& host, const std::string& initrd, net::Network& network) {
     QemuConfig qc;
     qc.kvm = host.kvm;
     qc.machine = o_.machine;
@@ -458,19 +561,7 @@ int Run::go() {
     for (auto& k : network.kernel_args()) qc.append += " " + k;  // network
     qc.net = network.qemu();                                       // network
     for (auto& k : o_.kargs) qc.append += " " + k;
-    auto con = socket_pair(), qmpp = socket_pair(), out = socket_pair(), err = socket_pair(), in = socket_pair(),
-         ctl = socket_pair(), agent = socket_pair();
-    qc.port_agent = agent.theirs.get();
-    qc.console = con.theirs.get();
-    qc.qmp = qmpp.theirs.get();
-    qc.port_out = out.theirs.get();
-    qc.port_err = err.theirs.get();
-    qc.port_in = in.theirs.get();
-    qc.port_control = ctl.theirs.get();
-    size_t first_vol = root_share ? 1 : 0;
-    for (size_t i = 0; i < shares_.size(); ++i)
-        qc.fs.emplace_back(i < first_vol ? guest::kRootTag : o_.guest.volumes[i - first_vol].tag, fs_socks[i].theirs.get());
-    if (!root_share) {
+    if (!o_.disk.empty()) {
         qc.disk = o_.disk;
         char head[4] = {};
         UniqueFd d(::open(o_.disk.c_str(), O_RDONLY | O_CLOEXEC));
@@ -478,16 +569,11 @@ int Run::go() {
         qc.disk_format = std::memcmp(head, "QFI\xfb", 4) == 0 ? "qcow2" : "raw";
     }
     qc.attach = o_.attach;
-    auto [argv, fds] = qemu_argv(qc);
-    std::string cmdline;
-    for (auto& a : argv) cmdline += a + " ";
-    spdlog::debug("QEMU: {}", cmdline);
+    return qc;
+}
 
-    UniqueFd sfd(::signalfd(-1, &signals_, SFD_CLOEXEC | SFD_NONBLOCK));
-    UniqueFd listener = listen_supervisor(record_.control);
-
-    QemuProcess qemu;
-    qemu.start(argv, fds, state.path() + "/qemu.log");
+// What stop, kill and a guest's Hello on the control socket do.
+AgentHub::Hooks Run::hub_hooks(QemuProcess& qemu) {
     AgentHub::Hooks hooks;
     hooks.on_hello = [this, &qemu](const std::string& boot) { on_agent_hello(boot, qemu.pid()); };
     hooks.stop = [this, &qemu](double secs) {
@@ -517,32 +603,58 @@ int Run::go() {
             record_.exit_reason = "killed before the command started";
         }
     };
-    uint64_t started = mono_ns();
-    // QEMU holds its ends now; ours must go so its exit is seen as EOF.
-    for (auto* p : {&con, &qmpp, &out, &err, &in, &ctl, &agent}) p->theirs.reset();
-    hub_ = std::make_unique<AgentHub>(std::move(agent.mine), std::move(listener), std::move(hooks));
-    fs_socks.clear();
-    console_ = std::move(con.mine);
-    qmp_ = std::move(qmpp.mine);
-    out_ = std::move(out.mine);
-    err_ = std::move(err.mine);
-    in_ = std::move(in.mine);
-    control_ = std::move(ctl.mine);
-    for (int fd : {console_.get(), qmp_.get(), out_.get(), err_.get(), control_.get(), in_.get()}) set_nonblock(fd);
-    qmp("qmp_capabilities");
+    return hooks;
+}
 
-    std::unique_ptr<RawTerminal> raw;
-    bool stdin_is_tty = ::isatty(0);
-    if (o_.guest.tty && stdin_is_tty) raw = std::make_unique<RawTerminal>(0);
-    bool forward_stdin = o_.guest.stdin_open;
-    std::string pending_in;
-    bool stdin_eof = false, stdin_shut = false;
-    if (!forward_stdin) in_.reset();
+// The why of a VM that stopped without the command's status.
+std::string Run::qemu_failure(int qemu_status) {
+    std::string why = "the VM stopped before the command reported its exit status";
+    if (WIFSIGNALED(qemu_status)) why += std::string(" (QEMU was killed by ") + strsignal(WTERMSIG(qemu_status)) + ")";
+    else if (WEXITSTATUS(qemu_status) != 0) {
+        std::string log;
+        try {
+            log = read_file(state_->path() + "/qemu.log");
+        } catch (const Error&) {
+        }
+        while (!log.empty() && log.back() == '\n') log.pop_back();
+        for (char& ch : log)  // it goes into state.json and the terminal
+            if (static_cast<unsigned char>(ch) < 0x20 && ch != '\n') ch = '?';
+            else if (static_cast<unsigned char>(ch) >= 0x7f) ch = '?';
+        why += " (QEMU exited with status " + std::to_string(WEXITSTATUS(qemu_status)) +
+               (log.empty() ? "" : ": " + log.substr(log.rfind('\n') == std::string::npos ? 0 : log.rfind('\n') + 1)) + ")";
+    }
+    return why;
+}
 
-    uint64_t deadline = started + static_cast<uint64_t>(o_.timeout_s * 1e9);
-    int interrupts = 0;
+// A signal to ocivm (or its supervisor): the first is the command's, a
+// second one stops the VM; SIGWINCH carries the terminal's new size.
+void Run::on_signal(int sig) {
+    if (sig == SIGWINCH) {
+        winsize ws{};
+        if (o_.guest.tty && ::ioctl(0, TIOCGWINSZ, &ws) == 0)
+            send_control("winsize " + std::to_string(ws.ws_row) + " " + std::to_string(ws.ws_col));
+        return;
+    }
+    ++interrupts_;
+    if (stage_ == Stage::CommandStarted && interrupts_ == 1 && sig != SIGHUP) {
+        spdlog::info("forwarding {} to the command (again to stop the VM)", strsignal(sig));
+        send_control("signal " + std::to_string(sig));
+    } else if (!have_result_) {
+        std::fprintf(stderr, "ocivm: %s: stopping the VM\n", strsignal(sig));
+        result_ = 128 + sig;
+        have_result_ = true;
+        bye_sent_ = true;
+        stop_vm();
+    }
+}
+
+// Until QEMU exits: the command's stdio, the console, QMP, the control
+// port, signals, the exec hub, and the start and stop deadlines. Returns
+// QEMU's wait status.
+int Run::event_loop(QemuProcess& qemu, int sfd, uint64_t deadline) {
     int qemu_status = 0;
-    bool qemu_gone = false, timed_out = false;
+    bool qemu_gone = false;
+    bool& timed_out = timed_out_;
     char buf[65536];
     while (!qemu_gone) {
         uint64_t now = mono_ns();
@@ -573,10 +685,10 @@ int Run::go() {
             stop_deadline_ = 0;
         }
         std::vector<pollfd> pf = {
-            {sfd.get(), POLLIN, 0},      {console_.get(), POLLIN, 0}, {qmp_.get(), POLLIN, 0},
+            {sfd, POLLIN, 0},      {console_.get(), POLLIN, 0}, {qmp_.get(), POLLIN, 0},
             {out_.get(), POLLIN, 0},     {err_.get(), POLLIN, 0},     {control_.get(), POLLIN, 0},
-            {forward_stdin && !stdin_eof && pending_in.size() < (1 << 20) ? 0 : -1, POLLIN, 0},
-            {in_ && !pending_in.empty() && stage_ >= Stage::CommandStarted ? in_.get() : -1, POLLOUT, 0},
+            {forward_stdin_ && !stdin_eof_ && pending_in_.size() < (1 << 20) ? 0 : -1, POLLIN, 0},
+            {in_ && !pending_in_.empty() && stage_ >= Stage::CommandStarted ? in_.get() : -1, POLLOUT, 0},
         };
         int wait_ms = 1000;
         hub_->tick();
@@ -591,26 +703,11 @@ int Run::go() {
         }
         if (pf[0].revents & POLLIN) {
             signalfd_siginfo si;
-            while (::read(sfd.get(), &si, sizeof si) == sizeof si) {
-                int sig = static_cast<int>(si.ssi_signo);
-                if (sig == SIGCHLD) {
+            while (::read(sfd, &si, sizeof si) == sizeof si) {
+                if (si.ssi_signo == SIGCHLD) {
                     if (qemu.reap(&qemu_status)) qemu_gone = true;
-                } else if (sig == SIGWINCH) {
-                    winsize ws{};
-                    if (o_.guest.tty && ::ioctl(0, TIOCGWINSZ, &ws) == 0)
-                        send_control("winsize " + std::to_string(ws.ws_row) + " " + std::to_string(ws.ws_col));
                 } else {
-                    ++interrupts;
-                    if (stage_ == Stage::CommandStarted && interrupts == 1 && sig != SIGHUP) {
-                        spdlog::info("forwarding {} to the command (again to stop the VM)", strsignal(sig));
-                        send_control("signal " + std::to_string(sig));
-                    } else if (!have_result_) {
-                        std::fprintf(stderr, "ocivm: %s: stopping the VM\n", strsignal(sig));
-                        result_ = 128 + sig;
-                        have_result_ = true;
-                        bye_sent_ = true;
-                        stop_vm();
-                    }
+                    on_signal(static_cast<int>(si.ssi_signo));
                 }
             }
         }
@@ -641,62 +738,24 @@ int Run::go() {
             read_lines(control_, control_buf_, [this](const std::string& line) { on_control_line(line); });
         if (pf[6].revents & (POLLIN | POLLHUP)) {
             ssize_t r = ::read(0, buf, sizeof buf);
-            if (r > 0) pending_in.append(buf, static_cast<size_t>(r));
-            else if (r == 0 || errno != EINTR) stdin_eof = true;
+            if (r > 0) pending_in_.append(buf, static_cast<size_t>(r));
+            else if (r == 0 || errno != EINTR) stdin_eof_ = true;
         }
-        if (in_ && !pending_in.empty() && (pf[7].revents & POLLOUT)) {
-            ssize_t w = ::write(in_.get(), pending_in.data(), pending_in.size());
-            if (w > 0) pending_in.erase(0, static_cast<size_t>(w));
+        if (in_ && !pending_in_.empty() && (pf[7].revents & POLLOUT)) {
+            ssize_t w = ::write(in_.get(), pending_in_.data(), pending_in_.size());
+            if (w > 0) pending_in_.erase(0, static_cast<size_t>(w));
         }
         // End of input: a half-close lets QEMU read everything before it sees
         // EOF (a full close would raise HUP and drop what it has not read),
         // and then the guest's port reads EOF.
-        if (in_ && stdin_eof && pending_in.empty() && !stdin_shut) {
+        if (in_ && stdin_eof_ && pending_in_.empty() && !stdin_shut_) {
             ::shutdown(in_.get(), SHUT_WR);
-            stdin_shut = true;
+            stdin_shut_ = true;
         }
         hub_->handle(pf);
         if (qemu.reap(&qemu_status)) qemu_gone = true;
     }
-    hub_->shutdown("the VM has stopped");
-    // What QEMU wrote before it went is still in the sockets.
-    for (auto* p : {&out_, &err_}) {
-        if (!*p) continue;
-        ssize_t r;
-        while ((r = ::read(p->get(), buf, sizeof buf)) > 0) write_out(p == &err_, buf, static_cast<size_t>(r));
-    }
-    if (console_) {
-        ssize_t r;
-        while ((r = ::read(console_.get(), buf, sizeof buf)) > 0) on_console(buf, static_cast<size_t>(r));
-    }
-    raw.reset();
-    ::unlink(initrd.c_str());  // 3 MB nobody needs once the guest has booted
-    for (auto* p : {&console_, &qmp_, &out_, &err_, &in_, &control_}) p->reset();
-    shares_.clear();  // waits for the share servers (QEMU is gone, so are their sockets)
-
-    if (!have_result_ && !timed_out) {
-        std::string why = "the VM stopped before the command reported its exit status";
-        if (WIFSIGNALED(qemu_status)) why += std::string(" (QEMU was killed by ") + strsignal(WTERMSIG(qemu_status)) + ")";
-        else if (WEXITSTATUS(qemu_status) != 0) {
-            std::string log;
-            try {
-                log = read_file(state.path() + "/qemu.log");
-            } catch (const Error&) {
-            }
-            while (!log.empty() && log.back() == '\n') log.pop_back();
-            for (char& ch : log)  // it goes into state.json and the terminal
-                if (static_cast<unsigned char>(ch) < 0x20 && ch != '\n') ch = '?';
-                else if (static_cast<unsigned char>(ch) >= 0x7f) ch = '?';
-            why += " (QEMU exited with status " + std::to_string(WEXITSTATUS(qemu_status)) +
-                   (log.empty() ? "" : ": " + log.substr(log.rfind('\n') == std::string::npos ? 0 : log.rfind('\n') + 1)) + ")";
-        }
-        diagnose(why);
-        finish_record(125, why);
-        return 125;
-    }
-    finish_record(result_, timed_out ? "the VM did not become ready in time" : "");
-    spdlog::info("state directory {}{}", state.path(), o_.rm ? " (removed)" : "");
-    return result_;
+    return qemu_status;
 }
 
 void Run::finish_record(int code, const std::string& why) {
