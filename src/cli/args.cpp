@@ -1,7 +1,10 @@
 #include "cli/args.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+
+#include "util/error.h"
 
 namespace ocivm::cli {
 
@@ -132,6 +135,19 @@ void set_env(std::vector<std::string>& env, const std::string& entry) {
             return;
         }
     env.push_back(entry);
+}
+
+int for_each_name(const std::vector<std::string>& names, const std::function<void(const std::string&)>& fn) {
+    int rc = 0;
+    for (auto& name : names) {
+        try {
+            fn(name);
+        } catch (const Error& e) {
+            std::fprintf(stderr, "ocivm: error: %s\n", e.what());
+            rc = 125;
+        }
+    }
+    return rc;
 }
 
 }  // namespace ocivm::cli

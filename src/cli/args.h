@@ -44,6 +44,11 @@ std::string env_entry(const std::string& v);
 // Sets entry (KEY=VALUE) in env, replacing an entry of the same KEY.
 void set_env(std::vector<std::string>& env, const std::string& entry);
 
+// Runs fn for each name, as podman's commands over several VMs do: an
+// Error for one is printed ("ocivm: error: ...") and the others still run;
+// returns 0, or 125 when any failed.
+int for_each_name(const std::vector<std::string>& names, const std::function<void(const std::string&)>& fn);
+
 // Parses a positive integer option value or throws UsageError.
 unsigned parse_count(const std::string& flag, const std::string& v, unsigned max);
 

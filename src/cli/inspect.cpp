@@ -3,6 +3,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "util/log.h"
 #include "util/error.h"
 #include "vm/vm_state.h"
 
@@ -18,6 +19,10 @@ uid, gid, hostname, created/started/finished (RFC 3339, UTC), exit_code and
 exit_reason, shares, ports, network, the guest's boot_id and the state
 directory (console.log, qemu.log, stdout.log, stderr.log live there).
 
+Options:
+      --log-level LEVEL       trace | debug | info | warn | error
+  -h, --help                  show this help
+
 Exit status: 0; 125 when a NAME is not a VM (the others are still printed).
 )";
 
@@ -25,24 +30,23 @@ Exit status: 0; 125 when a NAME is not a VM (the others are still printed).
 
 int cmd_inspect(int argc, char** argv) {
     bool help = false;
-    auto pos = parse_args("inspect", argc, argv, 2, {}, &help);
+    std::string log_level = "warn";
+    std::vector<Option> opts = {
+        {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
+    };
+    auto pos = parse_args("inspect", argc, argv, 2, opts, &help);
     if (help) {
         std::fputs(kHelp, stdout);
         return 0;
     }
+    setup_logging(log_level);
     if (pos.empty()) throw UsageError{"'ocivm inspect' needs a VM NAME; see 'ocivm ps -a'"};
-    int rc = 0;
     std::string out = "[";
     bool first = true;
-    for (auto& name : pos) {
-        try {
-            out += (first ? "\n" : ",\n") + vm::find_vm(name).to_json();
-            first = false;
-        } catch (const Error& e) {
-            std::fprintf(stderr, "ocivm: error: %s\n", e.what());
-            rc = kExitOcivmFailure;
-        }
-    }
+    int rc = for_each_name(pos, [&](const std::string& name) {
+        out += (first ? "\n" : ",\n") + vm::find_vm(name).to_json();
+        first = false;
+    });
     out += first ? "]\n" : "\n]\n";
     std::fputs(out.c_str(), stdout);
     return rc;

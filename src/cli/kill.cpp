@@ -9,6 +9,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "util/log.h"
 #include "util/error.h"
 #include "util/io.h"
 #include "vm/vm_state.h"
@@ -25,6 +26,7 @@ the guest). When the main command ends, so does its VM. Prints each name.
 Options:
   -s, --signal SIGNAL         the signal: a name (KILL, SIGTERM, hup) or a
                               number (default: KILL)
+      --log-level LEVEL       trace | debug | info | warn | error
   -h, --help                  show this help
 
 Exit status: 0; 125 when a NAME is not a running VM or SIGNAL is unknown.
@@ -50,7 +52,9 @@ int parse_signal(const std::string& v) {
 int cmd_kill(int argc, char** argv) {
     bool help = false;
     int sig = SIGKILL;
+    std::string log_level = "warn";
     std::vector<Option> opts = {
+        {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
         {"signal", 's', true, [&](const std::string& v) { sig = parse_signal(v); }},
     };
     auto pos = parse_args("kill", argc, argv, 2, opts, &help);
@@ -58,21 +62,12 @@ int cmd_kill(int argc, char** argv) {
         std::fputs(kHelp, stdout);
         return 0;
     }
+    setup_logging(log_level);
     if (pos.empty()) throw UsageError{"'ocivm kill' needs a VM NAME; see 'ocivm ps'"};
-    int rc = 0;
-    for (auto& name : pos) {
-        try {
-            vm::VmEntry e = vm::find_vm(name);
-            UniqueFd s = vm::connect_supervisor(e);
-            std::string req = "kill " + std::to_string(sig) + "\n";
-            if (!write_all(s.get(), req.data(), req.size())) throw_errno("cannot signal VM '" + name + "'", errno);
-            std::printf("%s\n", name.c_str());
-        } catch (const Error& e) {
-            std::fprintf(stderr, "ocivm: error: %s\n", e.what());
-            rc = kExitOcivmFailure;
-        }
-    }
-    return rc;
+    return for_each_name(pos, [&](const std::string& name) {
+        vm::request_supervisor(vm::find_vm(name), "kill " + std::to_string(sig));
+        std::printf("%s\n", name.c_str());
+    });
 }
 
 }  // namespace ocivm::cli

@@ -8,6 +8,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "util/log.h"
 #include "util/error.h"
 #include "util/io.h"
 #include "util/unique_fd.h"
@@ -27,6 +28,7 @@ VM's state directory ('ocivm inspect NAME').
 Options:
   -f, --follow                keep printing what the command writes until
                               the VM exits
+      --log-level LEVEL       trace | debug | info | warn | error
   -h, --help                  show this help
 
 Exit status: 0; 125 when NAME is not a VM or was not started with -d.
@@ -45,7 +47,9 @@ bool copy_new(int fd, int out) {
 
 int cmd_logs(int argc, char** argv) {
     bool help = false, follow = false;
+    std::string log_level = "warn";
     std::vector<Option> opts = {
+        {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
         {"follow", 'f', false, [&](const std::string&) { follow = true; }},
     };
     auto pos = parse_args("logs", argc, argv, 2, opts, &help);
@@ -53,6 +57,7 @@ int cmd_logs(int argc, char** argv) {
         std::fputs(kHelp, stdout);
         return 0;
     }
+    setup_logging(log_level);
     if (pos.size() != 1) throw UsageError{"'ocivm logs' needs one VM NAME; see 'ocivm logs --help'"};
     vm::VmEntry e = vm::find_vm(pos[0]);
     if (!e.record.detached)

@@ -25,6 +25,7 @@ Options:
       --format FORMAT         table (default) or json (an array of the
                               objects 'ocivm inspect' prints)
   -q, --quiet                 names only
+      --log-level LEVEL       trace | debug | info | warn | error
   -h, --help                  show this help
 )";
 
@@ -38,7 +39,9 @@ std::string shorten(std::string s, size_t n) {
 int cmd_ps(int argc, char** argv) {
     bool help = false, all = false, quiet = false;
     std::string format = "table";
+    std::string log_level = "warn";
     std::vector<Option> opts = {
+        {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
         {"all", 'a', false, [&](const std::string&) { all = true; }},
         {"quiet", 'q', false, [&](const std::string&) { quiet = true; }},
         {"format", 0, true, [&](const std::string& v) { format = v; }},
@@ -48,6 +51,7 @@ int cmd_ps(int argc, char** argv) {
         std::fputs(kHelp, stdout);
         return 0;
     }
+    setup_logging(log_level);
     if (!pos.empty()) throw UsageError{"'ocivm ps' takes no arguments; see 'ocivm ps --help'"};
     if (format != "table" && format != "json") throw UsageError{"invalid --format '" + format + "': use table or json"};
     std::vector<vm::VmEntry> shown;

@@ -6,6 +6,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "util/log.h"
 #include "util/error.h"
 #include "util/io.h"
 #include "vm/state_dir.h"
@@ -25,6 +26,7 @@ Prints each name removed.
 Options:
   -f, --force                 kill a running VM first (its main command and
                               QEMU), then remove it
+      --log-level LEVEL       trace | debug | info | warn | error
   -h, --help                  show this help
 
 Exit status: 0; 125 when a NAME is not a VM, is running (without -f), or
@@ -35,7 +37,9 @@ cannot be removed.
 
 int cmd_rm(int argc, char** argv) {
     bool help = false, force = false;
+    std::string log_level = "warn";
     std::vector<Option> opts = {
+        {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
         {"force", 'f', false, [&](const std::string&) { force = true; }},
     };
     auto pos = parse_args("rm", argc, argv, 2, opts, &help);
@@ -43,29 +47,20 @@ int cmd_rm(int argc, char** argv) {
         std::fputs(kHelp, stdout);
         return 0;
     }
+    setup_logging(log_level);
     if (pos.empty()) throw UsageError{"'ocivm rm' needs a VM NAME; see 'ocivm ps -a'"};
-    int rc = 0;
-    for (auto& name : pos) {
-        try {
-            vm::VmEntry e = vm::find_vm(name);
-            if (e.supervisor_alive) {
-                if (!force)
-                    throw Error("VM '" + name + "' is running; stop it first ('ocivm stop " + name +
-                                "') or use 'ocivm rm -f'");
-                // stop with no grace: the supervisor kills QEMU and exits.
-                UniqueFd s = vm::connect_supervisor(e);
-                std::string req = "stop 0\n";
-                if (!write_all(s.get(), req.data(), req.size())) throw_errno("cannot stop VM '" + name + "'", errno);
-                if (!vm::wait_supervisor_exit(e.dir, 30)) throw Error("VM '" + name + "' did not stop within 30 s");
-            }
-            vm::StateDir::remove(name);
-            std::printf("%s\n", name.c_str());
-        } catch (const Error& e) {
-            std::fprintf(stderr, "ocivm: error: %s\n", e.what());
-            rc = kExitOcivmFailure;
+    return for_each_name(pos, [&](const std::string& name) {
+        vm::VmEntry e = vm::find_vm(name);
+        if (e.supervisor_alive) {
+            if (!force)
+                throw Error("VM '" + name + "' is running; stop it first ('ocivm stop " + name + "') or use 'ocivm rm -f'");
+            // stop with no grace: the supervisor kills QEMU and exits.
+            UniqueFd s = vm::request_supervisor(e, "stop 0");
+            if (!vm::wait_supervisor_exit(e.dir, 30)) throw Error("VM '" + name + "' did not stop within 30 s");
         }
-    }
-    return rc;
+        vm::StateDir::remove(name);
+        std::printf("%s\n", name.c_str());
+    });
 }
 
 }  // namespace ocivm::cli

@@ -1,18 +1,18 @@
 #pragma once
 // The supervisor's side of the exec agent and of its control socket.
 //
-// Clients (`ocivm exec`, `stop`, `kill`) connect to ctl.sock in the VM's
-// state directory and send one line naming what they want:
+// Clients (`ocivm exec`, `stop`, `kill`, `rm -f`) connect to the VM's
+// control socket (abstract, @ocivm-ctl-TOKEN, see vm_state.h) and send one
+// line naming what they want:
 //   "exec\n" followed by agent frames (agent_protocol.h; the session field
 //            is the hub's business): the hub gives the session its id,
 //            relays the frames both ways, sends the Go once the agent has
 //            acknowledged the Open, and tells the agent to Close a session
 //            whose client went away;
-//   "stop SECONDS\n", "kill SIGNAL\n": handed to the supervisor's hooks;
-//            (on_hello runs when the guest's boot id is new: the first
-//            Hello, or one after a reboot or restore);
-//            the connection stays open until the supervisor exits, so the
-//            client knows when the VM is gone.
+//   "stop SECONDS\n", "kill SIGNAL\n": handed to the supervisor's hooks
+//            (stop and rm then wait for the supervisor's lock to be free).
+// The on_hello hook runs when the guest's boot id is new: the first Hello,
+// or one after a reboot.
 // Nothing is sent to the agent before its Hello (frames are held); a second
 // Hello means the agent restarted: running sessions are failed (exit 125,
 // "the guest agent restarted") and unacknowledged Opens are sent again.
@@ -54,7 +54,6 @@ public:
     // The VM is gone: every session still open fails with why (exit 125).
     void shutdown(const std::string& why);
 
-    bool agent_ready() const { return hellos_ > 0; }
     size_t sessions() const;
 
 private:

@@ -17,6 +17,7 @@
 #include <deque>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -152,6 +153,9 @@ private:
     AgentHub::Hooks hub_hooks(QemuProcess& qemu);
     std::string qemu_failure(int qemu_status);
     void on_signal(int sig);
+    int boot_and_serve(StateDir& state);
+    UniqueFd ready_;      // run -d: the caller waits on it (MachineOptions::ready_fd)
+    int pending_signal_ = 0;  // ocivm kill before the command started
     int event_loop(QemuProcess& qemu, int sfd, uint64_t deadline);
     int interrupts_ = 0;
     bool timed_out_ = false;
@@ -220,19 +224,17 @@ void Run::on_agent_hello(const std::string& boot_id, pid_t qemu_pid) {
 // (or the command has already come and gone); a command that could not be
 // started fails the run -d itself, with its status (126, 127, 125).
 void Run::maybe_ready(bool at_end) {
-    if (o_.ready_fd < 0) return;
+    if (!ready_) return;
     if (!command_started_ && at_end) {
         std::string msg = "exit " + std::to_string(have_result_ ? result_ : 125) + "\n";
-        write_all(o_.ready_fd, msg.data(), msg.size());
-        ::close(o_.ready_fd);
-        o_.ready_fd = -1;
+        write_all(ready_.get(), msg.data(), msg.size());
+        ready_.reset();
         return;
     }
     if (command_started_ && (agent_ready_ || have_result_ || at_end)) {
         std::string msg = "ready " + o_.name + "\n";
-        write_all(o_.ready_fd, msg.data(), msg.size());
-        ::close(o_.ready_fd);
-        o_.ready_fd = -1;
+        write_all(ready_.get(), msg.data(), msg.size());
+        ready_.reset();
         UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
         UniqueFd log(::open((state_->path() + "/supervisor.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
         if (null) {
@@ -276,6 +278,7 @@ void Run::on_control_line(const std::string& line) {
     } else if (line.rfind("started", 0) == 0) {
         stage_ = Stage::CommandStarted;
         command_started_ = true;
+        if (pending_signal_) send_control("signal " + std::to_string(std::exchange(pending_signal_, 0)));
         maybe_ready();
     } else if (std::sscanf(line.c_str(), "exit %lu %lu %lu", &a, &b, &c) == 3) {
         have_result_ = true;
@@ -356,9 +359,39 @@ int Run::go() {
         ~Restore() { ::pthread_sigmask(SIG_SETMASK, &m, nullptr); }
     } restore{old};
     if (o_.name.empty()) o_.name = random_name();
-    StateDir state(o_.name, o_.rm, o_.detach);
-    state_ = &state;
+    ready_ = UniqueFd(o_.ready_fd);
+    o_.ready_fd = -1;
+    // run -d: the caller returns when told, so an error is said first (and
+    // only here: the caller prints nothing of its own after "exit 125").
+    auto tell_caller = [this](const std::exception& e) {
+        std::fprintf(stderr, "ocivm: error: %s\n", e.what());
+        std::fflush(stderr);
+    };
+    std::optional<StateDir> state;
+    try {
+        state.emplace(o_.name, o_.rm, o_.detach);
+    } catch (const std::exception& e) {
+        if (!ready_) throw;
+        tell_caller(e);
+        maybe_ready(true);
+        return 125;
+    }
+    state_ = &*state;
     init_record();
+    try {
+        return boot_and_serve(*state);
+    } catch (const std::exception& e) {
+        // A start that failed is an exited VM with the reason, not a
+        // "dead" one (whose supervisor was killed).
+        if (record_.state == "exited") throw;
+        if (ready_) tell_caller(e);
+        finish_record(125, e.what());
+        if (!ready_ && o_.detach) return 125;  // told above
+        throw;
+    }
+}
+
+int Run::boot_and_serve(StateDir& state) {
     if (o_.detach) open_detached_logs();
     std::string cache = cache_dir();
     make_dirs(cache);
@@ -596,7 +629,9 @@ AgentHub::Hooks Run::hub_hooks(QemuProcess& qemu) {
         if (have_result_) return;
         if (stage_ >= Stage::CommandStarted) {
             send_control("signal " + std::to_string(sig));
-        } else if (sig == SIGKILL) {
+        } else if (sig != SIGKILL) {
+            pending_signal_ = sig;  // delivered the moment it starts
+        } else {
             qemu.kill_now();
             have_result_ = bye_sent_ = true;
             result_ = 128 + SIGKILL;
@@ -660,7 +695,7 @@ int Run::event_loop(QemuProcess& qemu, int sfd, uint64_t deadline) {
         uint64_t now = mono_ns();
         // run -d waits for the agent too: a guest whose agent never greets
         // is a failed start, diagnosed like one, not a caller waiting forever.
-        bool waiting_agent = o_.ready_fd >= 0 && command_started_ && !agent_ready_ && !have_result_;
+        bool waiting_agent = ready_ && command_started_ && !agent_ready_ && !have_result_;
         if ((stage_ < Stage::CommandStarted || waiting_agent) && !timed_out && now >= deadline) {
             timed_out = true;
             char why[160];

@@ -13,6 +13,7 @@
 
 #include "util/error.h"
 #include "util/unique_fd.h"
+#include "vm/state_dir.h"
 
 namespace ocivm::vm {
 
@@ -74,7 +75,12 @@ int run_detached(MachineOptions o) {
         if (n > 0) got.append(buf, static_cast<size_t>(n));
     // The supervisor said why on stderr.
     if (got.rfind("exit ", 0) == 0) return std::atoi(got.c_str() + 5);
-    if (got.rfind("ready ", 0) != 0) return 125;
+    if (got.rfind("ready ", 0) != 0) {
+        // It died without a word (killed, crashed): say so, and where to look.
+        std::fprintf(stderr, "ocivm: error: the supervisor of VM '%s' exited before the VM was ready; see %s/%s\n",
+                     o.name.c_str(), StateDir::base_dir().c_str(), o.name.c_str());
+        return 125;
+    }
     std::printf("%s\n", o.name.c_str());
     return 0;
 }

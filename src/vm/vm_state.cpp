@@ -20,6 +20,7 @@
 
 #include "util/clock.h"
 #include "util/error.h"
+#include "util/io.h"
 #include "util/paths.h"
 #include "vm/state_dir.h"
 
@@ -226,6 +227,14 @@ UniqueFd connect_supervisor(const VmEntry& e) {
     if (!trusted_peer(s.get(), static_cast<pid_t>(e.record.supervisor_pid)))
         throw Error("the control socket of VM '" + e.record.name +
                     "' is held by a process that is not its supervisor; refusing to talk to it");
+    return s;
+}
+
+UniqueFd request_supervisor(const VmEntry& e, const std::string& line) {
+    UniqueFd s = connect_supervisor(e);
+    std::string req = line + "\n";
+    if (!write_all(s.get(), req.data(), req.size()))
+        throw_errno("cannot send '" + line + "' to VM '" + e.record.name + "'", errno);
     return s;
 }
 

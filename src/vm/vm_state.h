@@ -61,7 +61,7 @@ void write_record(const std::string& dir, const VmRecord& r);
 std::vector<VmEntry> list_vms();
 // The VM called name; Error "no such VM" (saying how to list them) if none.
 VmEntry find_vm(const std::string& name);
-// A connection to the VM's supervisor (its ctl.sock); Error when it does
+// A connection to the VM's supervisor (its control socket); Error when it does
 // not answer (it is not running).
 UniqueFd connect_supervisor(const VmEntry& e);
 // The supervisor's control socket: abstract (nothing to clean up after a
@@ -72,6 +72,9 @@ UniqueFd connect_supervisor(const VmEntry& e);
 std::string new_control_token();
 UniqueFd listen_supervisor(const std::string& token);
 bool trusted_peer(int fd, pid_t expect_pid = 0);
+// Connects and sends one request line ("stop 10", "kill 15"); the
+// connection is returned open (the supervisor closes it as it exits).
+UniqueFd request_supervisor(const VmEntry& e, const std::string& line);
 // Blocks until the VM's supervisor has exited (its lock is free), or
 // timeout_s has passed (false). timeout_s < 0: no limit.
 bool wait_supervisor_exit(const std::string& dir, double timeout_s);

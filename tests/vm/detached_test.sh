@@ -38,20 +38,31 @@ show() { echo "  --- $1: rc=$(rc "$1")"; sed 's/^/  out| /' "$WORK/$1.out" | hea
 expect() { # NAME RC OUT WHAT
   if [ "$(rc "$1")" = "$2" ] && [ "$(out "$1")" = "$3" ]; then ok "$4"; else bad "$4 (want rc $2, out '$3')"; show "$1"; fi
 }
+# until_grep PATTERN FILE: waits (at most 60 s) until FILE has PATTERN
+until_grep() { for _ in $(seq 600); do grep -q -- "$1" "$2" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 json_field() { # JSON-FILE PYTHON-EXPR (j is the parsed document)
   python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"
 }
 
 # --- run -d: returns with the name once the guest is ready
-ocx start run -d --name $P-a "$DEMO" -- sh -c 'echo to-stdout; echo to-stderr >&2; exec sleep 3600'
+PORT=$(free_port)
+ocx start run -d --name $P-a -p $PORT:80 "$DEMO" -- sh -c 'echo to-stdout; echo to-stderr >&2; exec sleep 3600'
 expect start 0 "$P-a" "run -d prints the VM's name and exits 0"
 ocx ps ps --format json
 check "ps --format json: valid JSON listing the VM as running" \
   [ "$(json_field "$WORK/ps.out" "[v['state'] for v in j if v['name']=='$P-a']")" = "['running']" ]
 check "ps --format json: the command and pids" \
   [ "$(json_field "$WORK/ps.out" "[(v['command'][0], v['pids']['supervisor']>0, v['pids']['qemu']>0) for v in j if v['name']=='$P-a']")" = "[('sh', True, True)]" ]
+check "ps --format json: the port forward" \
+  [ "$(json_field "$WORK/ps.out" "[v['ports'] for v in j if v['name']=='$P-a']")" = "[['127.0.0.1:$PORT->80/tcp']]" ]
 ocx ps-table ps
-check "ps: the table lists it" grep -q "^$P-a  *running" "$WORK/ps-table.out"
+check "ps: the table lists it with its port" grep -q "^$P-a  *running .*127.0.0.1:$PORT->80/tcp" "$WORK/ps-table.out"
+"$OCIVM" inspect $P-a > "$WORK/inspect-a.json"
+check "inspect: run -d has a user network by default, the guest at 10.0.2.15/24" \
+  [ "$(json_field "$WORK/inspect-a.json" "(j[0]['network']['mode'] in ('passt', 'slirp'), j[0]['network']['address'])")" = "(True, '10.0.2.15/24')" ]
+ocx addr exec $P-a cat /proc/net/fib_trie
+check "the guest's interface has that address" grep -q "10.0.2.15" "$WORK/addr.out"
 
 # --- exec: exit statuses as podman's
 ocx e0 exec $P-a true;                  expect e0 0 "" "exec true: 0"
@@ -80,10 +91,13 @@ check "exec -i: 10 MB come back unchanged" cmp -s "$WORK/in.bin" "$WORK/back.bin
 check "exec -i: the guest saw the same bytes" \
   [ "$("$OCIVM" exec -i $P-a md5sum < "$WORK/in.bin" | cut -d' ' -f1)" = "$(md5sum < "$WORK/in.bin" | cut -d' ' -f1)" ]
 
-# --- output a byte at a time to a reader that stalls: the window holds,
-# nothing deadlocks, nothing is lost
-"$OCIVM" exec $P-a sh -c 'i=0; while [ $i -lt 20000 ]; do printf x; i=$((i+1)); done' | (sleep 4; wc -c) > "$WORK/bytes.out"
-check "exec: 20000 one-byte writes to a stalled reader all arrive" [ "$(tr -d ' ' < "$WORK/bytes.out")" = 20000 ]
+# --- 2 MiB in 16-byte writes to a reader that stalls first: far beyond the
+# credit window and a pipe's buffer, in frames of a few bytes; nothing
+# deadlocks, nothing is lost
+timeout 300 "$OCIVM" exec $P-a dd if=/dev/zero bs=16 count=131072 2>/dev/null | (sleep 4; wc -c) > "$WORK/bytes.out"
+small_rc=${PIPESTATUS[0]}
+check "exec: 2 MiB in 16-byte writes to a stalled reader all arrive, exit 0 (rc $small_rc)" \
+  bash -c "[ $small_rc = 0 ] && [ \"\$(tr -d ' ' < '$WORK/bytes.out')\" = 2097152 ]"
 
 # --- -t under script: a pty, its size, a resize, Ctrl-C
 # Inside script's pty: the size is set, the exec starts; 3 s later the
@@ -91,10 +105,13 @@ check "exec: 20000 one-byte writes to a stalled reader all arrive" [ "$(tr -d ' 
 # waits for Ctrl-C, which the test types into the pty.
 cat > "$WORK/tty.sh" <<EOF
 stty rows 40 cols 100
-( sleep 3; stty rows 50 cols 132 < /dev/tty; pkill -WINCH -f "exec -it $P-a" ) &
-exec "$OCIVM" exec -it $P-a sh -c 'tty; stty size; sleep 6; stty size; trap "echo got-sigint; exit 9" INT; echo waiting; while :; do sleep 1; done'
+( for _ in \$(seq 600); do grep -q '^40 100' "$WORK/typescript" 2>/dev/null && break; sleep 0.1; done
+  stty rows 50 cols 132 < /dev/tty; pkill -WINCH -f "exec -it $P-a" ) &
+exec "$OCIVM" exec -it $P-a sh -c 'tty; stty size; while [ "\$(stty size)" = "40 100" ]; do sleep 0.2; done; stty size; trap "echo got-sigint; exit 9" INT; echo waiting; while :; do sleep 1; done'
 EOF
-( sleep 14; printf '\003' ) | script -qfec "bash $WORK/tty.sh" "$WORK/typescript" > "$WORK/tty.out" 2>&1
+# Ctrl-C is typed once the guest says it waits for it (script -f flushes).
+( until_grep '^waiting' "$WORK/typescript"; printf '\003' ) |
+  timeout 180 script -qfec "bash $WORK/tty.sh" "$WORK/typescript" > "$WORK/tty.out" 2>&1
 tty_rc=$?
 tr -d '\r' < "$WORK/tty.out" > "$WORK/tty.txt"
 check "exec -t: the command has a pty" grep -q '^/dev/pts/' "$WORK/tty.txt"
@@ -104,10 +121,12 @@ check "exec -it: Ctrl-C reaches the command" grep -q 'got-sigint$' "$WORK/tty.tx
 check "exec -it: its exit status comes back (9)" [ "$tty_rc" = 9 ]
 [ "$tty_rc" = 9 ] || sed 's/^/  tty| /' "$WORK/tty.txt" | head -20
 
-# --- 16 execs at once, each with its own output and status
+# --- 16 execs at once, each with its own output and status; a barrier in
+# the guest proves they run at the same time (each waits for all 16)
 pids=()
 for i in $(seq 16); do
-  "$OCIVM" exec $P-a sh -c "sleep 1; echo s$i; exit $i" > "$WORK/c$i.out" 2>&1 &
+  timeout 300 "$OCIVM" exec $P-a sh -c "mkdir -p /tmp/barrier; touch /tmp/barrier/$i
+    while [ \$(ls /tmp/barrier | wc -l) -lt 16 ]; do sleep 0.2; done; echo s$i; exit $i" > "$WORK/c$i.out" 2>&1 &
   pids+=($!)
 done
 good=0
@@ -123,7 +142,7 @@ expect logs 0 "to-stdout" "logs: the command's stdout"
 check "logs: its stderr on stderr" [ "$(cat "$WORK/logs.err")" = "to-stderr" ]
 
 # --- kill, wait: the signal reaches the main command, wait reports it
-"$OCIVM" wait $P-a > "$WORK/wait.out" 2>&1 &
+timeout 120 "$OCIVM" wait $P-a > "$WORK/wait.out" 2>&1 &
 waiter=$!
 ocx kill kill -s TERM $P-a
 expect kill 0 "$P-a" "kill -s TERM prints the name"
@@ -177,9 +196,9 @@ ocx q run -d --name $P-q "$DEMO" -- sleep 3600
 expect q 0 "$P-q" "run -d (its QEMU to be killed)"
 "$OCIVM" inspect $P-q > "$WORK/inspect-q.json"
 qpid=$(json_field "$WORK/inspect-q.json" "j[0]['pids']['qemu']")
-"$OCIVM" exec $P-q sleep 3600 > /dev/null 2> "$WORK/qlost.err" &
+timeout 120 "$OCIVM" exec $P-q sh -c 'echo inflight; exec sleep 3600' > "$WORK/qlost.out" 2> "$WORK/qlost.err" &
 execpid=$!
-sleep 2
+until_grep inflight "$WORK/qlost.out"
 kill -9 "$qpid"
 wait $execpid; qlost_rc=$?
 check "exec while QEMU is killed: 125 and why" \
@@ -190,6 +209,18 @@ check "ps -a: the VM exited with 125, and the reason names QEMU's death" \
   bash -c "json=\$(python3 -c \"import json,sys; j=json.load(open(sys.argv[1])); print([(v['state'], v['exit_code'], 'QEMU was killed' in v['exit_reason']) for v in j if v['name']=='$P-q'])\" '$WORK/psq.out'); [ \"\$json\" = \"[('exited', 125, True)]\" ]"
 "$OCIVM" rm $P-q > /dev/null
 
+# --- logs -f follows until the VM exits
+ocx f run -d --name $P-f "$DEMO" -- sh -c 'echo one; while [ ! -e /tmp/go ]; do sleep 0.2; done; echo two'
+expect f 0 "$P-f" "run -d (for logs -f)"
+timeout 120 "$OCIVM" logs -f $P-f > "$WORK/follow.out" 2>&1 &
+follower=$!
+until_grep one "$WORK/follow.out"
+"$OCIVM" exec $P-f touch /tmp/go
+wait $follower; follow_rc=$?
+check "logs -f: what came later, then its end with the VM's (rc $follow_rc)" \
+  bash -c "[ $follow_rc = 0 ] && [ \"\$(tr '\n' ' ' < '$WORK/follow.out')\" = 'one two ' ]"
+"$OCIVM" rm $P-f > /dev/null
+
 # --- the supervisor killed with -9: ps shows dead, rm cleans everything
 ocx d run -d --name $P-d "$DEMO" -- sleep 3600
 expect d 0 "$P-d" "run -d (to be killed)"
@@ -198,9 +229,9 @@ sup=$(json_field "$WORK/inspect.json" "j[0]['pids']['supervisor']")
 qemu=$(json_field "$WORK/inspect.json" "j[0]['pids']['qemu']")
 check "inspect: pids, image, state" \
   [ "$(json_field "$WORK/inspect.json" "(j[0]['state'], j[0]['image'], j[0]['detached'])")" = "('running', '$DEMO', True)" ]
-"$OCIVM" exec $P-d sleep 3600 > /dev/null 2> "$WORK/lost.err" &
+timeout 120 "$OCIVM" exec $P-d sh -c 'echo inflight; exec sleep 3600' > "$WORK/lost.out" 2> "$WORK/lost.err" &
 execpid=$!
-sleep 2
+until_grep inflight "$WORK/lost.out"
 kill -9 "$sup"
 start=$(date +%s%N)
 wait $execpid; lost_rc=$?
@@ -215,7 +246,10 @@ ocx execd exec $P-d true
 check "exec into a dead VM: 125 and why" bash -c "[ $(rc execd) = 125 ] && grep -q 'not running (dead)' '$WORK/execd.err'"
 ocx rmd rm $P-d
 expect rmd 0 "$P-d" "rm of a dead VM"
-check "nothing of it is left: no state, no process" \
-  bash -c "[ ! -e '$OCIVM_RUNTIME_DIR/vms/$P-d' ] && ! pgrep -f '[v]ms/$P-d/' > /dev/null"
+# Everything the supervisor started is in its session (QEMU, share
+# servers, passt): nothing of it may be left.
+for _ in $(seq 100); do [ -z "$(pgrep -s "$sup")" ] && break; sleep 0.1; done
+check "nothing of it is left: no state, no process of its session" \
+  bash -c "[ ! -e '$OCIVM_RUNTIME_DIR/vms/$P-d' ] && [ -z \"\$(pgrep -s $sup)\" ]"
 
 finish
