@@ -138,6 +138,20 @@ protected:
         ASSERT_TRUE(write_all(fd, w.data(), w.size()));
         pump();
     }
+    // Opens a session from client fd and lets the fake agent acknowledge
+    // it (the hub's Go is consumed); returns the session id.
+    uint32_t running_session(int fd) {
+        open_session(fd);
+        auto g = frames(guest_.get(), guest_reader_);
+        EXPECT_EQ(g.size(), 1u);
+        if (g.size() != 1) return 0;
+        EXPECT_EQ(g[0].type, Type::Open);
+        uint32_t id = g[0].session;
+        send(guest_.get(), id, Type::Ack);
+        auto go = frames(guest_.get(), guest_reader_);
+        EXPECT_EQ(go.size(), 1u);
+        return id;
+    }
     // What arrived on fd so far, as frames; *eof when it was closed.
     std::vector<Frame> frames(int fd, agent::FrameReader& r, bool* eof = nullptr) {
         std::vector<Frame> out;
@@ -189,12 +203,8 @@ TEST_F(HubTest, ClientsTalkOnlyToTheRecordedSupervisor) {
 TEST_F(HubTest, GuestIgnoringTheOutputWindowLosesItsSession) {
     send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 boot-a");
     UniqueFd c = client();
-    open_session(c.get());
-    auto g = frames(guest_.get(), guest_reader_);
-    ASSERT_EQ(g.size(), 1u);
-    uint32_t id = g[0].session;
-    send(guest_.get(), id, Type::Ack);
-    frames(guest_.get(), guest_reader_);
+    uint32_t id = running_session(c.get());
+    ASSERT_NE(id, 0u);
     // The client credits nothing back; the guest sends beyond the window.
     std::string chunk(agent::kMaxPayload, 'x');
     for (uint32_t sent = 0; sent <= agent::kWindow; sent += agent::kMaxPayload) send(guest_.get(), id, Type::Stdout, chunk);
@@ -208,7 +218,7 @@ TEST_F(HubTest, GuestIgnoringTheOutputWindowLosesItsSession) {
     size_t data = 0;
     for (auto& f : cf) data += f.type == Type::Stdout ? f.payload.size() : 0;
     EXPECT_LE(data, agent::kWindow) << "nothing beyond the window reaches (or is held for) the client";
-    g = frames(guest_.get(), guest_reader_);
+    auto g = frames(guest_.get(), guest_reader_);
     ASSERT_EQ(g.size(), 1u);
     EXPECT_EQ(g[0].type, Type::Close) << "the guest is told to kill the session";
 }
@@ -258,15 +268,11 @@ TEST_F(HubTest, SessionLifeCycle) {
 TEST_F(HubTest, ClientThatLeavesClosesItsSession) {
     send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 boot-a");
     UniqueFd c = client();
-    open_session(c.get());
-    auto g = frames(guest_.get(), guest_reader_);
-    ASSERT_EQ(g.size(), 1u);
-    uint32_t id = g[0].session;
-    send(guest_.get(), id, Type::Ack);
-    frames(guest_.get(), guest_reader_);
+    uint32_t id = running_session(c.get());
+    ASSERT_NE(id, 0u);
     c.reset();
     pump();
-    g = frames(guest_.get(), guest_reader_);
+    auto g = frames(guest_.get(), guest_reader_);
     ASSERT_EQ(g.size(), 1u);
     EXPECT_EQ(g[0].type, Type::Close);
     EXPECT_EQ(g[0].session, id);
@@ -275,16 +281,12 @@ TEST_F(HubTest, ClientThatLeavesClosesItsSession) {
 TEST_F(HubTest, AgentResetFailsRunningAndResendsUnacknowledged) {
     send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 boot-a");
     UniqueFd running = client();
-    open_session(running.get());
-    auto g = frames(guest_.get(), guest_reader_);
-    ASSERT_EQ(g.size(), 1u);
-    uint32_t run_id = g[0].session;
-    send(guest_.get(), run_id, Type::Ack);
-    frames(guest_.get(), guest_reader_);  // its Go
+    uint32_t run_id = running_session(running.get());
+    ASSERT_NE(run_id, 0u);
 
     UniqueFd pending = client();
     open_session(pending.get());
-    g = frames(guest_.get(), guest_reader_);
+    auto g = frames(guest_.get(), guest_reader_);
     ASSERT_EQ(g.size(), 1u);
     uint32_t pend_id = g[0].session;
     ASSERT_NE(pend_id, run_id);
