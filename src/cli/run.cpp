@@ -107,6 +107,12 @@ Options:
                               host's newest /boot/vmlinuz-*)
       --karg ARG              extra kernel command-line argument; repeatable
       --machine TYPE          microvm (default) or q35
+      --root virtiofs|erofs   how the image's root reaches the guest:
+                              virtiofs (default) is ocivm's virtio-fs server;
+                              erofs is a read-only EROFS image of it (built
+                              once per image with mkfs.erofs, cached) on a
+                              virtio-blk disk, which a VM snapshot can hold
+                              (root only)
       --disk FILE             boot a disk made by 'ocivm disk create' (raw or
                               qcow2, read-only, root by its PARTUUID) instead of
                               IMAGE: 'ocivm run --disk FILE -- CMD' 
@@ -228,6 +234,10 @@ int cmd_run(int argc, char** argv) {
         {"karg", 0, true, [&](const std::string& v) { m.kargs.push_back(v); }},
         {"machine", 0, true, [&](const std::string& v) { m.machine = v; }},
         {"disk", 0, true, [&](const std::string& v) { m.disk = v; }},
+        {"root", 0, true, [&](const std::string& v) {
+             if (v != "virtiofs" && v != "erofs") throw UsageError{"invalid --root '" + v + "': use virtiofs or erofs"};
+             m.root_erofs = v == "erofs";
+         }},
         {"console", 0, false, [&](const std::string&) { m.console = true; }},
         {"trace", 0, true, [&](const std::string& v) { m.trace = v; }},
         {"name", 0, true, [&](const std::string& v) { m.name = v; }},
@@ -259,6 +269,7 @@ int cmd_run(int argc, char** argv) {
         pos.insert(pos.begin(), "");
     }
     if (pos.empty()) throw UsageError{"'ocivm run' needs an IMAGE; see 'ocivm run --help'"};
+    if (m.root_erofs && !m.disk.empty()) throw UsageError{"--root erofs and --disk both give the root: choose one"};
     if (detach && (interactive || tty))
         throw UsageError{"-d cannot be combined with -i or -t (there is no attach); use 'ocivm exec -it NAME CMD'"};
     if (m.machine != "microvm" && m.machine != "q35")

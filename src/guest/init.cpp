@@ -419,10 +419,14 @@ std::string find_partition(const std::string& partuuid) {
     fatal("no disk partition with PARTUUID=%s appeared", partuuid.c_str());
 }
 
-// The image root, read-only (virtio-fs, or the disk's partition), under a
-// tmpfs upper layer.
+// The image root, read-only (virtio-fs, an EROFS disk, or the disk's
+// partition), under a tmpfs upper layer.
 void mount_root(const GuestConfig& c) {
-    if (c.root_partuuid.empty()) {
+    if (c.root_erofs) {
+        // The first virtio-blk disk is the image (no partition table).
+        for (int w = 0; w < 1000 && ::access("/dev/vda", F_OK) != 0; ++w) ::usleep(10000);
+        must_mount("/dev/vda", "/ocivm/lower", "erofs", MS_RDONLY, nullptr);
+    } else if (c.root_partuuid.empty()) {
         must_mount(ocivm::guest::kRootTag, "/ocivm/lower", "virtiofs", MS_RDONLY, nullptr);
     } else {
         std::string dev = find_partition(c.root_partuuid);

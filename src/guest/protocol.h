@@ -52,6 +52,9 @@ struct GuestConfig {
     // Boot from a disk instead of the virtio-fs root: the ext4 partition
     // with this GPT PARTUUID on the first virtio-blk disk (read-only).
     std::string root_partuuid;
+    // The image root is an EROFS image on the first virtio-blk disk
+    // (ocivm run --root erofs).
+    bool root_erofs = false;
 };
 
 // A GPT GUID (partition type or unique id) as text: the first three fields
@@ -108,6 +111,7 @@ inline std::string encode(const GuestConfig& c) {
     put("rows", std::to_string(c.rows));
     put("cols", std::to_string(c.cols));
     if (!c.root_partuuid.empty()) put("root_partuuid", c.root_partuuid);
+    if (c.root_erofs) put("root_erofs", "1");
     for (auto& v : c.volumes)
         o += "volume " + escape(v.tag) + "\t" + escape(v.path) + "\t" + (v.readonly ? "ro" : "rw") +
              (v.nodev ? ",nodev" : "") + (v.nosuid ? ",nosuid" : "") + (v.noexec ? ",noexec" : "") + "\n";
@@ -141,6 +145,7 @@ inline std::string decode(const std::string& text, GuestConfig& c) {
         else if (k == "rows") c.rows = num();
         else if (k == "cols") c.cols = num();
         else if (k == "root_partuuid") c.root_partuuid = v;
+        else if (k == "root_erofs") c.root_erofs = v == "1";
         else if (k == "volume") {
             size_t t1 = raw.find('\t'), t2 = raw.find('\t', t1 == std::string::npos ? t1 : t1 + 1);
             if (t1 == std::string::npos || t2 == std::string::npos) return "bad volume line: " + line;

@@ -23,6 +23,7 @@
 
 #include "fs/passthrough.h"
 #include "guest/initramfs.h"
+#include "image/erofs.h"
 #include "util/clock.h"
 #include "util/error.h"
 #include "util/io.h"
@@ -154,6 +155,9 @@ private:
     std::string qemu_failure(int qemu_status);
     void on_signal(int sig);
     int boot_and_serve(StateDir& state);
+    // The root is a virtio-fs share (not --disk, not --root erofs).
+    bool root_share() const { return o_.disk.empty() && !o_.root_erofs; }
+    std::string root_image_;  // --root erofs: the image's EROFS file
     UniqueFd ready_;      // run -d: the caller waits on it (MachineOptions::ready_fd)
     int pending_signal_ = 0;  // ocivm kill before the command started
     int event_loop(QemuProcess& qemu, int sfd, uint64_t deadline);
@@ -331,7 +335,7 @@ void Run::diagnose(const std::string& why) {
     for (auto& l : console_tail_) std::fprintf(stderr, "  | %s\n", l.c_str());
     if (!console_line_.empty()) std::fprintf(stderr, "  | %s\n", console_line_.c_str());
     for (size_t i = 0; i < shares_.size(); ++i) {
-        size_t first_vol = o_.disk.empty() ? 1 : 0;
+        size_t first_vol = root_share() ? 1 : 0;
         std::string label = i < first_vol ? "root" : o_.shares[i - first_vol].guest;
         auto st = shares_[i]->stats();
         if (!st.answered) {
@@ -410,7 +414,14 @@ int Run::boot_and_serve(StateDir& state) {
     spdlog::info("kernel {} ({}), booting {}", kernel.source, kernel.release, kernel.boot_path);
 
     std::vector<SocketPair> fs_socks = start_shares();
-    bool root_share = o_.disk.empty();
+    if (o_.root_erofs) {
+        if (::geteuid() != 0)
+            throw Error("--root erofs needs root: a store imported without root keeps owners in xattrs that "
+                        "mkfs.erofs does not read; use --root virtiofs");
+        root_image_ = image::erofs_image(o_.rootfs, cache).path;
+        o_.guest.root_erofs = true;
+    }
+    bool root_share = this->root_share();
 
     // --- network (src/net): set up before QEMU, torn down after it (declared before `qemu`)
     o_.net.vm_name = o_.name;
@@ -422,7 +433,9 @@ int Run::boot_and_serve(StateDir& state) {
     save_record();
     // --- end network
     std::vector<std::string> extra;
-    if (!root_share || !o_.attach.empty()) extra = {"virtio_blk", "crc32c_generic", "ext4", "xfs"};
+    if (!o_.disk.empty() || !o_.attach.empty()) extra = {"virtio_blk", "crc32c_generic", "ext4", "xfs"};
+    // libcrc32c needs a crc32c implementation, a soft dependency modules.dep omits.
+    if (o_.root_erofs) extra.insert(extra.end(), {"virtio_blk", "crc32c_generic", "erofs"});
     for (auto& m : network.guest_modules()) extra.push_back(m);  // network
     std::string base = guest::base_initramfs(kernel.modules_dir, cache, extra);
     std::string initrd = state.path() + "/initrd.cpio";
@@ -544,13 +557,12 @@ std::vector<SocketPair> Run::start_shares() {
     // The shares: the root read-only (the guest writes to a tmpfs overlay), then the volumes.
     fs::CacheMode root_mode = cache_mode(o_.cache, fs::CacheMode::Always);
     fs::CacheMode vol_mode = cache_mode(o_.cache, fs::CacheMode::Auto);
-    bool root_share = o_.disk.empty();
     auto add_share = [&](ShareServer::Config c) {
         if (servers_log_) c.stderr_fd = servers_log_.get();
         fs_socks.push_back(socket_pair());
         shares_.push_back(std::make_unique<ShareServer>(c, std::move(fs_socks.back().mine)));
     };
-    if (root_share) {
+    if (root_share()) {
         ShareServer::Config c;
         c.dir = o_.rootfs;
         c.mode = root_mode;
@@ -594,7 +606,10 @@ QemuConfig Run::qemu_config(const Kernel& kernel, const HostVirt& host, const st
     for (auto& k : network.kernel_args()) qc.append += " " + k;  // network
     qc.net = network.qemu();                                       // network
     for (auto& k : o_.kargs) qc.append += " " + k;
-    if (!o_.disk.empty()) {
+    if (!root_image_.empty()) {
+        qc.disk = root_image_;
+        qc.disk_format = "raw";
+    } else if (!o_.disk.empty()) {
         qc.disk = o_.disk;
         char head[4] = {};
         UniqueFd d(::open(o_.disk.c_str(), O_RDONLY | O_CLOEXEC));

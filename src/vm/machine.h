@@ -43,6 +43,7 @@ struct MachineOptions {
     std::string name;
     bool rm = false;
     std::string machine = "microvm";
+    bool root_erofs = false;    // --root erofs: the image as an EROFS disk, not a virtio-fs share
     std::string disk;           // boot this disk (ocivm disk create) instead of rootfs
     std::string disk_partuuid;  // its root partition
     std::vector<std::string> attach;  // writable raw disks for the command (/dev/vda, ... after --disk)

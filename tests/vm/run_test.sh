@@ -109,6 +109,29 @@ check "the guest sees its own changes" [ "$(out mutate)" = changed ]
 snapshot "$IMG" > "$WORK/img.after"
 check "the image directory is byte-for-byte unchanged" cmp -s "$WORK/img.before" "$WORK/img.after"
 
+# --- --root erofs: the image as an EROFS disk, built once per tree, the
+# same overlay semantics, the image on the host unchanged
+export OCIVM_HOME=$WORK/home
+run erofs1 --root erofs --log-level info "$IMG" -- sh -c 'ls /sys/fs/erofs; cat /etc/motd; echo new > /etc/motd; cat /etc/motd; exit 4'
+expect_rc erofs1 4 "--root erofs: the command runs, its exit status comes back"
+check "--root erofs: the root is an EROFS disk (vda), the guest writes over it" \
+  [ "$(out erofs1 | tr '\n' ' ')" = "features vda original new " ]
+check "--root erofs: the image was built once" grep -q "EROFS root .* built from $IMG" "$WORK/erofs1.err"
+run erofs2 --root erofs --log-level info "$IMG" -- cat /etc/motd
+check "--root erofs: an unchanged tree reuses its image" \
+  bash -c "[ \"\$(cat $WORK/erofs2.out)\" = original ] && grep -q 'EROFS root .*(cached)' $WORK/erofs2.err"
+snapshot "$IMG" > "$WORK/img.erofs"
+check "--root erofs: the image directory is unchanged" cmp -s "$WORK/img.before" "$WORK/img.erofs"
+cp -a "$IMG" "$WORK/image2" && echo changed > "$WORK/image2/etc/motd"
+run erofs3 --root erofs --log-level info "$WORK/image2" -- cat /etc/motd
+check "--root erofs: a changed tree gets a new image with the change" \
+  bash -c "[ \"\$(cat $WORK/erofs3.out)\" = changed ] && grep -q 'EROFS root .* built from' $WORK/erofs3.err"
+check "--root erofs: one image per tree in the cache" [ "$(ls "$WORK/home/cache/erofs" | grep -c '\.erofs$')" = 2 ]
+run erofsbad --root ext9 "$IMG" -- true
+check "--root with a bad value: 125 and the accepted values" \
+  bash -c "[ \"\$(cat $WORK/erofsbad.rc)\" = 125 ] && grep -q 'use virtiofs or erofs' $WORK/erofsbad.err"
+unset OCIVM_HOME
+
 # --- volumes
 VOL=$WORK/vol; mkdir -p "$VOL"; echo from-host > "$VOL/in"
 run vol -v "$VOL:/data" "$DEMO" -- sh -c 'cat /data/in; echo from-guest > /data/out; mkdir /data/d; echo deep > /data/d/f'
