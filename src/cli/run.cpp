@@ -349,8 +349,9 @@ int cmd_run(int argc, char** argv) {
             g.cols = ws.ws_col;
         }
     }
-    if (!m.name.empty()) g.hostname = hostname.empty() ? m.name : hostname;
-    else if (!hostname.empty()) g.hostname = hostname;
+    // The guest is called as the VM is, named or not (--hostname aside).
+    if (m.name.empty()) m.name = vm::random_name();
+    g.hostname = hostname.empty() ? m.name : hostname;
     if (detach) return vm::run_detached(std::move(m));
     return vm::run_machine(std::move(m));
 }

@@ -89,6 +89,8 @@ run uid -u 1234:100 "$DEMO" -- sh -c 'id -u; id -g; touch /tmp/f; stat -c %u:%g 
 check "-u UID:GID numeric" [ "$(out uid | tr '\n' ' ')" = "1234 100 1234:100 " ]
 run host --name rt-host-$$ "$DEMO" -- hostname
 check "host name is the VM's name" [ "$(out host)" = "rt-host-$$" ]
+run hostanon "$DEMO" -- hostname
+check "an unnamed VM's host name is its generated name" bash -c "grep -Eqx 'ocivm-[0-9]+-[0-9a-f]{4}' '$WORK/hostanon.out'"
 
 # --- the image stays byte-for-byte unchanged while the guest changes everything
 IMG=$WORK/image
