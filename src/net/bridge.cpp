@@ -20,6 +20,7 @@
 #include <sstream>
 #include <thread>
 
+#include "net/hash.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/paths.h"
@@ -28,12 +29,6 @@
 namespace ocivm::net {
 
 namespace {
-
-uint32_t fnv1a(const std::string& s) {
-    uint32_t h = 2166136261u;
-    for (unsigned char c : s) h = (h ^ c) * 16777619u;
-    return h;
-}
 
 uint32_t mask_of(unsigned prefix) { return prefix == 0 ? 0 : ~uint32_t{0} << (32 - prefix); }
 

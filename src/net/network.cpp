@@ -14,6 +14,7 @@
 
 #include "guest/net_arg.h"
 #include "net/bridge.h"
+#include "net/hash.h"
 #include "util/clock.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -92,12 +93,6 @@ bool have_default_route() {
         pos = nl;
     }
     return false;
-}
-
-uint32_t fnv1a(const std::string& s) {
-    uint32_t h = 2166136261u;
-    for (unsigned char c : s) h = (h ^ c) * 16777619u;
-    return h;
 }
 
 }  // namespace
