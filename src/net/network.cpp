@@ -242,8 +242,6 @@ Network::Network(const NetworkOptions& o) : impl_(std::make_unique<Impl>()) {
 
 Network::~Network() = default;
 
-int Network::helper_pid() const { return impl_ && impl_->passt.running() ? impl_->passt.pid() : 0; }
-
 std::string Description::to_json() const {
     nlohmann::json j = {{"mode", mode}, {"ports", ports}};
     if (!address.empty()) j["address"] = address;

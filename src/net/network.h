@@ -111,8 +111,6 @@ public:
     // initramfs builder).
     const std::vector<std::string>& guest_modules() const { return modules_; }
     const Description& description() const { return desc_; }
-    // The helper process (passt), 0 when there is none.
-    int helper_pid() const;
 
     struct Impl;
 
