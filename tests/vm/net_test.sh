@@ -40,8 +40,11 @@ need ss iproute2
 WORK=${TMPDIR:-/tmp}/ocivm-nettest-$$
 mkdir -p "$WORK"
 export OCIVM_RUNTIME_DIR=$WORK/run
-# The namespaces carry the test's tag: leakcheck.sh finds them by it.
-TAG=${OCIVM_TEST_TAG:-adhoc.vm_net.$$}
+# The namespaces carry the test's tag: leakcheck.sh finds them by it; and
+# so does every process the test starts (the check that no passt is left
+# looks for it), run by ctest or not.
+export OCIVM_TEST_TAG=${OCIVM_TEST_TAG:-adhoc.vm_net.$$}
+TAG=$OCIVM_TEST_TAG
 NSA=ocivm-t.$TAG.a
 NSB=ocivm-t.$TAG.b
 BG=()
@@ -145,7 +148,7 @@ guest_cmd() {  # guest_cmd HOST-URL... PAGE
 }
 
 # ---------------------------------------------------------------- 1
-SP=$(serve host 127.0.0.1)
+SP=$(serve host 127.0.0.1) || fail "${SP#FAIL: }"
 HOSTPAGE=page-of-host
 # start_vm NAME MODE PAGE: in the background, ports in $NAME.ports ("HTTP STOP")
 start_vm() {
@@ -157,13 +160,21 @@ start_vm() {
       -- sh -c "$(guest_cmd "http://10.0.2.2:$SP/index.html" "$page")" > "$WORK/$name.out" 2> "$WORK/$name.err" &
     echo $! > "$WORK/$name.pid"
     BG+=($!)
-    # a port taken between the pick and passt's bind: pick again
-    sleep 1
-    if ! kill -0 "$(cat "$WORK/$name.pid")" 2>/dev/null && grep -q "already in use" "$WORK/$name.err"; then
+    # Until both forwards listen (passt or QEMU bound them) or ocivm has
+    # exited; a port taken between the pick and the bind: pick again.
+    local i
+    for i in $(seq 600); do
+      [ -n "$(ss -Htln "sport = :$hp")" ] && [ -n "$(ss -Htln "sport = :$cp")" ] && return 0
+      kill -0 "$(cat "$WORK/$name.pid")" 2>/dev/null || break
+      sleep 0.1
+    done
+    if grep -q "already in use" "$WORK/$name.err"; then
+      wait "$(cat "$WORK/$name.pid")" 2>/dev/null
       echo "  ($name: port taken meanwhile, again with other ports)"
       continue
     fi
-    return 0
+    show "$name"
+    fail "$name: its forwards 127.0.0.1:$hp and :$cp did not come to listen within 60 s"
   done
   fail "$name: no free ports after 3 tries"
 }
@@ -176,12 +187,19 @@ for v in pa pb sl; do
   mode=$([ $v = sl ] && echo slirp || echo passt)
   check "$v ($mode): the guest's httpd on port 80 answers on the host's 127.0.0.1:$hp" \
     wait_page "http://127.0.0.1:$hp/" "guest-page-$v" $until
-  check "$v ($mode): ocivm records the forward and the guest address in network.json" \
-    grep -q "\"mode\":\"$mode\".*\"127.0.0.1:$hp->80/tcp\"" "$WORK/run/vms/$v/network.json"
+  check "$v ($mode): ocivm records the mode, the guest address and both forwards in network.json" \
+    [ "$(json_field "$WORK/run/vms/$v/network.json" "(j['mode'], j['address'], j['gateway'], sorted(j['ports']) ==
+                      sorted(['127.0.0.1:$hp->80/tcp', '127.0.0.1:$cp->81/tcp']))")" = "('$mode', '10.0.2.15/24', '10.0.2.2', True)" ]
 done
 listeners() { ss -Htln "sport = :$1" | awk '{print $4}' | sort -u | tr '\n' ' '; }
-PA_HP=$(cut -d' ' -f1 "$WORK/pa.ports")
-check "passt: the forward listens on 127.0.0.1 only (no wildcard bind)" [ "$(listeners "$PA_HP")" = "127.0.0.1:$PA_HP " ]
+for v in pa sl; do
+  read -r hp cp < "$WORK/$v.ports"
+  mode=$([ $v = sl ] && echo slirp || echo passt)
+  check "$mode: -p 127.0.0.1:$hp:80 listens on 127.0.0.1 only (got: $(listeners "$hp"))" \
+    [ "$(listeners "$hp")" = "127.0.0.1:$hp " ]
+  check "$mode: -p $cp:81 (no address) listens on 127.0.0.1 only, by default (got: $(listeners "$cp"))" \
+    [ "$(listeners "$cp")" = "127.0.0.1:$cp " ]
+done
 for v in pa pb sl; do
   read -r hp cp < "$WORK/$v.ports"
   stop_guest "$cp" "$(cat "$WORK/$v.pid")"
@@ -254,8 +272,8 @@ ip -n "$NSA" link add eth0 type veth peer name eth0 netns "$NSB" || fail "cannot
 ip -n "$NSA" addr add 192.168.211.1/24 dev eth0
 ip -n "$NSB" addr add 192.168.211.2/24 dev eth0
 for ns in "$NSA" "$NSB"; do ip -n "$ns" link set lo up; ip -n "$ns" link set eth0 up; done
-APORT=$(serve in-a 0.0.0.0 "$NSA")
-BPORT=$(serve in-b 192.168.211.2 "$NSB")
+APORT=$(serve in-a 0.0.0.0 "$NSA") || fail "${APORT#FAIL: }"
+BPORT=$(serve in-b 192.168.211.2 "$NSB") || fail "${BPORT#FAIL: }"
 # A fresh namespace: every port is free, fixed numbers are fine.
 ip netns exec "$NSA" timeout 300 "$OCIVM" run --name br --network bridge --subnet 10.123.0.0/24 \
   -p 127.0.0.1:8080:80 -p 0.0.0.0:8081:80 -p 127.0.0.1:8082:81 "$DEMO" \
