@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,9 +18,12 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
+#include "net/hash.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/paths.h"
@@ -28,12 +32,6 @@
 namespace ocivm::net {
 
 namespace {
-
-uint32_t fnv1a(const std::string& s) {
-    uint32_t h = 2166136261u;
-    for (unsigned char c : s) h = (h ^ c) * 16777619u;
-    return h;
-}
 
 uint32_t mask_of(unsigned prefix) { return prefix == 0 ? 0 : ~uint32_t{0} << (32 - prefix); }
 
@@ -114,27 +112,39 @@ std::vector<std::string> host_nameservers() {
     return out;
 }
 
+// nft's limit for a comment, and the kernel's for an interface alias
+// (IFALIASZ - 1).
+constexpr size_t kNftCommentMax = 128;
+constexpr size_t kIfAliasMax = 255;
+
+// s cut to at most max bytes, with what nft's string syntax or a one-line
+// `ip -o link` could not carry ('"', '\\', control characters) as '?'.
+std::string printable(const std::string& s, size_t max) {
+    std::string out = s.substr(0, max);
+    for (char& c : out)
+        if (c == '"' || c == '\\' || static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+    return out;
+}
+
 }  // namespace
 
-std::string host_device_name(const std::string& vm_name) {
+std::string host_device_name(const std::string& state_dir) {
     char buf[16];
-    std::snprintf(buf, sizeof buf, "ocivm%08x", fnv1a(vm_name));
+    std::snprintf(buf, sizeof buf, "ocivm%08x", fnv1a(state_dir));
     return buf;
 }
 
-std::string nft_table_name(const std::string& vm_name) {
+std::string nft_table_name(const std::string& vm_name, const std::string& state_dir) {
     std::string s;
-    for (char c : vm_name) s += std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' ? c : '_';
-    if (s != vm_name || s.size() > 40) {
-        char h[10];
-        std::snprintf(h, sizeof h, "%08x", fnv1a(vm_name));
-        s = s.substr(0, 31) + "-" + h;
-    }
-    return "ocivm-" + s;
+    for (char c : vm_name.substr(0, 31))
+        s += std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' ? c : '_';
+    char h[10];
+    std::snprintf(h, sizeof h, "%08x", fnv1a(state_dir));
+    return "ocivm-" + s + "-" + h;
 }
 
-std::string nft_ruleset(const std::string& table, const std::string& host_dev, uint32_t guest_ip, uint32_t net_base,
-                        unsigned prefix, const std::vector<PortForward>& ports) {
+std::string nft_ruleset(const std::string& table, const std::string& owner, const std::string& host_dev,
+                        uint32_t guest_ip, uint32_t net_base, unsigned prefix, const std::vector<PortForward>& ports) {
     std::string dnat;
     for (auto& p : ports) {
         // 0.0.0.0: every local address, and only those (a connection this
@@ -145,6 +155,7 @@ std::string nft_ruleset(const std::string& table, const std::string& host_dev, u
     }
     std::string q = "\"" + host_dev + "\"";
     std::string s = "table ip " + table + " {\n";
+    s += "\tcomment \"" + printable(owner, kNftCommentMax) + "\"\n";
     s += "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n" + dnat + "\t}\n";
     s += "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n" + dnat + "\t}\n";
     s += "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n";
@@ -182,16 +193,30 @@ Bridge::Bridge(const NetworkOptions& o) {
     } catch (const SpecError& e) {
         throw Error(e.what());
     }
-    host_dev_ = host_device_name(o.vm_name);
-    table_ = nft_table_name(o.vm_name);
-    // A VM of this name that was killed left these; none of a live VM can
-    // have them (the state directory's lock makes names unique).
+    // The state directory StateDir makes when there is none (an absolute
+    // path: the same directory gives the same names from any cwd).
+    std::string owner = o.state_dir.empty() ? runtime_dir() + "/vms/" + o.vm_name : o.state_dir;
+    if (owner.front() != '/') owner = std::filesystem::absolute(owner).lexically_normal().string();
+    host_dev_ = host_device_name(owner);
+    table_ = nft_table_name(o.vm_name, owner);
+    // The names are looked up in this thread's namespace, by ip and nft as
+    // by the destructor; net::cleanup must be in the same one to use them.
+    struct stat ns;
+    if (::stat("/proc/thread-self/ns/net", &ns) < 0) throw_errno("cannot stat /proc/thread-self/ns/net", errno);
+    host_netns_dev_ = ns.st_dev;
+    host_netns_ino_ = ns.st_ino;
+    // A VM of this state directory in this namespace that was killed left
+    // these; none of a live VM can have them (the state directory's lock).
     remove_leftovers(host_dev_, table_);
     // Recorded before anything is made, so a kill -9 at any point below
     // leaves a record net::cleanup can work from.
-    if (!o.state_dir.empty())
-        write_file_atomic(o.state_dir + "/network.json",
-                          "{\"mode\":\"bridge\",\"host_device\":\"" + host_dev_ + "\",\"nft_table\":\"" + table_ + "\"}\n");
+    if (!o.state_dir.empty()) {
+        nlohmann::json rec = {{"mode", "bridge"},
+                              {"host_device", host_dev_},
+                              {"nft_table", table_},
+                              {"host_netns", {{"dev", host_netns_dev_}, {"ino", host_netns_ino_}}}};
+        write_file_atomic(o.state_dir + "/network.json", rec.dump() + "\n");
+    }
     try {
         // One allocator at a time: the /30 is taken once the veth end has it.
         std::string lock_path = runtime_dir() + "/net.lock";
@@ -239,7 +264,8 @@ Bridge::Bridge(const NetworkOptions& o) {
         // the veth once DNAT has rewritten them (the device's own setting,
         // gone with it).
         write_sysctl("/proc/sys/net/ipv4/conf/" + host_dev_ + "/route_localnet", "1");
-        run_or_throw({"ip", "link", "set", host_dev_, "up"}, "bringing up " + host_dev_);
+        run_or_throw({"ip", "link", "set", host_dev_, "alias", printable(owner, kIfAliasMax), "up"},
+                     "bringing up " + host_dev_);
         on_netns_thread(netns_.get(), [] {
             run_or_throw({"ip", "-batch", "-"}, "setting up the VM's namespace",
                          "link set lo up\n"
@@ -264,7 +290,7 @@ Bridge::Bridge(const NetworkOptions& o) {
         }
         made_table_ = true;
         run_or_throw({"nft", "-f", "-"}, "adding nftables table " + table_,
-                     nft_ruleset(table_, host_dev_, guest_ip(), net_, 30, o.ports));
+                     nft_ruleset(table_, owner, host_dev_, guest_ip(), net_, 30, o.ports));
         dns_ = host_nameservers();
         if (dns_.empty())
             std::fprintf(stderr, "ocivm: warning: --network bridge: the host's /etc/resolv.conf has no name server "

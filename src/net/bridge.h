@@ -6,6 +6,9 @@
 // table per VM masquerades the /30 and DNATs the -p forwards. Everything
 // but the table and the host's veth end vanishes with the last fd; those
 // two are removed by the destructor, or by net::cleanup after a kill -9.
+// Both carry the VM's state directory (the table as its comment, the
+// device as its alias): whose they are is visible in `nft list table` and
+// `ip link`, and the test suite's leak check judges only its own.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -30,6 +33,9 @@ public:
     const std::string& host_device() const { return host_dev_; }
     const std::string& nft_table() const { return table_; }
     const std::string& netns_text() const { return netns_text_; }
+    // The namespace the host device and the table are in (this process's).
+    uint64_t host_netns_dev() const { return host_netns_dev_; }
+    uint64_t host_netns_ino() const { return host_netns_ino_; }
 
     // Removes the host device and the nft table if they exist; never throws.
     static void remove_leftovers(const std::string& host_dev, const std::string& table);
@@ -38,6 +44,7 @@ private:
     void teardown() noexcept;
 
     std::string host_dev_, table_, netns_text_;
+    uint64_t host_netns_dev_ = 0, host_netns_ino_ = 0;
     std::vector<std::string> dns_;
     uint32_t net_ = 0;
     UniqueFd netns_, tap_;

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,6 +15,7 @@
 
 #include "guest/net_arg.h"
 #include "net/bridge.h"
+#include "net/hash.h"
 #include "util/clock.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -92,12 +94,6 @@ bool have_default_route() {
         pos = nl;
     }
     return false;
-}
-
-uint32_t fnv1a(const std::string& s) {
-    uint32_t h = 2166136261u;
-    for (unsigned char c : s) h = (h ^ c) * 16777619u;
-    return h;
 }
 
 }  // namespace
@@ -234,6 +230,8 @@ Network::Network(const NetworkOptions& o) : impl_(std::make_unique<Impl>()) {
         desc_.host_device = b.host_device();
         desc_.nft_table = b.nft_table();
         desc_.netns = b.netns_text();
+        desc_.host_netns_dev = b.host_netns_dev();
+        desc_.host_netns_ino = b.host_netns_ino();
     }
     kargs_ = {guest::format_net_arg(arg)};
     if (!o.state_dir.empty()) {
@@ -247,8 +245,6 @@ Network::Network(const NetworkOptions& o) : impl_(std::make_unique<Impl>()) {
 
 Network::~Network() = default;
 
-int Network::helper_pid() const { return impl_ && impl_->passt.running() ? impl_->passt.pid() : 0; }
-
 std::string Description::to_json() const {
     nlohmann::json j = {{"mode", mode}, {"ports", ports}};
     if (!address.empty()) j["address"] = address;
@@ -257,21 +253,40 @@ std::string Description::to_json() const {
     if (!host_device.empty()) j["host_device"] = host_device;
     if (!netns.empty()) j["netns"] = netns;
     if (!nft_table.empty()) j["nft_table"] = nft_table;
+    if (host_netns_ino) j["host_netns"] = {{"dev", host_netns_dev}, {"ino", host_netns_ino}};
     return j.dump();
 }
 
-void cleanup(const std::string& state_dir) {
+std::string cleanup(const std::string& state_dir) {
     std::string text;
     try {
         text = read_file(state_dir + "/network.json");
     } catch (const Error&) {
-        return;
+        return "";
     }
     nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-    if (!j.is_object() || j.value("mode", std::string()) != "bridge") return;
-    Bridge::remove_leftovers(j.value("host_device", std::string()), j.value("nft_table", std::string()));
+    if (!j.is_object() || j.value("mode", std::string()) != "bridge") return "";
+    std::string dev = j.value("host_device", std::string()), table = j.value("nft_table", std::string());
+    uint64_t rec_dev = 0, rec_ino = 0;
+    if (auto n = j.find("host_netns"); n != j.end() && n->is_object()) {
+        rec_dev = n->value("dev", uint64_t{0});
+        rec_ino = n->value("ino", uint64_t{0});
+    }
+    struct stat self;
+    bool here = rec_ino != 0 && ::stat("/proc/thread-self/ns/net", &self) == 0 && self.st_dev == rec_dev &&
+                self.st_ino == rec_ino;
+    if (!here) {
+        std::string where = rec_ino ? "network namespace net:[" + std::to_string(rec_ino) + "]"
+                                    : "a network namespace the record does not name (an older ocivm's)";
+        return "the bridged VM of " + state_dir + " ran in " + where +
+               ", not this one: its nft table ip " + table + " and device " + dev +
+               " may still be there; run ocivm from that namespace (ip netns exec NAME ocivm ...), or there: nft "
+               "delete table ip " + table + "; ip link del " + dev;
+    }
+    Bridge::remove_leftovers(dev, table);
     // Done: a later clean-up of the same directory need not run nft again.
     ::unlink((state_dir + "/network.json").c_str());
+    return "";
 }
 
 }  // namespace ocivm::net

@@ -91,6 +91,10 @@ struct Description {
     std::vector<std::string> dns;
     std::vector<std::string> ports;  // PortForward::text()
     std::string host_device, netns, nft_table;  // bridge
+    // bridge: the network namespace host_device and nft_table are in (that
+    // of the ocivm that set it up), st_dev and st_ino of its ns/net file:
+    // net::cleanup touches them only from that namespace.
+    uint64_t host_netns_dev = 0, host_netns_ino = 0;
     std::string to_json() const;
 };
 
@@ -111,8 +115,6 @@ public:
     // initramfs builder).
     const std::vector<std::string>& guest_modules() const { return modules_; }
     const Description& description() const { return desc_; }
-    // The helper process (passt), 0 when there is none.
-    int helper_pid() const;
 
     struct Impl;
 
@@ -124,19 +126,29 @@ private:
 };
 
 // Removes what a VM's network left when its ocivm could not (kill -9):
-// the nft table and the host's veth end recorded in STATE_DIR/network.json.
-// Does nothing when there is no record; never throws.
-void cleanup(const std::string& state_dir);
+// the nft table and the host's veth end recorded in STATE_DIR/network.json,
+// and then the record. Only from the network namespace the record names
+// (names are looked up in the caller's namespace: elsewhere they would miss
+// the real objects, or hit another's of the same name): from any other, or
+// for a record that names none, nothing is touched and the record stays;
+// the result then says what is left where and how to remove it. Empty when
+// nothing is left for anyone (no record, not bridged, removed); never throws.
+std::string cleanup(const std::string& state_dir);
 
-// The nftables ruleset of a bridged VM (one table, "ip NAME"): masquerade
-// for the VM's /30 and a DNAT per -p forward, for connections from this
-// host (output) and from elsewhere (prerouting). Exposed for the tests.
-std::string nft_ruleset(const std::string& table, const std::string& host_dev, uint32_t guest_ip,
-                        uint32_t net_base, unsigned prefix, const std::vector<PortForward>& ports);
-// "ocivm-" + the VM's name reduced to [A-Za-z0-9_-], at most 48
-// characters, with a hash of the full name when it had to be changed.
-std::string nft_table_name(const std::string& vm_name);
-// The host's end of the VM's veth pair: "ocivm" + 8 hex digits, 13 characters.
-std::string host_device_name(const std::string& vm_name);
+// The nftables ruleset of a bridged VM (one table, "ip NAME", its comment
+// OWNER: the VM's state directory): masquerade for the VM's /30 and a DNAT
+// per -p forward, for connections from this host (output) and from
+// elsewhere (prerouting). Exposed for the tests.
+std::string nft_ruleset(const std::string& table, const std::string& owner, const std::string& host_dev,
+                        uint32_t guest_ip, uint32_t net_base, unsigned prefix, const std::vector<PortForward>& ports);
+// Host-side names are unique per state directory, not per VM name: two
+// runtime directories (OCIVM_RUNTIME_DIR) may each run a VM "web" in one
+// namespace.
+// "ocivm-" + the VM's name reduced to [A-Za-z0-9_-] (at most 31 of them),
+// "-" and a hash of STATE_DIR: at most 46 characters.
+std::string nft_table_name(const std::string& vm_name, const std::string& state_dir);
+// The host's end of the VM's veth pair: "ocivm" + 8 hex digits of a hash
+// of STATE_DIR, 13 characters (IFNAMSIZ allows 15).
+std::string host_device_name(const std::string& state_dir);
 
 }  // namespace ocivm::net

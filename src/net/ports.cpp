@@ -92,6 +92,8 @@ PortForward parse_port(const std::string& spec) {
 }
 
 void check_ports_free(const std::vector<PortForward>& ports) {
+    // Two forwards of one port are a mistake in the command line whatever
+    // else holds the port: said first, the same on every host.
     for (size_t i = 0; i < ports.size(); ++i) {
         const auto& p = ports[i];
         for (size_t j = 0; j < i; ++j) {
@@ -101,6 +103,8 @@ void check_ports_free(const std::vector<PortForward>& ports) {
                 throw Error("-p " + p.text() + " and -p " + q.text() +
                             " use the same host port; give each forward a host port of its own");
         }
+    }
+    for (const auto& p : ports) {
         sockaddr_in sa{};
         sa.sin_family = AF_INET;
         sa.sin_port = htons(p.host_port);

@@ -87,8 +87,12 @@ void clean_stale_locked(int basefd, const std::string& base) {
         UniqueFd lock(::openat(dir.get(), "lock", O_RDWR | O_CLOEXEC | O_NOFOLLOW));
         if (!lock || ::flock(lock.get(), LOCK_EX | LOCK_NB) < 0) continue;  // running, or not ours
         std::string path = base + "/" + n;
-        net::cleanup(path);  // network: the nft table and veth end a killed bridged VM left
-        if (exists_at(dir.get(), "rm")) {
+        // network: the nft table and veth end a killed bridged VM left; a
+        // VM of another network namespace keeps its directory (and record)
+        // for an ocivm there.
+        std::string net_left = net::cleanup(path);
+        if (!net_left.empty()) spdlog::info("{}", net_left);
+        if (net_left.empty() && exists_at(dir.get(), "rm")) {
             if (int e = remove_tree_at(basefd, n.c_str()))
                 spdlog::warn("cannot remove the state of a VM whose ocivm was killed, {}: {}", path, std::strerror(e));
             else
@@ -153,7 +157,9 @@ void StateDir::remove(const std::string& name) {
     UniqueFd lock(::openat(dir.get(), "lock", O_RDWR | O_CLOEXEC | O_NOFOLLOW));
     if (lock && ::flock(lock.get(), LOCK_EX | LOCK_NB) < 0)
         throw Error("VM '" + name + "' is running; stop it first ('ocivm stop " + name + "') or use 'ocivm rm -f'");
-    net::cleanup(base + "/" + name);  // network: what a killed bridged VM left
+    // network: what a killed bridged VM left; from another namespace the
+    // record goes with the directory, so say what stays where.
+    if (std::string left = net::cleanup(base + "/" + name); !left.empty()) spdlog::warn("{}", left);
     if (int e = remove_tree_at(basefd.get(), name.c_str()))
         throw Error("cannot remove " + base + "/" + name + ": " + std::strerror(e));
 }

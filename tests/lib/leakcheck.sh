@@ -37,23 +37,36 @@ loops_under() {  # loop devices whose backing file is below DIR
 }
 
 # --- network (tests/vm/net_test.sh): the network namespaces a test makes
-# carry its tag in their name (ocivm-t.TAG.*); a bridged VM's host-side
-# veth end (ocivmXXXXXXXX) and nft table (ip ocivm-*) in this namespace
-# are compared before and after the test (the tests make them only inside
-# their own namespaces, so any new one here is a leak).
+# carry its tag in their name (ocivm-t.TAG.*). A bridged VM's host-side veth
+# end (ocivmXXXXXXXX) and nft table (ip ocivm-*) carry the VM's state
+# directory (the link's alias, the table's comment): those in this namespace
+# whose state directory lies below the test's TMPDIR are its leaks. Nothing
+# else is judged: tests run in parallel, and a user may run VMs meanwhile.
 netns_tagged() {  # netns_tagged PREFIX
   ip netns list 2>/dev/null | awk '{print $1}' | grep -F -- "ocivm-t.$1" 2>/dev/null
 }
-net_objects() {
-  ip -o link show 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2); print $2}' | grep -E '^ocivm[0-9a-f]{8}$' | sed 's/^/link /'
-  nft list tables 2>/dev/null | awk '$1 == "table" && $3 ~ /^ocivm-/ {print "nft " $2 " " $3}'
+net_objects_under() {  # net_objects_under DIR-PREFIX: "link NAME", "nft FAMILY TABLE"
+  # ocivm writes the owner as it can be carried: '"', '\' and control
+  # characters as '?', at most 255 (alias) or 128 (comment) bytes
+  local p t fam c
+  p=$(printf '%s' "$1" | tr '"\\\001-\037\177' '[?*]')
+  ip -o link show 2>/dev/null | awk -v p="${p:0:255}" '{
+    name = $2; sub(/:$/, "", name); sub(/@.*/, "", name)
+    if (name !~ /^ocivm[0-9a-f]+$/ || length(name) != 13) next
+    i = index($0, "\\    alias "); if (!i) next
+    a = substr($0, i + 11); j = index(a, "\\"); if (j) a = substr(a, 1, j - 1)
+    if (index(a, p) == 1) print "link " name }'
+  nft list tables 2>/dev/null | awk '$1 == "table" && $3 ~ /^ocivm-/ {print $2, $3}' | while read -r fam t; do
+    c=$(nft list table "$fam" "$t" 2>/dev/null | sed -n 's/^\tcomment "\(.*\)"$/\1/p' | head -1)
+    [[ "$c" == "${p:0:128}"* ]] && echo "nft $fam $t"
+  done
 }
-check_net() {  # check_net TAG-PREFIX BEFORE-LIST
+check_net() {  # check_net TAG-PREFIX DIR-PREFIX
   local ns new o
   ns=$(netns_tagged "$1")
   report "network namespaces" $ns
   for o in $ns; do ip netns del "$o" 2>/dev/null; done
-  new=$(comm -13 <(printf '%s\n' "$2" | sort) <(net_objects | sort) | grep .)
+  new=$(net_objects_under "$2")
   [ -z "$new" ] && return 0
   report "network devices or nft tables" $(echo "$new" | tr ' ' ':')
   while read -r kind a b; do
@@ -113,7 +126,7 @@ if [ "${1:-}" = "--final" ]; then
   done
   # any process of this suite's tests, whatever its directory
   check_and_clean "OCIVM_TEST_TAG=$suite\..*" "${TMPDIR:-/tmp}/ocivm-t.$suite.none"
-  check_net "$suite." "$(net_objects)"  # network: namespaces of this suite's tests
+  check_net "$suite." "${TMPDIR:-/tmp}/ocivm-t.$suite."  # network: of any of this suite's tests
   report "temporary directories" $left
   for d in $left; do rm -rf "$d"; done
   [ $leaked -eq 0 ] && echo "no test left a process, mount, loop device, socket or network namespace behind"
@@ -124,11 +137,10 @@ name=${1:?test name}; shift
 base=${TMPDIR:-/tmp}
 dir=$(mktemp -d "$base/ocivm-t.$suite.$name.XXXXXX") || { echo "leakcheck: cannot create a directory in $base" >&2; exit 1; }
 tag="$suite.$name.$$.${dir##*.}"
-net_before=$(net_objects)  # network
 OCIVM_TEST_TAG=$tag TMPDIR=$dir "$@"
 rc=$?
 check_and_clean "OCIVM_TEST_TAG=$tag" "$dir"
-check_net "$tag" "$net_before"  # network
+check_net "$tag" "$dir/"  # network
 [ $leaked -eq 0 ] && rm -rf "$dir"
 if [ $leaked -ne 0 ]; then
   echo "FAIL: $name left the above behind (cleaned up now)" >&2

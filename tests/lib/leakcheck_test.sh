@@ -51,18 +51,41 @@ check "a mount leaked in a TMPDIR named 'in $weird' fails the test (exit $rc)" [
 check "... is reported" grep -q "LEAK: the test left mounts behind" "$WORK/spaced.err"
 check "... and is unmounted" no_mounts_under "$WORK/in $weird"
 
-# --- network: a namespace named with the test's tag, a bridged VM's veth
-# end and nft table left in this namespace fail the test and are removed.
-inner "$WORK/net" netleak 'ip netns add "ocivm-t.$OCIVM_TEST_TAG.x" && ip link add ocivm0badf00d type veth peer name ocvleakpeer &&
-                           nft add table ip ocivm-leakself'
+# --- network: a namespace named with the test's tag, and a bridged VM's
+# veth end and nft table whose owner (alias, comment: the VM's state
+# directory) lies below the test's TMPDIR fail the test and are removed;
+# ocivm objects of another owner (a user's VM started meanwhile, a test
+# running beside it) are neither reported nor touched. Each case runs in a
+# network namespace of its own (unshare -n), where leakcheck.sh judges it:
+# its devices and tables are never seen by, nor mistaken for, another
+# test's; afterwards what is left there is listed in NAME.links and
+# NAME.tables.
+inner_net() {  # inner_net NAME CMD
+  local name=$1
+  mkdir -p "$WORK/$name"
+  unshare -n bash -c 'TMPDIR=$1 "$2" "$3" bash -c "$4"; rc=$?
+    ip -o link show > "$5.links"; nft list tables > "$5.tables"; exit $rc' \
+    _ "$WORK/$name" "$HERE/leakcheck.sh" "$name" "$2" "$WORK/$name" > /dev/null 2> "$WORK/$name.err"
+  rc=$?
+}
+inner_net netleak 'ip netns add "ocivm-t.$OCIVM_TEST_TAG.x" &&
+  ip link add ocivm0badf00d type veth peer name ocvleakpeer && ip link set ocivm0badf00d alias "$TMPDIR/run/vms/x" &&
+  printf "table ip ocivm-leakself-0badf00d {\n comment \"%s\"\n}\n" "$TMPDIR/run/vms/x" | nft -f - &&
+  ip link add ocivm0000beef type veth peer name ocvuserpeer && ip link set ocivm0000beef alias /run/ocivm/vms/web &&
+  printf "table ip ocivm-web-0000beef {\n comment \"/run/ocivm/vms/web\"\n}\n" | nft -f - &&
+  printf "table ip ocivm-other-0000cafe {\n}\n" | nft -f -'
 check "a leaked network namespace, veth end and nft table fail the test (exit $rc)" [ $rc -ne 0 ]
 check "... the namespace is reported" grep -q "LEAK: the test left network namespaces behind" "$WORK/netleak.err"
 check "... the device and table are reported" \
   bash -c "grep 'LEAK: the test left network devices or nft tables behind' '$WORK/netleak.err' | grep -q 'link:ocivm0badf00d' &&
-           grep 'network devices' '$WORK/netleak.err' | grep -q 'nft:ip:ocivm-leakself'"
+           grep 'network devices' '$WORK/netleak.err' | grep -q 'nft:ip:ocivm-leakself-0badf00d'"
 check "... and all three are removed" bash -c "! ip netns list | grep -q 'ocivm-t\..*netleak' &&
-  ! ip link show ocivm0badf00d 2>/dev/null && ! nft list table ip ocivm-leakself 2>/dev/null"
-inner "$WORK/netok" netok 'ip netns add "ocivm-t.$OCIVM_TEST_TAG.x" && ip netns del "ocivm-t.$OCIVM_TEST_TAG.x"'
+  ! grep -q 'ocivm0badf00d' '$WORK/netleak.links' && ! grep -q ocivm-leakself '$WORK/netleak.tables'"
+check "another owner's device and tables are not reported" \
+  bash -c "! grep -E 'ocivm0000beef|ocivm-web|ocivm-other' '$WORK/netleak.err'"
+check "... nor removed" bash -c "grep -q 'ocivm0000beef' '$WORK/netleak.links' &&
+  grep -qx 'table ip ocivm-web-0000beef' '$WORK/netleak.tables' && grep -qx 'table ip ocivm-other-0000cafe' '$WORK/netleak.tables'"
+inner_net netok 'ip netns add "ocivm-t.$OCIVM_TEST_TAG.x" && ip netns del "ocivm-t.$OCIVM_TEST_TAG.x"'
 check "a test that removes its namespace passes (exit $rc)" [ $rc -eq 0 ]
 # --- end network
 

@@ -5,13 +5,16 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <string>
 
 #include "guest/net_arg.h"
 #include "net/network.h"
+#include "test_util.h"
 #include "util/error.h"
+#include "util/paths.h"
 #include "util/unique_fd.h"
 
 using namespace ocivm;
@@ -97,7 +100,14 @@ TEST(NetPorts, PortInUseIsRefusedWithItsNumber) {
     // The same number over udp is another port.
     uint16_t uport;
     UniqueFd uheld = bound(SOCK_DGRAM, &uport, false);
-    EXPECT_THROW(net::check_ports_free({net::parse_port(std::to_string(uport) + ":53/udp")}), Error);
+    try {
+        net::check_ports_free({net::parse_port(std::to_string(uport) + ":53/udp")});
+        FAIL() << "a udp port held by a socket passed the check";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("udp port " + std::to_string(uport) + " on 127.0.0.1 is already in use"),
+                  std::string::npos)
+            << e.what();
+    }
 }
 
 TEST(NetPorts, FreePortPassesAndStaysFree) {
@@ -110,8 +120,26 @@ TEST(NetPorts, FreePortPassesAndStaysFree) {
 }
 
 TEST(NetPorts, SameHostPortTwiceIsRefused) {
-    EXPECT_THROW(net::check_ports_free({net::parse_port("40001:80"), net::parse_port("40001:81")}), Error);
-    EXPECT_THROW(net::check_ports_free({net::parse_port("0.0.0.0:40001:80"), net::parse_port("40001:81")}), Error);
+    // A port this test holds: the duplicate is what must be reported, not
+    // that something holds the port (which a fixed number could be, by
+    // anything, and any Error passed).
+    uint16_t port;
+    UniqueFd held = bound(SOCK_STREAM, &port, true);
+    std::string n = std::to_string(port);
+    auto refusal = [](const std::vector<PortForward>& ports) {
+        try {
+            net::check_ports_free(ports);
+        } catch (const Error& e) {
+            return std::string(e.what());
+        }
+        return std::string("(accepted)");
+    };
+    EXPECT_EQ(refusal({net::parse_port(n + ":80"), net::parse_port(n + ":81")}),
+              "-p 127.0.0.1:" + n + "->81/tcp and -p 127.0.0.1:" + n +
+                  "->80/tcp use the same host port; give each forward a host port of its own");
+    EXPECT_EQ(refusal({net::parse_port("0.0.0.0:" + n + ":80"), net::parse_port(n + ":81")}),
+              "-p 127.0.0.1:" + n + "->81/tcp and -p 0.0.0.0:" + n +
+                  "->80/tcp use the same host port; give each forward a host port of its own");
 }
 
 TEST(NetPorts, UnknownHostAddressIsRefused) {
@@ -166,9 +194,13 @@ TEST(NetGuestArg, RoundTrip) {
 }
 
 TEST(NetBridge, RulesetScopedToTheVm) {
-    std::string rules = net::nft_ruleset("ocivm-web", "ocivm1234abcd", 0x0a590006, 0x0a590004, 30,
+    std::string rules = net::nft_ruleset("ocivm-web", "/run/x\"y\\z\n/vms/web", "ocivm1234abcd", 0x0a590006,
+                                         0x0a590004, 30,
                                          {net::parse_port("8080:80"), net::parse_port("0.0.0.0:5353:53/udp")});
-    EXPECT_NE(rules.find("table ip ocivm-web {"), std::string::npos) << rules;
+    EXPECT_NE(rules.find("table ip ocivm-web {\n\tcomment \"/run/x?y?z?/vms/web\"\n"), std::string::npos) << rules;
+    // The comment is cut to nft's 128 characters, which it accepts.
+    std::string longer = net::nft_ruleset("t", std::string(300, 'a'), "d", 0x0a590006, 0x0a590004, 30, {});
+    EXPECT_NE(longer.find("comment \"" + std::string(128, 'a') + "\"\n"), std::string::npos) << longer;
     EXPECT_NE(rules.find("ip daddr 127.0.0.1 tcp dport 8080 dnat to 10.89.0.6:80"), std::string::npos) << rules;
     EXPECT_NE(rules.find("fib daddr type local udp dport 5353 dnat to 10.89.0.6:53"), std::string::npos) << rules;
     EXPECT_NE(rules.find("ip saddr 10.89.0.4/30 oifname != \"ocivm1234abcd\" masquerade"), std::string::npos) << rules;
@@ -181,17 +213,84 @@ TEST(NetBridge, RulesetScopedToTheVm) {
 }
 
 TEST(NetBridge, Names) {
-    EXPECT_EQ(net::nft_table_name("web"), "ocivm-web");
-    std::string odd = net::nft_table_name("a b;{}\"x");
+    std::string web = net::nft_table_name("web", "/run/ocivm/vms/web");
+    EXPECT_EQ(web.rfind("ocivm-web-", 0), 0u) << web;
+    EXPECT_EQ(web.size(), std::string("ocivm-web-").size() + 8) << web;
+    std::string odd = net::nft_table_name("a b;{}\"x", "/run/ocivm/vms/a b;{}\"x");
     EXPECT_EQ(odd.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"),
               std::string::npos)
         << odd;
-    EXPECT_NE(net::nft_table_name("a b"), net::nft_table_name("a_b"));  // the hash tells them apart
-    EXPECT_LE(net::nft_table_name(std::string(300, 'x')).size(), 48u);
-    std::string dev = net::host_device_name("web");
+    // the hash tells apart names that read the same once reduced
+    EXPECT_NE(net::nft_table_name("a b", "/r/vms/a b"), net::nft_table_name("a_b", "/r/vms/a_b"));
+    EXPECT_LE(net::nft_table_name(std::string(300, 'x'), "/r/vms/" + std::string(300, 'x')).size(), 46u);
+    std::string dev = net::host_device_name("/run/ocivm/vms/web");
     EXPECT_EQ(dev.size(), 13u);
     EXPECT_EQ(dev.rfind("ocivm", 0), 0u);
-    EXPECT_NE(dev, net::host_device_name("web2"));
+    EXPECT_NE(dev, net::host_device_name("/run/ocivm/vms/web2"));
+    // The same VM name in two runtime directories (OCIVM_RUNTIME_DIR): two
+    // VMs that may run at once in one namespace, so different names.
+    EXPECT_NE(net::host_device_name("/tmp/a/vms/web"), net::host_device_name("/tmp/b/vms/web"));
+    EXPECT_NE(net::nft_table_name("web", "/tmp/a/vms/web"), net::nft_table_name("web", "/tmp/b/vms/web"));
+}
+
+namespace {
+// A state directory holding a bridged VM's network.json with HOST_NETNS.
+struct BridgeRecord {
+    std::string dir = test::make_temp_dir();
+    explicit BridgeRecord(const std::string& host_netns) {
+        std::string id = std::to_string(::getpid());
+        write_file_atomic(dir + "/network.json", "{\"mode\":\"bridge\",\"host_device\":\"ocivmunit" + id.substr(0, 4) +
+                                                     "\",\"nft_table\":\"ocivm-unittest-" + id + "\"" + host_netns + "}\n");
+    }
+    ~BridgeRecord() { test::remove_tree(dir); }
+    bool kept() const { return ::access((dir + "/network.json").c_str(), F_OK) == 0; }
+};
+struct stat own_netns() {
+    struct stat st{};
+    EXPECT_EQ(::stat("/proc/thread-self/ns/net", &st), 0);
+    return st;
+}
+}  // namespace
+
+TEST(NetCleanup, OnlyInTheNamespaceTheRecordNames) {
+    struct stat ns = own_netns();
+    {
+        // Another namespace's record: nothing looked up here, the record stays.
+        BridgeRecord other(",\"host_netns\":{\"dev\":" + std::to_string(ns.st_dev) +
+                           ",\"ino\":" + std::to_string(ns.st_ino + 1) + "}");
+        std::string left = net::cleanup(other.dir);
+        EXPECT_TRUE(other.kept());
+        EXPECT_NE(left.find("net:[" + std::to_string(ns.st_ino + 1) + "]"), std::string::npos) << left;
+        EXPECT_NE(left.find("nft delete table ip ocivm-unittest-"), std::string::npos) << left;
+    }
+    {
+        // An older ocivm's record names no namespace: not ours to judge.
+        BridgeRecord old("");
+        EXPECT_NE(net::cleanup(old.dir), "");
+        EXPECT_TRUE(old.kept());
+    }
+    {
+        // This namespace's: cleaned (nothing of these names exists) and consumed.
+        BridgeRecord here(",\"host_netns\":{\"dev\":" + std::to_string(ns.st_dev) +
+                          ",\"ino\":" + std::to_string(ns.st_ino) + "}");
+        EXPECT_EQ(net::cleanup(here.dir), "");
+        EXPECT_FALSE(here.kept());
+    }
+    {
+        BridgeRecord none("");
+        test::remove_tree(none.dir + "/network.json");
+        EXPECT_EQ(net::cleanup(none.dir), "");
+    }
+}
+
+TEST(NetCleanup, DescriptionRecordsTheHostNamespace) {
+    net::Description d;
+    d.mode = "bridge";
+    d.host_netns_dev = 4;
+    d.host_netns_ino = 4026531840u;
+    EXPECT_NE(d.to_json().find("\"host_netns\":{\"dev\":4,\"ino\":4026531840}"), std::string::npos) << d.to_json();
+    d.host_netns_ino = 0;
+    EXPECT_EQ(d.to_json().find("host_netns"), std::string::npos) << d.to_json();
 }
 
 TEST(NetQemu, ArgsPerBackend) {
@@ -223,6 +322,11 @@ TEST(NetNetwork, NoneMakesNothingAndRefusesPorts) {
     EXPECT_FALSE(none.qemu().active());
     EXPECT_TRUE(none.kernel_args().empty());
     EXPECT_TRUE(none.guest_modules().empty());
-    o.ports = {net::parse_port("40003:80")};
-    EXPECT_THROW(net::Network{o}, Error);
+    o.ports = {net::parse_port("40003:80")};  // refused before any port is looked at
+    try {
+        net::Network refused(o);
+        FAIL() << "-p with --network none was accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("-p needs a network"), std::string::npos) << e.what();
+    }
 }

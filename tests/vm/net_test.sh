@@ -15,7 +15,10 @@
 #   3. --network bridge in namespace A: the guest reaches a server in A
 #      (its gateway) and one in namespace B (routed and masqueraded), -p
 #      forwards from A's loopback and from B; nothing left afterwards;
-#      after a kill -9 of ocivm, the next ocivm removes the nft table
+#      after a kill -9 of ocivm, the next ocivm removes the nft table;
+#      run -d in A and a kill -9 of its supervisor: an ocivm in namespace B
+#      leaves the record and B's table of the same name alone, `ocivm rm`
+#      in A removes A's table
 #   4. --network bridge as a user: refused, exit 125
 #   net_test.sh OCIVM DEMO_IMAGE
 set -uo pipefail
@@ -37,8 +40,11 @@ need ss iproute2
 WORK=${TMPDIR:-/tmp}/ocivm-nettest-$$
 mkdir -p "$WORK"
 export OCIVM_RUNTIME_DIR=$WORK/run
-# The namespaces carry the test's tag: leakcheck.sh finds them by it.
-TAG=${OCIVM_TEST_TAG:-adhoc.vm_net.$$}
+# The namespaces carry the test's tag: leakcheck.sh finds them by it; and
+# so does every process the test starts (the check that no passt is left
+# looks for it), run by ctest or not.
+export OCIVM_TEST_TAG=${OCIVM_TEST_TAG:-adhoc.vm_net.$$}
+TAG=$OCIVM_TEST_TAG
 NSA=ocivm-t.$TAG.a
 NSB=ocivm-t.$TAG.b
 BG=()
@@ -123,6 +129,10 @@ stop_guest() {
   return 1
 }
 
+json_field() { # JSON-FILE PYTHON-EXPR (j is the parsed document)
+  python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"
+}
+
 show() { echo "  --- $1: rc=$(cat "$WORK/$1.rc" 2>/dev/null)"; sed 's/^/  out| /' "$WORK/$1.out" | head -20
          grep -v "KVM is not usable" "$WORK/$1.err" | sed 's/^/  err| /' | head -30; }
 
@@ -138,7 +148,7 @@ guest_cmd() {  # guest_cmd HOST-URL... PAGE
 }
 
 # ---------------------------------------------------------------- 1
-SP=$(serve host 127.0.0.1)
+SP=$(serve host 127.0.0.1) || fail "${SP#FAIL: }"
 HOSTPAGE=page-of-host
 # start_vm NAME MODE PAGE: in the background, ports in $NAME.ports ("HTTP STOP")
 start_vm() {
@@ -150,13 +160,21 @@ start_vm() {
       -- sh -c "$(guest_cmd "http://10.0.2.2:$SP/index.html" "$page")" > "$WORK/$name.out" 2> "$WORK/$name.err" &
     echo $! > "$WORK/$name.pid"
     BG+=($!)
-    # a port taken between the pick and passt's bind: pick again
-    sleep 1
-    if ! kill -0 "$(cat "$WORK/$name.pid")" 2>/dev/null && grep -q "already in use" "$WORK/$name.err"; then
+    # Until both forwards listen (passt or QEMU bound them) or ocivm has
+    # exited; a port taken between the pick and the bind: pick again.
+    local i
+    for i in $(seq 600); do
+      [ -n "$(ss -Htln "sport = :$hp")" ] && [ -n "$(ss -Htln "sport = :$cp")" ] && return 0
+      kill -0 "$(cat "$WORK/$name.pid")" 2>/dev/null || break
+      sleep 0.1
+    done
+    if grep -q "already in use" "$WORK/$name.err"; then
+      wait "$(cat "$WORK/$name.pid")" 2>/dev/null
       echo "  ($name: port taken meanwhile, again with other ports)"
       continue
     fi
-    return 0
+    show "$name"
+    fail "$name: its forwards 127.0.0.1:$hp and :$cp did not come to listen within 60 s"
   done
   fail "$name: no free ports after 3 tries"
 }
@@ -169,12 +187,19 @@ for v in pa pb sl; do
   mode=$([ $v = sl ] && echo slirp || echo passt)
   check "$v ($mode): the guest's httpd on port 80 answers on the host's 127.0.0.1:$hp" \
     wait_page "http://127.0.0.1:$hp/" "guest-page-$v" $until
-  check "$v ($mode): ocivm records the forward and the guest address in network.json" \
-    grep -q "\"mode\":\"$mode\".*\"127.0.0.1:$hp->80/tcp\"" "$WORK/run/vms/$v/network.json"
+  check "$v ($mode): ocivm records the mode, the guest address and both forwards in network.json" \
+    [ "$(json_field "$WORK/run/vms/$v/network.json" "(j['mode'], j['address'], j['gateway'], sorted(j['ports']) ==
+                      sorted(['127.0.0.1:$hp->80/tcp', '127.0.0.1:$cp->81/tcp']))")" = "('$mode', '10.0.2.15/24', '10.0.2.2', True)" ]
 done
 listeners() { ss -Htln "sport = :$1" | awk '{print $4}' | sort -u | tr '\n' ' '; }
-PA_HP=$(cut -d' ' -f1 "$WORK/pa.ports")
-check "passt: the forward listens on 127.0.0.1 only (no wildcard bind)" [ "$(listeners "$PA_HP")" = "127.0.0.1:$PA_HP " ]
+for v in pa sl; do
+  read -r hp cp < "$WORK/$v.ports"
+  mode=$([ $v = sl ] && echo slirp || echo passt)
+  check "$mode: -p 127.0.0.1:$hp:80 listens on 127.0.0.1 only (got: $(listeners "$hp"))" \
+    [ "$(listeners "$hp")" = "127.0.0.1:$hp " ]
+  check "$mode: -p $cp:81 (no address) listens on 127.0.0.1 only, by default (got: $(listeners "$cp"))" \
+    [ "$(listeners "$cp")" = "127.0.0.1:$cp " ]
+done
 for v in pa pb sl; do
   read -r hp cp < "$WORK/$v.ports"
   stop_guest "$cp" "$(cat "$WORK/$v.pid")"
@@ -247,8 +272,8 @@ ip -n "$NSA" link add eth0 type veth peer name eth0 netns "$NSB" || fail "cannot
 ip -n "$NSA" addr add 192.168.211.1/24 dev eth0
 ip -n "$NSB" addr add 192.168.211.2/24 dev eth0
 for ns in "$NSA" "$NSB"; do ip -n "$ns" link set lo up; ip -n "$ns" link set eth0 up; done
-APORT=$(serve in-a 0.0.0.0 "$NSA")
-BPORT=$(serve in-b 192.168.211.2 "$NSB")
+APORT=$(serve in-a 0.0.0.0 "$NSA") || fail "${APORT#FAIL: }"
+BPORT=$(serve in-b 192.168.211.2 "$NSB") || fail "${BPORT#FAIL: }"
 # A fresh namespace: every port is free, fixed numbers are fine.
 ip netns exec "$NSA" timeout 300 "$OCIVM" run --name br --network bridge --subnet 10.123.0.0/24 \
   -p 127.0.0.1:8080:80 -p 0.0.0.0:8081:80 -p 127.0.0.1:8082:81 "$DEMO" \
@@ -260,7 +285,17 @@ check "bridge: the guest's httpd answers on namespace A's 127.0.0.1:8080 (DNAT f
   wait_page http://127.0.0.1:8080/ guest-page-br $((SECONDS + 120)) "$NSA"
 check "bridge: ... and from namespace B on A's 192.168.211.1:8081 (DNAT from prerouting)" \
   wait_page http://192.168.211.1:8081/ guest-page-br $((SECONDS + 20)) "$NSB"
-check "bridge: one nft table for the VM, named after it" bash -c "ip netns exec '$NSA' nft list tables | grep -qx 'table ip ocivm-br'"
+BRT=$(json_field "$WORK/run/vms/br/network.json" "j['nft_table']")
+BRD=$(json_field "$WORK/run/vms/br/network.json" "j['host_device']")
+check "bridge: one nft table for the VM, named after it and its state directory ($BRT)" \
+  bash -c "[[ '$BRT' =~ ^ocivm-br-[0-9a-f]{8}$ ]] && [ \"\$(ip netns exec '$NSA' nft list tables | grep ocivm)\" = 'table ip $BRT' ]"
+check "bridge: the table's comment is the VM's state directory" \
+  bash -c "ip netns exec '$NSA' nft list table ip '$BRT' | grep -qxF \$'\\tcomment \"$WORK/run/vms/br\"'"
+check "bridge: the host's veth end $BRD has the state directory as its alias" \
+  bash -c "ip -n '$NSA' -o link show '$BRD' | grep -qF 'alias $WORK/run/vms/br'"
+check "bridge: network.json names the namespace the table is in (A's)" \
+  [ "$(json_field "$WORK/run/vms/br/network.json" "(j['host_netns']['dev'], j['host_netns']['ino'])")" = \
+    "$(ip netns exec "$NSA" stat -L -c '(%d, %i)' /proc/self/ns/net)" ]
 check "bridge: the host's veth end holds the gateway 10.123.0.1/30" \
   bash -c "ip -n '$NSA' -o addr | grep -E 'ocivm[0-9a-f]{8}' | grep -q 10.123.0.1/30"
 check "bridge: network.json has the guest address, the device and the forwards" \
@@ -285,8 +320,13 @@ ip netns exec "$NSA" "$OCIVM" run --name k9 --network bridge --subnet 10.124.0.0
   > "$WORK/k9.out" 2> "$WORK/k9.err" &
 K9=$!
 BG+=($K9)
-for _ in $(seq 100); do ip netns exec "$NSA" nft list table ip ocivm-k9 > /dev/null 2>&1 && break; sleep 0.2; done
-check "kill -9: the VM's table was there while it ran" bash -c "ip netns exec '$NSA' nft list table ip ocivm-k9 > /dev/null"
+K9T=
+for _ in $(seq 100); do
+  K9T=$(json_field "$WORK/run/vms/k9/network.json" "j['nft_table']" 2>/dev/null)
+  [ -n "$K9T" ] && ip netns exec "$NSA" nft list table ip "$K9T" > /dev/null 2>&1 && break
+  sleep 0.2
+done
+check "kill -9: the VM's table was there while it ran" bash -c "ip netns exec '$NSA' nft list table ip '$K9T' > /dev/null"
 sleep 1
 kill -9 $K9; wait $K9 2>/dev/null
 for _ in $(seq 50); do ip -n "$NSA" -o link | grep -qE 'ocivm[0-9a-f]{8}' || break; sleep 0.2; done
@@ -295,6 +335,37 @@ ip netns exec "$NSA" "$OCIVM" run --rm "$DEMO" -- true > "$WORK/after.out" 2> "$
 echo $? > "$WORK/after.rc"
 check "kill -9: the next ocivm ran" [ "$(cat "$WORK/after.rc")" = 0 ]
 check "kill -9: ... and removed the killed VM's nft table" bash -c "! ip netns exec '$NSA' nft list tables | grep -q ocivm-k9"
+
+# run -d, then kill -9 of its supervisor: the table stays in A with the
+# record. An ocivm in B (whose start cleans up after killed VMs) must not
+# take the record for its own namespace's: B's table of the same name stays,
+# and so does the record, so that `ocivm rm` in A can remove A's table.
+ip netns exec "$NSA" "$OCIVM" run -d --name dk --network bridge --subnet 10.125.0.0/24 "$DEMO" -- sleep 600 \
+  > "$WORK/dk.out" 2> "$WORK/dk.err" < /dev/null
+echo $? > "$WORK/dk.rc"
+if [ "$(cat "$WORK/dk.rc")" = 0 ]; then ok "run -d --network bridge in A"; else bad "run -d --network bridge in A"; show dk; fi
+DKT=$(json_field "$WORK/run/vms/dk/network.json" "j['nft_table']")
+check "run -d: the VM's table is in A" bash -c "ip netns exec '$NSA' nft list table ip '$DKT' > /dev/null"
+ip netns exec "$NSA" "$OCIVM" inspect dk > "$WORK/dk.json"
+DKSUP=$(json_field "$WORK/dk.json" "j[0]['pids']['supervisor']")
+[ "${DKSUP:-0}" -gt 0 ] || fail "inspect dk: no supervisor pid: $(cat "$WORK/dk.json")"
+kill -9 "$DKSUP"
+# (a zombie has no command line: gone, whoever reaps it)
+for _ in $(seq 100); do grep -q . "/proc/$DKSUP/cmdline" 2>/dev/null || break; sleep 0.1; done
+check "run -d: the supervisor is gone after kill -9" bash -c "! grep -q . /proc/$DKSUP/cmdline 2>/dev/null"
+ip netns exec "$NSB" nft add table ip "$DKT" || fail "cannot add table $DKT to namespace $NSB"
+ip netns exec "$NSB" "$OCIVM" run --rm "$DEMO" -- true > "$WORK/inb.out" 2> "$WORK/inb.err"
+echo $? > "$WORK/inb.rc"
+check "an ocivm in B ran (and cleaned up after killed VMs)" [ "$(cat "$WORK/inb.rc")" = 0 ]
+check "... and left B's table of the killed VM's name alone" bash -c "ip netns exec '$NSB' nft list table ip '$DKT' > /dev/null"
+check "... and the record, for A" [ -e "$WORK/run/vms/dk/network.json" ]
+check "... and A's table" bash -c "ip netns exec '$NSA' nft list table ip '$DKT' > /dev/null"
+ip netns exec "$NSA" "$OCIVM" rm dk > "$WORK/rmdk.out" 2> "$WORK/rmdk.err"
+echo $? > "$WORK/rmdk.rc"
+if [ "$(cat "$WORK/rmdk.rc")" = 0 ]; then ok "ocivm rm in A of the killed VM"; else bad "ocivm rm in A of the killed VM"; show rmdk; fi
+check "... removed its nft table from A" bash -c "! ip netns exec '$NSA' nft list tables | grep -q '$DKT'"
+check "... and its state directory" [ ! -e "$WORK/run/vms/dk" ]
+ip netns exec "$NSB" nft delete table ip "$DKT"
 
 # ---------------------------------------------------------------- 4
 setpriv --reuid=65534 --regid=65534 --clear-groups "$OCIVM" run --rm --network bridge "$DEMO" -- true \
