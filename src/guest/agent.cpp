@@ -417,7 +417,11 @@ int agent_main() {
         std::fprintf(stderr, "ocivm-init --agent: cannot open %s: %s\n", dev.c_str(), std::strerror(errno));
         return 1;
     }
-    Agent a(port);
+    return serve_agent(port);
+}
+
+int serve_agent(int fd) {
+    Agent a(fd);
     return a.run();
 }
 
