@@ -48,6 +48,8 @@ struct Session {
     bool in_eof = false;
     uint32_t out_credit = agent::kWindow;
     bool exited = false, abandoned = false;
+    bool forget = false;  // Close: nothing of it is remembered
+    std::string reported;  // an Exit already sent for it (the one an Open re-sent gets)
     int wstatus = 0;
 };
 
@@ -96,8 +98,10 @@ void Agent::hello() {
 
 void Agent::finish(Session& s, const std::string& payload) {
     if (!s.abandoned) send(s.id, Type::Exit, payload);
-    done_[s.id] = payload;
-    done_order_.push_back(s.id);
+    if (!s.forget) {
+        done_[s.id] = s.reported.empty() ? payload : s.reported;
+        done_order_.push_back(s.id);
+    }
     while (done_order_.size() > kRemembered) {
         done_.erase(done_order_.front());
         done_order_.pop_front();
@@ -189,7 +193,8 @@ void Agent::on_frame(const Frame& f) {
             return;
         }
         case Type::Go:
-            if (!s) send(f.session, Type::Exit, "error 125 go for a session that was never opened");
+            if (!s && !done_.count(f.session))
+                send(f.session, Type::Exit, "error 125 go for a session that was never opened");
             else if (s->state == Session::Opened) start(*s);
             return;  // a second Go runs nothing again
         case Type::Stdin:
@@ -198,7 +203,8 @@ void Agent::on_frame(const Frame& f) {
                 // The host broke the window: the session cannot be trusted.
                 if (!s->exited) ::kill(-s->pid, SIGKILL);
                 s->abandoned = true;
-                send(s->id, Type::Exit, "error 125 stdin beyond the credit window");
+                s->reported = "error 125 stdin beyond the credit window";
+                send(s->id, Type::Exit, s->reported);
                 return;
             }
             s->in_buf += f.payload;
@@ -233,6 +239,7 @@ void Agent::on_frame(const Frame& f) {
                 return;
             }
             s->abandoned = true;
+            s->forget = true;
             if (s->state == Session::Running && !s->exited) ::kill(-s->pid, SIGKILL);
             else if (s->state != Session::Running) sessions_.erase(it);
             return;
@@ -417,7 +424,11 @@ int agent_main() {
         std::fprintf(stderr, "ocivm-init --agent: cannot open %s: %s\n", dev.c_str(), std::strerror(errno));
         return 1;
     }
-    Agent a(port);
+    return serve_agent(port);
+}
+
+int serve_agent(int fd) {
+    Agent a(fd);
     return a.run();
 }
 

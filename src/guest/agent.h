@@ -8,6 +8,13 @@ namespace ocivm::guest {
 // cannot (no such port, an error of poll), with the exit status.
 int agent_main();
 
+// The agent's loop on an fd already open (the port; a socket in the unit
+// tests), which it makes non-blocking. It takes the process over: SIGCHLD
+// blocked (read through a signalfd), SIGPIPE ignored, every child reaped. It
+// returns only on an error of poll; an fd whose other end is gone reads 0
+// and is retried (a port with no host), so a test ends it by killing it.
+int serve_agent(int fd);
+
 // The device of the agent's port, waiting up to wait_s for it; "" if none.
 std::string find_agent_port(double wait_s);
 
