@@ -486,6 +486,15 @@ TEST_F(AgentGuest, StdinBeyondTheWindowKillsTheSession) {
     wait_reaped(pid);
     ASSERT_TRUE(barrier());
     EXPECT_EQ(count(1, Type::Exit), 1u) << "a second Exit once it was reaped";
+    // An Open re-sent after a reset gets the Exit that was sent, not the
+    // wait status of the kill that followed it.
+    size_t mark = log_.size();
+    ASSERT_TRUE(send(1, Type::Open, guest::encode(sh("exit 0"))));
+    ASSERT_TRUE(barrier());
+    auto again = of(1, mark);
+    ASSERT_EQ(again.size(), 2u);
+    EXPECT_EQ(again[1].type, Type::Exit);
+    EXPECT_EQ(again[1].payload, e);
 }
 
 TEST_F(AgentGuest, SignalReachesTheProcessGroup) {
@@ -509,6 +518,11 @@ TEST_F(AgentGuest, CloseKillsARunningSessionWithoutAnExit) {
     wait_reaped(pid);
     ASSERT_TRUE(barrier());
     EXPECT_EQ(count(1, Type::Exit), 0u);
+    // Closed means forgotten: a Go for it now is one for no session.
+    ASSERT_TRUE(send(1, Type::Go));
+    Frame f;
+    ASSERT_TRUE(wait_for(1, Type::Exit, &f));
+    EXPECT_EQ(f.payload.rfind("error 125 ", 0), 0u) << f.payload;
 }
 
 TEST_F(AgentGuest, GarbageFrameResetsTheChannel) {
