@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench seccompbench guestbench parbench seqbench bootbench imagebench diskbench pullbench systemdbench netbench fuzz fuzz-corpus clean
+.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench seccompbench guestbench parbench seqbench bootbench imagebench diskbench pullbench systemdbench netbench execbench fuzz fuzz-corpus clean
 
 all: build
 
@@ -86,6 +86,10 @@ bootbench: build
 # (slirp, hostfwd) on the same image (SIZE_MB=, FETCHES=, ROUNDS= to change).
 netbench: build
 	@bench/netbench.sh $(BUILD)/ocivm $(BUILD)/demo
+
+# ocivm exec into a detached VM against a fresh run, then netbench
+execbench: build
+	@bench/execbench.sh $(BUILD)/ocivm $(BUILD)/demo
 
 imagebench: build
 	@bench/imagebench.sh $(BUILD)/ocivm
