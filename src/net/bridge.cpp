@@ -145,19 +145,38 @@ std::string nft_table_name(const std::string& vm_name, const std::string& state_
 
 std::string nft_ruleset(const std::string& table, const std::string& owner, const std::string& host_dev,
                         uint32_t guest_ip, uint32_t net_base, unsigned prefix, const std::vector<PortForward>& ports) {
-    std::string dnat;
+    // Forwards reached from this host (output) and from other hosts
+    // (prerouting). A loopback forward is this host's only: in prerouting
+    // DNAT would rewrite 127.0.0.1 before the martian check, and a
+    // neighbour sending to 127.0.0.1 with this host's MAC would get in.
+    // Elsewhere only packets for one of this host's own addresses match.
+    std::string dnat_out, dnat_pre;
     for (auto& p : ports) {
-        // 0.0.0.0: every local address, and only those (a connection this
-        // host makes to another host's port stays its own).
+        std::string to = std::string(p.udp ? " udp" : " tcp") + " dport " + std::to_string(p.host_port) + " dnat to " +
+                         ipv4_text(guest_ip) + ":" + std::to_string(p.guest_port) + "\n";
+        bool loopback = p.host_ip.rfind("127.", 0) == 0;
         std::string match = p.host_ip == "0.0.0.0" ? "fib daddr type local" : "ip daddr " + p.host_ip;
-        dnat += "\t\t" + match + (p.udp ? " udp" : " tcp") + " dport " + std::to_string(p.host_port) + " dnat to " +
-                ipv4_text(guest_ip) + ":" + std::to_string(p.guest_port) + "\n";
+        dnat_out += "\t\t" + match + to;
+        if (!loopback) dnat_pre += "\t\tfib daddr type local " + match + to;
     }
     std::string q = "\"" + host_dev + "\"";
+    std::string guest = ipv4_text(guest_ip);
     std::string s = "table ip " + table + " {\n";
     s += "\tcomment \"" + printable(owner, kNftCommentMax) + "\"\n";
-    s += "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n" + dnat + "\t}\n";
-    s += "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n" + dnat + "\t}\n";
+    // What the guest sends: only from its own address (no spoofing), never
+    // to this host's loopback (route_localnet is on for the veth end, so the
+    // kernel would take it), checked before conntrack and NAT.
+    s += "\tchain guard {\n\t\ttype filter hook prerouting priority raw; policy accept;\n";
+    s += "\t\tiifname " + q + " ip saddr != " + guest + " drop\n";
+    s += "\t\tiifname " + q + " ip daddr 127.0.0.0/8 drop\n\t}\n";
+    // Routed traffic to the guest: replies, and the -p forwards; nothing
+    // else reaches it from other networks or other VMs.
+    s += "\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n";
+    s += "\t\toifname " + q + " ct state established,related accept\n";
+    s += "\t\toifname " + q + " ct status dnat accept\n";
+    s += "\t\toifname " + q + " drop\n\t}\n";
+    s += "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n" + dnat_pre + "\t}\n";
+    s += "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n" + dnat_out + "\t}\n";
     s += "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n";
     // The guest's connections out, as this host's address.
     s += "\t\tip saddr " + ipv4_text(net_base) + "/" + std::to_string(prefix) + " oifname != " + q + " masquerade\n";
@@ -264,6 +283,11 @@ Bridge::Bridge(const NetworkOptions& o) {
         // the veth once DNAT has rewritten them (the device's own setting,
         // gone with it).
         write_sysctl("/proc/sys/net/ipv4/conf/" + host_dev_ + "/route_localnet", "1");
+        // No IPv6 on the host's end: a guest's router advertisement would
+        // otherwise become this host's default route (accept_ra), and
+        // link-local IPv6 would reach services the ip table cannot filter.
+        write_sysctl("/proc/sys/net/ipv6/conf/" + host_dev_ + "/disable_ipv6", "1");
+        write_sysctl("/proc/sys/net/ipv4/conf/" + host_dev_ + "/rp_filter", "1");
         run_or_throw({"ip", "link", "set", host_dev_, "alias", printable(owner, kIfAliasMax), "up"},
                      "bringing up " + host_dev_);
         on_netns_thread(netns_.get(), [] {

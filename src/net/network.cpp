@@ -9,8 +9,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "guest/net_arg.h"
@@ -283,6 +285,20 @@ std::string cleanup(const std::string& state_dir) {
                " may still be there; run ocivm from that namespace (ip netns exec NAME ocivm ...), or there: nft "
                "delete table ip " + table + "; ip link del " + dev;
     }
+    // The names are ours to derive, not the record's to choose: a record
+    // planted in a runtime directory must not make root delete another
+    // device or table (or smuggle words into nft's command line).
+    std::string abs = state_dir.empty() || state_dir[0] == '/'
+                          ? state_dir
+                          : std::filesystem::absolute(state_dir).lexically_normal().string();
+    std::string want_dev = host_device_name(abs), suffix = want_dev.substr(5);
+    bool table_ok = table.size() > 15 && table.rfind("ocivm-", 0) == 0 && table.size() <= 6 + 31 + 9 &&
+                    table.compare(table.size() - 9, 9, "-" + suffix) == 0;
+    for (char ch : table)
+        if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_') table_ok = false;
+    if (dev != want_dev || !table_ok)
+        return "the network record of " + state_dir + " names a device (" + dev.substr(0, 40) + ") or table (" +
+               table.substr(0, 60) + ") that is not this VM's; nothing removed";
     Bridge::remove_leftovers(dev, table);
     // Done: a later clean-up of the same directory need not run nft again.
     ::unlink((state_dir + "/network.json").c_str());

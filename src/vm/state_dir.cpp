@@ -108,6 +108,16 @@ void clean_stale_locked(int basefd, const std::string& base) {
 std::string StateDir::base_dir() {
     std::string base = runtime_dir() + "/vms";
     make_dirs(base, 0700);
+    // Root acts on what is below (removes trees, runs ip and nft on the
+    // records): a directory another user owns or can write is refused.
+    if (::geteuid() == 0)
+        for (const std::string& d : {runtime_dir(), base}) {
+            struct stat st;
+            if (::lstat(d.c_str(), &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & 022))
+                throw Error("the runtime directory " + d +
+                            " is not a directory that only root owns and can write; remove it or set "
+                            "OCIVM_RUNTIME_DIR to one that is");
+        }
     return base;
 }
 

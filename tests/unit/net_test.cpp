@@ -206,10 +206,20 @@ TEST(NetBridge, RulesetScopedToTheVm) {
     EXPECT_NE(rules.find("ip saddr 10.89.0.4/30 oifname != \"ocivm1234abcd\" masquerade"), std::string::npos) << rules;
     EXPECT_NE(rules.find("type nat hook output"), std::string::npos) << rules;
     EXPECT_NE(rules.find("type nat hook prerouting"), std::string::npos) << rules;
-    // Each DNAT in both hooks, nothing else.
+    // The loopback forward only for this host (output); the 0.0.0.0 one in
+    // both hooks, in prerouting only for this host's own addresses.
     size_t n = 0;
     for (size_t p = 0; (p = rules.find("dnat to", p)) != std::string::npos; ++p) ++n;
-    EXPECT_EQ(n, 4u);
+    EXPECT_EQ(n, 3u) << rules;
+    size_t pre = rules.find("chain prerouting"), out = rules.find("chain output");
+    EXPECT_EQ(rules.substr(pre, out - pre).find("127.0.0.1"), std::string::npos) << rules;
+    // The guest: no spoofed sources, nothing to this host's loopback, and
+    // nothing routed to it but replies and forwards.
+    EXPECT_NE(rules.find("iifname \"ocivm1234abcd\" ip saddr != 10.89.0.6 drop"), std::string::npos) << rules;
+    EXPECT_NE(rules.find("iifname \"ocivm1234abcd\" ip daddr 127.0.0.0/8 drop"), std::string::npos) << rules;
+    EXPECT_NE(rules.find("oifname \"ocivm1234abcd\" ct status dnat accept\n\t\toifname \"ocivm1234abcd\" drop"),
+              std::string::npos)
+        << rules;
 }
 
 TEST(NetBridge, Names) {
@@ -237,10 +247,12 @@ namespace {
 // A state directory holding a bridged VM's network.json with HOST_NETNS.
 struct BridgeRecord {
     std::string dir = test::make_temp_dir();
-    explicit BridgeRecord(const std::string& host_netns) {
-        std::string id = std::to_string(::getpid());
-        write_file_atomic(dir + "/network.json", "{\"mode\":\"bridge\",\"host_device\":\"ocivmunit" + id.substr(0, 4) +
-                                                     "\",\"nft_table\":\"ocivm-unittest-" + id + "\"" + host_netns + "}\n");
+    // The names the VM of dir has (nothing of them exists), or others.
+    explicit BridgeRecord(const std::string& host_netns, std::string dev = {}, std::string table = {}) {
+        if (dev.empty()) dev = net::host_device_name(dir);
+        if (table.empty()) table = net::nft_table_name("unittest", dir);
+        write_file_atomic(dir + "/network.json", "{\"mode\":\"bridge\",\"host_device\":\"" + dev +
+                                                     "\",\"nft_table\":\"" + table + "\"" + host_netns + "}\n");
     }
     ~BridgeRecord() { test::remove_tree(dir); }
     bool kept() const { return ::access((dir + "/network.json").c_str(), F_OK) == 0; }
@@ -275,6 +287,18 @@ TEST(NetCleanup, OnlyInTheNamespaceTheRecordNames) {
                           ",\"ino\":" + std::to_string(ns.st_ino) + "}");
         EXPECT_EQ(net::cleanup(here.dir), "");
         EXPECT_FALSE(here.kept());
+    }
+    {
+        // A record naming what is not this VM's (planted in a runtime
+        // directory): nothing deleted, no words for nft's command line.
+        std::string here_ns = ",\"host_netns\":{\"dev\":" + std::to_string(ns.st_dev) + ",\"ino\":" +
+                              std::to_string(ns.st_ino) + "}";
+        BridgeRecord planted(here_ns, "eth0", "filter; flush ruleset");
+        std::string left = net::cleanup(planted.dir);
+        EXPECT_NE(left.find("not this VM's"), std::string::npos) << left;
+        EXPECT_TRUE(planted.kept());
+        BridgeRecord other_vm(here_ns, "", net::nft_table_name("unittest", "/some/other/vms/x"));
+        EXPECT_NE(net::cleanup(other_vm.dir).find("not this VM's"), std::string::npos);
     }
     {
         BridgeRecord none("");
