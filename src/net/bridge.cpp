@@ -157,7 +157,7 @@ std::string nft_ruleset(const std::string& table, const std::string& owner, cons
         bool loopback = p.host_ip.rfind("127.", 0) == 0;
         std::string match = p.host_ip == "0.0.0.0" ? "fib daddr type local" : "ip daddr " + p.host_ip;
         dnat_out += "\t\t" + match + to;
-        if (!loopback) dnat_pre += "\t\tfib daddr type local " + match + to;
+        if (!loopback) dnat_pre += "\t\t" + (p.host_ip == "0.0.0.0" ? match : "fib daddr type local " + match) + to;
     }
     std::string q = "\"" + host_dev + "\"";
     std::string guest = ipv4_text(guest_ip);
