@@ -1109,7 +1109,8 @@ TEST_F(Redteam, ArchivesNeverReadOrWriteHostFiles) {
 // its /proc entries say what it may do. The disk writer of `disk create`
 // is seen the same way, stopped in a mkfs.ext4 of the test's.
 
-// ocivm ARGS in the background (OCIVM_HOME=home), stdout and stderr in
+// ocivm ARGS in the background (OCIVM_HOME=home, its runtime directory
+// below it), stdout and stderr in
 // files; killed and reaped if the test leaves early.
 class Started {
 public:
@@ -1121,6 +1122,8 @@ public:
         pid_ = ::fork();
         if (pid_ == 0) {
             ::setenv("OCIVM_HOME", home.c_str(), 1);
+            // A `run` records its VM: in the test's directory, not the host's /run/ocivm.
+            ::setenv("OCIVM_RUNTIME_DIR", (home + "/run").c_str(), 1);
             int in = ::open("/dev/null", O_RDONLY);
             int fo = ::open(out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
             int fe = ::open(err_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
