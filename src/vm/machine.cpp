@@ -519,7 +519,7 @@ int Run::boot_and_serve(StateDir& state) {
 }
 
 void Run::init_record() {
-
+    record_.name = o_.name;
     record_.state = "starting";
     record_.detached = o_.detach;
     record_.supervisor_pid = ::getpid();

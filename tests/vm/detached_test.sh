@@ -59,6 +59,7 @@ check "ps --format json: the port forward" \
 ocx ps-table ps
 check "ps: the table lists it with its port" grep -q "^$P-a  *running .*127.0.0.1:$PORT->80/tcp" "$WORK/ps-table.out"
 "$OCIVM" inspect $P-a > "$WORK/inspect-a.json"
+check "state.json names the VM" [ "$(json_field "$OCIVM_RUNTIME_DIR/vms/$P-a/state.json" "j['name']")" = "$P-a" ]
 check "inspect: run -d has a user network by default, the guest at 10.0.2.15/24" \
   [ "$(json_field "$WORK/inspect-a.json" "(j[0]['network']['mode'] in ('passt', 'slirp'), j[0]['network']['address'])")" = "(True, '10.0.2.15/24')" ]
 ocx addr exec $P-a cat /proc/net/fib_trie
