@@ -38,6 +38,8 @@ PACKAGES=(
   # sfdisk, mkfs.ext4 + libext2fs (our ext4 writer), qemu-img, debugfs and
   # e2fsck (the round-trip test)
   libmount-dev fdisk e2fsprogs libext2fs-dev comerr-dev qemu-utils
+  # ocivm run --root erofs: mkfs.erofs builds the image root as an EROFS disk
+  erofs-utils
   # disk create --fs xfs: mkfs.xfs runs in the VM from the host root
   xfsprogs
   # image import containers-storage:NAME (podman image save) and its test

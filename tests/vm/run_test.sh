@@ -113,6 +113,7 @@ check "the image directory is byte-for-byte unchanged" cmp -s "$WORK/img.before"
 
 # --- --root erofs: the image as an EROFS disk, built once per tree, the
 # same overlay semantics, the image on the host unchanged
+need mkfs.erofs erofs-utils
 export OCIVM_HOME=$WORK/home
 run erofs1 --root erofs --log-level info "$IMG" -- sh -c 'ls /sys/fs/erofs; cat /etc/motd; echo new > /etc/motd; cat /etc/motd; exit 4'
 expect_rc erofs1 4 "--root erofs: the command runs, its exit status comes back"
