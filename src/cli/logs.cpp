@@ -68,7 +68,7 @@ int cmd_logs(int argc, char** argv) {
     while (true) {
         // Whether it ran before the copy: what it wrote before exiting is
         // then all in the files.
-        bool alive = follow && vm::find_vm(pos[0]).supervisor_alive;
+        bool alive = follow && vm::supervisor_alive(e.dir);
         if (!copy_new(out.get(), 1) || !copy_new(err.get(), 2)) return 0;  // our reader left
         if (!alive) return 0;
         ::usleep(100000);

@@ -146,8 +146,7 @@ StateDir::StateDir(const std::string& name, bool rm, bool detached) : name_(name
     // A detached VM's state stays until `ocivm rm` (its exit status, its
     // logs): the name is taken until then, as podman's.
     if (exists_at(dir.get(), "detached")) {
-        ::flock(lock_.get(), LOCK_UN);
-        lock_.reset();
+        lock_.reset();  // closing it lets go of the lock
         throw Error("the name '" + name + "' is in use by a VM that has exited; remove it with 'ocivm rm " + name +
                     "' or choose another --name");
     }

@@ -120,12 +120,16 @@ void write_record(const std::string& dir, const VmRecord& r) { write_file_atomic
 
 namespace {
 
-bool lock_held(const std::string& dir) {
+}  // namespace
+
+bool supervisor_alive(const std::string& dir) {
     UniqueFd fd(::open((dir + "/lock").c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
     if (!fd) return false;
     if (::flock(fd.get(), LOCK_SH | LOCK_NB) == 0) return false;  // released when fd closes
     return errno == EWOULDBLOCK;
 }
+
+namespace {
 
 std::optional<VmEntry> load(const std::string& base, const std::string& name) {
     std::string dir = base + "/" + name;
@@ -143,7 +147,7 @@ std::optional<VmEntry> load(const std::string& base, const std::string& name) {
     e.dir = dir;
     e.record = std::move(*r);
     if (e.record.name.empty()) e.record.name = name;
-    e.supervisor_alive = lock_held(dir);
+    e.supervisor_alive = supervisor_alive(dir);
     return e;
 }
 
@@ -240,7 +244,7 @@ UniqueFd request_supervisor(const VmEntry& e, const std::string& line) {
 
 bool wait_supervisor_exit(const std::string& dir, double timeout_s) {
     uint64_t deadline = timeout_s < 0 ? UINT64_MAX : mono_ns() + static_cast<uint64_t>(timeout_s * 1e9);
-    while (lock_held(dir)) {
+    while (supervisor_alive(dir)) {
         if (mono_ns() >= deadline) return false;
         ::usleep(20000);
     }

@@ -75,6 +75,8 @@ bool trusted_peer(int fd, pid_t expect_pid = 0);
 // Connects and sends one request line ("stop 10", "kill 15"); the
 // connection is returned open (the supervisor closes it as it exits).
 UniqueFd request_supervisor(const VmEntry& e, const std::string& line);
+// Whether a supervisor holds the state directory's lock now.
+bool supervisor_alive(const std::string& dir);
 // Blocks until the VM's supervisor has exited (its lock is free), or
 // timeout_s has passed (false). timeout_s < 0: no limit.
 bool wait_supervisor_exit(const std::string& dir, double timeout_s);
