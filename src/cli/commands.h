@@ -24,6 +24,7 @@ int cmd_rm(int argc, char** argv);
 int cmd_logs(int argc, char** argv);
 int cmd_wait(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);
+int cmd_snapshot(int argc, char** argv);
 
 
 }  // namespace ocivm::cli

@@ -32,6 +32,9 @@ Commands:
   rm [-f] NAME...           remove VMs that have exited (-f: running too)
   logs [-f] NAME            what a detached VM's command wrote
   inspect NAME...           everything about VMs, as JSON
+  snapshot create|ls|inspect|rm
+                            save a running VM once; 'run --from-snapshot'
+                            starts clones of it without a boot
   pull [OPTIONS] REFERENCE  fetch an image from a registry into the store
   image import|ls|inspect|rm|prune
                             the image store: import from OCI layouts, OCI and
@@ -92,6 +95,7 @@ int main(int argc, char** argv) {
             if (sub == "logs") return cmd_logs(3, sub_argv);
             if (sub == "wait") return cmd_wait(3, sub_argv);
             if (sub == "inspect") return cmd_inspect(3, sub_argv);
+            if (sub == "snapshot") return cmd_snapshot(3, sub_argv);
             if (sub == "image") return cmd_image(3, sub_argv);
             if (sub == "pull") return cmd_pull(3, sub_argv);
             if (sub == "disk") return cmd_disk(3, sub_argv);
@@ -111,6 +115,7 @@ int main(int argc, char** argv) {
         if (cmd == "logs") return cmd_logs(argc, argv);
         if (cmd == "wait") return cmd_wait(argc, argv);
         if (cmd == "inspect") return cmd_inspect(argc, argv);
+        if (cmd == "snapshot") return cmd_snapshot(argc, argv);
         if (cmd == "image") return cmd_image(argc, argv);
         if (cmd == "pull") return cmd_pull(argc, argv);
         if (cmd == "disk") return cmd_disk(argc, argv);

@@ -24,6 +24,7 @@
 #include "util/error.h"
 #include "util/log.h"
 #include "vm/machine.h"
+#include "vm/snapshot.h"
 #include "vm/supervisor.h"
 
 namespace ocivm::cli {
@@ -31,6 +32,7 @@ namespace ocivm::cli {
 namespace {
 
 const char kHelp[] = R"(Usage: ocivm run [OPTIONS] IMAGE [COMMAND [ARG...]]
+       ocivm run --from-snapshot SNAPSHOT [-d] [--name NAME] [-p ...]
 
 Boots IMAGE as an ephemeral VM and runs COMMAND in it (default: the image's
 entrypoint and cmd). The image's root file system is served to the guest by
@@ -113,6 +115,16 @@ Options:
                               once per image with mkfs.erofs, cached) on a
                               virtio-blk disk, which a VM snapshot can hold
                               (root only)
+      --from-snapshot SNAPSHOT
+                              start a clone of SNAPSHOT ('ocivm snapshot
+                              create') instead of booting: the VM resumes where
+                              the snapshot was taken, with its processes and
+                              what it wrote, under a new name, host name, MAC,
+                              machine-id, clock and random seed, and its own
+                              network with its own -p forwards. No IMAGE, no
+                              command (the snapshot's runs on); --memory,
+                              --cpus, -v, --kernel and --root come from the
+                              snapshot
       --disk FILE             boot a disk made by 'ocivm disk create' (raw or
                               qcow2, read-only, root by its PARTUUID) instead of
                               IMAGE: 'ocivm run --disk FILE -- CMD' 
@@ -199,11 +211,60 @@ vm::ShareSpec parse_volume(const std::string& v) {
     return s;
 }
 
+// run --from-snapshot: the command, identity and machine are the
+// snapshot's; the name, host name, network forwards and -d are the clone's.
+int run_clone(vm::MachineOptions m, const std::vector<std::string>& pos, const std::vector<std::string>& boot_flags,
+              bool detach, bool network_given, bool machine_given, const std::string& hostname) {
+    if (!pos.empty())
+        throw UsageError{"--from-snapshot takes no IMAGE or command (the snapshot's command runs on): got '" + pos[0] + "'"};
+    if (!boot_flags.empty())
+        throw UsageError{boot_flags[0] + " cannot be given with --from-snapshot: a clone has its snapshot's"};
+    vm::SnapshotInfo s = vm::load_snapshot(m.from_snapshot);
+    if (machine_given && m.machine != s.machine)
+        throw Error(vm::restore_refusal(s, m.machine, false));
+    m.machine = s.machine;
+    if (s.network == "none") {
+        if (!m.net.ports.empty() || (network_given && m.net.mode != net::Mode::None))
+            throw UsageError{"snapshot '" + s.name + "' has no network device; its clones cannot have -p or --network"};
+        m.net.mode = net::Mode::None;
+    } else {
+        if (network_given && m.net.mode != net::Mode::User && m.net.mode != net::Mode::Passt && m.net.mode != net::Mode::Slirp)
+            throw UsageError{"snapshot '" + s.name + "' has a user network: its clones take --network user, passt or slirp"};
+        if (!network_given) m.net.mode = net::Mode::User;
+    }
+    if (m.net.subnet != net::NetworkOptions{}.subnet) throw UsageError{"--subnet is for --network bridge only"};
+    // QEMU and the machine are checked here, before anything starts (the
+    // supervisor checks again, with the accelerator).
+    if (std::string why = vm::restore_refusal(s, m.machine, s.accel == "kvm"); !why.empty()) throw Error(why);
+    m.root_erofs = true;
+    m.image = s.image;
+    m.rootfs = s.rootfs;
+    m.memory = s.memory;
+    m.cpus = s.cpus;
+    auto& g = m.guest;
+    g.argv = s.command;
+    g.env = s.env;
+    g.cwd = s.cwd;
+    g.uid = s.uid;
+    g.gid = s.gid;
+    g.systemd = s.systemd;
+    if (m.name.empty()) m.name = vm::random_name();
+    g.hostname = hostname.empty() ? m.name : hostname;
+    if (g.hostname.size() > 64) throw UsageError{"the host name '" + g.hostname + "' is longer than 64 characters"};
+    for (char ch : g.hostname)
+        if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '.' && ch != '_')
+            throw UsageError{"invalid host name '" + g.hostname + "' for a clone: letters, digits, '-', '.', '_'"};
+    if (detach) return vm::run_detached(std::move(m));
+    return vm::run_machine(std::move(m));
+}
+
 }  // namespace
 
 int cmd_run(int argc, char** argv) {
     vm::MachineOptions m;
     bool help = false, interactive = false, tty = false, detach = false, network_given = false;
+    bool machine_given = false;
+    std::vector<std::string> boot_flags;  // what a clone takes from its snapshot instead
     std::string log_level = "warn", workdir, user, hostname, cpus = "1";
     std::vector<std::string> envs, env_files, volumes;
     PullFlags pull;
@@ -232,7 +293,8 @@ int cmd_run(int argc, char** argv) {
         {"systemd", 0, false, [&](const std::string&) { m.guest.systemd = true; }},
         {"kernel", 0, true, [&](const std::string& v) { m.kernel = v; }},
         {"karg", 0, true, [&](const std::string& v) { m.kargs.push_back(v); }},
-        {"machine", 0, true, [&](const std::string& v) { m.machine = v; }},
+        {"machine", 0, true, [&](const std::string& v) { m.machine = v; machine_given = true; }},
+        {"from-snapshot", 0, true, [&](const std::string& v) { m.from_snapshot = v; }},
         {"disk", 0, true, [&](const std::string& v) { m.disk = v; }},
         {"root", 0, true, [&](const std::string& v) {
              if (v != "virtiofs" && v != "erofs") throw UsageError{"invalid --root '" + v + "': use virtiofs or erofs"};
@@ -251,6 +313,19 @@ int cmd_run(int argc, char** argv) {
         {"log-level", 0, true, [&](const std::string& v) { log_level = v; }},
     };
     for (auto& o : pull.options(true)) opts.push_back(std::move(o));
+    // What a clone cannot be given (its snapshot fixed it), by flag.
+    for (auto& o : opts) {
+        static const char* fixed[] = {"memory", "cpus", "kernel", "karg", "disk", "root", "volume", "systemd",
+                                      "interactive", "tty", "env", "env-file", "workdir", "user", "cache", "trace", "console"};
+        for (const char* f : fixed)
+            if (o.long_name == f) {
+                auto apply = o.apply;
+                o.apply = [apply, f, &boot_flags](const std::string& v) {
+                    boot_flags.push_back(std::string("--") + f);
+                    apply(v);
+                };
+            }
+    }
     auto pos = parse_args("run", argc, argv, 2, opts, &help, true);
     if (help) {
         std::fputs(kHelp, stdout);
@@ -258,6 +333,7 @@ int cmd_run(int argc, char** argv) {
     }
     setup_logging(log_level);
     m.debug = log_level == "debug" || log_level == "trace";
+    if (!m.from_snapshot.empty()) return run_clone(std::move(m), pos, boot_flags, detach, network_given, machine_given, hostname);
     if (!m.disk.empty()) {
         // A disk made by 'ocivm disk create' is the root: no IMAGE, the
         // positionals are the command.

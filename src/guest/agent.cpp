@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -23,6 +24,7 @@
 
 #include "guest/agent_protocol.h"
 #include "guest/command.h"
+#include "guest/restore.h"
 #include "util/io.h"
 
 namespace ocivm::guest {
@@ -68,6 +70,8 @@ public:
 private:
     void send(uint32_t id, Type t, const std::string& p = {}) { agent::append_frame(out_, id, t, p); }
     void hello();
+    void abandon_sessions();
+    void restore(const std::string& payload);
     void on_frame(const Frame& f);
     void start(Session& s);
     void finish(Session& s, const std::string& exit_payload);
@@ -81,7 +85,17 @@ private:
     std::map<uint32_t, std::unique_ptr<Session>> sessions_;
     std::map<uint32_t, std::string> done_;  // id -> its Exit payload
     std::deque<uint32_t> done_order_;
+    uint64_t epoch_ = 0;  // of the last restore (0: none), echoed by hello()
 };
+
+void report(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    std::fprintf(stderr, "ocivm-init --agent: ");
+    std::vfprintf(stderr, fmt, ap);
+    std::fputc('\n', stderr);
+    va_end(ap);
+}
 
 void Agent::hello() {
     std::string boot;
@@ -93,7 +107,41 @@ void Agent::hello() {
         ::close(fd);
     }
     while (!boot.empty() && boot.back() == '\n') boot.pop_back();
-    send(0, Type::Hello, "ocivm-agent " + std::to_string(agent::kVersion) + " " + (boot.empty() ? "unknown" : boot));
+    send(0, Type::Hello, "ocivm-agent " + std::to_string(agent::kVersion) + " " + (boot.empty() ? "unknown" : boot) +
+                             (epoch_ ? " epoch " + std::to_string(epoch_) : ""));
+}
+
+// Every session is given up: its processes are killed and nothing of it is
+// sent any more (its host side is gone, or will not know it).
+void Agent::abandon_sessions() {
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+        Session& sp = *it->second;
+        sp.abandoned = true;
+        if (sp.state == Session::Running && !sp.exited) ::kill(-sp.pid, SIGKILL);
+        if (sp.state == Session::Running) ++it;
+        else it = sessions_.erase(it);  // never started: nothing to reap
+    }
+}
+
+// The VM was restored from a snapshot: a new host, a new identity. The
+// sessions of the snapshot's VM are dropped (their clients are not this
+// host's), and the Hello carries the host's epoch. A Restore of the epoch
+// already taken (the host sends it again when it saw a Hello without it)
+// only greets again.
+void Agent::restore(const std::string& payload) {
+    agent::RestoreInfo r;
+    if (std::string err = r.parse(payload); !err.empty()) {
+        report("ignoring a malformed restore request: %s", err.c_str());
+        return;
+    }
+    if (r.epoch != epoch_) {
+        abandon_sessions();
+        done_.clear();
+        done_order_.clear();
+        apply_restore(r, report);
+        epoch_ = r.epoch;
+    }
+    hello();
 }
 
 void Agent::finish(Session& s, const std::string& payload) {
@@ -165,6 +213,9 @@ void Agent::on_frame(const Frame& f) {
     auto it = sessions_.find(f.session);
     Session* s = it == sessions_.end() ? nullptr : it->second.get();
     switch (f.type) {
+        case Type::Restore:
+            if (f.session == 0) restore(f.payload);
+            return;
         case Type::Open: {
             if (s) {
                 send(f.session, Type::Ack);
@@ -344,13 +395,7 @@ int Agent::run() {
                     // and it fails every session it had), so nothing of
                     // the old sessions may keep running without a reader.
                     reader_.reset();
-                    for (auto it = sessions_.begin(); it != sessions_.end();) {
-                        Session& sp = *it->second;
-                        sp.abandoned = true;
-                        if (sp.state == Session::Running && !sp.exited) ::kill(-sp.pid, SIGKILL);
-                        if (sp.state == Session::Running) ++it;
-                        else it = sessions_.erase(it);  // never started: nothing to reap
-                    }
+                    abandon_sessions();
                     hello();
                 }
             } else if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {

@@ -33,6 +33,17 @@
 // that already had one means every session the host had running is lost:
 // the host fails them loudly (exit 125) and re-sends the Opens that were
 // never acknowledged, which is safe because of the Ack/Go split.
+//
+// Restores: a VM started from a snapshot (`ocivm run --from-snapshot`)
+// resumes with an agent that greeted another host long ago. The host sends
+//   host  -> Restore("key value" lines: epoch, hostname, mac, time, seed,
+//            machine-id; restore_payload() below)
+// on session 0 first; the agent takes the new identity, drops every
+// session it had (their clients belong to the snapshot's VM), and greets
+// with Hello("ocivm-agent VERSION BOOT_ID epoch EPOCH"). That Hello, with
+// the epoch the host sent, is the clone's readiness signal; a Hello with
+// another (or no) epoch is from before the restore and is not.
+#include <cctype>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -64,6 +75,7 @@ enum class Type : uint16_t {
     Winsize = 13,
     Exit = 14,
     Close = 15,
+    Restore = 16,
 };
 
 inline const char* type_name(Type t) {
@@ -83,6 +95,7 @@ inline const char* type_name(Type t) {
         case Type::Winsize: return "winsize";
         case Type::Exit: return "exit";
         case Type::Close: return "close";
+        case Type::Restore: return "restore";
     }
     return "unknown";
 }
@@ -143,7 +156,7 @@ public:
             error_ = "frame of " + std::to_string(len) + " bytes (the limit is " + std::to_string(kMaxPayload) + ")";
             return false;
         }
-        if (type < static_cast<uint16_t>(Type::Hello) || type > static_cast<uint16_t>(Type::Close)) {
+        if (type < static_cast<uint16_t>(Type::Hello) || type > static_cast<uint16_t>(Type::Restore)) {
             error_ = "frame of unknown type " + std::to_string(type);
             return false;
         }
@@ -193,5 +206,77 @@ inline int exit_status(const std::string& payload, std::string* message) {
     if (message) *message = "malformed exit report: " + payload.substr(0, 80);
     return 125;
 }
+
+// What a Restore frame carries: the clone's identity, as "key value" lines.
+// The guest trusts it as it trusts the rest of the host's channel; parse()
+// still checks every field's form (it reaches sethostname, an ioctl, a file).
+struct RestoreInfo {
+    uint64_t epoch = 0;          // random per restore; the Hello echoes it
+    std::string hostname;        // 1-64 of [A-Za-z0-9.-]
+    std::string mac;             // xx:xx:xx:xx:xx:xx, or empty (no network)
+    int64_t time_sec = 0;        // the host's CLOCK_REALTIME when sent
+    long time_nsec = 0;
+    std::string seed;            // 64 hex digits of host randomness
+    std::string machine_id;      // 32 hex digits
+
+    std::string encode() const {
+        return "epoch " + std::to_string(epoch) + "\nhostname " + hostname + "\nmac " + mac + "\ntime " +
+               std::to_string(time_sec) + "." + std::to_string(time_nsec) + "\nseed " + seed + "\nmachine-id " +
+               machine_id + "\n";
+    }
+    // "" when well formed, else what is wrong.
+    std::string parse(const std::string& text) {
+        auto hex = [](const std::string& v, size_t n) {
+            if (v.size() != n) return false;
+            for (char ch : v)
+                if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'))) return false;
+            return true;
+        };
+        size_t a = 0;
+        while (a < text.size()) {
+            size_t e = text.find('\n', a);
+            if (e == std::string::npos) e = text.size();
+            std::string line = text.substr(a, e - a);
+            a = e + 1;
+            size_t sp = line.find(' ');
+            std::string k = line.substr(0, sp), v = sp == std::string::npos ? "" : line.substr(sp + 1);
+            if (k == "epoch") {
+                char* end = nullptr;
+                epoch = std::strtoull(v.c_str(), &end, 10);
+                if (v.empty() || *end) return "bad epoch";
+            } else if (k == "hostname") {
+                if (v.empty() || v.size() > 64) return "bad hostname";
+                for (char ch : v)
+                    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                          ch == '-' || ch == '.' || ch == '_'))
+                        return "bad hostname";
+                hostname = v;
+            } else if (k == "mac") {
+                if (!v.empty()) {
+                    if (v.size() != 17) return "bad mac";
+                    for (size_t i = 0; i < 17; ++i)
+                        if (i % 3 == 2 ? v[i] != ':' : !std::isxdigit(static_cast<unsigned char>(v[i]))) return "bad mac";
+                }
+                mac = v;
+            } else if (k == "time") {
+                char* end = nullptr;
+                time_sec = std::strtoll(v.c_str(), &end, 10);
+                if (*end != '.') return "bad time";
+                time_nsec = std::strtol(end + 1, &end, 10);
+                if (*end || time_nsec < 0 || time_nsec >= 1000000000L || time_sec <= 0) return "bad time";
+            } else if (k == "seed") {
+                if (!hex(v, 64)) return "bad seed";
+                seed = v;
+            } else if (k == "machine-id") {
+                if (!hex(v, 32)) return "bad machine-id";
+                machine_id = v;
+            } else if (!k.empty()) {
+                return "unknown field " + k.substr(0, 32);
+            }
+        }
+        if (!epoch || hostname.empty() || seed.empty() || machine_id.empty() || !time_sec) return "missing field";
+        return "";
+    }
+};
 
 }  // namespace ocivm::agent

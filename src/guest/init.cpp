@@ -304,6 +304,10 @@ void run_command(const GuestConfig& c, const Ports& ports) {
                 ctl_buf.erase(0, nl + 1);
                 unsigned a = 0, b = 0;
                 if (line == "bye") bye = true;
+                // A clone of a snapshot: its host has seen none of the
+                // output counted so far, and counts from here.
+                else if (line == "restore")
+                    for (auto& r : relays) r.bytes = 0;
                 else if (std::sscanf(line.c_str(), "signal %u", &a) == 1 && !child_done) ::kill(-child, static_cast<int>(a));
                 else if (std::sscanf(line.c_str(), "winsize %u %u", &a, &b) == 2 && master >= 0)
                     ocivm::guest::set_winsize(master, a, b);

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -134,7 +135,7 @@ void configure_network(void (*report)(const char* fmt, ...)) {
         std::memcpy(&rt.rt_gateway, &gw, sizeof gw);
         rt.rt_flags = RTF_UP | RTF_GATEWAY;
         rt.rt_dev = dev.data();
-        if (::ioctl(s, SIOCADDRT, &rt) < 0) fail("cannot add the default route via");
+        if (::ioctl(s, SIOCADDRT, &rt) < 0 && errno != EEXIST) fail("cannot add the default route via");
     }
     if (!n.dns.empty()) {
         std::string text = "# written by ocivm-init from the kernel command line (ocivm.net=)\n";
@@ -146,6 +147,49 @@ void configure_network(void (*report)(const char* fmt, ...)) {
             report("network: cannot write /etc/resolv.conf: %s", std::strerror(errno));
         if (fd >= 0) ::close(fd);
     }
+}
+
+void renew_network(const std::string& mac, void (*report)(const char* fmt, ...)) {
+    std::string dev;
+    if (DIR* d = ::opendir("/sys/class/net")) {  // no waiting: it was there before the snapshot
+        while (dirent* e = ::readdir(d)) {
+            std::string name = e->d_name;
+            if (name[0] == '.' || name == "lo") continue;
+            if (std::atoi(slurp(("/sys/class/net/" + name + "/type").c_str()).c_str()) == 1 && (dev.empty() || name < dev))
+                dev = name;
+        }
+        ::closedir(d);
+    }
+    if (dev.empty()) return;
+    int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return report("network: socket: %s", std::strerror(errno));
+    struct Closer {
+        int fd;
+        ~Closer() { ::close(fd); }
+    } closer{s};
+    int fd = ::open(("/proc/sys/net/ipv4/conf/" + dev + "/arp_notify").c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (::write(fd, "1", 1) != 1) report("network: cannot set arp_notify: %s", std::strerror(errno));
+        ::close(fd);
+    }
+    ifreq ifr{};
+    set_name(ifr, dev);
+    if (::ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+        ifr.ifr_flags = static_cast<short>(ifr.ifr_flags & ~IFF_UP);
+        if (::ioctl(s, SIOCSIFFLAGS, &ifr) < 0) report("network: cannot take %s down: %s", dev.c_str(), std::strerror(errno));
+    }
+    if (!mac.empty()) {
+        unsigned b[6];
+        if (std::sscanf(mac.c_str(), "%x:%x:%x:%x:%x:%x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) == 6) {
+            ifreq hw{};
+            set_name(hw, dev);
+            hw.ifr_hwaddr.sa_family = 1;  // ARPHRD_ETHER
+            for (int i = 0; i < 6; ++i) hw.ifr_hwaddr.sa_data[i] = static_cast<char>(b[i]);
+            if (::ioctl(s, SIOCSIFHWADDR, &hw) < 0)
+                report("network: cannot set the MAC of %s: %s", dev.c_str(), std::strerror(errno));
+        }
+    }
+    configure_network(report);  // up, address, route, resolv.conf
 }
 
 }  // namespace ocivm::guest

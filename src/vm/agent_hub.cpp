@@ -62,6 +62,16 @@ AgentHub::AgentHub(UniqueFd agent_port, UniqueFd listener, Hooks hooks)
 
 AgentHub::~AgentHub() = default;
 
+void AgentHub::restore(const agent::RestoreInfo& r) {
+    restore_epoch_ = r.epoch;
+    restore_payload_ = r.encode();
+    // Not held for a Hello: the restored agent greets only once it has it.
+    agent::append_frame(port_out_, 0, Type::Restore, restore_payload_);
+    flush_agent();
+}
+
+bool AgentHub::idle() const { return sessions() == 0 && port_out_.empty() && held_.empty() && port_reader_.pending() == 0; }
+
 size_t AgentHub::sessions() const {
     size_t n = 0;
     for (auto& [fd, c] : clients_) n += c->mode == Client::Exec && c->session != 0 && !c->done;
@@ -129,7 +139,18 @@ void AgentHub::on_agent_frame(const Frame& f) {
         std::string boot = "invalid";
         unsigned version = 0;
         char id[80] = {};
-        if (std::sscanf(f.payload.c_str(), "ocivm-agent %u %79s", &version, id) == 2 && valid_boot_id(id)) boot = id;
+        unsigned long long epoch = 0;
+        int fields = std::sscanf(f.payload.c_str(), "ocivm-agent %u %79s epoch %llu", &version, id, &epoch);
+        if (fields >= 2 && valid_boot_id(id)) boot = id;
+        if (restore_epoch_ && (fields != 3 || epoch != restore_epoch_)) {
+            // From before the restore (the snapshot's), or an agent that
+            // reset before it read the Restore: not the clone's greeting.
+            if (restore_resends_++ < 8) {
+                agent::append_frame(port_out_, 0, Type::Restore, restore_payload_);
+                flush_agent();
+            }
+            return;
+        }
         if (version != agent::kVersion && hellos_ == 0)
             spdlog::warn("the guest agent speaks protocol {} (this ocivm: {})", version, agent::kVersion);
         uint64_t now = mono_ns();
@@ -197,6 +218,14 @@ void AgentHub::on_client_line(Client& c, const std::string& line) {
     } else if (std::sscanf(line.c_str(), "kill %d", &sig) == 1 && sig > 0 && sig < 65) {
         c.mode = Client::Control;
         if (hooks_.kill) hooks_.kill(sig);
+    } else if (line.rfind("snapshot ", 0) == 0) {
+        // "snapshot NAME" or "snapshot NAME stop": answered with one line,
+        // "ok ..." or "error WHY".
+        c.mode = Client::Control;
+        std::string rest = line.substr(9);
+        bool stop = rest.size() > 5 && rest.compare(rest.size() - 5, 5, " stop") == 0;
+        if (stop) rest.resize(rest.size() - 5);
+        c.out += (hooks_.snapshot ? hooks_.snapshot(rest, stop) : std::string("error this VM cannot be snapshotted")) + "\n";
     } else {
         c.mode = Client::Control;
         c.out += "error unknown request\n";

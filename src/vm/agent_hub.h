@@ -11,6 +11,7 @@
 //            whose client went away;
 //   "stop SECONDS\n", "kill SIGNAL\n": handed to the supervisor's hooks
 //            (stop and rm then wait for the supervisor's lock to be free).
+//   "snapshot NAME [stop]\n": the snapshot hook; its answer line goes back.
 // The on_hello hook runs when the guest's boot id is new: the first Hello,
 // or one after a reboot.
 // Nothing is sent to the agent before its Hello (frames are held); a second
@@ -36,6 +37,8 @@ public:
         std::function<void(const std::string& boot_id)> on_hello;
         std::function<void(double seconds)> stop;
         std::function<void(int signal)> kill;
+        // "snapshot NAME [stop]": returns the client's answer line.
+        std::function<std::string(const std::string& name, bool stop)> snapshot;
     };
     AgentHub(UniqueFd agent_port, UniqueFd listener, Hooks hooks);
     ~AgentHub();
@@ -55,6 +58,13 @@ public:
     void shutdown(const std::string& why);
 
     size_t sessions() const;
+    // No session, and nothing half sent either way: a snapshot taken now
+    // leaves both ends of the channel at a frame boundary.
+    bool idle() const;
+    // A VM restored from a snapshot: sends the Restore frame now, and takes
+    // only a Hello that echoes r.epoch as the agent's greeting (Restore is
+    // sent again when a Hello without it arrives).
+    void restore(const agent::RestoreInfo& r);
 
 private:
     struct Client;
@@ -72,6 +82,9 @@ private:
     std::string port_out_;   // for the agent, written as the port takes it
     std::string held_;       // for the agent, before its Hello
     unsigned hellos_ = 0;
+    uint64_t restore_epoch_ = 0;
+    std::string restore_payload_;
+    unsigned restore_resends_ = 0;
     std::string boot_id_;
     uint32_t next_session_;
     std::map<int, std::unique_ptr<Client>> clients_;  // by fd

@@ -7,7 +7,10 @@
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <dirent.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,6 +40,8 @@
 #include "vm/agent_hub.h"
 #include "vm/kernel.h"
 #include "vm/qemu.h"
+#include "vm/qmp.h"
+#include "vm/snapshot.h"
 #include "vm/share_server.h"
 #include "vm/state_dir.h"
 #include "vm/vm_state.h"
@@ -124,10 +129,11 @@ private:
     }
     void maybe_bye();
     void diagnose(const std::string& why);
-    void qmp(const std::string& cmd) {
-        if (!qmp_) return;
-        std::string msg = "{\"execute\":\"" + cmd + "\"}\n";
-        write_all(qmp_.get(), msg.data(), msg.size());
+    void qmp(const std::string& cmd) { qmp_.send(cmd); }
+    void on_qmp_line(const std::string& line) {
+        if (line.find("\"QMP\"") != std::string::npos && stage_ < Stage::KernelBooting)
+            stage_ = Stage::KernelBooting;  // QEMU is set up and the vCPU runs
+        spdlog::debug("qmp: {}", line);
     }
     void stop_vm() {
         qmp("quit");
@@ -155,6 +161,19 @@ private:
     std::string qemu_failure(int qemu_status);
     void on_signal(int sig);
     int boot_and_serve(StateDir& state);
+    // ocivm snapshot create (hub hook): the answer line for the client.
+    std::string take_snapshot(const std::string& name, bool stop, QemuProcess& qemu);
+    std::string snapshot_refusal() const;
+    void save_snapshot(const std::string& dir, QemuProcess& qemu, SnapshotInfo& info);
+    // run --from-snapshot: loads the device state into the QEMU just
+    // started, resumes it and sends the guest its new identity.
+    void restore_guest(const net::Network& network);
+    QemuConfig qc_;               // what QEMU was started with (fds aside)
+    std::string net_mode_;        // network.description().mode
+    std::optional<SnapshotInfo> snap_;  // run --from-snapshot: the snapshot
+    uint64_t restore_sent_ns_ = 0;
+    double spawn_ms_ = 0, load_ms_ = 0, resume_ms_ = 0;
+    uint64_t qemu_spawned_ns_ = 0;
     // The root is a virtio-fs share (not --disk, not --root erofs).
     bool root_share() const { return o_.disk.empty() && !o_.root_erofs; }
     std::string root_image_;  // --root erofs: the image's EROFS file
@@ -180,8 +199,9 @@ private:
     UniqueFd console_log_;
     std::deque<std::string> console_tail_;
     std::string console_line_;
-    UniqueFd console_, qmp_, out_, err_, in_, control_;
-    std::string control_buf_, qmp_buf_;
+    UniqueFd console_, out_, err_, in_, control_;
+    QmpChannel qmp_;
+    std::string control_buf_;
     std::vector<std::unique_ptr<ShareServer>> shares_;
     bool have_result_ = false, bye_sent_ = false;
     int result_ = 125;
@@ -213,6 +233,18 @@ void Run::write_out(bool err, const char* p, size_t n) {
 // The guest can take exec sessions: a detached VM is ready, and its
 // supervisor lets go of the caller's terminal.
 void Run::on_agent_hello(const std::string& boot_id, pid_t qemu_pid) {
+    if (snap_ && restore_sent_ns_ && record_.restore_json == "{}") {
+        double hello_ms = static_cast<double>(mono_ns() - restore_sent_ns_) / 1e6;
+        double total_ms = static_cast<double>(mono_ns() - qemu_spawned_ns_) / 1e6;
+        spdlog::info("restored from snapshot {}: QEMU up {:.1f} ms, state loaded {:.1f} ms, resumed {:.1f} ms, "
+                     "hello {:.1f} ms; {:.1f} ms in all",
+                     snap_->name, spawn_ms_, load_ms_, resume_ms_, hello_ms, total_ms);
+        char buf[256];
+        std::snprintf(buf, sizeof buf,
+                      "{\"spawn_ms\":%.1f,\"state_load_ms\":%.1f,\"resume_ms\":%.1f,\"hello_ms\":%.1f,\"total_ms\":%.1f}",
+                      spawn_ms_, load_ms_, resume_ms_, hello_ms, total_ms);
+        record_.restore_json = buf;
+    }
     if (record_.state == "starting") {
         record_.state = "running";
         record_.started = utc_now();
@@ -399,13 +431,25 @@ int Run::boot_and_serve(StateDir& state) {
     if (o_.detach) open_detached_logs();
     std::string cache = cache_dir();
     make_dirs(cache);
-    Kernel kernel = resolve_kernel(o_.kernel, o_.rootfs, cache);
-    HostVirt host = probe_host(cache, kernel.boot_path);
+    Kernel kernel;
+    HostVirt host;
+    if (snap_) {
+        // A clone boots nothing: the snapshot's files, its accelerator.
+        kernel.boot_path = snap_->dir + "/kernel";
+        kernel.source = "snapshot " + snap_->name;
+        kernel.release = "as snapshotted";
+        if (snap_->accel == "kvm") host = probe_host(cache, kernel.boot_path);
+        else host.kvm_reason = "the snapshot was taken under TCG";
+        if (std::string why = restore_refusal(*snap_, o_.machine, host.kvm); !why.empty()) throw Error(why);
+    } else {
+        kernel = resolve_kernel(o_.kernel, o_.rootfs, cache);
+        host = probe_host(cache, kernel.boot_path);
+    }
     if (!o_.timeout_given) {
         if (!host.kvm) o_.timeout_s = std::max(o_.timeout_s, 300.0);
         else if (host.nested) o_.timeout_s = std::max(o_.timeout_s, 240.0);
     }
-    if (!host.kvm)
+    if (!host.kvm && !snap_)
         std::fprintf(stderr, "ocivm: warning: KVM is not usable (%s); running under TCG (slow); start timeout %.0f s\n",
                      host.kvm_reason.c_str(), o_.timeout_s);
     spdlog::info("accelerator {}; {}; start timeout {:.0f} s{}", host.kvm ? "KVM" : "TCG",
@@ -414,7 +458,9 @@ int Run::boot_and_serve(StateDir& state) {
     spdlog::info("kernel {} ({}), booting {}", kernel.source, kernel.release, kernel.boot_path);
 
     std::vector<SocketPair> fs_socks = start_shares();
-    if (o_.root_erofs) {
+    if (snap_) {
+        root_image_ = snap_->dir + "/root.erofs";
+    } else if (o_.root_erofs) {
         if (::geteuid() != 0)
             throw Error("--root erofs needs root: a store imported without root keeps owners in xattrs that "
                         "mkfs.erofs does not read; use --root virtiofs");
@@ -437,13 +483,29 @@ int Run::boot_and_serve(StateDir& state) {
     // libcrc32c needs a crc32c implementation, a soft dependency modules.dep omits.
     if (o_.root_erofs) extra.insert(extra.end(), {"virtio_blk", "crc32c_generic", "erofs"});
     for (auto& m : network.guest_modules()) extra.push_back(m);  // network
-    std::string base = guest::base_initramfs(kernel.modules_dir, cache, extra);
-    std::string initrd = state.path() + "/initrd.cpio";
-    guest::write_run_initramfs(base, guest::encode(o_.guest), initrd);
+    std::string initrd = snap_ ? snap_->dir + "/initrd" : state.path() + "/initrd.cpio";
+    if (!snap_) {
+        std::string base = guest::base_initramfs(kernel.modules_dir, cache, extra);
+        guest::write_run_initramfs(base, guest::encode(o_.guest), initrd);
+    }
     console_path_ = state.path() + "/console.log";
     console_log_ = UniqueFd(::open(console_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
 
     QemuConfig qc = qemu_config(kernel, host, initrd, network);
+    UniqueFd vmstate;
+    if (snap_) {
+        qc.machine = snap_->machine;
+        qc.kvm = snap_->accel == "kvm";
+        qc.memory = snap_->memory;
+        qc.cpus = snap_->cpus;
+        qc.append = snap_->append;
+        qc.memory_file = snap_->dir + "/ram";
+        vmstate = UniqueFd(::open((snap_->dir + "/vmstate").c_str(), O_RDONLY | O_CLOEXEC));
+        if (!vmstate) throw_errno("cannot open " + snap_->dir + "/vmstate", errno, "the snapshot is damaged; take it again");
+        qc.incoming = vmstate.get();
+    }
+    qc_ = qc;
+    net_mode_ = network.description().mode;
     auto con = socket_pair(), qmpp = socket_pair(), out = socket_pair(), err = socket_pair(), in = socket_pair(),
          ctl = socket_pair(), agent = socket_pair();
     qc.port_agent = agent.theirs.get();
@@ -465,7 +527,9 @@ int Run::boot_and_serve(StateDir& state) {
     UniqueFd listener = listen_supervisor(record_.control);
 
     QemuProcess qemu;
+    qemu_spawned_ns_ = mono_ns();
     qemu.start(argv, fds, state.path() + "/qemu.log");
+    vmstate.reset();
     AgentHub::Hooks hooks = hub_hooks(qemu);
     uint64_t started = mono_ns();
     // QEMU holds its ends now; ours must go so its exit is seen as EOF.
@@ -473,13 +537,18 @@ int Run::boot_and_serve(StateDir& state) {
     hub_ = std::make_unique<AgentHub>(std::move(agent.mine), std::move(listener), std::move(hooks));
     fs_socks.clear();
     console_ = std::move(con.mine);
-    qmp_ = std::move(qmpp.mine);
+    qmp_ = QmpChannel(std::move(qmpp.mine));
     out_ = std::move(out.mine);
     err_ = std::move(err.mine);
     in_ = std::move(in.mine);
     control_ = std::move(ctl.mine);
-    for (int fd : {console_.get(), qmp_.get(), out_.get(), err_.get(), control_.get(), in_.get()}) set_nonblock(fd);
-    qmp("qmp_capabilities");
+    for (int fd : {console_.get(), out_.get(), err_.get(), control_.get(), in_.get()}) set_nonblock(fd);
+    if (snap_) {
+        record_.qemu_pid = qemu.pid();
+        restore_guest(network);
+    } else {
+        qmp("qmp_capabilities");
+    }
 
     std::unique_ptr<RawTerminal> raw;
     bool stdin_is_tty = ::isatty(0);
@@ -503,8 +572,9 @@ int Run::boot_and_serve(StateDir& state) {
         while ((r = ::read(console_.get(), buf, sizeof buf)) > 0) on_console(buf, static_cast<size_t>(r));
     }
     raw.reset();
-    ::unlink(initrd.c_str());  // 3 MB nobody needs once the guest has booted
-    for (auto* p : {&console_, &qmp_, &out_, &err_, &in_, &control_}) p->reset();
+    if (!snap_) ::unlink(initrd.c_str());  // 3 MB nobody needs once the guest has booted
+    for (auto* p : {&console_, &out_, &err_, &in_, &control_}) p->reset();
+    qmp_.reset();
     shares_.clear();  // waits for the share servers (QEMU is gone, so are their sockets)
 
     if (!have_result_ && !timed_out) {
@@ -534,6 +604,10 @@ void Run::init_record() {
     record_.created = utc_now();
     record_.rm = o_.rm;
     record_.control = new_control_token();
+    if (!o_.from_snapshot.empty()) {
+        snap_ = load_snapshot(o_.from_snapshot);
+        record_.snapshot = snap_->name;
+    }
     for (auto& sh : o_.shares) record_.shares.push_back(sh.host + ":" + sh.guest + (sh.readonly ? ":ro" : ":rw"));
     save_record();
 }
@@ -653,7 +727,219 @@ AgentHub::Hooks Run::hub_hooks(QemuProcess& qemu) {
             record_.exit_reason = "killed before the command started";
         }
     };
+    hooks.snapshot = [this, &qemu](const std::string& name, bool stop) { return take_snapshot(name, stop, qemu); };
     return hooks;
+}
+
+void sync_file(const std::string& path) {
+    UniqueFd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!f || ::fsync(f.get()) < 0) throw_errno("cannot write " + path + " to disk", errno);
+}
+
+// Why this VM cannot be snapshotted now ("" when it can).
+std::string Run::snapshot_refusal() const {
+    if (snap_) return "VM '" + o_.name + "' is a clone (its memory is a private copy QEMU holds); snapshot the VM it came from";
+    if (root_image_.empty() || !o_.disk.empty())
+        return "VM '" + o_.name + "' does not have an EROFS root; start it with 'ocivm run -d --root erofs'";
+    if (!shares_.empty())
+        return "VM '" + o_.name + "' has -v shares, whose vhost-user devices QEMU 7.2 cannot save";
+    if (!o_.attach.empty()) return "VM '" + o_.name + "' has writable disks attached";
+    if (net_mode_ == "bridge")
+        return "VM '" + o_.name + "' is bridged (its addresses are its own); use --network user for a VM to snapshot";
+    if (have_result_ || stopping_) return "VM '" + o_.name + "' is stopping";
+    if (!agent_ready_ || !command_started_) return "VM '" + o_.name + "' is not running yet";
+    if (!hub_->idle())
+        return "VM '" + o_.name + "' has exec sessions running (or their output in flight); snapshot it when they have ended";
+    return "";
+}
+
+// Pauses the VM, saves its device state (x-ignore-shared: RAM stays in its
+// memfd) into dir/vmstate and a sparse copy of the RAM into dir/ram; the
+// VM stays paused (the caller resumes it).
+void Run::save_snapshot(const std::string& dir, QemuProcess& qemu, SnapshotInfo& info) {
+    auto events = [this](const std::string& l) { on_qmp_line(l); };
+    uint64_t t0 = mono_ns();
+    qmp_.call("stop", {}, 30, -1, events);
+    qmp_.call("migrate-set-capabilities",
+              {{"capabilities", QmpChannel::Json::array({{{"capability", "x-ignore-shared"}, {"state", true}}})}}, 30, -1,
+              events);
+    UniqueFd out(::open((dir + "/vmstate").c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (!out) throw_errno("cannot create " + dir + "/vmstate", errno);
+    qmp_.call("getfd", {{"fdname", "ocivm-snapshot"}}, 30, out.get(), events);
+    out.reset();  // QEMU holds it now
+    qmp_.call("migrate", {{"uri", "fd:ocivm-snapshot"}}, 30, -1, events);
+    for (uint64_t deadline = mono_ns() + 120'000'000'000ull;;) {
+        auto r = qmp_.call("query-migrate", {}, 30, -1, events);
+        std::string st = r.is_object() ? r.value("status", "") : "";
+        if (st == "completed") break;
+        if (st == "failed" || st == "cancelled")
+            throw Error("QEMU could not save the VM's state: " + (r.is_object() ? r.value("error-desc", st) : st));
+        if (mono_ns() > deadline) throw Error("QEMU did not save the VM's state within 120 s");
+        ::usleep(2000);
+    }
+    uint64_t t1 = mono_ns();
+    // The RAM: QEMU's memfd (memory-backend-memfd), read through /proc.
+    std::string fd_dir = "/proc/" + std::to_string(qemu.pid()) + "/fd";
+    UniqueFd ram;
+    if (DIR* d = ::opendir(fd_dir.c_str())) {
+        while (dirent* e = ::readdir(d)) {
+            char target[256] = {};
+            std::string link = fd_dir + "/" + e->d_name;
+            ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+            if (n > 0 && std::strncmp(target, "/memfd:memory-backend-memfd", 27) == 0) {
+                ram = UniqueFd(::open(link.c_str(), O_RDONLY | O_CLOEXEC));
+                break;
+            }
+        }
+        ::closedir(d);
+    }
+    if (!ram) throw Error("cannot find the VM's memory in QEMU's open files (" + fd_dir + ")");
+    struct stat st;
+    if (::fstat(ram.get(), &st) < 0) throw_errno("fstat of the VM's memory", errno);
+    info.ram_bytes = sparse_copy(ram.get(), dir + "/ram", static_cast<uint64_t>(st.st_size));
+    uint64_t t2 = mono_ns();
+    if (::stat((dir + "/vmstate").c_str(), &st) == 0) info.state_bytes = static_cast<uint64_t>(st.st_size);
+    info.save_ms = static_cast<double>(t1 - t0) / 1e6;
+    info.copy_ms = static_cast<double>(t2 - t1) / 1e6;
+    info.pause_ms = static_cast<double>(t2 - t0) / 1e6;
+    auto ver = qmp_.call("query-version", {}, 30, -1, events);
+    info.qemu = qemu_identity_of("/proc/" + std::to_string(qemu.pid()) + "/exe");
+    if (ver.is_object() && ver.contains("qemu") && ver["qemu"].is_object()) {
+        auto& q = ver["qemu"];
+        info.qemu.version = std::to_string(q.value("major", 0)) + "." + std::to_string(q.value("minor", 0)) + "." +
+                            std::to_string(q.value("micro", 0));
+        std::string package = ver.value("package", "");
+        if (!package.empty()) info.qemu.version += " (" + package + ")";
+    }
+}
+
+std::string Run::take_snapshot(const std::string& name, bool stop, QemuProcess& qemu) {
+    if (std::string why = snapshot_name_problem(name); !why.empty()) return "error " + why;
+    if (std::string why = snapshot_refusal(); !why.empty()) return "error " + why;
+    std::string top = snapshots_dir();
+    std::string dest = top + "/" + name;
+    std::string tmp = top + "/.tmp-" + name + "-" + std::to_string(::getpid());
+    bool paused = false;
+    try {
+        make_dirs(top, 0700);
+        if (::access(dest.c_str(), F_OK) == 0)
+            return "error a snapshot named '" + name + "' exists; remove it first ('ocivm snapshot rm " + name + "')";
+        std::error_code ec;
+        std::filesystem::remove_all(tmp, ec);
+        if (::mkdir(tmp.c_str(), 0700) < 0) throw_errno("cannot create " + tmp, errno);
+        SnapshotInfo info;
+        info.name = name;
+        info.created = utc_now();
+        info.source = o_.name;
+        info.image = o_.image;
+        info.rootfs = o_.rootfs;
+        info.command = o_.guest.argv;
+        info.env = o_.guest.env;
+        info.cwd = o_.guest.cwd;
+        info.uid = o_.guest.uid;
+        info.gid = o_.guest.gid;
+        info.systemd = o_.guest.systemd;
+        info.machine = qc_.machine;
+        info.accel = qc_.kvm ? "kvm" : "tcg";
+        info.memory = qc_.memory;
+        info.cpus = qc_.cpus;
+        info.append = qc_.append;
+        info.network = net_mode_ == "none" ? "none" : "user";
+        info.ports = record_.ports;
+        paused = true;
+        save_snapshot(tmp, qemu, info);
+        auto events = [this](const std::string& l) { on_qmp_line(l); };
+        if (!stop) {
+            qmp_.call("cont", {}, 30, -1, events);
+            paused = false;
+        }
+        spdlog::info("snapshot {}: paused {:.1f} ms (state {:.1f} ms, {} bytes; RAM {:.1f} ms, {} MiB)", name,
+                     info.pause_ms, info.save_ms, info.state_bytes, info.copy_ms, info.ram_bytes >> 20);
+        // The boot files, and the RAM copy to disk, while the VM runs again.
+        sync_file(tmp + "/ram");
+        link_or_copy(qc_.kernel, tmp + "/kernel");
+        link_or_copy(qc_.initrd, tmp + "/initrd");
+        link_or_copy(root_image_, tmp + "/root.erofs");
+        write_file_atomic(tmp + "/snapshot.json", info.to_json(), 0600);
+        if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dest.c_str(), RENAME_NOREPLACE) < 0)
+            throw_errno("cannot move the snapshot to " + dest, errno);
+        if (stop) {
+            have_result_ = bye_sent_ = true;
+            result_ = 0;
+            record_.exit_reason = "stopped after 'ocivm snapshot create --stop' (snapshot " + name + ")";
+            stopping_ = true;
+            stop_vm();
+        }
+        return "ok " + name + " paused_ms " + std::to_string(static_cast<int>(info.pause_ms + 0.5));
+    } catch (const std::exception& e) {
+        std::error_code ec;
+        std::filesystem::remove_all(tmp, ec);
+        if (paused) {
+            try {
+                qmp_.call("cont", {}, 30, -1, [this](const std::string& l) { on_qmp_line(l); });
+            } catch (const std::exception& e2) {
+                spdlog::warn("cannot resume the VM after a failed snapshot: {}", e2.what());
+            }
+        }
+        spdlog::warn("snapshot {} failed: {}", name, e.what());
+        return std::string("error ") + e.what();
+    }
+}
+
+// A clone: the device state goes into the QEMU just started (which waits
+// with -incoming defer), the VM resumes, and the guest is told it was
+// restored, with its new identity; its agent's Hello is the readiness.
+void Run::restore_guest(const net::Network& network) {
+    auto events = [this](const std::string& l) { on_qmp_line(l); };
+    qmp_.call("qmp_capabilities", {}, 60, -1, events);
+    uint64_t t0 = mono_ns();
+    spawn_ms_ = static_cast<double>(t0 - qemu_spawned_ns_) / 1e6;
+    qmp_.call("migrate-set-capabilities",
+              {{"capabilities", QmpChannel::Json::array({{{"capability", "x-ignore-shared"}, {"state", true}}})}}, 30, -1,
+              events);
+    qmp_.call("migrate-incoming", {{"uri", "fd:" + std::to_string(kIncomingFd)}}, 30, -1, events);
+    for (uint64_t deadline = mono_ns() + 120'000'000'000ull;;) {
+        auto r = qmp_.call("query-migrate", {}, 30, -1, events);
+        std::string st = r.is_object() ? r.value("status", "") : "";
+        if (st == "completed") break;
+        if (st == "failed" || st == "cancelled")
+            throw Error("QEMU could not load snapshot " + snap_->name + ": " +
+                        (r.is_object() ? r.value("error-desc", st) : st) + " (see " + state_->path() + "/qemu.log)");
+        if (mono_ns() > deadline) throw Error("QEMU did not load snapshot " + snap_->name + " within 120 s");
+        ::usleep(1000);
+    }
+    uint64_t t1 = mono_ns();
+    load_ms_ = static_cast<double>(t1 - t0) / 1e6;
+    // The source was paused when saved: the clone comes up paused too.
+    qmp_.call("cont", {}, 30, -1, events);
+    uint64_t t2 = mono_ns();
+    resume_ms_ = static_cast<double>(t2 - t1) / 1e6;
+    stage_ = Stage::CommandStarted;
+    command_started_ = true;
+
+    agent::RestoreInfo r;
+    unsigned char rnd[8 + 32 + 16];
+    if (::getrandom(rnd, sizeof rnd, 0) != static_cast<ssize_t>(sizeof rnd)) throw_errno("getrandom", errno);
+    auto hex = [](const unsigned char* p, size_t n) {
+        static const char* d = "0123456789abcdef";
+        std::string out;
+        for (size_t i = 0; i < n; ++i) out += {d[p[i] >> 4], d[p[i] & 15]};
+        return out;
+    };
+    std::memcpy(&r.epoch, rnd, 8);
+    r.epoch |= 1;  // never 0 (none)
+    r.hostname = o_.guest.hostname;
+    r.mac = network.qemu().active() ? network.qemu().mac : "";
+    r.seed = hex(rnd + 8, 32);
+    r.machine_id = hex(rnd + 40, 16);
+    timespec now;
+    ::clock_gettime(CLOCK_REALTIME, &now);
+    r.time_sec = now.tv_sec;
+    r.time_nsec = now.tv_nsec;
+    hub_->restore(r);
+    send_control("\nrestore");  // ocivm-init counts the output from here (a newline first ends any stale line)
+    restore_sent_ns_ = mono_ns();
+    std::memset(rnd, 0, sizeof rnd);
 }
 
 // The why of a VM that stopped without the command's status.
@@ -735,7 +1021,7 @@ int Run::event_loop(QemuProcess& qemu, int sfd, uint64_t deadline) {
             stop_deadline_ = 0;
         }
         std::vector<pollfd> pf = {
-            {sfd, POLLIN, 0},      {console_.get(), POLLIN, 0}, {qmp_.get(), POLLIN, 0},
+            {sfd, POLLIN, 0},      {console_.get(), POLLIN, 0}, {qmp_.fd(), POLLIN, 0},
             {out_.get(), POLLIN, 0},     {err_.get(), POLLIN, 0},     {control_.get(), POLLIN, 0},
             {forward_stdin_ && !stdin_eof_ && pending_in_.size() < (1 << 20) ? 0 : -1, POLLIN, 0},
             {in_ && !pending_in_.empty() && stage_ >= Stage::CommandStarted ? in_.get() : -1, POLLOUT, 0},
@@ -766,12 +1052,7 @@ int Run::event_loop(QemuProcess& qemu, int sfd, uint64_t deadline) {
             if (r > 0) on_console(buf, static_cast<size_t>(r));
             else if (r == 0) console_.reset();
         }
-        if (pf[2].revents & (POLLIN | POLLHUP))
-            read_lines(qmp_, qmp_buf_, [this](const std::string& line) {
-                if (line.find("\"QMP\"") != std::string::npos && stage_ < Stage::KernelBooting)
-                    stage_ = Stage::KernelBooting;  // QEMU is set up and the vCPU runs
-                spdlog::debug("qmp: {}", line);
-            });
+        if (pf[2].revents & (POLLIN | POLLHUP)) qmp_.read_available([this](const std::string& l) { on_qmp_line(l); });
         for (int k : {3, 4}) {
             if (!(pf[static_cast<size_t>(k)].revents & (POLLIN | POLLHUP))) continue;
             UniqueFd& src = k == 3 ? out_ : err_;

@@ -43,7 +43,11 @@ struct MachineOptions {
     std::string name;
     bool rm = false;
     std::string machine = "microvm";
-    bool root_erofs = false;    // --root erofs: the image as an EROFS disk, not a virtio-fs share
+    bool root_erofs = false;
+    // run --from-snapshot NAME: a clone of that snapshot (vm/snapshot.h)
+    // instead of a boot; guest holds its command and identity, from the
+    // snapshot, with this VM's name.
+    std::string from_snapshot;    // --root erofs: the image as an EROFS disk, not a virtio-fs share
     std::string disk;           // boot this disk (ocivm disk create) instead of rootfs
     std::string disk_partuuid;  // its root partition
     std::vector<std::string> attach;  // writable raw disks for the command (/dev/vda, ... after --disk)

@@ -18,6 +18,11 @@ std::pair<std::vector<std::string>, std::vector<int>> qemu_argv(const QemuConfig
     std::vector<int> fds;
     auto pass = [&fds](int fd) { fds.push_back(fd); return std::to_string(2 + fds.size()); };
     bool micro = c.machine == "microvm";
+    if (c.incoming >= 0) pass(c.incoming);  // kIncomingFd
+    auto escaped = [](std::string v) {  // QEMU's option syntax: ',' doubled
+        for (size_t p = 0; (p = v.find(',', p)) != std::string::npos; p += 2) v.insert(p, ",");
+        return v;
+    };
     std::vector<std::string> a = {"qemu-system-x86_64", "-name", "ocivm"};
     if (c.kvm) a.insert(a.end(), {"-accel", "kvm", "-cpu", "host"});
     else a.insert(a.end(), {"-accel", "tcg"});
@@ -26,7 +31,10 @@ std::pair<std::vector<std::string>, std::vector<int>> qemu_argv(const QemuConfig
     if (micro) a.insert(a.end(), {"-machine", std::string("microvm,memory-backend=mem") + (c.kvm ? "" : ",pit=on,pic=on,rtc=on")});
     else a.insert(a.end(), {"-machine", "q35,memory-backend=mem"});
     a.insert(a.end(), {"-m", c.memory, "-smp", std::to_string(c.cpus),
-                       "-object", "memory-backend-memfd,id=mem,size=" + c.memory + ",share=on",
+                       "-object", c.memory_file.empty()
+                                      ? "memory-backend-memfd,id=mem,size=" + c.memory + ",share=on"
+                                      : "memory-backend-file,id=mem,size=" + c.memory + ",mem-path=" +
+                                            escaped(c.memory_file) + ",share=off",
                        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                        "-kernel", c.kernel, "-initrd", c.initrd, "-append", c.append});
     a.insert(a.end(), {"-chardev", "socket,id=con,fd=" + pass(c.console), "-serial", "chardev:con"});
@@ -42,9 +50,9 @@ std::pair<std::vector<std::string>, std::vector<int>> qemu_argv(const QemuConfig
     port("pin", c.port_in, "ocivm.stdin");
     port("pctl", c.port_control, "ocivm.control");
     if (c.port_agent >= 0) port("pagent", c.port_agent, "ocivm.agent");
-    auto blk = [&](std::string file, const std::string& id, const std::string& opts) {
-        for (size_t p = 0; (p = file.find(',', p)) != std::string::npos; p += 2) file.insert(p, ",");  // QEMU's escaping
-        a.insert(a.end(), {"-drive", "file=" + file + ",if=none,id=" + id + "," + opts, "-device",
+    if (c.incoming >= 0) a.insert(a.end(), {"-incoming", "defer"});
+    auto blk = [&](const std::string& file, const std::string& id, const std::string& opts) {
+        a.insert(a.end(), {"-drive", "file=" + escaped(file) + ",if=none,id=" + id + "," + opts, "-device",
                            std::string(micro ? "virtio-blk-device" : "virtio-blk-pci") + ",drive=" + id});
     };
     if (!c.disk.empty()) blk(c.disk, "disk0", "readonly=on,format=" + c.disk_format);

@@ -25,7 +25,15 @@ struct QemuConfig {
     std::string disk, disk_format;                // a read-only virtio-blk disk
     std::vector<std::string> attach;              // writable raw virtio-blk disks, after it
     net::QemuNetdev net;                          // network: none unless active()
+    // A clone of a snapshot: guest RAM is this file mapped privately
+    // (copy-on-write), and QEMU waits for its device state (-incoming
+    // defer), which the caller sends as "fd:3" (kIncomingFd: `incoming`,
+    // ours, is handed down first).
+    std::string memory_file;
+    int incoming = -1;
 };
+
+inline constexpr int kIncomingFd = 3;
 
 // The argv, and the fds (in the parent) to hand to QEMU as 3, 4, 5, ...
 std::pair<std::vector<std::string>, std::vector<int>> qemu_argv(const QemuConfig& c);

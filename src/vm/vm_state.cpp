@@ -53,6 +53,11 @@ std::string VmRecord::to_json() const {
               {"control", control},
               {"rm", rm}};
     if (j["network"].is_discarded()) j["network"] = json::object();
+    if (!snapshot.empty()) {
+        j["snapshot"] = snapshot;
+        j["restore"] = json::parse(restore_json.empty() ? "{}" : restore_json, nullptr, false);
+        if (j["restore"].is_discarded()) j["restore"] = json::object();
+    }
     return j.dump(2) + "\n";
 }
 
@@ -87,6 +92,8 @@ std::optional<VmRecord> VmRecord::from_json(const std::string& text) {
         r.boot_id = j.value("boot_id", "");
         r.control = j.value("control", "");
         r.rm = j.value("rm", false);
+        r.snapshot = j.value("snapshot", "");
+        r.restore_json = j.contains("restore") ? j["restore"].dump() : "{}";
     } catch (const json::exception&) {
         return std::nullopt;
     }

@@ -36,6 +36,8 @@ struct VmRecord {
     std::string boot_id;
     std::string control;  // the supervisor's control socket: @ocivm-ctl-CONTROL
     bool rm = false;
+    std::string snapshot;              // run --from-snapshot: the snapshot it is a clone of
+    std::string restore_json = "{}";   // and how long each phase of the restore took
 
     std::string to_json() const;
     static std::optional<VmRecord> from_json(const std::string& text);

@@ -1,0 +1,250 @@
+#include "vm/snapshot.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "util/error.h"
+#include "util/io.h"
+#include "util/paths.h"
+#include "util/unique_fd.h"
+
+namespace ocivm::vm {
+
+using json = nlohmann::ordered_json;
+
+std::string SnapshotInfo::to_json() const {
+    json j = {{"name", name},
+              {"created", created},
+              {"source", source},
+              {"image", image},
+              {"rootfs", rootfs},
+              {"command", command},
+              {"env", env},
+              {"cwd", cwd},
+              {"uid", uid},
+              {"gid", gid},
+              {"systemd", systemd},
+              {"qemu", {{"path", qemu.path}, {"version", qemu.version}, {"size", qemu.size}, {"mtime_ns", qemu.mtime_ns}}},
+              {"machine", machine},
+              {"accel", accel},
+              {"memory", memory},
+              {"cpus", cpus},
+              {"append", append},
+              {"network", network},
+              {"ports", ports},
+              {"shares", json::array()},
+              {"ram_bytes", ram_bytes},
+              {"state_bytes", state_bytes},
+              {"timings_ms", {{"paused", pause_ms}, {"save_state", save_ms}, {"copy_ram", copy_ms}}}};
+    return j.dump(2) + "\n";
+}
+
+SnapshotInfo SnapshotInfo::from_json(const std::string& text, const std::string& dir) {
+    json j = json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) throw Error(dir + "/snapshot.json is not a snapshot record");
+    SnapshotInfo s;
+    s.dir = dir;
+    try {
+        s.name = j.value("name", "");
+        s.created = j.value("created", "");
+        s.source = j.value("source", "");
+        s.image = j.value("image", "");
+        s.rootfs = j.value("rootfs", "");
+        s.command = j.value("command", std::vector<std::string>{});
+        s.env = j.value("env", std::vector<std::string>{});
+        s.cwd = j.value("cwd", "/");
+        s.uid = j.value("uid", 0u);
+        s.gid = j.value("gid", 0u);
+        s.systemd = j.value("systemd", false);
+        const json& q = j.at("qemu");
+        s.qemu.path = q.value("path", "");
+        s.qemu.version = q.value("version", "");
+        s.qemu.size = q.value("size", int64_t{0});
+        s.qemu.mtime_ns = q.value("mtime_ns", int64_t{0});
+        s.machine = j.at("machine").get<std::string>();
+        s.accel = j.at("accel").get<std::string>();
+        s.memory = j.at("memory").get<std::string>();
+        s.cpus = j.value("cpus", 1u);
+        s.append = j.at("append").get<std::string>();
+        s.network = j.value("network", "none");
+        s.ports = j.value("ports", std::vector<std::string>{});
+        s.ram_bytes = j.value("ram_bytes", uint64_t{0});
+        s.state_bytes = j.value("state_bytes", uint64_t{0});
+        if (j.contains("timings_ms") && j["timings_ms"].is_object()) {
+            s.pause_ms = j["timings_ms"].value("paused", 0.0);
+            s.save_ms = j["timings_ms"].value("save_state", 0.0);
+            s.copy_ms = j["timings_ms"].value("copy_ram", 0.0);
+        }
+    } catch (const json::exception& e) {
+        throw Error(dir + "/snapshot.json is incomplete (" + e.what() + "); remove it with 'ocivm snapshot rm'");
+    }
+    if (s.machine != "microvm" && s.machine != "q35") throw Error(dir + "/snapshot.json: unknown machine " + s.machine);
+    if (s.accel != "tcg" && s.accel != "kvm") throw Error(dir + "/snapshot.json: unknown accelerator " + s.accel);
+    if (s.network != "none" && s.network != "user") throw Error(dir + "/snapshot.json: unknown network " + s.network);
+    return s;
+}
+
+std::string snapshots_dir() { return ocivm_home() + "/snapshots"; }
+
+std::string snapshot_name_problem(const std::string& name) {
+    if (name.empty() || name.size() > 128 || name[0] == '.' || name[0] == '-')
+        return "invalid snapshot name '" + name + "': 1 to 128 letters, digits, '.', '_' or '-', not starting with '.' or '-'";
+    for (char ch : name)
+        if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '_' && ch != '-')
+            return "invalid snapshot name '" + name + "': only letters, digits, '.', '_' and '-'";
+    return "";
+}
+
+SnapshotInfo load_snapshot(const std::string& name) {
+    if (std::string why = snapshot_name_problem(name); !why.empty()) throw Error(why);
+    std::string dir = snapshots_dir() + "/" + name;
+    std::string text;
+    try {
+        text = read_file(dir + "/snapshot.json");
+    } catch (const Error&) {
+        throw Error("no snapshot named '" + name + "'; 'ocivm snapshot ls' lists them");
+    }
+    return SnapshotInfo::from_json(text, dir);
+}
+
+std::vector<SnapshotInfo> list_snapshots() {
+    std::vector<SnapshotInfo> out;
+    DIR* d = ::opendir(snapshots_dir().c_str());
+    if (!d) return out;
+    while (dirent* e = ::readdir(d)) {
+        std::string n = e->d_name;
+        if (!snapshot_name_problem(n).empty()) continue;  // ".", "..", and ".NAME.tmp" being written
+        try {
+            out.push_back(load_snapshot(n));
+        } catch (const Error&) {
+        }
+    }
+    ::closedir(d);
+    std::sort(out.begin(), out.end(), [](const SnapshotInfo& a, const SnapshotInfo& b) { return a.name < b.name; });
+    return out;
+}
+
+void remove_snapshot(const std::string& name) {
+    if (std::string why = snapshot_name_problem(name); !why.empty()) throw Error(why);
+    std::string dir = snapshots_dir() + "/" + name;
+    struct stat st;
+    if (::lstat(dir.c_str(), &st) < 0 || !S_ISDIR(st.st_mode))
+        throw Error("no snapshot named '" + name + "'; 'ocivm snapshot ls' lists them");
+    // Renamed away first: a clone starting now finds it whole or not at all.
+    std::string gone = snapshots_dir() + "/.rm-" + name + "-" + std::to_string(::getpid());
+    if (::rename(dir.c_str(), gone.c_str()) < 0) throw_errno("cannot remove snapshot " + name, errno);
+    std::error_code ec;
+    std::filesystem::remove_all(gone, ec);
+    if (ec) throw Error("cannot remove " + gone + ": " + ec.message());
+}
+
+QemuIdentity qemu_identity_of(const std::string& path) {
+    QemuIdentity q;
+    char real[4096];
+    q.path = ::realpath(path.c_str(), real) ? real : path;
+    struct stat st;
+    if (::stat(q.path.c_str(), &st) == 0) {
+        q.size = st.st_size;
+        q.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    }
+    return q;
+}
+
+QemuIdentity local_qemu() {
+    const char* path = std::getenv("PATH");
+    std::string p = path ? path : "/usr/bin:/bin";
+    for (size_t a = 0; a <= p.size();) {
+        size_t e = p.find(':', a);
+        if (e == std::string::npos) e = p.size();
+        std::string cand = (e > a ? p.substr(a, e - a) : ".") + "/qemu-system-x86_64";
+        if (::access(cand.c_str(), X_OK) == 0) return qemu_identity_of(cand);
+        a = e + 1;
+    }
+    return {};
+}
+
+std::string restore_refusal(const SnapshotInfo& s, const std::string& machine, bool kvm_usable) {
+    QemuIdentity here = local_qemu();
+    if (here.path.empty()) return "QEMU is not installed (apt-get install qemu-system-x86)";
+    if (!here.same_binary(s.qemu))
+        return "snapshot '" + s.name + "' was taken with another QEMU binary (" + s.qemu.path + ", QEMU " +
+               (s.qemu.version.empty() ? "?" : s.qemu.version) + ", " + std::to_string(s.qemu.size) +
+               " bytes); this host runs " + here.path + " (" + std::to_string(here.size) +
+               " bytes, another build or version): a device state loads only into the QEMU that wrote it; "
+               "take the snapshot again";
+    if (!machine.empty() && machine != s.machine)
+        return "snapshot '" + s.name + "' is of a " + s.machine + " machine, not " + machine +
+               "; drop --machine or take a snapshot of a " + machine + " VM";
+    if (s.accel == "kvm" && !kvm_usable)
+        return "snapshot '" + s.name + "' was taken under KVM, which is not usable here; take it again under TCG";
+    return "";
+}
+
+uint64_t sparse_copy(int from, const std::string& to, uint64_t size) {
+    UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (!out) throw_errno("cannot create " + to, errno);
+    if (::ftruncate(out.get(), static_cast<off_t>(size)) < 0) throw_errno("cannot size " + to, errno);
+    std::vector<char> buf(1 << 20);
+    uint64_t copied = 0;
+    off_t pos = 0;
+    while (static_cast<uint64_t>(pos) < size) {
+        off_t data = ::lseek(from, pos, SEEK_DATA);
+        if (data < 0) {
+            if (errno == ENXIO) break;  // only a hole is left
+            throw_errno("SEEK_DATA on the VM's memory", errno);
+        }
+        off_t hole = ::lseek(from, data, SEEK_HOLE);
+        if (hole < 0) throw_errno("SEEK_HOLE on the VM's memory", errno);
+        hole = std::min<off_t>(hole, static_cast<off_t>(size));
+        for (off_t at = data; at < hole;) {
+            size_t want = static_cast<size_t>(std::min<off_t>(hole - at, static_cast<off_t>(buf.size())));
+            ssize_t r = ::pread(from, buf.data(), want, at);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) throw_errno("reading the VM's memory", r < 0 ? errno : EIO);
+            // All-zero pages stay holes (a guest's freed, zeroed pages).
+            constexpr size_t kPage = 4096;
+            auto zero_page = [&](size_t off) {
+                size_t end = std::min(off + kPage, static_cast<size_t>(r));
+                for (size_t i = off; i < end; ++i)
+                    if (buf[i]) return false;
+                return true;
+            };
+            for (size_t off = 0; off < static_cast<size_t>(r);) {
+                if (zero_page(off)) {
+                    off += kPage;
+                    continue;
+                }
+                size_t run = off;
+                while (run < static_cast<size_t>(r) && !zero_page(run)) run += kPage;
+                run = std::min(run, static_cast<size_t>(r));
+                if (::pwrite(out.get(), buf.data() + off, run - off, at + static_cast<off_t>(off)) !=
+                    static_cast<ssize_t>(run - off))
+                    throw_errno("writing " + to, errno);
+                copied += run - off;
+                off = run;
+            }
+            at += r;
+        }
+        pos = hole;
+    }
+    return copied;
+}
+
+void link_or_copy(const std::string& from, const std::string& to) {
+    if (::link(from.c_str(), to.c_str()) == 0) return;
+    std::error_code ec;
+    std::filesystem::copy_file(from, to, ec);
+    if (ec) throw Error("cannot copy " + from + " to " + to + ": " + ec.message());
+}
+
+}  // namespace ocivm::vm

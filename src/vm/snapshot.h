@@ -1,0 +1,83 @@
+#pragma once
+// VM snapshots (`ocivm snapshot`, `ocivm run --from-snapshot`): a running
+// VM saved once and started again many times without a boot.
+//
+// A snapshot is a directory in the store, $OCIVM_HOME/snapshots/NAME:
+//   snapshot.json  what a clone needs (SnapshotInfo)
+//   vmstate        QEMU's device state (migration stream, x-ignore-shared:
+//                  guest RAM is not in it)
+//   ram            guest RAM, a sparse copy of the VM's memory file
+//   kernel, initrd the boot files the VM was started with
+//   root.erofs     the EROFS root disk (a hard link to the cache's where
+//                  the file system allows)
+// Clones map `ram` privately (copy-on-write): every page a clone has not
+// written is shared with the others through the page cache, and the file
+// never changes. Only VMs whose whole state lives in QEMU can be saved: an
+// EROFS root (--root erofs), no -v share (vhost-user devices cannot be
+// migrated by QEMU 7.2), no bridge network (its addresses are per VM).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ocivm::vm {
+
+// The QEMU binary a snapshot was taken with: a device state only loads
+// into the QEMU (and machine type) that wrote it.
+struct QemuIdentity {
+    std::string path, version;
+    int64_t size = 0, mtime_ns = 0;
+    bool same_binary(const QemuIdentity& o) const { return size == o.size && mtime_ns == o.mtime_ns; }
+};
+
+struct SnapshotInfo {
+    std::string name;
+    std::string dir;  // not stored: where it was found
+    std::string created;
+    std::string source;  // the VM it was taken of
+    std::string image, rootfs;
+    std::vector<std::string> command, env;
+    std::string cwd = "/";
+    uint32_t uid = 0, gid = 0;
+    bool systemd = false;
+    QemuIdentity qemu;
+    std::string machine, accel;  // "microvm" / "q35"; "tcg" / "kvm"
+    std::string memory;          // QEMU's -m, "512M"
+    unsigned cpus = 1;
+    std::string append;          // the kernel command line it booted with
+    std::string network = "none";  // none or user (passt or slirp: the same guest side)
+    std::vector<std::string> ports;  // the source VM's forwards (clones give their own)
+    uint64_t ram_bytes = 0;      // allocated in `ram`
+    uint64_t state_bytes = 0;    // of `vmstate`
+    double pause_ms = 0, save_ms = 0, copy_ms = 0;  // how long the source VM was paused, and its parts
+
+    std::string to_json() const;
+    static SnapshotInfo from_json(const std::string& text, const std::string& dir);  // throws Error
+};
+
+// $OCIVM_HOME/snapshots
+std::string snapshots_dir();
+// Letters, digits, '.', '_', '-', not starting with '.' or '-', at most 128:
+// UsageError-worthy text when not, else "".
+std::string snapshot_name_problem(const std::string& name);
+// The snapshot called name; Error saying how to list them when there is none.
+SnapshotInfo load_snapshot(const std::string& name);
+std::vector<SnapshotInfo> list_snapshots();
+// Error when there is no such snapshot.
+void remove_snapshot(const std::string& name);
+
+// The identity of the QEMU found as `qemu-system-x86_64` in PATH (what a
+// clone would run); version left empty (only a running QEMU says it).
+QemuIdentity local_qemu();
+QemuIdentity qemu_identity_of(const std::string& path);
+// Why a clone of s cannot run here with this machine type and accelerator
+// ("" when it can): a different QEMU binary, machine or accelerator.
+std::string restore_refusal(const SnapshotInfo& s, const std::string& machine, bool kvm_usable);
+
+// Copies the data regions of `from` (SEEK_DATA/SEEK_HOLE) into a new file
+// `to` of size `size`, leaving holes (and all-zero pages) as holes; not
+// synced (the caller does, once the VM runs again). Returns the bytes copied.
+uint64_t sparse_copy(int from, const std::string& to, uint64_t size);
+// A hard link of from at to, or a copy where the file system refuses.
+void link_or_copy(const std::string& from, const std::string& to);
+
+}  // namespace ocivm::vm

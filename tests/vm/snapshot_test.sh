@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Snapshots and clones (ctest label vm): `ocivm snapshot create` of a
+# running VM with an EROFS root, three clones at once from it, each with
+# the snapshot's file and running process, its own host name, MAC,
+# machine-id and forward of the same guest port; the snapshot's RAM file
+# unchanged by them; refusals (another QEMU, another machine, VMs that
+# cannot be saved); kill -9 of a clone; snapshot --stop, ls, inspect, rm.
+#   snapshot_test.sh OCIVM DEMO_IMAGE
+set -uo pipefail
+OCIVM=${1:?ocivm binary}
+DEMO=${2:?demo image directory}
+. "$(dirname "$0")/../lib/check.sh"
+
+[ "$(id -u)" -eq 0 ] || fail "the vm tests must run as root"
+need qemu-system-x86_64 qemu-system-x86
+need mkfs.erofs erofs-utils
+need passt passt
+need python3 python3
+[ -x "$DEMO/bin/busybox" ] || fail "demo image $DEMO not built (make build)"
+
+WORK=${TMPDIR:-/tmp}/ocivm-snapshot-$$
+mkdir -p "$WORK"
+export OCIVM_RUNTIME_DIR=$WORK/run OCIVM_HOME=$WORK/home
+P=sn$$  # VM and snapshot names of this run
+SNAPS=$OCIVM_HOME/snapshots
+cleanup() {
+  for n in $("$OCIVM" ps -a -q 2>/dev/null); do "$OCIVM" rm -f "$n" >/dev/null 2>&1; done
+  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ocx() { # NAME ARGS...: runs ocivm ARGS, keeps stdout/stderr/rc in $WORK/NAME.*
+  local name=$1; shift
+  "$OCIVM" "$@" > "$WORK/$name.out" 2> "$WORK/$name.err" < /dev/null
+  echo $? > "$WORK/$name.rc"
+}
+rc() { cat "$WORK/$1.rc"; }
+out() { cat "$WORK/$1.out"; }
+show() { echo "  --- $1: rc=$(rc "$1")"; sed 's/^/  out| /' "$WORK/$1.out" | head -20; sed 's/^/  err| /' "$WORK/$1.err" | head -20; }
+expect() { # NAME RC OUT WHAT
+  if [ "$(rc "$1")" = "$2" ] && [ "$(out "$1")" = "$3" ]; then ok "$4"; else bad "$4 (want rc $2, out '$3')"; show "$1"; fi
+}
+refused() { # NAME PATTERN WHAT: exit 125 and PATTERN in stderr
+  if [ "$(rc "$1")" = 125 ] && grep -q -- "$2" "$WORK/$1.err"; then ok "$3"; else bad "$3"; show "$1"; fi
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+json_field() { python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }
+http_get() { python3 -c 'import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode().strip())' "$1" 2>&1; }
+gone() { # PID: exited (or a zombie nobody reaps: it holds nothing)
+  local st; st=$(ps -o stat= -p "$1" 2>/dev/null); [ -z "$st" ] || [ "${st:0:1}" = Z ]
+}
+
+# --- the VM to save: it writes a file into its root (the RAM overlay) and
+# keeps a process running (httpd on port 8080)
+ocx tmpl run -d --root erofs --name $P-t "$DEMO" -- sh -c \
+  'echo written-before > /root/f; mkdir -p /www; exec httpd -f -p 8080 -h /www'
+expect tmpl 0 "$P-t" "run -d --root erofs: the VM to snapshot runs"
+ocx snap snapshot create $P-t $P-s
+expect snap 0 "$P-s" "snapshot create prints the snapshot's name"
+for f in snapshot.json vmstate ram kernel initrd root.erofs; do
+  check "the snapshot holds $f" [ -s "$SNAPS/$P-s/$f" ]
+done
+check "the snapshot's RAM file is sparse (it holds what the guest used, not all 512 MiB)" \
+  [ "$(stat -c %b "$SNAPS/$P-s/ram")" -lt $((400 * 2048)) ]
+ocx ls snapshot ls --format json
+check "snapshot ls --format json: the snapshot, its VM, image, memory and network" \
+  [ "$(json_field "$WORK/ls.out" "[(s['source'], s['image'], s['memory'], s['network'], s['machine']) for s in j if s['name']=='$P-s']")" = "[('$P-t', '$DEMO', '512M', 'user', 'microvm')]" ]
+ocx lsq snapshot ls -q
+check "snapshot ls -q: the name" grep -qx "$P-s" "$WORK/lsq.out"
+ocx insp snapshot inspect $P-s
+check "snapshot inspect: the QEMU binary it needs and the command" \
+  [ "$(json_field "$WORK/insp.out" "(j[0]['qemu']['path'] != '', j[0]['qemu']['size'] > 0, j[0]['command'][0])")" = "(True, True, 'sh')" ]
+ocx after exec $P-t sh -c 'echo written-after > /root/g; cat /root/f'
+expect after 0 "written-before" "the VM runs on after the snapshot (exec answers)"
+sha256sum "$SNAPS/$P-s/ram" > "$WORK/ram.sum"
+
+# --- three clones at once, each forwarding its own host port to guest port 8080
+declare -A PORT
+for i in 1 2 3; do
+  PORT[$i]=$(free_port)
+  ocx clone$i run --from-snapshot $P-s -d --name $P-c$i -p "${PORT[$i]}:8080" --log-level info &
+done
+wait
+for i in 1 2 3; do
+  expect clone$i 0 "$P-c$i" "clone $i: run --from-snapshot -d prints its name"
+done
+check "a clone logs its restore phases" grep -q "restored from snapshot $P-s: QEMU up .* state loaded .* hello" "$WORK/clone1.err"
+declare -A MAC MID
+for i in 1 2 3; do
+  c=$P-c$i
+  ocx f$i exec $c cat /root/f;          expect f$i 0 "written-before" "clone $i: sees the file written before the snapshot"
+  ocx g$i exec $c cat /root/g
+  check "clone $i: does not see what the VM wrote after the snapshot" [ "$(rc g$i)" = 1 ]
+  ocx p$i exec $c pidof httpd
+  check "clone $i: the snapshot's process (httpd) runs" [ "$(rc p$i)" = 0 -a -n "$(out p$i)" ]
+  ocx h$i exec $c hostname;            expect h$i 0 "$c" "clone $i: its host name is its own name"
+  ocx id$i exec $c sh -c 'cat /sys/class/net/eth0/address; cat /etc/machine-id'
+  MAC[$i]=$(sed -n 1p "$WORK/id$i.out"); MID[$i]=$(sed -n 2p "$WORK/id$i.out")
+  ocx t$i exec $c date +%s
+  check "clone $i: its clock is the host's (within 5 s), not the snapshot's" \
+    [ $(( $(out t$i) - $(date +%s) )) -le 5 -a $(( $(date +%s) - $(out t$i) )) -le 5 ]
+  ocx w$i exec $c sh -c "echo $c > /www/who"
+  check "clone $i: host port ${PORT[$i]} reaches its own guest port 8080" [ "$(http_get "http://127.0.0.1:${PORT[$i]}/who")" = "$c" ]
+  "$OCIVM" inspect $c > "$WORK/inspect$i.json"
+  check "clone $i: inspect names the snapshot and the restore's phases" \
+    [ "$(json_field "$WORK/inspect$i.json" "(j[0]['snapshot'], sorted(j[0]['restore']))")" = "('$P-s', ['hello_ms', 'resume_ms', 'spawn_ms', 'state_load_ms', 'total_ms'])" ]
+done
+ocx tid exec $P-t cat /sys/class/net/eth0/address
+check "each clone has its own MAC (and none the VM's)" \
+  [ "$(printf '%s\n' "${MAC[@]}" "$(out tid)" | grep -c .)" = 4 -a "$(printf '%s\n' "${MAC[@]}" "$(out tid)" | sort -u | grep -c .)" = 4 ]
+check "each clone has its own machine-id" \
+  [ "$(printf '%s\n' "${MID[@]}" | grep -cE '^[0-9a-f]{32}$')" = 3 -a "$(printf '%s\n' "${MID[@]}" | sort -u | grep -c .)" = 3 ]
+ocx r1 exec $P-c1 sh -c 'head -c 16 /dev/urandom | od -An -tx1'
+ocx r2 exec $P-c2 sh -c 'head -c 16 /dev/urandom | od -An -tx1'
+check "clones draw different random numbers" [ -n "$(out r1)" -a "$(out r1)" != "$(out r2)" ]
+check "the snapshot's RAM file is unchanged after the clones ran" sha256sum --quiet -c "$WORK/ram.sum"
+
+# --- what cannot be saved, or restored here
+ocx sc snapshot create $P-c1 $P-x;   refused sc "is a clone" "a clone cannot be snapshotted (its memory is QEMU's private copy)"
+ocx dup snapshot create $P-t $P-s;   refused dup "exists" "a snapshot name in use is refused"
+ocx badn snapshot create $P-t 'a/b'; refused badn "invalid snapshot name" "a snapshot name with '/' is refused"
+ocx nosuch snapshot create $P-none $P-y; refused nosuch "no such VM\|no VM" "snapshot of a VM that does not exist"
+ocx q35 run --from-snapshot $P-s --machine q35 -d --name $P-q
+refused q35 "is of a microvm machine, not q35" "a clone on another machine type is refused"
+cp -a "$SNAPS/$P-s" "$SNAPS/$P-other"
+python3 - "$SNAPS/$P-other/snapshot.json" "$P-other" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1])); j['name'] = sys.argv[2]; j['qemu']['size'] += 1
+json.dump(j, open(sys.argv[1], 'w'))
+PY
+ocx otherq run --from-snapshot $P-other -d --name $P-o
+refused otherq "taken with another QEMU binary" "a snapshot of another QEMU binary is refused, saying so"
+check "... and nothing was started for it" bash -c "! '$OCIVM' ps -a -q | grep -qx '$P-o'"
+ocx noimg run --from-snapshot $P-s demo true
+refused noimg "takes no IMAGE" "--from-snapshot with an IMAGE is a usage error"
+ocx nomem run --from-snapshot $P-s -m 1G
+refused nomem "cannot be given with --from-snapshot" "--from-snapshot with --memory is a usage error"
+ocx nosnap run --from-snapshot $P-nothing -d
+refused nosnap "no snapshot named" "a missing snapshot is named"
+
+# --- kill -9 of a clone's supervisor: its QEMU and passt go, rm cleans up
+"$OCIVM" inspect $P-c3 > "$WORK/c3.json"
+SUP=$(json_field "$WORK/c3.json" "j[0]['pids']['supervisor']")
+QPID=$(json_field "$WORK/c3.json" "j[0]['pids']['qemu']")
+PASST=$(pgrep -P "$SUP" -x passt || pgrep -P "$SUP" -x passt.avx2 || echo 0)
+kill -9 "$SUP"
+for _ in $(seq 100); do gone "$QPID" && break; sleep 0.1; done
+check "kill -9 of a clone's supervisor: its QEMU goes" gone "$QPID"
+if [ "$PASST" != 0 ]; then
+  for _ in $(seq 100); do gone "$PASST" && break; sleep 0.1; done
+  check "kill -9 of a clone's supervisor: its passt goes" gone "$PASST"
+fi
+ocx ps3 ps -a
+check "ps shows the clone as dead" grep -q "^$P-c3  *dead" "$WORK/ps3.out"
+ocx rm3 rm $P-c3
+expect rm3 0 "$P-c3" "rm removes the dead clone"
+check "... and its state directory" [ ! -e "$OCIVM_RUNTIME_DIR/vms/$P-c3" ]
+check "the other clones still answer" bash -c "'$OCIVM' exec $P-c1 true && '$OCIVM' exec $P-c2 true"
+
+# --- snapshot --stop: the VM is saved and stopped; a clone of that one has
+# what it wrote after the first snapshot
+ocx stop snapshot create --stop $P-t $P-s2
+expect stop 0 "$P-s2" "snapshot create --stop"
+ocx waitt wait $P-t
+expect waitt 0 "0" "the VM stopped after the snapshot, status 0"
+ocx ps4 ps -a --format json
+check "ps says why it stopped" \
+  grep -q "snapshot create --stop" "$WORK/ps4.out"
+ocx clone4 run --from-snapshot $P-s2 -d --name $P-c4
+expect clone4 0 "$P-c4" "a clone of the second snapshot"
+ocx g4 exec $P-c4 cat /root/f /root/g
+expect g4 0 "written-before
+written-after" "it has both files"
+ocx rms snapshot rm $P-s $P-s2 $P-other
+expect rms 0 "$P-s
+$P-s2
+$P-other" "snapshot rm removes them"
+check "clones keep running after their snapshot is removed" "$OCIVM" exec $P-c4 true
+ocx ls2 snapshot ls -q
+expect ls2 0 "" "snapshot ls is empty again"
+ocx rmall rm -f $P-c1 $P-c2 $P-c4 $P-t
+check "rm -f of the clones" [ "$(rc rmall)" = 0 ]
+check "no VM of the test is left" [ -z "$("$OCIVM" ps -a -q)" ]
+finish
