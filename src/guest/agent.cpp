@@ -64,7 +64,7 @@ void set_nonblock(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLO
 
 class Agent {
 public:
-    explicit Agent(int port) : port_(port) {}
+    Agent(int port, RestoreHook on_restore) : port_(port), on_restore_(on_restore ? on_restore : apply_restore) {}
     int run();
 
 private:
@@ -80,6 +80,7 @@ private:
     void flush_port();
 
     int port_;
+    RestoreHook on_restore_;
     std::string out_;  // frames for the host not written yet
     agent::FrameReader reader_;
     std::map<uint32_t, std::unique_ptr<Session>> sessions_;
@@ -138,7 +139,7 @@ void Agent::restore(const std::string& payload) {
         abandon_sessions();
         done_.clear();
         done_order_.clear();
-        apply_restore(r, report);
+        on_restore_(r, report);
         epoch_ = r.epoch;
     }
     hello();
@@ -472,8 +473,8 @@ int agent_main() {
     return serve_agent(port);
 }
 
-int serve_agent(int fd) {
-    Agent a(fd);
+int serve_agent(int fd, RestoreHook on_restore) {
+    Agent a(fd, on_restore);
     return a.run();
 }
 

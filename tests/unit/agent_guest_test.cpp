@@ -55,12 +55,26 @@ size_t count_lines(const std::string& path) {
     return n;
 }
 
+// The agent's restore hook in these tests: what it was given, appended to
+// a file of the test's (the real one would set the host's clock and name).
+std::string g_restore_log;
+void record_restore(const agent::RestoreInfo& r, void (*)(const char*, ...)) {
+    int fd = ::open(g_restore_log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    std::string line = r.encode() + "--\n";
+    if (fd >= 0) {
+        ssize_t w = ::write(fd, line.data(), line.size());
+        (void)w;
+        ::close(fd);
+    }
+}
+
 class AgentGuest : public ::testing::Test {
 protected:
     void SetUp() override {
         static unsigned counter = 0;
         dir_ = test::temp_base() + "/ocivm-agent-guest-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
         ASSERT_EQ(::mkdir(dir_.c_str(), 0755), 0) << dir_ << ": " << std::strerror(errno);
+        g_restore_log = dir_ + "/restores";
         int sv[2];
         ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
         host_ = UniqueFd(sv[0]);
@@ -90,7 +104,7 @@ protected:
                 ::prctl(PR_SET_PDEATHSIG, SIGKILL);
                 report_w.reset();
                 ::sigprocmask(SIG_SETMASK, &old, nullptr);
-                ::_exit(guest::serve_agent(agent_end.release()));
+                ::_exit(guest::serve_agent(agent_end.release(), record_restore));
             }
             if (!err && a < 0) err = errno;
             agent_end.reset();
@@ -573,6 +587,54 @@ TEST_F(AgentGuest, TooManySessionsAreRefused) {
     ASSERT_TRUE(wait_for(extra, Type::Ack));
     ASSERT_TRUE(send(extra, Type::Go));
     EXPECT_EQ(exit_of(extra), "exit 0");
+}
+
+
+agent::RestoreInfo restore_info(uint64_t epoch) {
+    agent::RestoreInfo r;
+    r.epoch = epoch;
+    r.hostname = "clone-1";
+    r.mac = "52:54:00:aa:bb:cc";
+    r.time_sec = 1800000000;
+    r.time_nsec = 5;
+    r.seed = std::string(64, 'a');
+    r.machine_id = std::string(32, '0');
+    return r;
+}
+
+TEST_F(AgentGuest, RestoreTakesTheIdentityDropsSessionsAndGreetsWithItsEpoch) {
+    std::string pid;
+    ASSERT_TRUE(start(1, sh("echo ready; exec sleep 1000"), &pid));
+    ASSERT_TRUE(wait_output(1, "ready\n"));
+    ASSERT_TRUE(send(0, Type::Restore, restore_info(42).encode()));
+    Frame f;
+    ASSERT_TRUE(wait_for(0, Type::Hello, &f));
+    EXPECT_EQ(f.payload, hello_.payload + " epoch 42");
+    EXPECT_EQ(read_file(g_restore_log), restore_info(42).encode() + "--\n");
+    wait_reaped(pid);  // the snapshot's session is not this host's: killed, no Exit
+    ASSERT_TRUE(barrier());
+    EXPECT_EQ(count(1, Type::Exit), 0u);
+    // The same epoch again (the host saw a Hello without it): only a Hello.
+    ASSERT_TRUE(send(0, Type::Restore, restore_info(42).encode()));
+    ASSERT_TRUE(wait_for(0, Type::Hello, &f));
+    EXPECT_EQ(f.payload, hello_.payload + " epoch 42");
+    EXPECT_EQ(read_file(g_restore_log), restore_info(42).encode() + "--\n");
+    // A new session after the restore runs as usual.
+    ASSERT_TRUE(start(2, sh("echo after")));
+    EXPECT_EQ(exit_of(2), "exit 0");
+}
+
+TEST_F(AgentGuest, MalformedRestoreIsIgnored) {
+    agent::RestoreInfo r = restore_info(7);
+    r.hostname = "bad name;rm";
+    size_t mark = log_.size();
+    ASSERT_TRUE(send(0, Type::Restore, r.encode()));
+    ASSERT_TRUE(send(0, Type::Restore, "epoch 9\nhostname x\n"));  // fields missing
+    ASSERT_TRUE(barrier());
+    EXPECT_EQ(count(0, Type::Hello), 1u) << "only the first Hello";
+    EXPECT_GT(log_.size(), mark);
+    struct stat st;
+    EXPECT_NE(::stat(g_restore_log.c_str(), &st), 0) << "the hook never ran";
 }
 
 }  // namespace

@@ -223,6 +223,74 @@ TEST_F(HubTest, GuestIgnoringTheOutputWindowLosesItsSession) {
     EXPECT_EQ(g[0].type, Type::Close) << "the guest is told to kill the session";
 }
 
+TEST_F(HubTest, RestoredVmTakesOnlyTheHelloWithItsEpoch) {
+    agent::RestoreInfo r;
+    r.epoch = 77;
+    r.hostname = "clone";
+    r.time_sec = 1800000000;
+    r.seed = std::string(64, 'f');
+    r.machine_id = std::string(32, '1');
+    UniqueFd c = client();
+    open_session(c.get());  // held until the clone's agent greets
+    hub_->restore(r);
+    pump();
+    auto g = frames(guest_.get(), guest_reader_);
+    ASSERT_EQ(g.size(), 1u) << "the Restore goes out at once, nothing else before the Hello";
+    EXPECT_EQ(g[0].type, Type::Restore);
+    EXPECT_EQ(g[0].payload, r.encode());
+    // A Hello from before the restore (the snapshot's, still in the port)
+    // is not the clone's: the Restore is sent again, nothing else.
+    send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 boot-a");
+    send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 boot-a epoch 76");
+    EXPECT_TRUE(boots_.empty());
+    g = frames(guest_.get(), guest_reader_);
+    ASSERT_EQ(g.size(), 2u);
+    EXPECT_EQ(g[0].type, Type::Restore);
+    EXPECT_EQ(g[1].type, Type::Restore);
+    send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 boot-a epoch 77");
+    EXPECT_EQ(boots_, std::vector<std::string>{"boot-a"});
+    g = frames(guest_.get(), guest_reader_);
+    ASSERT_EQ(g.size(), 1u);
+    EXPECT_EQ(g[0].type, Type::Open) << "the held Open goes once the clone greeted";
+}
+
+TEST(AgentProtocol, RestoreInfoRoundTripsAndRefusesOddFields) {
+    agent::RestoreInfo r;
+    r.epoch = 123456789012345ull;
+    r.hostname = "clone-2.example";
+    r.mac = "52:54:00:0a:0b:0c";
+    r.time_sec = 1800000000;
+    r.time_nsec = 999999999;
+    r.seed = std::string(64, 'e');
+    r.machine_id = std::string(32, '9');
+    agent::RestoreInfo back;
+    ASSERT_EQ(back.parse(r.encode()), "");
+    EXPECT_EQ(back.encode(), r.encode());
+    auto with = [&](const std::string& key, const std::string& value) {
+        std::string text = r.encode();
+        size_t a = text.find(key + " ");
+        size_t e = text.find('\n', a);
+        text.replace(a, e - a, key + " " + value);
+        agent::RestoreInfo x;
+        return x.parse(text);
+    };
+    EXPECT_NE(with("hostname", "a b"), "");
+    EXPECT_NE(with("hostname", "x;reboot"), "");
+    EXPECT_NE(with("hostname", std::string(65, 'a')), "");
+    EXPECT_NE(with("mac", "52:54:00:0a:0b"), "");
+    EXPECT_NE(with("mac", "52-54-00-0a-0b-0c"), "");
+    EXPECT_NE(with("seed", std::string(63, 'e')), "");
+    EXPECT_NE(with("seed", std::string(64, 'E')), "");
+    EXPECT_NE(with("machine-id", "../../etc/shadow0000000000000000"), "");
+    EXPECT_NE(with("time", "-5.0"), "");
+    EXPECT_NE(with("time", "5.1000000000"), "");
+    EXPECT_NE(with("epoch", "0x10"), "");
+    EXPECT_EQ(with("mac", ""), "") << "no network: no MAC";
+    agent::RestoreInfo y;
+    EXPECT_NE(y.parse("epoch 5\n"), "") << "fields missing";
+    EXPECT_NE(y.parse(r.encode() + "color red\n"), "") << "an unknown field";
+}
+
 TEST_F(HubTest, OddBootIdsAreNotRecorded) {
     send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 \xff\xfe\"{}");
     ASSERT_EQ(boots_, std::vector<std::string>{"invalid"});
