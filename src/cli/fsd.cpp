@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -29,6 +30,7 @@
 #include "fs/passthrough.h"
 #include "fuse/server.h"
 #include "transport/devfuse.h"
+#include "transport/stream.h"
 #include "trace/recorder.h"
 #include "transport/vhost_user.h"
 #include "sandbox/sandbox.h"
@@ -112,7 +114,13 @@ Options:
                              whole
       --control-fd N         answer "stats" requests on the socket on fd N (used
                              by 'ocivm run', which reports them in its
-                             diagnosis)
+                             diagnosis; with --transport stream also
+                             "quiesce" and "resume" around a snapshot)
+      --transport T          vhost-user (default: QEMU's vhost-user-fs device)
+                             or stream: length-prefixed FUSE frames on the
+                             socket (--fd), whose other end is a virtio-serial
+                             port the guest's ocivm-init relays a FUSE mount
+                             over (docs/vm.md, "Stream shares")
       --announce-submounts   tell the guest about mount points inside DIR so it
                              gives each its own device (no inode collisions)
       --xattr / --no-xattr   serve extended attributes (default) or refuse them
@@ -132,7 +140,8 @@ and what it does not: docs/security.md.
 
 struct FsdOptions {
     std::string socket_path, shared_dir, cache = "auto", sandbox = "namespace",
-                seccomp = "kill", log_level = "warn", trace, xattr_policy = "passthrough";
+                seccomp = "kill", log_level = "warn", trace, xattr_policy = "passthrough",
+                transport = "vhost-user";
     int fd = -1, control_fd = -1;
     std::optional<unsigned long> fd_limit;  // --rlimit-nofile
     unsigned thread_pool = 8;               // --thread-pool-size
@@ -239,7 +248,17 @@ UniqueFd accept_on_path(const std::string& path) {
 // `ocivm run` asks its share servers for their statistics over this socket
 // (the servers are separate, confined processes): "stats" is answered with
 // the request count, the last 10 s of requests and the livelock verdict.
-void serve_control(int fd, const trace::Recorder& recorder, const transport::VhostUserBackend& backend) {
+// A stream server also takes "quiesce" (answered "quiet" once no reply is
+// left on its way to the guest, or "busy") and "resume"; a supervisor that
+// goes away while it is quiesced resumes it.
+void serve_control(int fd, const trace::Recorder& recorder, const std::function<uint64_t()>& requests,
+                   transport::StreamSession* stream) {
+    struct ResumeAtEnd {
+        transport::StreamSession* s;
+        ~ResumeAtEnd() {
+            if (s) s->resume();
+        }
+    } resume_at_end{stream};
     std::string pending;
     char buf[256];
     for (;;) {
@@ -252,6 +271,12 @@ void serve_control(int fd, const trace::Recorder& recorder, const transport::Vho
         while ((nl = pending.find('\n')) != std::string::npos) {
             std::string cmd = pending.substr(0, nl);
             pending.erase(0, nl + 1);
+            if (stream && (cmd == "quiesce" || cmd == "resume")) {
+                std::string ans = cmd == "resume" ? (stream->resume(), "resumed\n")
+                                                  : stream->quiesce(5000) ? "quiet\n" : "busy\n";
+                if (!write_all(fd, ans.data(), ans.size())) return;
+                continue;
+            }
             if (cmd != "stats") continue;
             uint64_t now = mono_ns();
             const auto& det = recorder.detector();
@@ -263,7 +288,7 @@ void serve_control(int fd, const trace::Recorder& recorder, const transport::Vho
                     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
                 return s;
             };
-            std::string out = "requests " + std::to_string(backend.stats().requests.load()) + "\n";
+            std::string out = "requests " + std::to_string(requests()) + "\n";
             for (auto& l : det.window_summary(now, 10)) out += "summary " + clean(l) + "\n";
             auto v = det.verdict();
             out += std::string("verdict ") + (v.livelock ? "1 " : "0 ") + clean(v.message) + "\n";
@@ -308,6 +333,7 @@ int cmd_fsd(int argc, char** argv) {
         {"no-xattr", 0, false, [&](const std::string&) { o.xattr = false; }},
         {"log-level", 0, true, [&](const std::string& v) { o.log_level = v; }},
         {"trace", 0, true, [&](const std::string& v) { o.trace = v; }},
+        {"transport", 0, true, [&](const std::string& v) { o.transport = v; }},
         {"print-capabilities", 0, false, [&](const std::string&) { o.caps = true; }},
     };
     auto pos = parse_args("fsd", argc, argv, 2, opts, &o.help);
@@ -338,6 +364,9 @@ int cmd_fsd(int argc, char** argv) {
     if (!sandbox::parse_seccomp_mode(o.seccomp, seccomp))
         throw UsageError{"invalid --seccomp '" + o.seccomp + "': use kill, log or none"};
     if (o.shared_dir.empty()) throw UsageError{"'ocivm fsd' needs --shared-dir DIR"};
+    if (o.transport != "vhost-user" && o.transport != "stream")
+        throw UsageError{"invalid --transport '" + o.transport + "': use vhost-user or stream"};
+    bool stream = o.transport == "stream";
     if ((o.socket_path.empty()) == (o.fd < 0))
         throw UsageError{"'ocivm fsd' needs exactly one of --socket-path PATH and --fd N"};
     // Nothing inherited by accident reaches the server (a directory fd
@@ -403,10 +432,18 @@ int cmd_fsd(int argc, char** argv) {
     transport::VhostUserOptions vo;
     vo.thread_pool_size = o.thread_pool;
     vo.load = &host_load;
-    transport::VhostUserBackend backend(server, vo);
+    std::optional<transport::VhostUserBackend> backend;
+    std::optional<transport::StreamSession> session;
+    if (stream) session.emplace(server);
+    else backend.emplace(server, vo);
+    std::function<uint64_t()> requests = [&] {
+        return stream ? session->stats().requests.load() : backend->stats().requests.load();
+    };
     std::thread control_thread;
     if (control) {
-        control_thread = std::thread([fd = control.get(), &recorder, &backend] { serve_control(fd, *recorder, backend); });
+        control_thread = std::thread([fd = control.get(), &recorder, &requests, s = stream ? &*session : nullptr] {
+            serve_control(fd, *recorder, requests, s);
+        });
     }
     struct JoinControl {
         std::thread& t;
@@ -419,13 +456,22 @@ int cmd_fsd(int argc, char** argv) {
     } join_control{control_thread, control.get()};
     // Everything that needs more than the allow-list is set up by now.
     sandbox::install_seccomp(seccomp, sandbox::SeccompProfile::FileServer, "ocivm fsd");
-    int rc = backend.serve(sock.get());
+    if (stream) {
+        int rc = session->serve(sock.get());
+        spdlog::info("served {} requests over the stream ({} attaches, {} bytes of earlier sessions discarded)",
+                     session->stats().requests.load(), session->stats().attaches.load(),
+                     session->stats().discarded_bytes.load());
+        recorder->flush();
+        if (recorder->dropped()) spdlog::warn("trace: {} records dropped (buffer full)", recorder->dropped());
+        return rc == 0 ? 0 : 1;
+    }
+    int rc = backend->serve(sock.get());
     spdlog::info("served {} requests ({} by the worker pool); {} bad descriptor chains; {} interrupts sent again "
                  "to a guest that had missed one",
-                 backend.stats().requests.load(), backend.stats().pooled.load(), backend.stats().bad_chains.load(),
-                 backend.stats().renotified.load());
-    for (const auto& l : backend.poll_lines()) spdlog::info("polling (host load from {}), {}", host_load.source(), l);
-    for (const auto& l : backend.poll_lines(true)) recorder->note(l);
+                 backend->stats().requests.load(), backend->stats().pooled.load(), backend->stats().bad_chains.load(),
+                 backend->stats().renotified.load());
+    for (const auto& l : backend->poll_lines()) spdlog::info("polling (host load from {}), {}", host_load.source(), l);
+    for (const auto& l : backend->poll_lines(true)) recorder->note(l);
     recorder->flush();
     if (recorder->dropped())
         spdlog::warn("trace: {} records dropped (buffer full)", recorder->dropped());

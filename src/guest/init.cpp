@@ -33,6 +33,7 @@
 
 #include "guest/agent.h"
 #include "guest/command.h"
+#include "guest/fuse_relay.h"  // stream shares
 #include "guest/net_config.h"  // network
 #include "guest/protocol.h"
 #include "util/io.h"
@@ -322,6 +323,7 @@ void run_command(const GuestConfig& c, const Ports& ports) {
     }
     // The command is the container: when it ends, so does everything it left.
     if (g_pid1) {
+        ::sync();  // while the relays of stream shares still run
         ::kill(-1, SIGKILL);
         while (::waitpid(-1, nullptr, 0) > 0) {
         }
@@ -372,11 +374,17 @@ void mount_api_filesystems(const GuestConfig& c) {
     ::symlink("/proc/self/fd/2", "/dev/stderr");
     must_mount("run", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
     must_mount("tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
-    for (auto& v : c.volumes)
+    for (auto& v : c.volumes) {
+        if (v.stream) {  // stream share: a FUSE mount relayed over a virtio-serial port
+            std::string err;
+            if (ocivm::guest::start_fuse_relay(v, &err) < 0) fatal("%s", err.c_str());
+            continue;
+        }
         must_mount(v.tag.c_str(), v.path, "virtiofs",
                    (v.readonly ? MS_RDONLY : 0) | (v.nodev ? MS_NODEV : 0) | (v.nosuid ? MS_NOSUID : 0) |
                        (v.noexec ? MS_NOEXEC : 0),
                    nullptr);
+    }
 }
 
 // The partition with this PARTUUID on a virtio disk, read from the GPT

@@ -35,6 +35,10 @@ struct Volume {
     bool readonly = false;
     // Guest mount options (the host server enforces nodev/nosuid as well).
     bool nodev = false, nosuid = false, noexec = false;
+    // Served over the stream transport: tag is then the virtio-serial
+    // port's name ("ocivm.fs.N") and ocivm-init relays a FUSE mount over it
+    // (guest/fuse_relay.h) instead of mounting virtiofs.
+    bool stream = false;
 };
 
 struct GuestConfig {
@@ -114,7 +118,7 @@ inline std::string encode(const GuestConfig& c) {
     if (c.root_erofs) put("root_erofs", "1");
     for (auto& v : c.volumes)
         o += "volume " + escape(v.tag) + "\t" + escape(v.path) + "\t" + (v.readonly ? "ro" : "rw") +
-             (v.nodev ? ",nodev" : "") + (v.nosuid ? ",nosuid" : "") + (v.noexec ? ",noexec" : "") + "\n";
+             (v.nodev ? ",nodev" : "") + (v.nosuid ? ",nosuid" : "") + (v.noexec ? ",noexec" : "") + (v.stream ? ",stream" : "") + "\n";
     return o;
 }
 
@@ -157,6 +161,7 @@ inline std::string decode(const std::string& text, GuestConfig& c) {
                 else if (f == "nodev") v.nodev = true;
                 else if (f == "nosuid") v.nosuid = true;
                 else if (f == "noexec") v.noexec = true;
+                else if (f == "stream") v.stream = true;
                 else if (f != "rw") return "unknown volume option: " + f;
             }
             c.volumes.push_back(v);

@@ -17,6 +17,8 @@
 #include <iterator>
 
 #include "sandbox/sandbox.h"
+#include <linux/sockios.h>
+
 #include "util/error.h"
 
 namespace ocivm::sandbox {
@@ -147,6 +149,12 @@ int add_file_server_rules(scmp_filter_ctx ctx) {
     int rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
                               SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD | ns, CLONE_THREAD));
     if (rc == 0) rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+    // ioctl only for SIOCOUTQ: a stream share's quiesce asks how much of its
+    // replies the guest has not taken yet. The kernel reads the request as
+    // 32 bits: compare only those.
+    if (rc == 0)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
+                              SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, static_cast<scmp_datum_t>(SIOCOUTQ)));
     // prctl only to name or read: not PR_SET_PDEATHSIG (outliving ocivm),
     // not PR_SET_DUMPABLE, not PR_SET_SECCOMP.
     for (int opt : {PR_SET_NAME, PR_GET_NAME, PR_GET_SECUREBITS, PR_GET_NO_NEW_PRIVS})

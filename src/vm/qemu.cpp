@@ -40,7 +40,8 @@ std::pair<std::vector<std::string>, std::vector<int>> qemu_argv(const QemuConfig
     a.insert(a.end(), {"-chardev", "socket,id=con,fd=" + pass(c.console), "-serial", "chardev:con"});
     a.insert(a.end(), {"-chardev", "socket,id=qmp,fd=" + pass(c.qmp), "-mon", "chardev=qmp,mode=control"});
     std::string dev = micro ? "-device" : "-device";
-    a.insert(a.end(), {dev, micro ? "virtio-serial-device,max_ports=8" : "virtio-serial-pci,max_ports=8"});
+    // 5 ports of ocivm's own, and one per stream share (-v of an EROFS-root VM).
+    a.insert(a.end(), {dev, micro ? "virtio-serial-device,max_ports=32" : "virtio-serial-pci,max_ports=32"});
     auto port = [&](const char* id, int fd, const char* name) {
         a.insert(a.end(), {"-chardev", std::string("socket,id=") + id + ",fd=" + pass(fd), "-device",
                            std::string("virtserialport,chardev=") + id + ",name=" + name});
@@ -50,6 +51,8 @@ std::pair<std::vector<std::string>, std::vector<int>> qemu_argv(const QemuConfig
     port("pin", c.port_in, "ocivm.stdin");
     port("pctl", c.port_control, "ocivm.control");
     if (c.port_agent >= 0) port("pagent", c.port_agent, "ocivm.agent");
+    for (size_t k = 0; k < c.fs_ports.size(); ++k)
+        port(("pfs" + std::to_string(k)).c_str(), c.fs_ports[k].second, c.fs_ports[k].first.c_str());
     if (c.incoming >= 0) a.insert(a.end(), {"-incoming", "defer"});
     auto blk = [&](const std::string& file, const std::string& id, const std::string& opts) {
         a.insert(a.end(), {"-drive", "file=" + escaped(file) + ",if=none,id=" + id + "," + opts, "-device",

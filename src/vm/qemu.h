@@ -22,6 +22,9 @@ struct QemuConfig {
     // Our peers' ends, in the child's numbering assigned by qemu_argv.
     int console = -1, qmp = -1, port_out = -1, port_err = -1, port_in = -1, port_control = -1, port_agent = -1;
     std::vector<std::pair<std::string, int>> fs;  // tag, vhost-user socket
+    // Stream shares: virtio-serial port name ("ocivm.fs.N"), the share
+    // server's socket (src/transport/stream.h).
+    std::vector<std::pair<std::string, int>> fs_ports;
     std::string disk, disk_format;                // a read-only virtio-blk disk
     std::vector<std::string> attach;              // writable raw virtio-blk disks, after it
     net::QemuNetdev net;                          // network: none unless active()

@@ -23,6 +23,7 @@ ShareServer::ShareServer(const Config& c, UniqueFd vhost_sock) {
                "--cache", fs::cache_mode_name(c.mode), "--log-level",
                std::string(spdlog::level::to_string_view(spdlog::get_level()).data(),
                            spdlog::level::to_string_view(spdlog::get_level()).size())};
+    if (c.stream) so.argv.insert(so.argv.end(), {"--transport", "stream"});
     if (c.readonly) so.argv.push_back("--readonly");
     if (c.writeback) so.argv.push_back("--writeback");
     if (c.nodev) so.argv.push_back("--nodev");
@@ -48,21 +49,44 @@ ShareServer::~ShareServer() {
     for (int i = 0; i < 50 && !child_.reap(nullptr); ++i) ::usleep(100000);
 }
 
-ShareServer::Stats ShareServer::stats() {
-    Stats st;
-    if (!control_ || !write_all(control_.get(), "stats\n", 6)) return st;
-    std::string buf;
-    uint64_t deadline = mono_ns() + 1'000'000'000ull;
+std::string ShareServer::ask(const std::string& cmd, const std::function<bool(const std::string&)>& done,
+                             int timeout_ms) {
+    if (!control_) return "";
     char tmp[4096];
-    while (buf.find("end\n") == std::string::npos) {
+    // A late answer to an earlier question that timed out is not this one's.
+    for (pollfd pf{control_.get(), POLLIN, 0}; ::poll(&pf, 1, 0) > 0;)
+        if (::read(control_.get(), tmp, sizeof tmp) <= 0) return "";
+    std::string line = cmd + "\n";
+    if (!write_all(control_.get(), line.data(), line.size())) return "";
+    std::string buf;
+    uint64_t deadline = mono_ns() + static_cast<uint64_t>(timeout_ms) * 1'000'000ull;
+    while (!done(buf)) {
         uint64_t now = mono_ns();
-        if (now >= deadline || buf.size() > (1 << 20)) return st;
+        if (now >= deadline || buf.size() > (1 << 20)) return "";
         pollfd pf{control_.get(), POLLIN, 0};
         if (::poll(&pf, 1, static_cast<int>((deadline - now) / 1000000 + 1)) <= 0) continue;
         ssize_t n = ::read(control_.get(), tmp, sizeof tmp);
-        if (n <= 0) return st;
+        if (n <= 0) return "";
         buf.append(tmp, static_cast<size_t>(n));
     }
+    return buf;
+}
+
+bool ShareServer::quiesce() {
+    // The server gives up after 5 s itself ("busy").
+    auto line = [](const std::string& b) { return b.find('\n') != std::string::npos; };
+    return ask("quiesce", line, 7000) == "quiet\n";
+}
+
+void ShareServer::resume() {
+    ask("resume", [](const std::string& b) { return b.find("resumed\n") != std::string::npos; }, 2000);
+}
+
+ShareServer::Stats ShareServer::stats() {
+    Stats st;
+    std::string buf =
+        ask("stats", [](const std::string& b) { return b.find("end\n") != std::string::npos; }, 1000);
+    if (buf.empty()) return st;
     size_t pos = 0;
     while (pos < buf.size()) {
         size_t nl = buf.find('\n', pos);

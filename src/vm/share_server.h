@@ -5,6 +5,7 @@
 // seccomp allow-list. A guest that breaks the server holds nothing of the
 // supervisor: not QEMU's channels, not the other shares, not the host.
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,10 @@ public:
         fs::CacheMode mode = fs::CacheMode::Auto;
         bool readonly = false, nodev = true, nosuid = true, override_stat = false, trusted_xattrs = false,
              writeback = false;
+        // The stream transport (FUSE frames on a virtio-serial port, relayed
+        // by the guest's ocivm-init) instead of vhost-user: a share of a VM
+        // that can be snapshotted.
+        bool stream = false;
         std::string trace;
         int stderr_fd = SpawnOptions::kInherit;  // a detached VM's servers log to a file
     };
@@ -43,7 +48,17 @@ public:
     // not answer within a second (it is gone, or stuck).
     Stats stats();
 
+    // A stream share, around a snapshot: stop taking requests until every
+    // reply has reached the guest (quiesce: false when that does not happen
+    // within 5 s, or the server does not answer), and go on (resume).
+    bool quiesce();
+    void resume();
+    pid_t pid() const { return child_.pid(); }
+
 private:
+    // Sends cmd and collects the answer until done(answer so far); "" when
+    // that does not come within timeout_ms.
+    std::string ask(const std::string& cmd, const std::function<bool(const std::string&)>& done, int timeout_ms);
     ChildProcess child_;
     UniqueFd control_;
 };

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sched.h>
+#include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -78,6 +79,31 @@ TEST(Seccomp, OtherSyscallsStopTheServerNamingTheCall) {
     ASSERT_GT(n, 0);
     std::string msg(buf);
     EXPECT_NE(msg.find("test server made system call socket ("), std::string::npos) << msg;
+}
+
+// A stream share's quiesce asks SIOCOUTQ of its socket; no other ioctl
+// (terminal, file system freezing) gets through, high bits or not.
+TEST(Seccomp, OnlySiocoutqOfTheIoctls) {
+    auto killed_by_filter = [](int st) { return WIFEXITED(st) && WEXITSTATUS(st) == 128 + SIGSYS; };
+    int sv[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);  // made before the filter, as fsd's is
+    int st = in_filtered_child(SeccompMode::Kill, [&sv] {
+        int queued = -1;
+        if (::write(sv[0], "abc", 3) != 3 || ::ioctl(sv[0], SIOCOUTQ, &queued) < 0) return 3;
+        return queued > 0 ? 0 : 4;
+    });
+    ::close(sv[0]);
+    ::close(sv[1]);
+    ASSERT_TRUE(WIFEXITED(st)) << "killed by signal " << WTERMSIG(st);
+    EXPECT_EQ(WEXITSTATUS(st), 0);
+    EXPECT_TRUE(killed_by_filter(in_filtered_child(SeccompMode::Kill, [] {
+        int n = 0;
+        return ::ioctl(0, FIONREAD, &n) == 0 ? 0 : 1;
+    })));
+    EXPECT_TRUE(killed_by_filter(in_filtered_child(SeccompMode::Kill, [] {
+        int n = 0;
+        return ::syscall(SYS_ioctl, 0, 0x100000000ul | FIONREAD, &n) == 0 ? 0 : 1;
+    })));
 }
 
 TEST(Seccomp, ParseModes) {

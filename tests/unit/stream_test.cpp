@@ -1,0 +1,591 @@
+// The stream transport (issue 12 item 4): its framing, the host's
+// StreamSession over a socketpair (hello, attach after leftovers, oversize
+// frames, quiesce), and the guest relay's translation: a handle opened
+// before a restore reads the same file through the clone's new server.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <linux/fuse.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <future>
+#include <thread>
+
+#include "guest/fuse_relay.h"
+#include "guest/stream_protocol.h"
+#include "transport/stream.h"
+#include "unit/test_util.h"
+#include "util/io.h"
+
+using namespace ocivm;
+using namespace ocivm::test;
+using guest::Bytes;
+using Status = stream::FrameReader::Status;
+
+namespace {
+
+Bytes frame(const Bytes& payload) {
+    Bytes f(4 + payload.size());
+    stream::put_u32(f.data(), static_cast<uint32_t>(payload.size()));
+    if (!payload.empty()) std::memcpy(f.data() + 4, payload.data(), payload.size());
+    return f;
+}
+
+Bytes control(uint64_t session) {
+    Bytes f(stream::kControlFrameBytes);
+    stream::control_frame(session, f.data());
+    return f;
+}
+
+}  // namespace
+
+TEST(StreamFraming, FramesSurviveAnySplit) {
+    Bytes wire;
+    Bytes a = {'a', 'b', 'c'}, b(70000, 'x'), empty;
+    for (auto* p : {&a, &b, &empty}) {
+        Bytes f = frame(*p);
+        wire.insert(wire.end(), f.begin(), f.end());
+    }
+    Bytes c = control(0x1122334455667788ull);
+    wire.insert(wire.end(), c.begin(), c.end());
+    for (size_t step : {size_t{1}, size_t{3}, size_t{4096}, wire.size()}) {
+        stream::FrameReader r;
+        std::vector<Bytes> got;
+        uint64_t session = 0;
+        int controls = 0;
+        for (size_t off = 0; off < wire.size(); off += step) {
+            r.feed(wire.data() + off, std::min(step, wire.size() - off));
+            for (;;) {
+                const unsigned char* d = nullptr;
+                size_t n = 0;
+                auto st = r.next(&d, &n, &session);
+                if (st == Status::NeedMore) break;
+                ASSERT_NE(st, Status::TooLong);
+                if (st == Status::Control) ++controls;
+                else got.emplace_back(d, d + n);
+            }
+        }
+        ASSERT_EQ(got.size(), 3u) << "step " << step;
+        EXPECT_EQ(got[0], a);
+        EXPECT_EQ(got[1], b);
+        EXPECT_TRUE(got[2].empty());
+        EXPECT_EQ(controls, 1);
+        EXPECT_EQ(session, 0x1122334455667788ull);
+    }
+}
+
+TEST(StreamFraming, TooLongIsRefusedBeforeItsBytesArrive) {
+    stream::FrameReader r;
+    unsigned char len[4];
+    stream::put_u32(len, stream::kMaxFrame + 1);
+    r.feed(len, 4);
+    const unsigned char* d = nullptr;
+    size_t n = 0;
+    uint64_t s;
+    EXPECT_EQ(r.next(&d, &n, &s), Status::TooLong);
+    EXPECT_EQ(r.buffered(), 4u);
+    stream::FrameReader ok;
+    stream::put_u32(len, stream::kMaxFrame);
+    ok.feed(len, 4);
+    EXPECT_EQ(ok.next(&d, &n, &s), Status::NeedMore) << "kMaxFrame itself is allowed";
+}
+
+TEST(StreamFraming, SeekControlSkipsAnEarlierSessionsLeftovers) {
+    // A half-sent request of the snapshot's session, another session's
+    // attach, then ours: only ours and what follows it count.
+    Bytes wire = {0x40, 0, 0, 0, 1, 2, 3};
+    Bytes other = control(7), ours = control(42), req = frame({9, 9});
+    for (auto* p : {&other, &ours, &req}) wire.insert(wire.end(), p->begin(), p->end());
+    stream::FrameReader r;
+    r.feed(wire.data(), 10);
+    EXPECT_FALSE(r.seek_control(42));
+    EXPECT_LT(r.buffered(), stream::kControlFrameBytes) << "only what could start the marker is kept";
+    r.feed(wire.data() + 10, wire.size() - 10);
+    ASSERT_TRUE(r.seek_control(42));
+    const unsigned char* d = nullptr;
+    size_t n = 0;
+    uint64_t s = 0;
+    ASSERT_EQ(r.next(&d, &n, &s), Status::Control);
+    EXPECT_EQ(s, 42u);
+    ASSERT_EQ(r.next(&d, &n, &s), Status::Data);
+    EXPECT_EQ(Bytes(d, d + n), (Bytes{9, 9}));
+}
+
+// ---- the host side: StreamSession on a socketpair
+
+namespace {
+
+struct SessionRig {
+    Harness h;  // its server serves
+    int sv[2] = {-1, -1};
+    transport::StreamSession session{*h.server, 0xabcdef0123456789ull};
+    std::future<int> served;
+    SessionRig() {
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) throw std::runtime_error("socketpair");
+        served = std::async(std::launch::async, [this] { return session.serve(sv[0]); });
+    }
+    ~SessionRig() {
+        if (sv[1] >= 0) ::close(sv[1]);
+        if (served.valid()) served.wait();
+        ::close(sv[0]);
+    }
+    void put(const Bytes& b) { ASSERT_TRUE(write_all(sv[1], b.data(), b.size())); }
+    // The next frame from the server (payload; session for a control frame).
+    Bytes get(bool* is_control = nullptr, uint64_t* session_id = nullptr) {
+        unsigned char len[4];
+        if (!read_exact(4, len)) return {};
+        uint32_t n = stream::get_u32(len);
+        if (n == stream::kControl) {
+            unsigned char s[8];
+            read_exact(8, s);
+            if (is_control) *is_control = true;
+            if (session_id) *session_id = stream::get_u64(s);
+            return {};
+        }
+        if (is_control) *is_control = false;
+        Bytes b(n);
+        read_exact(n, b.data());
+        return b;
+    }
+    bool read_exact(size_t n, unsigned char* p) {
+        for (size_t got = 0; got < n;) {
+            ssize_t r = ::read(sv[1], p + got, n - got);
+            if (r <= 0) return false;
+            got += static_cast<size_t>(r);
+        }
+        return true;
+    }
+};
+
+Bytes as_bytes(const std::vector<std::byte>& v) {
+    const auto* p = reinterpret_cast<const unsigned char*>(v.data());
+    return Bytes(p, p + v.size());
+}
+
+Bytes init_request() {
+    struct {
+        uint32_t major, minor, max_readahead, flags, flags2, unused[11];
+    } in{7, 36, 131072, 0xffffffffu, 0, {}};
+    return as_bytes(Request(FUSE_INIT, 0).arg(in).bytes());
+}
+
+}  // namespace
+
+TEST(StreamSession, HelloFirstThenServesOnlyAfterTheAttach) {
+    SessionRig rig;
+    bool is_control = false;
+    uint64_t session = 0;
+    rig.get(&is_control, &session);
+    ASSERT_TRUE(is_control) << "the server greets first";
+    EXPECT_EQ(session, 0xabcdef0123456789ull);
+    // Leftovers of the snapshot's session: a request cut in half, and a
+    // whole one. Neither may be answered.
+    Bytes stale = frame(as_bytes(Request(FUSE_GETATTR, 1).bytes()));
+    Bytes junk(stale.begin() + 5, stale.end());
+    rig.put(junk);
+    rig.put(stale);
+    rig.put(control(session));
+    Bytes init = init_request();
+    rig.put(frame(init));
+    Bytes reply = rig.get(&is_control);
+    ASSERT_FALSE(is_control);
+    ASSERT_GE(reply.size(), sizeof(fuse_out_header));
+    fuse_out_header o;
+    std::memcpy(&o, reply.data(), sizeof o);
+    fuse_in_header ih;
+    std::memcpy(&ih, init.data(), sizeof ih);
+    EXPECT_EQ(o.unique, ih.unique) << "the first answer is the INIT's: nothing before the attach was served";
+    EXPECT_EQ(o.error, 0);
+    EXPECT_EQ(o.len, reply.size());
+    ::close(rig.sv[1]);
+    rig.sv[1] = -1;
+    EXPECT_EQ(rig.served.get(), 0) << "EOF ends the session cleanly";
+    EXPECT_EQ(rig.session.stats().requests.load(), 1u);
+    EXPECT_EQ(rig.session.stats().discarded_bytes.load(), junk.size() + stale.size());
+}
+
+TEST(StreamSession, AnOversizeFrameDropsTheChannel) {
+    SessionRig rig;
+    uint64_t session = 0;
+    rig.get(nullptr, &session);
+    rig.put(control(session));
+    unsigned char len[4];
+    stream::put_u32(len, 0x7fffffff);
+    rig.put(Bytes(len, len + 4));
+    EXPECT_EQ(rig.served.get(), -EPROTO);
+}
+
+TEST(StreamSession, QuiesceWaitsForTheRepliesToBeTaken) {
+    SessionRig rig;
+    uint64_t session = 0;
+    rig.get(nullptr, &session);
+    rig.put(control(session));
+    rig.put(frame(init_request()));
+    // The INIT reply sits unread in the socket: not quiet.
+    for (int i = 0; i < 200 && rig.session.stats().requests.load() == 0; ++i) ::usleep(5000);
+    EXPECT_FALSE(rig.session.quiesce(300));
+    rig.get();
+    ASSERT_TRUE(rig.session.quiesce(2000)) << "every reply taken: quiet";
+    // Parked: a request sent now is not answered until resume.
+    Bytes getattr = as_bytes(Request(FUSE_GETATTR, 1).arg(fuse_getattr_in{}).bytes());
+    rig.put(frame(getattr));
+    ::usleep(200000);
+    EXPECT_EQ(rig.session.stats().requests.load(), 1u);
+    rig.session.resume();
+    Bytes reply = rig.get();
+    fuse_out_header o;
+    ASSERT_GE(reply.size(), sizeof o);
+    std::memcpy(&o, reply.data(), sizeof o);
+    EXPECT_EQ(o.error, 0);
+}
+
+// ---- the guest relay's translation, against real servers
+
+namespace {
+
+// One server generation on a directory: what a VM's share server is; a
+// clone's is a second one on the same directory.
+struct HostServer {
+    std::unique_ptr<fs::Passthrough> fs;
+    std::unique_ptr<fuse::Server> server;
+    std::vector<std::byte> out = std::vector<std::byte>((1u << 20) + 4096);
+    explicit HostServer(const std::string& dir) {
+        fs::PassthroughOptions o;
+        o.source = dir;
+        o.switch_credentials = fs::prepare_server_process();
+        fs = std::make_unique<fs::Passthrough>(o);
+        server = std::make_unique<fuse::Server>(*fs, fuse::ServerOptions{});
+    }
+};
+
+class RawWriter final : public fuse::BufferReplyWriter {
+public:
+    RawWriter(std::byte* b, size_t cap, Bytes& got) : BufferReplyWriter(b, cap), got_(got) {}
+    int commit(size_t len) override {
+        const auto* p = reinterpret_cast<const unsigned char*>(buf_);
+        got_.assign(p, p + len);
+        return 0;
+    }
+
+private:
+    Bytes& got_;
+};
+
+struct KernelReply {
+    int error = 0;
+    uint64_t unique = 0;
+    Bytes payload;
+    template <typename T>
+    T as() const {
+        T v{};
+        std::memcpy(&v, payload.data(), std::min(sizeof v, payload.size()));
+        return v;
+    }
+};
+
+struct RelayRig {
+    std::string dir = make_temp_dir();
+    guest::RelayCore core;
+    std::map<uint64_t, KernelReply> replies;  // what the kernel got, by unique
+    uint64_t requests_to_host = 0;
+    ~RelayRig() { remove_tree(dir); }
+
+    // Moves the relay's requests through srv (and its replies back) until
+    // nothing is left; drop: requests lost on the way (a server that went).
+    void pump(HostServer* srv) {
+        for (;;) {
+            auto reqs = core.take_to_host();
+            if (reqs.empty()) break;
+            for (auto& r : reqs) {
+                ++requests_to_host;
+                if (!srv) continue;
+                Bytes got;
+                RawWriter w(srv->out.data(), srv->out.size(), got);
+                auto res = srv->server->handle({reinterpret_cast<const std::byte*>(r.data()), r.size()}, w);
+                if (res != fuse::Server::Result::NoReply) core.on_host_reply(got.data(), got.size());
+            }
+        }
+        for (auto& k : core.take_to_kernel()) {
+            fuse_out_header o;
+            std::memcpy(&o, k.data(), sizeof o);
+            EXPECT_EQ(o.len, k.size());
+            replies[o.unique] = KernelReply{o.error, o.unique, Bytes(k.begin() + sizeof o, k.end())};
+        }
+    }
+    // The kernel sends r; returns its unique.
+    uint64_t kernel(const Request& r) {
+        auto b = as_bytes(r.bytes());
+        fuse_in_header h;
+        std::memcpy(&h, b.data(), sizeof h);
+        core.on_kernel_request(b.data(), b.size());
+        return h.unique;
+    }
+    KernelReply call(const Request& r, HostServer& srv) {
+        uint64_t u = kernel(r);
+        pump(&srv);
+        auto it = replies.find(u);
+        if (it == replies.end()) return KernelReply{-ETIMEDOUT, u, {}};
+        return it->second;
+    }
+    uint64_t lookup(uint64_t parent, const std::string& name, HostServer& srv) {
+        auto r = call(Request(FUSE_LOOKUP, parent).str(name), srv);
+        EXPECT_EQ(r.error, 0) << name;
+        return r.as<fuse_entry_out>().nodeid;
+    }
+    uint64_t open(uint64_t node, uint32_t flags, HostServer& srv, bool dir = false) {
+        fuse_open_in in{};
+        in.flags = flags;
+        auto r = call(Request(dir ? FUSE_OPENDIR : FUSE_OPEN, node).arg(in), srv);
+        EXPECT_EQ(r.error, 0);
+        return r.as<fuse_open_out>().fh;
+    }
+    std::string read(uint64_t node, uint64_t fh, HostServer& srv, int* err = nullptr) {
+        return text_of(call(read_request(node, fh), srv), err);
+    }
+    static Request read_request(uint64_t node, uint64_t fh) {
+        fuse_read_in in{};
+        in.fh = fh;
+        in.size = 4096;
+        return std::move(Request(FUSE_READ, node).arg(in));
+    }
+    static std::string text_of(const KernelReply& r, int* err) {
+        if (err) *err = r.error;
+        return std::string(r.payload.begin(), r.payload.end());
+    }
+    void write_host(const std::string& rel, const std::string& data) {
+        std::ofstream(dir + "/" + rel) << data;
+    }
+    void start(HostServer& a) {
+        uint64_t u = kernel(Request(FUSE_INIT, 0).raw(init_request().data() + sizeof(fuse_in_header),
+                                                      init_request().size() - sizeof(fuse_in_header)));
+        pump(&a);
+        EXPECT_EQ(replies.count(u), 0u) << "the kernel's INIT waits for a server's hello";
+        EXPECT_TRUE(core.on_hello(1111));
+        pump(&a);
+        ASSERT_EQ(replies.count(u), 1u);
+        EXPECT_EQ(replies[u].error, 0);
+        EXPECT_LE(replies[u].as<fuse_init_out>().max_write, stream::kMaxData);
+        EXPECT_TRUE(core.ready());
+    }
+};
+
+}  // namespace
+
+TEST(FuseRelay, AHandleOpenAcrossARestoreReadsTheSameFile) {
+    RelayRig rig;
+    ::mkdir((rig.dir + "/sub").c_str(), 0755);
+    rig.write_host("sub/held", "held-content\n");
+    rig.write_host("other", "other-content\n");
+    HostServer a(rig.dir);
+    rig.start(a);
+    uint64_t sub = rig.lookup(FUSE_ROOT_ID, "sub", a);
+    uint64_t held = rig.lookup(sub, "held", a);
+    uint64_t other = rig.lookup(FUSE_ROOT_ID, "other", a);
+    uint64_t fh = rig.open(held, O_RDONLY, a);
+    uint64_t dfh = rig.open(sub, O_RDONLY | O_DIRECTORY, a, true);
+    EXPECT_EQ(rig.read(held, fh, a), "held-content\n");
+    // The snapshot: a READ is on its way and the server never answers it
+    // (it lives on in the source VM; the clone gets a new one).
+    uint64_t in_flight = rig.kernel(RelayRig::read_request(held, fh));
+    rig.pump(nullptr);
+    EXPECT_EQ(rig.replies.count(in_flight), 0u);
+
+    // The clone's server: a new Passthrough that has never seen these ids.
+    // Make its ids differ from the old ones, as they would.
+    HostServer b(rig.dir);
+    {
+        Bytes dummy;
+        RawWriter w(b.out.data(), b.out.size(), dummy);
+        auto ini = init_request();
+        b.server->handle({reinterpret_cast<const std::byte*>(ini.data()), ini.size()}, w);
+        auto lk = as_bytes(Request(FUSE_LOOKUP, FUSE_ROOT_ID).str("other").bytes());
+        b.server->handle({reinterpret_cast<const std::byte*>(lk.data()), lk.size()}, w);
+        auto destroy = as_bytes(Request(FUSE_DESTROY, 0).bytes());
+        b.server->handle({reinterpret_cast<const std::byte*>(destroy.data()), destroy.size()}, w);
+    }
+    EXPECT_TRUE(rig.core.on_hello(2222));
+    EXPECT_FALSE(rig.core.ready()) << "rebuilding";
+    rig.pump(&b);
+    EXPECT_TRUE(rig.core.ready());
+    ASSERT_EQ(rig.replies.count(in_flight), 1u) << "the READ in flight was sent again to the new server";
+    EXPECT_EQ(rig.replies[in_flight].error, 0);
+    EXPECT_EQ(RelayRig::text_of(rig.replies[in_flight], nullptr), "held-content\n");
+    // The kernel's ids and handle work unchanged.
+    EXPECT_EQ(rig.read(held, fh, b), "held-content\n");
+    EXPECT_EQ(rig.call(Request(FUSE_GETATTR, other).arg(fuse_getattr_in{}), b).error, 0);
+    fuse_read_in rd{};
+    rd.fh = dfh;
+    rd.size = 65536;
+    auto listing = rig.call(Request(FUSE_READDIR, sub).arg(rd), b);
+    EXPECT_EQ(listing.error, 0);
+    EXPECT_NE(RelayRig::text_of(listing, nullptr).find("held"), std::string::npos);
+    auto c = rig.core.counters();
+    EXPECT_EQ(c.rebuilds, 1u);
+    EXPECT_EQ(c.relookups, 3u);
+    EXPECT_EQ(c.reopened, 2u);
+    EXPECT_EQ(c.replayed, 1u);
+    EXPECT_EQ(c.stale_nodes, 0u);
+    // Writes go to the host's file through a handle of before.
+    uint64_t wfh = rig.open(other, O_WRONLY, b);
+    (void)wfh;
+    fuse_release_in rel{};
+    rel.fh = fh;
+    EXPECT_EQ(rig.call(Request(FUSE_RELEASE, held).arg(rel), b).error, 0);
+    EXPECT_EQ(rig.core.handles(), 2u) << "dir handle and the new write handle remain";
+}
+
+TEST(FuseRelay, NodesGoneOrReplacedOnTheHostAreStaleNotWrong) {
+    RelayRig rig;
+    rig.write_host("gone", "1");
+    rig.write_host("swapped", "old");
+    rig.write_host("kept", "k");
+    HostServer a(rig.dir);
+    rig.start(a);
+    uint64_t gone = rig.lookup(FUSE_ROOT_ID, "gone", a);
+    uint64_t swapped = rig.lookup(FUSE_ROOT_ID, "swapped", a);
+    uint64_t kept = rig.lookup(FUSE_ROOT_ID, "kept", a);
+    uint64_t fh = rig.open(gone, O_RDONLY, a);
+    // Changed on the host between the snapshot and the clone.
+    ASSERT_EQ(::unlink((rig.dir + "/gone").c_str()), 0);
+    rig.write_host("new-swapped", "new");
+    ASSERT_EQ(::rename((rig.dir + "/new-swapped").c_str(), (rig.dir + "/swapped").c_str()), 0);
+    HostServer b(rig.dir);
+    rig.core.on_hello(3333);
+    rig.pump(&b);
+    ASSERT_TRUE(rig.core.ready());
+    EXPECT_EQ(rig.call(Request(FUSE_GETATTR, gone).arg(fuse_getattr_in{}), b).error, -ESTALE);
+    EXPECT_EQ(rig.call(Request(FUSE_GETATTR, swapped).arg(fuse_getattr_in{}), b).error, -ESTALE)
+        << "another file by the old name is not the file the kernel holds";
+    EXPECT_EQ(rig.call(Request(FUSE_GETATTR, kept).arg(fuse_getattr_in{}), b).error, 0);
+    int err = 0;
+    rig.read(gone, fh, b, &err);
+    EXPECT_EQ(err, -ESTALE);
+    // A fresh lookup of the new file works, with an id of its own.
+    uint64_t fresh = rig.lookup(FUSE_ROOT_ID, "swapped", b);
+    EXPECT_NE(fresh, swapped);
+    EXPECT_EQ(rig.core.counters().stale_nodes, 2u);
+}
+
+TEST(FuseRelay, RenamedNodesAreFoundUnderTheirNewName) {
+    RelayRig rig;
+    ::mkdir((rig.dir + "/d1").c_str(), 0755);
+    ::mkdir((rig.dir + "/d2").c_str(), 0755);
+    rig.write_host("d1/f", "moved");
+    HostServer a(rig.dir);
+    rig.start(a);
+    uint64_t d1 = rig.lookup(FUSE_ROOT_ID, "d1", a);
+    uint64_t d2 = rig.lookup(FUSE_ROOT_ID, "d2", a);
+    uint64_t f = rig.lookup(d1, "f", a);
+    fuse_rename_in rn{};
+    rn.newdir = d2;
+    auto r = rig.call(Request(FUSE_RENAME, d1).arg(rn).str("f").str("g"), a);
+    ASSERT_EQ(r.error, 0);
+    HostServer b(rig.dir);
+    rig.core.on_hello(4444);
+    rig.pump(&b);
+    uint64_t fh = rig.open(f, O_RDONLY, b);
+    EXPECT_EQ(rig.read(f, fh, b), "moved");
+    EXPECT_EQ(rig.core.counters().stale_nodes, 0u);
+}
+
+TEST(FuseRelay, CreatedFilesAndReaddirplusEntriesAreTranslated) {
+    RelayRig rig;
+    ::mkdir((rig.dir + "/d").c_str(), 0755);
+    rig.write_host("d/a", "A");
+    HostServer a(rig.dir);
+    rig.start(a);
+    uint64_t d = rig.lookup(FUSE_ROOT_ID, "d", a);
+    fuse_create_in cr{};
+    cr.flags = O_WRONLY | O_CREAT | O_EXCL;
+    cr.mode = S_IFREG | 0644;
+    auto c = rig.call(Request(FUSE_CREATE, d).arg(cr).str("new"), a);
+    ASSERT_EQ(c.error, 0);
+    uint64_t node = c.as<fuse_entry_out>().nodeid;
+    fuse_open_out oo;
+    std::memcpy(&oo, c.payload.data() + sizeof(fuse_entry_out), sizeof oo);
+    // READDIRPLUS: entries carry the relay's ids, and count as lookups.
+    uint64_t dfh = rig.open(d, O_RDONLY | O_DIRECTORY, a, true);
+    fuse_read_in rd{};
+    rd.fh = dfh;
+    rd.size = 65536;
+    auto plus = rig.call(Request(FUSE_READDIRPLUS, d).arg(rd), a);
+    ASSERT_EQ(plus.error, 0);
+    std::map<std::string, uint64_t> ids;
+    for (size_t off = 0; off + FUSE_NAME_OFFSET_DIRENTPLUS <= plus.payload.size();) {
+        fuse_direntplus e;
+        std::memcpy(&e, plus.payload.data() + off, FUSE_NAME_OFFSET_DIRENTPLUS);
+        ids[std::string(reinterpret_cast<const char*>(plus.payload.data() + off + FUSE_NAME_OFFSET_DIRENTPLUS),
+                        e.dirent.namelen)] = e.entry_out.nodeid;
+        off += FUSE_DIRENTPLUS_SIZE(&e);
+    }
+    EXPECT_EQ(ids["new"], node) << "the same relay id as CREATE gave";
+    ASSERT_NE(ids["a"], 0u);
+    // Across a restore, the created file's handle writes to the host file,
+    // and was not created (nor truncated) again.
+    HostServer b(rig.dir);
+    rig.core.on_hello(5555);
+    rig.pump(&b);
+    fuse_write_in w{};
+    w.fh = oo.fh;
+    w.size = 5;
+    auto wr = rig.call(Request(FUSE_WRITE, node).arg(w).raw("after", 5), b);
+    EXPECT_EQ(wr.error, 0);
+    EXPECT_EQ(slurp(rig.dir + "/d/new"), "after");
+    uint64_t afh = rig.open(ids["a"], O_RDONLY, b);
+    EXPECT_EQ(rig.read(ids["a"], afh, b), "A");
+}
+
+TEST(FuseRelay, ForgetsReachTheHostWithItsOwnCounts) {
+    RelayRig rig;
+    rig.write_host("f", "x");
+    HostServer a(rig.dir);
+    rig.start(a);
+    uint64_t f = 0;
+    for (int i = 0; i < 3; ++i) f = rig.lookup(FUSE_ROOT_ID, "f", a);
+    HostServer b(rig.dir);
+    rig.core.on_hello(6666);
+    rig.pump(&b);
+    size_t before = rig.core.nodes();
+    // The kernel forgets its 3 lookups; the new server counted 1.
+    fuse_forget_in fg{};
+    fg.nlookup = 2;
+    rig.kernel(Request(FUSE_FORGET, f).arg(fg));
+    EXPECT_TRUE(rig.core.take_to_host().empty()) << "the kernel still holds it";
+    fg.nlookup = 1;
+    rig.kernel(Request(FUSE_FORGET, f).arg(fg));
+    auto sent = rig.core.take_to_host();
+    ASSERT_EQ(sent.size(), 1u);
+    fuse_in_header h;
+    fuse_forget_in out;
+    std::memcpy(&h, sent[0].data(), sizeof h);
+    std::memcpy(&out, sent[0].data() + sizeof h, sizeof out);
+    EXPECT_EQ(h.opcode, static_cast<uint32_t>(FUSE_FORGET));
+    EXPECT_EQ(out.nlookup, 1u);
+    EXPECT_EQ(rig.core.nodes(), before - 1);
+}
+
+TEST(FuseRelay, AGoneServerFailsRequestsWithEioAndNeverHangs) {
+    RelayRig rig;
+    rig.write_host("f", "x");
+    HostServer a(rig.dir);
+    rig.start(a);
+    uint64_t f = rig.lookup(FUSE_ROOT_ID, "f", a);
+    uint64_t in_flight = rig.kernel(Request(FUSE_GETATTR, f).arg(fuse_getattr_in{}));
+    rig.pump(nullptr);  // sent; the server dies before it answers
+    rig.core.on_disconnect();
+    rig.pump(nullptr);
+    ASSERT_EQ(rig.replies.count(in_flight), 1u);
+    EXPECT_EQ(rig.replies[in_flight].error, -EIO);
+    uint64_t later = rig.kernel(Request(FUSE_LOOKUP, FUSE_ROOT_ID).str("f"));
+    rig.pump(nullptr);
+    ASSERT_EQ(rig.replies.count(later), 1u) << "answered at once, not held";
+    EXPECT_EQ(rig.replies[later].error, -EIO);
+    // A server that greets again brings the share back.
+    HostServer b(rig.dir);
+    EXPECT_TRUE(rig.core.on_hello(7777));
+    rig.pump(&b);
+    EXPECT_EQ(rig.call(Request(FUSE_GETATTR, f).arg(fuse_getattr_in{}), b).error, 0);
+}
