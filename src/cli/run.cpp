@@ -237,6 +237,23 @@ int run_clone(vm::MachineOptions m, const std::vector<std::string>& pos, const s
     // supervisor checks again, with the accelerator).
     if (std::string why = vm::restore_refusal(s, m.machine, s.accel == "kvm"); !why.empty()) throw Error(why);
     m.root_erofs = true;
+    // The snapshot's -v shares, served again from the same host directories
+    // (a clone cannot change them: --volume is refused above).
+    for (auto& sh : s.shares) {
+        struct stat st;
+        if (::stat(sh.host.c_str(), &st) < 0 || !S_ISDIR(st.st_mode))
+            throw Error("snapshot '" + s.name + "' shares " + sh.host + " as " + sh.guest +
+                        ", which is no longer a directory; create it again or take another snapshot");
+        vm::ShareSpec v;
+        v.host = sh.host;
+        v.guest = sh.guest;
+        v.readonly = sh.readonly;
+        v.nodev = sh.nodev;
+        v.nosuid = sh.nosuid;
+        v.noexec = sh.noexec;
+        v.writeback = sh.writeback;
+        m.shares.push_back(v);
+    }
     m.image = s.image;
     m.rootfs = s.rootfs;
     m.memory = s.memory;

@@ -174,6 +174,10 @@ bool RelayCore::translate(Bytes& r, int* err) {
     auto fh_host = [&](size_t off) {
         uint64_t g{};
         if (!get(r, off, &g)) return 0;  // short: the server refuses it
+        // 0: no handle (the server declined OPEN with ENOSYS, and the kernel
+        // sends 0 from then on; the server goes by the node). Relay handles
+        // start at 1.
+        if (g == 0) return 0;
         auto it = handles_.find(g);
         if (it == handles_.end()) return EBADF;
         if (it->second.stale) return EIO;
@@ -205,7 +209,7 @@ bool RelayCore::translate(Bytes& r, int* err) {
             break;
         case FUSE_RELEASE: case FUSE_RELEASEDIR: {
             uint64_t g{};
-            if (!get(r, kIn, &g)) break;
+            if (!get(r, kIn, &g) || g == 0) break;
             auto it = handles_.find(g);
             if (it == handles_.end() || it->second.stale) {
                 // Nothing to close on this server: done.

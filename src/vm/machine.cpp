@@ -36,6 +36,7 @@
 #include "util/terminal.h"
 #include "util/unique_fd.h"
 #include "guest/agent_protocol.h"
+#include "guest/stream_protocol.h"  // stream shares
 #include "vm/accel.h"
 #include "vm/agent_hub.h"
 #include "vm/kernel.h"
@@ -516,8 +517,13 @@ int Run::boot_and_serve(StateDir& state) {
     qc.port_in = in.theirs.get();
     qc.port_control = ctl.theirs.get();
     size_t first_vol = root_share ? 1 : 0;
-    for (size_t i = 0; i < shares_.size(); ++i)
-        qc.fs.emplace_back(i < first_vol ? guest::kRootTag : o_.guest.volumes[i - first_vol].tag, fs_socks[i].theirs.get());
+    for (size_t i = 0; i < shares_.size(); ++i) {
+        // stream shares: a virtio-serial port each (issue 12 item 4)
+        if (i >= first_vol && o_.guest.volumes[i - first_vol].stream)
+            qc.fs_ports.emplace_back(o_.guest.volumes[i - first_vol].tag, fs_socks[i].theirs.get());
+        else
+            qc.fs.emplace_back(i < first_vol ? guest::kRootTag : o_.guest.volumes[i - first_vol].tag, fs_socks[i].theirs.get());
+    }
     auto [argv, fds] = qemu_argv(qc);
     std::string cmdline;
     for (auto& a : argv) cmdline += a + " ";
@@ -659,8 +665,12 @@ std::vector<SocketPair> Run::start_shares() {
         c.trusted_xattrs = s.trusted_xattrs;
         c.writeback = s.writeback;
         c.trace = o_.trace.empty() ? "" : o_.trace + ".vol" + std::to_string(i);
+        // A VM that can be snapshotted (an EROFS root, and its clones) serves
+        // its shares over the stream transport, which survives a restore.
+        c.stream = o_.root_erofs;
         add_share(c);
-        o_.guest.volumes.push_back({"ocivm-vol" + std::to_string(i), s.guest, s.readonly, s.nodev, s.nosuid, s.noexec});
+        std::string tag = std::string(c.stream ? stream::kPortPrefix : "ocivm-vol") + std::to_string(i);
+        o_.guest.volumes.push_back({tag, s.guest, s.readonly, s.nodev, s.nosuid, s.noexec, c.stream});
     }
     return fs_socks;
 }
@@ -741,8 +751,10 @@ std::string Run::snapshot_refusal() const {
     if (snap_) return "VM '" + o_.name + "' is a clone (its memory is a private copy QEMU holds); snapshot the VM it came from";
     if (root_image_.empty() || !o_.disk.empty())
         return "VM '" + o_.name + "' does not have an EROFS root; start it with 'ocivm run -d --root erofs'";
-    if (!shares_.empty())
-        return "VM '" + o_.name + "' has -v shares, whose vhost-user devices QEMU 7.2 cannot save";
+    for (auto& v : o_.guest.volumes)  // every -v of an EROFS-root VM is a stream share; never vhost-user
+        if (!v.stream) return "VM '" + o_.name + "' has -v shares over vhost-user, whose devices QEMU 7.2 cannot save";
+    if (shares_.size() != o_.guest.volumes.size())
+        return "VM '" + o_.name + "' has a virtio-fs root share, whose device QEMU 7.2 cannot save";
     if (!o_.attach.empty()) return "VM '" + o_.name + "' has writable disks attached";
     if (net_mode_ == "bridge")
         return "VM '" + o_.name + "' is bridged (its addresses are its own); use --network user for a VM to snapshot";
@@ -846,6 +858,22 @@ std::string Run::take_snapshot(const std::string& name, bool stop, QemuProcess& 
         info.append = qc_.append;
         info.network = net_mode_ == "none" ? "none" : "user";
         info.ports = record_.ports;
+        info.layout = kSnapshotLayout;
+        // --- stream shares (issue 12 item 4): clones serve the same
+        // directories; no reply may be half-way to the guest when it is saved.
+        for (auto& sh : o_.shares)
+            info.shares.push_back({sh.host, sh.guest, sh.readonly, sh.nodev, sh.nosuid, sh.noexec, sh.writeback});
+        struct ResumeShares {
+            std::vector<std::unique_ptr<ShareServer>>& s;
+            ~ResumeShares() {
+                for (auto& x : s) x->resume();
+            }
+        } resume_shares{shares_};
+        for (size_t i = 0; i < shares_.size(); ++i)
+            if (!shares_[i]->quiesce())
+                return "error the server of share " + o_.shares[i].host + " did not settle within 5 s (the guest is "
+                       "not taking its replies); try again";
+        // --- end stream shares
         paused = true;
         save_snapshot(tmp, qemu, info);
         auto events = [this](const std::string& l) { on_qmp_line(l); };

@@ -23,7 +23,11 @@ namespace ocivm::vm {
 using json = nlohmann::ordered_json;
 
 std::string SnapshotInfo::to_json() const {
-    json j = {{"name", name},
+    json shares_json = json::array();
+    for (auto& s : shares)
+        shares_json.push_back({{"host", s.host}, {"guest", s.guest}, {"readonly", s.readonly}, {"nodev", s.nodev},
+                               {"nosuid", s.nosuid}, {"noexec", s.noexec}, {"writeback", s.writeback}});
+    json j = {{"layout", layout},{"name", name},
               {"created", created},
               {"source", source},
               {"image", image},
@@ -42,7 +46,7 @@ std::string SnapshotInfo::to_json() const {
               {"append", append},
               {"network", network},
               {"ports", ports},
-              {"shares", json::array()},
+              {"shares", shares_json},
               {"ram_bytes", ram_bytes},
               {"state_bytes", state_bytes},
               {"timings_ms", {{"paused", pause_ms}, {"save_state", save_ms}, {"copy_ram", copy_ms}}}};
@@ -78,6 +82,22 @@ SnapshotInfo SnapshotInfo::from_json(const std::string& text, const std::string&
         s.append = j.at("append").get<std::string>();
         s.network = j.value("network", "none");
         s.ports = j.value("ports", std::vector<std::string>{});
+        s.layout = j.value("layout", 0);
+        if (j.contains("shares")) {
+            for (const json& sh : j.at("shares")) {
+                SnapshotShare x;
+                x.host = sh.at("host").get<std::string>();
+                x.guest = sh.at("guest").get<std::string>();
+                x.readonly = sh.value("readonly", false);
+                x.nodev = sh.value("nodev", true);
+                x.nosuid = sh.value("nosuid", true);
+                x.noexec = sh.value("noexec", false);
+                x.writeback = sh.value("writeback", false);
+                if (x.host.empty() || x.host[0] != '/' || x.guest.empty() || x.guest[0] != '/')
+                    throw Error(dir + "/snapshot.json: a share without absolute host and guest paths");
+                s.shares.push_back(x);
+            }
+        }
         s.ram_bytes = j.value("ram_bytes", uint64_t{0});
         s.state_bytes = j.value("state_bytes", uint64_t{0});
         if (j.contains("timings_ms") && j["timings_ms"].is_object()) {
@@ -182,6 +202,9 @@ std::string restore_refusal(const SnapshotInfo& s, const std::string& machine, b
                " bytes); this host runs " + here.path + " (" + std::to_string(here.size) +
                " bytes, another build or version): a device state loads only into the QEMU that wrote it; "
                "take the snapshot again";
+    if (s.layout != kSnapshotLayout)
+        return "snapshot '" + s.name + "' was taken by " + (s.layout < kSnapshotLayout ? "an older" : "a newer") +
+               " ocivm whose VMs have another device set; take it again";
     if (!machine.empty() && machine != s.machine)
         return "snapshot '" + s.name + "' is of a " + s.machine + " machine, not " + machine +
                "; drop --machine or take a snapshot of a " + machine + " VM";

@@ -13,8 +13,10 @@
 // Clones map `ram` privately (copy-on-write): every page a clone has not
 // written is shared with the others through the page cache, and the file
 // never changes. Only VMs whose whole state lives in QEMU can be saved: an
-// EROFS root (--root erofs), no -v share (vhost-user devices cannot be
-// migrated by QEMU 7.2), no bridge network (its addresses are per VM).
+// EROFS root (--root erofs), no bridge network (its addresses are per VM).
+// Their -v shares use the stream transport (QEMU 7.2 cannot migrate
+// vhost-user-fs): a clone serves the same host directories with servers of
+// its own, and the guest's relay rebuilds its view of them (docs/vm.md).
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -28,6 +30,16 @@ struct QemuIdentity {
     int64_t size = 0, mtime_ns = 0;
     bool same_binary(const QemuIdentity& o) const { return size == o.size && mtime_ns == o.mtime_ns; }
 };
+
+// A -v share of the snapshotted VM: its clones serve the same directory.
+struct SnapshotShare {
+    std::string host, guest;
+    bool readonly = false, nodev = true, nosuid = true, noexec = false, writeback = false;
+};
+
+// Bumped when a clone's device set changes: 2 = virtio-serial with 32 ports
+// (stream shares). An older snapshot cannot load into today's devices.
+inline constexpr int kSnapshotLayout = 2;
 
 struct SnapshotInfo {
     std::string name;
@@ -46,6 +58,8 @@ struct SnapshotInfo {
     std::string append;          // the kernel command line it booted with
     std::string network = "none";  // none or user (passt or slirp: the same guest side)
     std::vector<std::string> ports;  // the source VM's forwards (clones give their own)
+    std::vector<SnapshotShare> shares;  // -v, served to every clone again
+    int layout = 0;                   // kSnapshotLayout when taken; 0: before layouts were recorded
     uint64_t ram_bytes = 0;      // allocated in `ram`
     uint64_t state_bytes = 0;    // of `vmstate`
     double pause_ms = 0, save_ms = 0, copy_ms = 0;  // how long the source VM was paused, and its parts

@@ -252,9 +252,10 @@ struct HostServer {
     std::unique_ptr<fs::Passthrough> fs;
     std::unique_ptr<fuse::Server> server;
     std::vector<std::byte> out = std::vector<std::byte>((1u << 20) + 4096);
-    explicit HostServer(const std::string& dir) {
+    explicit HostServer(const std::string& dir, bool no_open = false) {
         fs::PassthroughOptions o;
         o.source = dir;
+        o.no_open = no_open;
         o.switch_credentials = fs::prepare_server_process();
         fs = std::make_unique<fs::Passthrough>(o);
         server = std::make_unique<fuse::Server>(*fs, fuse::ServerOptions{});
@@ -588,4 +589,22 @@ TEST(FuseRelay, AGoneServerFailsRequestsWithEioAndNeverHangs) {
     EXPECT_TRUE(rig.core.on_hello(7777));
     rig.pump(&b);
     EXPECT_EQ(rig.call(Request(FUSE_GETATTR, f).arg(fuse_getattr_in{}), b).error, 0);
+}
+
+// A server that declines OPEN (ENOSYS: the kernel then sends handle 0 and
+// the server goes by the node), as ocivm's shares do in no-open mode.
+TEST(FuseRelay, NoOpenServersGetHandleZeroBeforeAndAfterARestore) {
+    RelayRig rig;
+    rig.write_host("f", "no-open");
+    HostServer a(rig.dir, true);
+    rig.start(a);
+    uint64_t f = rig.lookup(FUSE_ROOT_ID, "f", a);
+    fuse_open_in in{};
+    auto o = rig.call(Request(FUSE_OPEN, f).arg(in), a);
+    ASSERT_EQ(o.error, -ENOSYS);
+    EXPECT_EQ(rig.read(f, 0, a), "no-open");
+    HostServer b(rig.dir, true);
+    rig.core.on_hello(8888);
+    rig.pump(&b);
+    EXPECT_EQ(rig.read(f, 0, b), "no-open");
 }
