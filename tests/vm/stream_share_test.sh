@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Stream shares (ctest label vm, issue 12 item 4): the -v shares of a
+# --root erofs VM go over a virtio-serial port (ocivm fsd --transport
+# stream, relayed by ocivm-init), so the VM can be snapshotted with them:
+# reads and writes both ways, a file held open across the snapshot is
+# readable in every clone, clones write to the same host directory, a
+# clone whose share server is killed answers (EIO) instead of hanging.
+#   stream_share_test.sh OCIVM DEMO_IMAGE
+set -uo pipefail
+OCIVM=${1:?ocivm binary}
+DEMO=${2:?demo image directory}
+. "$(dirname "$0")/../lib/check.sh"
+
+[ "$(id -u)" -eq 0 ] || fail "the vm tests must run as root"
+need qemu-system-x86_64 qemu-system-x86
+need mkfs.erofs erofs-utils
+need python3 python3
+[ -x "$DEMO/bin/busybox" ] || fail "demo image $DEMO not built (make build)"
+
+WORK=${TMPDIR:-/tmp}/ocivm-stream-$$
+mkdir -p "$WORK"
+export OCIVM_RUNTIME_DIR=$WORK/run OCIVM_HOME=$WORK/home
+P=ss$$  # VM and snapshot names of this run
+SHARE=$WORK/share RO=$WORK/ro
+mkdir -p "$SHARE" "$RO"
+cleanup() {
+  for n in $("$OCIVM" ps -a -q 2>/dev/null); do "$OCIVM" rm -f "$n" >/dev/null 2>&1; done
+  for s in $("$OCIVM" snapshot ls -q 2>/dev/null); do "$OCIVM" snapshot rm "$s" >/dev/null 2>&1; done
+  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ocx() { # NAME ARGS...: runs ocivm ARGS, keeps stdout/stderr/rc in $WORK/NAME.*
+  local name=$1; shift
+  "$OCIVM" "$@" > "$WORK/$name.out" 2> "$WORK/$name.err" < /dev/null
+  echo $? > "$WORK/$name.rc"
+}
+rc() { cat "$WORK/$1.rc"; }
+out() { cat "$WORK/$1.out"; }
+show() { echo "  --- $1: rc=$(rc "$1")"; sed 's/^/  out| /' "$WORK/$1.out" | head -20; sed 's/^/  err| /' "$WORK/$1.err" | head -20; }
+expect() { # NAME RC OUT WHAT
+  if [ "$(rc "$1")" = "$2" ] && [ "$(out "$1")" = "$3" ]; then ok "$4"; else bad "$4 (want rc $2, out '$3')"; show "$1"; fi
+}
+refused() { # NAME PATTERN WHAT: exit 125 and PATTERN in stderr
+  if [ "$(rc "$1")" = 125 ] && grep -q -- "$2" "$WORK/$1.err"; then ok "$3"; else bad "$3"; show "$1"; fi
+}
+json_field() { python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }
+
+echo held-content > "$SHARE/held"
+echo from-host > "$SHARE/hostfile"
+echo read-only > "$RO/r"
+
+# --- the VM to save: it holds /data/held open on fd 3 and reads it only
+# once /tmp/go appears (in a clone, after the restore)
+ocx tmpl run -d --root erofs --name $P-t -v "$SHARE:/data" -v "$RO:/ro:ro" "$DEMO" -- sh -c \
+  'exec 3< /data/held; while [ ! -e /tmp/go ]; do sleep 0.2; done; cat <&3 > /tmp/out; exec sleep 100000'
+expect tmpl 0 "$P-t" "run -d --root erofs -v: the VM runs"
+ocx mnt exec $P-t sh -c 'grep " /data " /proc/mounts | cut -d" " -f1,3'
+expect mnt 0 "ocivm.fs.0 fuse.ocivm" "the share is a FUSE mount relayed over port ocivm.fs.0 (not virtiofs)"
+ocx rd exec $P-t cat /data/hostfile
+expect rd 0 "from-host" "the guest reads a host file"
+ocx wr exec $P-t sh -c 'echo from-guest > /data/guestfile && mkdir /data/dir && echo x > /data/dir/y && mv /data/dir/y /data/dir/z && ls /data/dir'
+expect wr 0 "z" "the guest creates, renames and lists"
+check "the host sees the guest's file" [ "$(cat "$SHARE/guestfile" 2>/dev/null)" = from-guest ]
+echo changed-on-host > "$SHARE/hostfile2"
+ocx rd2 exec $P-t cat /data/hostfile2
+expect rd2 0 "changed-on-host" "the guest sees a file the host wrote while it runs"
+ocx big exec $P-t sh -c 'dd if=/dev/urandom of=/data/big bs=64k count=48 2>/dev/null && md5sum /data/big | cut -d" " -f1'
+check "3 MiB written by the guest arrive whole on the host" [ "$(out big)" = "$(md5sum "$SHARE/big" | cut -d' ' -f1)" ]
+ocx ro exec $P-t sh -c 'cat /ro/r; echo x > /ro/w'
+check "a second share, read-only: readable, not writable" [ "$(rc ro)" != 0 -a "$(out ro)" = read-only -a ! -e "$RO/w" ]
+
+# --- snapshot with its shares
+ocx snap snapshot create $P-t $P-s
+expect snap 0 "$P-s" "snapshot create of a VM with -v shares (stream) succeeds"
+ocx insp snapshot inspect $P-s
+check "the snapshot records its shares" \
+  [ "$(json_field "$WORK/insp.out" "[(s['host'], s['guest'], s['readonly']) for s in j[0]['shares']]")" = "[('$SHARE', '/data', False), ('$RO', '/ro', True)]" ]
+ocx after exec $P-t sh -c 'cat /data/held; echo written-after > /data/after'
+expect after 0 "held-content" "the VM itself still uses its share after the snapshot"
+
+# --- three clones at once
+for i in 1 2 3; do
+  ocx clone$i run --from-snapshot $P-s -d --name $P-c$i &
+done
+wait
+for i in 1 2 3; do
+  c=$P-c$i
+  expect clone$i 0 "$c" "clone $i starts"
+  ocx go$i exec $c sh -c 'touch /tmp/go; for i in $(seq 100); do [ -s /tmp/out ] && break; sleep 0.1; done; cat /tmp/out'
+  expect go$i 0 "held-content" "clone $i: the file held open across the snapshot is readable"
+  ocx cw$i exec $c sh -c "echo $c > /data/from-$c && cat /data/after /data/hostfile /ro/r"
+  expect cw$i 0 "written-after
+from-host
+read-only" "clone $i: reads the host directory as it is now (a file written after the snapshot too)"
+  check "clone $i: its new file appears on the host" [ "$(cat "$SHARE/from-$c" 2>/dev/null)" = "$c" ]
+done
+ocx seen exec $P-c2 cat /data/from-$P-c1
+expect seen 0 "$P-c1" "a clone sees another clone's file (one host directory)"
+ocx vol run --from-snapshot $P-s -d --name $P-x -v "$SHARE:/other"
+refused vol "cannot be given with --from-snapshot" "a clone cannot change the shares (-v refused)"
+
+# --- a clone whose share server dies: requests fail, nothing hangs
+"$OCIVM" inspect $P-c1 > "$WORK/c1.json"
+SUP=$(json_field "$WORK/c1.json" "j[0]['pids']['supervisor']")
+FSD=$(pgrep -P "$SUP" -f ' fsd ' | head -1)
+check "the clone's share servers are children of its supervisor" [ -n "$FSD" ]
+[ -n "$FSD" ] && kill -9 $FSD
+sleep 1
+start=$(date +%s)
+timeout 60 "$OCIVM" exec $P-c1 cat /data/held > "$WORK/dead.out" 2> "$WORK/dead.err" < /dev/null
+echo $? > "$WORK/dead.rc"
+check "after kill -9 of its share server, a read in the clone returns (an error) instead of hanging" \
+  [ "$(rc dead)" != 124 -a "$(rc dead)" != 0 ]
+check "... within seconds" [ $(( $(date +%s) - start )) -lt 30 ]
+ocx alive exec $P-c1 true
+expect alive 0 "" "exec still works in that clone"
+ocx others exec $P-c2 cat /data/held
+expect others 0 "held-content" "the other clones' shares are unaffected"
+
+# --- a snapshot whose shared directory is gone cannot be cloned
+ocx rmall rm -f $P-c1 $P-c2 $P-c3 $P-t
+check "rm -f of the VMs" [ "$(rc rmall)" = 0 ]
+rm -rf "$RO"
+ocx gone run --from-snapshot $P-s -d --name $P-g
+refused gone "no longer a directory" "a clone of a snapshot whose shared directory is gone is refused, naming it"
+ocx rms snapshot rm $P-s
+expect rms 0 "$P-s" "snapshot rm"
+check "no VM of the test is left" [ -z "$("$OCIVM" ps -a -q)" ]
+check "no share server of the test is left" bash -c "! pgrep -f -- '--shared-dir[ ]$WORK' >/dev/null"
+finish
