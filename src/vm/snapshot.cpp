@@ -194,6 +194,9 @@ QemuIdentity local_qemu() {
 }
 
 std::string restore_refusal(const SnapshotInfo& s, const std::string& machine, bool kvm_usable) {
+    if (s.layout != kSnapshotLayout)
+        return "snapshot '" + s.name + "' was taken by " + (s.layout < kSnapshotLayout ? "an older" : "a newer") +
+               " ocivm whose VMs have another device set; take it again";
     QemuIdentity here = local_qemu();
     if (here.path.empty()) return "QEMU is not installed (apt-get install qemu-system-x86)";
     if (!here.same_binary(s.qemu))
@@ -202,9 +205,6 @@ std::string restore_refusal(const SnapshotInfo& s, const std::string& machine, b
                " bytes); this host runs " + here.path + " (" + std::to_string(here.size) +
                " bytes, another build or version): a device state loads only into the QEMU that wrote it; "
                "take the snapshot again";
-    if (s.layout != kSnapshotLayout)
-        return "snapshot '" + s.name + "' was taken by " + (s.layout < kSnapshotLayout ? "an older" : "a newer") +
-               " ocivm whose VMs have another device set; take it again";
     if (!machine.empty() && machine != s.machine)
         return "snapshot '" + s.name + "' is of a " + s.machine + " machine, not " + machine +
                "; drop --machine or take a snapshot of a " + machine + " VM";

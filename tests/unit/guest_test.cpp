@@ -24,7 +24,8 @@ TEST(GuestConfig, RoundTripsAwkwardValues) {
     c.stdin_open = true;
     c.rows = 45;
     c.cols = 123;
-    c.volumes = {{"ocivm-vol0", "/data\twith tab", false}, {"ocivm-vol1", "/ro", true}};
+    c.volumes = {{"ocivm-vol0", "/data\twith tab", false}, {"ocivm-vol1", "/ro", true},
+                 {"ocivm.fs.2", "/streamed", false, true, true, false, true}};
     guest::GuestConfig d;
     ASSERT_EQ(guest::decode(guest::encode(c), d), "");
     EXPECT_EQ(d.argv, c.argv);
@@ -38,10 +39,14 @@ TEST(GuestConfig, RoundTripsAwkwardValues) {
     EXPECT_FALSE(d.systemd);
     EXPECT_EQ(d.rows, 45u);
     EXPECT_EQ(d.cols, 123u);
-    ASSERT_EQ(d.volumes.size(), 2u);
+    ASSERT_EQ(d.volumes.size(), 3u);
     EXPECT_EQ(d.volumes[0].path, "/data\twith tab");
     EXPECT_FALSE(d.volumes[0].readonly);
     EXPECT_TRUE(d.volumes[1].readonly);
+    EXPECT_FALSE(d.volumes[1].stream);
+    EXPECT_TRUE(d.volumes[2].stream) << "a stream share is relayed by ocivm-init, not mounted as virtiofs";
+    EXPECT_EQ(d.volumes[2].tag, "ocivm.fs.2");
+    EXPECT_TRUE(d.volumes[2].nodev && d.volumes[2].nosuid);
 }
 
 TEST(GuestConfig, RejectsGarbage) {

@@ -18,7 +18,9 @@
 #include "guest/stream_protocol.h"
 #include "transport/stream.h"
 #include "unit/test_util.h"
+#include "util/error.h"
 #include "util/io.h"
+#include "vm/snapshot.h"
 
 using namespace ocivm;
 using namespace ocivm::test;
@@ -607,4 +609,42 @@ TEST(FuseRelay, NoOpenServersGetHandleZeroBeforeAndAfterARestore) {
     rig.core.on_hello(8888);
     rig.pump(&b);
     EXPECT_EQ(rig.read(f, 0, b), "no-open");
+}
+
+// ---- the snapshot record: shares kept for the clones, and the layout
+
+
+TEST(SnapshotShares, RecordedAndReadBack) {
+    vm::SnapshotInfo s;
+    s.name = "n";
+    s.machine = "microvm";
+    s.accel = "tcg";
+    s.memory = "512M";
+    s.append = "console=ttyS0";
+    s.layout = vm::kSnapshotLayout;
+    s.shares = {{"/srv/a", "/data", false, true, true, false, false}, {"/srv/b", "/ro", true, false, false, true, false}};
+    auto back = vm::SnapshotInfo::from_json(s.to_json(), "/x");
+    ASSERT_EQ(back.shares.size(), 2u);
+    EXPECT_EQ(back.shares[0].host, "/srv/a");
+    EXPECT_EQ(back.shares[0].guest, "/data");
+    EXPECT_TRUE(back.shares[0].nodev);
+    EXPECT_TRUE(back.shares[1].readonly);
+    EXPECT_TRUE(back.shares[1].noexec);
+    EXPECT_FALSE(back.shares[1].nodev);
+    EXPECT_EQ(back.layout, vm::kSnapshotLayout);
+    std::string relative = s.to_json();
+    relative.replace(relative.find("\"/srv/a\""), 8, "\"srv/a\"");
+    EXPECT_THROW(vm::SnapshotInfo::from_json(relative, "/x"), Error) << "a share's host path must be absolute";
+}
+
+TEST(SnapshotShares, SnapshotsOfAnOlderDeviceSetAreRefused) {
+    vm::SnapshotInfo s;
+    s.name = "old";
+    s.machine = "microvm";
+    s.accel = "tcg";
+    s.qemu = vm::local_qemu();
+    s.layout = 0;  // before stream shares: a virtio-serial device of 8 ports
+    EXPECT_NE(vm::restore_refusal(s, "", false).find("taken by an older ocivm"), std::string::npos);
+    s.layout = vm::kSnapshotLayout;
+    EXPECT_EQ(vm::restore_refusal(s, "", false).find("ocivm"), std::string::npos);
 }
