@@ -73,6 +73,23 @@ Bytes request(uint32_t opcode, uint64_t unique, uint64_t nodeid, const void* bod
     return r;
 }
 
+// The opcodes whose ids the relay translates, both ways.
+bool relayed(uint32_t opcode) {
+    switch (opcode) {
+        case FUSE_LOOKUP: case FUSE_GETATTR: case FUSE_SETATTR: case FUSE_READLINK: case FUSE_SYMLINK:
+        case FUSE_MKNOD: case FUSE_MKDIR: case FUSE_UNLINK: case FUSE_RMDIR: case FUSE_RENAME: case FUSE_LINK:
+        case FUSE_OPEN: case FUSE_READ: case FUSE_WRITE: case FUSE_STATFS: case FUSE_RELEASE: case FUSE_FSYNC:
+        case FUSE_SETXATTR: case FUSE_GETXATTR: case FUSE_LISTXATTR: case FUSE_REMOVEXATTR: case FUSE_FLUSH:
+        case FUSE_INIT: case FUSE_OPENDIR: case FUSE_READDIR: case FUSE_RELEASEDIR: case FUSE_FSYNCDIR:
+        case FUSE_GETLK: case FUSE_SETLK: case FUSE_SETLKW: case FUSE_ACCESS: case FUSE_CREATE: case FUSE_INTERRUPT:
+        case FUSE_DESTROY: case FUSE_IOCTL: case FUSE_POLL: case FUSE_FALLOCATE: case FUSE_READDIRPLUS:
+        case FUSE_RENAME2: case FUSE_LSEEK: case FUSE_COPY_FILE_RANGE: case FUSE_SYNCFS:
+            return true;
+        default:
+            return false;
+    }
+}
+
 }  // namespace
 
 RelayCore::RelayCore() {
@@ -133,6 +150,13 @@ void RelayCore::on_kernel_request(const unsigned char* p, size_t n) {
             if (!get(r, kIn + sizeof b + i * sizeof one, &one)) break;
             forget(one.nodeid, one.nlookup);
         }
+        return;
+    }
+    if (!relayed(h.opcode)) {
+        // Node ids or handles in places the relay does not translate
+        // (FUSE_TMPFILE's entry, DAX mappings): not passed on with the
+        // host's ids unmapped. The kernel takes ENOSYS as "not supported".
+        reply_error(h.unique, ENOSYS);
         return;
     }
     if (h.opcode == FUSE_INIT && init_req_.empty()) init_req_ = r;

@@ -870,9 +870,8 @@ std::string Run::take_snapshot(const std::string& name, bool stop, QemuProcess& 
             }
         } resume_shares{shares_};
         for (size_t i = 0; i < shares_.size(); ++i)
-            if (!shares_[i]->quiesce())
-                return "error the server of share " + o_.shares[i].host + " did not settle within 5 s (the guest is "
-                       "not taking its replies); try again";
+            if (std::string why = shares_[i]->quiesce(); !why.empty())
+                return "error cannot save share " + o_.shares[i].host + ": " + why;
         // --- end stream shares
         paused = true;
         save_snapshot(tmp, qemu, info);

@@ -72,10 +72,13 @@ std::string ShareServer::ask(const std::string& cmd, const std::function<bool(co
     return buf;
 }
 
-bool ShareServer::quiesce() {
+std::string ShareServer::quiesce() {
     // The server gives up after 5 s itself ("busy").
     auto line = [](const std::string& b) { return b.find('\n') != std::string::npos; };
-    return ask("quiesce", line, 7000) == "quiet\n";
+    std::string a = ask("quiesce", line, 7000);
+    if (a == "quiet\n") return "";
+    if (a == "busy\n") return "the guest did not take the server's replies within 5 s; try again";
+    return "the server did not answer (it has died, or is stuck); a VM whose share server is gone cannot be saved";
 }
 
 void ShareServer::resume() {

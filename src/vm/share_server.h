@@ -49,9 +49,9 @@ public:
     Stats stats();
 
     // A stream share, around a snapshot: stop taking requests until every
-    // reply has reached the guest (quiesce: false when that does not happen
-    // within 5 s, or the server does not answer), and go on (resume).
-    bool quiesce();
+    // reply has reached the guest (quiesce: "" once so, else why not), and
+    // go on (resume).
+    std::string quiesce();
     void resume();
     pid_t pid() const { return child_.pid(); }
 

@@ -611,6 +611,21 @@ TEST(FuseRelay, NoOpenServersGetHandleZeroBeforeAndAfterARestore) {
     EXPECT_EQ(rig.read(f, 0, b), "no-open");
 }
 
+// An opcode whose ids the relay does not know how to map is answered
+// ENOSYS by the relay itself, never passed on half-translated.
+TEST(FuseRelay, UntranslatableOpcodesAreNotSupported) {
+    RelayRig rig;
+    HostServer a(rig.dir);
+    rig.start(a);
+    uint64_t before = rig.requests_to_host;
+    fuse_create_in in{};
+    in.mode = S_IFREG | 0600;
+    in.flags = O_RDWR;
+    auto r = rig.call(Request(FUSE_TMPFILE, FUSE_ROOT_ID).arg(in).str("tmp"), a);
+    EXPECT_EQ(r.error, -ENOSYS);
+    EXPECT_EQ(rig.requests_to_host, before);
+}
+
 // ---- the snapshot record: shares kept for the clones, and the layout
 
 

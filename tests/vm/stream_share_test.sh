@@ -118,6 +118,18 @@ expect alive 0 "" "exec still works in that clone"
 ocx others exec $P-c2 cat /data/held
 expect others 0 "held-content" "the other clones' shares are unaffected"
 
+# --- a VM whose share server died cannot be saved (what it was sending is lost)
+"$OCIVM" inspect $P-t > "$WORK/t.json"
+TSUP=$(json_field "$WORK/t.json" "j[0]['pids']['supervisor']")
+TFSD=$(pgrep -P "$TSUP" -f ' fsd ' | head -1)
+[ -n "$TFSD" ] && kill -9 $TFSD
+sleep 0.5
+ocx snapdead snapshot create $P-t $P-dead
+refused snapdead "did not answer" "snapshot create of a VM whose share server died is refused, saying why"
+check "... and leaves no snapshot behind" [ ! -e "$OCIVM_HOME/snapshots/$P-dead" ]
+ocx talive exec $P-t true
+expect talive 0 "" "... and the VM runs on"
+
 # --- a snapshot whose shared directory is gone cannot be cloned
 ocx rmall rm -f $P-c1 $P-c2 $P-c3 $P-t
 check "rm -f of the VMs" [ "$(rc rmall)" = 0 ]
