@@ -85,8 +85,10 @@ Options:
                               overwritten, so only for a directory nothing else
                               writes to meanwhile (docs/filesystem.md,
                               "Writeback cache"). Each share is served by a
-                              confined process of its own (docs/security.md);
-                              repeatable
+                              confined process of its own (docs/security.md),
+                              over virtio-fs, or with --root erofs over a
+                              virtio-serial port (slower, but the VM can be
+                              snapshotted with it: docs/vm.md); repeatable
   -w, --workdir DIR           working directory of the command (created if
                               missing)
   -u, --user UID[:GID]        run as this user (numbers, or names from the

@@ -28,10 +28,13 @@ Commands:
                        paused while its device state and memory are saved
                        (milliseconds to a second), then resumes, or is
                        stopped with --stop. NAME must have been started with
-                       'ocivm run -d --root erofs', without -v shares and
-                       with --network user or none; no 'ocivm exec' may be
-                       running in it. What the guest wrote to its root (in
-                       RAM) and every process it runs are in the snapshot.
+                       'ocivm run -d --root erofs' with --network user or
+                       none; no 'ocivm exec' may be running in it. What the
+                       guest wrote to its root (in RAM) and every process it
+                       runs are in the snapshot. Its -v shares (served over
+                       virtio-serial in such VMs) are recorded: every clone
+                       serves the same host directories, and files the VM
+                       held open stay open in the clones (docs/vm.md)
   ls [--format json] [-q]
                        list snapshots (-q: names only)
   inspect SNAPSHOT...  everything a snapshot records, as JSON
