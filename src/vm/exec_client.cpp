@@ -57,13 +57,13 @@ int exec_session(const VmEntry& vm, const guest::GuestConfig& c) {
 
     agent::FrameReader reader;
     uint32_t in_credit = agent::kWindow;
-    bool started = false, stdin_done = !c.stdin_open, out_ok = true, err_ok = true, lost = false;
+    bool started = false, stdin_done = !c.stdin_open, out_ok = true, err_ok = true, lost = false, peer_closed = false;
     int status = -1;
     std::string message;
     char buf[65536];
     while (status < 0 && !lost) {
         bool want_stdin = started && !stdin_done && in_credit > 0 && sendq.size() < agent::kWindow;
-        pollfd pf[3] = {{sock.get(), static_cast<short>(POLLIN | (sendq.empty() ? 0 : POLLOUT)), 0},
+        pollfd pf[3] = {{sock.get(), static_cast<short>(POLLIN | (sendq.empty() || peer_closed ? 0 : POLLOUT)), 0},
                         {sfd.get(), POLLIN, 0},
                         {want_stdin ? 0 : -1, POLLIN, 0}};
         if (::poll(pf, 3, -1) < 0) {
@@ -129,12 +129,18 @@ int exec_session(const VmEntry& vm, const guest::GuestConfig& c) {
                 status = 125;
             }
         }
-        while (!sendq.empty()) {
+        while (!sendq.empty() && !peer_closed) {
             ssize_t w = ::send(sock.get(), sendq.data(), sendq.size(), MSG_NOSIGNAL);
             if (w > 0) {
                 sendq.erase(0, static_cast<size_t>(w));
             } else {
-                if (w < 0 && errno != EAGAIN && errno != EINTR) lost = true;
+                // The supervisor may have sent the exit status and closed
+                // while a credit of ours was on its way: what it sent is
+                // still to be read, and only its end of file means lost.
+                if (w < 0 && errno != EAGAIN && errno != EINTR) {
+                    peer_closed = true;
+                    sendq.clear();
+                }
                 break;
             }
         }
