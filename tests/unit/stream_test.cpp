@@ -12,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <future>
+#include <random>
 #include <thread>
 
 #include "guest/fuse_relay.h"
@@ -242,6 +243,45 @@ TEST(StreamSession, QuiesceWaitsForTheRepliesToBeTaken) {
     ASSERT_GE(reply.size(), sizeof o);
     std::memcpy(&o, reply.data(), sizeof o);
     EXPECT_EQ(o.error, 0);
+}
+
+// A hostile guest: another session's attach serves nothing; garbage
+// frames after the attach are answered (or not) and the server carries on;
+// it never crashes and ends at EOF.
+TEST(StreamSession, AHostileGuestGetsNothingButErrors) {
+    SessionRig rig;
+    uint64_t session = 0;
+    rig.get(nullptr, &session);
+    rig.put(control(session ^ 1));
+    rig.put(frame(init_request()));
+    ::usleep(100000);
+    EXPECT_EQ(rig.session.stats().requests.load(), 0u) << "a wrong session id attaches nothing";
+    rig.put(control(session));
+    // Drain the server's replies meanwhile, so it never blocks on them.
+    std::thread drain([fd = rig.sv[1]] {
+        char buf[65536];
+        while (::read(fd, buf, sizeof buf) > 0) {
+        }
+    });
+    std::mt19937 rng(12);
+    for (int i = 0; i < 3000; ++i) {
+        Bytes f(rng() % 600);
+        for (auto& b : f) b = static_cast<unsigned char>(rng());
+        if (f.size() >= sizeof(fuse_in_header) && i % 2) {
+            fuse_in_header h{};
+            h.len = static_cast<uint32_t>(f.size());
+            h.opcode = rng() % 52;
+            h.nodeid = rng() % 4;
+            h.unique = static_cast<uint64_t>(i) * 2;
+            std::memcpy(f.data(), &h, sizeof h);
+        }
+        rig.put(frame(f));
+    }
+    ::shutdown(rig.sv[1], SHUT_WR);
+    EXPECT_EQ(rig.served.get(), 0);
+    EXPECT_EQ(rig.session.stats().requests.load(), 3000u);
+    ::shutdown(rig.sv[0], SHUT_WR);  // the drain reads its end of file
+    drain.join();
 }
 
 // ---- the guest relay's translation, against real servers
