@@ -114,7 +114,16 @@ Options:
                               erofs is a read-only EROFS image of it (built
                               once per image with mkfs.erofs, cached) on a
                               virtio-blk disk, which a VM snapshot can hold
-                              (root only)
+                              (root only). With erofs, the first run of an
+                              image with given options (memory, CPUs,
+                              machine, network mode, kernel) saves the booted
+                              VM, and later runs restore it instead of
+                              booting (the command, its identity and its
+                              forwards are each run's own); not with -v,
+                              --systemd or a bridge network
+      --no-snapshot-cache     boot, neither restoring nor saving a boot
+                              snapshot ('ocivm snapshot prune' empties the
+                              cache)
       --from-snapshot SNAPSHOT
                               start a clone of SNAPSHOT ('ocivm snapshot
                               create') instead of booting: the VM resumes where
@@ -295,6 +304,7 @@ int cmd_run(int argc, char** argv) {
         {"karg", 0, true, [&](const std::string& v) { m.kargs.push_back(v); }},
         {"machine", 0, true, [&](const std::string& v) { m.machine = v; machine_given = true; }},
         {"from-snapshot", 0, true, [&](const std::string& v) { m.from_snapshot = v; }},
+        {"no-snapshot-cache", 0, false, [&](const std::string&) { m.no_snapshot_cache = true; }},
         {"disk", 0, true, [&](const std::string& v) { m.disk = v; }},
         {"root", 0, true, [&](const std::string& v) {
              if (v != "virtiofs" && v != "erofs") throw UsageError{"invalid --root '" + v + "': use virtiofs or erofs"};

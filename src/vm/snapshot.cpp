@@ -148,6 +148,36 @@ void remove_snapshot(const std::string& name) {
     if (ec) throw Error("cannot remove " + gone + ": " + ec.message());
 }
 
+std::string boot_snapshots_dir() { return cache_dir() + "/boot-snapshots"; }
+
+std::pair<size_t, uint64_t> prune_boot_snapshots() {
+    size_t count = 0;
+    uint64_t bytes = 0;
+    std::string top = boot_snapshots_dir();
+    DIR* d = ::opendir(top.c_str());
+    if (!d) return {0, 0};
+    std::vector<std::string> names;
+    while (dirent* e = ::readdir(d))
+        if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") names.push_back(e->d_name);
+    ::closedir(d);
+    for (auto& n : names) {
+        std::string dir = top + "/" + n;
+        // Renamed away first: a run starting now finds it whole or not at all.
+        std::string gone = top + "/.prune-" + std::to_string(::getpid()) + "-" + n;
+        if (n.rfind(".", 0) != 0 && ::rename(dir.c_str(), gone.c_str()) < 0) continue;
+        if (n.rfind(".", 0) == 0) gone = dir;  // a temporary one left by a killed run
+        std::error_code ec;
+        for (auto& f : std::filesystem::recursive_directory_iterator(gone, ec)) {
+            struct stat st;
+            if (::lstat(f.path().c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1)
+                bytes += static_cast<uint64_t>(st.st_blocks) * 512;
+        }
+        std::filesystem::remove_all(gone, ec);
+        if (n.rfind(".", 0) != 0) ++count;
+    }
+    return {count, bytes};
+}
+
 QemuIdentity qemu_identity_of(const std::string& path) {
     QemuIdentity q;
     char real[4096];
@@ -190,10 +220,61 @@ std::string restore_refusal(const SnapshotInfo& s, const std::string& machine, b
     return "";
 }
 
-uint64_t sparse_copy(int from, const std::string& to, uint64_t size) {
+namespace {
+
+// Writes the pages of buf[0, n) that are not all zero to out at offset at
+// (the zero ones stay holes); returns the bytes written.
+uint64_t write_nonzero_pages(int out, const std::string& to, const char* buf, size_t n, off_t at) {
+    constexpr size_t kPage = 4096;
+    auto zero_page = [&](size_t off) {
+        size_t end = std::min(off + kPage, n);
+        for (size_t i = off; i < end; ++i)
+            if (buf[i]) return false;
+        return true;
+    };
+    uint64_t written = 0;
+    for (size_t off = 0; off < n;) {
+        if (zero_page(off)) {
+            off += kPage;
+            continue;
+        }
+        size_t run = off;
+        while (run < n && !zero_page(run)) run += kPage;
+        run = std::min(run, n);
+        if (::pwrite(out, buf + off, run - off, at + static_cast<off_t>(off)) != static_cast<ssize_t>(run - off))
+            throw_errno("writing " + to, errno);
+        written += run - off;
+        off = run;
+    }
+    return written;
+}
+
+UniqueFd new_sized_file(const std::string& to, uint64_t size) {
     UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (!out) throw_errno("cannot create " + to, errno);
     if (::ftruncate(out.get(), static_cast<off_t>(size)) < 0) throw_errno("cannot size " + to, errno);
+    return out;
+}
+
+// Copies [from, to) of fd (read at fd_offset + i) to out at out_offset + i.
+uint64_t copy_range(int fd, off_t from, off_t to, int out, const std::string& out_path, off_t out_offset,
+                    std::vector<char>& buf) {
+    uint64_t copied = 0;
+    for (off_t at = from; at < to;) {
+        size_t want = static_cast<size_t>(std::min<off_t>(to - at, static_cast<off_t>(buf.size())));
+        ssize_t r = ::pread(fd, buf.data(), want, at);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) throw_errno("reading the VM's memory", r < 0 ? errno : EIO);
+        copied += write_nonzero_pages(out, out_path, buf.data(), static_cast<size_t>(r), out_offset + (at - from));
+        at += r;
+    }
+    return copied;
+}
+
+}  // namespace
+
+uint64_t sparse_copy(int from, const std::string& to, uint64_t size) {
+    UniqueFd out = new_sized_file(to, size);
     std::vector<char> buf(1 << 20);
     uint64_t copied = 0;
     off_t pos = 0;
@@ -206,37 +287,38 @@ uint64_t sparse_copy(int from, const std::string& to, uint64_t size) {
         off_t hole = ::lseek(from, data, SEEK_HOLE);
         if (hole < 0) throw_errno("SEEK_HOLE on the VM's memory", errno);
         hole = std::min<off_t>(hole, static_cast<off_t>(size));
-        for (off_t at = data; at < hole;) {
-            size_t want = static_cast<size_t>(std::min<off_t>(hole - at, static_cast<off_t>(buf.size())));
-            ssize_t r = ::pread(from, buf.data(), want, at);
-            if (r < 0 && errno == EINTR) continue;
-            if (r <= 0) throw_errno("reading the VM's memory", r < 0 ? errno : EIO);
-            // All-zero pages stay holes (a guest's freed, zeroed pages).
-            constexpr size_t kPage = 4096;
-            auto zero_page = [&](size_t off) {
-                size_t end = std::min(off + kPage, static_cast<size_t>(r));
-                for (size_t i = off; i < end; ++i)
-                    if (buf[i]) return false;
-                return true;
-            };
-            for (size_t off = 0; off < static_cast<size_t>(r);) {
-                if (zero_page(off)) {
-                    off += kPage;
-                    continue;
-                }
-                size_t run = off;
-                while (run < static_cast<size_t>(r) && !zero_page(run)) run += kPage;
-                run = std::min(run, static_cast<size_t>(r));
-                if (::pwrite(out.get(), buf.data() + off, run - off, at + static_cast<off_t>(off)) !=
-                    static_cast<ssize_t>(run - off))
-                    throw_errno("writing " + to, errno);
-                copied += run - off;
-                off = run;
-            }
-            at += r;
-        }
+        copied += copy_range(from, data, hole, out.get(), to, data, buf);
         pos = hole;
     }
+    return copied;
+}
+
+uint64_t copy_mapped_ram(pid_t pid, const std::string& mem_path, const std::string& to, uint64_t size) {
+    char real[4096];
+    std::string want = ::realpath(mem_path.c_str(), real) ? real : mem_path;
+    std::string maps = read_file("/proc/" + std::to_string(pid) + "/maps");
+    UniqueFd mem(::open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!mem) throw_errno("cannot read QEMU's memory (/proc/" + std::to_string(pid) + "/mem)", errno);
+    UniqueFd out = new_sized_file(to, size);
+    std::vector<char> buf(1 << 20);
+    uint64_t copied = 0, covered = 0;
+    for (size_t a = 0; a < maps.size();) {
+        size_t e = maps.find('\n', a);
+        if (e == std::string::npos) e = maps.size();
+        std::string line = maps.substr(a, e - a);
+        a = e + 1;
+        unsigned long long lo = 0, hi = 0, off = 0;
+        int path_at = 0;
+        if (std::sscanf(line.c_str(), "%llx-%llx %*s %llx %*s %*s %n", &lo, &hi, &off, &path_at) < 3 || !path_at) continue;
+        if (line.compare(static_cast<size_t>(path_at), std::string::npos, want) != 0 || hi <= lo || off + (hi - lo) > size)
+            continue;
+        copied += copy_range(mem.get(), static_cast<off_t>(lo), static_cast<off_t>(hi), out.get(), to,
+                             static_cast<off_t>(off), buf);
+        covered += hi - lo;
+    }
+    if (covered < size)
+        throw Error("QEMU maps " + std::to_string(covered >> 20) + " MiB of the VM's " + std::to_string(size >> 20) +
+                    " MiB from " + want + "; cannot save its memory");
     return copied;
 }
 

@@ -15,8 +15,11 @@
 // never changes. Only VMs whose whole state lives in QEMU can be saved: an
 // EROFS root (--root erofs), no -v share (vhost-user devices cannot be
 // migrated by QEMU 7.2), no bridge network (its addresses are per VM).
+#include <sys/types.h>
+
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ocivm::vm {
@@ -64,6 +67,11 @@ SnapshotInfo load_snapshot(const std::string& name);
 std::vector<SnapshotInfo> list_snapshots();
 // Error when there is no such snapshot.
 void remove_snapshot(const std::string& name);
+// Boot snapshots: $OCIVM_HOME/cache/boot-snapshots/KEY, one per set of VM
+// options (vm/machine.cpp). Removes them all; returns how many, and the
+// bytes they held.
+std::string boot_snapshots_dir();
+std::pair<size_t, uint64_t> prune_boot_snapshots();
 
 // The identity of the QEMU found as `qemu-system-x86_64` in PATH (what a
 // clone would run); version left empty (only a running QEMU says it).
@@ -77,6 +85,10 @@ std::string restore_refusal(const SnapshotInfo& s, const std::string& machine, b
 // `to` of size `size`, leaving holes (and all-zero pages) as holes; not
 // synced (the caller does, once the VM runs again). Returns the bytes copied.
 uint64_t sparse_copy(int from, const std::string& to, uint64_t size);
+// The RAM of a VM whose memory is mem_path mapped privately by QEMU (a
+// clone): read through /proc/PID/mem where /proc/PID/maps has it, the
+// pages the clone wrote included; written sparse to `to` like sparse_copy.
+uint64_t copy_mapped_ram(pid_t pid, const std::string& mem_path, const std::string& to, uint64_t size);
 // A hard link of from at to, or a copy where the file system refuses.
 void link_or_copy(const std::string& from, const std::string& to);
 

@@ -116,7 +116,19 @@ check "clones draw different random numbers" [ -n "$(out r1)" -a "$(out r1)" != 
 check "the snapshot's RAM file is unchanged after the clones ran" sha256sum --quiet -c "$WORK/ram.sum"
 
 # --- what cannot be saved, or restored here
-ocx sc snapshot create $P-c1 $P-x;   refused sc "is a clone" "a clone cannot be snapshotted (its memory is QEMU's private copy)"
+# --- a snapshot of a clone (its RAM: the snapshot's file, privately mapped,
+# plus the pages it wrote): a clone of that has what the clone wrote
+ocx cw exec $P-c1 sh -c 'echo written-in-clone > /root/h'
+ocx sc snapshot create $P-c1 $P-sc
+expect sc 0 "$P-sc" "a clone can be snapshotted"
+ocx clone5 run --from-snapshot $P-sc -d --name $P-c5
+expect clone5 0 "$P-c5" "a clone of the clone's snapshot"
+ocx h5 exec $P-c5 cat /root/f /root/h
+expect h5 0 "written-before
+written-in-clone" "it has the first snapshot's file and what the clone wrote"
+ocx p5 exec $P-c5 pidof httpd
+check "it runs the snapshot's process" [ "$(rc p5)" = 0 -a -n "$(out p5)" ]
+ocx rm5 rm -f $P-c5
 ocx dup snapshot create $P-t $P-s;   refused dup "exists" "a snapshot name in use is refused"
 ocx badn snapshot create $P-t 'a/b'; refused badn "invalid snapshot name" "a snapshot name with '/' is refused"
 ocx nosuch snapshot create $P-none $P-y; refused nosuch "no such VM\|no VM" "snapshot of a VM that does not exist"
@@ -171,14 +183,43 @@ expect clone4 0 "$P-c4" "a clone of the second snapshot"
 ocx g4 exec $P-c4 cat /root/f /root/g
 expect g4 0 "written-before
 written-after" "it has both files"
-ocx rms snapshot rm $P-s $P-s2 $P-other
+ocx rms snapshot rm $P-s $P-s2 $P-other $P-sc
 expect rms 0 "$P-s
 $P-s2
-$P-other" "snapshot rm removes them"
+$P-other
+$P-sc" "snapshot rm removes them"
 check "clones keep running after their snapshot is removed" "$OCIVM" exec $P-c4 true
 ocx ls2 snapshot ls -q
 expect ls2 0 "" "snapshot ls is empty again"
 ocx rmall rm -f $P-c1 $P-c2 $P-c4 $P-t
 check "rm -f of the clones" [ "$(rc rmall)" = 0 ]
+check "no VM of the test is left" [ -z "$("$OCIVM" ps -a -q)" ]
+
+# --- boot snapshots: plain runs with an EROFS root boot once per set of
+# options; the runs after restore that boot, each with its own command,
+# environment, name, exit status and output
+ocx prune0 snapshot prune
+ocx b1 run --rm --root erofs --name $P-b1 -e X=one --log-level info "$DEMO" -- sh -c 'echo $X $(hostname); exit 3'
+expect b1 3 "one $P-b1" "first plain --root erofs run: its output and exit status"
+check "... it booted and saved a boot snapshot" grep -q "boot snapshot saved" "$WORK/b1.err"
+ocx b2 run --rm --root erofs --name $P-b2 -e X=two --log-level info "$DEMO" -- sh -c \
+  'echo $X $(hostname); head -c 300000 /dev/zero | tr "\\0" x; echo; echo to-stderr >&2; exit 5'
+check "the second run restores the boot snapshot instead of booting" grep -q "restored from snapshot boot-" "$WORK/b2.err"
+check "... with its own command, environment and host name, and exit status" \
+  [ "$(rc b2)" = 5 -a "$(sed -n 1p "$WORK/b2.out")" = "two $P-b2" ]
+check "... all of its output (300000 bytes on stdout, stderr apart)" \
+  [ "$(sed -n 2p "$WORK/b2.out" | tr -d '\n' | wc -c)" = 300000 -a "$(grep -c to-stderr "$WORK/b2.err")" = 1 ]
+ocx b3 run --rm --root erofs --no-snapshot-cache --log-level info "$DEMO" -- echo cold
+check "--no-snapshot-cache boots (restores nothing)" \
+  bash -c "[ \"\$(cat $WORK/b3.out)\" = cold ] && ! grep -q 'restored from snapshot' $WORK/b3.err"
+ocx b4 run --rm --root erofs -m 256M --log-level info "$DEMO" -- echo other-options
+check "other VM options (memory) boot, not restore" \
+  bash -c "[ \"\$(cat $WORK/b4.out)\" = other-options ] && ! grep -q 'restored from snapshot' $WORK/b4.err"
+ocx prune snapshot prune
+check "snapshot prune removes both (the -m 256M run saved its own)" grep -q "^removed 2 boot snapshots" "$WORK/prune.out"
+check "... and leaves none" [ -z "$(ls "$OCIVM_HOME/cache/boot-snapshots" 2>/dev/null)" ]
+ocx b5 run --rm --root erofs --log-level info "$DEMO" -- echo again
+check "after prune, a run boots again" \
+  bash -c "[ \"\$(cat $WORK/b5.out)\" = again ] && grep -q 'boot snapshot saved' $WORK/b5.err"
 check "no VM of the test is left" [ -z "$("$OCIVM" ps -a -q)" ]
 finish
