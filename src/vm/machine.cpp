@@ -442,6 +442,7 @@ int Run::go() {
 
 int Run::boot_and_serve(StateDir& state) {
     if (o_.detach) open_detached_logs();
+    if (!o_.from_snapshot.empty()) snap_ = load_snapshot(o_.from_snapshot);
     std::string cache = cache_dir();
     make_dirs(cache);
     Kernel kernel;
@@ -646,10 +647,7 @@ void Run::init_record() {
     record_.created = utc_now();
     record_.rm = o_.rm;
     record_.control = new_control_token();
-    if (!o_.from_snapshot.empty()) {
-        snap_ = load_snapshot(o_.from_snapshot);
-        record_.snapshot = snap_->name;
-    }
+    record_.snapshot = o_.from_snapshot;
     for (auto& sh : o_.shares) record_.shares.push_back(sh.host + ":" + sh.guest + (sh.readonly ? ":ro" : ":rw"));
     save_record();
 }
@@ -1008,8 +1006,8 @@ std::string Run::take_snapshot(const std::string& name, bool stop, QemuProcess& 
 // options saves it for the runs after (best effort: a run never fails for
 // its cache), then every run sends the command it is for.
 void Run::on_booted(QemuProcess& qemu) {
-    if (command_sent_) return;
-    if (!snap_ && !boot_cache_dir_.empty() && ::access(boot_cache_dir_.c_str(), F_OK) != 0) {
+    if (command_sent_ || have_result_) return;
+    if (!snap_ && !stopping_ && !boot_cache_dir_.empty() && ::access(boot_cache_dir_.c_str(), F_OK) != 0) {
         try {
             write_snapshot(boot_cache_dir_, snapshot_info("boot-" + boot_key_.substr(0, 16), true), false, qemu);
             spdlog::info("boot snapshot saved: later runs of these options restore it ({})", boot_cache_dir_);
