@@ -39,7 +39,9 @@ Commands:
                        running)
   prune                empty the boot snapshot cache: the booted VMs that
                        'ocivm run --root erofs' saves once per set of
-                       options and restores on later runs
+                       options and restores on later runs (at most 8 are
+                       kept; the least recently used goes first); also
+                       removes what an interrupted create left
 
 Options:
       --format FORMAT  table (default) or json, for ls
@@ -159,6 +161,10 @@ int cmd_snapshot(int argc, char** argv) {
     if (sub == "prune") {
         if (!names.empty()) throw UsageError{"usage: ocivm snapshot prune"};
         auto [count, bytes] = vm::prune_boot_snapshots();
+        if (::access(vm::snapshots_dir().c_str(), F_OK) == 0) {
+            vm::SnapshotLock lock(vm::snapshots_dir(), true);
+            vm::remove_stale_snapshot_dirs(vm::snapshots_dir());  // what killed creates left
+        }
         std::printf("removed %zu boot snapshot%s (%s)\n", count, count == 1 ? "" : "s", human_size(bytes).c_str());
         return 0;
     }

@@ -359,9 +359,14 @@ GuestConfig wait_for_command() {
     while (true) {
         size_t nl;
         while ((nl = buf.find('\n')) != std::string::npos) {
+            // "command LEN" exactly: digits up to the newline, nothing else.
             unsigned long n = 0;
-            char tail = 0;
-            if (std::sscanf(buf.c_str(), "command %lu%c", &n, &tail) == 2 && tail == '\n' && n <= (1ul << 20)) {
+            bool is_command = nl > 8 && nl < 16 && buf.compare(0, 8, "command ") == 0;
+            for (size_t i = 8; is_command && i < nl; ++i) {
+                if (buf[i] < '0' || buf[i] > '9') is_command = false;
+                else n = n * 10 + static_cast<unsigned long>(buf[i] - '0');
+            }
+            if (is_command && n <= (1ul << 20)) {
                 if (buf.size() < nl + 1 + n) break;  // the rest is still coming
                 GuestConfig c;
                 std::string err = ocivm::guest::decode(buf.substr(nl + 1, n), c);

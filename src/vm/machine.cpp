@@ -64,6 +64,13 @@ SocketPair socket_pair() {
 void set_nonblock(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
 
+// A boot snapshot of the cache that QEMU could not restore (damaged,
+// truncated): the run removes it and boots instead.
+struct BootSnapshotBroken : Error {
+    BootSnapshotBroken(const std::string& why, std::string d) : Error(why), dir(std::move(d)) {}
+    std::string dir;
+};
+
 enum class Stage { QemuStarted, KernelBooting, InitRunning, RootMounted, SystemdStarting, CommandStarted, Finished };
 
 const char* stage_name(Stage s) {
@@ -173,6 +180,10 @@ private:
     // once booted, or restored from boot_cache_dir_.
     bool boot_snapshot_eligible() const;
     void on_booted(QemuProcess& qemu);
+    // After a BootSnapshotBroken: everything the failed start set, back to
+    // how a fresh Run has it.
+    void reset_for_boot();
+    std::string qemu_log_tail() const;
     bool deferred_ = false, command_sent_ = false;
     std::string boot_key_, boot_cache_dir_;
     std::string snapshot_refusal() const;
@@ -184,6 +195,7 @@ private:
     QemuConfig qc_;               // what QEMU was started with (fds aside)
     std::string net_mode_;        // network.description().mode
     std::optional<SnapshotInfo> snap_;  // run --from-snapshot: the snapshot
+    std::optional<SnapshotLock> snap_lock_;  // held on its directory until QEMU has restored it
     uint64_t restore_sent_ns_ = 0;
     double spawn_ms_ = 0, load_ms_ = 0, resume_ms_ = 0;
     uint64_t qemu_spawned_ns_ = 0;
@@ -428,7 +440,16 @@ int Run::go() {
     state_ = &*state;
     init_record();
     try {
-        return boot_and_serve(*state);
+        try {
+            return boot_and_serve(*state);
+        } catch (const BootSnapshotBroken& e) {
+            // The cache never fails a run: the entry goes, the VM boots.
+            std::fprintf(stderr, "ocivm: warning: %s; removed it from the cache, booting instead\n", e.what());
+            remove_boot_snapshot(e.dir);
+            reset_for_boot();
+            o_.no_snapshot_cache = true;
+            return boot_and_serve(*state);
+        }
     } catch (const std::exception& e) {
         // A start that failed is an exited VM with the reason, not a
         // "dead" one (whose supervisor was killed).
@@ -442,7 +463,10 @@ int Run::go() {
 
 int Run::boot_and_serve(StateDir& state) {
     if (o_.detach) open_detached_logs();
-    if (!o_.from_snapshot.empty()) snap_ = load_snapshot(o_.from_snapshot);
+    if (!o_.from_snapshot.empty()) {
+        snap_lock_.emplace(snapshots_dir(), false);
+        snap_ = load_snapshot(o_.from_snapshot);
+    }
     std::string cache = cache_dir();
     make_dirs(cache);
     Kernel kernel;
@@ -459,7 +483,12 @@ int Run::boot_and_serve(StateDir& state) {
         kernel = resolve_kernel(o_.kernel, o_.rootfs, cache);
         host = probe_host(cache, kernel.boot_path);
     }
-    if (!o_.timeout_given) {
+    if (!o_.timeout_given && snap_) {
+        // A restore is ready in well under a second: a clone that has not
+        // greeted in 30 s will not (a snapshot it cannot run), and is
+        // diagnosed, not waited for.
+        o_.timeout_s = 30;
+    } else if (!o_.timeout_given) {
         if (!host.kvm) o_.timeout_s = std::max(o_.timeout_s, 300.0);
         else if (host.nested) o_.timeout_s = std::max(o_.timeout_s, 240.0);
     }
@@ -511,6 +540,7 @@ int Run::boot_and_serve(StateDir& state) {
             boot.deferred = true;
             boot_key_ = boot_snapshot_key(kernel, base, qemu_config(kernel, host, initrd, network), guest::encode(boot));
             boot_cache_dir_ = boot_snapshots_dir() + "/" + boot_key_;
+            snap_lock_.emplace(boot_snapshots_dir(), false);
             try {
                 SnapshotInfo b = SnapshotInfo::from_json(read_file(boot_cache_dir_ + "/snapshot.json"), boot_cache_dir_);
                 if (std::string why = restore_refusal(b, o_.machine, host.kvm); why.empty()) snap_ = b;
@@ -518,6 +548,8 @@ int Run::boot_and_serve(StateDir& state) {
             } catch (const Error&) {
                 spdlog::debug("no boot snapshot for these options yet ({}): booting, and saving one", boot_cache_dir_);
             }
+            if (snap_) ::utimensat(AT_FDCWD, (boot_cache_dir_ + "/snapshot.json").c_str(), nullptr, 0);  // used now (eviction)
+            else snap_lock_.reset();
         }
         if (snap_) {
             initrd = snap_->dir + "/initrd";
@@ -588,7 +620,18 @@ int Run::boot_and_serve(StateDir& state) {
     for (int fd : {console_.get(), out_.get(), err_.get(), control_.get(), in_.get()}) set_nonblock(fd);
     if (snap_) {
         record_.qemu_pid = qemu.pid();
-        restore_guest(network);
+        try {
+            restore_guest(network);
+            snap_lock_.reset();  // QEMU has what it needs: the snapshot may go now
+        } catch (const std::exception& e) {
+            snap_lock_.reset();
+            std::string why = std::string("cannot restore ") +
+                              (o_.from_snapshot.empty() ? "the boot snapshot " + snap_->dir : "snapshot " + snap_->name) +
+                              ": " + e.what() + qemu_log_tail();
+            if (o_.from_snapshot.empty()) throw BootSnapshotBroken(why, snap_->dir);
+            throw Error(why + "; the snapshot may be damaged: take it again ('ocivm snapshot rm " + snap_->name +
+                        "', then 'ocivm snapshot create')");
+        }
     } else {
         qmp("qmp_capabilities");
     }
@@ -779,6 +822,42 @@ void sync_file(const std::string& path) {
     if (!f || ::fsync(f.get()) < 0) throw_errno("cannot write " + path + " to disk", errno);
 }
 
+void Run::reset_for_boot() {
+    hub_.reset();
+    for (auto* p : {&console_, &out_, &err_, &in_, &control_, &console_log_}) p->reset();
+    qmp_.reset();
+    shares_.clear();
+    snap_.reset();
+    deferred_ = command_sent_ = false;
+    boot_key_.clear();
+    boot_cache_dir_.clear();
+    root_image_.clear();
+    restore_sent_ns_ = 0;
+    stage_ = Stage::QemuStarted;
+    agent_ready_ = command_started_ = timed_out_ = false;
+    record_.snapshot.clear();
+    record_.restore_json = "{}";
+    console_tail_.clear();
+    console_line_.clear();
+    control_buf_.clear();
+}
+
+// The last line QEMU wrote to qemu.log, as " (QEMU: ...)", or "".
+std::string Run::qemu_log_tail() const {
+    std::string log;
+    try {
+        log = read_file(state_->path() + "/qemu.log");
+    } catch (const Error&) {
+        return "";
+    }
+    while (!log.empty() && log.back() == '\n') log.pop_back();
+    if (log.empty()) return "";
+    std::string last = log.substr(log.rfind('\n') == std::string::npos ? 0 : log.rfind('\n') + 1);
+    for (char& ch : last)
+        if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) >= 0x7f) ch = '?';
+    return " (QEMU: " + last.substr(0, 300) + ")";
+}
+
 // Plain runs with an EROFS root and nothing the snapshot cannot hold boot
 // once per set of options and restore that boot after (unless
 // --no-snapshot-cache).
@@ -818,12 +897,13 @@ std::string Run::snapshot_refusal() const {
     if (root_image_.empty() || !o_.disk.empty())
         return "VM '" + o_.name + "' does not have an EROFS root; start it with 'ocivm run -d --root erofs'";
     if (!shares_.empty())
-        return "VM '" + o_.name + "' has -v shares, whose vhost-user devices QEMU 7.2 cannot save";
-    if (!o_.attach.empty()) return "VM '" + o_.name + "' has writable disks attached";
+        return "VM '" + o_.name + "' has -v shares, whose vhost-user devices QEMU 7.2 cannot save; start it without -v";
+    if (!o_.attach.empty()) return "VM '" + o_.name + "' has writable disks attached, which a snapshot cannot hold";
     if (net_mode_ == "bridge")
         return "VM '" + o_.name + "' is bridged (its addresses are its own); use --network user for a VM to snapshot";
     if (have_result_ || stopping_) return "VM '" + o_.name + "' is stopping";
-    if (!agent_ready_ || !command_started_) return "VM '" + o_.name + "' is not running yet";
+    if (!agent_ready_ || !command_started_)
+        return "VM '" + o_.name + "' is not running yet; snapshot it once 'ocivm run -d' has returned";
     if (!hub_->idle())
         return "VM '" + o_.name + "' has exec sessions running (or their output in flight); snapshot it when they have ended";
     return "";
@@ -890,7 +970,12 @@ void Run::save_memfd_ram(const std::string& dir, QemuProcess& qemu, SnapshotInfo
             std::string link = fd_dir + "/" + e->d_name;
             ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
             if (n > 0 && std::strncmp(target, "/memfd:memory-backend-memfd", 27) == 0) {
-                ram = UniqueFd(::open(link.c_str(), O_RDONLY | O_CLOEXEC));
+                ram = UniqueFd(::open(link.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+                // What was opened is that memfd (not what the fd became since).
+                char again[256] = {};
+                std::string self = "/proc/self/fd/" + std::to_string(ram.get());
+                if (ram && (::readlink(self.c_str(), again, sizeof again - 1) != n || std::strcmp(again, target) != 0))
+                    ram.reset();
                 break;
             }
         }
@@ -957,8 +1042,10 @@ void Run::write_snapshot(const std::string& dest, SnapshotInfo info, bool keep_p
         link_or_copy(qc_.initrd, tmp + "/initrd");
         link_or_copy(root_image_, tmp + "/root.erofs");
         write_file_atomic(tmp + "/snapshot.json", info.to_json(), 0600);
+        for (const char* f : {"/vmstate", "/snapshot.json", ""}) sync_file(tmp + f);  // "": the directory
         if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dest.c_str(), RENAME_NOREPLACE) < 0)
             throw_errno("cannot move the snapshot to " + dest, errno);
+        sync_file(top);
     } catch (const std::exception&) {
         std::error_code ec;
         std::filesystem::remove_all(tmp, ec);
@@ -981,6 +1068,7 @@ std::string Run::take_snapshot(const std::string& name, bool stop, QemuProcess& 
         return "error a snapshot named '" + name + "' exists; remove it first ('ocivm snapshot rm " + name + "')";
     SnapshotInfo info = snapshot_info(name);
     try {
+        SnapshotLock lock(snapshots_dir(), false);
         write_snapshot(dest, info, stop, qemu);
     } catch (const std::exception& e) {
         if (stop) {
@@ -1009,8 +1097,13 @@ void Run::on_booted(QemuProcess& qemu) {
     if (command_sent_ || have_result_) return;
     if (!snap_ && !stopping_ && !boot_cache_dir_.empty() && ::access(boot_cache_dir_.c_str(), F_OK) != 0) {
         try {
-            write_snapshot(boot_cache_dir_, snapshot_info("boot-" + boot_key_.substr(0, 16), true), false, qemu);
+            {
+                SnapshotLock lock(boot_snapshots_dir(), false);
+                write_snapshot(boot_cache_dir_, snapshot_info("boot-" + boot_key_.substr(0, 16), true), false, qemu);
+            }
             spdlog::info("boot snapshot saved: later runs of these options restore it ({})", boot_cache_dir_);
+            SnapshotLock exclusive(boot_snapshots_dir(), true);
+            evict_boot_snapshots(kMaxBootSnapshots);
         } catch (const std::exception& e) {
             if (::access(boot_cache_dir_.c_str(), F_OK) != 0)  // not a race another run won
                 spdlog::warn("cannot save the boot snapshot ({}); the next run boots again", e.what());
@@ -1138,7 +1231,12 @@ int Run::event_loop(QemuProcess& qemu, int sfd, uint64_t deadline) {
         if ((stage_ < Stage::CommandStarted || waiting_agent) && !timed_out && now >= deadline) {
             timed_out = true;
             char why[160];
-            if (waiting_agent)
+            if (waiting_agent && snap_ && restore_sent_ns_)
+                std::snprintf(why, sizeof why,
+                              "the restored guest did not answer its restore (no Hello with the epoch sent) within "
+                              "%.0f s; stopping the VM",
+                              o_.timeout_s);
+            else if (waiting_agent)
                 std::snprintf(why, sizeof why, "the guest's exec agent did not greet within %.0f s; stopping the VM",
                               o_.timeout_s);
             else

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -88,6 +89,21 @@ SnapshotInfo SnapshotInfo::from_json(const std::string& text, const std::string&
     } catch (const json::exception& e) {
         throw Error(dir + "/snapshot.json is incomplete (" + e.what() + "); remove it with 'ocivm snapshot rm'");
     }
+    // What reaches QEMU's command line has the form ocivm writes, and what
+    // `ls` prints has no control characters (a crafted file is no escape).
+    auto bad = [&](const std::string& what) {
+        return Error(dir + "/snapshot.json: " + what + "; remove it with 'ocivm snapshot rm' (or 'snapshot prune')");
+    };
+    if (!snapshot_name_problem(s.name).empty()) throw bad("a bad name");
+    if (s.memory.size() < 2 || s.memory.size() > 8 || s.memory.back() != 'M' ||
+        s.memory.find_first_not_of("0123456789") != s.memory.size() - 1)
+        throw bad("a bad memory size '" + s.memory.substr(0, 16) + "'");
+    if (s.cpus < 1 || s.cpus > 64) throw bad("a bad CPU count");
+    for (char ch : s.append)
+        if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) >= 0x7f) throw bad("a bad kernel command line");
+    for (std::string* f : {&s.source, &s.image, &s.created, &s.qemu.version})
+        for (char& ch : *f)
+            if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) == 0x7f) ch = '?';
     if (s.machine != "microvm" && s.machine != "q35") throw Error(dir + "/snapshot.json: unknown machine " + s.machine);
     if (s.accel != "tcg" && s.accel != "kvm") throw Error(dir + "/snapshot.json: unknown accelerator " + s.accel);
     if (s.network != "none" && s.network != "user") throw Error(dir + "/snapshot.json: unknown network " + s.network);
@@ -95,6 +111,35 @@ SnapshotInfo SnapshotInfo::from_json(const std::string& text, const std::string&
 }
 
 std::string snapshots_dir() { return ocivm_home() + "/snapshots"; }
+
+SnapshotLock::SnapshotLock(const std::string& dir, bool exclusive) {
+    make_dirs(dir, 0700);
+    fd_ = UniqueFd(::open((dir + "/.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (!fd_) throw_errno("cannot open " + dir + "/.lock", errno);
+    int r;
+    do r = ::flock(fd_.get(), exclusive ? LOCK_EX : LOCK_SH);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) throw_errno("cannot lock " + dir + "/.lock", errno);
+}
+
+size_t remove_stale_snapshot_dirs(const std::string& dir) {
+    size_t n = 0;
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return 0;
+    std::vector<std::string> stale;
+    while (dirent* e = ::readdir(d)) {
+        std::string name = e->d_name;
+        for (const char* prefix : {".tmp-", ".rm-", ".prune-", ".broken-"})
+            if (name.rfind(prefix, 0) == 0) stale.push_back(name);
+    }
+    ::closedir(d);
+    for (auto& name : stale) {
+        std::error_code ec;
+        std::filesystem::remove_all(dir + "/" + name, ec);
+        n += !ec;
+    }
+    return n;
+}
 
 std::string snapshot_name_problem(const std::string& name) {
     if (name.empty() || name.size() > 128 || name[0] == '.' || name[0] == '-')
@@ -114,7 +159,9 @@ SnapshotInfo load_snapshot(const std::string& name) {
     } catch (const Error&) {
         throw Error("no snapshot named '" + name + "'; 'ocivm snapshot ls' lists them");
     }
-    return SnapshotInfo::from_json(text, dir);
+    SnapshotInfo s = SnapshotInfo::from_json(text, dir);
+    if (s.name != name) throw Error(dir + "/snapshot.json names another snapshot ('" + s.name + "')");
+    return s;
 }
 
 std::vector<SnapshotInfo> list_snapshots() {
@@ -137,6 +184,8 @@ std::vector<SnapshotInfo> list_snapshots() {
 void remove_snapshot(const std::string& name) {
     if (std::string why = snapshot_name_problem(name); !why.empty()) throw Error(why);
     std::string dir = snapshots_dir() + "/" + name;
+    SnapshotLock lock(snapshots_dir(), true);  // no clone is starting from it, none is being written
+    remove_stale_snapshot_dirs(snapshots_dir());
     struct stat st;
     if (::lstat(dir.c_str(), &st) < 0 || !S_ISDIR(st.st_mode))
         throw Error("no snapshot named '" + name + "'; 'ocivm snapshot ls' lists them");
@@ -150,32 +199,68 @@ void remove_snapshot(const std::string& name) {
 
 std::string boot_snapshots_dir() { return cache_dir() + "/boot-snapshots"; }
 
+void remove_boot_snapshot(const std::string& dir) {
+    std::string gone = boot_snapshots_dir() + "/.broken-" + std::to_string(::getpid()) + "-" +
+                       dir.substr(dir.rfind('/') + 1);
+    std::error_code ec;
+    if (::rename(dir.c_str(), gone.c_str()) == 0) std::filesystem::remove_all(gone, ec);
+}
+
+namespace {
+
+uint64_t bytes_of(const std::string& dir) {
+    uint64_t bytes = 0;
+    std::error_code ec;
+    for (auto& f : std::filesystem::recursive_directory_iterator(dir, ec)) {
+        struct stat st;
+        if (::lstat(f.path().c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1)
+            bytes += static_cast<uint64_t>(st.st_blocks) * 512;
+    }
+    return bytes;
+}
+
+// The boot snapshots (not .lock, not the dot-directories of runs).
+std::vector<std::string> boot_snapshot_names() {
+    std::vector<std::string> names;
+    DIR* d = ::opendir(boot_snapshots_dir().c_str());
+    if (!d) return names;
+    while (dirent* e = ::readdir(d))
+        if (e->d_name[0] != '.') names.push_back(e->d_name);
+    ::closedir(d);
+    return names;
+}
+
+}  // namespace
+
 std::pair<size_t, uint64_t> prune_boot_snapshots() {
+    std::string top = boot_snapshots_dir();
+    if (::access(top.c_str(), F_OK) != 0) return {0, 0};
+    SnapshotLock lock(top, true);  // no run is restoring or saving one now
+    remove_stale_snapshot_dirs(top);
     size_t count = 0;
     uint64_t bytes = 0;
-    std::string top = boot_snapshots_dir();
-    DIR* d = ::opendir(top.c_str());
-    if (!d) return {0, 0};
-    std::vector<std::string> names;
-    while (dirent* e = ::readdir(d))
-        if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") names.push_back(e->d_name);
-    ::closedir(d);
-    for (auto& n : names) {
-        std::string dir = top + "/" + n;
-        // Renamed away first: a run starting now finds it whole or not at all.
-        std::string gone = top + "/.prune-" + std::to_string(::getpid()) + "-" + n;
-        if (n.rfind(".", 0) != 0 && ::rename(dir.c_str(), gone.c_str()) < 0) continue;
-        if (n.rfind(".", 0) == 0) gone = dir;  // a temporary one left by a killed run
+    for (auto& n : boot_snapshot_names()) {
+        bytes += bytes_of(top + "/" + n);
         std::error_code ec;
-        for (auto& f : std::filesystem::recursive_directory_iterator(gone, ec)) {
-            struct stat st;
-            if (::lstat(f.path().c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1)
-                bytes += static_cast<uint64_t>(st.st_blocks) * 512;
-        }
-        std::filesystem::remove_all(gone, ec);
-        if (n.rfind(".", 0) != 0) ++count;
+        std::filesystem::remove_all(top + "/" + n, ec);
+        count += !ec;
     }
     return {count, bytes};
+}
+
+void evict_boot_snapshots(size_t keep) {
+    std::string top = boot_snapshots_dir();
+    // snapshot.json's mtime: when it was saved, or last restored (the
+    // restoring run touches it).
+    std::vector<std::pair<int64_t, std::string>> by_use;
+    for (auto& n : boot_snapshot_names()) {
+        struct stat st{};
+        if (::stat((top + "/" + n + "/snapshot.json").c_str(), &st) < 0) continue;
+        by_use.push_back({static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec, n});
+    }
+    if (by_use.size() <= keep) return;
+    std::sort(by_use.begin(), by_use.end());
+    for (size_t i = 0; i + keep < by_use.size(); ++i) remove_boot_snapshot(top + "/" + by_use[i].second);
 }
 
 QemuIdentity qemu_identity_of(const std::string& path) {

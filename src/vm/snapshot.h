@@ -22,6 +22,8 @@
 #include <utility>
 #include <vector>
 
+#include "util/unique_fd.h"
+
 namespace ocivm::vm {
 
 // The QEMU binary a snapshot was taken with: a device state only loads
@@ -59,6 +61,20 @@ struct SnapshotInfo {
 
 // $OCIVM_HOME/snapshots
 std::string snapshots_dir();
+
+// flock(2) on DIR/.lock (made 0700 and 0600 as needed): shared while a
+// snapshot is written into DIR or a VM starts from one there (until QEMU
+// has its files open), exclusive to remove (snapshot rm, prune), so
+// neither ever pulls files from under the other. Blocks.
+class SnapshotLock {
+public:
+    SnapshotLock(const std::string& dir, bool exclusive);
+    SnapshotLock(SnapshotLock&&) = default;
+    SnapshotLock& operator=(SnapshotLock&&) = default;
+
+private:
+    UniqueFd fd_;
+};
 // Letters, digits, '.', '_', '-', not starting with '.' or '-', at most 128:
 // UsageError-worthy text when not, else "".
 std::string snapshot_name_problem(const std::string& name);
@@ -68,10 +84,19 @@ std::vector<SnapshotInfo> list_snapshots();
 // Error when there is no such snapshot.
 void remove_snapshot(const std::string& name);
 // Boot snapshots: $OCIVM_HOME/cache/boot-snapshots/KEY, one per set of VM
-// options (vm/machine.cpp). Removes them all; returns how many, and the
-// bytes they held.
+// options (vm/machine.cpp). prune removes them all (and what killed runs
+// left half written); returns how many, and the bytes they held.
 std::string boot_snapshots_dir();
 std::pair<size_t, uint64_t> prune_boot_snapshots();
+// Removes one boot snapshot directory (renamed away first); never throws.
+void remove_boot_snapshot(const std::string& dir);
+// At most this many boot snapshots are kept; saving one more removes the
+// least recently used (each is about the RAM the guest had touched).
+inline constexpr size_t kMaxBootSnapshots = 8;
+void evict_boot_snapshots(size_t keep);
+// Temporary and half-removed directories that killed ocivm processes left
+// in the snapshots directory; call with the exclusive lock held.
+size_t remove_stale_snapshot_dirs(const std::string& dir);
 
 // The identity of the QEMU found as `qemu-system-x86_64` in PATH (what a
 // clone would run); version left empty (only a running QEMU says it).
