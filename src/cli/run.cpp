@@ -131,9 +131,11 @@ Options:
                               what it wrote, under a new name, host name, MAC,
                               machine-id, clock and random seed, and its own
                               network with its own -p forwards. No IMAGE, no
-                              command (the snapshot's runs on); --memory,
-                              --cpus, -v, --kernel and --root come from the
-                              snapshot
+                              command (the snapshot's runs on); what the boot
+                              fixed comes from the snapshot and cannot be
+                              given: --memory, --cpus, -v, --kernel, --karg,
+                              --root, --disk, --systemd, -e, --env-file, -w,
+                              -u, -i, -t, --cache, --trace, --console
       --disk FILE             boot a disk made by 'ocivm disk create' (raw or
                               qcow2, read-only, root by its PARTUUID) instead of
                               IMAGE: 'ocivm run --disk FILE -- CMD' 
