@@ -116,7 +116,16 @@ Options:
                               erofs is a read-only EROFS image of it (built
                               once per image with mkfs.erofs, cached) on a
                               virtio-blk disk, which a VM snapshot can hold
-                              (root only)
+                              (root only). With erofs, the first run of an
+                              image with given options (memory, CPUs,
+                              machine, network mode, kernel) saves the booted
+                              VM, and later runs restore it instead of
+                              booting (the command, its identity and its
+                              forwards are each run's own); not with -v,
+                              --systemd or a bridge network
+      --no-snapshot-cache     boot, neither restoring nor saving a boot
+                              snapshot ('ocivm snapshot prune' empties the
+                              cache)
       --from-snapshot SNAPSHOT
                               start a clone of SNAPSHOT ('ocivm snapshot
                               create') instead of booting: the VM resumes where
@@ -124,9 +133,11 @@ Options:
                               what it wrote, under a new name, host name, MAC,
                               machine-id, clock and random seed, and its own
                               network with its own -p forwards. No IMAGE, no
-                              command (the snapshot's runs on); --memory,
-                              --cpus, -v, --kernel and --root come from the
-                              snapshot
+                              command (the snapshot's runs on); what the boot
+                              fixed comes from the snapshot and cannot be
+                              given: --memory, --cpus, -v, --kernel, --karg,
+                              --root, --disk, --systemd, -e, --env-file, -w,
+                              -u, -i, -t, --cache, --trace, --console
       --disk FILE             boot a disk made by 'ocivm disk create' (raw or
                               qcow2, read-only, root by its PARTUUID) instead of
                               IMAGE: 'ocivm run --disk FILE -- CMD' 
@@ -314,6 +325,7 @@ int cmd_run(int argc, char** argv) {
         {"karg", 0, true, [&](const std::string& v) { m.kargs.push_back(v); }},
         {"machine", 0, true, [&](const std::string& v) { m.machine = v; machine_given = true; }},
         {"from-snapshot", 0, true, [&](const std::string& v) { m.from_snapshot = v; }},
+        {"no-snapshot-cache", 0, false, [&](const std::string&) { m.no_snapshot_cache = true; }},
         {"disk", 0, true, [&](const std::string& v) { m.disk = v; }},
         {"root", 0, true, [&](const std::string& v) {
              if (v != "virtiofs" && v != "erofs") throw UsageError{"invalid --root '" + v + "': use virtiofs or erofs"};

@@ -40,6 +40,11 @@ Commands:
   inspect SNAPSHOT...  everything a snapshot records, as JSON
   rm SNAPSHOT...       remove snapshots (clones running from one keep
                        running)
+  prune                empty the boot snapshot cache: the booted VMs that
+                       'ocivm run --root erofs' saves once per set of
+                       options and restores on later runs (at most 8 are
+                       kept; the least recently used goes first); also
+                       removes what an interrupted create left
 
 Options:
       --format FORMAT  table (default) or json, for ls
@@ -122,7 +127,7 @@ int cmd_snapshot(int argc, char** argv) {
     auto pos = parse_args("snapshot", argc, argv, 2, opts, &help);
     if (help || pos.empty()) {
         std::fputs(kHelp, help ? stdout : stderr);
-        if (!help) throw UsageError{"'ocivm snapshot' needs a command: create, ls, inspect or rm"};
+        if (!help) throw UsageError{"'ocivm snapshot' needs a command: create, ls, inspect, rm or prune"};
         return 0;
     }
     setup_logging(log_level);
@@ -156,7 +161,17 @@ int cmd_snapshot(int argc, char** argv) {
             std::printf("%s\n", n.c_str());
         });
     }
-    throw UsageError{"unknown snapshot command '" + sub + "': use create, ls, inspect or rm"};
+    if (sub == "prune") {
+        if (!names.empty()) throw UsageError{"usage: ocivm snapshot prune"};
+        auto [count, bytes] = vm::prune_boot_snapshots();
+        if (::access(vm::snapshots_dir().c_str(), F_OK) == 0) {
+            vm::SnapshotLock lock(vm::snapshots_dir(), true);
+            vm::remove_stale_snapshot_dirs(vm::snapshots_dir());  // what killed creates left
+        }
+        std::printf("removed %zu boot snapshot%s (%s)\n", count, count == 1 ? "" : "s", human_size(bytes).c_str());
+        return 0;
+    }
+    throw UsageError{"unknown snapshot command '" + sub + "': use create, ls, inspect, rm or prune"};
 }
 
 }  // namespace ocivm::cli

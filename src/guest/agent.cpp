@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
@@ -89,13 +90,23 @@ private:
     uint64_t epoch_ = 0;  // of the last restore (0: none), echoed by hello()
 };
 
+// In the guest (agent_main), messages go to the console (console.log on
+// the host), not into the main command's stderr; serve_agent alone (the
+// unit tests, on the host) writes them to stderr.
+bool g_report_to_console = false;
+
 void report(const char* fmt, ...) {
+    char buf[512];
     va_list ap;
     va_start(ap, fmt);
-    std::fprintf(stderr, "ocivm-init --agent: ");
-    std::vfprintf(stderr, fmt, ap);
-    std::fputc('\n', stderr);
+    int n = std::vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    if (n < 0) return;
+    std::string line = "ocivm-init --agent: " + std::string(buf, std::min<size_t>(static_cast<size_t>(n), sizeof buf - 1)) + "\n";
+    int fd = g_report_to_console ? ::open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC) : -1;
+    ssize_t w = ::write(fd >= 0 ? fd : 2, line.data(), line.size());
+    (void)w;
+    if (fd >= 0) ::close(fd);
 }
 
 void Agent::hello() {
@@ -460,6 +471,7 @@ std::string find_agent_port(double wait_s) {
 }
 
 int agent_main() {
+    g_report_to_console = true;
     std::string dev = find_agent_port(20);
     if (dev.empty()) {
         std::fprintf(stderr, "ocivm-init --agent: no virtio-serial port named %s\n", agent::kPort);

@@ -481,12 +481,18 @@ bool RelayCore::on_hello(uint64_t session) {
     ++counters_.rebuilds;
     state_ = State::Rebuilding;
     by_host_.clear();
+    // What a rebuild before found stale is looked for again (a clone of a
+    // clone: the directory may have it back).
     for (auto& [g, nd] : nodes_) {
         nd.host = g == kRoot ? kRoot : 0;
         nd.host_n = 0;
+        nd.stale = false;
     }
     by_host_[kRoot] = kRoot;
-    for (auto& [g, hd] : handles_) hd.host = 0;
+    for (auto& [g, hd] : handles_) {
+        hd.host = 0;
+        hd.stale = false;
+    }
     // Parents before children.
     std::vector<std::pair<size_t, uint64_t>> order;
     for (auto& [g, nd] : nodes_) {

@@ -351,6 +351,42 @@ void run_command(const GuestConfig& c, const Ports& ports) {
     }
 }
 
+// A deferred boot (GuestConfig::deferred): the command's configuration
+// arrives on the control port as "command LEN\n" and LEN bytes, once the
+// host has saved the booted VM (or restored one it saved). Other lines
+// ("restore") are not for this moment and are dropped.
+GuestConfig wait_for_command() {
+    control("stage waiting");
+    std::string buf;
+    while (true) {
+        size_t nl;
+        while ((nl = buf.find('\n')) != std::string::npos) {
+            // "command LEN" exactly: digits up to the newline, nothing else.
+            unsigned long n = 0;
+            bool is_command = nl > 8 && nl < 16 && buf.compare(0, 8, "command ") == 0;
+            for (size_t i = 8; is_command && i < nl; ++i) {
+                if (buf[i] < '0' || buf[i] > '9') is_command = false;
+                else n = n * 10 + static_cast<unsigned long>(buf[i] - '0');
+            }
+            if (is_command && n <= (1ul << 20)) {
+                if (buf.size() < nl + 1 + n) break;  // the rest is still coming
+                GuestConfig c;
+                std::string err = ocivm::guest::decode(buf.substr(nl + 1, n), c);
+                if (!err.empty()) fatal("bad command configuration from the host: %s", err.c_str());
+                return c;
+            }
+            buf.erase(0, nl + 1);
+        }
+        if (buf.size() > (2ul << 20)) buf.clear();
+        pollfd p{g_control, POLLIN, 0};
+        if (::poll(&p, 1, -1) <= 0) continue;
+        char chunk[65536];
+        ssize_t r = ::read(g_control, chunk, sizeof chunk);
+        if (r > 0) buf.append(chunk, static_cast<size_t>(r));
+        else if (r == 0) ::usleep(10000);  // no host on the port (yet)
+    }
+}
+
 GuestConfig load_config(const char* path) {
     GuestConfig c;
     std::string text = read_file(path);
@@ -533,6 +569,10 @@ int pid1_main() {
     sigfillset(&all);
     ::sigprocmask(SIG_BLOCK, &all, nullptr);
     start_agent();
+    if (c.deferred) {
+        c = wait_for_command();
+        if (::sethostname(c.hostname.data(), c.hostname.size()) < 0) say("sethostname: %s", std::strerror(errno));
+    }
     run_command(c, ports);
     power_off();
 }

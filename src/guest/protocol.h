@@ -59,6 +59,11 @@ struct GuestConfig {
     // The image root is an EROFS image on the first virtio-blk disk
     // (ocivm run --root erofs).
     bool root_erofs = false;
+    // A boot snapshot's boot (ocivm run's snapshot cache): ocivm-init boots,
+    // starts the agent and then waits for the command's configuration on
+    // the control port ("command LEN\n" and LEN bytes of encode()), so the
+    // host can save the booted VM first and every later run restore it.
+    bool deferred = false;
 };
 
 // A GPT GUID (partition type or unique id) as text: the first three fields
@@ -116,6 +121,7 @@ inline std::string encode(const GuestConfig& c) {
     put("cols", std::to_string(c.cols));
     if (!c.root_partuuid.empty()) put("root_partuuid", c.root_partuuid);
     if (c.root_erofs) put("root_erofs", "1");
+    if (c.deferred) put("deferred", "1");
     for (auto& v : c.volumes)
         o += "volume " + escape(v.tag) + "\t" + escape(v.path) + "\t" + (v.readonly ? "ro" : "rw") +
              (v.nodev ? ",nodev" : "") + (v.nosuid ? ",nosuid" : "") + (v.noexec ? ",noexec" : "") + (v.stream ? ",stream" : "") + "\n";
@@ -150,6 +156,7 @@ inline std::string decode(const std::string& text, GuestConfig& c) {
         else if (k == "cols") c.cols = num();
         else if (k == "root_partuuid") c.root_partuuid = v;
         else if (k == "root_erofs") c.root_erofs = v == "1";
+        else if (k == "deferred") c.deferred = v == "1";
         else if (k == "volume") {
             size_t t1 = raw.find('\t'), t2 = raw.find('\t', t1 == std::string::npos ? t1 : t1 + 1);
             if (t1 == std::string::npos || t2 == std::string::npos) return "bad volume line: " + line;
@@ -169,7 +176,7 @@ inline std::string decode(const std::string& text, GuestConfig& c) {
             return "unknown config key: " + k;
         }
     }
-    if (c.argv.empty()) return "config has no command";
+    if (c.argv.empty() && !c.deferred) return "config has no command";  // a deferred boot gets it later
     return "";
 }
 

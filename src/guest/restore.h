@@ -11,6 +11,8 @@ namespace ocivm::guest {
 //  - the kernel's RNG: the host's 32 random bytes added as entropy and the
 //    CRNG reseeded at once (clones must not draw the same random numbers);
 //  - the host name, and /etc/machine-id (where the image has an /etc);
+//  - TCP connections to other hosts closed (SOCK_DESTROY; the clone's
+//    network back-end knows none of them);
 //  - the network interface: the clone's MAC, a down/up that drops the old
 //    link's neighbours and announces the new address (renew_network).
 void apply_restore(const agent::RestoreInfo& r, void (*report)(const char* fmt, ...));

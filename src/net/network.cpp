@@ -150,7 +150,8 @@ Network::Network(const NetworkOptions& o) : impl_(std::make_unique<Impl>()) {
     char mac[32];
     std::snprintf(mac, sizeof mac, "52:54:00:%02x:%02x:%02x", (h >> 16) & 0xff, (h >> 8) & 0xff, h & 0xff);
     qemu_.mac = mac;
-    modules_ = {"virtio_net"};
+    // tcp_diag: a clone drops the connections of the VM it was cloned from (guest/restore.cpp).
+    modules_ = {"virtio_net", "tcp_diag"};
     guest::NetArg arg;
 
     if (mode == Mode::Passt || mode == Mode::Slirp) {

@@ -148,11 +148,20 @@ void AgentHub::on_agent_frame(const Frame& f) {
             if (restore_resends_++ < 8) {
                 agent::append_frame(port_out_, 0, Type::Restore, restore_payload_);
                 flush_agent();
+            } else if (restore_resends_ == 9) {
+                spdlog::warn("the restored guest keeps greeting without the restore's epoch; not sending it again");
             }
             return;
         }
         if (version != agent::kVersion && hellos_ == 0)
             spdlog::warn("the guest agent speaks protocol {} (this ocivm: {})", version, agent::kVersion);
+        // The hook first, while what clients sent before the Hello is still
+        // held: a boot snapshot taken in it (Run::on_booted) must hold no
+        // exec's command or environment (no run's secrets).
+        if (boot != boot_id_) {
+            boot_id_ = boot;
+            if (hooks_.on_hello) hooks_.on_hello(boot);
+        }
         uint64_t now = mono_ns();
         if (hellos_++ == 0) {
             port_out_ += held_;
@@ -175,10 +184,6 @@ void AgentHub::on_agent_frame(const Frame& f) {
             }
         }
         flush_agent();
-        if (boot != boot_id_) {
-            boot_id_ = boot;
-            if (hooks_.on_hello) hooks_.on_hello(boot);
-        }
         return;
     }
     auto it = by_session_.find(f.session);

@@ -13,7 +13,7 @@
 //            (stop and rm then wait for the supervisor's lock to be free).
 //   "snapshot NAME [stop]\n": the snapshot hook; its answer line goes back.
 // The on_hello hook runs when the guest's boot id is new: the first Hello,
-// or one after a reboot.
+// or one after a reboot; before anything held for the agent is sent.
 // Nothing is sent to the agent before its Hello (frames are held); a second
 // Hello means the agent restarted: running sessions are failed (exit 125,
 // "the guest agent restarted") and unacknowledged Opens are sent again.

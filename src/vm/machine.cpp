@@ -28,6 +28,7 @@
 #include "guest/initramfs.h"
 #include "image/erofs.h"
 #include "util/clock.h"
+#include "util/hash.h"
 #include "util/error.h"
 #include "util/io.h"
 #include "util/log.h"
@@ -63,6 +64,13 @@ SocketPair socket_pair() {
 
 void set_nonblock(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
+
+// A boot snapshot of the cache that QEMU could not restore (damaged,
+// truncated): the run removes it and boots instead.
+struct BootSnapshotBroken : Error {
+    BootSnapshotBroken(const std::string& why, std::string d) : Error(why), dir(std::move(d)) {}
+    std::string dir;
+};
 
 enum class Stage { QemuStarted, KernelBooting, InitRunning, RootMounted, SystemdStarting, CommandStarted, Finished };
 
@@ -158,20 +166,37 @@ private:
     void open_detached_logs();
     std::vector<SocketPair> start_shares();
     QemuConfig qemu_config(const Kernel& kernel, const HostVirt& host, const std::string& initrd, net::Network& network);
+    std::string boot_snapshot_key(const Kernel& kernel, const std::string& base_initrd, const QemuConfig& qc,
+                                  const std::string& boot_config) const;
     AgentHub::Hooks hub_hooks(QemuProcess& qemu);
     std::string qemu_failure(int qemu_status);
     void on_signal(int sig);
     int boot_and_serve(StateDir& state);
     // ocivm snapshot create (hub hook): the answer line for the client.
     std::string take_snapshot(const std::string& name, bool stop, QemuProcess& qemu);
+    SnapshotInfo snapshot_info(const std::string& name, bool boot = false) const;
+    void write_snapshot(const std::string& dest, SnapshotInfo info, bool keep_paused, QemuProcess& qemu);
+    // Boot snapshots (the snapshot cache of plain runs): this run's guest
+    // boots deferred (guest::GuestConfig::deferred) and gets its command
+    // once booted, or restored from boot_cache_dir_.
+    bool boot_snapshot_eligible() const;
+    void on_booted(QemuProcess& qemu);
+    // After a BootSnapshotBroken: everything the failed start set, back to
+    // how a fresh Run has it.
+    void reset_for_boot();
+    std::string qemu_log_tail() const;
+    bool deferred_ = false, command_sent_ = false;
+    std::string boot_key_, boot_cache_dir_;
     std::string snapshot_refusal() const;
     void save_snapshot(const std::string& dir, QemuProcess& qemu, SnapshotInfo& info);
+    void save_memfd_ram(const std::string& dir, QemuProcess& qemu, SnapshotInfo& info);
     // run --from-snapshot: loads the device state into the QEMU just
     // started, resumes it and sends the guest its new identity.
     void restore_guest(const net::Network& network);
     QemuConfig qc_;               // what QEMU was started with (fds aside)
     std::string net_mode_;        // network.description().mode
     std::optional<SnapshotInfo> snap_;  // run --from-snapshot: the snapshot
+    std::optional<SnapshotLock> snap_lock_;  // held on its directory until QEMU has restored it
     uint64_t restore_sent_ns_ = 0;
     double spawn_ms_ = 0, load_ms_ = 0, resume_ms_ = 0;
     uint64_t qemu_spawned_ns_ = 0;
@@ -416,7 +441,16 @@ int Run::go() {
     state_ = &*state;
     init_record();
     try {
-        return boot_and_serve(*state);
+        try {
+            return boot_and_serve(*state);
+        } catch (const BootSnapshotBroken& e) {
+            // The cache never fails a run: the entry goes, the VM boots.
+            std::fprintf(stderr, "ocivm: warning: %s; removed it from the cache, booting instead\n", e.what());
+            remove_boot_snapshot(e.dir);
+            reset_for_boot();
+            o_.no_snapshot_cache = true;
+            return boot_and_serve(*state);
+        }
     } catch (const std::exception& e) {
         // A start that failed is an exited VM with the reason, not a
         // "dead" one (whose supervisor was killed).
@@ -430,6 +464,10 @@ int Run::go() {
 
 int Run::boot_and_serve(StateDir& state) {
     if (o_.detach) open_detached_logs();
+    if (!o_.from_snapshot.empty()) {
+        snap_lock_.emplace(snapshots_dir(), false);
+        snap_ = load_snapshot(o_.from_snapshot);
+    }
     std::string cache = cache_dir();
     make_dirs(cache);
     Kernel kernel;
@@ -446,7 +484,12 @@ int Run::boot_and_serve(StateDir& state) {
         kernel = resolve_kernel(o_.kernel, o_.rootfs, cache);
         host = probe_host(cache, kernel.boot_path);
     }
-    if (!o_.timeout_given) {
+    if (!o_.timeout_given && snap_) {
+        // A restore is ready in well under a second: a clone that has not
+        // greeted in 30 s will not (a snapshot it cannot run), and is
+        // diagnosed, not waited for.
+        o_.timeout_s = 30;
+    } else if (!o_.timeout_given) {
         if (!host.kvm) o_.timeout_s = std::max(o_.timeout_s, 300.0);
         else if (host.nested) o_.timeout_s = std::max(o_.timeout_s, 240.0);
     }
@@ -485,9 +528,37 @@ int Run::boot_and_serve(StateDir& state) {
     if (o_.root_erofs) extra.insert(extra.end(), {"virtio_blk", "crc32c_generic", "erofs"});
     for (auto& m : network.guest_modules()) extra.push_back(m);  // network
     std::string initrd = snap_ ? snap_->dir + "/initrd" : state.path() + "/initrd.cpio";
+    bool wrote_initrd = false;
     if (!snap_) {
         std::string base = guest::base_initramfs(kernel.modules_dir, cache, extra);
-        guest::write_run_initramfs(base, guest::encode(o_.guest), initrd);
+        guest::GuestConfig boot = o_.guest;
+        deferred_ = boot_snapshot_eligible();
+        if (deferred_) {
+            // Booted without the run's own command and identity (they come
+            // once it is up), so every run of these options boots the same.
+            boot = guest::GuestConfig{};
+            boot.root_erofs = true;
+            boot.deferred = true;
+            boot_key_ = boot_snapshot_key(kernel, base, qemu_config(kernel, host, initrd, network), guest::encode(boot));
+            boot_cache_dir_ = boot_snapshots_dir() + "/" + boot_key_;
+            snap_lock_.emplace(boot_snapshots_dir(), false);
+            try {
+                SnapshotInfo b = SnapshotInfo::from_json(read_file(boot_cache_dir_ + "/snapshot.json"), boot_cache_dir_);
+                if (std::string why = restore_refusal(b, o_.machine, host.kvm); why.empty()) snap_ = b;
+                else spdlog::info("boot snapshot not usable ({}): booting", why);
+            } catch (const Error&) {
+                spdlog::debug("no boot snapshot for these options yet ({}): booting, and saving one", boot_cache_dir_);
+            }
+            if (snap_) ::utimensat(AT_FDCWD, (boot_cache_dir_ + "/snapshot.json").c_str(), nullptr, 0);  // used now (eviction)
+            else snap_lock_.reset();
+        }
+        if (snap_) {
+            initrd = snap_->dir + "/initrd";
+            record_.snapshot = "boot cache";
+        } else {
+            guest::write_run_initramfs(base, guest::encode(boot), initrd);
+            wrote_initrd = true;
+        }
     }
     console_path_ = state.path() + "/console.log";
     console_log_ = UniqueFd(::open(console_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
@@ -501,6 +572,10 @@ int Run::boot_and_serve(StateDir& state) {
         qc.cpus = snap_->cpus;
         qc.append = snap_->append;
         qc.memory_file = snap_->dir + "/ram";
+        qc.kernel = snap_->dir + "/kernel";
+        qc.initrd = snap_->dir + "/initrd";
+        root_image_ = snap_->dir + "/root.erofs";
+        qc.disk = root_image_;
         vmstate = UniqueFd(::open((snap_->dir + "/vmstate").c_str(), O_RDONLY | O_CLOEXEC));
         if (!vmstate) throw_errno("cannot open " + snap_->dir + "/vmstate", errno, "the snapshot is damaged; take it again");
         qc.incoming = vmstate.get();
@@ -551,7 +626,18 @@ int Run::boot_and_serve(StateDir& state) {
     for (int fd : {console_.get(), out_.get(), err_.get(), control_.get(), in_.get()}) set_nonblock(fd);
     if (snap_) {
         record_.qemu_pid = qemu.pid();
-        restore_guest(network);
+        try {
+            restore_guest(network);
+            snap_lock_.reset();  // QEMU has what it needs: the snapshot may go now
+        } catch (const std::exception& e) {
+            snap_lock_.reset();
+            std::string why = std::string("cannot restore ") +
+                              (o_.from_snapshot.empty() ? "the boot snapshot " + snap_->dir : "snapshot " + snap_->name) +
+                              ": " + e.what() + qemu_log_tail();
+            if (o_.from_snapshot.empty()) throw BootSnapshotBroken(why, snap_->dir);
+            throw Error(why + "; the snapshot may be damaged: take it again ('ocivm snapshot rm " + snap_->name +
+                        "', then 'ocivm snapshot create')");
+        }
     } else {
         qmp("qmp_capabilities");
     }
@@ -578,7 +664,7 @@ int Run::boot_and_serve(StateDir& state) {
         while ((r = ::read(console_.get(), buf, sizeof buf)) > 0) on_console(buf, static_cast<size_t>(r));
     }
     raw.reset();
-    if (!snap_) ::unlink(initrd.c_str());  // 3 MB nobody needs once the guest has booted
+    if (wrote_initrd) ::unlink(initrd.c_str());  // 3 MB nobody needs once the guest has booted
     for (auto* p : {&console_, &out_, &err_, &in_, &control_}) p->reset();
     qmp_.reset();
     shares_.clear();  // waits for the share servers (QEMU is gone, so are their sockets)
@@ -610,10 +696,7 @@ void Run::init_record() {
     record_.created = utc_now();
     record_.rm = o_.rm;
     record_.control = new_control_token();
-    if (!o_.from_snapshot.empty()) {
-        snap_ = load_snapshot(o_.from_snapshot);
-        record_.snapshot = snap_->name;
-    }
+    record_.snapshot = o_.from_snapshot;
     for (auto& sh : o_.shares) record_.shares.push_back(sh.host + ":" + sh.guest + (sh.readonly ? ":ro" : ":rw"));
     save_record();
 }
@@ -707,7 +790,10 @@ QemuConfig Run::qemu_config(const Kernel& kernel, const HostVirt& host, const st
 // What stop, kill and a guest's Hello on the control socket do.
 AgentHub::Hooks Run::hub_hooks(QemuProcess& qemu) {
     AgentHub::Hooks hooks;
-    hooks.on_hello = [this, &qemu](const std::string& boot) { on_agent_hello(boot, qemu.pid()); };
+    hooks.on_hello = [this, &qemu](const std::string& boot) {
+        on_agent_hello(boot, qemu.pid());
+        if (deferred_) on_booted(qemu);
+    };
     hooks.stop = [this, &qemu](double secs) {
         if (have_result_ || stopping_) return;
         stopping_ = true;
@@ -746,20 +832,90 @@ void sync_file(const std::string& path) {
     if (!f || ::fsync(f.get()) < 0) throw_errno("cannot write " + path + " to disk", errno);
 }
 
+void Run::reset_for_boot() {
+    hub_.reset();
+    for (auto* p : {&console_, &out_, &err_, &in_, &control_, &console_log_}) p->reset();
+    qmp_.reset();
+    shares_.clear();
+    snap_.reset();
+    deferred_ = command_sent_ = false;
+    boot_key_.clear();
+    boot_cache_dir_.clear();
+    root_image_.clear();
+    restore_sent_ns_ = 0;
+    stage_ = Stage::QemuStarted;
+    agent_ready_ = command_started_ = timed_out_ = false;
+    record_.snapshot.clear();
+    record_.restore_json = "{}";
+    console_tail_.clear();
+    console_line_.clear();
+    control_buf_.clear();
+}
+
+// The last line QEMU wrote to qemu.log, as " (QEMU: ...)", or "".
+std::string Run::qemu_log_tail() const {
+    std::string log;
+    try {
+        log = read_file(state_->path() + "/qemu.log");
+    } catch (const Error&) {
+        return "";
+    }
+    while (!log.empty() && log.back() == '\n') log.pop_back();
+    if (log.empty()) return "";
+    std::string last = log.substr(log.rfind('\n') == std::string::npos ? 0 : log.rfind('\n') + 1);
+    for (char& ch : last)
+        if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) >= 0x7f) ch = '?';
+    return " (QEMU: " + last.substr(0, 300) + ")";
+}
+
+// Plain runs with an EROFS root and nothing the snapshot cannot hold boot
+// once per set of options and restore that boot after (unless
+// --no-snapshot-cache).
+bool Run::boot_snapshot_eligible() const {
+    return o_.root_erofs && !o_.no_snapshot_cache && o_.from_snapshot.empty() && o_.shares.empty() &&
+           o_.attach.empty() && o_.disk.empty() && !o_.guest.systemd && o_.net.mode != net::Mode::Bridge;
+}
+
+// Everything a booted guest depends on: the kernel, initramfs and root
+// files (by identity: path, size, mtime), QEMU's binary, the machine and
+// accelerator, memory, CPUs, the kernel command line (network and --karg),
+// and the deferred configuration itself.
+std::string Run::boot_snapshot_key(const Kernel& kernel, const std::string& base_initrd, const QemuConfig& qc,
+                                   const std::string& boot_config) const {
+    Sha256 h;
+    auto file = [&h](const std::string& path) {
+        struct stat st{};
+        ::stat(path.c_str(), &st);
+        h.update(path + "\n" + std::to_string(st.st_size) + " " + std::to_string(st.st_mtim.tv_sec) + "." +
+                 std::to_string(st.st_mtim.tv_nsec) + " " + std::to_string(st.st_ino) + "\n");
+    };
+    h.update(std::string("ocivm boot snapshot 2\n"));  // 2: the 32-port virtio-serial device (stream shares)
+    file(kernel.boot_path);
+    file(base_initrd);
+    file(root_image_);
+    QemuIdentity q = local_qemu();
+    h.update(q.path + " " + std::to_string(q.size) + " " + std::to_string(q.mtime_ns) + "\n");
+    h.update(qc.machine + " " + (qc.kvm ? "kvm" : "tcg") + " " + qc.memory + " " + std::to_string(qc.cpus) + "\n");
+    h.update(qc.append + "\n");
+    h.update(std::string(qc.net.active() ? "net user\n" : "net none\n"));
+    h.update(boot_config);
+    return h.hex();
+}
+
 // Why this VM cannot be snapshotted now ("" when it can).
 std::string Run::snapshot_refusal() const {
-    if (snap_) return "VM '" + o_.name + "' is a clone (its memory is a private copy QEMU holds); snapshot the VM it came from";
     if (root_image_.empty() || !o_.disk.empty())
         return "VM '" + o_.name + "' does not have an EROFS root; start it with 'ocivm run -d --root erofs'";
     for (auto& v : o_.guest.volumes)  // every -v of an EROFS-root VM is a stream share; never vhost-user
         if (!v.stream) return "VM '" + o_.name + "' has -v shares over vhost-user, whose devices QEMU 7.2 cannot save";
     if (shares_.size() != o_.guest.volumes.size())
         return "VM '" + o_.name + "' has a virtio-fs root share, whose device QEMU 7.2 cannot save";
-    if (!o_.attach.empty()) return "VM '" + o_.name + "' has writable disks attached";
+    if (!o_.attach.empty()) return "VM '" + o_.name + "' has writable disks attached, which a snapshot cannot hold";
     if (net_mode_ == "bridge")
         return "VM '" + o_.name + "' is bridged (its addresses are its own); use --network user for a VM to snapshot";
     if (have_result_ || stopping_) return "VM '" + o_.name + "' is stopping";
-    if (!agent_ready_ || !command_started_) return "VM '" + o_.name + "' is not running yet";
+    if (!agent_ready_ || !command_started_)
+        return "VM '" + o_.name + "' is not running yet; snapshot it once 'ocivm run -d' has returned";
     if (!hub_->idle())
         return "VM '" + o_.name + "' has exec sessions running (or their output in flight); snapshot it when they have ended";
     return "";
@@ -790,25 +946,15 @@ void Run::save_snapshot(const std::string& dir, QemuProcess& qemu, SnapshotInfo&
         ::usleep(2000);
     }
     uint64_t t1 = mono_ns();
-    // The RAM: QEMU's memfd (memory-backend-memfd), read through /proc.
-    std::string fd_dir = "/proc/" + std::to_string(qemu.pid()) + "/fd";
-    UniqueFd ram;
-    if (DIR* d = ::opendir(fd_dir.c_str())) {
-        while (dirent* e = ::readdir(d)) {
-            char target[256] = {};
-            std::string link = fd_dir + "/" + e->d_name;
-            ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
-            if (n > 0 && std::strncmp(target, "/memfd:memory-backend-memfd", 27) == 0) {
-                ram = UniqueFd(::open(link.c_str(), O_RDONLY | O_CLOEXEC));
-                break;
-            }
-        }
-        ::closedir(d);
-    }
-    if (!ram) throw Error("cannot find the VM's memory in QEMU's open files (" + fd_dir + ")");
     struct stat st;
-    if (::fstat(ram.get(), &st) < 0) throw_errno("fstat of the VM's memory", errno);
-    info.ram_bytes = sparse_copy(ram.get(), dir + "/ram", static_cast<uint64_t>(st.st_size));
+    if (!qc_.memory_file.empty()) {
+        // A clone: its RAM is the snapshot's file mapped privately, with
+        // the pages it wrote in QEMU's own memory.
+        if (::stat(qc_.memory_file.c_str(), &st) < 0) throw_errno("cannot stat " + qc_.memory_file, errno);
+        info.ram_bytes = copy_mapped_ram(qemu.pid(), qc_.memory_file, dir + "/ram", static_cast<uint64_t>(st.st_size));
+    } else {
+        save_memfd_ram(dir, qemu, info);
+    }
     uint64_t t2 = mono_ns();
     if (::stat((dir + "/vmstate").c_str(), &st) == 0) info.state_bytes = static_cast<uint64_t>(st.st_size);
     info.save_ms = static_cast<double>(t1 - t0) / 1e6;
@@ -825,62 +971,87 @@ void Run::save_snapshot(const std::string& dir, QemuProcess& qemu, SnapshotInfo&
     }
 }
 
-std::string Run::take_snapshot(const std::string& name, bool stop, QemuProcess& qemu) {
-    if (std::string why = snapshot_name_problem(name); !why.empty()) return "error " + why;
-    if (std::string why = snapshot_refusal(); !why.empty()) return "error " + why;
-    std::string top = snapshots_dir();
-    std::string dest = top + "/" + name;
-    std::string tmp = top + "/.tmp-" + name + "-" + std::to_string(::getpid());
-    bool paused = false;
-    try {
-        make_dirs(top, 0700);
-        if (::access(dest.c_str(), F_OK) == 0)
-            return "error a snapshot named '" + name + "' exists; remove it first ('ocivm snapshot rm " + name + "')";
-        std::error_code ec;
-        std::filesystem::remove_all(tmp, ec);
-        if (::mkdir(tmp.c_str(), 0700) < 0) throw_errno("cannot create " + tmp, errno);
-        SnapshotInfo info;
-        info.name = name;
-        info.created = utc_now();
-        info.source = o_.name;
-        info.image = o_.image;
-        info.rootfs = o_.rootfs;
+// The RAM of a booted VM: QEMU's memfd (memory-backend-memfd), read
+// through /proc.
+void Run::save_memfd_ram(const std::string& dir, QemuProcess& qemu, SnapshotInfo& info) {
+    std::string fd_dir = "/proc/" + std::to_string(qemu.pid()) + "/fd";
+    UniqueFd ram;
+    if (DIR* d = ::opendir(fd_dir.c_str())) {
+        while (dirent* e = ::readdir(d)) {
+            char target[256] = {};
+            std::string link = fd_dir + "/" + e->d_name;
+            ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+            if (n > 0 && std::strncmp(target, "/memfd:memory-backend-memfd", 27) == 0) {
+                ram = UniqueFd(::open(link.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+                // What was opened is that memfd (not what the fd became since).
+                char again[256] = {};
+                std::string self = "/proc/self/fd/" + std::to_string(ram.get());
+                if (ram && (::readlink(self.c_str(), again, sizeof again - 1) != n || std::strcmp(again, target) != 0))
+                    ram.reset();
+                break;
+            }
+        }
+        ::closedir(d);
+    }
+    if (!ram) throw Error("cannot find the VM's memory in QEMU's open files (" + fd_dir + ")");
+    struct stat st;
+    if (::fstat(ram.get(), &st) < 0) throw_errno("fstat of the VM's memory", errno);
+    info.ram_bytes = sparse_copy(ram.get(), dir + "/ram", static_cast<uint64_t>(st.st_size));
+}
+
+// What a snapshot of this VM records (its command and identity empty for
+// a boot snapshot, whose runs bring their own).
+SnapshotInfo Run::snapshot_info(const std::string& name, bool boot) const {
+    SnapshotInfo info;
+    info.name = name;
+    info.created = utc_now();
+    info.source = o_.name;
+    info.image = o_.image;
+    info.rootfs = o_.rootfs;
+    if (!boot) {
         info.command = o_.guest.argv;
         info.env = o_.guest.env;
         info.cwd = o_.guest.cwd;
         info.uid = o_.guest.uid;
         info.gid = o_.guest.gid;
         info.systemd = o_.guest.systemd;
-        info.machine = qc_.machine;
-        info.accel = qc_.kvm ? "kvm" : "tcg";
-        info.memory = qc_.memory;
-        info.cpus = qc_.cpus;
-        info.append = qc_.append;
-        info.network = net_mode_ == "none" ? "none" : "user";
-        info.ports = record_.ports;
-        info.layout = kSnapshotLayout;
-        // --- stream shares (issue 12 item 4): clones serve the same
-        // directories; no reply may be half-way to the guest when it is saved.
+    }
+    info.machine = qc_.machine;
+    info.accel = qc_.kvm ? "kvm" : "tcg";
+    info.memory = qc_.memory;
+    info.cpus = qc_.cpus;
+    info.append = qc_.append;
+    info.network = net_mode_ == "none" ? "none" : "user";
+    info.ports = record_.ports;
+    info.layout = kSnapshotLayout;
+    // stream shares (issue 12 item 4): clones serve the same directories
+    if (!boot)
         for (auto& sh : o_.shares)
             info.shares.push_back({sh.host, sh.guest, sh.readonly, sh.nodev, sh.nosuid, sh.noexec, sh.writeback});
-        struct ResumeShares {
-            std::vector<std::unique_ptr<ShareServer>>& s;
-            ~ResumeShares() {
-                for (auto& x : s) x->resume();
-            }
-        } resume_shares{shares_};
-        for (size_t i = 0; i < shares_.size(); ++i)
-            if (std::string why = shares_[i]->quiesce(); !why.empty())
-                return "error cannot save share " + o_.shares[i].host + ": " + why;
-        // --- end stream shares
+    return info;
+}
+
+// Saves the VM as the snapshot directory dest, made whole or not at all
+// (a temporary directory beside it, renamed; an existing dest is an Error).
+// The VM is paused for the device state and the RAM copy only, and resumed
+// after unless keep_paused (also when it fails).
+void Run::write_snapshot(const std::string& dest, SnapshotInfo info, bool keep_paused, QemuProcess& qemu) {
+    std::string top = dest.substr(0, dest.rfind('/'));
+    std::string tmp = top + "/.tmp-" + dest.substr(dest.rfind('/') + 1) + "-" + std::to_string(::getpid());
+    auto events = [this](const std::string& l) { on_qmp_line(l); };
+    bool paused = false;
+    try {
+        make_dirs(top, 0700);
+        std::error_code ec;
+        std::filesystem::remove_all(tmp, ec);
+        if (::mkdir(tmp.c_str(), 0700) < 0) throw_errno("cannot create " + tmp, errno);
         paused = true;
         save_snapshot(tmp, qemu, info);
-        auto events = [this](const std::string& l) { on_qmp_line(l); };
-        if (!stop) {
+        if (!keep_paused) {
             qmp_.call("cont", {}, 30, -1, events);
             paused = false;
         }
-        spdlog::info("snapshot {}: paused {:.1f} ms (state {:.1f} ms, {} bytes; RAM {:.1f} ms, {} MiB)", name,
+        spdlog::info("snapshot {}: paused {:.1f} ms (state {:.1f} ms, {} bytes; RAM {:.1f} ms, {} MiB)", info.name,
                      info.pause_ms, info.save_ms, info.state_bytes, info.copy_ms, info.ram_bytes >> 20);
         // The boot files, and the RAM copy to disk, while the VM runs again.
         sync_file(tmp + "/ram");
@@ -888,29 +1059,89 @@ std::string Run::take_snapshot(const std::string& name, bool stop, QemuProcess& 
         link_or_copy(qc_.initrd, tmp + "/initrd");
         link_or_copy(root_image_, tmp + "/root.erofs");
         write_file_atomic(tmp + "/snapshot.json", info.to_json(), 0600);
+        for (const char* f : {"/vmstate", "/snapshot.json", ""}) sync_file(tmp + f);  // "": the directory
         if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dest.c_str(), RENAME_NOREPLACE) < 0)
             throw_errno("cannot move the snapshot to " + dest, errno);
-        if (stop) {
-            have_result_ = bye_sent_ = true;
-            result_ = 0;
-            record_.exit_reason = "stopped after 'ocivm snapshot create --stop' (snapshot " + name + ")";
-            stopping_ = true;
-            stop_vm();
-        }
-        return "ok " + name + " paused_ms " + std::to_string(static_cast<int>(info.pause_ms + 0.5));
-    } catch (const std::exception& e) {
+        sync_file(top);
+    } catch (const std::exception&) {
         std::error_code ec;
         std::filesystem::remove_all(tmp, ec);
-        if (paused) {
+        if (paused && !keep_paused) {
             try {
-                qmp_.call("cont", {}, 30, -1, [this](const std::string& l) { on_qmp_line(l); });
+                qmp_.call("cont", {}, 30, -1, events);
             } catch (const std::exception& e2) {
                 spdlog::warn("cannot resume the VM after a failed snapshot: {}", e2.what());
+            }
+        }
+        throw;
+    }
+}
+
+std::string Run::take_snapshot(const std::string& name, bool stop, QemuProcess& qemu) {
+    if (std::string why = snapshot_name_problem(name); !why.empty()) return "error " + why;
+    if (std::string why = snapshot_refusal(); !why.empty()) return "error " + why;
+    std::string dest = snapshots_dir() + "/" + name;
+    if (::access(dest.c_str(), F_OK) == 0)
+        return "error a snapshot named '" + name + "' exists; remove it first ('ocivm snapshot rm " + name + "')";
+    SnapshotInfo info = snapshot_info(name);
+    // --- stream shares (issue 12 item 4): no reply may be half-way to the
+    // guest when it is saved; the servers go on once it is.
+    struct ResumeShares {
+        std::vector<std::unique_ptr<ShareServer>>& s;
+        ~ResumeShares() {
+            for (auto& x : s) x->resume();
+        }
+    } resume_shares{shares_};
+    for (size_t i = 0; i < shares_.size(); ++i)
+        if (std::string why = shares_[i]->quiesce(); !why.empty())
+            return "error cannot save share " + o_.shares[i].host + ": " + why;
+    // --- end stream shares
+    try {
+        SnapshotLock lock(snapshots_dir(), false);
+        write_snapshot(dest, info, stop, qemu);
+    } catch (const std::exception& e) {
+        if (stop) {
+            try {
+                qmp_.call("cont", {}, 30, -1, [this](const std::string& l) { on_qmp_line(l); });
+            } catch (const std::exception&) {
             }
         }
         spdlog::warn("snapshot {} failed: {}", name, e.what());
         return std::string("error ") + e.what();
     }
+    if (stop) {
+        have_result_ = bye_sent_ = true;
+        result_ = 0;
+        record_.exit_reason = "stopped after 'ocivm snapshot create --stop' (snapshot " + name + ")";
+        stopping_ = true;
+        stop_vm();
+    }
+    return "ok " + name;
+}
+
+// A deferred boot's guest has booted and greeted: the first run of these
+// options saves it for the runs after (best effort: a run never fails for
+// its cache), then every run sends the command it is for.
+void Run::on_booted(QemuProcess& qemu) {
+    if (command_sent_ || have_result_) return;
+    if (!snap_ && !stopping_ && !boot_cache_dir_.empty() && ::access(boot_cache_dir_.c_str(), F_OK) != 0) {
+        try {
+            {
+                SnapshotLock lock(boot_snapshots_dir(), false);
+                write_snapshot(boot_cache_dir_, snapshot_info("boot-" + boot_key_.substr(0, 16), true), false, qemu);
+            }
+            spdlog::info("boot snapshot saved: later runs of these options restore it ({})", boot_cache_dir_);
+            SnapshotLock exclusive(boot_snapshots_dir(), true);
+            evict_boot_snapshots(kMaxBootSnapshots);
+        } catch (const std::exception& e) {
+            if (::access(boot_cache_dir_.c_str(), F_OK) != 0)  // not a race another run won
+                spdlog::warn("cannot save the boot snapshot ({}); the next run boots again", e.what());
+        }
+    }
+    std::string config = guest::encode(o_.guest);
+    send_control("command " + std::to_string(config.size()));
+    if (control_) write_all(control_.get(), config.data(), config.size());
+    command_sent_ = true;
 }
 
 // A clone: the device state goes into the QEMU just started (which waits
@@ -941,8 +1172,10 @@ void Run::restore_guest(const net::Network& network) {
     qmp_.call("cont", {}, 30, -1, events);
     uint64_t t2 = mono_ns();
     resume_ms_ = static_cast<double>(t2 - t1) / 1e6;
-    stage_ = Stage::CommandStarted;
-    command_started_ = true;
+    if (!deferred_) {  // a clone: its command runs on (a boot snapshot's gets it after the Hello)
+        stage_ = Stage::CommandStarted;
+        command_started_ = true;
+    }
 
     agent::RestoreInfo r;
     unsigned char rnd[8 + 32 + 16];
@@ -1027,7 +1260,12 @@ int Run::event_loop(QemuProcess& qemu, int sfd, uint64_t deadline) {
         if ((stage_ < Stage::CommandStarted || waiting_agent) && !timed_out && now >= deadline) {
             timed_out = true;
             char why[160];
-            if (waiting_agent)
+            if (waiting_agent && snap_ && restore_sent_ns_)
+                std::snprintf(why, sizeof why,
+                              "the restored guest did not answer its restore (no Hello with the epoch sent) within "
+                              "%.0f s; stopping the VM",
+                              o_.timeout_s);
+            else if (waiting_agent)
                 std::snprintf(why, sizeof why, "the guest's exec agent did not greet within %.0f s; stopping the VM",
                               o_.timeout_s);
             else

@@ -43,11 +43,14 @@ struct MachineOptions {
     std::string name;
     bool rm = false;
     std::string machine = "microvm";
-    bool root_erofs = false;
+    bool root_erofs = false;  // --root erofs: the image as an EROFS disk, not a virtio-fs share
     // run --from-snapshot NAME: a clone of that snapshot (vm/snapshot.h)
     // instead of a boot; guest holds its command and identity, from the
     // snapshot, with this VM's name.
-    std::string from_snapshot;    // --root erofs: the image as an EROFS disk, not a virtio-fs share
+    std::string from_snapshot;
+    // --no-snapshot-cache: boot even where a boot snapshot could be
+    // restored (and save none).
+    bool no_snapshot_cache = false;
     std::string disk;           // boot this disk (ocivm disk create) instead of rootfs
     std::string disk_partuuid;  // its root partition
     std::vector<std::string> attach;  // writable raw disks for the command (/dev/vda, ... after --disk)

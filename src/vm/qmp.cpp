@@ -102,7 +102,10 @@ QmpChannel::Json QmpChannel::call(const std::string& cmd, const Json& args, doub
             fd_.reset();
             throw Error("QEMU exited while answering " + cmd);
         }
-        if (r > 0) buf_.append(buf, static_cast<size_t>(r));
+        if (r > 0) {
+            buf_.append(buf, static_cast<size_t>(r));
+            if (buf_.size() > (1u << 20)) throw Error("QEMU's monitor sent a line over 1 MiB while answering " + cmd);
+        }
     }
     if (answer.contains("error")) {
         std::string desc = answer["error"].is_object() ? answer["error"].value("desc", "") : "";

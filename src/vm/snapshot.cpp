@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -108,6 +109,21 @@ SnapshotInfo SnapshotInfo::from_json(const std::string& text, const std::string&
     } catch (const json::exception& e) {
         throw Error(dir + "/snapshot.json is incomplete (" + e.what() + "); remove it with 'ocivm snapshot rm'");
     }
+    // What reaches QEMU's command line has the form ocivm writes, and what
+    // `ls` prints has no control characters (a crafted file is no escape).
+    auto bad = [&](const std::string& what) {
+        return Error(dir + "/snapshot.json: " + what + "; remove it with 'ocivm snapshot rm' (or 'snapshot prune')");
+    };
+    if (!snapshot_name_problem(s.name).empty()) throw bad("a bad name");
+    if (s.memory.size() < 2 || s.memory.size() > 8 || s.memory.back() != 'M' ||
+        s.memory.find_first_not_of("0123456789") != s.memory.size() - 1)
+        throw bad("a bad memory size '" + s.memory.substr(0, 16) + "'");
+    if (s.cpus < 1 || s.cpus > 64) throw bad("a bad CPU count");
+    for (char ch : s.append)
+        if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) >= 0x7f) throw bad("a bad kernel command line");
+    for (std::string* f : {&s.source, &s.image, &s.created, &s.qemu.version})
+        for (char& ch : *f)
+            if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) == 0x7f) ch = '?';
     if (s.machine != "microvm" && s.machine != "q35") throw Error(dir + "/snapshot.json: unknown machine " + s.machine);
     if (s.accel != "tcg" && s.accel != "kvm") throw Error(dir + "/snapshot.json: unknown accelerator " + s.accel);
     if (s.network != "none" && s.network != "user") throw Error(dir + "/snapshot.json: unknown network " + s.network);
@@ -115,6 +131,35 @@ SnapshotInfo SnapshotInfo::from_json(const std::string& text, const std::string&
 }
 
 std::string snapshots_dir() { return ocivm_home() + "/snapshots"; }
+
+SnapshotLock::SnapshotLock(const std::string& dir, bool exclusive) {
+    make_dirs(dir, 0700);
+    fd_ = UniqueFd(::open((dir + "/.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (!fd_) throw_errno("cannot open " + dir + "/.lock", errno);
+    int r;
+    do r = ::flock(fd_.get(), exclusive ? LOCK_EX : LOCK_SH);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) throw_errno("cannot lock " + dir + "/.lock", errno);
+}
+
+size_t remove_stale_snapshot_dirs(const std::string& dir) {
+    size_t n = 0;
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return 0;
+    std::vector<std::string> stale;
+    while (dirent* e = ::readdir(d)) {
+        std::string name = e->d_name;
+        for (const char* prefix : {".tmp-", ".rm-", ".prune-", ".broken-"})
+            if (name.rfind(prefix, 0) == 0) stale.push_back(name);
+    }
+    ::closedir(d);
+    for (auto& name : stale) {
+        std::error_code ec;
+        std::filesystem::remove_all(dir + "/" + name, ec);
+        n += !ec;
+    }
+    return n;
+}
 
 std::string snapshot_name_problem(const std::string& name) {
     if (name.empty() || name.size() > 128 || name[0] == '.' || name[0] == '-')
@@ -134,7 +179,9 @@ SnapshotInfo load_snapshot(const std::string& name) {
     } catch (const Error&) {
         throw Error("no snapshot named '" + name + "'; 'ocivm snapshot ls' lists them");
     }
-    return SnapshotInfo::from_json(text, dir);
+    SnapshotInfo s = SnapshotInfo::from_json(text, dir);
+    if (s.name != name) throw Error(dir + "/snapshot.json names another snapshot ('" + s.name + "')");
+    return s;
 }
 
 std::vector<SnapshotInfo> list_snapshots() {
@@ -157,6 +204,8 @@ std::vector<SnapshotInfo> list_snapshots() {
 void remove_snapshot(const std::string& name) {
     if (std::string why = snapshot_name_problem(name); !why.empty()) throw Error(why);
     std::string dir = snapshots_dir() + "/" + name;
+    SnapshotLock lock(snapshots_dir(), true);  // no clone is starting from it, none is being written
+    remove_stale_snapshot_dirs(snapshots_dir());
     struct stat st;
     if (::lstat(dir.c_str(), &st) < 0 || !S_ISDIR(st.st_mode))
         throw Error("no snapshot named '" + name + "'; 'ocivm snapshot ls' lists them");
@@ -166,6 +215,72 @@ void remove_snapshot(const std::string& name) {
     std::error_code ec;
     std::filesystem::remove_all(gone, ec);
     if (ec) throw Error("cannot remove " + gone + ": " + ec.message());
+}
+
+std::string boot_snapshots_dir() { return cache_dir() + "/boot-snapshots"; }
+
+void remove_boot_snapshot(const std::string& dir) {
+    std::string gone = boot_snapshots_dir() + "/.broken-" + std::to_string(::getpid()) + "-" +
+                       dir.substr(dir.rfind('/') + 1);
+    std::error_code ec;
+    if (::rename(dir.c_str(), gone.c_str()) == 0) std::filesystem::remove_all(gone, ec);
+}
+
+namespace {
+
+uint64_t bytes_of(const std::string& dir) {
+    uint64_t bytes = 0;
+    std::error_code ec;
+    for (auto& f : std::filesystem::recursive_directory_iterator(dir, ec)) {
+        struct stat st;
+        if (::lstat(f.path().c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1)
+            bytes += static_cast<uint64_t>(st.st_blocks) * 512;
+    }
+    return bytes;
+}
+
+// The boot snapshots (not .lock, not the dot-directories of runs).
+std::vector<std::string> boot_snapshot_names() {
+    std::vector<std::string> names;
+    DIR* d = ::opendir(boot_snapshots_dir().c_str());
+    if (!d) return names;
+    while (dirent* e = ::readdir(d))
+        if (e->d_name[0] != '.') names.push_back(e->d_name);
+    ::closedir(d);
+    return names;
+}
+
+}  // namespace
+
+std::pair<size_t, uint64_t> prune_boot_snapshots() {
+    std::string top = boot_snapshots_dir();
+    if (::access(top.c_str(), F_OK) != 0) return {0, 0};
+    SnapshotLock lock(top, true);  // no run is restoring or saving one now
+    remove_stale_snapshot_dirs(top);
+    size_t count = 0;
+    uint64_t bytes = 0;
+    for (auto& n : boot_snapshot_names()) {
+        bytes += bytes_of(top + "/" + n);
+        std::error_code ec;
+        std::filesystem::remove_all(top + "/" + n, ec);
+        count += !ec;
+    }
+    return {count, bytes};
+}
+
+void evict_boot_snapshots(size_t keep) {
+    std::string top = boot_snapshots_dir();
+    // snapshot.json's mtime: when it was saved, or last restored (the
+    // restoring run touches it).
+    std::vector<std::pair<int64_t, std::string>> by_use;
+    for (auto& n : boot_snapshot_names()) {
+        struct stat st{};
+        if (::stat((top + "/" + n + "/snapshot.json").c_str(), &st) < 0) continue;
+        by_use.push_back({static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec, n});
+    }
+    if (by_use.size() <= keep) return;
+    std::sort(by_use.begin(), by_use.end());
+    for (size_t i = 0; i + keep < by_use.size(); ++i) remove_boot_snapshot(top + "/" + by_use[i].second);
 }
 
 QemuIdentity qemu_identity_of(const std::string& path) {
@@ -213,10 +328,61 @@ std::string restore_refusal(const SnapshotInfo& s, const std::string& machine, b
     return "";
 }
 
-uint64_t sparse_copy(int from, const std::string& to, uint64_t size) {
+namespace {
+
+// Writes the pages of buf[0, n) that are not all zero to out at offset at
+// (the zero ones stay holes); returns the bytes written.
+uint64_t write_nonzero_pages(int out, const std::string& to, const char* buf, size_t n, off_t at) {
+    constexpr size_t kPage = 4096;
+    auto zero_page = [&](size_t off) {
+        size_t end = std::min(off + kPage, n);
+        for (size_t i = off; i < end; ++i)
+            if (buf[i]) return false;
+        return true;
+    };
+    uint64_t written = 0;
+    for (size_t off = 0; off < n;) {
+        if (zero_page(off)) {
+            off += kPage;
+            continue;
+        }
+        size_t run = off;
+        while (run < n && !zero_page(run)) run += kPage;
+        run = std::min(run, n);
+        if (::pwrite(out, buf + off, run - off, at + static_cast<off_t>(off)) != static_cast<ssize_t>(run - off))
+            throw_errno("writing " + to, errno);
+        written += run - off;
+        off = run;
+    }
+    return written;
+}
+
+UniqueFd new_sized_file(const std::string& to, uint64_t size) {
     UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (!out) throw_errno("cannot create " + to, errno);
     if (::ftruncate(out.get(), static_cast<off_t>(size)) < 0) throw_errno("cannot size " + to, errno);
+    return out;
+}
+
+// Copies [from, to) of fd (read at fd_offset + i) to out at out_offset + i.
+uint64_t copy_range(int fd, off_t from, off_t to, int out, const std::string& out_path, off_t out_offset,
+                    std::vector<char>& buf) {
+    uint64_t copied = 0;
+    for (off_t at = from; at < to;) {
+        size_t want = static_cast<size_t>(std::min<off_t>(to - at, static_cast<off_t>(buf.size())));
+        ssize_t r = ::pread(fd, buf.data(), want, at);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) throw_errno("reading the VM's memory", r < 0 ? errno : EIO);
+        copied += write_nonzero_pages(out, out_path, buf.data(), static_cast<size_t>(r), out_offset + (at - from));
+        at += r;
+    }
+    return copied;
+}
+
+}  // namespace
+
+uint64_t sparse_copy(int from, const std::string& to, uint64_t size) {
+    UniqueFd out = new_sized_file(to, size);
     std::vector<char> buf(1 << 20);
     uint64_t copied = 0;
     off_t pos = 0;
@@ -229,37 +395,38 @@ uint64_t sparse_copy(int from, const std::string& to, uint64_t size) {
         off_t hole = ::lseek(from, data, SEEK_HOLE);
         if (hole < 0) throw_errno("SEEK_HOLE on the VM's memory", errno);
         hole = std::min<off_t>(hole, static_cast<off_t>(size));
-        for (off_t at = data; at < hole;) {
-            size_t want = static_cast<size_t>(std::min<off_t>(hole - at, static_cast<off_t>(buf.size())));
-            ssize_t r = ::pread(from, buf.data(), want, at);
-            if (r < 0 && errno == EINTR) continue;
-            if (r <= 0) throw_errno("reading the VM's memory", r < 0 ? errno : EIO);
-            // All-zero pages stay holes (a guest's freed, zeroed pages).
-            constexpr size_t kPage = 4096;
-            auto zero_page = [&](size_t off) {
-                size_t end = std::min(off + kPage, static_cast<size_t>(r));
-                for (size_t i = off; i < end; ++i)
-                    if (buf[i]) return false;
-                return true;
-            };
-            for (size_t off = 0; off < static_cast<size_t>(r);) {
-                if (zero_page(off)) {
-                    off += kPage;
-                    continue;
-                }
-                size_t run = off;
-                while (run < static_cast<size_t>(r) && !zero_page(run)) run += kPage;
-                run = std::min(run, static_cast<size_t>(r));
-                if (::pwrite(out.get(), buf.data() + off, run - off, at + static_cast<off_t>(off)) !=
-                    static_cast<ssize_t>(run - off))
-                    throw_errno("writing " + to, errno);
-                copied += run - off;
-                off = run;
-            }
-            at += r;
-        }
+        copied += copy_range(from, data, hole, out.get(), to, data, buf);
         pos = hole;
     }
+    return copied;
+}
+
+uint64_t copy_mapped_ram(pid_t pid, const std::string& mem_path, const std::string& to, uint64_t size) {
+    char real[4096];
+    std::string want = ::realpath(mem_path.c_str(), real) ? real : mem_path;
+    std::string maps = read_file("/proc/" + std::to_string(pid) + "/maps");
+    UniqueFd mem(::open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!mem) throw_errno("cannot read QEMU's memory (/proc/" + std::to_string(pid) + "/mem)", errno);
+    UniqueFd out = new_sized_file(to, size);
+    std::vector<char> buf(1 << 20);
+    uint64_t copied = 0, covered = 0;
+    for (size_t a = 0; a < maps.size();) {
+        size_t e = maps.find('\n', a);
+        if (e == std::string::npos) e = maps.size();
+        std::string line = maps.substr(a, e - a);
+        a = e + 1;
+        unsigned long long lo = 0, hi = 0, off = 0;
+        int path_at = 0;
+        if (std::sscanf(line.c_str(), "%llx-%llx %*s %llx %*s %*s %n", &lo, &hi, &off, &path_at) < 3 || !path_at) continue;
+        if (line.compare(static_cast<size_t>(path_at), std::string::npos, want) != 0 || hi <= lo || off + (hi - lo) > size)
+            continue;
+        copied += copy_range(mem.get(), static_cast<off_t>(lo), static_cast<off_t>(hi), out.get(), to,
+                             static_cast<off_t>(off), buf);
+        covered += hi - lo;
+    }
+    if (covered < size)
+        throw Error("QEMU maps " + std::to_string(covered >> 20) + " MiB of the VM's " + std::to_string(size >> 20) +
+                    " MiB from " + want + "; cannot save its memory");
     return copied;
 }
 

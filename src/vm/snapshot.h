@@ -17,9 +17,14 @@
 // Their -v shares use the stream transport (QEMU 7.2 cannot migrate
 // vhost-user-fs): a clone serves the same host directories with servers of
 // its own, and the guest's relay rebuilds its view of them (docs/vm.md).
+#include <sys/types.h>
+
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "util/unique_fd.h"
 
 namespace ocivm::vm {
 
@@ -59,7 +64,7 @@ struct SnapshotInfo {
     std::string network = "none";  // none or user (passt or slirp: the same guest side)
     std::vector<std::string> ports;  // the source VM's forwards (clones give their own)
     std::vector<SnapshotShare> shares;  // -v, served to every clone again
-    int layout = 0;                   // kSnapshotLayout when taken; 0: before layouts were recorded
+    int layout = kSnapshotLayout;     // as read from snapshot.json: 0 when it has none (older builds)
     uint64_t ram_bytes = 0;      // allocated in `ram`
     uint64_t state_bytes = 0;    // of `vmstate`
     double pause_ms = 0, save_ms = 0, copy_ms = 0;  // how long the source VM was paused, and its parts
@@ -70,6 +75,20 @@ struct SnapshotInfo {
 
 // $OCIVM_HOME/snapshots
 std::string snapshots_dir();
+
+// flock(2) on DIR/.lock (made 0700 and 0600 as needed): shared while a
+// snapshot is written into DIR or a VM starts from one there (until QEMU
+// has its files open), exclusive to remove (snapshot rm, prune), so
+// neither ever pulls files from under the other. Blocks.
+class SnapshotLock {
+public:
+    SnapshotLock(const std::string& dir, bool exclusive);
+    SnapshotLock(SnapshotLock&&) = default;
+    SnapshotLock& operator=(SnapshotLock&&) = default;
+
+private:
+    UniqueFd fd_;
+};
 // Letters, digits, '.', '_', '-', not starting with '.' or '-', at most 128:
 // UsageError-worthy text when not, else "".
 std::string snapshot_name_problem(const std::string& name);
@@ -78,6 +97,20 @@ SnapshotInfo load_snapshot(const std::string& name);
 std::vector<SnapshotInfo> list_snapshots();
 // Error when there is no such snapshot.
 void remove_snapshot(const std::string& name);
+// Boot snapshots: $OCIVM_HOME/cache/boot-snapshots/KEY, one per set of VM
+// options (vm/machine.cpp). prune removes them all (and what killed runs
+// left half written); returns how many, and the bytes they held.
+std::string boot_snapshots_dir();
+std::pair<size_t, uint64_t> prune_boot_snapshots();
+// Removes one boot snapshot directory (renamed away first); never throws.
+void remove_boot_snapshot(const std::string& dir);
+// At most this many boot snapshots are kept; saving one more removes the
+// least recently used (each is about the RAM the guest had touched).
+inline constexpr size_t kMaxBootSnapshots = 8;
+void evict_boot_snapshots(size_t keep);
+// Temporary and half-removed directories that killed ocivm processes left
+// in the snapshots directory; call with the exclusive lock held.
+size_t remove_stale_snapshot_dirs(const std::string& dir);
 
 // The identity of the QEMU found as `qemu-system-x86_64` in PATH (what a
 // clone would run); version left empty (only a running QEMU says it).
@@ -91,6 +124,10 @@ std::string restore_refusal(const SnapshotInfo& s, const std::string& machine, b
 // `to` of size `size`, leaving holes (and all-zero pages) as holes; not
 // synced (the caller does, once the VM runs again). Returns the bytes copied.
 uint64_t sparse_copy(int from, const std::string& to, uint64_t size);
+// The RAM of a VM whose memory is mem_path mapped privately by QEMU (a
+// clone): read through /proc/PID/mem where /proc/PID/maps has it, the
+// pages the clone wrote included; written sparse to `to` like sparse_copy.
+uint64_t copy_mapped_ram(pid_t pid, const std::string& mem_path, const std::string& to, uint64_t size);
 // A hard link of from at to, or a copy where the file system refuses.
 void link_or_copy(const std::string& from, const std::string& to);
 

@@ -6,9 +6,11 @@
 // was never acknowledged.
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -98,7 +100,10 @@ protected:
         dir_ = "/nonexistent/ocivm-hub-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++);
         token_ = vm::new_control_token();
         AgentHub::Hooks hooks;
-        hooks.on_hello = [this](const std::string& boot) { boots_.push_back(boot); };
+        hooks.on_hello = [this](const std::string& boot) {
+            boots_.push_back(boot);
+            if (on_hello_extra_) on_hello_extra_();
+        };
         hub_ = std::make_unique<vm::AgentHub>(UniqueFd(sv[0]), vm::listen_supervisor(token_), hooks);
     }
     using AgentHub = vm::AgentHub;
@@ -183,7 +188,22 @@ protected:
     agent::FrameReader guest_reader_;
     std::unique_ptr<vm::AgentHub> hub_;
     std::vector<std::string> boots_;
+    std::function<void()> on_hello_extra_;
 };
+
+TEST_F(HubTest, HelloHookRunsBeforeHeldFramesReachTheGuest) {
+    // A boot snapshot is taken in the hook: an exec that was waiting for the
+    // guest must not be in it (its command and environment are a run's).
+    UniqueFd c = client();
+    open_session(c.get());
+    int pending = -1;
+    on_hello_extra_ = [&] { ::ioctl(guest_.get(), FIONREAD, &pending); };
+    send(guest_.get(), 0, Type::Hello, "ocivm-agent 1 boot-a");
+    EXPECT_EQ(pending, 0) << "the held Open was sent before the hook ran";
+    auto g = frames(guest_.get(), guest_reader_);
+    ASSERT_EQ(g.size(), 1u);
+    EXPECT_EQ(g[0].type, Type::Open) << "and it is sent right after";
+}
 
 TEST_F(HubTest, ClientsTalkOnlyToTheRecordedSupervisor) {
     vm::VmEntry e;

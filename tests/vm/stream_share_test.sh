@@ -100,6 +100,19 @@ expect seen 0 "$P-c1" "a clone sees another clone's file (one host directory)"
 ocx vol run --from-snapshot $P-s -d --name $P-x -v "$SHARE:/other"
 refused vol "cannot be given with --from-snapshot" "a clone cannot change the shares (-v refused)"
 
+# --- a snapshot of a clone (its relay rebuilt once already) and a clone
+# of that: a file a background process of the clone holds open reads there
+echo held-two > "$SHARE/held2"
+ocx bg exec $P-c2 sh -c '(exec 4< /data/held2; while [ ! -e /tmp/go2 ]; do sleep 0.2; done; cat <&4 > /tmp/out2; exec sleep 100000) > /dev/null 2>&1 < /dev/null &'
+expect bg 0 "" "a background process in clone 2 holds /data/held2 open"
+ocx snap2 snapshot create $P-c2 $P-s2
+expect snap2 0 "$P-s2" "snapshot create of a clone with stream shares"
+ocx clone4 run --from-snapshot $P-s2 -d --name $P-c4
+expect clone4 0 "$P-c4" "a clone of the clone starts"
+ocx go4 exec $P-c4 sh -c 'touch /tmp/go2; for i in $(seq 100); do [ -s /tmp/out2 ] && break; sleep 0.1; done; cat /tmp/out2 /data/from-'$P-c1
+expect go4 0 "held-two
+$P-c1" "the clone of the clone reads the file held open across both snapshots, and the host directory"
+
 # --- a clone whose share server dies: requests fail, nothing hangs
 "$OCIVM" inspect $P-c1 > "$WORK/c1.json"
 SUP=$(json_field "$WORK/c1.json" "j[0]['pids']['supervisor']")
@@ -131,13 +144,14 @@ ocx talive exec $P-t true
 expect talive 0 "" "... and the VM runs on"
 
 # --- a snapshot whose shared directory is gone cannot be cloned
-ocx rmall rm -f $P-c1 $P-c2 $P-c3 $P-t
+ocx rmall rm -f $P-c1 $P-c2 $P-c3 $P-c4 $P-t
 check "rm -f of the VMs" [ "$(rc rmall)" = 0 ]
 rm -rf "$RO"
 ocx gone run --from-snapshot $P-s -d --name $P-g
 refused gone "no longer a directory" "a clone of a snapshot whose shared directory is gone is refused, naming it"
-ocx rms snapshot rm $P-s
-expect rms 0 "$P-s" "snapshot rm"
+ocx rms snapshot rm $P-s $P-s2
+expect rms 0 "$P-s
+$P-s2" "snapshot rm"
 check "no VM of the test is left" [ -z "$("$OCIVM" ps -a -q)" ]
 check "no share server of the test is left" bash -c "! pgrep -f -- '--shared-dir[ ]$WORK' >/dev/null"
 finish
