@@ -512,6 +512,29 @@ TEST(FuseRelay, NodesGoneOrReplacedOnTheHostAreStaleNotWrong) {
     EXPECT_EQ(rig.core.counters().stale_nodes, 2u);
 }
 
+// A clone of a clone: what one rebuild could not find is looked for again
+// by the next (the same files, back under their names).
+TEST(FuseRelay, StaleNodesAreLookedForAgainAtTheNextRestore) {
+    RelayRig rig;
+    ::mkdir((rig.dir + "/d").c_str(), 0755);
+    rig.write_host("d/f", "back");
+    HostServer a(rig.dir);
+    rig.start(a);
+    uint64_t d = rig.lookup(FUSE_ROOT_ID, "d", a);
+    uint64_t f = rig.lookup(d, "f", a);
+    ASSERT_EQ(::rename((rig.dir + "/d").c_str(), (rig.dir + "/away").c_str()), 0);
+    HostServer b(rig.dir);
+    rig.core.on_hello(9001);
+    rig.pump(&b);
+    EXPECT_EQ(rig.call(Request(FUSE_GETATTR, f).arg(fuse_getattr_in{}), b).error, -ESTALE);
+    ASSERT_EQ(::rename((rig.dir + "/away").c_str(), (rig.dir + "/d").c_str()), 0);
+    HostServer c(rig.dir);
+    rig.core.on_hello(9002);
+    rig.pump(&c);
+    uint64_t fh = rig.open(f, O_RDONLY, c);
+    EXPECT_EQ(rig.read(f, fh, c), "back");
+}
+
 TEST(FuseRelay, RenamedNodesAreFoundUnderTheirNewName) {
     RelayRig rig;
     ::mkdir((rig.dir + "/d1").c_str(), 0755);
