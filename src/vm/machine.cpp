@@ -44,6 +44,7 @@
 #include "vm/qemu.h"
 #include "vm/qmp.h"
 #include "vm/snapshot.h"
+#include "vm/vm_snapshot.h"
 #include "vm/share_server.h"
 #include "vm/state_dir.h"
 #include "vm/vm_state.h"
@@ -175,7 +176,7 @@ private:
     // ocivm snapshot create (hub hook): the answer line for the client.
     std::string take_snapshot(const std::string& name, bool stop, QemuProcess& qemu);
     SnapshotInfo snapshot_info(const std::string& name, bool boot = false) const;
-    void write_snapshot(const std::string& dest, SnapshotInfo info, bool keep_paused, QemuProcess& qemu);
+    RunningQemu running(const QemuProcess& qemu) { return {qmp_, qemu.pid(), qc_, root_image_}; }
     // Boot snapshots (the snapshot cache of plain runs): this run's guest
     // boots deferred (guest::GuestConfig::deferred) and gets its command
     // once booted, or restored from boot_cache_dir_.
@@ -185,11 +186,15 @@ private:
     // how a fresh Run has it.
     void reset_for_boot();
     std::string qemu_log_tail() const;
-    bool deferred_ = false, command_sent_ = false;
+    // How this VM starts: a boot; a deferred boot (its command is sent once
+    // it has booted, and the boot is saved for later runs); a boot
+    // snapshot restored (the command sent once it greets); a clone of a
+    // snapshot (its command runs on). snap_ is set for the last two.
+    enum class Start { Boot, DeferredBoot, CachedBoot, Clone } start_ = Start::Boot;
+    bool deferred() const { return start_ == Start::DeferredBoot || start_ == Start::CachedBoot; }
+    bool command_sent_ = false;
     std::string boot_key_, boot_cache_dir_;
     std::string snapshot_refusal() const;
-    void save_snapshot(const std::string& dir, QemuProcess& qemu, SnapshotInfo& info);
-    void save_memfd_ram(const std::string& dir, QemuProcess& qemu, SnapshotInfo& info);
     // run --from-snapshot: loads the device state into the QEMU just
     // started, resumes it and sends the guest its new identity.
     void restore_guest(const net::Network& network);
@@ -259,17 +264,17 @@ void Run::write_out(bool err, const char* p, size_t n) {
 // The guest can take exec sessions: a detached VM is ready, and its
 // supervisor lets go of the caller's terminal.
 void Run::on_agent_hello(const std::string& boot_id, pid_t qemu_pid) {
-    if (snap_ && restore_sent_ns_ && record_.restore_json == "{}") {
-        double hello_ms = static_cast<double>(mono_ns() - restore_sent_ns_) / 1e6;
-        double total_ms = static_cast<double>(mono_ns() - qemu_spawned_ns_) / 1e6;
+    if (snap_ && restore_sent_ns_ && !record_.restore) {
+        VmRecord::RestoreTimings t;
+        t.spawn_ms = spawn_ms_;
+        t.state_load_ms = load_ms_;
+        t.resume_ms = resume_ms_;
+        t.hello_ms = static_cast<double>(mono_ns() - restore_sent_ns_) / 1e6;
+        t.total_ms = static_cast<double>(mono_ns() - qemu_spawned_ns_) / 1e6;
         spdlog::info("restored from snapshot {}: QEMU up {:.1f} ms, state loaded {:.1f} ms, resumed {:.1f} ms, "
                      "hello {:.1f} ms; {:.1f} ms in all",
-                     snap_->name, spawn_ms_, load_ms_, resume_ms_, hello_ms, total_ms);
-        char buf[256];
-        std::snprintf(buf, sizeof buf,
-                      "{\"spawn_ms\":%.1f,\"state_load_ms\":%.1f,\"resume_ms\":%.1f,\"hello_ms\":%.1f,\"total_ms\":%.1f}",
-                      spawn_ms_, load_ms_, resume_ms_, hello_ms, total_ms);
-        record_.restore_json = buf;
+                     snap_->name, t.spawn_ms, t.state_load_ms, t.resume_ms, t.hello_ms, t.total_ms);
+        record_.restore = t;
     }
     if (record_.state == "starting") {
         record_.state = "running";
@@ -467,6 +472,7 @@ int Run::boot_and_serve(StateDir& state) {
     if (!o_.from_snapshot.empty()) {
         snap_lock_.emplace(snapshots_dir(), false);
         snap_ = load_snapshot(o_.from_snapshot);
+        start_ = Start::Clone;
     }
     std::string cache = cache_dir();
     make_dirs(cache);
@@ -532,8 +538,8 @@ int Run::boot_and_serve(StateDir& state) {
     if (!snap_) {
         std::string base = guest::base_initramfs(kernel.modules_dir, cache, extra);
         guest::GuestConfig boot = o_.guest;
-        deferred_ = boot_snapshot_eligible();
-        if (deferred_) {
+        if (boot_snapshot_eligible()) {
+            start_ = Start::DeferredBoot;
             // Booted without the run's own command and identity (they come
             // once it is up), so every run of these options boots the same.
             boot = guest::GuestConfig{};
@@ -549,8 +555,12 @@ int Run::boot_and_serve(StateDir& state) {
             } catch (const Error&) {
                 spdlog::debug("no boot snapshot for these options yet ({}): booting, and saving one", boot_cache_dir_);
             }
-            if (snap_) ::utimensat(AT_FDCWD, (boot_cache_dir_ + "/snapshot.json").c_str(), nullptr, 0);  // used now (eviction)
-            else snap_lock_.reset();
+            if (snap_) {
+                start_ = Start::CachedBoot;
+                ::utimensat(AT_FDCWD, (boot_cache_dir_ + "/snapshot.json").c_str(), nullptr, 0);  // used now (eviction)
+            } else {
+                snap_lock_.reset();
+            }
         }
         if (snap_) {
             initrd = snap_->dir + "/initrd";
@@ -619,6 +629,7 @@ int Run::boot_and_serve(StateDir& state) {
     fs_socks.clear();
     console_ = std::move(con.mine);
     qmp_ = QmpChannel(std::move(qmpp.mine));
+    qmp_.set_on_line([this](const std::string& l) { on_qmp_line(l); });
     out_ = std::move(out.mine);
     err_ = std::move(err.mine);
     in_ = std::move(in.mine);
@@ -792,7 +803,7 @@ AgentHub::Hooks Run::hub_hooks(QemuProcess& qemu) {
     AgentHub::Hooks hooks;
     hooks.on_hello = [this, &qemu](const std::string& boot) {
         on_agent_hello(boot, qemu.pid());
-        if (deferred_) on_booted(qemu);
+        if (deferred()) on_booted(qemu);
     };
     hooks.stop = [this, &qemu](double secs) {
         if (have_result_ || stopping_) return;
@@ -827,18 +838,14 @@ AgentHub::Hooks Run::hub_hooks(QemuProcess& qemu) {
     return hooks;
 }
 
-void sync_file(const std::string& path) {
-    UniqueFd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!f || ::fsync(f.get()) < 0) throw_errno("cannot write " + path + " to disk", errno);
-}
-
 void Run::reset_for_boot() {
     hub_.reset();
     for (auto* p : {&console_, &out_, &err_, &in_, &control_, &console_log_}) p->reset();
     qmp_.reset();
     shares_.clear();
     snap_.reset();
-    deferred_ = command_sent_ = false;
+    start_ = Start::Boot;
+    command_sent_ = false;
     boot_key_.clear();
     boot_cache_dir_.clear();
     root_image_.clear();
@@ -846,7 +853,7 @@ void Run::reset_for_boot() {
     stage_ = Stage::QemuStarted;
     agent_ready_ = command_started_ = timed_out_ = false;
     record_.snapshot.clear();
-    record_.restore_json = "{}";
+    record_.restore.reset();
     console_tail_.clear();
     console_line_.clear();
     control_buf_.clear();
@@ -924,81 +931,6 @@ std::string Run::snapshot_refusal() const {
 // Pauses the VM, saves its device state (x-ignore-shared: RAM stays in its
 // memfd) into dir/vmstate and a sparse copy of the RAM into dir/ram; the
 // VM stays paused (the caller resumes it).
-void Run::save_snapshot(const std::string& dir, QemuProcess& qemu, SnapshotInfo& info) {
-    auto events = [this](const std::string& l) { on_qmp_line(l); };
-    uint64_t t0 = mono_ns();
-    qmp_.call("stop", {}, 30, -1, events);
-    qmp_.call("migrate-set-capabilities",
-              {{"capabilities", QmpChannel::Json::array({{{"capability", "x-ignore-shared"}, {"state", true}}})}}, 30, -1,
-              events);
-    UniqueFd out(::open((dir + "/vmstate").c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-    if (!out) throw_errno("cannot create " + dir + "/vmstate", errno);
-    qmp_.call("getfd", {{"fdname", "ocivm-snapshot"}}, 30, out.get(), events);
-    out.reset();  // QEMU holds it now
-    qmp_.call("migrate", {{"uri", "fd:ocivm-snapshot"}}, 30, -1, events);
-    for (uint64_t deadline = mono_ns() + 120'000'000'000ull;;) {
-        auto r = qmp_.call("query-migrate", {}, 30, -1, events);
-        std::string st = r.is_object() ? r.value("status", "") : "";
-        if (st == "completed") break;
-        if (st == "failed" || st == "cancelled")
-            throw Error("QEMU could not save the VM's state: " + (r.is_object() ? r.value("error-desc", st) : st));
-        if (mono_ns() > deadline) throw Error("QEMU did not save the VM's state within 120 s");
-        ::usleep(2000);
-    }
-    uint64_t t1 = mono_ns();
-    struct stat st;
-    if (!qc_.memory_file.empty()) {
-        // A clone: its RAM is the snapshot's file mapped privately, with
-        // the pages it wrote in QEMU's own memory.
-        if (::stat(qc_.memory_file.c_str(), &st) < 0) throw_errno("cannot stat " + qc_.memory_file, errno);
-        info.ram_bytes = copy_mapped_ram(qemu.pid(), qc_.memory_file, dir + "/ram", static_cast<uint64_t>(st.st_size));
-    } else {
-        save_memfd_ram(dir, qemu, info);
-    }
-    uint64_t t2 = mono_ns();
-    if (::stat((dir + "/vmstate").c_str(), &st) == 0) info.state_bytes = static_cast<uint64_t>(st.st_size);
-    info.save_ms = static_cast<double>(t1 - t0) / 1e6;
-    info.copy_ms = static_cast<double>(t2 - t1) / 1e6;
-    info.pause_ms = static_cast<double>(t2 - t0) / 1e6;
-    auto ver = qmp_.call("query-version", {}, 30, -1, events);
-    info.qemu = qemu_identity_of("/proc/" + std::to_string(qemu.pid()) + "/exe");
-    if (ver.is_object() && ver.contains("qemu") && ver["qemu"].is_object()) {
-        auto& q = ver["qemu"];
-        info.qemu.version = std::to_string(q.value("major", 0)) + "." + std::to_string(q.value("minor", 0)) + "." +
-                            std::to_string(q.value("micro", 0));
-        std::string package = ver.value("package", "");
-        if (!package.empty()) info.qemu.version += " (" + package + ")";
-    }
-}
-
-// The RAM of a booted VM: QEMU's memfd (memory-backend-memfd), read
-// through /proc.
-void Run::save_memfd_ram(const std::string& dir, QemuProcess& qemu, SnapshotInfo& info) {
-    std::string fd_dir = "/proc/" + std::to_string(qemu.pid()) + "/fd";
-    UniqueFd ram;
-    if (DIR* d = ::opendir(fd_dir.c_str())) {
-        while (dirent* e = ::readdir(d)) {
-            char target[256] = {};
-            std::string link = fd_dir + "/" + e->d_name;
-            ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
-            if (n > 0 && std::strncmp(target, "/memfd:memory-backend-memfd", 27) == 0) {
-                ram = UniqueFd(::open(link.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
-                // What was opened is that memfd (not what the fd became since).
-                char again[256] = {};
-                std::string self = "/proc/self/fd/" + std::to_string(ram.get());
-                if (ram && (::readlink(self.c_str(), again, sizeof again - 1) != n || std::strcmp(again, target) != 0))
-                    ram.reset();
-                break;
-            }
-        }
-        ::closedir(d);
-    }
-    if (!ram) throw Error("cannot find the VM's memory in QEMU's open files (" + fd_dir + ")");
-    struct stat st;
-    if (::fstat(ram.get(), &st) < 0) throw_errno("fstat of the VM's memory", errno);
-    info.ram_bytes = sparse_copy(ram.get(), dir + "/ram", static_cast<uint64_t>(st.st_size));
-}
-
 // What a snapshot of this VM records (its command and identity empty for
 // a boot snapshot, whose runs bring their own).
 SnapshotInfo Run::snapshot_info(const std::string& name, bool boot) const {
@@ -1031,52 +963,6 @@ SnapshotInfo Run::snapshot_info(const std::string& name, bool boot) const {
     return info;
 }
 
-// Saves the VM as the snapshot directory dest, made whole or not at all
-// (a temporary directory beside it, renamed; an existing dest is an Error).
-// The VM is paused for the device state and the RAM copy only, and resumed
-// after unless keep_paused (also when it fails).
-void Run::write_snapshot(const std::string& dest, SnapshotInfo info, bool keep_paused, QemuProcess& qemu) {
-    std::string top = dest.substr(0, dest.rfind('/'));
-    std::string tmp = top + "/.tmp-" + dest.substr(dest.rfind('/') + 1) + "-" + std::to_string(::getpid());
-    auto events = [this](const std::string& l) { on_qmp_line(l); };
-    bool paused = false;
-    try {
-        make_dirs(top, 0700);
-        std::error_code ec;
-        std::filesystem::remove_all(tmp, ec);
-        if (::mkdir(tmp.c_str(), 0700) < 0) throw_errno("cannot create " + tmp, errno);
-        paused = true;
-        save_snapshot(tmp, qemu, info);
-        if (!keep_paused) {
-            qmp_.call("cont", {}, 30, -1, events);
-            paused = false;
-        }
-        spdlog::info("snapshot {}: paused {:.1f} ms (state {:.1f} ms, {} bytes; RAM {:.1f} ms, {} MiB)", info.name,
-                     info.pause_ms, info.save_ms, info.state_bytes, info.copy_ms, info.ram_bytes >> 20);
-        // The boot files, and the RAM copy to disk, while the VM runs again.
-        sync_file(tmp + "/ram");
-        link_or_copy(qc_.kernel, tmp + "/kernel");
-        link_or_copy(qc_.initrd, tmp + "/initrd");
-        link_or_copy(root_image_, tmp + "/root.erofs");
-        write_file_atomic(tmp + "/snapshot.json", info.to_json(), 0600);
-        for (const char* f : {"/vmstate", "/snapshot.json", ""}) sync_file(tmp + f);  // "": the directory
-        if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dest.c_str(), RENAME_NOREPLACE) < 0)
-            throw_errno("cannot move the snapshot to " + dest, errno);
-        sync_file(top);
-    } catch (const std::exception&) {
-        std::error_code ec;
-        std::filesystem::remove_all(tmp, ec);
-        if (paused && !keep_paused) {
-            try {
-                qmp_.call("cont", {}, 30, -1, events);
-            } catch (const std::exception& e2) {
-                spdlog::warn("cannot resume the VM after a failed snapshot: {}", e2.what());
-            }
-        }
-        throw;
-    }
-}
-
 std::string Run::take_snapshot(const std::string& name, bool stop, QemuProcess& qemu) {
     if (std::string why = snapshot_name_problem(name); !why.empty()) return "error " + why;
     if (std::string why = snapshot_refusal(); !why.empty()) return "error " + why;
@@ -1098,11 +984,11 @@ std::string Run::take_snapshot(const std::string& name, bool stop, QemuProcess& 
     // --- end stream shares
     try {
         SnapshotLock lock(snapshots_dir(), false);
-        write_snapshot(dest, info, stop, qemu);
+        save_vm(running(qemu), dest, info, stop);
     } catch (const std::exception& e) {
         if (stop) {
             try {
-                qmp_.call("cont", {}, 30, -1, [this](const std::string& l) { on_qmp_line(l); });
+                qmp_.call("cont");
             } catch (const std::exception&) {
             }
         }
@@ -1124,11 +1010,12 @@ std::string Run::take_snapshot(const std::string& name, bool stop, QemuProcess& 
 // its cache), then every run sends the command it is for.
 void Run::on_booted(QemuProcess& qemu) {
     if (command_sent_ || have_result_) return;
-    if (!snap_ && !stopping_ && !boot_cache_dir_.empty() && ::access(boot_cache_dir_.c_str(), F_OK) != 0) {
+    if (start_ == Start::DeferredBoot && !stopping_ && ::access(boot_cache_dir_.c_str(), F_OK) != 0) {
         try {
             {
                 SnapshotLock lock(boot_snapshots_dir(), false);
-                write_snapshot(boot_cache_dir_, snapshot_info("boot-" + boot_key_.substr(0, 16), true), false, qemu);
+                SnapshotInfo info = snapshot_info("boot-" + boot_key_.substr(0, 16), true);
+                save_vm(running(qemu), boot_cache_dir_, info, false);
             }
             spdlog::info("boot snapshot saved: later runs of these options restore it ({})", boot_cache_dir_);
             SnapshotLock exclusive(boot_snapshots_dir(), true);
@@ -1148,58 +1035,18 @@ void Run::on_booted(QemuProcess& qemu) {
 // with -incoming defer), the VM resumes, and the guest is told it was
 // restored, with its new identity; its agent's Hello is the readiness.
 void Run::restore_guest(const net::Network& network) {
-    auto events = [this](const std::string& l) { on_qmp_line(l); };
-    qmp_.call("qmp_capabilities", {}, 60, -1, events);
-    uint64_t t0 = mono_ns();
-    spawn_ms_ = static_cast<double>(t0 - qemu_spawned_ns_) / 1e6;
-    qmp_.call("migrate-set-capabilities",
-              {{"capabilities", QmpChannel::Json::array({{{"capability", "x-ignore-shared"}, {"state", true}}})}}, 30, -1,
-              events);
-    qmp_.call("migrate-incoming", {{"uri", "fd:" + std::to_string(kIncomingFd)}}, 30, -1, events);
-    for (uint64_t deadline = mono_ns() + 120'000'000'000ull;;) {
-        auto r = qmp_.call("query-migrate", {}, 30, -1, events);
-        std::string st = r.is_object() ? r.value("status", "") : "";
-        if (st == "completed") break;
-        if (st == "failed" || st == "cancelled")
-            throw Error("QEMU could not load snapshot " + snap_->name + ": " +
-                        (r.is_object() ? r.value("error-desc", st) : st) + " (see " + state_->path() + "/qemu.log)");
-        if (mono_ns() > deadline) throw Error("QEMU did not load snapshot " + snap_->name + " within 120 s");
-        ::usleep(1000);
-    }
-    uint64_t t1 = mono_ns();
-    load_ms_ = static_cast<double>(t1 - t0) / 1e6;
-    // The source was paused when saved: the clone comes up paused too.
-    qmp_.call("cont", {}, 30, -1, events);
-    uint64_t t2 = mono_ns();
-    resume_ms_ = static_cast<double>(t2 - t1) / 1e6;
-    if (!deferred_) {  // a clone: its command runs on (a boot snapshot's gets it after the Hello)
+    qmp_.call("qmp_capabilities", {}, 60);
+    spawn_ms_ = static_cast<double>(mono_ns() - qemu_spawned_ns_) / 1e6;
+    LoadTimings t = load_vm(qmp_, "snapshot " + snap_->name);
+    load_ms_ = t.load_ms;
+    resume_ms_ = t.resume_ms;
+    if (start_ == Start::Clone) {  // its command runs on (a boot snapshot's gets it after the Hello)
         stage_ = Stage::CommandStarted;
         command_started_ = true;
     }
-
-    agent::RestoreInfo r;
-    unsigned char rnd[8 + 32 + 16];
-    if (::getrandom(rnd, sizeof rnd, 0) != static_cast<ssize_t>(sizeof rnd)) throw_errno("getrandom", errno);
-    auto hex = [](const unsigned char* p, size_t n) {
-        static const char* d = "0123456789abcdef";
-        std::string out;
-        for (size_t i = 0; i < n; ++i) out += {d[p[i] >> 4], d[p[i] & 15]};
-        return out;
-    };
-    std::memcpy(&r.epoch, rnd, 8);
-    r.epoch |= 1;  // never 0 (none)
-    r.hostname = o_.guest.hostname;
-    r.mac = network.qemu().active() ? network.qemu().mac : "";
-    r.seed = hex(rnd + 8, 32);
-    r.machine_id = hex(rnd + 40, 16);
-    timespec now;
-    ::clock_gettime(CLOCK_REALTIME, &now);
-    r.time_sec = now.tv_sec;
-    r.time_nsec = now.tv_nsec;
-    hub_->restore(r);
+    hub_->restore(new_identity(o_.guest.hostname, network.qemu().active() ? network.qemu().mac : ""));
     send_control("\nrestore");  // ocivm-init counts the output from here (a newline first ends any stale line)
     restore_sent_ns_ = mono_ns();
-    std::memset(rnd, 0, sizeof rnd);
 }
 
 // The why of a VM that stopped without the command's status.
@@ -1317,7 +1164,7 @@ int Run::event_loop(QemuProcess& qemu, int sfd, uint64_t deadline) {
             if (r > 0) on_console(buf, static_cast<size_t>(r));
             else if (r == 0) console_.reset();
         }
-        if (pf[2].revents & (POLLIN | POLLHUP)) qmp_.read_available([this](const std::string& l) { on_qmp_line(l); });
+        if (pf[2].revents & (POLLIN | POLLHUP)) qmp_.read_available();
         for (int k : {3, 4}) {
             if (!(pf[static_cast<size_t>(k)].revents & (POLLIN | POLLHUP))) continue;
             UniqueFd& src = k == 3 ? out_ : err_;

@@ -20,13 +20,14 @@ QmpChannel::QmpChannel(UniqueFd fd) : fd_(std::move(fd)) {
 
 void QmpChannel::send(const std::string& cmd) {
     if (!fd_) return;
-    std::string msg = "{\"execute\":\"" + cmd + "\"}\n";
+    std::string msg = Json{{"execute", cmd}}.dump() + "\n";
     write_all(fd_.get(), msg.data(), msg.size());
 }
 
 // Hands complete lines on; the answer with id want_id (if any) goes to
 // *answer instead. Returns true once that answer was seen.
-bool QmpChannel::take_lines(const OnLine& on_line, const std::string& want_id, Json* answer) {
+bool QmpChannel::take_lines(const OnLine& given, const std::string& want_id, Json* answer) {
+    const OnLine& on_line = given ? given : on_line_;
     bool found = false;
     size_t nl;
     while ((nl = buf_.find('\n')) != std::string::npos) {

@@ -22,12 +22,15 @@ public:
     explicit operator bool() const { return static_cast<bool>(fd_); }
     void reset() { fd_.reset(); }
 
+    // Where lines that are not a call()'s answer go when a call or
+    // read_available is given no handler of its own.
+    void set_on_line(OnLine f) { on_line_ = std::move(f); }
     // Sends a command whose answer nobody waits for.
     void send(const std::string& cmd);
     // Reads what is there; each line that is not an answer to call() goes
     // to on_line (events, the greeting, answers to send()). Closes the
     // channel at end of file.
-    void read_available(const OnLine& on_line);
+    void read_available(const OnLine& on_line = {});
     // Sends cmd with args (and fd as SCM_RIGHTS when >= 0, for getfd) and
     // waits up to timeout_s for its answer, handing other lines to on_line.
     // Returns the answer's "return"; throws Error with QEMU's words for an
@@ -40,6 +43,7 @@ private:
     UniqueFd fd_;
     std::string buf_;
     unsigned next_id_ = 1;
+    OnLine on_line_;
 };
 
 }  // namespace ocivm::vm

@@ -53,11 +53,13 @@ std::string VmRecord::to_json() const {
               {"control", control},
               {"rm", rm}};
     if (j["network"].is_discarded()) j["network"] = json::object();
-    if (!snapshot.empty()) {
-        j["snapshot"] = snapshot;
-        j["restore"] = json::parse(restore_json.empty() ? "{}" : restore_json, nullptr, false);
-        if (j["restore"].is_discarded()) j["restore"] = json::object();
-    }
+    if (!snapshot.empty()) j["snapshot"] = snapshot;
+    if (restore)
+        j["restore"] = {{"spawn_ms", restore->spawn_ms},
+                        {"state_load_ms", restore->state_load_ms},
+                        {"resume_ms", restore->resume_ms},
+                        {"hello_ms", restore->hello_ms},
+                        {"total_ms", restore->total_ms}};
     return j.dump(2) + "\n";
 }
 
@@ -93,7 +95,11 @@ std::optional<VmRecord> VmRecord::from_json(const std::string& text) {
         r.control = j.value("control", "");
         r.rm = j.value("rm", false);
         r.snapshot = j.value("snapshot", "");
-        r.restore_json = j.contains("restore") ? j["restore"].dump() : "{}";
+        if (j.contains("restore") && j["restore"].is_object()) {
+            const json& t = j["restore"];
+            r.restore = RestoreTimings{t.value("spawn_ms", 0.0), t.value("state_load_ms", 0.0), t.value("resume_ms", 0.0),
+                                       t.value("hello_ms", 0.0), t.value("total_ms", 0.0)};
+        }
     } catch (const json::exception&) {
         return std::nullopt;
     }

@@ -36,8 +36,13 @@ struct VmRecord {
     std::string boot_id;
     std::string control;  // the supervisor's control socket: @ocivm-ctl-CONTROL
     bool rm = false;
-    std::string snapshot;              // run --from-snapshot: the snapshot it is a clone of
-    std::string restore_json = "{}";   // and how long each phase of the restore took
+    // run --from-snapshot: the snapshot it is a clone of ("boot cache": a
+    // restored boot snapshot), and how long each phase of the restore took
+    std::string snapshot;
+    struct RestoreTimings {
+        double spawn_ms = 0, state_load_ms = 0, resume_ms = 0, hello_ms = 0, total_ms = 0;
+    };
+    std::optional<RestoreTimings> restore;
 
     std::string to_json() const;
     static std::optional<VmRecord> from_json(const std::string& text);
