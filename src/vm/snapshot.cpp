@@ -16,6 +16,7 @@
 
 #include "util/error.h"
 #include "util/io.h"
+#include "util/log.h"
 #include "util/paths.h"
 #include "util/unique_fd.h"
 
@@ -191,9 +192,11 @@ std::vector<SnapshotInfo> list_snapshots() {
     while (dirent* e = ::readdir(d)) {
         std::string n = e->d_name;
         if (!snapshot_name_problem(n).empty()) continue;  // ".", "..", and ".NAME.tmp" being written
+        if (n == "lost+found") continue;
         try {
             out.push_back(load_snapshot(n));
-        } catch (const Error&) {
+        } catch (const Error& e) {
+            spdlog::warn("skipping snapshot '{}': {}", n, e.what());
         }
     }
     ::closedir(d);
