@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench seccompbench guestbench parbench seqbench bootbench imagebench diskbench pullbench systemdbench netbench execbench clonebench fuzz fuzz-corpus clean
+.PHONY: all deps build install deb run run-mount test test-unit test-fs test-vm test-pkg bench seccompbench guestbench parbench seqbench bootbench imagebench diskbench pullbench systemdbench netbench execbench clonebench streambench fuzz fuzz-corpus clean
 
 all: build
 
@@ -94,6 +94,10 @@ execbench: build
 # Snapshots and clones (issue 12): restore-to-exec, clones' memory, boot snapshots.
 clonebench: build
 	@bench/clonebench.sh $(BUILD)/ocivm $(BUILD)/demo
+
+# -v over the stream transport (snapshot-capable VMs) against vhost-user.
+streambench: build
+	@bench/streambench.sh $(BUILD)/ocivm $(BUILD)/demo
 
 imagebench: build
 	@bench/imagebench.sh $(BUILD)/ocivm

@@ -9,7 +9,10 @@
 #   (c) boot snapshots: `ocivm run --root erofs DEMO -- true`, the first
 #       (cold) run against the runs after it, which restore the VM the first
 #       one saved (RUNS times, default 5), and against --no-snapshot-cache.
-# Targets: (a) at most 0.2, (b) at most 2, (c) at most 0.3.
+#   (d) the stream transport of snapshot-capable VMs' -v shares against
+#       vhost-user, on metadata and small reads in the guest
+#       (bench/streambench.sh, run at the end).
+# Targets: (a) at most 0.2, (b) at most 2, (c) at most 0.3; (d) has none.
 #   bench/clonebench.sh [OCIVM] [DEMO_IMAGE]
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -105,3 +108,9 @@ printf '%-58s %10s\n' "    the same, restoring the boot snapshot (median of $RUN
 printf '%-58s %10s\n' "    the same, --no-snapshot-cache (median of $RUNS)" "$n50"
 printf '    cached / first: %s; cached / --no-snapshot-cache: %s (target: at most 0.3)\n' \
   "$(ratio "$b50" "$first")" "$(ratio "$b50" "$n50")"
+
+if [ -x "$HERE/streambench.sh" ]; then
+  echo
+  echo "(d) stream transport against vhost-user:"
+  "$HERE/streambench.sh" "$OCIVM" "$DEMO"
+fi

@@ -53,6 +53,8 @@ namespace ocivm::vm {
 
 namespace {
 
+constexpr size_t kMaxStreamShares = 27;
+
 struct SocketPair {
     UniqueFd mine, theirs;
 };
@@ -747,6 +749,11 @@ std::vector<SocketPair> Run::start_shares() {
         add_share(c);
     }
     o_.guest.root_partuuid = o_.disk_partuuid;
+    // Stream shares take a virtio-serial port each: 32, of which ocivm's
+    // own channels use 5.
+    if (o_.root_erofs && o_.shares.size() > kMaxStreamShares)
+        throw Error("at most " + std::to_string(kMaxStreamShares) + " -v shares with --root erofs (each takes a "
+                    "virtio-serial port); share a common parent directory instead");
     o_.guest.volumes.clear();
     for (size_t i = 0; i < o_.shares.size(); ++i) {
         auto& s = o_.shares[i];
@@ -913,10 +920,13 @@ std::string Run::boot_snapshot_key(const Kernel& kernel, const std::string& base
 std::string Run::snapshot_refusal() const {
     if (root_image_.empty() || !o_.disk.empty())
         return "VM '" + o_.name + "' does not have an EROFS root; start it with 'ocivm run -d --root erofs'";
-    for (auto& v : o_.guest.volumes)  // every -v of an EROFS-root VM is a stream share; never vhost-user
-        if (!v.stream) return "VM '" + o_.name + "' has -v shares over vhost-user, whose devices QEMU 7.2 cannot save";
+    // Never true with an EROFS root (its -v shares are stream shares): kept
+    // so that a change elsewhere cannot make a VM QEMU cannot save pass.
+    for (auto& v : o_.guest.volumes)
+        if (!v.stream)
+            return "VM '" + o_.name + "' has -v shares over vhost-user, whose devices QEMU 7.2 cannot save; start it with --root erofs";
     if (shares_.size() != o_.guest.volumes.size())
-        return "VM '" + o_.name + "' has a virtio-fs root share, whose device QEMU 7.2 cannot save";
+        return "VM '" + o_.name + "' has a virtio-fs root share, whose device QEMU 7.2 cannot save; start it with --root erofs";
     if (!o_.attach.empty()) return "VM '" + o_.name + "' has writable disks attached, which a snapshot cannot hold";
     if (net_mode_ == "bridge")
         return "VM '" + o_.name + "' is bridged (its addresses are its own); use --network user for a VM to snapshot";
