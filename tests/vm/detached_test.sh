@@ -8,6 +8,7 @@ set -uo pipefail
 OCIVM=${1:?ocivm binary}
 DEMO=${2:?demo image directory}
 . "$(dirname "$0")/../lib/check.sh"
+. "$(dirname "$0")/../lib/ocivm_cli.sh"
 
 [ "$(id -u)" -eq 0 ] || fail "the vm tests must run as root"
 need qemu-system-x86_64 qemu-system-x86
@@ -26,24 +27,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# ocx NAME ARGS...: runs ocivm ARGS, keeps stdout/stderr/rc in $WORK/NAME.*
-ocx() {
-  local name=$1; shift
-  "$OCIVM" "$@" > "$WORK/$name.out" 2> "$WORK/$name.err" < /dev/null
-  echo $? > "$WORK/$name.rc"
-}
-rc() { cat "$WORK/$1.rc"; }
-out() { cat "$WORK/$1.out"; }
-show() { echo "  --- $1: rc=$(rc "$1")"; sed 's/^/  out| /' "$WORK/$1.out" | head -20; sed 's/^/  err| /' "$WORK/$1.err" | head -20; }
-expect() { # NAME RC OUT WHAT
-  if [ "$(rc "$1")" = "$2" ] && [ "$(out "$1")" = "$3" ]; then ok "$4"; else bad "$4 (want rc $2, out '$3')"; show "$1"; fi
-}
-# until_grep PATTERN FILE: waits (at most 60 s) until FILE has PATTERN
-until_grep() { for _ in $(seq 600); do grep -q -- "$1" "$2" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-json_field() { # JSON-FILE PYTHON-EXPR (j is the parsed document)
-  python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"
-}
 
 # --- run -d: returns with the name once the guest is ready
 PORT=$(free_port)
