@@ -364,6 +364,9 @@ int cmd_fsd(int argc, char** argv) {
     if (!sandbox::parse_seccomp_mode(o.seccomp, seccomp))
         throw UsageError{"invalid --seccomp '" + o.seccomp + "': use kill, log or none"};
     if (o.shared_dir.empty()) throw UsageError{"'ocivm fsd' needs --shared-dir DIR"};
+    // A server's log is a file a guest can make it write to (servers.log of
+    // a detached VM): capped.
+    cap_log_file(kServerLogCap);
     if (o.transport != "vhost-user" && o.transport != "stream")
         throw UsageError{"invalid --transport '" + o.transport + "': use vhost-user or stream"};
     bool stream = o.transport == "stream";
