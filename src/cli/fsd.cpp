@@ -64,6 +64,11 @@ Options:
                              end
       --shared-dir DIR       the directory to share (required)
       --cache MODE           never | metadata | auto | always (default: auto);
+      --shared-dir-identity DEV:INO
+                             DIR must be this directory (st_dev:st_ino): it is
+                             then opened as given, with no symbolic link in any
+                             component, and refused if it is another one (a
+                             clone's share: the directory its snapshot recorded)
                              see 'ocivm mount --help'
       --rlimit-nofile N      the file descriptor limit, which caps the files and
                              directories the guest can make fsd hold at once
@@ -145,6 +150,7 @@ struct FsdOptions {
     int fd = -1, control_fd = -1;
     std::optional<unsigned long> fd_limit;  // --rlimit-nofile
     unsigned thread_pool = 8;               // --thread-pool-size
+    std::optional<std::pair<uint64_t, uint64_t>> identity;  // --shared-dir-identity
     bool readonly = false, writeback = false, xattr = true, caps = false, help = false, submounts = false,
          nodev = false, nosuid = false, override_stat = false, trusted_xattrs = false;
 };
@@ -317,6 +323,13 @@ int cmd_fsd(int argc, char** argv) {
              o.fd_limit = v == "0" ? 0 : parse_count("--rlimit-nofile", v, 1u << 30);
          }},
         {"thread-pool-size", 0, true, [&](const std::string& v) {
+        {"shared-dir-identity", 0, true, [&](const std::string& v) {
+             unsigned long long dev = 0, ino = 0;
+             char end = 0;
+             if (std::sscanf(v.c_str(), "%llu:%llu%c", &dev, &ino, &end) != 2)
+                 throw UsageError{"invalid --shared-dir-identity '" + v + "': use DEV:INO (decimal st_dev and st_ino)"};
+             o.identity.emplace(dev, ino);
+         }},
              // virtiofsd takes up to 1024; more than kMaxPoolThreads buys nothing here.
              o.thread_pool = v == "0" ? 0 : parse_count("--thread-pool-size", v, 1024);
              if (o.thread_pool > transport::kMaxPoolThreads) {
@@ -379,7 +392,15 @@ int cmd_fsd(int argc, char** argv) {
     if (::stat(o.shared_dir.c_str(), &st) < 0 || !S_ISDIR(st.st_mode))
         throw Error("shared directory " + o.shared_dir + " is not an existing directory");
     char real[PATH_MAX];
-    if (!::realpath(o.shared_dir.c_str(), real)) throw_errno("resolving " + o.shared_dir, errno);
+    if (o.identity) {
+        // Not resolved: the path as given, and no symbolic link on the way
+        // (open_share), must be the directory recorded.
+        if (o.shared_dir.size() >= sizeof real || o.shared_dir[0] != '/')
+            throw UsageError{"--shared-dir-identity needs an absolute --shared-dir"};
+        std::snprintf(real, sizeof real, "%s", o.shared_dir.c_str());
+    } else if (!::realpath(o.shared_dir.c_str(), real)) {
+        throw_errno("resolving " + o.shared_dir, errno);
+    }
     // Opened once; everything below works from this fd.
     UniqueFd share = sandbox::open_share(real);
 
@@ -387,6 +408,16 @@ int cmd_fsd(int argc, char** argv) {
     transport::set_fd_limit(o.fd_limit);
     UniqueFd sock;
     if (o.fd >= 0) {
+    if (o.identity) {
+        struct stat got;
+        if (::fstat(share.get(), &got) < 0) throw_errno("fstat of " + std::string(real), errno);
+        if (static_cast<uint64_t>(got.st_dev) != o.identity->first ||
+            static_cast<uint64_t>(got.st_ino) != o.identity->second)
+            throw Error("shared directory " + std::string(real) + " is not the directory it must be (device:inode " +
+                        std::to_string(got.st_dev) + ":" + std::to_string(got.st_ino) + ", not " +
+                        std::to_string(o.identity->first) + ":" + std::to_string(o.identity->second) +
+                        "): it was replaced; refusing to serve it");
+    }
         spdlog::info("waiting for the front end on fd {}", o.fd);
         sock = front_end(UniqueFd(o.fd));
     } else {

@@ -24,6 +24,9 @@ ShareServer::ShareServer(const Config& c, UniqueFd vhost_sock) {
                std::string(spdlog::level::to_string_view(spdlog::get_level()).data(),
                            spdlog::level::to_string_view(spdlog::get_level()).size())};
     if (c.stream) so.argv.insert(so.argv.end(), {"--transport", "stream"});
+    if (c.root_dev || c.root_ino)
+        so.argv.insert(so.argv.end(),
+                       {"--shared-dir-identity", std::to_string(c.root_dev) + ":" + std::to_string(c.root_ino)});
     if (c.readonly) so.argv.push_back("--readonly");
     if (c.writeback) so.argv.push_back("--writeback");
     if (c.nodev) so.argv.push_back("--nodev");

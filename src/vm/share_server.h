@@ -27,6 +27,8 @@ public:
         // that can be snapshotted.
         bool stream = false;
         std::string trace;
+        // Nonzero: dir must be this directory (`fsd --shared-dir-identity`).
+        uint64_t root_dev = 0, root_ino = 0;
         int stderr_fd = SpawnOptions::kInherit;  // a detached VM's servers log to a file
     };
     struct Stats {

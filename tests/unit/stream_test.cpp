@@ -700,7 +700,10 @@ TEST(SnapshotShares, RecordedAndReadBack) {
     s.memory = "512M";
     s.append = "console=ttyS0";
     s.layout = vm::kSnapshotLayout;
-    s.shares = {{"/srv/a", "/data", false, true, true, false, false}, {"/srv/b", "/ro", true, false, false, true, false}};
+    vm::SnapshotShare a, b;
+    a.host = "/srv/a", a.guest = "/data";
+    b.host = "/srv/b", b.guest = "/ro", b.readonly = true, b.nodev = false, b.nosuid = false, b.noexec = true;
+    s.shares = {a, b};
     auto back = vm::SnapshotInfo::from_json(s.to_json(), "/x");
     ASSERT_EQ(back.shares.size(), 2u);
     EXPECT_EQ(back.shares[0].host, "/srv/a");

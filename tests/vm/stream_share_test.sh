@@ -155,3 +155,16 @@ $P-s2" "snapshot rm"
 check "no VM of the test is left" [ -z "$("$OCIVM" ps -a -q)" ]
 check "no share server of the test is left" bash -c "! pgrep -f -- '--shared-dir[ ]$WORK' >/dev/null"
 finish
+# --- a clone serves the directory the snapshot recorded, not wherever its
+# path leads now: a share root replaced by a symbolic link is refused
+OTHER=$WORK/other
+mkdir -p "$OTHER"
+echo secret > "$OTHER/secret"
+mv "$SHARE" "$SHARE.moved" && ln -s "$OTHER" "$SHARE"
+ocx link run --from-snapshot $P-s -d --name $P-l
+refused link "symbolic link" "a clone whose share root became a symbolic link (to another directory) is refused"
+check "... and starts no VM" [ -z "$("$OCIVM" ps -a -q)" ]
+rm "$SHARE" && mkdir "$SHARE"
+ocx swap run --from-snapshot $P-s -d --name $P-l2
+refused swap "another directory now" "a clone whose share root is another directory by that name is refused"
+rmdir "$SHARE" && mv "$SHARE.moved" "$SHARE"
