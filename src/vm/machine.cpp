@@ -981,9 +981,7 @@ std::string Run::take_snapshot(const std::string& name, bool stop, QemuProcess& 
             for (auto& x : s) x->resume();
         }
     } resume_shares{shares_};
-    for (size_t i = 0; i < shares_.size(); ++i)
-        if (std::string why = shares_[i]->quiesce(); !why.empty())
-            return "error cannot save share " + o_.shares[i].host + ": " + why;
+    if (std::string why = quiesce_all(shares_); !why.empty()) return "error " + why;
     // --- end stream shares
     try {
         SnapshotLock lock(snapshots_dir(), false);

@@ -52,7 +52,10 @@ struct SnapshotShare {
 
 // Bumped when a clone's device set changes: 2 = virtio-serial with 32 ports
 // (stream shares). An older snapshot cannot load into today's devices.
-inline constexpr int kSnapshotLayout = 2;
+// 3: the guest's relay knows the pause handshake (stream_protocol.h) and
+// shares record their root's identity; an older snapshot's relay would
+// take a pause frame for a broken stream.
+inline constexpr int kSnapshotLayout = 3;
 
 struct SnapshotInfo {
     std::string name;
@@ -110,9 +113,6 @@ void remove_snapshot(const std::string& name);
 // left half written); returns how many, and the bytes they held.
 std::string boot_snapshots_dir();
 std::pair<size_t, uint64_t> prune_boot_snapshots();
-// Removes one boot snapshot directory (renamed away first); never throws.
-void remove_boot_snapshot(const std::string& dir);
-// At most this many boot snapshots are kept; saving one more removes the
 // Records share.host's (st_dev, st_ino), opened with no symbolic link in
 // any component; Error when it cannot be.
 void record_share_root(SnapshotShare& share);
@@ -120,6 +120,9 @@ void record_share_root(SnapshotShare& share);
 // symbolic link in any component, and the very directory the snapshot
 // recorded. Error (naming the share and what to do) when not.
 UniqueFd open_share_root(const SnapshotShare& share, const std::string& snapshot);
+// Removes one boot snapshot directory (renamed away first); never throws.
+void remove_boot_snapshot(const std::string& dir);
+// At most this many boot snapshots are kept; saving one more removes the
 // least recently used (each is about the RAM the guest had touched).
 inline constexpr size_t kMaxBootSnapshots = 8;
 void evict_boot_snapshots(size_t keep);
