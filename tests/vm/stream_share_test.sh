@@ -184,6 +184,21 @@ check "the writer's next append was held over the pause and sent by a clone (con
 ocx wrm rm -f $P-wlive $P-wlive-1 $P-wlive-2 $P-wstop $P-wstop-1 $P-wstop-2
 check "rm -f of the writer VMs" [ "$(rc wrm)" = 0 ]
 
+# --- a guest whose relay does not pause (stopped with SIGSTOP) cannot be
+# saved: the snapshot is refused in time, saying why, and the VM goes on
+# (comm is cut at 15 characters: ocivm-fuse-rela)
+RELAYS='for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = ocivm-fuse-rela ] && kill -'
+ocx rstop exec $P-t sh -c "${RELAYS}STOP \${p#/proc/}; done; true"
+start=$(date +%s)
+check "the guest's relays are stopped" [ "$(rc rstop)" = 0 ]
+ocx nopause snapshot create $P-t $P-np
+refused nopause "did not pause it in time" "snapshot create of a VM whose relay does not pause is refused, saying why"
+check "... within the deadline (one for all shares)" [ $(( $(date +%s) - start )) -lt 20 ]
+check "... and leaves no snapshot behind" [ ! -e "$OCIVM_HOME/snapshots/$P-np" ]
+ocx rcont exec $P-t sh -c "${RELAYS}CONT \${p#/proc/}; done; true"
+ocx npalive exec $P-t cat /data/hostfile
+expect npalive 0 "from-host" "... and its share works again once the relay runs"
+
 # --- a clone whose share server dies: requests fail, nothing hangs
 "$OCIVM" inspect $P-c1 > "$WORK/c1.json"
 SUP=$(json_field "$WORK/c1.json" "j[0]['pids']['supervisor']")
