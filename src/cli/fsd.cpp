@@ -15,6 +15,7 @@
 #include <linux/capability.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -63,6 +64,11 @@ Options:
                              virtiofsd), or one already connected to the front
                              end
       --shared-dir DIR       the directory to share (required)
+      --shared-dir-identity DEV:INO
+                             DIR must be this directory (st_dev:st_ino): it is
+                             then opened as given, with no symbolic link in any
+                             component, and refused if it is another one (a
+                             clone's share: the directory its snapshot recorded)
       --cache MODE           never | metadata | auto | always (default: auto);
                              see 'ocivm mount --help'
       --rlimit-nofile N      the file descriptor limit, which caps the files and
@@ -144,6 +150,7 @@ struct FsdOptions {
                 transport = "vhost-user";
     int fd = -1, control_fd = -1;
     std::optional<unsigned long> fd_limit;  // --rlimit-nofile
+    std::optional<std::pair<uint64_t, uint64_t>> identity;  // --shared-dir-identity
     unsigned thread_pool = 8;               // --thread-pool-size
     bool readonly = false, writeback = false, xattr = true, caps = false, help = false, submounts = false,
          nodev = false, nosuid = false, override_stat = false, trusted_xattrs = false;
@@ -271,9 +278,13 @@ void serve_control(int fd, const trace::Recorder& recorder, const std::function<
         while ((nl = pending.find('\n')) != std::string::npos) {
             std::string cmd = pending.substr(0, nl);
             pending.erase(0, nl + 1);
-            if (stream && (cmd == "quiesce" || cmd == "resume")) {
+            bool quiesce = cmd == "quiesce" || cmd.rfind("quiesce ", 0) == 0;
+            if (stream && (quiesce || cmd == "resume")) {
+                // "quiesce MS": how long the guest has to pause (default 5 s).
+                int ms = 5000;
+                if (cmd.size() > 8) ms = static_cast<int>(std::min(60000ul, std::strtoul(cmd.c_str() + 8, nullptr, 10)));
                 std::string ans = cmd == "resume" ? (stream->resume(), "resumed\n")
-                                                  : stream->quiesce(5000) ? "quiet\n" : "busy\n";
+                                                  : stream->quiesce(ms) ? "quiet\n" : "busy\n";
                 if (!write_all(fd, ans.data(), ans.size())) return;
                 continue;
             }
@@ -312,6 +323,13 @@ int cmd_fsd(int argc, char** argv) {
         {"trusted-xattrs", 0, false, [&](const std::string&) { o.trusted_xattrs = true; }},
         {"xattr-policy", 0, true, [&](const std::string& v) { o.xattr_policy = v; }},
         {"shared-dir", 0, true, [&](const std::string& v) { o.shared_dir = v; }},
+        {"shared-dir-identity", 0, true, [&](const std::string& v) {
+             unsigned long long dev = 0, ino = 0;
+             char end = 0;
+             if (std::sscanf(v.c_str(), "%llu:%llu%c", &dev, &ino, &end) != 2)
+                 throw UsageError{"invalid --shared-dir-identity '" + v + "': use DEV:INO (decimal st_dev and st_ino)"};
+             o.identity.emplace(dev, ino);
+         }},
         {"cache", 0, true, [&](const std::string& v) { o.cache = v; }},
         {"rlimit-nofile", 0, true, [&](const std::string& v) {
              o.fd_limit = v == "0" ? 0 : parse_count("--rlimit-nofile", v, 1u << 30);
@@ -346,6 +364,9 @@ int cmd_fsd(int argc, char** argv) {
         return 0;
     }
     setup_logging(o.log_level);
+    // A server's log is a file a guest can make it write to (servers.log of
+    // a detached VM): capped.
+    cap_log_file(kServerLogCap);
     if (!pos.empty()) throw UsageError{"unexpected argument '" + pos[0] + "'; see 'ocivm fsd --help'"};
     fs::CacheMode mode;
     if (!fs::parse_cache_mode(o.cache, mode))
@@ -376,9 +397,27 @@ int cmd_fsd(int argc, char** argv) {
     if (::stat(o.shared_dir.c_str(), &st) < 0 || !S_ISDIR(st.st_mode))
         throw Error("shared directory " + o.shared_dir + " is not an existing directory");
     char real[PATH_MAX];
-    if (!::realpath(o.shared_dir.c_str(), real)) throw_errno("resolving " + o.shared_dir, errno);
+    if (o.identity) {
+        // Not resolved: the path as given, and no symbolic link on the way
+        // (open_share), must be the directory recorded.
+        if (o.shared_dir.size() >= sizeof real || o.shared_dir[0] != '/')
+            throw UsageError{"--shared-dir-identity needs an absolute --shared-dir"};
+        std::snprintf(real, sizeof real, "%s", o.shared_dir.c_str());
+    } else if (!::realpath(o.shared_dir.c_str(), real)) {
+        throw_errno("resolving " + o.shared_dir, errno);
+    }
     // Opened once; everything below works from this fd.
     UniqueFd share = sandbox::open_share(real);
+    if (o.identity) {
+        struct stat got;
+        if (::fstat(share.get(), &got) < 0) throw_errno("fstat of " + std::string(real), errno);
+        if (static_cast<uint64_t>(got.st_dev) != o.identity->first ||
+            static_cast<uint64_t>(got.st_ino) != o.identity->second)
+            throw Error("shared directory " + std::string(real) + " is not the directory it must be (device:inode " +
+                        std::to_string(got.st_dev) + ":" + std::to_string(got.st_ino) + ", not " +
+                        std::to_string(o.identity->first) + ":" + std::to_string(o.identity->second) +
+                        "): it was replaced; refusing to serve it");
+    }
 
     ::signal(SIGPIPE, SIG_IGN);
     transport::set_fd_limit(o.fd_limit);

@@ -253,10 +253,9 @@ int run_clone(vm::MachineOptions m, const std::vector<std::string>& pos, const s
     // The snapshot's -v shares, served again from the same host directories
     // (a clone cannot change them: --volume is refused above).
     for (auto& sh : s.shares) {
-        struct stat st;
-        if (::stat(sh.host.c_str(), &st) < 0 || !S_ISDIR(st.st_mode))
-            throw Error("snapshot '" + s.name + "' shares " + sh.host + " as " + sh.guest +
-                        ", which is no longer a directory; create it again or take another snapshot");
+        // The very directory the snapshot recorded, reached without a
+        // symbolic link (the share server checks again as it opens it).
+        vm::open_share_root(sh, s.name);
         vm::ShareSpec v;
         v.host = sh.host;
         v.guest = sh.guest;
@@ -265,7 +264,13 @@ int run_clone(vm::MachineOptions m, const std::vector<std::string>& pos, const s
         v.nosuid = sh.nosuid;
         v.noexec = sh.noexec;
         v.writeback = sh.writeback;
+        v.trusted_xattrs = sh.trusted_xattrs;
+        v.root_dev = sh.root_dev;
+        v.root_ino = sh.root_ino;
         m.shares.push_back(v);
+        // The source's cache mode (one for all its shares; --cache is refused
+        // for a clone).
+        if (!sh.cache.empty()) m.cache = sh.cache;
     }
     m.image = s.image;
     m.rootfs = s.rootfs;

@@ -1,6 +1,7 @@
 #include "fuse/server.h"
 
 #include "util/clock.h"
+#include "util/log.h"
 
 #include <fcntl.h>
 #include <linux/fuse.h>
@@ -132,6 +133,19 @@ constexpr size_t fixed_reply_size(uint32_t opcode) {
     }
 }
 
+// Requests a guest can malform at will are warned about at most a few
+// times a second (a stream of 4-byte frames must not turn into 17 times as
+// many bytes of log), as the vhost-user transport's worth_logging does.
+LogLimit g_malformed_log(5);
+
+template <typename... A>
+void warn_malformed(spdlog::format_string_t<A...> fmt, A&&... args) {
+    uint64_t skipped = 0;
+    if (!g_malformed_log.allow(&skipped)) return;
+    if (skipped) spdlog::warn("{} more warnings about malformed requests were not logged", skipped);
+    spdlog::warn(fmt, std::forward<A>(args)...);
+}
+
 // What the current request's reply said, for its trace record.
 thread_local int tl_reply_error = 0;
 thread_local uint64_t tl_result_node = 0;
@@ -141,7 +155,7 @@ int send(ReplyWriter& w, uint64_t unique, int error, const void* a = nullptr, si
          const void* b = nullptr, size_t blen = 0) {
     size_t len = kOutHdr + alen + blen;
     if (w.capacity() < kOutHdr) {
-        spdlog::warn("request {}: no room for a reply ({} bytes)", unique, w.capacity());
+        warn_malformed("request {}: no room for a reply ({} bytes)", unique, w.capacity());
         return -ERANGE;
     }
     if (len > w.capacity()) {
@@ -357,7 +371,7 @@ struct Dispatch {
         // can follow (it would get EPROTO otherwise, and every request
         // would run under flags the guest never saw).
         if (w.capacity() < kOutHdr + len) {
-            spdlog::warn("INIT {} has room for {} reply bytes, not {}: refused", h.unique, w.capacity(),
+            warn_malformed("INIT {} has room for {} reply bytes, not {}: refused", h.unique, w.capacity(),
                          kOutHdr + len);
             return err(-ERANGE);
         }
@@ -731,7 +745,7 @@ void Server::record_forgets(const fuse_in_header& h, std::span<const std::byte> 
 
 Server::Result Server::handle_request(std::span<const std::byte> in, ReplyWriter& out) {
     if (in.size() < sizeof(fuse_in_header)) {
-        spdlog::warn("dropping a {}-byte request: shorter than a FUSE header", in.size());
+        warn_malformed("dropping a {}-byte request: shorter than a FUSE header", in.size());
         return Result::NoReply;
     }
     fuse_in_header h;
@@ -740,11 +754,11 @@ Server::Result Server::handle_request(std::span<const std::byte> in, ReplyWriter
         // Nowhere to put even an error (before any error below is sent: a
         // "Replied" with nothing written would leave the guest waiting): the
         // request is dropped unprocessed.
-        spdlog::warn("request {} (opcode {}) has no room for a reply", h.unique, h.opcode);
+        warn_malformed("request {} (opcode {}) has no room for a reply", h.unique, h.opcode);
         return Result::NoReply;
     }
     if (h.len != in.size() || h.len < sizeof h) {
-        spdlog::warn("request {} (opcode {}) says {} bytes but has {}", h.unique, h.opcode, h.len,
+        warn_malformed("request {} (opcode {}) says {} bytes but has {}", h.unique, h.opcode, h.len,
                      in.size());
         if (h.opcode == FUSE_FORGET || h.opcode == FUSE_BATCH_FORGET) return Result::NoReply;
         send_error(out, h.unique, -EINVAL);
@@ -777,7 +791,7 @@ Server::Result Server::handle_request(std::span<const std::byte> in, ReplyWriter
         return Result::Replied;
     }
     if (size_t need = fixed_reply_size(h.opcode); need && out.capacity() < kOutHdr + need) {
-        spdlog::warn("request {} (opcode {}) has room for {} reply bytes, not {}: refused", h.unique,
+        warn_malformed("request {} (opcode {}) has room for {} reply bytes, not {}: refused", h.unique,
                      h.opcode, out.capacity(), kOutHdr + need);
         d.err(-ERANGE);
         return Result::Replied;

@@ -120,7 +120,7 @@ void RelayCore::forget(uint64_t guest, uint64_t n) {
     if (nd.host_n > 0 && (state_ == State::Ready || state_ == State::Rebuilding)) {
         fuse_forget_in f{};
         f.nlookup = nd.host_n;
-        to_host_.push_back(request(FUSE_FORGET, internal_unique(), nd.host, &f, sizeof f));
+        to_host(request(FUSE_FORGET, internal_unique(), nd.host, &f, sizeof f));
     }
     nd.host_n = 0;
     if (guest == kRoot) return;
@@ -170,12 +170,61 @@ void RelayCore::on_kernel_request(const unsigned char* p, size_t n) {
         reply_error(h.unique, EIO);
         return;
     }
-    if (state_ != State::Ready) {
+    if (state_ != State::Ready || paused_) {
+        if (paused_) ++counters_.held_over_pause;
         held_.push_back(std::move(r));
         return;
     }
     pending_[h.unique] = Pending{std::move(r)};
     send(h.unique, false);
+}
+
+void RelayCore::to_host(Bytes b) {
+    if (paused_) deferred_.push_back(std::move(b));
+    else to_host_.push_back(std::move(b));
+}
+
+void RelayCore::release_held() {
+    while (!held_.empty() && state_ == State::Ready && !paused_) {
+        Bytes r = std::move(held_.front());
+        held_.pop_front();
+        fuse_in_header h{};
+        get(r, 0, &h);
+        pending_[h.unique] = Pending{std::move(r)};
+        send(h.unique, false);
+    }
+}
+
+void RelayCore::on_pause(uint64_t seq) {
+    if (state_ == State::Down || state_ == State::Waiting) return;  // no server to pause for
+    ++counters_.pauses;
+    paused_ = true;
+    pause_seq_ = seq;
+    paused_due_ = paused_sent_ = false;
+    check_paused();
+}
+
+void RelayCore::check_paused() {
+    // A rebuild in progress has internal requests in flight: it finishes first.
+    if (paused_ && !paused_sent_ && state_ == State::Ready && pending_.empty()) paused_due_ = true;
+}
+
+bool RelayCore::take_paused(uint64_t* seq) {
+    if (!paused_due_) return false;
+    paused_due_ = false;
+    paused_sent_ = true;
+    *seq = pause_seq_;
+    return true;
+}
+
+void RelayCore::on_resume(uint64_t seq) {
+    // A resume for an earlier pause (one the host gave up on) is not this one's.
+    if (!paused_ || seq != pause_seq_) return;
+    paused_ = false;
+    paused_due_ = paused_sent_ = false;
+    for (auto& b : deferred_) to_host_.push_back(std::move(b));
+    deferred_.clear();
+    release_held();
 }
 
 bool RelayCore::translate(Bytes& r, int* err) {
@@ -361,6 +410,9 @@ void RelayCore::after_reply(const Bytes& req, unsigned char* p, size_t n) {
     };
     switch (h.opcode) {
         case FUSE_INIT: {
+            // What the kernel was told: a new server after a restore must
+            // agree (it is not asked again).
+            if (!initialized_) get(p, n, kOut, &init_out_);
             // Frames are bounded (stream_protocol.h): so is the data in one request.
             uint32_t mw{};
             if (get(p, n, kOut + offsetof(fuse_init_out, max_write), &mw) && mw > stream::kMaxData)
@@ -455,11 +507,18 @@ void RelayCore::on_host_reply(const unsigned char* p, size_t n) {
         if (get(req, kIn, &fh)) handles_.erase(fh);
     }
     to_kernel_.push_back(std::move(rep));
+    check_paused();
 }
 
 bool RelayCore::on_hello(uint64_t session) {
     if (session == session_ && state_ != State::Down) return false;
     session_ = session;
+    // A pause belonged to the server before (a clone's relay comes up paused,
+    // as its source was saved): a new one resumes it. What the pause held
+    // back from the old server (FORGETs of nodes the relay has let go of) is
+    // nothing the new one knows.
+    paused_ = paused_due_ = paused_sent_ = false;
+    deferred_.clear();
     if (!initialized_) {
         // Never talked to a server yet: the kernel's own INIT (held, or in
         // flight to a server that went before answering) goes first.
@@ -467,14 +526,7 @@ bool RelayCore::on_hello(uint64_t session) {
         std::vector<uint64_t> again;
         for (auto& [u, pd] : pending_) again.push_back(u);
         for (uint64_t u : again) send(u, true);
-        while (!held_.empty()) {
-            Bytes r = std::move(held_.front());
-            held_.pop_front();
-            fuse_in_header h{};
-            get(r, 0, &h);
-            pending_[h.unique] = Pending{std::move(r)};
-            send(h.unique, false);
-        }
+        release_held();
         return true;
     }
     // A new server: it knows none of the ids the kernel holds.
@@ -561,6 +613,7 @@ void RelayCore::rebuild_step() {
         if (nd == nodes_.end() || nd->second.stale || nd->second.host == 0) {
             hd.stale = true;
             ++counters_.stale_handles;
+            counters_.handle_error = -1;
             ++rb_pos_;
             continue;
         }
@@ -579,14 +632,54 @@ void RelayCore::on_internal_reply(const unsigned char* p, size_t n) {
     get(p, n, 0, &o);
     if (state_ != State::Rebuilding || o.unique != rb_unique_) return;  // a FORGET has no reply; nothing else is ours
     switch (rb_step_) {
-        case Step::Init:
+        case Step::Init: {
+            if (o.error != 0) {
+                // No session with the new server: every request would fail
+                // or be served under terms the kernel never agreed to.
+                char buf[160];
+                std::snprintf(buf, sizeof buf,
+                              "the new server refused INIT (%s): the share fails with EIO until another one greets",
+                              std::strerror(-o.error));
+                notes_.push_back(buf);
+                on_disconnect();
+                return;
+            }
+            fuse_init_out now{};
+            get(p, n, kOut, &now);
+            if (now.major != init_out_.major || now.minor != init_out_.minor || now.flags != init_out_.flags ||
+                now.flags2 != init_out_.flags2 || now.max_write != init_out_.max_write) {
+                // The kernel keeps what the first server agreed to; a
+                // difference is worth knowing about (a clone started with
+                // other options or by another build).
+                ++counters_.init_changed;
+                char buf[240];
+                std::snprintf(buf, sizeof buf,
+                              "the new server's INIT differs from the first's (protocol %u.%u flags %#x/%#x max_write "
+                              "%u, was %u.%u %#x/%#x %u); the kernel keeps the first's",
+                              now.major, now.minor, now.flags, now.flags2, now.max_write, init_out_.major,
+                              init_out_.minor, init_out_.flags, init_out_.flags2, init_out_.max_write);
+                notes_.push_back(buf);
+            }
             rb_step_ = Step::Lookup;
             rb_pos_ = 0;
             break;
+        }
         case Step::Lookup: {
-            Node& nd = nodes_[rb_nodes_[rb_pos_]];
             fuse_entry_out e{};
             bool found = o.error == 0 && get(p, n, kOut, &e) && e.nodeid != 0;
+            auto it = nodes_.find(rb_nodes_[rb_pos_]);
+            if (it == nodes_.end()) {
+                // The kernel forgot it while its LOOKUP was on the way: the
+                // host counted a lookup nobody holds.
+                if (found) {
+                    fuse_forget_in f{};
+                    f.nlookup = 1;
+                    to_host(request(FUSE_FORGET, internal_unique(), e.nodeid, &f, sizeof f));
+                }
+                ++rb_pos_;
+                break;
+            }
+            Node& nd = it->second;
             if (found && nd.ino != 0 && e.attr.ino != nd.ino) {
                 // Another file by that name now: not the one the kernel means.
                 fuse_forget_in f{};
@@ -613,9 +706,16 @@ void RelayCore::on_internal_reply(const unsigned char* p, size_t n) {
                 if (o.error == 0 && get(p, n, kOut, &out)) {
                     it->second.host = out.fh;
                     ++counters_.reopened;
+                } else if (o.error == -ENOSYS) {
+                    // A server that opens nothing (its CREATE answered
+                    // handle 0, as the first one's did): the handle goes by
+                    // its node, as before the restore.
+                    it->second.host = 0;
+                    ++counters_.reopened;
                 } else {
                     it->second.stale = true;
                     ++counters_.stale_handles;
+                    counters_.handle_error = o.error ? -o.error : EPROTO;
                 }
             }
             ++rb_pos_;
@@ -633,20 +733,16 @@ void RelayCore::finish_rebuild() {
     std::vector<uint64_t> again;
     for (auto& [u, pd] : pending_) again.push_back(u);
     for (uint64_t u : again) send(u, true);
-    while (!held_.empty()) {
-        Bytes r = std::move(held_.front());
-        held_.pop_front();
-        fuse_in_header h{};
-        get(r, 0, &h);
-        pending_[h.unique] = Pending{std::move(r)};
-        send(h.unique, false);
-    }
+    release_held();
+    check_paused();
 }
 
 void RelayCore::on_disconnect() {
     if (session_ == 0) return;  // no server yet: the kernel's INIT waits for one
     state_ = State::Down;
     rb_step_ = Step::None;
+    paused_ = paused_due_ = paused_sent_ = false;
+    deferred_.clear();
     for (auto& [u, pd] : pending_) {
         fuse_in_header h{};
         get(pd.req, 0, &h);
@@ -709,6 +805,7 @@ int relay_main(int fuse_fd, const std::string& port_name) {
     // it is then only looked at twice a second.
     bool quiet = false;
     uint64_t next_probe = 0;
+    bool announce = false;  // a rebuild is under way: its counters go to the console when done
     auto queue = [&](const Bytes& b) {
         unsigned char len[4];
         stream::put_u32(len, static_cast<uint32_t>(b.size()));
@@ -725,6 +822,12 @@ int relay_main(int fuse_fd, const std::string& port_name) {
     auto flush_host = [&] {
         for (auto& r : core.take_to_host())
             if (!core.down()) queue(r);
+        // After every request it answers: nothing follows it until the resume.
+        if (uint64_t seq; core.take_paused(&seq) && !core.down()) {
+            unsigned char paused[stream::kControlFrameBytes];
+            stream::control_frame(seq, paused, stream::kPaused);
+            out.insert(out.end(), paused, paused + sizeof paused);
+        }
     };
     auto disconnect = [&] {
         quiet = true;
@@ -761,7 +864,8 @@ int relay_main(int fuse_fd, const std::string& port_name) {
                     const unsigned char* data = nullptr;
                     size_t size = 0;
                     uint64_t session = 0;
-                    auto st = frames.next(&data, &size, &session);
+                    uint32_t marker = 0;
+                    auto st = frames.next(&data, &size, &session, &marker);
                     if (st == stream::FrameReader::Status::NeedMore) break;
                     if (st == stream::FrameReader::Status::TooLong) {
                         disconnect();
@@ -771,9 +875,21 @@ int relay_main(int fuse_fd, const std::string& port_name) {
                         core.on_host_reply(data, size);
                         continue;
                     }
+                    if (marker == stream::kPause) {
+                        flush_host();  // what was forwarded before goes first
+                        core.on_pause(session);
+                        continue;
+                    }
+                    if (marker == stream::kResume) {
+                        core.on_resume(session);
+                        continue;
+                    }
+                    if (marker != stream::kControl) continue;  // not one a host sends
                     bool was_down = core.down();
                     flush_host();
+                    uint64_t rebuilds = core.counters().rebuilds;
                     if (core.on_hello(session)) {
+                        announce = core.counters().rebuilds != rebuilds;
                         // Whatever the last server did not take is dropped:
                         // the new one discards all before the attach, and
                         // the relay re-sends the requests that matter.
@@ -806,6 +922,22 @@ int relay_main(int fuse_fd, const std::string& port_name) {
             }
         }
         flush_kernel();
+        for (auto& n : core.take_notes()) note("%s: %s", port_name.c_str(), n.c_str());
+        if (announce && core.ready()) {
+            announce = false;
+            // What the rebuild did, where a user (and the VM tests) can see it.
+            const auto& c = core.counters();
+            char buf[320];
+            std::snprintf(buf, sizeof buf,
+                          "rebuilt for a new server: nodes found again %llu, stale %llu; handles opened again %llu, "
+                          "stale %llu (%d); requests sent again %llu; held over the pause %llu",
+                          static_cast<unsigned long long>(c.relookups), static_cast<unsigned long long>(c.stale_nodes),
+                          static_cast<unsigned long long>(c.reopened), static_cast<unsigned long long>(c.stale_handles),
+                          c.handle_error,
+                          static_cast<unsigned long long>(c.replayed),
+                          static_cast<unsigned long long>(c.held_over_pause));
+            note("%s: %s", port_name.c_str(), buf);
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 // that cannot be opened again EIO. When the channel is gone (the host's
 // server died) every request in flight and every new one gets EIO, and the
 // relay waits for a new hello.
+#include <linux/fuse.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -49,6 +50,17 @@ public:
     bool on_hello(uint64_t session);
     // The port is gone (EOF or error): in-flight requests fail with EIO.
     void on_disconnect();
+    // The host's "pause" (a snapshot is coming): no new request goes to the
+    // host (the kernel's wait in held_, FORGETs too) until on_resume or a
+    // new server's hello. take_paused() is true once (with the pause's
+    // number) when every request forwarded before has its reply: the
+    // caller then sends "paused".
+    void on_pause(uint64_t seq);
+    void on_resume(uint64_t seq);
+    bool take_paused(uint64_t* seq);
+    bool paused() const { return paused_; }
+    // Lines for the console (a rebuild that went wrong, or differently).
+    std::vector<std::string> take_notes() { return std::exchange(notes_, {}); }
 
     std::vector<Bytes> take_to_host() { return std::exchange(to_host_, {}); }
     std::vector<Bytes> take_to_kernel() { return std::exchange(to_kernel_, {}); }
@@ -60,7 +72,9 @@ public:
     size_t handles() const { return handles_.size(); }
     size_t in_flight() const { return pending_.size(); }
     struct Counters {
-        uint64_t rebuilds = 0, relookups = 0, reopened = 0, stale_nodes = 0, stale_handles = 0, replayed = 0;
+        uint64_t rebuilds = 0, relookups = 0, reopened = 0, stale_nodes = 0, stale_handles = 0, replayed = 0,
+                 pauses = 0, held_over_pause = 0, init_changed = 0;
+        int handle_error = 0;  // why the last handle could not be opened again (errno; -1: its node is stale)
     };
     const Counters& counters() const { return counters_; }
 
@@ -98,6 +112,12 @@ private:
     void rebuild_step();
     void on_internal_reply(const unsigned char* p, size_t n);
     void finish_rebuild();
+    // Sends what was held (the kernel's requests while no server was ready or
+    // the relay was paused).
+    void release_held();
+    void check_paused();
+    // To the host now, or (paused) after the resume.
+    void to_host(Bytes b);
     uint64_t internal_unique() { return (1ull << 63) | ++internal_; }
 
     State state_ = State::Waiting;
@@ -117,6 +137,11 @@ private:
     enum class Step { None, Init, Lookup, Open } rb_step_ = Step::None;
     uint64_t rb_unique_ = 0;
     std::vector<Bytes> to_host_, to_kernel_;
+    bool paused_ = false, paused_due_ = false, paused_sent_ = false;
+    uint64_t pause_seq_ = 0;
+    std::vector<Bytes> deferred_;
+    std::vector<std::string> notes_;
+    fuse_init_out init_out_{};  // the first server's INIT reply, as it came  // FORGETs while paused (nothing the old server needs in a clone)
     Counters counters_;
 };
 

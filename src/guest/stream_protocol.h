@@ -7,7 +7,8 @@
 // Every frame is a u32 little-endian length and that many bytes:
 //   guest -> host: a raw FUSE request (fuse_in_header, arguments)
 //   host -> guest: a raw FUSE reply (fuse_out_header, data)
-// A length of 0xFFFFFFFF is a control frame, followed by 8 bytes, a session id:
+// A length of 0xFFFFFFFF (or one of the three below it) is a control frame,
+// followed by 8 bytes. 0xFFFFFFFF carries a session id:
 //   host -> guest "hello": the server's random session id, sent first. A
 //                  hello with a new id means a new server (a clone after a
 //                  restore, or none before): the guest rebuilds its state.
@@ -15,6 +16,17 @@
 //                  discards everything before it: bytes still queued in the
 //                  VM's virtio-serial device when it was saved belong to
 //                  the snapshot's server and reach a clone's server half-cut.
+// The pause handshake, around a snapshot (8 bytes: the pause's number):
+//   host -> guest "pause" (0xFFFFFFFE): the relay forwards no new request
+//                  (it holds the kernel's in its own memory, which the
+//                  snapshot carries) and answers
+//   guest -> host "paused" (0xFFFFFFFD) once every request it forwarded
+//                  has its reply: nothing is in flight either way, so a
+//                  snapshot taken now never has a request a clone would
+//                  send again after the source's server has done it.
+//   host -> guest "resume" (0xFFFFFFFC): the relay sends what it held. A
+//                  relay restored into a clone resumes by itself on the new
+//                  server's hello.
 // A frame longer than kMaxFrame is a protocol error: the host drops the
 // channel (it never allocates what a guest asks for).
 #include <cstddef>
@@ -24,7 +36,11 @@
 
 namespace ocivm::stream {
 
-inline constexpr uint32_t kControl = 0xFFFFFFFFu;
+inline constexpr uint32_t kControl = 0xFFFFFFFFu;  // hello / attach
+inline constexpr uint32_t kPause = 0xFFFFFFFEu;
+inline constexpr uint32_t kPaused = 0xFFFFFFFDu;
+inline constexpr uint32_t kResume = 0xFFFFFFFCu;
+inline constexpr bool is_control(uint32_t marker) { return marker >= kResume; }
 inline constexpr size_t kSessionBytes = 8;
 inline constexpr size_t kControlFrameBytes = 4 + kSessionBytes;
 // Data in one READ/WRITE (the relay caps the kernel's max_write at it).
@@ -49,9 +65,10 @@ inline void put_u64(unsigned char* p, uint64_t v) {
 }
 inline uint64_t get_u64(const unsigned char* p) { return get_u32(p) | static_cast<uint64_t>(get_u32(p + 4)) << 32; }
 
-// A control frame (hello or attach) carrying session.
-inline void control_frame(uint64_t session, unsigned char out[kControlFrameBytes]) {
-    put_u32(out, kControl);
+// A control frame (hello or attach, or with marker one of the pause
+// handshake's) carrying session (or the pause's number).
+inline void control_frame(uint64_t session, unsigned char out[kControlFrameBytes], uint32_t marker = kControl) {
+    put_u32(out, marker);
     put_u64(out + 4, session);
 }
 
@@ -69,15 +86,16 @@ public:
     }
 
     // The next frame: Data (payload in data/size, valid until the next
-    // feed()), Control (its session id), NeedMore, or TooLong (a length
-    // past kMaxFrame: the stream is broken).
-    Status next(const unsigned char** data, size_t* size, uint64_t* session) {
+    // feed()), Control (its session id or number, its marker in *marker),
+    // NeedMore, or TooLong (a length past kMaxFrame: the stream is broken).
+    Status next(const unsigned char** data, size_t* size, uint64_t* session, uint32_t* marker = nullptr) {
         size_t avail = buf_.size() - pos_;
         if (avail < 4) return Status::NeedMore;
         uint32_t len = get_u32(buf_.data() + pos_);
-        if (len == kControl) {
+        if (is_control(len)) {
             if (avail < kControlFrameBytes) return Status::NeedMore;
             *session = get_u64(buf_.data() + pos_ + 4);
+            if (marker) *marker = len;
             pos_ += kControlFrameBytes;
             return Status::Control;
         }

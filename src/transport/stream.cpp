@@ -54,16 +54,43 @@ StreamSession::StreamSession(fuse::Server& server, uint64_t session)
     if (!wake_) throw_errno("eventfd", errno);
 }
 
+namespace {
+void wake(int fd) {
+    uint64_t one = 1;
+    if (::write(fd, &one, sizeof one) < 0) spdlog::debug("eventfd: {}", std::strerror(errno));
+}
+}  // namespace
+
 void StreamSession::park() {
     std::unique_lock lk(mu_);
-    uint64_t v;
-    while (::read(wake_.get(), &v, sizeof v) > 0) {
-    }
-    if (!pause_wanted_) return;
+    if (!pause_wanted_ || pause_seq_ != pause_sent_) return;  // given up on meanwhile
     parked_ = true;
     cv_.notify_all();
     cv_.wait(lk, [this] { return !pause_wanted_; });
     parked_ = false;
+}
+
+bool StreamSession::sync_pause(int fd) {
+    bool want;
+    uint64_t seq;
+    {
+        std::lock_guard lk(mu_);
+        want = pause_wanted_;
+        seq = pause_seq_;
+    }
+    unsigned char f[stream::kControlFrameBytes];
+    if (pause_out_ && (!want || seq != pause_sent_)) {
+        stream::control_frame(pause_sent_, f, stream::kResume);
+        if (!write_all(fd, f, sizeof f)) return false;
+        pause_out_ = false;
+    }
+    if (want && !pause_out_ && seq != pause_sent_) {
+        stream::control_frame(seq, f, stream::kPause);
+        if (!write_all(fd, f, sizeof f)) return false;
+        pause_sent_ = seq;
+        pause_out_ = true;
+    }
+    return true;
 }
 
 bool StreamSession::quiesce(int timeout_ms) {
@@ -73,11 +100,13 @@ bool StreamSession::quiesce(int timeout_ms) {
         std::unique_lock lk(mu_);
         if (ended_) return true;  // nothing can be in flight on a closed stream
         pause_wanted_ = true;
-        uint64_t one = 1;
-        if (::write(wake_.get(), &one, sizeof one) < 0) spdlog::debug("eventfd: {}", std::strerror(errno));
+        ++pause_seq_;
+        wake(wake_.get());
         if (!cv_.wait_until(lk, deadline, [this] { return parked_ || ended_; })) {
+            // The loop tells the guest to go on.
             pause_wanted_ = false;
             cv_.notify_all();
+            wake(wake_.get());
             return false;
         }
         if (ended_) return true;
@@ -103,6 +132,7 @@ void StreamSession::resume() {
     std::lock_guard lk(mu_);
     pause_wanted_ = false;
     cv_.notify_all();
+    wake(wake_.get());  // a loop still waiting for "paused" sends "resume" too
 }
 
 int StreamSession::serve(int fd) {
@@ -141,7 +171,8 @@ int StreamSession::serve(int fd) {
             const unsigned char* data = nullptr;
             size_t size = 0;
             uint64_t session = 0;
-            auto st = reader.next(&data, &size, &session);
+            uint32_t marker = 0;
+            auto st = reader.next(&data, &size, &session, &marker);
             if (st == stream::FrameReader::Status::NeedMore) break;
             if (st == stream::FrameReader::Status::TooLong) {
                 spdlog::warn("stream: the guest sent a frame longer than {} bytes; dropping the channel",
@@ -149,6 +180,17 @@ int StreamSession::serve(int fd) {
                 return -EPROTO;
             }
             if (st == stream::FrameReader::Status::Control) {
+                if (marker == stream::kPaused) {
+                    // Every request the relay forwarded has its reply, and
+                    // it forwards nothing more until told to resume.
+                    if (pause_out_ && session == pause_sent_) {
+                        ++stats_.pauses;
+                        park();
+                        if (!sync_pause(fd)) return 0;
+                    }
+                    continue;
+                }
+                if (marker != stream::kControl) continue;  // not one a guest sends
                 if (session == session_ && !attached) {
                     attached = true;
                     ++stats_.attaches;
@@ -161,12 +203,10 @@ int StreamSession::serve(int fd) {
             StreamReply out(frame.data(), frame.size() - 4, fd);
             server_.handle(std::span<const std::byte>(reinterpret_cast<const std::byte*>(data), size), out);
         }
-        bool pause;
-        {
-            std::lock_guard lk(mu_);
-            pause = pause_wanted_;
+        if (!sync_pause(fd)) {
+            spdlog::info("stream: the front end is gone: {}", std::strerror(errno));
+            return 0;
         }
-        if (pause) park();
         pollfd pf[2] = {{fd, POLLIN, 0}, {wake_.get(), POLLIN, 0}};
         if (::poll(pf, 2, -1) < 0) {
             if (errno == EINTR) continue;

@@ -765,6 +765,7 @@ std::vector<SocketPair> Run::start_shares() {
         c.nosuid = s.nosuid;
         c.trusted_xattrs = s.trusted_xattrs;
         c.writeback = s.writeback;
+        c.root_dev = s.root_dev, c.root_ino = s.root_ino;  // a clone's: checked again by the server
         c.trace = o_.trace.empty() ? "" : o_.trace + ".vol" + std::to_string(i);
         // A VM that can be snapshotted (an EROFS root, and its clones) serves
         // its shares over the stream transport, which survives a restore.
@@ -969,7 +970,9 @@ SnapshotInfo Run::snapshot_info(const std::string& name, bool boot) const {
     // stream shares (issue 12 item 4): clones serve the same directories
     if (!boot)
         for (auto& sh : o_.shares)
-            info.shares.push_back({sh.host, sh.guest, sh.readonly, sh.nodev, sh.nosuid, sh.noexec, sh.writeback});
+            info.shares.push_back({sh.host, sh.guest, sh.readonly, sh.nodev, sh.nosuid, sh.noexec, sh.writeback,
+                                   fs::cache_mode_name(cache_mode(o_.cache, fs::CacheMode::Auto)), sh.trusted_xattrs,
+                                   0, 0});  // root_dev/ino: recorded by save_vm
     return info;
 }
 
@@ -988,9 +991,7 @@ std::string Run::take_snapshot(const std::string& name, bool stop, QemuProcess& 
             for (auto& x : s) x->resume();
         }
     } resume_shares{shares_};
-    for (size_t i = 0; i < shares_.size(); ++i)
-        if (std::string why = shares_[i]->quiesce(); !why.empty())
-            return "error cannot save share " + o_.shares[i].host + ": " + why;
+    if (std::string why = quiesce_all(shares_); !why.empty()) return "error " + why;
     // --- end stream shares
     try {
         SnapshotLock lock(snapshots_dir(), false);

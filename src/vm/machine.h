@@ -24,6 +24,9 @@ struct ShareSpec {
     // The server keeps CAP_SYS_ADMIN to read trusted.* xattrs: only for
     // ocivm's own tools sharing a user's tree (the xfs writer's copy).
     bool trusted_xattrs = false;
+    // A clone's share: the directory its snapshot recorded (st_dev, st_ino),
+    // which the server checks again as it opens host (no symbolic links).
+    uint64_t root_dev = 0, root_ino = 0;
 };
 
 struct MachineOptions {

@@ -14,7 +14,7 @@
 
 namespace ocivm::vm {
 
-ShareServer::ShareServer(const Config& c, UniqueFd vhost_sock) {
+ShareServer::ShareServer(const Config& c, UniqueFd vhost_sock) : dir_(c.dir) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) throw_errno("socketpair", errno);
     UniqueFd mine(sv[0]), theirs(sv[1]);
@@ -24,6 +24,9 @@ ShareServer::ShareServer(const Config& c, UniqueFd vhost_sock) {
                std::string(spdlog::level::to_string_view(spdlog::get_level()).data(),
                            spdlog::level::to_string_view(spdlog::get_level()).size())};
     if (c.stream) so.argv.insert(so.argv.end(), {"--transport", "stream"});
+    if (c.root_dev || c.root_ino)
+        so.argv.insert(so.argv.end(),
+                       {"--shared-dir-identity", std::to_string(c.root_dev) + ":" + std::to_string(c.root_ino)});
     if (c.readonly) so.argv.push_back("--readonly");
     if (c.writeback) so.argv.push_back("--writeback");
     if (c.nodev) so.argv.push_back("--nodev");
@@ -49,17 +52,26 @@ ShareServer::~ShareServer() {
     for (int i = 0; i < 50 && !child_.reap(nullptr); ++i) ::usleep(100000);
 }
 
-std::string ShareServer::ask(const std::string& cmd, const std::function<bool(const std::string&)>& done,
-                             int timeout_ms) {
-    if (!control_) return "";
+bool ShareServer::send_line(const std::string& cmd) {
+    if (!control_) return false;
     char tmp[4096];
     // A late answer to an earlier question that timed out is not this one's.
     for (pollfd pf{control_.get(), POLLIN, 0}; ::poll(&pf, 1, 0) > 0;)
-        if (::read(control_.get(), tmp, sizeof tmp) <= 0) return "";
+        if (::read(control_.get(), tmp, sizeof tmp) <= 0) return false;
     std::string line = cmd + "\n";
-    if (!write_all(control_.get(), line.data(), line.size())) return "";
+    return write_all(control_.get(), line.data(), line.size());
+}
+
+std::string ShareServer::ask(const std::string& cmd, const std::function<bool(const std::string&)>& done,
+                             int timeout_ms) {
+    if (!send_line(cmd)) return "";
+    return collect(done, mono_ns() + static_cast<uint64_t>(timeout_ms) * 1'000'000ull);
+}
+
+std::string ShareServer::collect(const std::function<bool(const std::string&)>& done, uint64_t deadline) {
+    if (!control_) return "";
+    char tmp[4096];
     std::string buf;
-    uint64_t deadline = mono_ns() + static_cast<uint64_t>(timeout_ms) * 1'000'000ull;
     while (!done(buf)) {
         uint64_t now = mono_ns();
         if (now >= deadline || buf.size() > (1 << 20)) return "";
@@ -72,13 +84,35 @@ std::string ShareServer::ask(const std::string& cmd, const std::function<bool(co
     return buf;
 }
 
-std::string ShareServer::quiesce() {
-    // The server gives up after 5 s itself ("busy").
-    auto line = [](const std::string& b) { return b.find('\n') != std::string::npos; };
-    std::string a = ask("quiesce", line, 7000);
+void ShareServer::start_quiesce(int timeout_ms) {
+    // The server gives up by itself ("busy") at timeout_ms, telling the guest to go on.
+    quiesce_sent_ = send_line("quiesce " + std::to_string(timeout_ms));
+}
+
+std::string ShareServer::await_quiesce(uint64_t deadline_ns) {
+    std::string a;
+    if (quiesce_sent_) a = collect([](const std::string& b) { return b.find('\n') != std::string::npos; }, deadline_ns);
+    quiesce_sent_ = false;
     if (a == "quiet\n") return "";
-    if (a == "busy\n") return "the guest did not take the server's replies within 5 s; try again";
+    if (a == "busy\n")
+        return "the guest's relay did not pause it in time (it pauses once every request it sent has its reply; "
+               "a guest that is stuck, or waiting on a request the host takes long to serve, does not); "
+               "nothing was saved and the VM goes on; try again";
     return "the server did not answer (it has died, or is stuck); a VM whose share server is gone cannot be saved";
+}
+
+std::string quiesce_all(std::vector<std::unique_ptr<ShareServer>>& servers, int timeout_ms) {
+    // Every server is asked first, then each is waited for: all guests
+    // pause in parallel, within one deadline (a server's own, a second
+    // shorter, comes first, so its answer arrives rather than a silence).
+    uint64_t deadline = mono_ns() + static_cast<uint64_t>(timeout_ms + 1000) * 1'000'000ull;
+    for (auto& s : servers) s->start_quiesce(timeout_ms);
+    std::string first;
+    for (auto& s : servers) {
+        std::string why = s->await_quiesce(deadline);
+        if (!why.empty() && first.empty()) first = "cannot save share " + s->dir() + ": " + why;
+    }
+    return first;
 }
 
 void ShareServer::resume() {

@@ -2,7 +2,9 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/file.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,7 +30,9 @@ std::string SnapshotInfo::to_json() const {
     json shares_json = json::array();
     for (auto& s : shares)
         shares_json.push_back({{"host", s.host}, {"guest", s.guest}, {"readonly", s.readonly}, {"nodev", s.nodev},
-                               {"nosuid", s.nosuid}, {"noexec", s.noexec}, {"writeback", s.writeback}});
+                               {"nosuid", s.nosuid}, {"noexec", s.noexec}, {"writeback", s.writeback},
+                               {"cache", s.cache}, {"trusted_xattrs", s.trusted_xattrs},
+                               {"root_dev", s.root_dev}, {"root_ino", s.root_ino}});
     json j = {{"layout", layout},{"name", name},
               {"created", created},
               {"source", source},
@@ -95,6 +99,10 @@ SnapshotInfo SnapshotInfo::from_json(const std::string& text, const std::string&
                 x.nosuid = sh.value("nosuid", true);
                 x.noexec = sh.value("noexec", false);
                 x.writeback = sh.value("writeback", false);
+                x.cache = sh.value("cache", "");
+                x.trusted_xattrs = sh.value("trusted_xattrs", false);
+                x.root_dev = sh.value("root_dev", uint64_t{0});
+                x.root_ino = sh.value("root_ino", uint64_t{0});
                 if (x.host.empty() || x.host[0] != '/' || x.guest.empty() || x.guest[0] != '/')
                     throw Error(dir + "/snapshot.json: a share without absolute host and guest paths");
                 s.shares.push_back(x);
@@ -218,6 +226,56 @@ void remove_snapshot(const std::string& name) {
     std::error_code ec;
     std::filesystem::remove_all(gone, ec);
     if (ec) throw Error("cannot remove " + gone + ": " + ec.message());
+}
+
+namespace {
+
+// host as a directory, with no symbolic link (nor /proc magic link) in any
+// component; -errno on failure.
+int open_no_symlinks(const std::string& host) {
+    open_how how{};
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    int fd = static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, host.c_str(), &how, sizeof how));
+    return fd < 0 ? -errno : fd;
+}
+
+}  // namespace
+
+void record_share_root(SnapshotShare& share) {
+    int fd = open_no_symlinks(share.host);
+    if (fd < 0)
+        throw_errno("cannot record shared directory " + share.host, -fd,
+                    -fd == ELOOP ? "a component of it is a symbolic link now; check who can change its parents"
+                                 : "check that it still exists");
+    UniqueFd f(fd);
+    struct stat st;
+    if (::fstat(f.get(), &st) < 0) throw_errno("fstat of shared directory " + share.host, errno);
+    share.root_dev = static_cast<uint64_t>(st.st_dev);
+    share.root_ino = static_cast<uint64_t>(st.st_ino);
+}
+
+UniqueFd open_share_root(const SnapshotShare& share, const std::string& snapshot) {
+    std::string what = "snapshot '" + snapshot + "' shares " + share.host + " as " + share.guest;
+    int fd = open_no_symlinks(share.host);
+    if (fd == -ELOOP)
+        throw Error(what + ", and a component of that path is a symbolic link now: it could lead to any directory, "
+                           "so the clone is refused; put the directory back, or take another snapshot");
+    if (fd < 0)
+        throw Error(what + ", which is no longer a directory (" + std::strerror(-fd) +
+                    "); create it again or take another snapshot");
+    UniqueFd f(fd);
+    struct stat st;
+    if (::fstat(f.get(), &st) < 0) throw_errno("fstat of shared directory " + share.host, errno);
+    if (share.root_dev == 0 && share.root_ino == 0)
+        throw Error(what + ", but does not record which directory that was (a snapshot of an older build); "
+                           "take it again");
+    if (static_cast<uint64_t>(st.st_dev) != share.root_dev || static_cast<uint64_t>(st.st_ino) != share.root_ino)
+        throw Error(what + ", but that path is another directory now (device:inode " + std::to_string(st.st_dev) +
+                    ":" + std::to_string(st.st_ino) + ", not " + std::to_string(share.root_dev) + ":" +
+                    std::to_string(share.root_ino) + "): it was replaced since the snapshot, so the clone is "
+                    "refused; take another snapshot to share the new one");
+    return f;
 }
 
 std::string boot_snapshots_dir() { return cache_dir() + "/boot-snapshots"; }

@@ -40,11 +40,22 @@ struct QemuIdentity {
 struct SnapshotShare {
     std::string host, guest;
     bool readonly = false, nodev = true, nosuid = true, noexec = false, writeback = false;
+    // The source's server options, which every clone's server keeps.
+    std::string cache;  // its cache mode ("" in older records: the default, auto)
+    bool trusted_xattrs = false;
+    // The share root when the snapshot was taken (0: not recorded). A clone
+    // opens host with no symbolic link in any component and serves it only
+    // if it is still this directory: the path alone could lead anywhere by
+    // then (a parent its owner replaced with a link).
+    uint64_t root_dev = 0, root_ino = 0;
 };
 
 // Bumped when a clone's device set changes: 2 = virtio-serial with 32 ports
 // (stream shares). An older snapshot cannot load into today's devices.
-inline constexpr int kSnapshotLayout = 2;
+// 3: the guest's relay knows the pause handshake (stream_protocol.h) and
+// shares record their root's identity; an older snapshot's relay would
+// take a pause frame for a broken stream.
+inline constexpr int kSnapshotLayout = 3;
 
 struct SnapshotInfo {
     std::string name;
@@ -102,6 +113,13 @@ void remove_snapshot(const std::string& name);
 // left half written); returns how many, and the bytes they held.
 std::string boot_snapshots_dir();
 std::pair<size_t, uint64_t> prune_boot_snapshots();
+// Records share.host's (st_dev, st_ino), opened with no symbolic link in
+// any component; Error when it cannot be.
+void record_share_root(SnapshotShare& share);
+// The directory a clone of snapshot may serve for share: opened with no
+// symbolic link in any component, and the very directory the snapshot
+// recorded. Error (naming the share and what to do) when not.
+UniqueFd open_share_root(const SnapshotShare& share, const std::string& snapshot);
 // Removes one boot snapshot directory (renamed away first); never throws.
 void remove_boot_snapshot(const std::string& dir);
 // At most this many boot snapshots are kept; saving one more removes the

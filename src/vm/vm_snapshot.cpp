@@ -126,6 +126,9 @@ void save_vm(const RunningQemu& q, const std::string& dest, SnapshotInfo& info, 
         std::error_code ec;
         std::filesystem::remove_all(tmp, ec);
         if (::mkdir(tmp.c_str(), 0700) < 0) throw_errno("cannot create " + tmp, errno);
+        // Which directories the shares are: a clone serves them only if its
+        // paths still lead there, with no symbolic link on the way.
+        for (auto& sh : info.shares) record_share_root(sh);
         paused = true;
         save_paused(q, tmp, info);
         if (!keep_paused) {

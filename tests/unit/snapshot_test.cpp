@@ -169,3 +169,80 @@ TEST(SnapshotRecord, RestoreRefusalNamesTheMismatch) {
 
 }  // namespace
 }  // namespace ocivm
+
+using namespace ocivm;
+using namespace ocivm::test;
+
+// A clone serves the directory its snapshot recorded, reached without a
+// symbolic link; a path that leads elsewhere since is refused.
+TEST(SnapshotShares, AShareRootReplacedSinceTheSnapshotIsRefused) {
+    std::string top = make_temp_dir();
+    struct Rm {
+        std::string d;
+        ~Rm() { remove_tree(d); }
+    } rm{top};
+    std::string share = top + "/share", other = top + "/other";
+    ASSERT_EQ(::mkdir(share.c_str(), 0755), 0);
+    ASSERT_EQ(::mkdir(other.c_str(), 0755), 0);
+    vm::SnapshotShare sh;
+    sh.host = share;
+    sh.guest = "/data";
+    vm::record_share_root(sh);
+    EXPECT_NE(sh.root_ino, 0u);
+    EXPECT_TRUE(vm::open_share_root(sh, "s"));
+    auto back = vm::SnapshotInfo::from_json([&] {
+        vm::SnapshotInfo i;
+        i.name = "n", i.machine = "microvm", i.accel = "tcg", i.memory = "512M", i.append = "x";
+        i.shares = {sh};
+        return i.to_json();
+    }(), "/x");
+    ASSERT_EQ(back.shares.size(), 1u);
+    EXPECT_EQ(back.shares[0].root_dev, sh.root_dev);
+    EXPECT_EQ(back.shares[0].root_ino, sh.root_ino);
+    auto refusal = [&](const vm::SnapshotShare& x) {
+        try {
+            vm::open_share_root(x, "s");
+        } catch (const Error& e) {
+            return std::string(e.what());
+        }
+        return std::string();
+    };
+    // The share replaced by a symbolic link to another directory.
+    ASSERT_EQ(::rename(share.c_str(), (top + "/moved").c_str()), 0);
+    ASSERT_EQ(::symlink(other.c_str(), share.c_str()), 0);
+    EXPECT_NE(refusal(sh).find("symbolic link"), std::string::npos) << refusal(sh);
+    // ... even to the very directory (the link could change any time).
+    ASSERT_EQ(::unlink(share.c_str()), 0);
+    ASSERT_EQ(::symlink((top + "/moved").c_str(), share.c_str()), 0);
+    EXPECT_NE(refusal(sh).find("symbolic link"), std::string::npos) << refusal(sh);
+    // A parent replaced by a link.
+    ASSERT_EQ(::unlink(share.c_str()), 0);
+    ASSERT_EQ(::mkdir((top + "/p").c_str(), 0755), 0);
+    ASSERT_EQ(::rename((top + "/moved").c_str(), (top + "/p/share").c_str()), 0);
+    vm::SnapshotShare deep = sh;
+    deep.host = top + "/q/share";
+    ASSERT_EQ(::symlink((top + "/p").c_str(), (top + "/q").c_str()), 0);
+    EXPECT_NE(refusal(deep).find("symbolic link"), std::string::npos) << refusal(deep);
+    // Another directory by that name.
+    ASSERT_EQ(::mkdir(share.c_str(), 0755), 0);
+    EXPECT_NE(refusal(sh).find("another directory now"), std::string::npos) << refusal(sh);
+    // Gone.
+    ASSERT_EQ(::rmdir(share.c_str()), 0);
+    EXPECT_NE(refusal(sh).find("no longer a directory"), std::string::npos) << refusal(sh);
+}
+
+// A clone keeps the source's server options.
+TEST(SnapshotShares, CacheModeAndTrustedXattrsAreRecorded) {
+    vm::SnapshotInfo s;
+    s.name = "n", s.machine = "microvm", s.accel = "tcg", s.memory = "512M", s.append = "x";
+    vm::SnapshotShare sh;
+    sh.host = "/srv/a";
+    sh.guest = "/data";
+    sh.cache = "never";
+    sh.trusted_xattrs = true;
+    s.shares = {sh};
+    auto back = vm::SnapshotInfo::from_json(s.to_json(), "/x");
+    ASSERT_EQ(back.shares.size(), 1u);
+    EXPECT_EQ(back.shares[0].cache, "never");
+    EXPECT_TRUE(back.shares[0].trusted_xattrs);
+}

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <future>
@@ -40,6 +41,12 @@ Bytes frame(const Bytes& payload) {
 Bytes control(uint64_t session) {
     Bytes f(stream::kControlFrameBytes);
     stream::control_frame(session, f.data());
+    return f;
+}
+
+Bytes control_of(uint32_t marker, uint64_t v) {
+    Bytes f(stream::kControlFrameBytes);
+    stream::control_frame(v, f.data(), marker);
     return f;
 }
 
@@ -137,14 +144,15 @@ struct SessionRig {
     }
     void put(const Bytes& b) { ASSERT_TRUE(write_all(sv[1], b.data(), b.size())); }
     // The next frame from the server (payload; session for a control frame).
-    Bytes get(bool* is_control = nullptr, uint64_t* session_id = nullptr) {
+    Bytes get(bool* is_control = nullptr, uint64_t* session_id = nullptr, uint32_t* marker = nullptr) {
         unsigned char len[4];
         if (!read_exact(4, len)) return {};
         uint32_t n = stream::get_u32(len);
-        if (n == stream::kControl) {
+        if (stream::is_control(n)) {
             unsigned char s[8];
             read_exact(8, s);
             if (is_control) *is_control = true;
+            if (marker) *marker = n;
             if (session_id) *session_id = stream::get_u64(s);
             return {};
         }
@@ -221,28 +229,76 @@ TEST(StreamSession, AnOversizeFrameDropsTheChannel) {
     EXPECT_EQ(rig.served.get(), -EPROTO);
 }
 
-TEST(StreamSession, QuiesceWaitsForTheRepliesToBeTaken) {
+// A snapshot must see nothing in flight: the server asks the guest to
+// pause, serves what the guest sent before it saw the pause, and is quiet
+// only once the guest says every request has its reply. (Parking between
+// two requests is not enough: the guest goes on sending until QEMU stops
+// it, and what waits in the socket would be served for the source after
+// the resume and sent again by every clone.)
+TEST(StreamSession, QuiesceAsksTheGuestToPauseAndWaitsForIt) {
     SessionRig rig;
     uint64_t session = 0;
     rig.get(nullptr, &session);
     rig.put(control(session));
     rig.put(frame(init_request()));
-    // The INIT reply sits unread in the socket: not quiet.
-    for (int i = 0; i < 200 && rig.session.stats().requests.load() == 0; ++i) ::usleep(5000);
-    EXPECT_FALSE(rig.session.quiesce(300));
     rig.get();
-    ASSERT_TRUE(rig.session.quiesce(2000)) << "every reply taken: quiet";
-    // Parked: a request sent now is not answered until resume.
+    auto quiet = std::async(std::launch::async, [&] { return rig.session.quiesce(5000); });
+    bool is_control = false;
+    uint64_t seq = 0;
+    uint32_t marker = 0;
+    rig.get(&is_control, &seq, &marker);
+    ASSERT_TRUE(is_control);
+    ASSERT_EQ(marker, stream::kPause) << "the guest is asked to pause";
+    // Sent by the guest before it saw the pause: served, the pause waits.
     Bytes getattr = as_bytes(Request(FUSE_GETATTR, 1).arg(fuse_getattr_in{}).bytes());
     rig.put(frame(getattr));
-    ::usleep(200000);
-    EXPECT_EQ(rig.session.stats().requests.load(), 1u);
-    rig.session.resume();
-    Bytes reply = rig.get();
+    Bytes reply = rig.get(&is_control);
+    ASSERT_FALSE(is_control);
     fuse_out_header o;
     ASSERT_GE(reply.size(), sizeof o);
     std::memcpy(&o, reply.data(), sizeof o);
     EXPECT_EQ(o.error, 0);
+    EXPECT_EQ(quiet.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout)
+        << "not quiet before the guest says it has paused";
+    rig.put(control_of(stream::kPaused, seq ^ 1));
+    EXPECT_EQ(quiet.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout)
+        << "a paused for another pause is not this one's";
+    rig.put(control_of(stream::kPaused, seq));
+    ASSERT_TRUE(quiet.get());
+    EXPECT_EQ(rig.session.stats().pauses.load(), 1u);
+    rig.session.resume();
+    uint64_t rseq = 0;
+    rig.get(&is_control, &rseq, &marker);
+    ASSERT_TRUE(is_control);
+    EXPECT_EQ(marker, stream::kResume);
+    EXPECT_EQ(rseq, seq);
+    // Serving again.
+    rig.put(frame(getattr));
+    reply = rig.get(&is_control);
+    EXPECT_FALSE(is_control);
+    EXPECT_EQ(rig.session.stats().requests.load(), 3u);
+}
+
+TEST(StreamSession, AGuestThatDoesNotPauseIsToldToResume) {
+    SessionRig rig;
+    uint64_t session = 0;
+    rig.get(nullptr, &session);
+    rig.put(control(session));
+    EXPECT_FALSE(rig.session.quiesce(300)) << "no paused within the time: not quiet";
+    bool is_control = false;
+    uint64_t seq = 0, rseq = 0;
+    uint32_t marker = 0;
+    rig.get(&is_control, &seq, &marker);
+    EXPECT_EQ(marker, stream::kPause);
+    rig.get(&is_control, &rseq, &marker);
+    EXPECT_EQ(marker, stream::kResume) << "the guest is not left paused";
+    EXPECT_EQ(rseq, seq);
+    // A late paused of that pause stops nothing.
+    rig.put(control_of(stream::kPaused, seq));
+    rig.put(frame(init_request()));
+    Bytes reply = rig.get(&is_control);
+    EXPECT_FALSE(is_control);
+    EXPECT_FALSE(reply.empty());
 }
 
 // A hostile guest: another session's attach serves nothing; garbage
@@ -437,17 +493,28 @@ TEST(FuseRelay, AHandleOpenAcrossARestoreReadsTheSameFile) {
     EXPECT_EQ(rig.replies.count(in_flight), 0u);
 
     // The clone's server: a new Passthrough that has never seen these ids.
-    // Make its ids differ from the old ones, as they would.
+    // Make its node ids and handles differ from the old ones, as they
+    // would (a relay that passed the kernel's ids through unchanged would
+    // otherwise go unnoticed).
     HostServer b(rig.dir);
     {
-        Bytes dummy;
-        RawWriter w(b.out.data(), b.out.size(), dummy);
-        auto ini = init_request();
-        b.server->handle({reinterpret_cast<const std::byte*>(ini.data()), ini.size()}, w);
-        auto lk = as_bytes(Request(FUSE_LOOKUP, FUSE_ROOT_ID).str("other").bytes());
-        b.server->handle({reinterpret_cast<const std::byte*>(lk.data()), lk.size()}, w);
-        auto destroy = as_bytes(Request(FUSE_DESTROY, 0).bytes());
-        b.server->handle({reinterpret_cast<const std::byte*>(destroy.data()), destroy.size()}, w);
+        Bytes got;
+        RawWriter w(b.out.data(), b.out.size(), got);
+        auto send = [&](const Bytes& r) {
+            b.server->handle({reinterpret_cast<const std::byte*>(r.data()), r.size()}, w);
+        };
+        send(init_request());
+        send(as_bytes(Request(FUSE_LOOKUP, FUSE_ROOT_ID).str("other").bytes()));
+        fuse_entry_out e{};
+        ASSERT_GE(got.size(), sizeof(fuse_out_header) + sizeof e);
+        std::memcpy(&e, got.data() + sizeof(fuse_out_header), sizeof e);
+        fuse_open_in oi{};
+        oi.flags = O_RDONLY;
+        for (int i = 0; i < 5; ++i) send(as_bytes(Request(FUSE_OPEN, e.nodeid).arg(oi).bytes()));
+        fuse_open_out oo{};
+        std::memcpy(&oo, got.data() + sizeof(fuse_out_header), sizeof oo);
+        EXPECT_GT(oo.fh, fh + 2) << "the second server's handles are not the first's";
+        send(as_bytes(Request(FUSE_DESTROY, 0).bytes()));
     }
     EXPECT_TRUE(rig.core.on_hello(2222));
     EXPECT_FALSE(rig.core.ready()) << "rebuilding";
@@ -633,6 +700,166 @@ TEST(FuseRelay, ForgetsReachTheHostWithItsOwnCounts) {
     EXPECT_EQ(rig.core.nodes(), before - 1);
 }
 
+namespace {
+Request append_request(uint64_t node, uint64_t fh, const std::string& line, uint64_t offset = 0) {
+    fuse_write_in w{};
+    w.fh = fh;
+    w.offset = offset;  // what the kernel computes (a no-open server writes there)
+    w.size = static_cast<uint32_t>(line.size());
+    return std::move(Request(FUSE_WRITE, node).arg(w).raw(line.data(), line.size()));
+}
+}  // namespace
+
+// Around a snapshot the relay pauses: what it forwarded gets its reply
+// before it says "paused", what the kernel sends meanwhile waits in the
+// relay (in guest memory, which the snapshot carries). The source sends it
+// on resume, a clone on its new server's hello: every append lands once
+// per VM that made it, none twice.
+TEST(FuseRelay, APauseHoldsNewRequestsAndNothingIsSentTwice) {
+    RelayRig rig;
+    rig.write_host("log", "");
+    HostServer a(rig.dir);
+    rig.start(a);
+    uint64_t log = rig.lookup(FUSE_ROOT_ID, "log", a);
+    uint64_t fh = rig.open(log, O_WRONLY | O_APPEND, a);
+    EXPECT_EQ(rig.call(append_request(log, fh, "1\n"), a).error, 0);
+    // "2" is on its way to the host when the pause comes.
+    uint64_t two = rig.kernel(append_request(log, fh, "2\n"));
+    rig.core.on_pause(7);
+    uint64_t seq = 0;
+    EXPECT_FALSE(rig.core.take_paused(&seq)) << "not paused while a request it sent has no reply";
+    rig.pump(&a);
+    ASSERT_EQ(rig.replies.count(two), 1u);
+    ASSERT_TRUE(rig.core.take_paused(&seq));
+    EXPECT_EQ(seq, 7u);
+    EXPECT_FALSE(rig.core.take_paused(&seq)) << "said once";
+    // Paused: "3" and a LOOKUP wait in the relay.
+    uint64_t three = rig.kernel(append_request(log, fh, "3\n"));
+    rig.kernel(Request(FUSE_LOOKUP, FUSE_ROOT_ID).str("log"));
+    EXPECT_TRUE(rig.core.take_to_host().empty()) << "nothing goes to the host while paused";
+    EXPECT_EQ(slurp(rig.dir + "/log"), "1\n2\n");
+
+    // The snapshot: the clone's relay is this one, copied.
+    RelayRig clone;
+    clone.core = rig.core;
+
+    // The source resumes: "3" goes once.
+    rig.core.on_resume(6);
+    EXPECT_TRUE(rig.core.take_to_host().empty()) << "a resume of another pause is not this one's";
+    rig.core.on_resume(7);
+    rig.pump(&a);
+    ASSERT_EQ(rig.replies.count(three), 1u);
+    EXPECT_EQ(rig.replies[three].error, 0);
+    EXPECT_EQ(slurp(rig.dir + "/log"), "1\n2\n3\n");
+
+    // The clone's new server greets: it resumes by itself, rebuilds, and
+    // sends what it held (its own "3"), never "2" again.
+    HostServer b(rig.dir);
+    EXPECT_TRUE(clone.core.on_hello(5555));
+    clone.pump(&b);
+    EXPECT_TRUE(clone.core.ready());
+    EXPECT_FALSE(clone.core.paused());
+    ASSERT_EQ(clone.replies.count(three), 1u);
+    EXPECT_EQ(clone.replies[three].error, 0);
+    EXPECT_EQ(slurp(rig.dir + "/log"), "1\n2\n3\n3\n");
+    EXPECT_EQ(clone.core.counters().replayed, 0u) << "nothing was in flight at the snapshot";
+    EXPECT_EQ(clone.core.counters().held_over_pause, 2u);
+}
+
+namespace {
+// One request through srv, its reply back to the relay.
+void serve_one(guest::RelayCore& core, HostServer& srv, const Bytes& r) {
+    Bytes got;
+    RawWriter w(srv.out.data(), srv.out.size(), got);
+    auto res = srv.server->handle({reinterpret_cast<const std::byte*>(r.data()), r.size()}, w);
+    if (res != fuse::Server::Result::NoReply) core.on_host_reply(got.data(), got.size());
+}
+}  // namespace
+
+// The kernel forgets a node while the rebuild's LOOKUP of it is on its
+// way: the relay must not bring the node back, and the host's new lookup
+// is forgotten, not leaked.
+TEST(FuseRelay, AForgetDuringTheRebuildForgetsTheHostsLookup) {
+    RelayRig rig;
+    rig.write_host("f", "x");
+    HostServer a(rig.dir);
+    rig.start(a);
+    uint64_t f = rig.lookup(FUSE_ROOT_ID, "f", a);
+    HostServer b(rig.dir);
+    ASSERT_TRUE(rig.core.on_hello(7777));
+    auto init = rig.core.take_to_host();
+    ASSERT_EQ(init.size(), 1u);
+    serve_one(rig.core, b, init[0]);
+    auto lookup = rig.core.take_to_host();
+    ASSERT_EQ(lookup.size(), 1u);
+    fuse_in_header h;
+    std::memcpy(&h, lookup[0].data(), sizeof h);
+    ASSERT_EQ(h.opcode, static_cast<uint32_t>(FUSE_LOOKUP));
+    fuse_forget_in fg{};
+    fg.nlookup = 1;
+    rig.kernel(Request(FUSE_FORGET, f).arg(fg));
+    EXPECT_TRUE(rig.core.take_to_host().empty()) << "the new server has counted nothing yet";
+    serve_one(rig.core, b, lookup[0]);
+    auto sent = rig.core.take_to_host();
+    ASSERT_EQ(sent.size(), 1u) << "the host's lookup of the forgotten node is forgotten";
+    fuse_forget_in out{};
+    std::memcpy(&h, sent[0].data(), sizeof h);
+    std::memcpy(&out, sent[0].data() + sizeof h, sizeof out);
+    EXPECT_EQ(h.opcode, static_cast<uint32_t>(FUSE_FORGET));
+    EXPECT_NE(h.nodeid, 0u);
+    EXPECT_EQ(out.nlookup, 1u);
+    EXPECT_TRUE(rig.core.ready());
+    EXPECT_EQ(rig.core.nodes(), 1u) << "only the root: the forgotten node is not brought back";
+    EXPECT_EQ(rig.core.counters().relookups, 0u);
+}
+
+// The new server's INIT after a restore: refused, the share is down (EIO,
+// said on the console), never silently serving stale ids; different from
+// the first, a console note.
+TEST(FuseRelay, ARebuildsInitErrorIsDownAndADifferentInitIsNoted) {
+    RelayRig rig;
+    rig.write_host("f", "x");
+    HostServer a(rig.dir);
+    rig.start(a);
+    uint64_t f = rig.lookup(FUSE_ROOT_ID, "f", a);
+    ASSERT_TRUE(rig.core.on_hello(8001));
+    auto init = rig.core.take_to_host();
+    ASSERT_EQ(init.size(), 1u);
+    fuse_in_header ih;
+    std::memcpy(&ih, init[0].data(), sizeof ih);
+    fuse_out_header refused{};
+    refused.len = sizeof refused;
+    refused.error = -EPROTO;
+    refused.unique = ih.unique;
+    rig.core.on_host_reply(reinterpret_cast<const unsigned char*>(&refused), sizeof refused);
+    EXPECT_TRUE(rig.core.down());
+    auto notes = rig.core.take_notes();
+    ASSERT_EQ(notes.size(), 1u);
+    EXPECT_NE(notes[0].find("refused INIT"), std::string::npos) << notes[0];
+    EXPECT_EQ(rig.call(Request(FUSE_GETATTR, f).arg(fuse_getattr_in{}), a).error, -EIO);
+
+    // Another server greets: its INIT reply differs (max_write).
+    HostServer b(rig.dir);
+    ASSERT_TRUE(rig.core.on_hello(8002));
+    init = rig.core.take_to_host();
+    ASSERT_EQ(init.size(), 1u);
+    Bytes got;
+    RawWriter w(b.out.data(), b.out.size(), got);
+    b.server->handle({reinterpret_cast<const std::byte*>(init[0].data()), init[0].size()}, w);
+    fuse_init_out io;
+    std::memcpy(&io, got.data() + sizeof(fuse_out_header), sizeof io);
+    io.max_write /= 2;
+    std::memcpy(got.data() + sizeof(fuse_out_header), &io, sizeof io);
+    rig.core.on_host_reply(got.data(), got.size());
+    rig.pump(&b);
+    EXPECT_TRUE(rig.core.ready());
+    EXPECT_EQ(rig.core.counters().init_changed, 1u);
+    notes = rig.core.take_notes();
+    ASSERT_EQ(notes.size(), 1u);
+    EXPECT_NE(notes[0].find("INIT differs"), std::string::npos) << notes[0];
+    EXPECT_EQ(rig.call(Request(FUSE_GETATTR, f).arg(fuse_getattr_in{}), b).error, 0);
+}
+
 TEST(FuseRelay, AGoneServerFailsRequestsWithEioAndNeverHangs) {
     RelayRig rig;
     rig.write_host("f", "x");
@@ -700,7 +927,10 @@ TEST(SnapshotShares, RecordedAndReadBack) {
     s.memory = "512M";
     s.append = "console=ttyS0";
     s.layout = vm::kSnapshotLayout;
-    s.shares = {{"/srv/a", "/data", false, true, true, false, false}, {"/srv/b", "/ro", true, false, false, true, false}};
+    vm::SnapshotShare a, b;
+    a.host = "/srv/a", a.guest = "/data";
+    b.host = "/srv/b", b.guest = "/ro", b.readonly = true, b.nodev = false, b.nosuid = false, b.noexec = true;
+    s.shares = {a, b};
     auto back = vm::SnapshotInfo::from_json(s.to_json(), "/x");
     ASSERT_EQ(back.shares.size(), 2u);
     EXPECT_EQ(back.shares[0].host, "/srv/a");
@@ -725,4 +955,30 @@ TEST(SnapshotShares, SnapshotsOfAnOlderDeviceSetAreRefused) {
     EXPECT_NE(vm::restore_refusal(s, "", false).find("taken by an older ocivm"), std::string::npos);
     s.layout = vm::kSnapshotLayout;
     EXPECT_EQ(vm::restore_refusal(s, "", false).find("ocivm"), std::string::npos);
+}
+
+// A server that opens nothing (no-open mode: CREATE answers handle 0, OPEN
+// ENOSYS): a file created before the snapshot is written on in the clone,
+// not failed as stale because the new server declines to open it again.
+TEST(FuseRelay, AHandleOfANoOpenServerWritesOnAfterARestore) {
+    RelayRig rig;
+    HostServer a(rig.dir, /*no_open=*/true);
+    rig.start(a);
+    fuse_create_in c{};
+    c.flags = O_WRONLY | O_CREAT | O_APPEND | 0x8000;  // as the kernel sends them (O_LARGEFILE)
+    c.mode = S_IFREG | 0644;
+    c.umask = 022;
+    auto r = rig.call(Request(FUSE_CREATE, FUSE_ROOT_ID).arg(c).str("log"), a);
+    ASSERT_EQ(r.error, 0);
+    fuse_entry_out e;
+    fuse_open_out oo;
+    std::memcpy(&e, r.payload.data(), sizeof e);
+    std::memcpy(&oo, r.payload.data() + sizeof e, sizeof oo);
+    EXPECT_EQ(rig.call(append_request(e.nodeid, oo.fh, "1\n"), a).error, 0);
+    HostServer b(rig.dir, true);
+    rig.core.on_hello(42);
+    rig.pump(&b);
+    EXPECT_EQ(rig.core.counters().stale_handles, 0u);
+    EXPECT_EQ(rig.call(append_request(e.nodeid, oo.fh, "2\n", 2), b).error, 0);
+    EXPECT_EQ(slurp(rig.dir + "/log"), "1\n2\n");
 }
