@@ -10,6 +10,7 @@ set -uo pipefail
 OCIVM=${1:?ocivm binary}
 DEMO=${2:?demo image directory}
 . "$(dirname "$0")/../lib/check.sh"
+. "$(dirname "$0")/../lib/ocivm_cli.sh"
 
 [ "$(id -u)" -eq 0 ] || fail "the vm tests must run as root"
 need qemu-system-x86_64 qemu-system-x86
@@ -30,21 +31,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ocx() { # NAME ARGS...: runs ocivm ARGS, keeps stdout/stderr/rc in $WORK/NAME.*
-  local name=$1; shift
-  "$OCIVM" "$@" > "$WORK/$name.out" 2> "$WORK/$name.err" < /dev/null
-  echo $? > "$WORK/$name.rc"
-}
-rc() { cat "$WORK/$1.rc"; }
-out() { cat "$WORK/$1.out"; }
-show() { echo "  --- $1: rc=$(rc "$1")"; sed 's/^/  out| /' "$WORK/$1.out" | head -20; sed 's/^/  err| /' "$WORK/$1.err" | head -20; }
-expect() { # NAME RC OUT WHAT
-  if [ "$(rc "$1")" = "$2" ] && [ "$(out "$1")" = "$3" ]; then ok "$4"; else bad "$4 (want rc $2, out '$3')"; show "$1"; fi
-}
-refused() { # NAME PATTERN WHAT: exit 125 and PATTERN in stderr
-  if [ "$(rc "$1")" = 125 ] && grep -q -- "$2" "$WORK/$1.err"; then ok "$3"; else bad "$3"; show "$1"; fi
-}
-json_field() { python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }
 
 echo held-content > "$SHARE/held"
 echo from-host > "$SHARE/hostfile"
