@@ -34,9 +34,9 @@ std::string slurp(const char* path) {
 }
 
 // The first Ethernet interface; virtio_net probes it shortly after the
-// module loads (seconds under TCG), so wait for it.
-std::string find_interface() {
-    for (int tries = 0; tries < 1000; ++tries) {
+// module loads (seconds under TCG), so wait for it (up to `tries` x 10 ms).
+std::string find_interface(int tries = 1000) {
+    for (int t = 0; t < tries; ++t) {
         std::string found;
         if (DIR* d = ::opendir("/sys/class/net")) {
             while (dirent* e = ::readdir(d)) {
@@ -48,7 +48,7 @@ std::string find_interface() {
             ::closedir(d);
         }
         if (!found.empty()) return found;
-        ::usleep(10000);
+        if (t + 1 < tries) ::usleep(10000);
     }
     return "";
 }
@@ -150,16 +150,7 @@ void configure_network(void (*report)(const char* fmt, ...)) {
 }
 
 void renew_network(const std::string& mac, void (*report)(const char* fmt, ...)) {
-    std::string dev;
-    if (DIR* d = ::opendir("/sys/class/net")) {  // no waiting: it was there before the snapshot
-        while (dirent* e = ::readdir(d)) {
-            std::string name = e->d_name;
-            if (name[0] == '.' || name == "lo") continue;
-            if (std::atoi(slurp(("/sys/class/net/" + name + "/type").c_str()).c_str()) == 1 && (dev.empty() || name < dev))
-                dev = name;
-        }
-        ::closedir(d);
-    }
+    std::string dev = find_interface(1);  // no waiting: it was there before the snapshot
     if (dev.empty()) return;
     int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0) return report("network: socket: %s", std::strerror(errno));

@@ -187,6 +187,7 @@ private:
     // After a BootSnapshotBroken: everything the failed start set, back to
     // how a fresh Run has it.
     void reset_for_boot();
+    // The last line QEMU wrote to qemu.log, printable ("" if none).
     std::string qemu_log_tail() const;
     // How this VM starts: a boot; a deferred boot (its command is sent once
     // it has booted, and the boot is saved for later runs); a boot
@@ -537,6 +538,7 @@ int Run::boot_and_serve(StateDir& state) {
     for (auto& m : network.guest_modules()) extra.push_back(m);  // network
     std::string initrd = snap_ ? snap_->dir + "/initrd" : state.path() + "/initrd.cpio";
     bool wrote_initrd = false;
+    QemuConfig qc = qemu_config(kernel, host, initrd, network);
     if (!snap_) {
         std::string base = guest::base_initramfs(kernel.modules_dir, cache, extra);
         guest::GuestConfig boot = o_.guest;
@@ -547,7 +549,7 @@ int Run::boot_and_serve(StateDir& state) {
             boot = guest::GuestConfig{};
             boot.root_erofs = true;
             boot.deferred = true;
-            boot_key_ = boot_snapshot_key(kernel, base, qemu_config(kernel, host, initrd, network), guest::encode(boot));
+            boot_key_ = boot_snapshot_key(kernel, base, qc, guest::encode(boot));
             boot_cache_dir_ = boot_snapshots_dir() + "/" + boot_key_;
             snap_lock_.emplace(boot_snapshots_dir(), false);
             try {
@@ -575,7 +577,7 @@ int Run::boot_and_serve(StateDir& state) {
     console_path_ = state.path() + "/console.log";
     console_log_ = UniqueFd(::open(console_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
 
-    QemuConfig qc = qemu_config(kernel, host, initrd, network);
+    qc.initrd = initrd;
     UniqueFd vmstate;
     if (snap_) {
         qc.machine = snap_->machine;
@@ -644,9 +646,10 @@ int Run::boot_and_serve(StateDir& state) {
             snap_lock_.reset();  // QEMU has what it needs: the snapshot may go now
         } catch (const std::exception& e) {
             snap_lock_.reset();
+            std::string last = qemu_log_tail();
             std::string why = std::string("cannot restore ") +
                               (o_.from_snapshot.empty() ? "the boot snapshot " + snap_->dir : "snapshot " + snap_->name) +
-                              ": " + e.what() + qemu_log_tail();
+                              ": " + e.what() + (last.empty() ? "" : " (QEMU: " + last.substr(0, 300) + ")");
             if (o_.from_snapshot.empty()) throw BootSnapshotBroken(why, snap_->dir);
             throw Error(why + "; the snapshot may be damaged: take it again ('ocivm snapshot rm " + snap_->name +
                         "', then 'ocivm snapshot create')");
@@ -876,11 +879,10 @@ std::string Run::qemu_log_tail() const {
         return "";
     }
     while (!log.empty() && log.back() == '\n') log.pop_back();
-    if (log.empty()) return "";
     std::string last = log.substr(log.rfind('\n') == std::string::npos ? 0 : log.rfind('\n') + 1);
-    for (char& ch : last)
+    for (char& ch : last)  // it goes into state.json and the terminal
         if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) >= 0x7f) ch = '?';
-    return " (QEMU: " + last.substr(0, 300) + ")";
+    return last;
 }
 
 // Plain runs with an EROFS root and nothing the snapshot cannot hold boot
@@ -1065,17 +1067,8 @@ std::string Run::qemu_failure(int qemu_status) {
     std::string why = "the VM stopped before the command reported its exit status";
     if (WIFSIGNALED(qemu_status)) why += std::string(" (QEMU was killed by ") + strsignal(WTERMSIG(qemu_status)) + ")";
     else if (WEXITSTATUS(qemu_status) != 0) {
-        std::string log;
-        try {
-            log = read_file(state_->path() + "/qemu.log");
-        } catch (const Error&) {
-        }
-        while (!log.empty() && log.back() == '\n') log.pop_back();
-        for (char& ch : log)  // it goes into state.json and the terminal
-            if (static_cast<unsigned char>(ch) < 0x20 && ch != '\n') ch = '?';
-            else if (static_cast<unsigned char>(ch) >= 0x7f) ch = '?';
-        why += " (QEMU exited with status " + std::to_string(WEXITSTATUS(qemu_status)) +
-               (log.empty() ? "" : ": " + log.substr(log.rfind('\n') == std::string::npos ? 0 : log.rfind('\n') + 1)) + ")";
+        std::string last = qemu_log_tail();
+        why += " (QEMU exited with status " + std::to_string(WEXITSTATUS(qemu_status)) + (last.empty() ? "" : ": " + last) + ")";
     }
     return why;
 }
