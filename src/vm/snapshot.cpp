@@ -19,6 +19,7 @@
 #include "util/error.h"
 #include "util/io.h"
 #include "util/log.h"
+#include "util/open_beneath.h"
 #include "util/paths.h"
 #include "util/unique_fd.h"
 
@@ -233,10 +234,7 @@ namespace {
 // host as a directory, with no symbolic link (nor /proc magic link) in any
 // component; -errno on failure.
 int open_no_symlinks(const std::string& host) {
-    open_how how{};
-    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
-    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-    int fd = static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, host.c_str(), &how, sizeof how));
+    int fd = openat2_fd(AT_FDCWD, host, O_PATH | O_DIRECTORY | O_CLOEXEC, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
     return fd < 0 ? -errno : fd;
 }
 
