@@ -18,6 +18,7 @@
 #include "image/resolve.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/subprocess.h"
 #include "vm/xfs_writer.h"
 
 namespace ocivm::cli {
@@ -56,6 +57,31 @@ Options:
   -h, --help               show this help
 The PARTUUID of the root partition is printed on stdout.
 )";
+
+// The programs the ext4 writer runs, as found on PATH, for its confined
+// view; PATH becomes the real paths of its directories (no symbolic link
+// on the way), which is where that view shows them. A program that is
+// missing is left out: create_disk says what to install.
+std::vector<std::string> disk_programs(const disk::DiskOptions& o) {
+    const char* path = std::getenv("PATH");
+    std::string real_path;
+    std::string p = path ? path : "/usr/local/bin:/usr/bin:/bin";
+    for (size_t pos = 0; pos <= p.size();) {
+        size_t c = p.find(':', pos);
+        if (c == std::string::npos) c = p.size();
+        std::error_code ec;
+        auto real = std::filesystem::canonical(p.substr(pos, c - pos), ec);
+        if (!ec && real.string() != "/") real_path += (real_path.empty() ? "" : ":") + real.string();
+        pos = c + 1;
+    }
+    ::setenv("PATH", real_path.c_str(), 1);
+    std::vector<std::string> programs;
+    for (const char* tool : {"sfdisk", "mkfs.ext4", "qemu-img"}) {
+        if (std::string(tool) == "qemu-img" && o.format != "qcow2") continue;
+        if (auto found = find_program(tool); !found.empty()) programs.push_back(found);
+    }
+    return programs;
+}
 
 }  // namespace
 
@@ -98,22 +124,39 @@ int cmd_disk(int argc, char** argv) {
     // setns, swapon, quotactl, sethostname, bpf and the rest that
     // sys_admin would allow (docs/security.md). The xfs writer boots a VM
     // whose share server needs namespaces: it keeps what it has.
+    // It sees only the tree it copies, OUTPUT's directory and the programs
+    // it runs, each at its real path: OUTPUT and the tree are named by
+    // those from here on.
+    std::string output = pos[2];
+    std::string rootfs = img.rootfs;
     if (o.fs == "ext4") {
         std::vector<int> keep = {CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER};
         if (img.kind == "rootfs directory") keep.push_back(CAP_SYS_ADMIN);
-        std::string out_dir = std::filesystem::path(pos[2]).parent_path().string();
+        std::filesystem::path out(pos[2]);
+        std::string out_dir = out.parent_path().string();
         if (out_dir.empty()) out_dir = ".";
-        sandbox::confine_tool("disk create", sandbox::SeccompProfile::DiskWriter, keep, out_dir);
+        std::error_code ec;
+        auto real_dir = std::filesystem::canonical(out_dir, ec);
+        if (ec) throw Error("cannot write " + pos[2] + ": " + out_dir + ": " + ec.message() + "; create the directory first");
+        if (out.filename().empty() || out.filename() == "." || out.filename() == "..")
+            throw UsageError{"OUTPUT " + pos[2] + " names a directory; give a file name, e.g. disk.raw"};
+        output = (real_dir / out.filename()).string();
+        rootfs = std::filesystem::canonical(img.rootfs).string();
+        sandbox::ToolView view;
+        view.writable.push_back(real_dir.string());
+        view.readable.push_back(rootfs);
+        view.programs = disk_programs(o);
+        sandbox::confine_tool("disk create", sandbox::SeccompProfile::DiskWriter, keep, view);
     }
     bool tty = ::isatty(2);
     o.write_xfs = vm::write_xfs_in_vm;
-    auto r = disk::create_disk(img.rootfs, pos[2], o, [tty](const std::string& s) {
+    auto r = disk::create_disk(rootfs, output, o, [tty](const std::string& s) {
         if (tty) std::fprintf(stderr, "\r\033[Kocivm: %s", s.c_str());
         else spdlog::info("{}", s);
     });
     if (tty) std::fputs("\r\033[K", stderr);
     std::printf("%s\n", r.partuuid.c_str());
-    spdlog::info("wrote {} ({} bytes, root partition PARTUUID={})", pos[2], r.size, r.partuuid);
+    spdlog::info("wrote {} ({} bytes, root partition PARTUUID={})", output, r.size, r.partuuid);
     return 0;
 }
 

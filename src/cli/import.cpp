@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <vector>
 
 #include "cli/commands.h"
@@ -22,6 +23,8 @@
 #include "util/unique_fd.h"
 
 namespace ocivm::cli {
+
+namespace stdfs = std::filesystem;
 
 namespace {
 
@@ -105,12 +108,24 @@ int run_confined_import(const std::string& source, const std::string& name, int 
         // The importer parses layers an image author wrote: no network, the
         // store the only place it may write, only what unpacking needs. The
         // store is made first: its copy is what stays writable.
-        const std::string home = ocivm_home();
-        make_dirs(home, 0700);
-        sandbox::confine_tool("image import", sandbox::SeccompProfile::Importer, kImportCaps, home);
+        make_dirs(ocivm_home(), 0700);
+        // It sees the store and the source alone, each at its real path
+        // (no symbolic link on the way), so the names stay the same.
+        sandbox::ToolView view;
+        const std::string home = stdfs::canonical(ocivm_home()).string();
+        view.writable.push_back(home);
+        image::SourceSpec spec = image::split_source(source);
+        std::error_code ec;
+        if (!spec.path.empty())
+            if (auto real = stdfs::canonical(spec.path, ec); !ec) {
+                spec.path = real.string();
+                view.readable.push_back(spec.path);
+            }
+        // (A source that is not there stays as it is: the importer says so.)
+        sandbox::confine_tool("image import", sandbox::SeccompProfile::Importer, kImportCaps, view);
         image::Store store(home);
         auto rep = store.import(
-            source, name,
+            spec.str(), name,
             [tty](const std::string& line) {
                 if (tty) std::fprintf(stderr, "\r\033[Kocivm: %s", line.c_str());
                 else spdlog::info("{}", line);

@@ -30,6 +30,22 @@ std::string run(const std::vector<std::string>& argv, const std::string& input =
     return r.ok() ? "" : r.why(argv[0]);
 }
 
+// A new, empty file beside `output` that no other writer picked: the
+// confined writer is PID 1 of its own PID namespace, so a pid cannot tell
+// two writers of the same OUTPUT apart.
+std::string new_sibling(const std::string& output, const char* tag) {
+    std::random_device rd;
+    for (int i = 0; i < 64; ++i) {
+        char suffix[40];
+        std::snprintf(suffix, sizeof suffix, ".%s.%08x", tag, static_cast<unsigned>(rd()));
+        std::string p = output + suffix;
+        UniqueFd fd(::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+        if (fd) return p;
+        if (errno != EEXIST) throw_errno("cannot create " + p, errno);
+    }
+    throw Error("cannot create a temporary file beside " + output + ": every name tried exists");
+}
+
 std::string uuid4() {
     std::random_device rd;
     unsigned char b[16];
@@ -105,13 +121,13 @@ DiskResult create_disk(const std::string& rootfs, const std::string& output, con
     }
     r.size = kStart + part + kTail;
     r.partuuid = uuid4();
-    std::string raw = o.format == "raw" ? output + ".tmp." + std::to_string(::getpid()) : output + ".raw." + std::to_string(::getpid());
+    std::string raw = new_sibling(output, o.format == "raw" ? "tmp" : "raw");
     struct Cleanup {
         std::string path;
         ~Cleanup() { ::unlink(path.c_str()); }
     } cleanup{raw};
     {
-        UniqueFd fd(::open(raw.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+        UniqueFd fd(::open(raw.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC));
         if (!fd) throw_errno("cannot create " + raw, errno);
         if (::ftruncate(fd.get(), static_cast<off_t>(r.size)) < 0) throw_errno("cannot size " + raw, errno);
     }
@@ -129,7 +145,7 @@ DiskResult create_disk(const std::string& rootfs, const std::string& output, con
     }
     if (o.format == "qcow2") {
         say("converting to qcow2");
-        std::string tmp = output + ".tmp." + std::to_string(::getpid());
+        std::string tmp = new_sibling(output, "tmp");
         if (auto e = run({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, tmp}); !e.empty()) {
             ::unlink(tmp.c_str());
             throw Error("qemu-img: " + e);

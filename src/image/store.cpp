@@ -336,13 +336,41 @@ void open_root(Source& s, const std::string& dir) {
     if (!s.root) throw_errno("opening " + s.where, errno);
 }
 
-Source open_source(const std::string& spec, const std::string& tmp_root, int archive_fd) {
-    Source s;
+}  // namespace
+
+SourceSpec split_source(const std::string& spec) {
+    SourceSpec r;
     size_t colon = spec.find(':');
     if (colon == std::string::npos)
         throw Error("source '" + spec + "' names no transport; use oci:DIR[:TAG], oci-archive:FILE, "
                     "docker-archive:FILE or containers-storage:NAME");
-    std::string transport = spec.substr(0, colon), rest = spec.substr(colon + 1);
+    r.transport = spec.substr(0, colon);
+    r.path = spec.substr(colon + 1);
+    if (r.transport == "oci") {
+        // DIR:TAG, unless the whole thing is a directory with a colon in its name
+        if (size_t c = r.path.rfind(':'); c != std::string::npos && ::access(r.path.c_str(), F_OK) != 0) {
+            r.tag = r.path.substr(c + 1);
+            r.path.resize(c);
+        }
+    } else if (r.transport == "containers-storage") {
+        r.tag = std::move(r.path);
+        r.path.clear();
+    }
+    return r;
+}
+
+std::string SourceSpec::str() const {
+    if (transport == "containers-storage") return transport + ":" + tag;
+    return transport + ":" + path + (tag.empty() ? "" : ":" + tag);
+}
+
+namespace {
+
+Source open_source(const std::string& spec, const std::string& tmp_root, int archive_fd) {
+    Source s;
+    const SourceSpec parts = split_source(spec);
+    const std::string& transport = parts.transport;
+    const std::string rest = transport == "containers-storage" ? parts.tag : parts.path;
     if (archive_fd >= 0 && transport != "containers-storage")
         throw Error("source '" + spec + "': an exported archive goes with containers-storage: only");
     auto extract = [&](const std::string& file) {
@@ -360,12 +388,8 @@ Source open_source(const std::string& spec, const std::string& tmp_root, int arc
         open_root(s, dir);
     };
     if (transport == "oci") {
-        std::string dir = rest, tag;
-        // DIR:TAG, unless the whole thing is a directory with a colon in its name
-        if (size_t c = rest.rfind(':'); c != std::string::npos && ::access(rest.c_str(), F_OK) != 0) {
-            dir = rest.substr(0, c);
-            tag = rest.substr(c + 1);
-        }
+        const std::string& dir = parts.path;
+        const std::string& tag = parts.tag;
         struct stat st;
         if (::stat(dir.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) throw Error("OCI layout " + dir + " is not a directory");
         s.where = dir;

@@ -80,6 +80,17 @@ private:
     std::string home_;
 };
 
+// An import SOURCE in its parts: transport ("oci"), the host path it names
+// ("" for containers-storage:, which comes as podman's export) and the tag
+// of oci:DIR:TAG. DIR:TAG is a tag unless the whole of it exists (a
+// directory with a colon in its name). Throws Error on a SOURCE without a
+// transport.
+struct SourceSpec {
+    std::string transport, path, tag;
+    std::string str() const;  // back to SOURCE
+};
+SourceSpec split_source(const std::string& spec);
+
 // "name" -> "name:latest"; "host:5000/name" keeps its port.
 std::string normalize_name(const std::string& name);
 

@@ -25,6 +25,7 @@
 #include "util/error.h"
 #include "util/io.h"
 #include "util/log.h"
+#include "util/open_beneath.h"
 #include "util/paths.h"
 #include "util/process.h"
 #include "util/unique_fd.h"
@@ -80,38 +81,28 @@ void write_proc(const std::string& path, const std::string& data) {
 
 }  // namespace
 
-void enter_namespaces(const std::string& who) {
-    const bool root = ::geteuid() == 0;
-    const uid_t uid = ::geteuid();
-    const gid_t gid = ::getegid();
-    if (!root) {
-        if (::unshare(CLONE_NEWUSER) < 0)
-            throw_errno(who + ": cannot create a user namespace for the sandbox", errno,
-                        "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) "
-                        "or run with --sandbox none");
-        write_proc("/proc/self/setgroups", "deny");
-        write_proc("/proc/self/uid_map", std::to_string(uid) + " " + std::to_string(uid) + " 1\n");
-        write_proc("/proc/self/gid_map", std::to_string(gid) + " " + std::to_string(gid) + " 1\n");
-    }
-    if (::unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS) < 0)
-        throw_errno(who + ": cannot create namespaces for the sandbox", errno,
-                    root ? "run with --sandbox none to serve without one" : "run as root, or with --sandbox none");
+namespace {
+
+// After unshare(CLONE_NEWPID): forks the process that is PID 1 of the new
+// namespace and returns in it, killed if the caller dies (PR_SET_PDEATHSIG,
+// race-free); the caller becomes its keeper and never returns.
+void fork_keeper(const std::string& who) {
     int alive[2];
     if (::pipe2(alive, O_CLOEXEC) < 0) throw_errno("pipe", errno);
     UniqueFd alive_r(alive[0]), alive_w(alive[1]);
     pid_t pid = ::fork();
-    if (pid < 0) throw_errno(who + ": cannot fork the sandboxed server", errno);
+    if (pid < 0) throw_errno(who + ": cannot fork into its PID namespace", errno);
     if (pid > 0) {
         alive_r.reset();
-        // The keeper lives in the server's mount namespace, and a working
+        // The keeper lives in the child's mount namespace, and a working
         // directory left in the copy of the host's tree (wherever ocivm was
-        // started) would keep that copy alive after the server detaches it.
+        // started) would keep that copy alive after the child detaches it.
         // As a user the copy's mounts are locked together, so it is all of
         // them: a host file system unmounted meanwhile (`ocivm mount`'s own
         // FUSE mount on SIGTERM or fusermount3 -u) would never go, and its
         // server would wait for requests forever. "/" now is the old root,
-        // which the server's pivot_root moves to the share; after the pivot
-        // "/" is the share itself.
+        // which the child's pivot_root moves to its new root; after the
+        // pivot "/" is that root itself.
         if (::chdir("/") < 0)
             std::fprintf(stderr, "ocivm: warning: %s: chdir /: %s\n", who.c_str(), std::strerror(errno));
         // The keeper needs no privilege to wait and to kill its own child.
@@ -128,7 +119,27 @@ void enter_namespaces(const std::string& who) {
     // pipe is closed already.
     pollfd p{alive_r.get(), POLLIN, 0};
     if (::poll(&p, 1, 0) != 0) ::_exit(125);
-    alive_r.reset();
+}
+
+}  // namespace
+
+void enter_namespaces(const std::string& who) {
+    const bool root = ::geteuid() == 0;
+    const uid_t uid = ::geteuid();
+    const gid_t gid = ::getegid();
+    if (!root) {
+        if (::unshare(CLONE_NEWUSER) < 0)
+            throw_errno(who + ": cannot create a user namespace for the sandbox", errno,
+                        "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) "
+                        "or run with --sandbox none");
+        write_proc("/proc/self/setgroups", "deny");
+        write_proc("/proc/self/uid_map", std::to_string(uid) + " " + std::to_string(uid) + " 1\n");
+        write_proc("/proc/self/gid_map", std::to_string(gid) + " " + std::to_string(gid) + " 1\n");
+    }
+    if (::unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS) < 0)
+        throw_errno(who + ": cannot create namespaces for the sandbox", errno,
+                    root ? "run with --sandbox none to serve without one" : "run as root, or with --sandbox none");
+    fork_keeper(who);
     // Our mounts never propagate to the host; the host's unmounts still reach us.
     if (::mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) < 0)
         throw_errno(who + ": sandbox: making the mount tree private", errno);
@@ -317,68 +328,199 @@ std::string enter_own_user_namespace(const std::string& who) {
     return "";
 }
 
-// What a confined tool sees of the host's files, in its own mount
-// namespace: every mount read-only, nodev and nosuid, but a copy of
-// `writable` (read-write, still nodev and nosuid) attached on top of it,
-// and copies of the harmless devices attached on top of theirs. As root
-// this is what keeps a tool that was taken over from writing host files
-// (uid 0 needs no capability to write root's own files: /etc/passwd, or
+// A tool's root (confine_tool, ToolView), built in its private mount
+// namespace by the tool itself, PID 1 of its PID namespace: copies of the
+// host's mounts it may see are taken first (detached, with the attributes
+// they get), then an empty tmpfs is mounted over a directory of the host's
+// tree (only in this namespace), the copies are attached in it at their
+// own paths, and the tmpfs becomes "/". As root this is what keeps a tool
+// that was taken over from reading host secrets into an image (it keeps
+// dac_read_search to read the image's own 0000 files) or writing host files
+// (uid 0 needs no capability to write root's own: /etc/passwd, or
 // /proc/sys/kernel/core_pattern, which runs a program as root on the next
-// crash) and from opening a disk's device node to write it raw.
-void narrow_mounts(const std::string& who, const std::string& writable) {
-    // Nothing of ours reaches the host, and nothing the host mounts later
-    // (rw, with devices) appears here: private, not a slave.
-    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0)
-        throw_errno(who + ": making its mount tree private", errno);
-    UniqueFd dir(::open(writable.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    if (!dir) throw_errno(who + ": opening " + writable, errno, "check that the directory exists");
-    // The copies are made before the tree becomes read-only and attached
-    // after: a copy of an already read-only mount would be read-only.
-    UniqueFd rw(::open_tree(dir.get(), "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH));
-    if (!rw)
-        throw_errno(who + ": copying the mount of " + writable + " (open_tree)", errno,
-                    "ocivm needs Linux 5.12 or later");
-    mount_attr attr{};
-    attr.attr_set = MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID;
-    if (::mount_setattr(rw.get(), "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
-        throw_errno(who + ": making the copy of " + writable + " nodev,nosuid", errno);
-    // Libraries and the disk writer's programs open these (the child's
-    // stdin, qemu-img's /dev/null); none of them reaches host data.
-    std::vector<std::pair<const char*, UniqueFd>> devices;
-    for (const char* dev : {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}) {
-        UniqueFd t(::open_tree(AT_FDCWD, dev, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW));
+// crash), and from opening a disk's device node.
+class ToolRoot {
+public:
+    explicit ToolRoot(std::string who) : who_(std::move(who)) {}
+
+    // A copy of the mount at `path` (absolute, no symbolic link in it:
+    // a component swapped for one since the caller's realpath fails here),
+    // with its submounts, given `attrs`.
+    void add(const std::string& path, uint64_t attrs) {
+        if (path.empty() || path[0] != '/' || path == "/")
+            throw Error(who_ + ": cannot be shown '" + path + "': an absolute path below / is needed");
+        UniqueFd at(openat2_fd(AT_FDCWD, path, O_PATH, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS));
+        if (!at) {
+            int e = errno;
+            throw_errno(who_ + ": opening " + path, e,
+                        e == ELOOP ? "a component of it became a symbolic link; check who can change its parents"
+                                   : "check that it exists");
+        }
+        UniqueFd tree(::open_tree(at.get(), "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH));
+        if (!tree) throw_errno(who_ + ": copying the mount of " + path + " (open_tree)", errno, "ocivm needs Linux 5.12 or later");
+        set_attrs(tree.get(), attrs, path);
         struct stat st;
-        // A host without one (a minimal container's /dev) simply has none here.
-        if (!t || ::fstat(t.get(), &st) < 0 || !S_ISCHR(st.st_mode)) continue;
-        mount_attr dattr{};
-        dattr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC;
-        if (::mount_setattr(t.get(), "", AT_EMPTY_PATH, &dattr, sizeof dattr) < 0)
-            throw_errno(who + ": restricting the copy of " + dev, errno);
-        devices.emplace_back(dev, std::move(t));
+        if (::fstat(tree.get(), &st) < 0) throw_errno(who_ + ": fstat " + path, errno);
+        copies_.push_back({path, std::move(tree), S_ISDIR(st.st_mode)});
     }
-    // Remember where we are: a working directory inside `writable` would
-    // stay on the read-only mount below the copy.
-    std::string cwd;
-    {
-        char buf[PATH_MAX];
-        if (::getcwd(buf, sizeof buf)) cwd = buf;
+
+    // /dev/null, zero, full, random and urandom: libraries and the disk
+    // writer's programs open them (the child's stdin, qemu-img's
+    // /dev/null); none of them reaches host data. A host without one (a
+    // minimal container's /dev) simply has none here.
+    void add_harmless_devices() {
+        for (const char* dev : {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}) {
+            UniqueFd t(::open_tree(AT_FDCWD, dev, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW));
+            struct stat st;
+            if (!t || ::fstat(t.get(), &st) < 0 || !S_ISCHR(st.st_mode)) continue;
+            set_attrs(t.get(), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, dev);
+            copies_.push_back({dev, std::move(t), false});
+        }
     }
-    mount_attr ro{};
-    ro.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID;
-    if (::mount_setattr(AT_FDCWD, "/", AT_RECURSIVE, &ro, sizeof ro) < 0)
-        throw_errno(who + ": making the host's mounts read-only, nodev and nosuid in its own mount namespace", errno);
-    if (::move_mount(rw.get(), "", dir.get(), "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
-        throw_errno(who + ": attaching the writable copy of " + writable, errno);
-    for (auto& [dev, t] : devices)
-        if (::move_mount(t.get(), "", AT_FDCWD, dev, MOVE_MOUNT_F_EMPTY_PATH) < 0)
-            throw_errno(who + ": attaching the copy of " + dev, errno);
-    if (!cwd.empty() && ::chdir(cwd.c_str()) < 0)
-        spdlog::debug("{}: chdir {}: {}", who, cwd, std::strerror(errno));
-}
+
+    // What running programs from /usr takes: /usr, the merged-usr links as
+    // symbolic links (or copies of the directories where they are none),
+    // the dynamic linker's cache, mke2fs's defaults, and /etc/mtab as
+    // Debian has it (mkfs.ext4 looks for mounts of what it formats there).
+    void add_system() {
+        add("/usr", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID);
+        for (const char* top : {"bin", "sbin", "lib", "lib32", "lib64", "libx32"}) {
+            const std::string path = std::string("/") + top;
+            struct stat st;
+            if (::lstat(path.c_str(), &st) < 0) continue;
+            if (S_ISLNK(st.st_mode)) {
+                char target[PATH_MAX];
+                ssize_t n = ::readlink(path.c_str(), target, sizeof target - 1);
+                if (n > 0) links_.push_back({top, std::string(target, static_cast<size_t>(n))});
+            } else if (S_ISDIR(st.st_mode)) {
+                add(path, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID);
+            }
+        }
+        for (const char* f : {"/etc/ld.so.cache", "/etc/mke2fs.conf"})
+            if (::access(f, F_OK) == 0) add(f, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+        links_.push_back({"etc/mtab", "../proc/self/mounts"});
+    }
+
+    // Mounts the tmpfs, attaches every copy and a /proc of this PID
+    // namespace in it, and makes it "/" (read-only). The working directory
+    // is "/" afterwards.
+    void enter(bool root) {
+        // Any directory of the host's tree will do: this namespace is
+        // private, and every copy was taken before it is covered.
+        std::string over;
+        for (const char* d : {"/tmp", "/mnt", "/run", "/var", "/usr", "/etc"}) {
+            struct stat st;
+            if (::lstat(d, &st) == 0 && S_ISDIR(st.st_mode)) {
+                over = d;
+                break;
+            }
+        }
+        if (over.empty()) throw Error(who_ + ": no directory to build its root on (/tmp, /mnt, /run, ...)");
+        // A host /proc copied as a fallback must be taken before the cover too.
+        UniqueFd host_proc;
+        if (!root) host_proc.reset(::open_tree(AT_FDCWD, "/proc", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE));
+        if (::mount("tmpfs", over.c_str(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,nr_inodes=1024,mode=0755") < 0)
+            throw_errno(who_ + ": mounting an empty tmpfs for its root", errno);
+        UniqueFd top(::open(over.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+        struct stat tst;
+        if (!top || ::fstat(top.get(), &tst) < 0) throw_errno(who_ + ": opening its new root", errno);
+        tmpfs_dev_ = tst.st_dev;
+        // Outer paths first: a copy inside another one is attached on top
+        // of its directory there.
+        std::sort(copies_.begin(), copies_.end(), [](const Copy& x, const Copy& y) { return x.path < y.path; });
+        for (auto& c : copies_) {
+            UniqueFd point = mount_point(top.get(), c.path, c.dir);
+            if (::move_mount(c.tree.get(), "", point.get(), "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+                throw_errno(who_ + ": attaching the copy of " + c.path, errno);
+        }
+        for (auto& [name, target] : links_) {
+            mount_point(top.get(), "/" + name.substr(0, name.rfind('/') + 1), true);
+            if (::symlinkat(target.c_str(), top.get(), name.c_str()) < 0 && errno != EEXIST)
+                throw_errno(who_ + ": making /" + name, errno);
+        }
+        // A /proc of this PID namespace, only the process directories
+        // (subset=pid: no sys/, no sysrq-trigger), read-only. Mounted while
+        // the host's /proc is still in the tree: a user namespace may mount
+        // a proc only where one is fully visible.
+        mount_point(top.get(), "/proc", true);
+        const std::string proc_at = over + "/proc";
+        if (::mount("proc", proc_at.c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "subset=pid") < 0) {
+            int e = errno;
+            if (root || e != EPERM || !host_proc) throw_errno(who_ + ": mounting a /proc of its own", e);
+            // A user's tool where /proc is partly covered (a container's
+            // masked /proc): the host's, read-only, with its covers; its
+            // user namespace keeps it from other users' processes.
+            set_attrs(host_proc.get(), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, "/proc");
+            if (::move_mount(host_proc.get(), "", AT_FDCWD, proc_at.c_str(), MOVE_MOUNT_F_EMPTY_PATH) < 0)
+                throw_errno(who_ + ": attaching a copy of /proc", errno);
+            spdlog::info("{}: a /proc of its own cannot be mounted here ({}); it sees the host's, read-only", who_,
+                         std::strerror(e));
+        }
+        UniqueFd root_dir(::open(over.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+        if (!root_dir) throw_errno(who_ + ": opening its new root", errno);
+        pivot_into(root_dir.get());
+        mount_attr ro{};
+        ro.attr_set = MOUNT_ATTR_RDONLY;
+        if (::mount_setattr(AT_FDCWD, "/", 0, &ro, sizeof ro) < 0)
+            throw_errno(who_ + ": making its root read-only", errno);
+    }
+
+private:
+    struct Copy {
+        std::string path;
+        UniqueFd tree;
+        bool dir;
+    };
+
+    void set_attrs(int tree, uint64_t attrs, const std::string& path) {
+        mount_attr attr{};
+        attr.attr_set = attrs;
+        if (::mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
+            throw_errno(who_ + ": restricting the copy of " + path, errno);
+    }
+
+    // The directory or empty file at `path` below `top`, made in the tmpfs
+    // where it is missing; inside a copy of the host's it must be there
+    // (nothing is ever made on a host file system).
+    UniqueFd mount_point(int top, const std::string& path, bool dir) {
+        UniqueFd cur(::fcntl(top, F_DUPFD_CLOEXEC, 3));
+        if (!cur) throw_errno(who_ + ": dup", errno);
+        size_t pos = 1;
+        while (pos < path.size()) {
+            size_t slash = path.find('/', pos);
+            if (slash == std::string::npos) slash = path.size();
+            const std::string name = path.substr(pos, slash - pos);
+            pos = slash + 1;
+            if (name.empty()) continue;
+            const bool last = pos >= path.size();
+            UniqueFd next(::openat(cur.get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+            if (!next && errno == ENOENT) {
+                struct stat st;
+                if (::fstat(cur.get(), &st) < 0 || st.st_dev != tmpfs_dev_)
+                    throw Error(who_ + ": " + path + " is not below the copy that holds it (it moved?)");
+                if (!last || dir) {
+                    if (::mkdirat(cur.get(), name.c_str(), 0755) < 0) throw_errno(who_ + ": mkdir " + path, errno);
+                } else {
+                    UniqueFd f(::openat(cur.get(), name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+                    if (!f) throw_errno(who_ + ": making a mount point for " + path, errno);
+                }
+                next.reset(::openat(cur.get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+            }
+            if (!next) throw_errno(who_ + ": opening " + path + " in its new root", errno);
+            cur = std::move(next);
+        }
+        return cur;
+    }
+
+    std::string who_;
+    std::vector<Copy> copies_;
+    std::vector<std::pair<std::string, std::string>> links_;  // name below "/", target
+    dev_t tmpfs_dev_ = 0;
+};
 
 }  // namespace
 
-void confine_tool(const char* who, SeccompProfile profile, const std::vector<int>& keep, const std::string& writable) {
+void confine_tool(const char* who, SeccompProfile profile, const std::vector<int>& keep, const ToolView& view) {
     const std::string w = who;
     const bool root = ::geteuid() == 0;
     bool namespaces = root;
@@ -388,16 +530,42 @@ void confine_tool(const char* who, SeccompProfile profile, const std::vector<int
         if (why_not.empty()) namespaces = true;
         else why_not = "cannot create a user namespace (" + why_not + ")";
     }
-    if (namespaces && ::unshare(CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWNS) < 0) {
+    if (namespaces && ::unshare(CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS) < 0) {
         int e = errno;
-        if (root) throw_errno(w + ": cannot create its own network, IPC and mount namespaces", e);
+        if (root) throw_errno(w + ": cannot create its own PID, network, IPC and mount namespaces", e);
         // In a user namespace of our own and still refused: an LSM's policy
         // on unprivileged user namespaces (Ubuntu's AppArmor one).
         namespaces = false;
-        why_not = std::string("cannot create network, IPC and mount namespaces in its user namespace (") +
+        why_not = std::string("cannot create PID, network, IPC and mount namespaces in its user namespace (") +
                   std::strerror(e) + ")";
     }
-    if (namespaces) narrow_mounts(w, writable);
+    if (namespaces) {
+        fork_keeper(w);
+        // Nothing of ours reaches the host, and nothing the host mounts
+        // later (rw, with devices) appears here: private, not a slave.
+        if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0)
+            throw_errno(w + ": making its mount tree private", errno);
+        ToolRoot r(w);
+        for (auto& p : view.writable) r.add(p, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+        for (auto& p : view.readable)
+            r.add(p, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+        if (!view.programs.empty()) {
+            r.add_system();
+            // Programs outside /usr (a PATH directory of the user's): their
+            // directory, read-only, where they run from.
+            std::vector<std::string> dirs;
+            for (auto& prog : view.programs) {
+                std::string dir = prog.substr(0, prog.rfind('/'));
+                if (dir.empty() || dir == "/usr" || dir.rfind("/usr/", 0) == 0 ||
+                    std::find(dirs.begin(), dirs.end(), dir) != dirs.end())
+                    continue;
+                dirs.push_back(dir);
+                r.add(dir, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID);
+            }
+        }
+        r.add_harmless_devices();
+        r.enter(root);
+    }
     // In the user namespace capabilities act on the user's own files only,
     // and the importer needs none there: with none it does exactly what a
     // user's importer did before (chown to its own ids only, no device
@@ -406,10 +574,15 @@ void confine_tool(const char* who, SeccompProfile profile, const std::vector<int
     install_seccomp(SeccompMode::Kill, profile, who);
     char caps[32];
     std::snprintf(caps, sizeof caps, "%llx", effective_caps());
-    if (namespaces)
-        spdlog::info("{}: no network; capabilities cut to CapEff {}; no_new_privs; its own mount namespace, "
-                     "read-only but {}; seccomp filter",
-                     who, caps, writable);
+    if (namespaces) {
+        std::string shown;
+        for (auto& p : view.writable) shown += (shown.empty() ? "" : ", ") + p + " (writable)";
+        for (auto& p : view.readable) shown += (shown.empty() ? "" : ", ") + p;
+        if (!view.programs.empty()) shown += (shown.empty() ? "" : ", ") + std::string("/usr and its programs");
+        spdlog::info("{}: no network; capabilities cut to CapEff {}; no_new_privs; its own PID and mount namespaces, "
+                     "a root that shows only {}; seccomp filter",
+                     who, caps, shown.empty() ? std::string("nothing") : shown);
+    }
     else if (!why_not.empty())
         spdlog::warn("{}: {}: it runs with the host's network, IPC and mount namespaces and may write wherever you "
                      "may; what still confines it is no capabilities, no_new_privs and its seccomp filter (no "

@@ -1,6 +1,6 @@
 #pragma once
 // Confinement of a process that serves or parses something a guest or an
-// image controls: namespaces, a pivot_root into the one directory it needs,
+// image controls: namespaces, a pivot_root into a root of only what it needs,
 // capabilities cut to what the job needs, no_new_privs, rlimits and a
 // seccomp allow-list. The layers and what each one stops are in
 // docs/security.md.
@@ -90,29 +90,49 @@ enum class SeccompProfile {
 // list of each profile and why is in docs/security.md.
 void install_seccomp(SeccompMode mode, SeccompProfile profile, const char* who = "ocivm");
 
+// What a confined tool sees of the host's files (as root, or as a user in a
+// user namespace of its own): a root of its own, an empty read-only tmpfs,
+// with nothing in it but these, each at its own absolute path:
+struct ToolView {
+    // Absolute paths without symbolic links (realpath): read-write, nodev,
+    // nosuid, noexec. The importer's store; the disk writer's OUTPUT directory.
+    std::vector<std::string> writable;
+    // The same, read-only: the import's source; the tree the disk writer copies.
+    std::vector<std::string> readable;
+    // Programs the tool runs (absolute paths): /usr (and the merged-usr links
+    // /bin, /sbin, /lib*), /etc/ld.so.cache and /etc/mke2fs.conf, read-only,
+    // and the directory of each program outside /usr, read-only, exec allowed.
+    // Empty: nothing can be run.
+    std::vector<std::string> programs;
+};
+
 // Confines a tool that parses what it did not write, in its own process,
 // before it reads a byte of it: `profile` is Importer (the child of
 // cli::import_confined) or DiskWriter (`ocivm disk create`, which then runs
 // sfdisk, mkfs.ext4 and qemu-img under the same confinement).
 //
-// As root: new network, IPC and mount namespaces; in the mount namespace
-// (private: nothing propagates either way) every mount is read-only, nodev
-// and nosuid but a copy of `writable` (the store, the output's directory:
-// read-write, nodev, nosuid) and /dev/null, zero, full, random and urandom;
-// then drop_privileges(keep) and the profile's seccomp filter.
+// As root: new PID, network, IPC, UTS and mount namespaces. The caller
+// stays outside as the tool's keeper (enter_namespaces' keeper: it waits,
+// passes SIGINT/SIGTERM/SIGHUP on as SIGKILL and leaves with the tool's
+// exit status, never returning); the tool, PID 1 of its namespace, returns
+// in a private mount namespace whose root is `view` (above), with /dev/null,
+// zero, full, random and urandom and a /proc of its own PID namespace; then
+// drop_privileges(keep) and the profile's seccomp filter. Paths in `view`
+// are where they were, so the caller goes on with the same names; its
+// working directory is "/".
 // As a user, the importer first enters a user namespace that maps only
 // its own uid and gid to themselves (it decides what it can chown by what
 // the kernel lets it, so it behaves as before, except that owners among
 // the user's supplementary groups now go to the override xattr: they are
-// not mapped) and keeps no capability
-// in it. Where a user namespace cannot be had (disabled by a sysctl or an
-// LSM) it logs a warning naming what is not confined and goes on with
-// no_new_privs and the seccomp filter. The disk writer as a user gets no
-// namespaces (in a user namespace the owners of other users' files, which
-// it copies, would read as nobody): no_new_privs and the filter.
+// not mapped), gets the same view and keeps no capability in it. Where a
+// user namespace cannot be had (disabled by a sysctl or an LSM) it logs a
+// warning naming what is not confined and goes on with no_new_privs and
+// the seccomp filter. The disk writer as a user gets no namespaces (in a
+// user namespace the owners of other users' files, which it copies, would
+// read as nobody): no_new_privs and the filter.
 // Must be called while the process has one thread. Logs what it did at
 // info level; throws Error when the kernel refuses a step it relies on.
-void confine_tool(const char* who, SeccompProfile profile, const std::vector<int>& keep, const std::string& writable);
+void confine_tool(const char* who, SeccompProfile profile, const std::vector<int>& keep, const ToolView& view);
 
 // The capability numbers still effective in this process (for tests and
 // `--log-level debug`).

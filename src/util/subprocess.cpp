@@ -72,7 +72,8 @@ CommandResult run_command(const std::vector<std::string>& argv, const std::strin
     return r;
 }
 
-bool have_program(const std::string& name) {
+std::string find_program(const std::string& name) {
+    if (name.find('/') != std::string::npos) return ::access(name.c_str(), X_OK) == 0 ? name : std::string();
     const char* path = std::getenv("PATH");
     std::string p = path ? path : "/usr/local/bin:/usr/bin:/bin";
     size_t pos = 0;
@@ -80,10 +81,12 @@ bool have_program(const std::string& name) {
         size_t c = p.find(':', pos);
         if (c == std::string::npos) c = p.size();
         std::string cand = p.substr(pos, c - pos) + "/" + name;
-        if (::access(cand.c_str(), X_OK) == 0) return true;
+        if (::access(cand.c_str(), X_OK) == 0) return cand;
         pos = c + 1;
     }
-    return false;
+    return {};
 }
+
+bool have_program(const std::string& name) { return !find_program(name).empty(); }
 
 }  // namespace ocivm

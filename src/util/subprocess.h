@@ -19,6 +19,8 @@ struct CommandResult {
 // outputs captured. Throws Error only when it cannot be started at all.
 CommandResult run_command(const std::vector<std::string>& argv, const std::string& input = "");
 
+// The first executable `name` on PATH (name itself when it has a slash), or "".
+std::string find_program(const std::string& name);
 // Whether `name` is an executable in PATH.
 bool have_program(const std::string& name);
 

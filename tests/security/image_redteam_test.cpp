@@ -1269,8 +1269,8 @@ std::vector<MountLine> mounts_of(pid_t pid) {
     return v;
 }
 
-// What a confined tool sees of the host's mounts: its own mount namespace,
-// private (no shared: peer group with the host's), every mount read-only,
+// What a confined tool sees of the mounts in its root: its own mount
+// namespace, private (no shared: peer group with the host's), every mount read-only,
 // nodev and nosuid but `writable` (read-write, nodev, nosuid) and the five
 // harmless devices (read-only mounts, devices allowed).
 void expect_narrow_view(pid_t pid, const std::string& writable, const std::string& what) {
@@ -1298,6 +1298,24 @@ void expect_narrow_view(pid_t pid, const std::string& writable, const std::strin
     EXPECT_TRUE(suid.empty()) << what << ": mounts without nosuid: " << ::testing::PrintToString(suid);
 }
 
+// A confined tool is PID 1 of a PID namespace of its own, and its root
+// shows none of the host's files but those it was given: no /etc/shadow
+// (which main() checks the host has), no /home, /root or /var.
+void expect_own_pid_namespace_and_root(pid_t pid, const std::string& what) {
+    auto st = proc_status(pid);
+    EXPECT_NE(ns_of(pid, "pid"), ns_of(::getpid(), "pid")) << what << ": the host's PID namespace";
+    std::istringstream nspid(st["NSpid"]);
+    std::vector<std::string> ids;
+    for (std::string w; nspid >> w;) ids.push_back(w);
+    EXPECT_TRUE(ids.size() == 2 && ids[1] == "1") << what << ": NSpid " << st["NSpid"];
+    const std::string root = "/proc/" + std::to_string(pid) + "/root";
+    for (const char* host : {"/etc/shadow", "/etc/passwd", "/root", "/home", "/var/lib", "/boot"}) {
+        struct stat sb;
+        EXPECT_NE(::lstat((root + host).c_str(), &sb), 0) << what << ": its root shows the host's " << host;
+    }
+    EXPECT_EQ(::access((root + "/proc/1/status").c_str(), F_OK), 0) << what << ": no /proc of its own";
+}
+
 // What the process waiting for the store's lock may do, and what its parent
 // (the CLI) still may.
 void expect_confined_importer(pid_t importer, pid_t cli, const std::string& what, const std::string& home) {
@@ -1309,7 +1327,12 @@ void expect_confined_importer(pid_t importer, pid_t cli, const std::string& what
     std::snprintf(caps, sizeof caps, "%016llx", 0x8800001fULL & std::stoull(self["CapEff"], nullptr, 16));
     const std::string kImportCapEff = caps;
     EXPECT_NE(importer, cli) << what << ": the image is parsed by the CLI process itself (CapEff " << st["CapEff"] << ")";
-    EXPECT_EQ(st["PPid"], std::to_string(cli)) << what << ": the importer is not the CLI's child";
+    // The CLI's child is the importer's keeper, outside its PID namespace;
+    // the importer is PID 1 of its own.
+    pid_t keeper = static_cast<pid_t>(std::stol(st["PPid"]));
+    EXPECT_EQ(proc_status(keeper)["PPid"], std::to_string(cli)) << what << ": the importer's keeper is not the CLI's child";
+    EXPECT_EQ(proc_status(keeper)["CapEff"], "0000000000000000") << what << ": the keeper kept capabilities";
+    expect_own_pid_namespace_and_root(importer, what);
     EXPECT_EQ(st["NoNewPrivs"], "1") << what;
     EXPECT_EQ(st["CapEff"], kImportCapEff) << what;
     EXPECT_EQ(st["CapPrm"], kImportCapEff) << what;
@@ -1464,10 +1487,10 @@ TEST_F(Redteam, ContainersStorageParsesPodmansExportInAConfinedChild) {
     expect_tmp_empty(home, "a failed podman export");
 }
 
-// The disk writer of `disk create` (ext4: the CLI process itself, once the
-// image is resolved) confines itself as the importer does: its own
-// network, IPC and mount namespaces, a read-only host but OUTPUT's
-// directory, no_new_privs, a seccomp filter, and capabilities cut to
+// The disk writer of `disk create` (ext4: a child of the CLI, once the
+// image is resolved) confines itself as the importer does: its own PID,
+// network, IPC and mount namespaces, a root that shows only the tree it
+// copies, /usr and OUTPUT's directory (the one writable), no_new_privs, a seccomp filter, and capabilities cut to
 // reading what it copies (sys_admin only for a root file system directory,
 // whose trusted.* xattrs it keeps; a stored image has none). The programs
 // it runs inherit all of it. Seen while a mkfs.ext4 of the test's, first on
@@ -1505,7 +1528,15 @@ void expect_confined_disk_writer(const std::string& dir, const std::string& home
         }
         ::usleep(20000);
     }
-    pid_t writer = cli.pid();
+    // The CLI is the writer's keeper, outside its PID namespace.
+    pid_t writer = 0;
+    {
+        std::istringstream kids(slurp("/proc/" + std::to_string(cli.pid()) + "/task/" + std::to_string(cli.pid()) + "/children"));
+        kids >> writer;
+    }
+    ASSERT_GT(writer, 0) << what << ": the CLI has no child (the writer)";
+    EXPECT_EQ(proc_status(cli.pid())["CapEff"], "0000000000000000") << what << ": the keeper kept capabilities";
+    expect_own_pid_namespace_and_root(writer, what);
     auto st = proc_status(writer), self = proc_status(::getpid());
     char caps[32];
     std::snprintf(caps, sizeof caps, "%016llx", want_caps & std::stoull(self["CapEff"], nullptr, 16));

@@ -99,10 +99,16 @@ if [ -z "$IMP" ]; then
   finish
 fi
 PIDS="$PIDS $IMP"
-check "the importer (pid $IMP) is a child of the CLI" [ "$(field $IMP PPid)" = "$CLI" ]
-for ns in user net ipc mnt; do
+KEEPER=$(field $IMP PPid)
+check "the importer (pid $IMP) is the child of its keeper (pid $KEEPER), the CLI's child" [ "$(field "$KEEPER" PPid)" = "$CLI" ]
+for ns in user net ipc mnt pid; do
   check "importer: its own $ns namespace" own_ns $IMP $ns
 done
+check "importer: PID 1 of its PID namespace (NSpid $(status_line $IMP NSpid))" \
+  [ "$(status_line $IMP NSpid | awk '{ print $NF }')" = 1 ]
+check "importer: its root shows the store and the layout only (not /etc/passwd, /home or /tmp's other files)" \
+  bash -c "[ -d /proc/$IMP/root$STORE ] && [ -d /proc/$IMP/root$WORK/layout ] && [ ! -e /proc/$IMP/root/etc/passwd ] &&
+           [ ! -e /proc/$IMP/root/home ] && [ ! -e /proc/$IMP/root$WORK/rootfs ]"
 check "the CLI keeps the host's user and network namespaces" bash -c "$(declare -f host_ns); host_ns $CLI user && host_ns $CLI net"
 check "importer: uid $RUID in the host's view ($(status_line $IMP Uid))" [ "$(status_line $IMP Uid)" = "$RUID $RUID $RUID $RUID" ]
 check "importer: gid $RGID in the host's view ($(status_line $IMP Gid))" [ "$(status_line $IMP Gid)" = "$RGID $RGID $RGID $RGID" ]
@@ -121,7 +127,7 @@ flock -u 9; exec 9>&-
 wait $CLI; rc=$?
 check "the import ends with exit 0 ($(tr '\n' ' ' < "$WORK/import.err"))" [ $rc -eq 0 ]
 check "it prints the image's name and digest ($(cat "$WORK/import.out"))" grep -q "^rootless:1 sha256:[0-9a-f]\{64\}$" "$WORK/import.out"
-check "its log says what confined it" grep -q "image import: no network; capabilities cut to CapEff 0; no_new_privs; its own mount namespace" "$WORK/import.err"
+check "its log says what confined it" grep -q "image import: no network; capabilities cut to CapEff 0; no_new_privs; its own PID and mount namespaces, a root that shows only $STORE (writable), $WORK/layout" "$WORK/import.err"
 
 # What a user's import always made: what it may apply applied, the rest in
 # the override xattr; a device node an empty placeholder.

@@ -17,6 +17,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <thread>
@@ -301,55 +302,144 @@ TEST(ToolSeccomp, TheDiskWriterRunsProgramsButNoMount) {
     EXPECT_NE(m.err.find("a disk writer never needs"), std::string::npos) << m.err;
 }
 
-// confine_tool's view of the host, in a child (root: its own namespaces;
-// a user: the same inside a user namespace): only `writable` can be
-// written, /proc/sys included in what cannot (uid 0 needs no capability
-// to write core_pattern), the harmless devices still open, no network.
-TEST(Sandbox, ConfinedToolWritesOnlyItsDirectory) {
-    TempDir td;
-    const std::string& d = td.path;
-    struct stat host_net;
-    ASSERT_EQ(::stat("/proc/self/ns/net", &host_net), 0);
-    ASSERT_EQ(::mkdir((d + "/store").c_str(), 0700), 0);
-    ASSERT_EQ(::mkdir((d + "/outside").c_str(), 0700), 0);
+// Runs `checks` in a child confined by confine_tool(profile, view); its
+// exit status (0: all held) and what it wrote to stderr.
+struct Confined {
+    int status = -1;
+    std::string err;
+};
+Confined in_confined_tool(SeccompProfile profile, const ToolView& view, const std::function<int()>& checks) {
+    Confined r;
     int pipefd[2];
-    ASSERT_EQ(::pipe(pipefd), 0);
+    if (::pipe(pipefd) != 0) return r;
     pid_t pid = ::fork();
     if (pid == 0) {
         ::dup2(pipefd[1], 2);
         try {
-            confine_tool("test import", SeccompProfile::Importer, {}, d + "/store");
+            confine_tool("test tool", profile, {}, view);
         } catch (const std::exception& e) {
             std::fprintf(stderr, "confine_tool: %s\n", e.what());
             ::_exit(10);
         }
-        int in = ::open((d + "/store/f").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-        if (in < 0) ::_exit(11);
-        errno = 0;
-        if (::open((d + "/outside/f").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600) >= 0 || errno != EROFS) ::_exit(12);
-        errno = 0;
-        if (::open("/proc/sys/kernel/core_pattern", O_WRONLY | O_CLOEXEC) >= 0 || (errno != EROFS && errno != EACCES))
-            ::_exit(13);
-        if (::open("/dev/null", O_RDWR | O_CLOEXEC) < 0) ::_exit(14);
-        struct stat st;
-        if (::stat("/proc/self/ns/net", &st) < 0 || st.st_ino == host_net.st_ino) ::_exit(15);
-        ::_exit(0);
+        ::_exit(checks());
     }
     ::close(pipefd[1]);
-    std::string err;
     char buf[1024];
-    for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;) err.append(buf, static_cast<size_t>(n));
+    for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;) r.err.append(buf, static_cast<size_t>(n));
     ::close(pipefd[0]);
-    int st = 0;
-    ::waitpid(pid, &st, 0);
-    bool written = std::filesystem::exists(d + "/store/f"), leaked = std::filesystem::exists(d + "/outside/f");
-    ASSERT_TRUE(WIFEXITED(st)) << "killed by signal " << WTERMSIG(st) << ": " << err;
-    EXPECT_EQ(WEXITSTATUS(st), 0) << "(10: confine_tool failed, 11: no write in the store, 12: a write outside it, "
-                                     "13: core_pattern writable, 14: no /dev/null, 15: the host's network) "
-                                  << err;
+    ::waitpid(pid, &r.status, 0);
+    return r;
+}
+
+// confine_tool's view of the host, in a child (root: its own namespaces;
+// a user: the same inside a user namespace): a root of its own that shows
+// the writable and readable paths alone, at their own paths (no host file
+// such as /etc/passwd; /proc/sys not writable: uid 0 needs no capability
+// to write core_pattern), the harmless devices, a PID namespace of its own
+// (it is PID 1, /proc is its namespace's) and no network.
+TEST(Sandbox, ConfinedToolSeesOnlyItsView) {
+    TempDir td;
+    const std::string d = std::filesystem::canonical(td.path).string();
+    struct stat host_net, host_pid;
+    ASSERT_EQ(::stat("/proc/self/ns/net", &host_net), 0);
+    ASSERT_EQ(::stat("/proc/self/ns/pid", &host_pid), 0);
+    ASSERT_EQ(::access("/etc/passwd", F_OK), 0);
+    ASSERT_EQ(::mkdir((d + "/store").c_str(), 0700), 0);
+    ASSERT_EQ(::mkdir((d + "/source").c_str(), 0755), 0);
+    ASSERT_EQ(::mkdir((d + "/outside").c_str(), 0700), 0);
+    { std::ofstream(d + "/source/layer") << "layer"; }
+    { std::ofstream(d + "/outside/secret") << "secret"; }
+    ToolView view;
+    view.writable = {d + "/store"};
+    view.readable = {d + "/source"};
+    Confined c = in_confined_tool(SeccompProfile::Importer, view, [&] {
+        int in = ::open((d + "/store/f").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (in < 0) return 11;
+        char buf[16] = {};
+        int src = ::open((d + "/source/layer").c_str(), O_RDONLY | O_CLOEXEC);
+        if (src < 0 || ::read(src, buf, sizeof buf) != 5) return 12;
+        errno = 0;
+        if (::open((d + "/source/new").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600) >= 0 || errno != EROFS) return 13;
+        errno = 0;
+        if (::open((d + "/outside/secret").c_str(), O_RDONLY | O_CLOEXEC) >= 0 || errno != ENOENT) return 14;
+        errno = 0;
+        if (::open("/etc/passwd", O_RDONLY | O_CLOEXEC) >= 0 || errno != ENOENT) return 15;
+        errno = 0;
+        if (::open("/proc/sys/kernel/core_pattern", O_WRONLY | O_CLOEXEC) >= 0 && errno == 0) return 16;
+        if (::open("/dev/null", O_RDWR | O_CLOEXEC) < 0) return 17;
+        struct stat st;
+        if (::stat("/proc/self/ns/net", &st) < 0 || st.st_ino == host_net.st_ino) return 18;
+        if (::getpid() != 1 || ::stat("/proc/1/fd", &st) < 0) return 19;
+        if (::stat("/proc/self/ns/pid", &st) < 0 || st.st_ino == host_pid.st_ino) return 20;
+        errno = 0;
+        if (::mkdir("/new", 0755) == 0 || errno != EROFS) return 21;
+        return 0;
+    });
+    bool written = std::filesystem::exists(d + "/store/f");
+    ASSERT_TRUE(WIFEXITED(c.status)) << "killed by signal " << WTERMSIG(c.status) << ": " << c.err;
+    EXPECT_EQ(WEXITSTATUS(c.status), 0)
+        << "(10: confine_tool failed, 11: no write in the store, 12: the source unreadable, 13: the source "
+           "writable, 14: a host file outside the view readable, 15: /etc/passwd visible, 16: core_pattern "
+           "writable, 17: no /dev/null, 18: the host's network, 19: not PID 1 with a /proc of its own, 20: the "
+           "host's PID namespace, 21: its root writable) "
+        << c.err;
     EXPECT_TRUE(written);
-    EXPECT_FALSE(leaked);
+    EXPECT_FALSE(std::filesystem::exists(d + "/source/new"));
     // The warning of a user without user namespaces would mean none of this
     // was checked: enable them (sysctl user.max_user_namespaces) to run it.
-    EXPECT_EQ(err.find("cannot create a user namespace"), std::string::npos) << err;
+    EXPECT_EQ(c.err.find("cannot create a user namespace"), std::string::npos) << c.err;
+}
+
+// The disk writer's view adds what running its programs takes: /usr (and
+// /bin, /sbin as links), the dynamic linker's cache, and the directory of a
+// program outside /usr; still no host secret, and OUTPUT's directory the
+// only place it writes.
+TEST(Sandbox, ConfinedDiskWriterRunsItsPrograms) {
+    ASSERT_EQ(::geteuid(), 0u) << "the disk writer takes namespaces as root only: run the unit tests as root";
+    TempDir td;
+    const std::string d = std::filesystem::canonical(td.path).string();
+    ASSERT_EQ(::mkdir((d + "/out").c_str(), 0755), 0);
+    ASSERT_EQ(::mkdir((d + "/bin").c_str(), 0755), 0);
+    ASSERT_EQ(::mkdir((d + "/tree").c_str(), 0755), 0);
+    {
+        std::ofstream sh(d + "/bin/tool");
+        sh << "#!/bin/sh\necho ran > \"$1\"\n";
+    }
+    ASSERT_EQ(::chmod((d + "/bin/tool").c_str(), 0755), 0);
+    ToolView view;
+    view.writable = {d + "/out"};
+    view.readable = {d + "/tree"};
+    view.programs = {d + "/bin/tool", "/usr/bin/true"};
+    Confined c = in_confined_tool(SeccompProfile::DiskWriter, view, [&] {
+        auto run = [](std::vector<std::string> argv) {
+            pid_t p = ::fork();
+            if (p == 0) {
+                std::vector<char*> a;
+                for (auto& s : argv) a.push_back(s.data());
+                a.push_back(nullptr);
+                ::execv(a[0], a.data());
+                ::_exit(127);
+            }
+            int st = 0;
+            return p > 0 && ::waitpid(p, &st, 0) == p && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        };
+        if (run({"/bin/true"}) != 0) return 11;
+        if (run({d + "/bin/tool", d + "/out/x"}) != 0) return 12;
+        errno = 0;
+        if (::open("/etc/shadow", O_RDONLY | O_CLOEXEC) >= 0 || errno != ENOENT) return 13;
+        errno = 0;
+        if (::open((d + "/bin/y").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600) >= 0 || errno != EROFS) return 14;
+        errno = 0;
+        if (::open("/usr/z", O_WRONLY | O_CREAT | O_CLOEXEC, 0600) >= 0 || errno != EROFS) return 15;
+        return 0;
+    });
+    ASSERT_TRUE(WIFEXITED(c.status)) << "killed by signal " << WTERMSIG(c.status) << ": " << c.err;
+    EXPECT_EQ(WEXITSTATUS(c.status), 0) << "(10: confine_tool failed, 11: /bin/true did not run, 12: a program "
+                                           "outside /usr did not run, 13: /etc/shadow visible, 14: a program's "
+                                           "directory writable, 15: /usr writable) "
+                                        << c.err;
+    std::ifstream in(d + "/out/x");
+    std::string line;
+    std::getline(in, line);
+    EXPECT_EQ(line, "ran");
 }
