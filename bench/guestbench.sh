@@ -5,7 +5,7 @@
 # time per phase (from the guest's /proc/uptime), requests served, ratios.
 # With PREVIOUS=OTHER_OCIVM (e.g. the previous commit's build) that fsd runs
 # interleaved too, and a table compares this build with it.
-#   [PREVIOUS=OCIVM] bench/guestbench.sh [OCIVM] [--modes "never auto always"]
+#   [PREVIOUS=OCIVM] [SERVERS="ocivm previous virtiofsd"] [MODES="never auto always"] bench/guestbench.sh [OCIVM]
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
@@ -95,9 +95,12 @@ done
 # Requests served by the C virtiofsd: counted in a second, debug-logged run
 # (its per-request log line), not timed.
 declare -A VREQ
-for mode in $MODES; do
-  DEBUG=1 run virtiofsd-count "$mode" 2>/dev/null || true
-done 2>/dev/null
+case " $SERVERS " in *" virtiofsd "*) WITH_VIRTIOFSD=1 ;; *) WITH_VIRTIOFSD= ;; esac
+if [ -n "$WITH_VIRTIOFSD" ]; then
+  for mode in $MODES; do
+    DEBUG=1 run virtiofsd-count "$mode" 2>/dev/null || true
+  done 2>/dev/null
+fi
 
 # phase_table PEER: the phases' times of ocivm and PEER per mode, and ratios
 phase_table() {
@@ -119,10 +122,13 @@ phase_table() {
   done
 }
 
-phase_table virtiofsd
-printf '| requests |'
-for mode in $MODES; do printf ' %s | %s | %s |' "${REQ[ocivm,$mode]}" "${REQ[virtiofsd-count,$mode]}" "$(echo "scale=2; ${REQ[ocivm,$mode]} / ${REQ[virtiofsd-count,$mode]}" | bc 2>/dev/null)"; done
-printf '\n\nratio = ocivm / virtiofsd (below 1.0: ocivm faster or fewer requests)\n'
+# SERVERS without virtiofsd (e.g. "ocivm previous"): only the comparison below.
+if [ -n "$WITH_VIRTIOFSD" ]; then
+  phase_table virtiofsd
+  printf '| requests |'
+  for mode in $MODES; do printf ' %s | %s | %s |' "${REQ[ocivm,$mode]}" "${REQ[virtiofsd-count,$mode]}" "$(echo "scale=2; ${REQ[ocivm,$mode]} / ${REQ[virtiofsd-count,$mode]}" | bc 2>/dev/null)"; done
+  printf '\n\nratio = ocivm / virtiofsd (below 1.0: ocivm faster or fewer requests)\n'
+fi
 
 if [ -n "$PREVIOUS" ]; then
   printf '\nthis build against the previous one (%s), same run\n' "$PREVIOUS"

@@ -146,6 +146,10 @@ int cmd_disk(int argc, char** argv) {
         view.writable.push_back(real_dir.string());
         view.readable.push_back(rootfs);
         view.programs = disk_programs(o);
+        // A stored image's files are the store owner's (a user's import
+        // keeps other owners in an xattr); a directory the user names may
+        // hold anyone's.
+        view.others_files = img.kind == "rootfs directory";
         sandbox::confine_tool("disk create", sandbox::SeccompProfile::DiskWriter, keep, view);
     }
     bool tty = ::isatty(2);

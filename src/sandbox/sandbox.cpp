@@ -524,8 +524,8 @@ void confine_tool(const char* who, SeccompProfile profile, const std::vector<int
     const std::string w = who;
     const bool root = ::geteuid() == 0;
     bool namespaces = root;
-    std::string why_not;  // why a user's importer has no namespaces of its own
-    if (!root && profile == SeccompProfile::Importer) {
+    std::string why_not;  // why a user's tool has no namespaces of its own
+    if (!root && !view.others_files) {
         why_not = enter_own_user_namespace(w);
         if (why_not.empty()) namespaces = true;
         else why_not = "cannot create a user namespace (" + why_not + ")";
@@ -567,9 +567,9 @@ void confine_tool(const char* who, SeccompProfile profile, const std::vector<int
         r.enter(root);
     }
     // In the user namespace capabilities act on the user's own files only,
-    // and the importer needs none there: with none it does exactly what a
-    // user's importer did before (chown to its own ids only, no device
-    // nodes, modes that bind it too).
+    // and the tools need none there: with none they do exactly what a
+    // user's tool did before (chown to its own ids only, no device nodes,
+    // modes that bind it too).
     drop_privileges(root ? keep : std::vector<int>{});
     install_seccomp(SeccompMode::Kill, profile, who);
     char caps[32];
@@ -586,13 +586,13 @@ void confine_tool(const char* who, SeccompProfile profile, const std::vector<int
     else if (!why_not.empty())
         spdlog::warn("{}: {}: it runs with the host's network, IPC and mount namespaces and may write wherever you "
                      "may; what still confines it is no capabilities, no_new_privs and its seccomp filter (no "
-                     "sockets, no exec, no mount, no ptrace: docs/security.md). Allow unprivileged user namespaces "
+                     "sockets, {}no mount, no ptrace: docs/security.md). Allow unprivileged user namespaces "
                      "(sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone=1, or Ubuntu's "
                      "kernel.apparmor_restrict_unprivileged_userns=0) to confine it fully",
-                     who, why_not);
+                     who, why_not, profile == SeccompProfile::Importer ? "no exec, " : "");
     else
         spdlog::info("{}: capabilities cut to CapEff {}; no_new_privs; seccomp filter (no sockets); as a user "
-                     "it has no namespaces of its own",
+                     "copying other users' files it has no namespaces of its own",
                      who, caps);
 }
 

@@ -104,6 +104,10 @@ struct ToolView {
     // and the directory of each program outside /usr, read-only, exec allowed.
     // Empty: nothing can be run.
     std::vector<std::string> programs;
+    // What it reads holds files of users other than the caller (a root file
+    // system directory the user names): as a user it then takes no user
+    // namespace, in which those owners would read as nobody.
+    bool others_files = false;
 };
 
 // Confines a tool that parses what it did not write, in its own process,
@@ -120,16 +124,17 @@ struct ToolView {
 // drop_privileges(keep) and the profile's seccomp filter. Paths in `view`
 // are where they were, so the caller goes on with the same names; its
 // working directory is "/".
-// As a user, the importer first enters a user namespace that maps only
-// its own uid and gid to themselves (it decides what it can chown by what
-// the kernel lets it, so it behaves as before, except that owners among
-// the user's supplementary groups now go to the override xattr: they are
-// not mapped), gets the same view and keeps no capability in it. Where a
-// user namespace cannot be had (disabled by a sysctl or an LSM) it logs a
+// As a user, the tool first enters a user namespace that maps only its
+// own uid and gid to themselves (the importer decides what it can chown by
+// what the kernel lets it, so it behaves as before, except that owners
+// among the user's supplementary groups now go to the override xattr: they
+// are not mapped), gets the same view and keeps no capability in it. Where
+// a user namespace cannot be had (disabled by a sysctl or an LSM) it logs a
 // warning naming what is not confined and goes on with no_new_privs and
-// the seccomp filter. The disk writer as a user gets no namespaces (in a
-// user namespace the owners of other users' files, which it copies, would
-// read as nobody): no_new_privs and the filter.
+// the seccomp filter. With view.others_files (the disk writer of a root
+// file system directory) a user's tool gets no namespaces (the owners of
+// other users' files, which it copies, would read as nobody): no_new_privs
+// and the filter.
 // Must be called while the process has one thread. Logs what it did at
 // info level; throws Error when the kernel refuses a step it relies on.
 void confine_tool(const char* who, SeccompProfile profile, const std::vector<int>& keep, const ToolView& view);

@@ -6,7 +6,8 @@
 # store, no capabilities, no_new_privs and a seccomp filter. Seen from the
 # host while the importer waits for the store's lock (which the test
 # holds), then the import's result: the same store a user's import always
-# made (owners it cannot apply in user.containers.override_stat). Last, a
+# made (owners it cannot apply in user.containers.override_stat); the
+# user's disk writer of that image, confined the same way. Last, a
 # host where the user cannot have a user namespace (a parent namespace with
 # user.max_user_namespaces 0): the import still works, with the warning
 # naming what is not confined, and the filter still on.
@@ -151,6 +152,39 @@ check "the symlink is a symlink to ../etc/hello" [ "$(readlink "$ROOT/home/link"
 check "the store's tmp/ is empty" bash -c "[ -z \"\$(ls -A '$STORE/tmp')\" ]"
 "${AS_USER[@]}" env OCIVM_HOME="$STORE" "$WORK/ocivm" image ls > "$WORK/ls.out" 2>&1
 check "the user lists it ($(tr '\n' ' ' < "$WORK/ls.out"))" grep -q "rootless:1" "$WORK/ls.out"
+
+# --- a user's disk writer, in its user namespace -----------------------------
+# Stopped in a mkfs.ext4 of the test's (first on PATH, in a directory
+# outside /usr that the writer's root shows for it), which waits for a file.
+REAL_MKFS=$(PATH=/usr/sbin:/sbin:/usr/bin:/bin command -v mkfs.ext4) || { bad "mkfs.ext4 missing: apt-get install e2fsprogs"; finish; }
+mkdir -p "$WORK/bin" "$WORK/out" && chown $RUID:$RGID "$WORK/out"
+printf '#!/bin/sh\n: > %s\nwhile [ ! -e %s ]; do sleep 0.05; done\nexec %s "$@"\n' \
+  "'$WORK/out/mkfs-ready'" "'$WORK/out/mkfs-go'" "'$REAL_MKFS'" > "$WORK/bin/mkfs.ext4"
+chmod 755 "$WORK/bin/mkfs.ext4"
+"${AS_USER[@]}" env OCIVM_HOME="$STORE" PATH="$WORK/bin:$PATH" "$WORK/ocivm" disk create --log-level info rootless:1 "$WORK/out/disk.raw" \
+  > "$WORK/disk.out" 2> "$WORK/disk.err" &
+CLI=$!; PIDS="$PIDS $CLI"
+for _ in $(seq 600); do { [ -e "$WORK/out/mkfs-ready" ] || [ ! -d /proc/$CLI ]; } && break; sleep 0.05; done
+W=$(awk '{ print $1 }' /proc/$CLI/task/$CLI/children 2>/dev/null)
+if [ -n "$W" ] && [ -e "$WORK/out/mkfs-ready" ]; then
+  PIDS="$PIDS $W"
+  for ns in user net mnt pid; do
+    check "disk writer (pid $W): its own $ns namespace" own_ns $W $ns
+  done
+  check "disk writer: its user namespace maps uid $RUID alone" [ "$(tr -s ' ' < /proc/$W/uid_map | sed 's/^ //')" = "$RUID $RUID 1" ]
+  check "disk writer: no capabilities (CapEff $(field $W CapEff)), NoNewPrivs 1, Seccomp 2" \
+    [ "$(field $W CapEff)" = 0000000000000000 -a "$(field $W NoNewPrivs)" = 1 -a "$(field $W Seccomp)" = 2 ]
+  check "disk writer: writes only OUTPUT's directory (rw mounts: $(rw_mounts $W))" [ "$(rw_mounts $W)" = "$WORK/out" ]
+  check "disk writer: its root shows /usr, not /etc/passwd nor the store's names.json" \
+    bash -c "[ -d /proc/$W/root/usr/bin ] && [ ! -e /proc/$W/root/etc/passwd ] && [ ! -e /proc/$W/root$STORE/names.json ]"
+else
+  bad "the user's disk writer never reached its mkfs.ext4: $(tr '\n' ' ' < "$WORK/disk.err")"
+fi
+: > "$WORK/out/mkfs-go"
+wait $CLI; rc=$?
+check "the user's disk create ends with exit 0 and a PARTUUID ($(tr '\n' ' ' < "$WORK/disk.err"))" \
+  bash -c "[ $rc -eq 0 ] && grep -qE '^[0-9a-f-]{36}$' '$WORK/disk.out'"
+check "and the disk holds the image ($(stat -c %s "$WORK/out/disk.raw" 2>&1) bytes)" [ -s "$WORK/out/disk.raw" ]
 
 # --- no user namespace to be had ---------------------------------------------
 # A user namespace of root's, mapping root and the user, in which
