@@ -14,7 +14,10 @@ MODES=${MODES:-never auto always}
 VIRTIOFSD=/usr/lib/qemu/virtiofsd
 fail() { echo "guestbench: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || fail "run as root"
-[ -x "$VIRTIOFSD" ] || fail "$VIRTIOFSD missing: apt-get install qemu-system-x86"
+PREVIOUS=${PREVIOUS:-}
+SERVERS=${SERVERS:-ocivm ${PREVIOUS:+previous} virtiofsd}
+case " $SERVERS " in *" virtiofsd "*) WITH_VIRTIOFSD=1 ;; *) WITH_VIRTIOFSD= ;; esac
+[ -z "$WITH_VIRTIOFSD" ] || [ -x "$VIRTIOFSD" ] || fail "$VIRTIOFSD missing: apt-get install qemu-system-x86"
 command -v qemu-system-x86_64 >/dev/null || fail "apt-get install qemu-system-x86"
 guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 
@@ -85,8 +88,6 @@ run() {
 }
 
 echo "guestbench: $(nproc) cores, kernel $KREL under TCG, $(find "$SHARE/tree" | wc -l) entries, $(date -u +%F)"
-PREVIOUS=${PREVIOUS:-}
-SERVERS=${SERVERS:-ocivm ${PREVIOUS:+previous} virtiofsd}
 for mode in $MODES; do
   for server in $SERVERS; do run "$server" "$mode"; done
 done
@@ -95,7 +96,6 @@ done
 # Requests served by the C virtiofsd: counted in a second, debug-logged run
 # (its per-request log line), not timed.
 declare -A VREQ
-case " $SERVERS " in *" virtiofsd "*) WITH_VIRTIOFSD=1 ;; *) WITH_VIRTIOFSD= ;; esac
 if [ -n "$WITH_VIRTIOFSD" ]; then
   for mode in $MODES; do
     DEBUG=1 run virtiofsd-count "$mode" 2>/dev/null || true

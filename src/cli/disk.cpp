@@ -58,29 +58,24 @@ Options:
 The PARTUUID of the root partition is printed on stdout.
 )";
 
-// The programs the ext4 writer runs, as found on PATH, for its confined
-// view; PATH becomes the real paths of its directories (no symbolic link
-// on the way), which is where that view shows them. A program that is
-// missing is left out: create_disk says what to install.
-std::vector<std::string> disk_programs(const disk::DiskOptions& o) {
-    const char* path = std::getenv("PATH");
-    std::string real_path;
-    std::string p = path ? path : "/usr/local/bin:/usr/bin:/bin";
-    for (size_t pos = 0; pos <= p.size();) {
-        size_t c = p.find(':', pos);
-        if (c == std::string::npos) c = p.size();
+// The programs the ext4 writer runs, as found on PATH now, by absolute path:
+// its confined root shows /usr and each one found elsewhere (the file
+// alone), not the rest of PATH. The directory part is resolved (no
+// symbolic link), the name kept: mkfs.ext4 is mke2fs by another name, and
+// tells the file system from it. A program that is missing stays a name:
+// create_disk says what to install.
+void resolve_disk_programs(disk::DiskOptions& o, std::vector<std::string>& programs) {
+    for (std::string* tool : {&o.sfdisk, &o.mkfs_ext4, &o.qemu_img}) {
+        if (tool == &o.qemu_img && o.format != "qcow2") continue;
+        std::string found = find_program(*tool);
+        if (found.empty()) continue;
+        std::filesystem::path p(found);
         std::error_code ec;
-        auto real = std::filesystem::canonical(p.substr(pos, c - pos), ec);
-        if (!ec && real.string() != "/") real_path += (real_path.empty() ? "" : ":") + real.string();
-        pos = c + 1;
+        auto dir = std::filesystem::canonical(p.parent_path(), ec);
+        if (ec) continue;
+        *tool = (dir / p.filename()).string();
+        programs.push_back(*tool);
     }
-    ::setenv("PATH", real_path.c_str(), 1);
-    std::vector<std::string> programs;
-    for (const char* tool : {"sfdisk", "mkfs.ext4", "qemu-img"}) {
-        if (std::string(tool) == "qemu-img" && o.format != "qcow2") continue;
-        if (auto found = find_program(tool); !found.empty()) programs.push_back(found);
-    }
-    return programs;
 }
 
 }  // namespace
@@ -140,12 +135,21 @@ int cmd_disk(int argc, char** argv) {
         if (ec) throw Error("cannot write " + pos[2] + ": " + out_dir + ": " + ec.message() + "; create the directory first");
         if (out.filename().empty() || out.filename() == "." || out.filename() == "..")
             throw UsageError{"OUTPUT " + pos[2] + " names a directory; give a file name, e.g. disk.raw"};
+        // The writer may write OUTPUT's directory and read the tree: "/"
+        // would be the whole host.
+        if (real_dir == "/")
+            throw UsageError{"OUTPUT " + pos[2] + " is in /, which the disk writer would then see whole and may write; "
+                             "write it into a directory, e.g. /var/tmp/disk.raw"};
         output = (real_dir / out.filename()).string();
-        rootfs = std::filesystem::canonical(img.rootfs).string();
+        rootfs = std::filesystem::canonical(img.rootfs, ec).string();
+        if (ec) throw Error("image root " + img.rootfs + ": " + ec.message());
+        if (rootfs == "/")
+            throw UsageError{"IMAGE is /, the host's own root: the disk writer copies a root file system directory "
+                             "of its own; copy what the disk should hold into one first"};
         sandbox::ToolView view;
         view.writable.push_back(real_dir.string());
         view.readable.push_back(rootfs);
-        view.programs = disk_programs(o);
+        resolve_disk_programs(o, view.programs);
         // A stored image's files are the store owner's (a user's import
         // keeps other owners in an xattr); a directory the user names may
         // hold anyone's.

@@ -118,10 +118,14 @@ int run_confined_import(const std::string& source, const std::string& name, int 
         std::error_code ec;
         if (!spec.path.empty())
             if (auto real = stdfs::canonical(spec.path, ec); !ec) {
+                if (real == "/")
+                    throw Error("importing " + source + ": the source is / (the importer would see the whole host); "
+                                "name the layout's directory or the archive");
                 spec.path = real.string();
                 view.readable.push_back(spec.path);
             }
         // (A source that is not there stays as it is: the importer says so.)
+        view.keep_fds = {result_fd, archive_fd};
         sandbox::confine_tool("image import", sandbox::SeccompProfile::Importer, kImportCaps, view);
         image::Store store(home);
         auto rep = store.import(

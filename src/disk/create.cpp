@@ -30,21 +30,33 @@ std::string run(const std::vector<std::string>& argv, const std::string& input =
     return r.ok() ? "" : r.why(argv[0]);
 }
 
-// A new, empty file beside `output` that no other writer picked: the
-// confined writer is PID 1 of its own PID namespace, so a pid cannot tell
-// two writers of the same OUTPUT apart.
-std::string new_sibling(const std::string& output, const char* tag) {
+// A new, empty file beside `output` that no other writer picked (its name
+// and its fd): the confined writer is PID 1 of its own PID namespace, so a
+// pid cannot tell two writers of the same OUTPUT apart.
+struct Sibling {
+    std::string path;
+    UniqueFd fd;
+};
+Sibling new_sibling(const std::string& output, const char* tag) {
     std::random_device rd;
     for (int i = 0; i < 64; ++i) {
         char suffix[40];
         std::snprintf(suffix, sizeof suffix, ".%s.%08x", tag, static_cast<unsigned>(rd()));
         std::string p = output + suffix;
-        UniqueFd fd(::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-        if (fd) return p;
+        UniqueFd fd(::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+        if (fd) return {p, std::move(fd)};
         if (errno != EEXIST) throw_errno("cannot create " + p, errno);
     }
     throw Error("cannot create a temporary file beside " + output + ": every name tried exists");
 }
+
+// Removes a file on every way out unless disarmed.
+struct Cleanup {
+    std::string path;
+    ~Cleanup() {
+        if (!path.empty()) ::unlink(path.c_str());
+    }
+};
 
 std::string uuid4() {
     std::random_device rd;
@@ -59,12 +71,12 @@ std::string uuid4() {
 }
 
 // An empty ext4 by mkfs.ext4 in the partition's bytes, filled by our writer.
-void write_ext4(const std::string& raw, uint64_t part, const std::string& rootfs, const std::string& label,
-                const std::function<void(const std::string&)>& say) {
+void write_ext4(const std::string& mkfs, const std::string& raw, uint64_t part, const std::string& rootfs,
+                const std::string& label, const std::function<void(const std::string&)>& say) {
     say("making the ext4 file system");
     // 256-byte inodes: nanosecond times and in-inode xattrs (small file
     // systems would otherwise get 128-byte ones); 4 KiB blocks like any root.
-    if (auto e = run({"mkfs.ext4", "-q", "-F", "-L", label, "-I", "256", "-b", "4096", "-E",
+    if (auto e = run({mkfs, "-q", "-F", "-L", label, "-I", "256", "-b", "4096", "-E",
                       "offset=" + std::to_string(kStart), raw, std::to_string(part / 1024) + "k"});
         !e.empty())
         throw Error("mkfs.ext4: " + e);
@@ -98,11 +110,11 @@ DiskResult create_disk(const std::string& rootfs, const std::string& output, con
     if (o.format != "raw" && o.format != "qcow2") throw Error("invalid --format '" + o.format + "': use raw or qcow2");
     if (o.fs != "ext4" && o.fs != "xfs") throw Error("invalid --fs '" + o.fs + "': use ext4 or xfs");
     bool xfs = o.fs == "xfs";
-    for (auto* tool : {"sfdisk", "mkfs.ext4"})
-        if (!have_program(tool)) throw Error(std::string(tool) + " is missing: apt-get install fdisk e2fsprogs");
+    for (auto* tool : {&o.sfdisk, &o.mkfs_ext4})
+        if (!have_program(*tool)) throw Error(*tool + " is missing: apt-get install fdisk e2fsprogs");
     // mkfs.xfs refuses file systems under 300 MB.
     const uint64_t min_part = xfs ? 300 * kMiB : 16 * kMiB;
-    if (o.format == "qcow2" && !have_program("qemu-img")) throw Error("qemu-img is missing: apt-get install qemu-utils");
+    if (o.format == "qcow2" && !have_program(o.qemu_img)) throw Error(o.qemu_img + " is missing: apt-get install qemu-utils");
     struct stat st;
     if (::stat(rootfs.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) throw Error("image root " + rootfs + " is not a directory");
 
@@ -121,38 +133,34 @@ DiskResult create_disk(const std::string& rootfs, const std::string& output, con
     }
     r.size = kStart + part + kTail;
     r.partuuid = uuid4();
-    std::string raw = new_sibling(output, o.format == "raw" ? "tmp" : "raw");
-    struct Cleanup {
-        std::string path;
-        ~Cleanup() { ::unlink(path.c_str()); }
-    } cleanup{raw};
-    {
-        UniqueFd fd(::open(raw.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC));
-        if (!fd) throw_errno("cannot create " + raw, errno);
-        if (::ftruncate(fd.get(), static_cast<off_t>(r.size)) < 0) throw_errno("cannot size " + raw, errno);
-    }
+    Sibling made = new_sibling(output, o.format == "raw" ? "tmp" : "raw");
+    const std::string raw = made.path;
+    Cleanup cleanup{raw};
+    if (::ftruncate(made.fd.get(), static_cast<off_t>(r.size)) < 0) throw_errno("cannot size " + raw, errno);
+    made.fd.reset();
     say("partitioning (GPT, one root partition)");
     std::string table = "label: gpt\nstart=2048, size=" + std::to_string(part / 512) +
                         ", type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=" + r.partuuid + ", name=root\n";
-    if (auto e = run({"sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", raw}, table); !e.empty())
+    if (auto e = run({o.sfdisk, "--quiet", "--no-reread", "--no-tell-kernel", raw}, table); !e.empty())
         throw Error("sfdisk: " + e);
     if (xfs) {
         say("writing " + rootfs + " as xfs in a VM (mkfs.xfs, cp -a; nothing mounted on the host)");
         if (!o.write_xfs) throw Error("--fs xfs needs a VM to write it, and none was given");
         o.write_xfs(raw, rootfs, o.label);
     } else {
-        write_ext4(raw, part, rootfs, o.label, say);
+        write_ext4(o.mkfs_ext4, raw, part, rootfs, o.label, say);
     }
     if (o.format == "qcow2") {
         say("converting to qcow2");
-        std::string tmp = new_sibling(output, "tmp");
-        if (auto e = run({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, tmp}); !e.empty()) {
-            ::unlink(tmp.c_str());
+        const std::string tmp = new_sibling(output, "tmp").path;
+        Cleanup converted{tmp};
+        if (auto e = run({o.qemu_img, "convert", "-f", "raw", "-O", "qcow2", raw, tmp}); !e.empty())
             throw Error("qemu-img: " + e);
-        }
         if (::rename(tmp.c_str(), output.c_str()) < 0) throw_errno("cannot write " + output, errno);
-    } else if (::rename(raw.c_str(), output.c_str()) < 0) {
-        throw_errno("cannot write " + output, errno);
+        converted.path.clear();
+    } else {
+        if (::rename(raw.c_str(), output.c_str()) < 0) throw_errno("cannot write " + output, errno);
+        cleanup.path.clear();
     }
     return r;
 }

@@ -18,6 +18,9 @@ struct DiskOptions {
     // For --fs xfs: writes ROOTFS as xfs with LABEL into the first partition
     // of the raw IMAGE (the cli passes vm::write_xfs_in_vm; see docs/disks.md).
     std::function<void(const std::string& image, const std::string& rootfs, const std::string& label)> write_xfs;
+    // The programs run, by name (looked up in PATH) or by path: the
+    // confined ext4 writer gets them as the absolute paths its root shows.
+    std::string sfdisk = "sfdisk", mkfs_ext4 = "mkfs.ext4", qemu_img = "qemu-img";
 };
 
 struct DiskResult {

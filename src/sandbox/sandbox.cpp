@@ -29,6 +29,7 @@
 #include "util/paths.h"
 #include "util/process.h"
 #include "util/unique_fd.h"
+#include "sandbox/tool_root.h"
 
 namespace ocivm::sandbox {
 
@@ -46,7 +47,7 @@ void write_proc(const std::string& path, const std::string& data) {
 [[noreturn]] void keep(pid_t server, UniqueFd alive) {
     sigset_t set;
     sigemptyset(&set);
-    for (int s : {SIGCHLD, SIGINT, SIGTERM, SIGHUP}) sigaddset(&set, s);
+    for (int s : {SIGCHLD, SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&set, s);
     ::sigprocmask(SIG_BLOCK, &set, nullptr);
     int asked = 0;  // the signal that told us to stop, if one did
     for (;;) {
@@ -71,7 +72,7 @@ void write_proc(const std::string& path, const std::string& data) {
         if (r < 0 && errno != EINTR) ::_exit(125);
         siginfo_t si;
         int sig = ::sigwaitinfo(&set, &si);
-        if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
+        if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP || sig == SIGQUIT) {
             if (!asked) asked = sig;
             ::kill(server, SIGKILL);
         }
@@ -166,10 +167,7 @@ UniqueFd open_share(const std::string& real) {
     // No symlink in any component: the caller resolved the user's path
     // (realpath); a component swapped for a symlink since then (a user who
     // owns a parent directory) fails here instead of redirecting root.
-    open_how how{};
-    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
-    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-    int fd = static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, real.c_str(), &how, sizeof how));
+    int fd = openat2_fd(AT_FDCWD, real, O_PATH | O_DIRECTORY, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
     if (fd < 0) {
         int e = errno;
         throw_errno("cannot open the shared directory " + real, e,
@@ -216,10 +214,10 @@ void pivot_into(int root_fd, bool cwd_proc_fd) {
         proc_fd.reset(::open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC));
         if (!proc_fd) throw_errno("sandbox: opening /proc/self/fd", errno);
     }
-    if (::fchdir(root_fd) < 0) throw_errno("sandbox: fchdir into the share", errno);
+    if (::fchdir(root_fd) < 0) throw_errno("sandbox: fchdir into its new root", errno);
     // pivot_root(".", "."): the old root ends up stacked on the new one,
     // and detaching "." then removes it.
-    if (::syscall(SYS_pivot_root, ".", ".") < 0) throw_errno("sandbox: pivot_root into the share", errno);
+    if (::syscall(SYS_pivot_root, ".", ".") < 0) throw_errno("sandbox: pivot_root into its new root", errno);
     if (::umount2(".", MNT_DETACH) < 0) throw_errno("sandbox: detaching the host's root", errno);
     if (::chdir("/") < 0) throw_errno("sandbox: chdir /", errno);
     if (proc_fd && ::fchdir(proc_fd.get()) < 0) throw_errno("sandbox: fchdir /proc/self/fd", errno);
@@ -328,195 +326,6 @@ std::string enter_own_user_namespace(const std::string& who) {
     return "";
 }
 
-// A tool's root (confine_tool, ToolView), built in its private mount
-// namespace by the tool itself, PID 1 of its PID namespace: copies of the
-// host's mounts it may see are taken first (detached, with the attributes
-// they get), then an empty tmpfs is mounted over a directory of the host's
-// tree (only in this namespace), the copies are attached in it at their
-// own paths, and the tmpfs becomes "/". As root this is what keeps a tool
-// that was taken over from reading host secrets into an image (it keeps
-// dac_read_search to read the image's own 0000 files) or writing host files
-// (uid 0 needs no capability to write root's own: /etc/passwd, or
-// /proc/sys/kernel/core_pattern, which runs a program as root on the next
-// crash), and from opening a disk's device node.
-class ToolRoot {
-public:
-    explicit ToolRoot(std::string who) : who_(std::move(who)) {}
-
-    // A copy of the mount at `path` (absolute, no symbolic link in it:
-    // a component swapped for one since the caller's realpath fails here),
-    // with its submounts, given `attrs`.
-    void add(const std::string& path, uint64_t attrs) {
-        if (path.empty() || path[0] != '/' || path == "/")
-            throw Error(who_ + ": cannot be shown '" + path + "': an absolute path below / is needed");
-        UniqueFd at(openat2_fd(AT_FDCWD, path, O_PATH, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS));
-        if (!at) {
-            int e = errno;
-            throw_errno(who_ + ": opening " + path, e,
-                        e == ELOOP ? "a component of it became a symbolic link; check who can change its parents"
-                                   : "check that it exists");
-        }
-        UniqueFd tree(::open_tree(at.get(), "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH));
-        if (!tree) throw_errno(who_ + ": copying the mount of " + path + " (open_tree)", errno, "ocivm needs Linux 5.12 or later");
-        set_attrs(tree.get(), attrs, path);
-        struct stat st;
-        if (::fstat(tree.get(), &st) < 0) throw_errno(who_ + ": fstat " + path, errno);
-        copies_.push_back({path, std::move(tree), S_ISDIR(st.st_mode)});
-    }
-
-    // /dev/null, zero, full, random and urandom: libraries and the disk
-    // writer's programs open them (the child's stdin, qemu-img's
-    // /dev/null); none of them reaches host data. A host without one (a
-    // minimal container's /dev) simply has none here.
-    void add_harmless_devices() {
-        for (const char* dev : {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}) {
-            UniqueFd t(::open_tree(AT_FDCWD, dev, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW));
-            struct stat st;
-            if (!t || ::fstat(t.get(), &st) < 0 || !S_ISCHR(st.st_mode)) continue;
-            set_attrs(t.get(), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, dev);
-            copies_.push_back({dev, std::move(t), false});
-        }
-    }
-
-    // What running programs from /usr takes: /usr, the merged-usr links as
-    // symbolic links (or copies of the directories where they are none),
-    // the dynamic linker's cache, mke2fs's defaults, and /etc/mtab as
-    // Debian has it (mkfs.ext4 looks for mounts of what it formats there).
-    void add_system() {
-        add("/usr", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID);
-        for (const char* top : {"bin", "sbin", "lib", "lib32", "lib64", "libx32"}) {
-            const std::string path = std::string("/") + top;
-            struct stat st;
-            if (::lstat(path.c_str(), &st) < 0) continue;
-            if (S_ISLNK(st.st_mode)) {
-                char target[PATH_MAX];
-                ssize_t n = ::readlink(path.c_str(), target, sizeof target - 1);
-                if (n > 0) links_.push_back({top, std::string(target, static_cast<size_t>(n))});
-            } else if (S_ISDIR(st.st_mode)) {
-                add(path, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID);
-            }
-        }
-        for (const char* f : {"/etc/ld.so.cache", "/etc/mke2fs.conf"})
-            if (::access(f, F_OK) == 0) add(f, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
-        links_.push_back({"etc/mtab", "../proc/self/mounts"});
-    }
-
-    // Mounts the tmpfs, attaches every copy and a /proc of this PID
-    // namespace in it, and makes it "/" (read-only). The working directory
-    // is "/" afterwards.
-    void enter(bool root) {
-        // Any directory of the host's tree will do: this namespace is
-        // private, and every copy was taken before it is covered.
-        std::string over;
-        for (const char* d : {"/tmp", "/mnt", "/run", "/var", "/usr", "/etc"}) {
-            struct stat st;
-            if (::lstat(d, &st) == 0 && S_ISDIR(st.st_mode)) {
-                over = d;
-                break;
-            }
-        }
-        if (over.empty()) throw Error(who_ + ": no directory to build its root on (/tmp, /mnt, /run, ...)");
-        // A host /proc copied as a fallback must be taken before the cover too.
-        UniqueFd host_proc;
-        if (!root) host_proc.reset(::open_tree(AT_FDCWD, "/proc", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE));
-        if (::mount("tmpfs", over.c_str(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,nr_inodes=1024,mode=0755") < 0)
-            throw_errno(who_ + ": mounting an empty tmpfs for its root", errno);
-        UniqueFd top(::open(over.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-        struct stat tst;
-        if (!top || ::fstat(top.get(), &tst) < 0) throw_errno(who_ + ": opening its new root", errno);
-        tmpfs_dev_ = tst.st_dev;
-        // Outer paths first: a copy inside another one is attached on top
-        // of its directory there.
-        std::sort(copies_.begin(), copies_.end(), [](const Copy& x, const Copy& y) { return x.path < y.path; });
-        for (auto& c : copies_) {
-            UniqueFd point = mount_point(top.get(), c.path, c.dir);
-            if (::move_mount(c.tree.get(), "", point.get(), "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
-                throw_errno(who_ + ": attaching the copy of " + c.path, errno);
-        }
-        for (auto& [name, target] : links_) {
-            mount_point(top.get(), "/" + name.substr(0, name.rfind('/') + 1), true);
-            if (::symlinkat(target.c_str(), top.get(), name.c_str()) < 0 && errno != EEXIST)
-                throw_errno(who_ + ": making /" + name, errno);
-        }
-        // A /proc of this PID namespace, only the process directories
-        // (subset=pid: no sys/, no sysrq-trigger), read-only. Mounted while
-        // the host's /proc is still in the tree: a user namespace may mount
-        // a proc only where one is fully visible.
-        mount_point(top.get(), "/proc", true);
-        const std::string proc_at = over + "/proc";
-        if (::mount("proc", proc_at.c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "subset=pid") < 0) {
-            int e = errno;
-            if (root || e != EPERM || !host_proc) throw_errno(who_ + ": mounting a /proc of its own", e);
-            // A user's tool where /proc is partly covered (a container's
-            // masked /proc): the host's, read-only, with its covers; its
-            // user namespace keeps it from other users' processes.
-            set_attrs(host_proc.get(), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, "/proc");
-            if (::move_mount(host_proc.get(), "", AT_FDCWD, proc_at.c_str(), MOVE_MOUNT_F_EMPTY_PATH) < 0)
-                throw_errno(who_ + ": attaching a copy of /proc", errno);
-            spdlog::info("{}: a /proc of its own cannot be mounted here ({}); it sees the host's, read-only", who_,
-                         std::strerror(e));
-        }
-        UniqueFd root_dir(::open(over.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-        if (!root_dir) throw_errno(who_ + ": opening its new root", errno);
-        pivot_into(root_dir.get());
-        mount_attr ro{};
-        ro.attr_set = MOUNT_ATTR_RDONLY;
-        if (::mount_setattr(AT_FDCWD, "/", 0, &ro, sizeof ro) < 0)
-            throw_errno(who_ + ": making its root read-only", errno);
-    }
-
-private:
-    struct Copy {
-        std::string path;
-        UniqueFd tree;
-        bool dir;
-    };
-
-    void set_attrs(int tree, uint64_t attrs, const std::string& path) {
-        mount_attr attr{};
-        attr.attr_set = attrs;
-        if (::mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
-            throw_errno(who_ + ": restricting the copy of " + path, errno);
-    }
-
-    // The directory or empty file at `path` below `top`, made in the tmpfs
-    // where it is missing; inside a copy of the host's it must be there
-    // (nothing is ever made on a host file system).
-    UniqueFd mount_point(int top, const std::string& path, bool dir) {
-        UniqueFd cur(::fcntl(top, F_DUPFD_CLOEXEC, 3));
-        if (!cur) throw_errno(who_ + ": dup", errno);
-        size_t pos = 1;
-        while (pos < path.size()) {
-            size_t slash = path.find('/', pos);
-            if (slash == std::string::npos) slash = path.size();
-            const std::string name = path.substr(pos, slash - pos);
-            pos = slash + 1;
-            if (name.empty()) continue;
-            const bool last = pos >= path.size();
-            UniqueFd next(::openat(cur.get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
-            if (!next && errno == ENOENT) {
-                struct stat st;
-                if (::fstat(cur.get(), &st) < 0 || st.st_dev != tmpfs_dev_)
-                    throw Error(who_ + ": " + path + " is not below the copy that holds it (it moved?)");
-                if (!last || dir) {
-                    if (::mkdirat(cur.get(), name.c_str(), 0755) < 0) throw_errno(who_ + ": mkdir " + path, errno);
-                } else {
-                    UniqueFd f(::openat(cur.get(), name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-                    if (!f) throw_errno(who_ + ": making a mount point for " + path, errno);
-                }
-                next.reset(::openat(cur.get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
-            }
-            if (!next) throw_errno(who_ + ": opening " + path + " in its new root", errno);
-            cur = std::move(next);
-        }
-        return cur;
-    }
-
-    std::string who_;
-    std::vector<Copy> copies_;
-    std::vector<std::pair<std::string, std::string>> links_;  // name below "/", target
-    dev_t tmpfs_dev_ = 0;
-};
 
 }  // namespace
 
@@ -532,39 +341,39 @@ void confine_tool(const char* who, SeccompProfile profile, const std::vector<int
     }
     if (namespaces && ::unshare(CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS) < 0) {
         int e = errno;
-        if (root) throw_errno(w + ": cannot create its own PID, network, IPC and mount namespaces", e);
+        if (root)
+            throw_errno(w + ": cannot create its own PID, network, IPC, UTS and mount namespaces", e,
+                        "a container that forbids new namespaces cannot confine it; run ocivm on the host");
         // In a user namespace of our own and still refused: an LSM's policy
         // on unprivileged user namespaces (Ubuntu's AppArmor one).
         namespaces = false;
-        why_not = std::string("cannot create PID, network, IPC and mount namespaces in its user namespace (") +
+        why_not = std::string("cannot create PID, network, IPC, UTS and mount namespaces in its user namespace (") +
                   std::strerror(e) + ")";
     }
+    bool own_proc = true;
     if (namespaces) {
+        // Nothing it inherited may lead out of the root it is about to get:
+        // an fd of a host directory would (openat of ".." walks up from it).
+        close_fds_except(view.keep_fds);
         fork_keeper(w);
+        // A session of its own: no controlling terminal to take over
+        // (TIOCSPGRP) and a process group in which kill(0, ...) reaches
+        // nobody but itself and its programs, not the user's shell.
+        if (::setsid() < 0) throw_errno(w + ": setsid", errno);
         // Nothing of ours reaches the host, and nothing the host mounts
         // later (rw, with devices) appears here: private, not a slave.
         if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0)
             throw_errno(w + ": making its mount tree private", errno);
         ToolRoot r(w);
-        for (auto& p : view.writable) r.add(p, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
-        for (auto& p : view.readable)
-            r.add(p, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+        for (auto& p : view.writable) r.add(p, ToolRoot::Access::Write);
+        for (auto& p : view.readable) r.add(p, ToolRoot::Access::Read);
         if (!view.programs.empty()) {
             r.add_system();
-            // Programs outside /usr (a PATH directory of the user's): their
-            // directory, read-only, where they run from.
-            std::vector<std::string> dirs;
-            for (auto& prog : view.programs) {
-                std::string dir = prog.substr(0, prog.rfind('/'));
-                if (dir.empty() || dir == "/usr" || dir.rfind("/usr/", 0) == 0 ||
-                    std::find(dirs.begin(), dirs.end(), dir) != dirs.end())
-                    continue;
-                dirs.push_back(dir);
-                r.add(dir, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID);
-            }
+            for (auto& prog : view.programs)
+                if (prog.rfind("/usr/", 0) != 0) r.add_program(prog);
         }
         r.add_harmless_devices();
-        r.enter(root);
+        own_proc = r.enter(/*host_proc_fallback=*/!root);
     }
     // In the user namespace capabilities act on the user's own files only,
     // and the tools need none there: with none they do exactly what a
@@ -582,9 +391,13 @@ void confine_tool(const char* who, SeccompProfile profile, const std::vector<int
         spdlog::info("{}: no network; capabilities cut to CapEff {}; no_new_privs; its own PID and mount namespaces, "
                      "a root that shows only {}; seccomp filter",
                      who, caps, shown.empty() ? std::string("nothing") : shown);
+        if (!own_proc)
+            spdlog::info("{}: a /proc of its own cannot be mounted here (/proc is partly covered, as in a container); "
+                         "its /proc shows its own process directory of the host's alone",
+                         who);
     }
     else if (!why_not.empty())
-        spdlog::warn("{}: {}: it runs with the host's network, IPC and mount namespaces and may write wherever you "
+        spdlog::warn("{}: {}: it runs with the host's PID, network, IPC and mount namespaces and may write wherever you "
                      "may; what still confines it is no capabilities, no_new_privs and its seccomp filter (no "
                      "sockets, {}no mount, no ptrace: docs/security.md). Allow unprivileged user namespaces "
                      "(sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone=1, or Ubuntu's "

@@ -101,9 +101,12 @@ struct ToolView {
     std::vector<std::string> readable;
     // Programs the tool runs (absolute paths): /usr (and the merged-usr links
     // /bin, /sbin, /lib*), /etc/ld.so.cache and /etc/mke2fs.conf, read-only,
-    // and the directory of each program outside /usr, read-only, exec allowed.
-    // Empty: nothing can be run.
+    // and each program outside /usr, the file alone, read-only, exec
+    // allowed (its libraries must be in /usr). Empty: nothing can be run.
     std::vector<std::string> programs;
+    // The fds it keeps above 2; every other is closed before anything else,
+    // since a directory fd from outside would lead out of its root.
+    std::vector<int> keep_fds;
     // What it reads holds files of users other than the caller (a root file
     // system directory the user names): as a user it then takes no user
     // namespace, in which those owners would read as nobody.

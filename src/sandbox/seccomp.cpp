@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstring>
 #include <iterator>
+#include <vector>
 
 #include "sandbox/sandbox.h"
 #include <linux/sockios.h>
@@ -197,9 +198,29 @@ int add_tool_rules(scmp_filter_ctx ctx, SeccompProfile profile, uint32_t deny) {
     // selection games, no frozen host file system. The kernel reads the
     // request as 32 bits: compare only those, or a set high bit would slip by.
     for (unsigned long req : {static_cast<unsigned long>(TIOCSTI), static_cast<unsigned long>(TIOCLINUX),
-                              static_cast<unsigned long>(FIFREEZE)})
+                              static_cast<unsigned long>(FIFREEZE), static_cast<unsigned long>(TIOCVHANGUP),
+                              static_cast<unsigned long>(TIOCCONS), static_cast<unsigned long>(TIOCSCTTY)})
         if (rc == 0)
             rc = seccomp_rule_add(ctx, deny, SCMP_SYS(ioctl), 1, SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, req));
+    // Nor the file systems' own ways past every path: XFS's by-handle and
+    // bulk-stat requests ('X' 101-128: list every inode, open any of them,
+    // set any xattr) and btrfs's tree search, inode-to-path and send (0x94:
+    // raw items of any file, inline data included). An fd of any file on
+    // such a file system suffices, and the disk writer of a root file
+    // system directory keeps sys_admin, which they ask for. Matched on type
+    // and number (the size and direction bits vary between versions).
+    std::vector<unsigned> fs_requests;
+    for (unsigned nr = 101; nr <= 128; ++nr) fs_requests.push_back(('X' << 8) | nr);
+    for (unsigned nr : {17u, 18u, 35u, 36u, 38u, 59u, 62u, 63u}) fs_requests.push_back((0x94u << 8) | nr);
+    for (unsigned req : fs_requests)
+        if (rc == 0) rc = seccomp_rule_add(ctx, deny, SCMP_SYS(ioctl), 1, SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffu, req));
+    // No outliving its keeper: the signal it gets when the keeper dies can
+    // be set to SIGKILL only (as it is; the programs the disk writer starts
+    // set theirs), never cleared or made one it could ignore.
+    if (rc == 0)
+        rc = seccomp_rule_add(ctx, deny, SCMP_SYS(prctl), 2,
+                              SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(PR_SET_PDEATHSIG)),
+                              SCMP_A1(SCMP_CMP_NE, static_cast<scmp_datum_t>(SIGKILL)));
     if (profile == SeccompProfile::Importer) {
         // Signals to itself only (abort() raises SIGABRT that way): as root,
         // or as the user, it could otherwise kill any process of its uid.

@@ -131,8 +131,20 @@ mkdir -p "$WORK/big"; head -c 30000000 /dev/urandom > "$WORK/big/blob"
 "$OCIVM" disk create --size 20M "$WORK/big" "$WORK/small.raw" 2> "$WORK/small.err"; rc=$?
 check "disk create of a tree bigger than --size: exit 125, says to give a larger --size, no output file" \
   bash -c "[ $rc = 125 ] && [ \$(wc -l < $WORK/small.err) = 1 ] && grep -q 'larger --size' $WORK/small.err && [ ! -e $WORK/small.raw ] && [ -z \"\$(ls $WORK | grep small.raw)\" ]"
+# The writer is PID 1 of its own PID namespace: temporary files named by
+# pid (OUTPUT.tmp.1, OUTPUT.raw.1) would be every writer's, and another
+# writer's (or a user's file of that name) would be overwritten.
+echo canary > "$WORK/disk.qcow2.tmp.1"; echo canary > "$WORK/disk.qcow2.raw.1"
 "$OCIVM" disk create --format qcow2 "$SRC" "$WORK/disk.qcow2" > /dev/null 2>&1
 check "disk create --format qcow2: a qcow2 file" bash -c "qemu-img info $WORK/disk.qcow2 | grep -q 'file format: qcow2'"
+check "disk create: files named as a pid-named temporary would be are left alone, and no temporary is left" \
+  bash -c "[ \"\$(cat $WORK/disk.qcow2.tmp.1 $WORK/disk.qcow2.raw.1)\" = \"\$(printf 'canary\ncanary')\" ] &&
+           [ \$(ls $WORK | grep -c '^disk.qcow2\\.') = 2 ]"
+rm -f "$WORK/disk.qcow2.tmp.1" "$WORK/disk.qcow2.raw.1"
+(cd / && "$OCIVM" disk create "$SRC" disk-in-root.raw) 2> "$WORK/inroot.err"; rc=$?
+check "disk create into /: refused before anything is written (the writer would see the whole host)" \
+  bash -c "[ $rc -ne 0 ] && grep -q 'is in /' $WORK/inroot.err && [ ! -e /disk-in-root.raw ] && [ -z \"\$(ls / | grep disk-in-root)\" ]"
+rm -f /disk-in-root.raw /disk-in-root.raw.*
 "$OCIVM" disk create "$WORK/missing" "$WORK/x.raw" 2> "$WORK/missing.err"; rc=$?
 check "disk create of a missing image: exit 125, one line, no output file" bash -c "[ $rc = 125 ] && [ \$(wc -l < $WORK/missing.err) = 1 ] && [ ! -e $WORK/x.raw ]"
 

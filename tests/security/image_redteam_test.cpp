@@ -6,7 +6,7 @@
 // read) and checks after each attack that nothing there, nor /etc/shadow,
 // changed; failed imports must leave the store as it was. Section 8 checks
 // from outside that whoever imports (image import, run LAYOUT, disk create
-// LAYOUT, containers-storage:) parses in a confined child of the CLI.
+// LAYOUT, containers-storage:) parses in a confined process below the CLI.
 //
 // Label fs (root: device nodes, owners). Run as:
 //   image_security_tests --ocivm PATH
@@ -1099,15 +1099,17 @@ TEST_F(Redteam, ArchivesNeverReadOrWriteHostFiles) {
 // ---------------------------------------------------------------------------
 // 8. Who parses an image. Every import (`ocivm image import`, the implicit
 // one of `ocivm run LAYOUT` and of `ocivm disk create LAYOUT`, and the parse
-// of podman's export for containers-storage:) runs in a child of the CLI
-// that has confined itself: other network, IPC and mount namespaces (in
-// which every host mount is read-only and nodev but the store), only the
-// capabilities unpacking needs, no_new_privs, a seccomp filter; the CLI
-// itself keeps what it has for QEMU, mounts and disks. Seen from outside:
-// the test holds the store's lock, which Store::import takes first, so the
-// importer, whichever process it is, stops there; /proc/locks names it, and
-// its /proc entries say what it may do. The disk writer of `disk create`
-// is seen the same way, stopped in a mkfs.ext4 of the test's.
+// of podman's export for containers-storage:) runs below the CLI in a
+// process that has confined itself: PID 1 of its own PID namespace (its
+// parent a keeper without capabilities, the CLI's child), other network,
+// IPC and mount namespaces, a root that shows only the store and the source
+// (read-only, nodev, nosuid but the store), only the capabilities unpacking
+// needs, no_new_privs, a seccomp filter; the CLI itself keeps what it has
+// for QEMU, mounts and disks. Seen from outside: the test holds the store's
+// lock, which Store::import takes first, so the importer, whichever process
+// it is, stops there; /proc/locks names it, and its /proc entries say what
+// it may do. The disk writer of `disk create` is seen the same way,
+// stopped in a mkfs.ext4 of the test's.
 
 // ocivm ARGS in the background (OCIVM_HOME=home, its runtime directory
 // below it), stdout and stderr in
@@ -1269,11 +1271,11 @@ std::vector<MountLine> mounts_of(pid_t pid) {
     return v;
 }
 
-// What a confined tool sees of the mounts in its root: its own mount
-// namespace, private (no shared: peer group with the host's), every mount read-only,
-// nodev and nosuid but `writable` (read-write, nodev, nosuid) and the five
+// The mounts of a confined tool's root: its own mount namespace, private
+// (no shared: peer group with the host's), every mount read-only, nodev and
+// nosuid but `writable` (read-write, nodev, nosuid, noexec) and the five
 // harmless devices (read-only mounts, devices allowed).
-void expect_narrow_view(pid_t pid, const std::string& writable, const std::string& what) {
+void expect_tool_mounts(pid_t pid, const std::string& writable, const std::string& what) {
     EXPECT_NE(ns_of(pid, "mnt"), ns_of(::getpid(), "mnt")) << what << ": the host's mount namespace";
     std::string real = stdfs::canonical(writable).string();
     const std::set<std::string> devices = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"};
@@ -1285,7 +1287,10 @@ void expect_narrow_view(pid_t pid, const std::string& writable, const std::strin
     for (auto& m : mounts_of(pid)) {
         if (m.tags.find("shared:") != std::string::npos) shared.push_back(m.point);
         if (has(m, "rw")) rw.push_back(m.point);
-        if (m.point == real) found = true;
+        if (m.point == real) {
+            found = true;
+            EXPECT_TRUE(has(m, "noexec")) << what << ": programs could run from " << real << " (" << m.options << ")";
+        }
         if (devices.count(m.point)) continue;
         if (!has(m, "nodev")) dev.push_back(m.point);
         if (!has(m, "nosuid")) suid.push_back(m.point);
@@ -1341,7 +1346,7 @@ void expect_confined_importer(pid_t importer, pid_t cli, const std::string& what
     EXPECT_NE(ns_of(importer, "net"), ns_of(::getpid(), "net")) << what << ": the importer has the host's network";
     EXPECT_NE(ns_of(importer, "ipc"), ns_of(::getpid(), "ipc")) << what;
     EXPECT_EQ(st["Seccomp"], "2") << what << ": no seccomp filter";
-    expect_narrow_view(importer, home, what);
+    expect_tool_mounts(importer, home, what);
     // The CLI goes on unconfined: QEMU, mounts and disks are its work.
     EXPECT_EQ(cli_st["CapEff"], self["CapEff"]) << what << ": the CLI lost capabilities it needs";
     EXPECT_EQ(cli_st["NoNewPrivs"], "0") << what;
@@ -1537,6 +1542,16 @@ void expect_confined_disk_writer(const std::string& dir, const std::string& home
     ASSERT_GT(writer, 0) << what << ": the CLI has no child (the writer)";
     EXPECT_EQ(proc_status(cli.pid())["CapEff"], "0000000000000000") << what << ": the keeper kept capabilities";
     expect_own_pid_namespace_and_root(writer, what);
+    // Nothing it inherited leads out of its root: no directory fd.
+    {
+        std::error_code ec;
+        for (auto& e : stdfs::directory_iterator("/proc/" + std::to_string(writer) + "/fd", ec)) {
+            struct stat sb;
+            if (::stat(e.path().c_str(), &sb) == 0 && S_ISDIR(sb.st_mode))
+                ADD_FAILURE() << what << ": the writer holds a directory fd " << e.path().filename() << " -> "
+                              << stdfs::read_symlink(e.path(), ec);
+        }
+    }
     auto st = proc_status(writer), self = proc_status(::getpid());
     char caps[32];
     std::snprintf(caps, sizeof caps, "%016llx", want_caps & std::stoull(self["CapEff"], nullptr, 16));
@@ -1546,7 +1561,7 @@ void expect_confined_disk_writer(const std::string& dir, const std::string& home
     EXPECT_EQ(st["Seccomp"], "2") << what << ": no seccomp filter";
     EXPECT_NE(ns_of(writer, "net"), ns_of(::getpid(), "net")) << what << ": the writer has the host's network";
     EXPECT_NE(ns_of(writer, "ipc"), ns_of(::getpid(), "ipc")) << what;
-    expect_narrow_view(writer, out, what);
+    expect_tool_mounts(writer, out, what);
     // Its programs: the same filter and no_new_privs (the script is mkfs.ext4's shell).
     std::istringstream kids(slurp("/proc/" + std::to_string(writer) + "/task/" + std::to_string(writer) + "/children"));
     pid_t mkfs = 0;

@@ -175,10 +175,12 @@ if [ -n "$W" ] && [ -e "$WORK/out/mkfs-ready" ]; then
   check "disk writer: no capabilities (CapEff $(field $W CapEff)), NoNewPrivs 1, Seccomp 2" \
     [ "$(field $W CapEff)" = 0000000000000000 -a "$(field $W NoNewPrivs)" = 1 -a "$(field $W Seccomp)" = 2 ]
   check "disk writer: writes only OUTPUT's directory (rw mounts: $(rw_mounts $W))" [ "$(rw_mounts $W)" = "$WORK/out" ]
-  check "disk writer: its root shows /usr, not /etc/passwd nor the store's names.json" \
-    bash -c "[ -d /proc/$W/root/usr/bin ] && [ ! -e /proc/$W/root/etc/passwd ] && [ ! -e /proc/$W/root$STORE/names.json ]"
+  check "disk writer: its root shows /usr and OUTPUT's directory, not /etc/passwd nor the store's names.json" \
+    bash -c "[ -d /proc/$W/root/usr/bin ] && [ -d /proc/$W/root$WORK/out ] && [ -e /etc/passwd ] && [ -e '$STORE/names.json' ] &&
+             [ ! -e /proc/$W/root/etc/passwd ] && [ ! -e /proc/$W/root$STORE/names.json ]"
 else
   bad "the user's disk writer never reached its mkfs.ext4: $(tr '\n' ' ' < "$WORK/disk.err")"
+  kill -9 $CLI 2>/dev/null
 fi
 : > "$WORK/out/mkfs-go"
 wait $CLI; rc=$?
@@ -226,7 +228,7 @@ wait $CLI; rc=$?
 check "without a user namespace the import still works (exit $rc)" [ $rc -eq 0 ]
 check "and warns, at the default log level, naming the cause and what is not confined ($(tr '\n' ' ' < "$WORK/nouserns.err"))" \
   bash -c "grep -q 'ocivm: warning: image import: cannot create a user namespace' '$WORK/nouserns.err' &&
-           grep -q 'host.s network, IPC and mount namespaces' '$WORK/nouserns.err' &&
+           grep -q 'host.s PID, network, IPC and mount namespaces' '$WORK/nouserns.err' &&
            grep -q 'max_user_namespaces' '$WORK/nouserns.err'"
 check "and stores the same image" bash -c "[ \"\$(cat '$WORK/nouserns.out')\" = \"\$(cat '$WORK/import.out')\" ]"
 kill -9 $HOLD 2>/dev/null; wait $HOLD 2>/dev/null

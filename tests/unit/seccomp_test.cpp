@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sched.h>
+#include <linux/fs.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -242,6 +244,15 @@ TEST(ToolSeccomp, TheImporterIsStoppedNamingTheCall) {
              char c = 'x';
              return ::syscall(SYS_ioctl, 2, 0x100000000ul | TIOCSTI, &c) == 0 ? 0 : 1;
          }},
+        // the file systems' ways past every path: XFS_IOC_OPEN_BY_HANDLE
+        // (_IOWR('X', 107, 48 bytes)) and BTRFS_IOC_TREE_SEARCH (_IOWR(0x94,
+        // 17, 4096 bytes)), whatever the fd
+        {"ioctl", [] { return ::syscall(SYS_ioctl, 0, 0xc030586bul, nullptr) == 0 ? 0 : 1; }},
+        {"ioctl", [] { return ::syscall(SYS_ioctl, 0, 0xd0009411ul, nullptr) == 0 ? 0 : 1; }},
+        // a controlling terminal taken, the death signal cleared
+        {"ioctl", [] { return ::syscall(SYS_ioctl, 2, TIOCSCTTY, 1) == 0 ? 0 : 1; }},
+        {"prctl", [] { return ::prctl(PR_SET_PDEATHSIG, 0) == 0 ? 0 : 1; }},
+        {"prctl", [] { return ::prctl(PR_SET_PDEATHSIG, SIGCHLD) == 0 ? 0 : 1; }},
     };
     for (auto& c : cases) {
         Outcome o = in_tool_child(SeccompProfile::Importer, "image import", c.f);
@@ -270,6 +281,11 @@ TEST(ToolSeccomp, TheImporterStillUnpacks) {
         if (v != 7) return 6;
         if (::kill(::getpid(), 0) < 0 || ::syscall(SYS_tgkill, ::getpid(), ::gettid(), 0) < 0) return 7;
         if (::syscall(SYS_io_uring_setup, 1, nullptr) != -1 || errno != ENOSYS) return 8;
+        // FICLONE shares btrfs's ioctl type and stays allowed (reflinks);
+        // here it fails on what the fds are, not in the filter.
+        if (::ioctl(fd, FICLONE, fd) == 0) return 9;
+        // the programs the writer starts keep their death signal: SIGKILL
+        if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) return 10;
         return 0;
     });
     ASSERT_TRUE(WIFEXITED(o.status)) << "killed by signal " << WTERMSIG(o.status) << ": " << o.err;
@@ -311,7 +327,11 @@ struct Confined {
 Confined in_confined_tool(SeccompProfile profile, const ToolView& view, const std::function<int()>& checks) {
     Confined r;
     int pipefd[2];
-    if (::pipe(pipefd) != 0) return r;
+    if (::pipe(pipefd) != 0) {
+        r.err = std::string("pipe: ") + std::strerror(errno);
+        r.status = 99 << 8;  // exited with 99: see err
+        return r;
+    }
     pid_t pid = ::fork();
     if (pid == 0) {
         ::dup2(pipefd[1], 2);
@@ -352,7 +372,22 @@ TEST(Sandbox, ConfinedToolSeesOnlyItsView) {
     ToolView view;
     view.writable = {d + "/store"};
     view.readable = {d + "/source"};
+    // An fd it keeps, and a directory fd it must not: openat(.., "..")
+    // from it would walk the host's tree.
+    const int kept = ::open("/dev/null", O_RDONLY);
+    const int leaked = ::open(d.c_str(), O_PATH | O_DIRECTORY);
+    ASSERT_GE(kept, 3);
+    ASSERT_GE(leaked, 3);
+    view.keep_fds = {kept};
     Confined c = in_confined_tool(SeccompProfile::Importer, view, [&] {
+        // only the fds it keeps: the pipe to the test is fd 2
+        for (int fd = 3; fd < 64; ++fd)
+            if (::fcntl(fd, F_GETFD) >= 0 && fd != kept) {
+                char l[256] = {};
+                (void)!::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), l, sizeof l - 1);
+                std::fprintf(stderr, "fd %d -> %s\n", fd, l);
+                return 23;
+            }
         int in = ::open((d + "/store/f").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
         if (in < 0) return 11;
         char buf[16] = {};
@@ -364,8 +399,10 @@ TEST(Sandbox, ConfinedToolSeesOnlyItsView) {
         if (::open((d + "/outside/secret").c_str(), O_RDONLY | O_CLOEXEC) >= 0 || errno != ENOENT) return 14;
         errno = 0;
         if (::open("/etc/passwd", O_RDONLY | O_CLOEXEC) >= 0 || errno != ENOENT) return 15;
+        // Its own /proc (subset=pid) has no sys/: ENOENT; a read-only one EROFS.
         errno = 0;
-        if (::open("/proc/sys/kernel/core_pattern", O_WRONLY | O_CLOEXEC) >= 0 && errno == 0) return 16;
+        if (::open("/proc/sys/kernel/core_pattern", O_WRONLY | O_CLOEXEC) >= 0 || (errno != ENOENT && errno != EROFS))
+            return 16;
         if (::open("/dev/null", O_RDWR | O_CLOEXEC) < 0) return 17;
         struct stat st;
         if (::stat("/proc/self/ns/net", &st) < 0 || st.st_ino == host_net.st_ino) return 18;
@@ -373,15 +410,19 @@ TEST(Sandbox, ConfinedToolSeesOnlyItsView) {
         if (::stat("/proc/self/ns/pid", &st) < 0 || st.st_ino == host_pid.st_ino) return 20;
         errno = 0;
         if (::mkdir("/new", 0755) == 0 || errno != EROFS) return 21;
+        if (::getsid(0) != ::getpid()) return 22;  // a session of its own: kill(0) reaches nobody else
         return 0;
     });
+    ::close(kept);
+    ::close(leaked);
     bool written = std::filesystem::exists(d + "/store/f");
     ASSERT_TRUE(WIFEXITED(c.status)) << "killed by signal " << WTERMSIG(c.status) << ": " << c.err;
     EXPECT_EQ(WEXITSTATUS(c.status), 0)
         << "(10: confine_tool failed, 11: no write in the store, 12: the source unreadable, 13: the source "
            "writable, 14: a host file outside the view readable, 15: /etc/passwd visible, 16: core_pattern "
            "writable, 17: no /dev/null, 18: the host's network, 19: not PID 1 with a /proc of its own, 20: the "
-           "host's PID namespace, 21: its root writable) "
+           "host's PID namespace, 21: its root writable, 22: not a session of its own, 23: an fd it was not "
+           "given) "
         << c.err;
     EXPECT_TRUE(written);
     EXPECT_FALSE(std::filesystem::exists(d + "/source/new"));
@@ -391,11 +432,11 @@ TEST(Sandbox, ConfinedToolSeesOnlyItsView) {
 }
 
 // The disk writer's view adds what running its programs takes: /usr (and
-// /bin, /sbin as links), the dynamic linker's cache, and the directory of a
-// program outside /usr; still no host secret, and OUTPUT's directory the
-// only place it writes.
+// /bin, /sbin as links), the dynamic linker's cache, and a program outside
+// /usr (that file alone); still no host secret, and OUTPUT's directory the
+// only place it writes, where nothing runs. (As a user it is the same, in
+// a user namespace of its own.)
 TEST(Sandbox, ConfinedDiskWriterRunsItsPrograms) {
-    ASSERT_EQ(::geteuid(), 0u) << "the disk writer takes namespaces as root only: run the unit tests as root";
     TempDir td;
     const std::string d = std::filesystem::canonical(td.path).string();
     ASSERT_EQ(::mkdir((d + "/out").c_str(), 0755), 0);
@@ -410,6 +451,8 @@ TEST(Sandbox, ConfinedDiskWriterRunsItsPrograms) {
     view.writable = {d + "/out"};
     view.readable = {d + "/tree"};
     view.programs = {d + "/bin/tool", "/usr/bin/true"};
+    ASSERT_TRUE(std::filesystem::copy_file("/usr/bin/true", d + "/out/true"));
+    { std::ofstream(d + "/bin/other") << "not shown"; }
     Confined c = in_confined_tool(SeccompProfile::DiskWriter, view, [&] {
         auto run = [](std::vector<std::string> argv) {
             pid_t p = ::fork();
@@ -425,18 +468,22 @@ TEST(Sandbox, ConfinedDiskWriterRunsItsPrograms) {
         };
         if (run({"/bin/true"}) != 0) return 11;
         if (run({d + "/bin/tool", d + "/out/x"}) != 0) return 12;
+        if (run({d + "/out/true"}) != 127) return 16;  // OUTPUT's directory is noexec
         errno = 0;
         if (::open("/etc/shadow", O_RDONLY | O_CLOEXEC) >= 0 || errno != ENOENT) return 13;
         errno = 0;
         if (::open((d + "/bin/y").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600) >= 0 || errno != EROFS) return 14;
         errno = 0;
         if (::open("/usr/z", O_WRONLY | O_CREAT | O_CLOEXEC, 0600) >= 0 || errno != EROFS) return 15;
+        // A program outside /usr is shown alone, not its directory.
+        if (::access((d + "/bin/other").c_str(), F_OK) == 0) return 17;
         return 0;
     });
     ASSERT_TRUE(WIFEXITED(c.status)) << "killed by signal " << WTERMSIG(c.status) << ": " << c.err;
     EXPECT_EQ(WEXITSTATUS(c.status), 0) << "(10: confine_tool failed, 11: /bin/true did not run, 12: a program "
                                            "outside /usr did not run, 13: /etc/shadow visible, 14: a program's "
-                                           "directory writable, 15: /usr writable) "
+                                           "directory writable, 15: /usr writable, 16: a program in OUTPUT's "
+                                           "directory ran, 17: a program's directory shown whole) "
                                         << c.err;
     std::ifstream in(d + "/out/x");
     std::string line;

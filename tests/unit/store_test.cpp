@@ -12,6 +12,7 @@
 
 #include "image/store.h"
 #include "unit/test_util.h"
+#include "util/error.h"
 #include "util/log.h"
 
 using namespace ocivm;
@@ -111,4 +112,34 @@ TEST_F(StoreListTest, TheImportDateComesBackPrintable) {
     auto images = image::Store(home_).list();
     ASSERT_EQ(images.size(), 1u);
     EXPECT_EQ(images[0].created, "2024-05-01\\x1b[2J\\x0d");
+}
+
+// The parts of an import SOURCE (what the confined importer's root must
+// show): oci:DIR:TAG is a tag unless the whole of it is a directory.
+TEST(SplitSource, TransportPathAndTag) {
+    std::string d = test::make_temp_dir();
+    auto a = image::split_source("oci:" + d + "/layout:v1");
+    EXPECT_EQ(a.transport, "oci");
+    EXPECT_EQ(a.path, d + "/layout");
+    EXPECT_EQ(a.tag, "v1");
+    EXPECT_EQ(a.str(), "oci:" + d + "/layout:v1");
+    ASSERT_EQ(::mkdir((d + "/a:b").c_str(), 0755), 0);
+    auto b = image::split_source("oci:" + d + "/a:b");
+    EXPECT_EQ(b.path, d + "/a:b");
+    EXPECT_EQ(b.tag, "");
+    auto c = image::split_source("docker-archive:/x/y.tar");
+    EXPECT_EQ(c.transport, "docker-archive");
+    EXPECT_EQ(c.path, "/x/y.tar");
+    EXPECT_EQ(c.str(), "docker-archive:/x/y.tar");
+    auto p = image::split_source("containers-storage:localhost/app:1");
+    EXPECT_EQ(p.path, "") << "podman's image comes as an fd, not a host path";
+    EXPECT_EQ(p.tag, "localhost/app:1");
+    EXPECT_EQ(p.str(), "containers-storage:localhost/app:1");
+    try {
+        image::split_source("/no/transport");
+        ADD_FAILURE() << "a source without a transport was accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("names no transport"), std::string::npos) << e.what();
+    }
+    test::remove_tree(d);
 }
