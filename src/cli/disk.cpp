@@ -146,6 +146,11 @@ int cmd_disk(int argc, char** argv) {
         if (rootfs == "/")
             throw UsageError{"IMAGE is /, the host's own root: the disk writer copies a root file system directory "
                              "of its own; copy what the disk should hold into one first"};
+        // OUTPUT inside the tree would be copied into itself, and the tree
+        // be writable to the writer.
+        if ((real_dir.string() + "/").rfind(rootfs + "/", 0) == 0)
+            throw UsageError{"OUTPUT " + pos[2] + " is inside IMAGE's tree " + rootfs +
+                             ", which would be copied into the disk with it; write it elsewhere"};
         sandbox::ToolView view;
         view.writable.push_back(real_dir.string());
         view.readable.push_back(rootfs);

@@ -202,24 +202,35 @@ int add_tool_rules(scmp_filter_ctx ctx, SeccompProfile profile, uint32_t deny) {
                               static_cast<unsigned long>(TIOCCONS), static_cast<unsigned long>(TIOCSCTTY)})
         if (rc == 0)
             rc = seccomp_rule_add(ctx, deny, SCMP_SYS(ioctl), 1, SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, req));
-    // Nor the file systems' own ways past every path: XFS's by-handle and
-    // bulk-stat requests ('X' 101-128: list every inode, open any of them,
-    // set any xattr) and btrfs's tree search, inode-to-path and send (0x94:
-    // raw items of any file, inline data included). An fd of any file on
-    // such a file system suffices, and the disk writer of a root file
-    // system directory keeps sys_admin, which they ask for. Matched on type
-    // and number (the size and direction bits vary between versions).
+    // Nor the file systems' own requests that reach past every path or
+    // change the host's file system as a whole, answered "not a tty" (a
+    // library's probe must not kill the tool): XFS's bulk stat, handles,
+    // open and xattrs by handle, parents by handle and fsmap ('X' 59, 63,
+    // 101-128); every btrfs request (0x94: tree search, inode-to-path,
+    // send, subvolume and quota control, resize, label) but FICLONE,
+    // FICLONERANGE, FIDEDUPERANGE and reading the label, which share its
+    // type; ext4's resize, boot-loader swap and UUID ('f' 16, 17, 44). An
+    // fd of any file on such a file system suffices for most, and the disk
+    // writer of a root file system directory keeps sys_admin, which many
+    // ask for. Matched on type and number: the size and direction bits
+    // vary between versions, and the kernel reads 32 bits.
     std::vector<unsigned> fs_requests;
+    for (unsigned nr : {59u, 63u}) fs_requests.push_back(('X' << 8) | nr);
     for (unsigned nr = 101; nr <= 128; ++nr) fs_requests.push_back(('X' << 8) | nr);
-    for (unsigned nr : {17u, 18u, 35u, 36u, 38u, 59u, 62u, 63u}) fs_requests.push_back((0x94u << 8) | nr);
+    for (unsigned nr = 0; nr <= 80; ++nr)
+        if (nr != 9 && nr != 13 && nr != 49 && nr != 54) fs_requests.push_back((0x94u << 8) | nr);
+    for (unsigned nr : {16u, 17u, 44u}) fs_requests.push_back(('f' << 8) | nr);
     for (unsigned req : fs_requests)
-        if (rc == 0) rc = seccomp_rule_add(ctx, deny, SCMP_SYS(ioctl), 1, SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffu, req));
+        if (rc == 0)
+            rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOTTY), SCMP_SYS(ioctl), 1,
+                                  SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffu, req));
     // No outliving its keeper: the signal it gets when the keeper dies can
     // be set to SIGKILL only (as it is; the programs the disk writer starts
-    // set theirs), never cleared or made one it could ignore.
+    // set theirs), never cleared or made one it could ignore. The kernel
+    // reads the option as 32 bits: compare only those.
     if (rc == 0)
         rc = seccomp_rule_add(ctx, deny, SCMP_SYS(prctl), 2,
-                              SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(PR_SET_PDEATHSIG)),
+                              SCMP_A0(SCMP_CMP_MASKED_EQ, 0xffffffffu, static_cast<scmp_datum_t>(PR_SET_PDEATHSIG)),
                               SCMP_A1(SCMP_CMP_NE, static_cast<scmp_datum_t>(SIGKILL)));
     if (profile == SeccompProfile::Importer) {
         // Signals to itself only (abort() raises SIGABRT that way): as root,

@@ -145,6 +145,9 @@ rm -f "$WORK/disk.qcow2.tmp.1" "$WORK/disk.qcow2.raw.1"
 check "disk create into /: refused before anything is written (the writer would see the whole host)" \
   bash -c "[ $rc -ne 0 ] && grep -q 'is in /' $WORK/inroot.err && [ ! -e /disk-in-root.raw ] && [ -z \"\$(ls / | grep disk-in-root)\" ]"
 rm -f /disk-in-root.raw /disk-in-root.raw.*
+"$OCIVM" disk create "$SRC" "$SRC/inside.raw" 2> "$WORK/inside.err"; rc=$?
+check "disk create with OUTPUT inside the tree: refused, nothing written ($(tr '\n' ' ' < "$WORK/inside.err"))" \
+  bash -c "[ $rc -ne 0 ] && grep -q 'inside IMAGE' $WORK/inside.err && [ -z \"\$(ls $SRC | grep inside.raw)\" ]"
 "$OCIVM" disk create "$WORK/missing" "$WORK/x.raw" 2> "$WORK/missing.err"; rc=$?
 check "disk create of a missing image: exit 125, one line, no output file" bash -c "[ $rc = 125 ] && [ \$(wc -l < $WORK/missing.err) = 1 ] && [ ! -e $WORK/x.raw ]"
 

@@ -155,7 +155,8 @@ check "the user lists it ($(tr '\n' ' ' < "$WORK/ls.out"))" grep -q "rootless:1"
 
 # --- a user's disk writer, in its user namespace -----------------------------
 # Stopped in a mkfs.ext4 of the test's (first on PATH, in a directory
-# outside /usr that the writer's root shows for it), which waits for a file.
+# outside /usr, which the writer's root shows as that file alone), which
+# waits for a file.
 REAL_MKFS=$(PATH=/usr/sbin:/sbin:/usr/bin:/bin command -v mkfs.ext4) || { bad "mkfs.ext4 missing: apt-get install e2fsprogs"; finish; }
 mkdir -p "$WORK/bin" "$WORK/out" && chown $RUID:$RGID "$WORK/out"
 printf '#!/bin/sh\n: > %s\nwhile [ ! -e %s ]; do sleep 0.05; done\nexec %s "$@"\n' \
