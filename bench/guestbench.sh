@@ -30,10 +30,7 @@ INITRD=$WORK/initrd.img
 # The tree: 70 directories of 99 files (1-8 KiB), a static binary to exec.
 SHARE=$WORK/share
 mkdir -p "$SHARE/tree" "$SHARE/bin" "$SHARE/.bench"
-for d in $(seq 1 70); do
-  mkdir "$SHARE/tree/d$d"
-  for f in $(seq 1 99); do head -c $(( 1024 + (d * 131 + f * 71) % 7168 )) /dev/zero > "$SHARE/tree/d$d/f$f"; done
-done
+make_small_tree "$SHARE/tree"
 cp /bin/busybox "$SHARE/bin/busybox"
 cat > "$SHARE/.bench/work.sh" <<'GUEST'
 up() { read a b < /proc/uptime; echo $a; }

@@ -35,10 +35,7 @@ INITRD=$WORK/initrd.img
 # The tree of guestbench: 70 directories of 99 files (1-8 KiB).
 SHARE=$WORK/share
 mkdir -p "$SHARE/tree" "$SHARE/.bench"
-for d in $(seq 1 70); do
-  mkdir "$SHARE/tree/d$d"
-  for f in $(seq 1 99); do head -c $(( 1024 + (d * 131 + f * 71) % 7168 )) /dev/zero > "$SHARE/tree/d$d/f$f"; done
-done
+make_small_tree "$SHARE/tree"
 cat > "$SHARE/.bench/work.sh" <<GUEST
 ROUNDS=$ROUNDS
 DIRS=$DIRS

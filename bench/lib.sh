@@ -13,6 +13,17 @@ make_debian_tree() {
     (cd /usr/lib/x86_64-linux-gnu && xargs -r cp -a --parents -t "$root/usr/lib/x86_64-linux-gnu")
 }
 
+# make_small_tree DIR: the VM benchmarks' tree, 70 directories of 99 files
+# of 1-8 KiB each (7,000 entries), in DIR (made).
+make_small_tree() {
+  local root=$1 d f
+  mkdir -p "$root"
+  for d in $(seq 1 70); do
+    mkdir "$root/d$d"
+    for f in $(seq 1 99); do head -c $(( 1024 + (d * 131 + f * 71) % 7168 )) /dev/zero > "$root/d$d/f$f"; done
+  done
+}
+
 # copy_virtiofs_modules MODDIR LIBDIR: virtio_pci and virtiofs with the
 # modules they depend on (modules.dep), decompressed, into LIBDIR, and
 # their names in load order in LIBDIR/order. Returns 1 naming a missing one.

@@ -1303,6 +1303,14 @@ void expect_tool_mounts(pid_t pid, const std::string& writable, const std::strin
     EXPECT_TRUE(suid.empty()) << what << ": mounts without nosuid: " << ::testing::PrintToString(suid);
 }
 
+// The first child of pid's main thread, or 0.
+pid_t first_child(pid_t pid) {
+    std::istringstream kids(slurp("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children"));
+    pid_t child = 0;
+    kids >> child;
+    return child;
+}
+
 // A confined tool is PID 1 of a PID namespace of its own, and its root
 // shows none of the host's files but those it was given: no /etc/shadow
 // (which main() checks the host has), no /home, /root or /var.
@@ -1534,11 +1542,7 @@ void expect_confined_disk_writer(const std::string& dir, const std::string& home
         ::usleep(20000);
     }
     // The CLI is the writer's keeper, outside its PID namespace.
-    pid_t writer = 0;
-    {
-        std::istringstream kids(slurp("/proc/" + std::to_string(cli.pid()) + "/task/" + std::to_string(cli.pid()) + "/children"));
-        kids >> writer;
-    }
+    pid_t writer = first_child(cli.pid());
     ASSERT_GT(writer, 0) << what << ": the CLI has no child (the writer)";
     EXPECT_EQ(proc_status(cli.pid())["CapEff"], "0000000000000000") << what << ": the keeper kept capabilities";
     expect_own_pid_namespace_and_root(writer, what);
@@ -1563,9 +1567,7 @@ void expect_confined_disk_writer(const std::string& dir, const std::string& home
     EXPECT_NE(ns_of(writer, "ipc"), ns_of(::getpid(), "ipc")) << what;
     expect_tool_mounts(writer, out, what);
     // Its programs: the same filter and no_new_privs (the script is mkfs.ext4's shell).
-    std::istringstream kids(slurp("/proc/" + std::to_string(writer) + "/task/" + std::to_string(writer) + "/children"));
-    pid_t mkfs = 0;
-    kids >> mkfs;
+    pid_t mkfs = first_child(writer);
     ASSERT_GT(mkfs, 0) << what << ": no child of the writer";
     auto ms = proc_status(mkfs);
     EXPECT_EQ(ms["Seccomp"], "2") << what << ": mkfs.ext4 runs without the filter";

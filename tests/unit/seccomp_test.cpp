@@ -180,15 +180,15 @@ struct Outcome {
     std::string err;  // what the child wrote on stderr
 };
 
-// f() in a child that installed `profile`'s filter, its stderr captured.
-template <typename F>
-Outcome in_tool_child(SeccompProfile profile, const char* who, F f) {
+// f() in a child, after setup(), its stderr captured; its exit status
+// (status 99 << 8 and err saying why when there is no child).
+Outcome in_child(const std::function<void()>& setup, const std::function<int()>& f) {
     int pipefd[2];
-    if (::pipe(pipefd) != 0) return {-1, "pipe failed"};
+    if (::pipe(pipefd) != 0) return {99 << 8, std::string("pipe: ") + std::strerror(errno)};
     pid_t pid = ::fork();
     if (pid == 0) {
         ::dup2(pipefd[1], 2);
-        install_seccomp(SeccompMode::Kill, profile, who);
+        setup();
         ::_exit(f());
     }
     ::close(pipefd[1]);
@@ -198,6 +198,11 @@ Outcome in_tool_child(SeccompProfile profile, const char* who, F f) {
     ::close(pipefd[0]);
     ::waitpid(pid, &o.status, 0);
     return o;
+}
+
+// f() in a child that installed `profile`'s filter, its stderr captured.
+Outcome in_tool_child(SeccompProfile profile, const char* who, const std::function<int()>& f) {
+    return in_child([&] { install_seccomp(SeccompMode::Kill, profile, who); }, f);
 }
 
 bool stopped_naming(const Outcome& o, const std::string& who, const std::string& call) {
@@ -326,36 +331,18 @@ TEST(ToolSeccomp, TheDiskWriterRunsProgramsButNoMount) {
 }
 
 // Runs `checks` in a child confined by confine_tool(profile, view); its
-// exit status (0: all held) and what it wrote to stderr.
-struct Confined {
-    int status = -1;
-    std::string err;
-};
-Confined in_confined_tool(SeccompProfile profile, const ToolView& view, const std::function<int()>& checks) {
-    Confined r;
-    int pipefd[2];
-    if (::pipe(pipefd) != 0) {
-        r.err = std::string("pipe: ") + std::strerror(errno);
-        r.status = 99 << 8;  // exited with 99: see err
-        return r;
-    }
-    pid_t pid = ::fork();
-    if (pid == 0) {
-        ::dup2(pipefd[1], 2);
-        try {
-            confine_tool("test tool", profile, {}, view);
-        } catch (const std::exception& e) {
-            std::fprintf(stderr, "confine_tool: %s\n", e.what());
-            ::_exit(10);
-        }
-        ::_exit(checks());
-    }
-    ::close(pipefd[1]);
-    char buf[1024];
-    for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;) r.err.append(buf, static_cast<size_t>(n));
-    ::close(pipefd[0]);
-    ::waitpid(pid, &r.status, 0);
-    return r;
+// exit status (0: all held; 10: confine_tool failed) and its stderr.
+Outcome in_confined_tool(SeccompProfile profile, const ToolView& view, const std::function<int()>& checks) {
+    return in_child(
+        [&] {
+            try {
+                confine_tool("test tool", profile, {}, view);
+            } catch (const std::exception& e) {
+                std::fprintf(stderr, "confine_tool: %s\n", e.what());
+                ::_exit(10);
+            }
+        },
+        checks);
 }
 
 // confine_tool's view of the host, in a child (root: its own namespaces;
@@ -386,7 +373,7 @@ TEST(Sandbox, ConfinedToolSeesOnlyItsView) {
     ASSERT_GE(kept, 3);
     ASSERT_GE(leaked, 3);
     view.keep_fds = {kept};
-    Confined c = in_confined_tool(SeccompProfile::Importer, view, [&] {
+    Outcome c = in_confined_tool(SeccompProfile::Importer, view, [&] {
         // only the fds it keeps: the pipe to the test is fd 2
         for (int fd = 3; fd < 64; ++fd)
             if (::fcntl(fd, F_GETFD) >= 0 && fd != kept) {
@@ -460,7 +447,7 @@ TEST(Sandbox, ConfinedDiskWriterRunsItsPrograms) {
     view.programs = {d + "/bin/tool", "/usr/bin/true"};
     ASSERT_TRUE(std::filesystem::copy_file("/usr/bin/true", d + "/out/true"));
     { std::ofstream(d + "/bin/other") << "not shown"; }
-    Confined c = in_confined_tool(SeccompProfile::DiskWriter, view, [&] {
+    Outcome c = in_confined_tool(SeccompProfile::DiskWriter, view, [&] {
         auto run = [](std::vector<std::string> argv) {
             pid_t p = ::fork();
             if (p == 0) {
