@@ -23,15 +23,6 @@ namespace {
 
 constexpr size_t kPage = 4096;
 
-std::string contents(const std::string& path) {
-    UniqueFd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    std::string out;
-    char buf[65536];
-    ssize_t n;
-    while ((n = ::read(f.get(), buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
-    return out;
-}
-
 uint64_t allocated(const std::string& path) {
     struct stat st;
     return ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_blocks) * 512 : ~0ull;
@@ -60,7 +51,7 @@ TEST_F(SnapshotFiles, SparseCopyKeepsDataAndLeavesHolesAndZeroPages) {
     std::string expect(size, '\0');
     expect.replace(3 * kPage, a.size(), a);
     expect.replace(40 * kPage + 7, b.size(), b);
-    EXPECT_TRUE(contents(out) == expect) << "the copy reads as the memory did";
+    EXPECT_TRUE(ocivm::test::slurp(out) == expect) << "the copy reads as the memory did";
     EXPECT_LE(allocated(out), 4 * kPage) << "holes stay holes";
     EXPECT_THROW(vm::sparse_copy(mem.get(), out, size), Error) << "an existing file is never overwritten";
 }
@@ -92,8 +83,8 @@ TEST_F(SnapshotFiles, MappedRamIsReadWithTheProcessesOwnWrites) {
     expect.replace(12 * kPage, 10, std::string(10, 'n'));
     ::munmap(p, size);
     EXPECT_EQ(copied, 3 * kPage);
-    EXPECT_TRUE(contents(out) == expect) << "the copy is the mapping, not the file";
-    EXPECT_EQ(contents(file).substr(9 * kPage, 1), "t") << "the template file is unchanged";
+    EXPECT_TRUE(ocivm::test::slurp(out) == expect) << "the copy is the mapping, not the file";
+    EXPECT_EQ(ocivm::test::slurp(file).substr(9 * kPage, 1), "t") << "the template file is unchanged";
 }
 
 TEST_F(SnapshotFiles, MappedRamNotMappedIsAnError) {
