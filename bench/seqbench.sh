@@ -4,10 +4,15 @@
 # without the writeback cache (`--writeback` / `-o writeback`), cache mode
 # auto, same kernel and initramfs as guestbench, the four servers
 # interleaved in every round. The guest times itself (/proc/uptime): the
-# write is `dd bs=1M conv=fsync` (its time includes getting every byte to
+# write is `dd bs=BS conv=fsync` (its time includes getting every byte to
 # the host), the read a `dd` after dropping the guest's page cache. Prints
 # the median MB/s of the rounds and the ratios the issue asks for.
-#   [SIZE_MB=1024] [ROUNDS=3] [MEM=1G] [CONFIGS="ocivm ocivm-wb virtiofsd virtiofsd-wb"]
+# BS is the size of the writer's write() calls: 1M (the default) is the
+# best case for a write-through cache (each call is one 1 MiB request);
+# programs that write through stdio or a small buffer (compilers, linkers,
+# tar, loggers) call write() with 4-64 KiB, and each such call is one
+# round trip to the server without the writeback cache.
+#   [SIZE_MB=1024] [BS=1M|256K|64K|4K] [ROUNDS=3] [MEM=1G] [CONFIGS="ocivm ocivm-wb virtiofsd virtiofsd-wb"]
 #   bench/seqbench.sh [OCIVM]
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -15,6 +20,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 OCIVM=${1:-$HERE/../build/ocivm}
 SIZE_MB=${SIZE_MB:-1024}
 ROUNDS=${ROUNDS:-3}
+BS=${BS:-1M}
 MEM=${MEM:-1G}
 VIRTIOFSD=/usr/lib/qemu/virtiofsd
 fail() { echo "seqbench: $*" >&2; exit 1; }
@@ -25,6 +31,12 @@ command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 missing: ap
 command -v bc >/dev/null || fail "bc missing: apt-get install bc"
 [[ $SIZE_MB =~ ^[1-9][0-9]*$ ]] || fail "SIZE_MB must be a positive number of MiB, not '$SIZE_MB'"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || fail "ROUNDS must be a positive number, not '$ROUNDS'"
+[[ $BS =~ ^[1-9][0-9]*[KM]$ ]] || fail "BS must be a size in K or M (4K, 64K, 1M), not '$BS'"
+case $BS in
+  *K) BS_BYTES=$((${BS%K} * 1024)) ;;
+  *M) BS_BYTES=$((${BS%M} * 1048576)) ;;
+esac
+[ $((SIZE_MB * 1048576 % BS_BYTES)) -eq 0 ] || fail "BS=$BS must divide SIZE_MB=$SIZE_MB MiB"
 guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 
 # On disk, not tmpfs: the host side writes into its page cache as a real
@@ -47,7 +59,7 @@ SHARE=$WORK/share
 mkdir -p "$SHARE/.bench"
 cat > "$SHARE/.bench/seq.sh" <<GUEST
 up() { read a b < /proc/uptime; echo \$a; }
-s=\$(up); dd if=/dev/zero of=/mnt/seq.bin bs=1048576 count=$SIZE_MB conv=fsync 2>/dev/null; r=\$?; e=\$(up)
+s=\$(up); dd if=/dev/zero of=/mnt/seq.bin bs=$BS_BYTES count=$((SIZE_MB * 1048576 / BS_BYTES)) conv=fsync 2>/dev/null; r=\$?; e=\$(up)
 [ \$r = 0 ] && echo "PHASE write \$s \$e"
 sync; echo 3 > /proc/sys/vm/drop_caches
 [ "\$(stat -c %s /mnt/seq.bin)" = $((SIZE_MB * 1048576)) ] || echo "seqbench: /mnt/seq.bin has the wrong size"
@@ -101,7 +113,7 @@ median() { printf '%s\n' "$@" | grep -v nan | sort -g | awk '{ v[NR] = $1 } END 
 ratio() { if [ "$1" = nan ] || [ "$2" = nan ]; then echo nan; else echo "scale=2; $1 / $2" | bc; fi; }
 
 FAILED=0
-echo "seqbench: $(nproc) cores, kernel $KREL under TCG, guest ${MEM}, ${SIZE_MB} MiB, $ROUNDS rounds, $(date -u +%F)"
+echo "seqbench: $(nproc) cores, kernel $KREL under TCG, guest ${MEM}, ${SIZE_MB} MiB written in ${BS} calls, $ROUNDS rounds, $(date -u +%F)"
 for round in $(seq "$ROUNDS"); do
   for cfg in $CONFIGS; do run "$cfg" "$round"; done
 done

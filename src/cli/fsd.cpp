@@ -80,6 +80,13 @@ Options:
                              that may wait long (fsync, fallocate, syncfs) and
                              for requests queued behind one being served; a lone
                              quick request is served by its queue's thread
+      --spin-us N            after serving, a queue's thread watches its ring
+                             for the next request for up to N microseconds
+                             before it sleeps: no kick, no wakeup for a guest
+                             that sends requests back to back. The window
+                             adapts to how soon requests come, and nobody
+                             watches while the host's CPUs are contended
+                             (default: 100; 0 turns it off)
       --sandbox MODE         namespace (default): the server runs in new mount,
                              PID, network and IPC namespaces (and a user
                              namespace when not root) with DIR as its root
@@ -152,6 +159,7 @@ struct FsdOptions {
     std::optional<unsigned long> fd_limit;  // --rlimit-nofile
     std::optional<std::pair<uint64_t, uint64_t>> identity;  // --shared-dir-identity
     unsigned thread_pool = 8;               // --thread-pool-size
+    unsigned spin_us = transport::VhostUserOptions{}.spin_us;  // --spin-us
     bool readonly = false, writeback = false, xattr = true, caps = false, help = false, submounts = false,
          nodev = false, nosuid = false, override_stat = false, trusted_xattrs = false;
 };
@@ -342,6 +350,9 @@ int cmd_fsd(int argc, char** argv) {
                               transport::kMaxPoolThreads);
                  o.thread_pool = transport::kMaxPoolThreads;
              } }},
+        {"spin-us", 0, true, [&](const std::string& v) {
+             o.spin_us = v == "0" ? 0 : parse_count("--spin-us", v, 100000);
+         }},
         {"sandbox", 0, true, [&](const std::string& v) { o.sandbox = v; }},
         {"seccomp", 0, true, [&](const std::string& v) { o.seccomp = v; }},
         {"readonly", 0, false, [&](const std::string&) { o.readonly = true; }},
@@ -470,6 +481,7 @@ int cmd_fsd(int argc, char** argv) {
 
     transport::VhostUserOptions vo;
     vo.thread_pool_size = o.thread_pool;
+    vo.spin_us = o.spin_us;
     vo.load = &host_load;
     std::optional<transport::VhostUserBackend> backend;
     std::optional<transport::StreamSession> session;

@@ -1003,3 +1003,31 @@ TEST(Frontend, TheConfinedServerIsTheOneWatched) {
     ASSERT_TRUE(s.fsd.wait_exit(10000));
     EXPECT_TRUE(s.fsd.crashed()) << s.fsd.describe_exit();
 }
+
+// Issue 10: `fsd --spin-us 0` turns the watch off. Its exit log counts, per
+// request queue, the watches and the waits that ended asleep: with the
+// watch off not one watch is made, and the waits (fewer than the requests
+// when a request came before the ring ran dry) all end asleep.
+TEST(Frontend, SpinUsZeroNeverWatchesTheRing) {
+    auto o = opts();
+    o.fsd_args = {"--spin-us", "0"};
+    Session s(o);
+    std::byte dot[2] = {std::byte{'.'}, std::byte{0}};
+    for (int i = 0; i < 50; ++i) {
+        auto r = s.fuse->call(FUSE_LOOKUP, FUSE_ROOT_ID, dot);
+        ASSERT_TRUE(r.answered) << s.report();
+        EXPECT_EQ(r.error, 0);
+    }
+    s.ch.close();
+    expect_clean_exit(s, "disconnect");
+    std::string log = s.fsd.log();
+    auto at = log.find("queue 1: spins ");
+    ASSERT_NE(at, std::string::npos) << "no polling statistics for queue 1\n" << log;
+    unsigned long spins = 0, sleeps = 0;
+    ASSERT_EQ(std::sscanf(log.c_str() + at, "queue 1: spins %lu", &spins), 1) << log;
+    auto sl = log.find("sleeps ", at);
+    ASSERT_NE(sl, std::string::npos) << log;
+    ASSERT_EQ(std::sscanf(log.c_str() + sl, "sleeps %lu", &sleeps), 1) << log;
+    EXPECT_EQ(spins, 0u) << "fsd watched its ring with --spin-us 0\n" << log;
+    EXPECT_GT(sleeps, 0u) << "no wait counted\n" << log;
+}
