@@ -86,7 +86,7 @@ Options:
                              that sends requests back to back. The window
                              adapts to how soon requests come, and nobody
                              watches while the host's CPUs are contended
-                             (default: 100; 0 turns it off)
+                             (default: 200; 0 turns it off)
       --sandbox MODE         namespace (default): the server runs in new mount,
                              PID, network and IPC namespaces (and a user
                              namespace when not root) with DIR as its root

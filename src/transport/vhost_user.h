@@ -24,7 +24,11 @@ namespace ocivm::transport {
 
 struct VhostUserOptions {
     unsigned request_queues = 1;  // besides the hiprio queue
-    unsigned spin_us = 100;       // longest watch of the ring before sleeping (0: never); adaptive
+    // Longest watch of the ring before sleeping (0: never); adaptive. 200 µs
+    // as KVM's default halt_poll_ns: a guest's round trip under TCG takes
+    // 150-250 µs, and catching it awake made a one-vCPU guest's cache=never
+    // work 9 % faster than a 100 µs maximum (docs/benchmarks.md, session 11).
+    unsigned spin_us = 200;
     // Workers for requests that may wait long (fsync, fallocate, syncfs, ...)
     // and for requests queued behind one being served; 0: every request is
     // served by its queue's thread. At most kMaxPoolThreads.
