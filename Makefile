@@ -75,7 +75,7 @@ parbench: build
 	@bench/parbench.sh $(BUILD)/ocivm
 
 # Sequential 1 GiB write and read in a VM, with and without the writeback
-# cache, ocivm fsd against the C virtiofsd (SIZE_MB=, ROUNDS= to change).
+# cache, ocivm fsd against the C virtiofsd (SIZE_MB=, BS=, ROUNDS= to change).
 seqbench: build
 	@bench/seqbench.sh $(BUILD)/ocivm
 

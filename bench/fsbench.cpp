@@ -63,34 +63,68 @@ pid_t g_main_pid = 0;
 pid_t g_spinners[64];
 int g_nspinners = 0;
 
-// Kills and reaps the busy loops; async-signal-safe (kill, waitpid only).
+// The mount being measured and its server, for the same reason: a failure
+// or a signal mid-run must not leave a FUSE server and its mount behind.
+char g_mounted[4096];
+pid_t g_server = -1;
+char g_scratch[4096];  // the run's directory under --dir, removed on the way out
+
+// Kills and reaps the busy loops, stops the server of the mount being
+// measured and detaches the mount; async-signal-safe (kill, waitpid,
+// umount2 only).
 void kill_spinners() {
     if (getpid() != g_main_pid) return;  // a forked child between fork and exec
     for (int i = 0; i < g_nspinners; ++i) kill(g_spinners[i], SIGKILL);
     for (int i = 0; i < g_nspinners; ++i) waitpid(g_spinners[i], nullptr, 0);
     g_nspinners = 0;
+    if (g_server > 0) {
+        kill(g_server, SIGTERM);
+        waitpid(g_server, nullptr, 0);
+        g_server = -1;
+    }
+    if (g_mounted[0]) {
+        umount2(g_mounted, MNT_DETACH);
+        g_mounted[0] = 0;
+    }
 }
 
 void on_fatal_signal(int sig) {
     kill_spinners();
+    // Removing a tree is no work for a signal handler: say where it is.
+    if (g_scratch[0] && getpid() == g_main_pid) {
+        const char m[] = "fsbench: stopped by a signal; its files are left in ";
+        (void)!write(2, m, sizeof m - 1);
+        (void)!write(2, g_scratch, strlen(g_scratch));
+        (void)!write(2, "\n", 1);
+    }
     signal(sig, SIG_DFL);
     raise(sig);
 }
 
 [[noreturn]] void die(const std::string& m) {
     std::fprintf(stderr, "fsbench: %s\n", m.c_str());
-    std::exit(1);  // atexit(kill_spinners): no busy loop outlives a failure
+    kill_spinners();  // no busy loop, server or mount outlives a failure (also at exit)
+    if (g_scratch[0]) {
+        std::error_code ec;
+        stdfs::remove_all(g_scratch, ec);
+    }
+    std::exit(1);
+}
+
+// Once, before anything is started: kill_spinners at exit and on a fatal
+// signal (SIGPIPE too: fsbench piped into head must not leave a mount).
+void install_cleanup() {
+    g_main_pid = getpid();
+    std::atexit(kill_spinners);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGABRT, SIGSEGV, SIGPIPE}) signal(sig, on_fatal_signal);
 }
 
 void start_spinners(int n) {
-    g_main_pid = getpid();
-    std::atexit(kill_spinners);
-    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGABRT, SIGSEGV}) signal(sig, on_fatal_signal);
     for (int i = 0; i < n; ++i) {
         pid_t pid = fork();
         if (pid < 0) die(std::string("cannot fork a busy loop: ") + strerror(errno));
         if (pid == 0) {
-            for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGABRT, SIGSEGV}) signal(sig, SIG_DFL);
+            for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGABRT, SIGSEGV, SIGPIPE}) signal(sig, SIG_DFL);
             // Even a SIGKILLed fsbench leaves no busy loop behind.
             prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (getppid() != g_main_pid) _exit(0);
@@ -176,7 +210,9 @@ struct Target {
             if (!g.threads.empty()) cmd.insert(cmd.end(), {"--threads", g.threads});
             if (!g.spin.empty()) cmd.insert(cmd.end(), {"--spin-us", g.spin});
             server = spawn(cmd);
+            g_server = server;
         }
+        std::snprintf(g_mounted, sizeof g_mounted, "%s", mnt.c_str());
         for (int i = 0; i < 1000 && !mounted(mnt); ++i) usleep(5000);
         if (!mounted(mnt)) die(name + " did not mount " + mnt);
     }
@@ -185,11 +221,12 @@ struct Target {
         if (server > 0) {
             kill(server, SIGTERM);
             wait_for(server);
-            server = -1;
+            server = g_server = -1;
         } else {
             umount2(mnt.c_str(), 0);
         }
         for (int i = 0; i < 1000 && mounted(mnt); ++i) usleep(5000);
+        g_mounted[0] = 0;
     }
 };
 
@@ -343,12 +380,14 @@ int main(int argc, char** argv) {
     if (geteuid() != 0) die("run as root (mounts and drop_caches)");
     if (g.bindfs && system("command -v bindfs >/dev/null") != 0)
         die("bindfs is not installed: apt-get install bindfs (or scripts/install-deps.sh)");
+    install_cleanup();
     if (g.contend > 0) start_spinners(g.contend);
     // Every table of a contended run says so: its figures are not the quiet ones.
     std::string contended =
         g.contend > 0 ? " [CONTENDED: " + std::to_string(g.contend) + " busy loops during every timed phase]" : "";
 
     std::string base = g.dir + "/ocivm-fsbench-" + std::to_string(getpid());
+    std::snprintf(g_scratch, sizeof g_scratch, "%s", base.c_str());
     std::vector<Target> targets;
     std::vector<std::string> names = {"native"};
     if (g.bindfs) names.push_back("bindfs");

@@ -31,12 +31,13 @@ command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 missing: ap
 command -v bc >/dev/null || fail "bc missing: apt-get install bc"
 [[ $SIZE_MB =~ ^[1-9][0-9]*$ ]] || fail "SIZE_MB must be a positive number of MiB, not '$SIZE_MB'"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || fail "ROUNDS must be a positive number, not '$ROUNDS'"
-[[ $BS =~ ^[1-9][0-9]*[KM]$ ]] || fail "BS must be a size in K or M (4K, 64K, 1M), not '$BS'"
+[[ $BS =~ ^[1-9][0-9]{0,5}[KM]$ ]] || fail "BS must be a size in K or M (4K, 64K, 1M), not '$BS'"
 case $BS in
   *K) BS_BYTES=$((${BS%K} * 1024)) ;;
   *M) BS_BYTES=$((${BS%M} * 1048576)) ;;
 esac
-[ $((SIZE_MB * 1048576 % BS_BYTES)) -eq 0 ] || fail "BS=$BS must divide SIZE_MB=$SIZE_MB MiB"
+[ "$BS_BYTES" -le $((SIZE_MB * 1048576)) ] && [ $((SIZE_MB * 1048576 % BS_BYTES)) -eq 0 ] ||
+  fail "BS=$BS must divide SIZE_MB=$SIZE_MB MiB"
 guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 
 # On disk, not tmpfs: the host side writes into its page cache as a real

@@ -120,6 +120,15 @@ unsigned parse_count(const std::string& flag, const std::string& v, unsigned max
     return static_cast<unsigned>(n);
 }
 
+unsigned parse_count_or_zero(const std::string& flag, const std::string& v, unsigned max) {
+    char* end = nullptr;
+    unsigned long n = std::strtoul(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || n > max || v[0] < '0' || v[0] > '9')
+        throw UsageError{"invalid value '" + v + "' for " + flag + ": give a number from 0 to " +
+                         std::to_string(max)};
+    return static_cast<unsigned>(n);
+}
+
 std::string env_entry(const std::string& v) {
     if (v.empty() || v[0] == '=') throw UsageError{"invalid --env '" + v + "': use KEY=VALUE"};
     if (v.find('=') != std::string::npos) return v;

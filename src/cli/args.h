@@ -51,5 +51,7 @@ int for_each_name(const std::vector<std::string>& names, const std::function<voi
 
 // Parses a positive integer option value or throws UsageError.
 unsigned parse_count(const std::string& flag, const std::string& v, unsigned max);
+// The same, with 0 allowed (a flag whose 0 means "off" or "leave it").
+unsigned parse_count_or_zero(const std::string& flag, const std::string& v, unsigned max);
 
 }  // namespace ocivm::cli

@@ -80,13 +80,14 @@ Options:
                              that may wait long (fsync, fallocate, syncfs) and
                              for requests queued behind one being served; a lone
                              quick request is served by its queue's thread
-      --spin-us N            after serving, a queue's thread watches its ring
-                             for the next request for up to N microseconds
-                             before it sleeps: no kick, no wakeup for a guest
-                             that sends requests back to back. The window
-                             adapts to how soon requests come, and nobody
-                             watches while the host's CPUs are contended
-                             (default: 200; 0 turns it off)
+      --spin-us N            after serving, a vhost-user queue's thread watches
+                             its ring for the next request for up to N
+                             microseconds before it sleeps: no kick, no wakeup
+                             for a guest that sends requests back to back. The
+                             window adapts to how soon requests come, and
+                             nobody watches while the host's CPUs are contended
+                             (default: 200; 0 turns it off; not used by
+                             --transport stream)
       --sandbox MODE         namespace (default): the server runs in new mount,
                              PID, network and IPC namespaces (and a user
                              namespace when not root) with DIR as its root
@@ -160,6 +161,7 @@ struct FsdOptions {
     std::optional<std::pair<uint64_t, uint64_t>> identity;  // --shared-dir-identity
     unsigned thread_pool = 8;               // --thread-pool-size
     unsigned spin_us = transport::VhostUserOptions{}.spin_us;  // --spin-us
+    static_assert(transport::VhostUserOptions{}.spin_us == 200, "fsd --help states the default of --spin-us");
     bool readonly = false, writeback = false, xattr = true, caps = false, help = false, submounts = false,
          nodev = false, nosuid = false, override_stat = false, trusted_xattrs = false;
 };
@@ -340,18 +342,18 @@ int cmd_fsd(int argc, char** argv) {
          }},
         {"cache", 0, true, [&](const std::string& v) { o.cache = v; }},
         {"rlimit-nofile", 0, true, [&](const std::string& v) {
-             o.fd_limit = v == "0" ? 0 : parse_count("--rlimit-nofile", v, 1u << 30);
+             o.fd_limit = parse_count_or_zero("--rlimit-nofile", v, 1u << 30);
          }},
         {"thread-pool-size", 0, true, [&](const std::string& v) {
              // virtiofsd takes up to 1024; more than kMaxPoolThreads buys nothing here.
-             o.thread_pool = v == "0" ? 0 : parse_count("--thread-pool-size", v, 1024);
+             o.thread_pool = parse_count_or_zero("--thread-pool-size", v, 1024);
              if (o.thread_pool > transport::kMaxPoolThreads) {
                  spdlog::warn("--thread-pool-size {}: using {} worker threads, the most fsd starts", o.thread_pool,
                               transport::kMaxPoolThreads);
                  o.thread_pool = transport::kMaxPoolThreads;
              } }},
         {"spin-us", 0, true, [&](const std::string& v) {
-             o.spin_us = v == "0" ? 0 : parse_count("--spin-us", v, 100000);
+             o.spin_us = parse_count_or_zero("--spin-us", v, transport::SpinWindow::kMaxSettableUs);
          }},
         {"sandbox", 0, true, [&](const std::string& v) { o.sandbox = v; }},
         {"seccomp", 0, true, [&](const std::string& v) { o.seccomp = v; }},

@@ -106,12 +106,12 @@ int cmd_mount(int argc, char** argv) {
     std::optional<unsigned long> fd_limit;
     std::vector<Option> opts = {
         {"rlimit-nofile", 0, true, [&](const std::string& v) {
-             fd_limit = v == "0" ? 0 : parse_count("--rlimit-nofile", v, 1u << 30);
+             fd_limit = parse_count_or_zero("--rlimit-nofile", v, 1u << 30);
          }},
         {"cache", 0, true, [&](const std::string& v) { cache = v; }},
         {"threads", 0, true, [&](const std::string& v) { threads = parse_count("--threads", v, 256); }},
         {"spin-us", 0, true, [&](const std::string& v) {
-             spin_us = v == "0" ? 0 : parse_count("--spin-us", v, 100000);
+             spin_us = parse_count_or_zero("--spin-us", v, transport::SpinWindow::kMaxSettableUs);
          }},
         {"readonly", 0, false, [&](const std::string&) { readonly = true; }},
         {"writeback", 0, false, [&](const std::string&) { writeback = true; }},

@@ -107,6 +107,8 @@ public:
     // further one halves it again). Contention is HostLoad's to catch; what
     // the window guards against is spinning after requests have stopped.
     static constexpr int kShrinkAfter = 8;
+    // The largest maximum a user may set (`--spin-us`): a tenth of a second.
+    static constexpr unsigned kMaxSettableUs = 100'000;
 
 private:
     int64_t max_;

@@ -471,7 +471,9 @@ void VhostUserBackend::serve_ring(Queue& q, unsigned i, DescChain& chain, std::v
                 bool more = false;
                 // Yield, not pause: under TCG the QEMU thread that
                 // delivers our interrupt may need this very CPU.
-                while (!(more = q.vq.available()) && (spun = static_cast<int64_t>(mono_ns() - start)) < budget)
+                // (A queue asked to stop stops watching at once.)
+                while (!(more = q.vq.available()) && (spun = static_cast<int64_t>(mono_ns() - start)) < budget &&
+                       !q.stop_requested.load(std::memory_order_relaxed))
                     sched_yield();
                 if (more) {
                     spun = static_cast<int64_t>(mono_ns() - start);

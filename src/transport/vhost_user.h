@@ -26,8 +26,9 @@ struct VhostUserOptions {
     unsigned request_queues = 1;  // besides the hiprio queue
     // Longest watch of the ring before sleeping (0: never); adaptive. 200 µs
     // as KVM's default halt_poll_ns: a guest's round trip under TCG takes
-    // 150-250 µs, and catching it awake made a one-vCPU guest's cache=never
-    // work 9 % faster than a 100 µs maximum (docs/benchmarks.md, session 11).
+    // 150-250 µs, and catching it awake took a one-vCPU guest's cache=never
+    // work about 6 % less time than a 100 µs maximum (docs/benchmarks.md,
+    // session 11). Also the maximum of `ocivm run`'s shares.
     unsigned spin_us = 200;
     // Workers for requests that may wait long (fsync, fallocate, syncfs, ...)
     // and for requests queued behind one being served; 0: every request is

@@ -40,6 +40,15 @@ TEST(Args, BadUsageThrows) {
     EXPECT_THROW(parse_count("--threads", "abc", 10), UsageError);
     EXPECT_THROW(parse_count("--threads", "11", 10), UsageError);
     EXPECT_EQ(parse_count("--threads", "4", 10), 4u);
+    EXPECT_EQ(parse_count_or_zero("--spin-us", "0", 10), 0u);
+    EXPECT_EQ(parse_count_or_zero("--spin-us", "00", 10), 0u);
+    EXPECT_EQ(parse_count_or_zero("--spin-us", "10", 10), 10u);
+    EXPECT_THROW(parse_count_or_zero("--spin-us", "11", 10), UsageError);
+    EXPECT_THROW(parse_count_or_zero("--spin-us", "", 10), UsageError);
+    EXPECT_THROW(parse_count_or_zero("--spin-us", "-1", 10), UsageError);
+    EXPECT_THROW(parse_count_or_zero("--spin-us", " 1", 10), UsageError);
+    EXPECT_THROW(parse_count_or_zero("--spin-us", "1x", 10), UsageError);
+    EXPECT_THROW(parse_count_or_zero("--spin-us", "99999999999999999999", 10), UsageError);
 }
 
 TEST(Args, RunStyleStopsAtTheImage) {
