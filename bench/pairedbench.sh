@@ -1,29 +1,49 @@
 #!/usr/bin/env bash
-# Two builds of ocivm against each other with the machine's noise paired
-# out: both serve a `--cache never` mount at once, and blocks of the same
-# operations alternate between them (bench/paired_ops.py), so a slow
-# moment of this shared machine hits both. Prints, per workload, the median
-# of the per-round time ratios A/B and each side's µs per operation.
-#   pairedbench.sh OCIVM_A OCIVM_B [ocivm mount options for both]
-#   env: ROUNDS (100), BLK (200 operations per block), OPS (open+read,stat,create+unlink)
+# Two file servers against each other with the machine's noise paired out:
+# both serve a mount at once, and blocks of the same operations alternate
+# between them (bench/paired_ops.py), so a slow moment of this shared
+# machine hits both. Prints, per workload, the median of the per-round time
+# ratios A/B (below 1.0: A faster) and each side's µs per operation.
+#   pairedbench.sh OCIVM_A OCIVM_B|bindfs [ocivm mount options for the ocivm sides]
+#   env: ROUNDS (100), BLK (200 operations per block),
+#        OPS (open+read,stat,create+unlink; also cycle: fsbench's create
+#             4K / stat / open+read / unlink, each timed on its own),
+#        CACHE (never: the ocivm sides' --cache),
+#        CONTEND (0: busy loops competing for the CPUs during the whole
+#                 run, fsbench --contend's paired counterpart)
+# B=bindfs: Debian's bindfs (libfuse) as the B side, fsbench's peer.
 set -uo pipefail
-A=${1:?usage: pairedbench.sh OCIVM_A OCIVM_B [mount options]}
-B=${2:?usage: pairedbench.sh OCIVM_A OCIVM_B [mount options]}
+A=${1:?usage: pairedbench.sh OCIVM_A OCIVM_B|bindfs [mount options]}
+B=${2:?usage: pairedbench.sh OCIVM_A OCIVM_B|bindfs [mount options]}
 shift 2
 HERE=$(cd "$(dirname "$0")" && pwd)
-command -v python3 >/dev/null || { echo "pairedbench: python3 missing: apt-get install python3" >&2; exit 1; }
+CACHE=${CACHE:-never}
+CONTEND=${CONTEND:-0}
+fail() { echo "pairedbench: $*" >&2; exit 1; }
+command -v python3 >/dev/null || fail "python3 missing: apt-get install python3"
+[ "$B" != bindfs ] || command -v bindfs >/dev/null || fail "bindfs missing: apt-get install bindfs"
+[[ $CONTEND =~ ^[0-9]+$ ]] && [ "$CONTEND" -le 64 ] || fail "CONTEND must be 0 to 64 busy loops, not '$CONTEND'"
 D=$(mktemp -d "${TMPDIR:-/tmp}/ocivm-pairedbench.XXXXXX")
-PA="" PB=""
+PA="" PB="" SPIN=""
 cleanup() {
+  for p in $SPIN; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   for m in "$D/ma" "$D/mb"; do mountpoint -q "$m" && umount "$m"; done
   for p in $PA $PB; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   rm -rf "$D"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 mkdir -p "$D/sa" "$D/sb" "$D/ma" "$D/mb"
-"$A" mount "$D/sa" "$D/ma" --cache never "$@" & PA=$!
-"$B" mount "$D/sb" "$D/mb" --cache never "$@" & PB=$!
+"$A" mount "$D/sa" "$D/ma" --cache "$CACHE" "$@" & PA=$!
+if [ "$B" = bindfs ]; then
+  bindfs "$D/sb" "$D/mb" || fail "bindfs did not mount"
+else
+  "$B" mount "$D/sb" "$D/mb" --cache "$CACHE" "$@" & PB=$!
+fi
 for _ in $(seq 200); do mountpoint -q "$D/ma" && mountpoint -q "$D/mb" && break; sleep 0.05; done
-mountpoint -q "$D/ma" && mountpoint -q "$D/mb" || { echo "pairedbench: the mounts did not come up" >&2; exit 1; }
-echo "pairedbench: A=$A B=$B, --cache never $*, ${ROUNDS:-100} rounds of ${BLK:-200}"
-python3 "$HERE/paired_ops.py" "$D/ma" "$D/mb" "${ROUNDS:-100}" "${BLK:-200}" | sed 's|new/prev|A/B|; s|us/op new|us/op A|; s| prev | B |'
+mountpoint -q "$D/ma" && mountpoint -q "$D/mb" || fail "the mounts did not come up"
+for _ in $(seq "$CONTEND"); do
+  bash -c 'while :; do :; done' & SPIN="$SPIN $!"
+done
+echo "pairedbench: A=$A B=$B, --cache $CACHE $*, ${ROUNDS:-100} rounds of ${BLK:-200}${SPIN:+, $CONTEND busy loops throughout}"
+python3 "$HERE/paired_ops.py" "$D/ma" "$D/mb" "${ROUNDS:-100}" "${BLK:-200}"
