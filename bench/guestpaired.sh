@@ -28,7 +28,6 @@ for b in "$A" "$B"; do [ -x "$b" ] || fail "$b is not an executable"; done
 WORK=/var/tmp/ocivm-guestpaired-$$
 mkdir -p "$WORK"
 PIDS=""
-# (disown: bash would report the servers' kill -9 as news)
 trap 'for p in $PIDS; do kill -9 $p 2>/dev/null; done; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 INITRD=$WORK/initrd.img
 "$HERE/../tests/vm/build-initramfs.sh" "$KREL" "$INITRD" || fail "building the initramfs"
@@ -66,7 +65,7 @@ for side in a b; do
   # shellcheck disable=SC2086 # ARGS_* are options, split on purpose
   "$bin" fsd --socket-path "$WORK/$side.sock" --shared-dir "$SHARE" --cache "$MODE" --log-level info $args > "$WORK/$side.log" 2>&1 &
   PIDS="$PIDS $!"
-  disown $!
+  disown $!  # bash would report the servers' kill -9 as news
 done
 for s in a b; do for _ in $(seq 200); do [ -S "$WORK/$s.sock" ] && break; sleep 0.05; done; done
 echo "guestpaired: A=$A ${ARGS_A:-} B=$B ${ARGS_B:-}, --cache $MODE, $ROUNDS rounds of $DIRS directories, $(nproc) cores, TCG, $(date -u +%F)"

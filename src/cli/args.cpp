@@ -111,22 +111,29 @@ unsigned long long parse_size(const std::string& flag, const std::string& v) {
     return n << shift;
 }
 
-unsigned parse_count(const std::string& flag, const std::string& v, unsigned max) {
+namespace {
+
+// A whole decimal number from `min` to `max` in v. lenient_start: v may
+// start with what strtoul skips (blanks, a plus sign), as parse_count has
+// always let it; otherwise it starts with a digit.
+unsigned parse_number(const std::string& flag, const std::string& v, unsigned min, unsigned max, bool lenient_start) {
     char* end = nullptr;
     unsigned long n = std::strtoul(v.c_str(), &end, 10);
-    if (v.empty() || *end != '\0' || n == 0 || n > max || v[0] == '-')
-        throw UsageError{"invalid value '" + v + "' for " + flag + ": give a number from 1 to " +
-                         std::to_string(max)};
+    bool start_ok = lenient_start ? v[0] != '-' : v[0] >= '0' && v[0] <= '9';
+    if (v.empty() || *end != '\0' || !start_ok || n < min || n > max)
+        throw UsageError{"invalid value '" + v + "' for " + flag + ": give a number from " + std::to_string(min) +
+                         " to " + std::to_string(max)};
     return static_cast<unsigned>(n);
 }
 
+}  // namespace
+
+unsigned parse_count(const std::string& flag, const std::string& v, unsigned max) {
+    return parse_number(flag, v, 1, max, true);
+}
+
 unsigned parse_count_or_zero(const std::string& flag, const std::string& v, unsigned max) {
-    char* end = nullptr;
-    unsigned long n = std::strtoul(v.c_str(), &end, 10);
-    if (v.empty() || *end != '\0' || n > max || v[0] < '0' || v[0] > '9')
-        throw UsageError{"invalid value '" + v + "' for " + flag + ": give a number from 0 to " +
-                         std::to_string(max)};
-    return static_cast<unsigned>(n);
+    return parse_number(flag, v, 0, max, false);
 }
 
 std::string env_entry(const std::string& v) {

@@ -25,13 +25,23 @@ uint64_t attrs_of(bool write, bool exec) {
 
 }  // namespace
 
+void ToolRoot::restrict_copy(int tree, uint64_t attrs, bool recursive, const std::string& path) {
+    mount_attr attr{};
+    attr.attr_set = attrs;
+    if (::mount_setattr(tree, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr, sizeof attr) < 0)
+        throw_errno(who_ + ": restricting the copy of " + path, errno);
+}
+
+void ToolRoot::attach(int top, int tree, const std::string& path, bool dir) {
+    UniqueFd point = mount_point(top, path, dir);
+    if (::move_mount(tree, "", point.get(), "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        throw_errno(who_ + ": attaching the copy of " + path, errno);
+}
+
 UniqueFd ToolRoot::copy_of(const std::string& path, int at_fd, bool write, bool exec) {
     UniqueFd tree(::open_tree(at_fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH));
     if (!tree) throw_errno(who_ + ": copying the mount of " + path + " (open_tree)", errno, "ocivm needs Linux 5.12 or later");
-    mount_attr attr{};
-    attr.attr_set = attrs_of(write, exec);
-    if (::mount_setattr(tree.get(), "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
-        throw_errno(who_ + ": restricting the copy of " + path, errno);
+    restrict_copy(tree.get(), attrs_of(write, exec), true, path);
     return tree;
 }
 
@@ -79,10 +89,7 @@ void ToolRoot::add_harmless_devices() {
         UniqueFd t(::open_tree(AT_FDCWD, dev, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW));
         struct stat st;
         if (!t || ::fstat(t.get(), &st) < 0 || !S_ISCHR(st.st_mode)) continue;
-        mount_attr attr{};
-        attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC;
-        if (::mount_setattr(t.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
-            throw_errno(who_ + ": restricting the copy of " + dev, errno);
+        restrict_copy(t.get(), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, false, dev);
         copies_.push_back({dev, std::move(t), false, true, false});
     }
 }
@@ -140,11 +147,7 @@ bool ToolRoot::enter(bool host_proc_fallback) {
     // Outer paths first: a copy inside another one is attached on top of
     // its directory there.
     std::sort(copies_.begin(), copies_.end(), [](const Copy& x, const Copy& y) { return x.path < y.path; });
-    for (auto& c : copies_) {
-        UniqueFd point = mount_point(top.get(), c.path, c.dir);
-        if (::move_mount(c.tree.get(), "", point.get(), "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
-            throw_errno(who_ + ": attaching the copy of " + c.path, errno);
-    }
+    for (auto& c : copies_) attach(top.get(), c.tree.get(), c.path, c.dir);
     for (auto& [name, target] : links_) {
         // Only in the tmpfs: where a copy covers the link's directory (OUTPUT
         // in /etc) the host's own entry stays as it is.
@@ -171,13 +174,8 @@ bool ToolRoot::enter(bool host_proc_fallback) {
                                    : "");
         // Its own /proc/PID (what it opens: /proc/self/fd), and "self"
         // leading there; nothing else of the host's /proc.
-        mount_attr attr{};
-        attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC;
-        if (::mount_setattr(own_proc_dir.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
-            throw_errno(who_ + ": restricting the copy of /proc/" + own_pid, errno);
-        UniqueFd point = mount_point(top.get(), "/proc/" + own_pid, true);
-        if (::move_mount(own_proc_dir.get(), "", point.get(), "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
-            throw_errno(who_ + ": attaching a copy of /proc/" + own_pid, errno);
+        restrict_copy(own_proc_dir.get(), attrs_of(false, false), false, "/proc/" + own_pid);
+        attach(top.get(), own_proc_dir.get(), "/proc/" + own_pid, true);
         UniqueFd proc_dir(::openat(top.get(), "proc", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
         if (!proc_dir || ::symlinkat(own_pid.c_str(), proc_dir.get(), "self") < 0)
             throw_errno(who_ + ": making /proc/self", errno);

@@ -14,6 +14,7 @@
 // device node. docs/security.md, "The importer and the disk writer".
 #include <sys/types.h>
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -68,6 +69,10 @@ private:
         bool write = false, exec = false;
     };
     UniqueFd copy_of(const std::string& path, int at_fd, bool write, bool exec);
+    // Sets `attrs` on a detached copy (and its submounts when recursive).
+    void restrict_copy(int tree, uint64_t attrs, bool recursive, const std::string& path);
+    // Attaches a detached copy at `path` below `top` (mount_point).
+    void attach(int top, int tree, const std::string& path, bool dir);
     // The directory or empty file at `path` below `top`, made in the tmpfs
     // where it is missing; inside a copy of the host's it must be there
     // (nothing is ever made on a host file system).
