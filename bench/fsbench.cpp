@@ -6,9 +6,10 @@
 //           [--reps 3] [--modes never,metadata,auto,always] [--dir /var/tmp]
 //           [--baseline OTHER_OCIVM]   (e.g. the previous commit's build: base-MODE
 //                                       columns and a ratio table against it)
-//           [--contend N]   N busy-loop processes compete for the CPUs during
-//                           every timed phase of every target (never while a
-//                           target is being mounted, set up or unmounted)
+//           [--contend N]   N busy-loop processes, each in a session of its
+//                           own, compete for the CPUs during every timed
+//                           phase of every target (never while a target is
+//                           being mounted, set up or unmounted)
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -55,7 +56,8 @@ struct Args {
 } g;
 
 // The busy loops of --contend: separate processes (not threads of this one,
-// so they compete for the CPUs as any other program would), forked once and
+// so they compete for the CPUs as any other program would, each in a
+// session of its own), forked once and
 // held stopped (SIGSTOP) outside the timed phases so that mounting, setting
 // up, dropping caches and unmounting run on a quiet machine. Plain globals:
 // the signal handler and atexit() must reach them.
@@ -128,6 +130,13 @@ void start_spinners(int n) {
             // Even a SIGKILLed fsbench leaves no busy loop behind.
             prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (getppid() != g_main_pid) _exit(0);
+            // A session of its own, as a program started elsewhere has: with
+            // autogroup scheduling (the kernel's default without systemd's
+            // slices) a session's processes share one CPU share, and loops
+            // in fsbench's session would compete inside it with fsbench and
+            // the `ocivm mount` it starts, but not with bindfs, which
+            // daemonizes into a session of its own.
+            setsid();
             raise(SIGSTOP);
             volatile unsigned long spin = 0;
             for (;;) spin = spin + 1;

@@ -12,6 +12,14 @@
 #        CONTEND (0: busy loops competing for the CPUs during the whole
 #                 run, fsbench --contend's paired counterpart)
 # B=bindfs: Debian's bindfs (libfuse) as the B side, fsbench's peer.
+# Where each process runs matters as much as what it does once the CPUs are
+# contended: with autogroup scheduling (the kernel's default where there is
+# no systemd slice) a session's processes share one CPU share. Both servers
+# run in this script's session, with the client (bindfs -f, not a daemon in
+# a session of its own); each busy loop has a session of its own, as a
+# program started elsewhere would. fsbench --contend gives its loops
+# sessions of their own too, but lets bindfs daemonize, as users run it
+# (docs/benchmarks.md, session 12).
 set -uo pipefail
 A=${1:?usage: pairedbench.sh OCIVM_A OCIVM_B|bindfs [mount options]}
 B=${2:?usage: pairedbench.sh OCIVM_A OCIVM_B|bindfs [mount options]}
@@ -36,14 +44,21 @@ trap 'exit 130' INT TERM
 mkdir -p "$D/sa" "$D/sb" "$D/ma" "$D/mb"
 "$A" mount "$D/sa" "$D/ma" --cache "$CACHE" "$@" & PA=$!
 if [ "$B" = bindfs ]; then
-  bindfs "$D/sb" "$D/mb" || fail "bindfs did not mount"
+  bindfs -f "$D/sb" "$D/mb" & PB=$!
 else
   "$B" mount "$D/sb" "$D/mb" --cache "$CACHE" "$@" & PB=$!
 fi
 for _ in $(seq 200); do mountpoint -q "$D/ma" && mountpoint -q "$D/mb" && break; sleep 0.05; done
 mountpoint -q "$D/ma" && mountpoint -q "$D/mb" || fail "the mounts did not come up"
 for _ in $(seq "$CONTEND"); do
-  bash -c 'while :; do :; done' & SPIN="$SPIN $!"
+  setsid bash -c 'while :; do :; done' & SPIN="$SPIN $!"
+done
+in_own_session() { [ "$(ps -o sid= -p "$1" | tr -d ' ')" = "$1" ]; }
+for p in $SPIN; do
+  # setsid runs the loop in its own process only when it need not fork;
+  # until it has run, the loop is still in this session.
+  for _ in $(seq 100); do in_own_session "$p" && break; sleep 0.02; done
+  in_own_session "$p" || fail "busy loop $p is not in a session of its own"
 done
 echo "pairedbench: A=$A B=$B, --cache $CACHE $*, ${ROUNDS:-100} rounds of ${BLK:-200}${SPIN:+, $CONTEND busy loops throughout}"
 python3 "$HERE/paired_ops.py" "$D/ma" "$D/mb" "${ROUNDS:-100}" "${BLK:-200}"
