@@ -57,10 +57,10 @@ struct Args {
 
 // The busy loops of --contend: separate processes (not threads of this one,
 // so they compete for the CPUs as any other program would, each in a
-// session of its own), forked once and
-// held stopped (SIGSTOP) outside the timed phases so that mounting, setting
-// up, dropping caches and unmounting run on a quiet machine. Plain globals:
-// the signal handler and atexit() must reach them.
+// session of its own), forked once and held stopped (SIGSTOP) outside the
+// timed phases so that mounting, setting up, dropping caches and
+// unmounting run on a quiet machine. Plain globals: the signal handler and
+// atexit() must reach them.
 pid_t g_main_pid = 0;
 pid_t g_spinners[64];
 int g_nspinners = 0;
@@ -85,7 +85,7 @@ void kill_spinners() {
         g_server = -1;
     }
     if (g_mounted[0]) {
-        umount2(g_mounted, MNT_DETACH);
+        umount2(g_mounted, MNT_DETACH | UMOUNT_NOFOLLOW);
         g_mounted[0] = 0;
     }
 }
@@ -134,9 +134,9 @@ void start_spinners(int n) {
             // autogroup scheduling (the kernel's default without systemd's
             // slices) a session's processes share one CPU share, and loops
             // in fsbench's session would compete inside it with fsbench and
-            // the `ocivm mount` it starts, but not with bindfs, which
-            // daemonizes into a session of its own.
-            setsid();
+            // the servers (docs/benchmarks.md, session 12). Ctrl-Z stops
+            // fsbench, not them.
+            if (setsid() < 0) _exit(1);  // the parent then says the loop did not start
             raise(SIGSTOP);
             volatile unsigned long spin = 0;
             for (;;) spin = spin + 1;
@@ -211,7 +211,11 @@ struct Target {
     void mount_it() {
         if (name == "native") return;
         if (name == "bindfs") {
-            if (wait_for(spawn({"bindfs", src, mnt})) != 0) die("bindfs failed to mount");
+            // In the foreground, in fsbench's session beside the client, as
+            // `ocivm mount` runs: where a server runs decides a contended
+            // figure (docs/benchmarks.md, session 12).
+            server = spawn({"bindfs", "-f", src, mnt});
+            g_server = server;
         } else {
             bool base = name.rfind("base-", 0) == 0;
             std::string mode = name.substr(name.find('-') + 1);
@@ -232,7 +236,7 @@ struct Target {
             wait_for(server);
             server = g_server = -1;
         } else {
-            umount2(mnt.c_str(), 0);
+            umount2(mnt.c_str(), UMOUNT_NOFOLLOW);
         }
         for (int i = 0; i < 1000 && mounted(mnt); ++i) usleep(5000);
         g_mounted[0] = 0;
@@ -393,10 +397,20 @@ int main(int argc, char** argv) {
     if (g.contend > 0) start_spinners(g.contend);
     // Every table of a contended run says so: its figures are not the quiet ones.
     std::string contended =
-        g.contend > 0 ? " [CONTENDED: " + std::to_string(g.contend) + " busy loops during every timed phase]" : "";
+        g.contend > 0 ? " [CONTENDED: " + std::to_string(g.contend) + " busy loops, each in its own session, during every timed phase]" : "";
 
-    std::string base = g.dir + "/ocivm-fsbench-" + std::to_string(getpid());
-    std::snprintf(g_scratch, sizeof g_scratch, "%s", base.c_str());
+    // A fresh directory of fsbench's own (mkdtemp: 0700, never one that was
+    // there before): everything below is created, mounted on and removed
+    // as root, through paths that follow symlinks.
+    std::string tmpl = g.dir + "/ocivm-fsbench.XXXXXX";
+    if (tmpl.size() >= sizeof g_scratch) die("--dir is too long");
+    std::snprintf(g_scratch, sizeof g_scratch, "%s", tmpl.c_str());
+    if (!mkdtemp(g_scratch)) {
+        int e = errno;
+        g_scratch[0] = 0;
+        die("cannot make a scratch directory in " + g.dir + ": " + strerror(e));
+    }
+    const std::string base = g_scratch;
     std::vector<Target> targets;
     std::vector<std::string> names = {"native"};
     if (g.bindfs) names.push_back("bindfs");

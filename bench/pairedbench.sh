@@ -28,10 +28,11 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${CACHE:-never}
 CONTEND=${CONTEND:-0}
 fail() { echo "pairedbench: $*" >&2; exit 1; }
+in_own_session() { [ "$(ps -o sid= -p "$1" | tr -d ' ')" = "$1" ]; }
 command -v python3 >/dev/null || fail "python3 missing: apt-get install python3"
 [ "$B" != bindfs ] || command -v bindfs >/dev/null || fail "bindfs missing: apt-get install bindfs"
 [[ $CONTEND =~ ^[0-9]+$ ]] && [ "$CONTEND" -le 64 ] || fail "CONTEND must be 0 to 64 busy loops, not '$CONTEND'"
-D=$(mktemp -d "${TMPDIR:-/tmp}/ocivm-pairedbench.XXXXXX")
+D=$(mktemp -d "${TMPDIR:-/tmp}/ocivm-pairedbench.XXXXXX") || fail "cannot make a scratch directory in ${TMPDIR:-/tmp}"
 PA="" PB="" SPIN=""
 cleanup() {
   for p in $SPIN; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
@@ -48,15 +49,23 @@ if [ "$B" = bindfs ]; then
 else
   "$B" mount "$D/sb" "$D/mb" --cache "$CACHE" "$@" & PB=$!
 fi
-for _ in $(seq 200); do mountpoint -q "$D/ma" && mountpoint -q "$D/mb" && break; sleep 0.05; done
+for _ in $(seq 200); do
+  mountpoint -q "$D/ma" && mountpoint -q "$D/mb" && break
+  kill -0 "$PA" 2>/dev/null && kill -0 "$PB" 2>/dev/null || fail "a server exited before its mount came up"
+  sleep 0.05
+done
 mountpoint -q "$D/ma" && mountpoint -q "$D/mb" || fail "the mounts did not come up"
 for _ in $(seq "$CONTEND"); do
-  setsid bash -c 'while :; do :; done' & SPIN="$SPIN $!"
+  # The loop makes its own session (it cannot fork away from $!, and fails
+  # rather than spin in this one) and dies with this script, even a
+  # SIGKILLed one.
+  setpriv --pdeathsig KILL python3 -c 'import os, sys
+if os.getppid() != int(sys.argv[1]): sys.exit(0)  # the script died before the death signal was set
+os.setsid()
+while True: pass' "$$" & SPIN="$SPIN $!"
 done
-in_own_session() { [ "$(ps -o sid= -p "$1" | tr -d ' ')" = "$1" ]; }
 for p in $SPIN; do
-  # setsid runs the loop in its own process only when it need not fork;
-  # until it has run, the loop is still in this session.
+  # Until its setsid() has run, a loop is still in this session.
   for _ in $(seq 100); do in_own_session "$p" && break; sleep 0.02; done
   in_own_session "$p" || fail "busy loop $p is not in a session of its own"
 done

@@ -55,7 +55,7 @@ for m in $MODES; do
 done
 guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 
-WORK=/var/tmp/ocivm-parbench-$$
+WORK=$(mktemp -d /var/tmp/ocivm-parbench.XXXXXX) || { echo "parbench: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
 FSD_PID="" QEMU_PID=""
 cleanup() {
   # Only what this script started, by PID: timeout passes the signal on to QEMU.
@@ -65,7 +65,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
-mkdir -p "$WORK"
 INITRD=$WORK/initrd.img
 "$HERE/../tests/vm/build-initramfs.sh" "$KREL" "$INITRD" || fail "building the initramfs"
 

@@ -62,8 +62,7 @@ OCIVM=$(cd "$(dirname "$OCIVM")" && pwd)/$(basename "$OCIVM")
 [ -z "$PREVIOUS" ] || [ -x "$PREVIOUS" ] || fail "PREVIOUS=$PREVIOUS is not an executable"
 guest_kernel || fail "no kernel with modules: apt-get install linux-image-amd64"
 
-WORK=/var/tmp/ocivm-systemdbench-$$
-mkdir -p "$WORK"
+WORK=$(mktemp -d /var/tmp/ocivm-systemdbench.XXXXXX) || { echo "systemdbench: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
 # Everything this script starts is killed by its pid; nothing is mounted.
 SERVER_PID="" QEMU_PID="" RUN_PID=""
 cleanup() {
@@ -205,7 +204,9 @@ UNIT
 build_root() {
   echo "systemdbench: building the root in $CACHE (debootstrap from $MIRROR; a few minutes)" >&2
   rm -rf "$CACHE"
-  mkdir -p "$CACHE"
+  mkdir -p "$(dirname "$CACHE")"
+  # Not -p: a directory someone made between the rm and here is not ours.
+  mkdir -m 755 "$CACHE" || fail "cannot create $CACHE"
   local tmp=$CACHE/rootfs.partial
   debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,udev bookworm "$tmp" "$MIRROR" \
     > "$CACHE/debootstrap.log" 2>&1 || { tail -20 "$CACHE/debootstrap.log" >&2; fail "debootstrap failed; log: $CACHE/debootstrap.log"; }
@@ -217,6 +218,12 @@ build_root() {
   echo "debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,udev bookworm ($MIRROR), $(date -u +%FT%TZ), warm-up boot done" > "$CACHE/complete"
 }
 
+# The cache is a root file system this script writes into as root and
+# boots: reuse it only if nobody else could have made or changed it.
+root_owned() { [ ! -L "$1" ] && [ "$(stat -c %u "$1")" = 0 ] && [ -z "$(find "$1" -maxdepth 0 -perm /022)" ]; }
+if [ -e "$CACHE" ] || [ -L "$CACHE" ]; then
+  root_owned "$CACHE" || fail "$CACHE is not root's alone (a symlink, another owner, or writable by others); remove it or set CACHE="
+fi
 build_initramfs
 if [ -f "$CACHE/complete" ] && [ -x "$ROOTFS/sbin/init" ]; then
   echo "systemdbench: reusing the root in $ROOTFS ($(cat "$CACHE/complete"))" >&2

@@ -11,8 +11,9 @@ PACKAGES=(
   dpkg-dev debhelper man-db
   # run: /dev/fuse mounts when not root
   fuse3
-  # benchmarks: bindfs is the libfuse passthrough a user would pick today
-  bindfs
+  # benchmarks: bindfs is the libfuse passthrough a user would pick today;
+  # perf counts a server's context switches and system calls (placementbench)
+  bindfs linux-perf
   # util-linux gives mount/umount/unshare used by tests and make run, and
   # findmnt, the tests' reader of mount tables
   util-linux attr acl perl

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# placementbench: how much where a FUSE server runs decides what a client
+# waits for on a contended host (docs/benchmarks.md, session 12). With
+# autogroup scheduling (the kernel's default where there is no systemd
+# slice) a session's processes share one CPU share, so a server in its
+# client's session and the same server in a session of its own compete for
+# the CPUs differently.
+#
+#   placementbench.sh OCIVM [PLACEMENT...]
+#
+# PLACEMENT (default: all four, in this order, round after round):
+#   ocivm-client    `ocivm mount` in this script's session, beside the client
+#   ocivm-own       `ocivm mount` in a session of its own (setsid)
+#   bindfs-client   `bindfs -f` in this script's session
+#   bindfs-own      bindfs daemonized (its default: a session of its own)
+# Environment: SAMPLES (10 per placement), CYCLES (500 per sample),
+#   CONTEND (2 busy loops, each in a session of its own, throughout),
+#   CACHE (always: the ocivm side's --cache).
+#
+# Each sample mounts a fresh server, so each places its threads anew, and
+# times CYCLES cycles of create 4 KiB / stat / open+read / unlink in one
+# Python client, with `perf stat` counting the server's context switches and
+# system calls. Prints per placement the median µs per cycle (min, max) and
+# the mean switches and calls per cycle. Run as root.
+set -uo pipefail
+OCIVM=${1:?usage: placementbench.sh OCIVM [ocivm-client|ocivm-own|bindfs-client|bindfs-own ...]}
+shift
+PLACES=("$@")
+[ ${#PLACES[@]} -gt 0 ] || PLACES=(ocivm-client ocivm-own bindfs-client bindfs-own)
+SAMPLES=${SAMPLES:-10}
+CYCLES=${CYCLES:-500}
+CONTEND=${CONTEND:-2}
+CACHE=${CACHE:-always}
+fail() { echo "placementbench: $*" >&2; exit 1; }
+in_own_session() { [ "$(ps -o sid= -p "$1" | tr -d ' ')" = "$1" ]; }
+[ "$(id -u)" = 0 ] || fail "run as root (perf stat on another process, mounts)"
+[ -x "$OCIVM" ] || fail "no ocivm binary at $OCIVM; build it with 'make build'"
+command -v python3 >/dev/null || fail "python3 missing: apt-get install python3"
+command -v bindfs >/dev/null || fail "bindfs missing: apt-get install bindfs"
+command -v perf >/dev/null || fail "perf missing: apt-get install linux-perf"
+perf stat -e context-switches true >/dev/null 2>&1 || fail "perf stat does not work here (kernel.perf_event_paranoid?)"
+[[ $SAMPLES =~ ^[1-9][0-9]{0,3}$ ]] || fail "SAMPLES must be 1 to 9999, not '$SAMPLES'"
+[[ $CYCLES =~ ^[1-9][0-9]{0,5}$ ]] || fail "CYCLES must be 1 to 999999, not '$CYCLES'"
+[[ $CONTEND =~ ^[0-9]+$ ]] && [ "$CONTEND" -le 64 ] || fail "CONTEND must be 0 to 64 busy loops, not '$CONTEND'"
+for p in "${PLACES[@]}"; do
+  case $p in ocivm-client|ocivm-own|bindfs-client|bindfs-own) ;; *) fail "unknown placement '$p'";; esac
+done
+
+D=$(mktemp -d "${TMPDIR:-/tmp}/ocivm-placementbench.XXXXXX") || fail "cannot make a scratch directory in ${TMPDIR:-/tmp}"
+SRV="" PID="" SPIN=""
+stop_server() {
+  mountpoint -q "$D/m" && umount "$D/m"
+  if [ -n "$SRV" ]; then kill "$SRV" 2>/dev/null; wait "$SRV" 2>/dev/null; SRV=""; fi
+  # A daemonized bindfs is nobody's child here: the unmount ends it.
+}
+cleanup() {
+  for p in $SPIN; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  stop_server
+  rm -rf "$D"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+mkdir -p "$D/s" "$D/m"
+
+# Mounts PLACE's server; sets SRV (the process this script started, if
+# any) and PID (the process that serves, counted by perf stat: a daemonized
+# bindfs is found by its command line, ocivm mount's sandboxed server is
+# its keeper's child).
+start_server() {
+  local place=$1
+  rm -rf "${D:?}/s" && mkdir "$D/s"
+  case $place in
+    ocivm-client) "$OCIVM" mount "$D/s" "$D/m" --cache "$CACHE" >"$D/server.log" 2>&1 & SRV=$! ;;
+    ocivm-own) setsid "$OCIVM" mount "$D/s" "$D/m" --cache "$CACHE" >"$D/server.log" 2>&1 & SRV=$! ;;
+    bindfs-client) bindfs -f "$D/s" "$D/m" >"$D/server.log" 2>&1 & SRV=$! ;;
+    bindfs-own) bindfs "$D/s" "$D/m" >"$D/server.log" 2>&1 || fail "bindfs did not mount: $(cat "$D/server.log")" ;;
+  esac
+  for _ in $(seq 200); do
+    mountpoint -q "$D/m" && break
+    [ -z "$SRV" ] || kill -0 "$SRV" 2>/dev/null || fail "$place exited before mounting: $(cat "$D/server.log")"
+    sleep 0.05
+  done
+  mountpoint -q "$D/m" || fail "$place did not mount"
+  case $place in
+    ocivm-*) PID=$(pgrep -n -P "$(pgrep -n -P "$SRV")") ;;
+    bindfs-client) PID=$SRV ;;
+    bindfs-own) PID=$(pgrep -n -f "^bindfs $D/s $D/m\$") ;;
+  esac
+  [ -n "$PID" ] || fail "cannot find $place's serving process"
+}
+
+CLIENT='import os, sys, time
+d, n = sys.argv[1], int(sys.argv[2]); data = b"x" * 4096
+t = time.perf_counter()
+for i in range(n):
+    p = f"{d}/f{i}"
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644); os.write(fd, data); os.close(fd)
+    os.stat(p)
+    fd = os.open(p, os.O_RDONLY); os.read(fd, 8192); os.close(fd)
+    os.unlink(p)
+print((time.perf_counter() - t) / n * 1e6)'
+
+for _ in $(seq "$CONTEND"); do
+  # Each loop makes its own session (it cannot fork away from $!) and dies
+  # with this script, even a SIGKILLed one.
+  setpriv --pdeathsig KILL python3 -c 'import os, sys
+if os.getppid() != int(sys.argv[1]): sys.exit(0)  # the script died before the death signal was set
+os.setsid()
+while True: pass' "$$" & SPIN="$SPIN $!"
+done
+for p in $SPIN; do
+  for _ in $(seq 100); do in_own_session "$p" && break; sleep 0.02; done
+  in_own_session "$p" || fail "busy loop $p is not in a session of its own"
+done
+
+echo "placementbench: $OCIVM, --cache $CACHE, $SAMPLES samples of $CYCLES cycles per placement, $CONTEND busy loops"
+: >"$D/results"
+for _ in $(seq "$SAMPLES"); do
+  for place in "${PLACES[@]}"; do
+    start_server "$place"
+    out=$(perf stat -x, -e context-switches,raw_syscalls:sys_enter -p "$PID" -- \
+          python3 -c "$CLIENT" "$D/m" "$CYCLES" 2>&1) || fail "$place: the client failed: $out"
+    us=$(sed -n '1p' <<<"$out")
+    cs=$(awk -F, '/context-switches/ {print $1}' <<<"$out")
+    sc=$(awk -F, '/sys_enter/ {print $1}' <<<"$out")
+    [[ $us =~ ^[0-9.]+$ && $cs =~ ^[0-9]+$ && $sc =~ ^[0-9]+$ ]] || fail "$place: unexpected perf output: $out"
+    echo "$place $us $cs $sc" >>"$D/results"
+    stop_server
+    mountpoint -q "$D/m" && fail "$place: $D/m is still mounted"
+  done
+done
+
+printf '%-14s %28s %22s %20s\n' placement "us/cycle median (min-max)" "context switches/cycle" "system calls/cycle"
+for place in "${PLACES[@]}"; do
+  awk -v p="$place" -v n="$CYCLES" '$1 == p {print $2, $3, $4}' "$D/results" | sort -n |
+    awk -v p="$place" -v n="$CYCLES" '{u[NR] = $1; c += $2; s += $3}
+      END {printf "%-14s %14.0f (%.0f-%.0f) %22.1f %20.1f\n", p, (NR % 2 ? u[(NR + 1) / 2] : (u[NR / 2] + u[NR / 2 + 1]) / 2),
+           u[1], u[NR], c / NR / n, s / NR / n}'
+done
