@@ -1,6 +1,28 @@
 # Shared by the bench/*.sh scripts: timing, medians, the Debian test tree.
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+in_own_session() { [ "$(ps -o sid= -p "$1" | tr -d ' ')" = "$1" ]; }
+# start_busy_loops N: N processes spinning on a CPU, each in a session of
+# its own, as programs started elsewhere would be (with autogroup
+# scheduling a session shares one CPU share: docs/benchmarks.md, session
+# 12). A loop makes its own session, so it cannot fork away from $!, and
+# it dies with the calling script, even a SIGKILLed one. Appends their pids
+# to SPIN (the caller kills them); returns 1 if one is not in its own
+# session.
+start_busy_loops() {
+  local p
+  for _ in $(seq "$1"); do
+    setpriv --pdeathsig KILL python3 -c 'import os, sys
+if os.getppid() != int(sys.argv[1]): sys.exit(0)  # the script died before the death signal was set
+os.setsid()
+while True: pass' "$$" & SPIN="$SPIN $!"
+  done
+  for p in $SPIN; do
+    # Until its setsid() has run, a loop is still in the caller's session.
+    for _ in $(seq 100); do in_own_session "$p" && break; sleep 0.02; done
+    in_own_session "$p" || { echo "busy loop $p is not in a session of its own" >&2; return 1; }
+  done
+}
 # make_debian_tree DIR: ~300-400 MB of this Debian machine's own files
 # (/etc, /usr/bin, /usr/sbin, small libraries up to ~300 MB in all).
 make_debian_tree() {

@@ -25,10 +25,10 @@ A=${1:?usage: pairedbench.sh OCIVM_A OCIVM_B|bindfs [mount options]}
 B=${2:?usage: pairedbench.sh OCIVM_A OCIVM_B|bindfs [mount options]}
 shift 2
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
 CACHE=${CACHE:-never}
 CONTEND=${CONTEND:-0}
 fail() { echo "pairedbench: $*" >&2; exit 1; }
-in_own_session() { [ "$(ps -o sid= -p "$1" | tr -d ' ')" = "$1" ]; }
 command -v python3 >/dev/null || fail "python3 missing: apt-get install python3"
 [ "$B" != bindfs ] || command -v bindfs >/dev/null || fail "bindfs missing: apt-get install bindfs"
 [[ $CONTEND =~ ^[0-9]+$ ]] && [ "$CONTEND" -le 64 ] || fail "CONTEND must be 0 to 64 busy loops, not '$CONTEND'"
@@ -55,19 +55,6 @@ for _ in $(seq 200); do
   sleep 0.05
 done
 mountpoint -q "$D/ma" && mountpoint -q "$D/mb" || fail "the mounts did not come up"
-for _ in $(seq "$CONTEND"); do
-  # The loop makes its own session (it cannot fork away from $!, and fails
-  # rather than spin in this one) and dies with this script, even a
-  # SIGKILLed one.
-  setpriv --pdeathsig KILL python3 -c 'import os, sys
-if os.getppid() != int(sys.argv[1]): sys.exit(0)  # the script died before the death signal was set
-os.setsid()
-while True: pass' "$$" & SPIN="$SPIN $!"
-done
-for p in $SPIN; do
-  # Until its setsid() has run, a loop is still in this session.
-  for _ in $(seq 100); do in_own_session "$p" && break; sleep 0.02; done
-  in_own_session "$p" || fail "busy loop $p is not in a session of its own"
-done
+start_busy_loops "$CONTEND" || fail "cannot start the busy loops"
 echo "pairedbench: A=$A B=$B, --cache $CACHE $*, ${ROUNDS:-100} rounds of ${BLK:-200}${SPIN:+, $CONTEND busy loops throughout}"
 python3 "$HERE/paired_ops.py" "$D/ma" "$D/mb" "${ROUNDS:-100}" "${BLK:-200}"

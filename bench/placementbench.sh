@@ -23,6 +23,8 @@
 # system calls. Prints per placement the median µs per cycle (min, max) and
 # the mean switches and calls per cycle. Run as root.
 set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
 OCIVM=${1:?usage: placementbench.sh OCIVM [ocivm-client|ocivm-own|bindfs-client|bindfs-own ...]}
 shift
 PLACES=("$@")
@@ -32,7 +34,6 @@ CYCLES=${CYCLES:-500}
 CONTEND=${CONTEND:-2}
 CACHE=${CACHE:-always}
 fail() { echo "placementbench: $*" >&2; exit 1; }
-in_own_session() { [ "$(ps -o sid= -p "$1" | tr -d ' ')" = "$1" ]; }
 [ "$(id -u)" = 0 ] || fail "run as root (perf stat on another process, mounts)"
 [ -x "$OCIVM" ] || fail "no ocivm binary at $OCIVM; build it with 'make build'"
 command -v python3 >/dev/null || fail "python3 missing: apt-get install python3"
@@ -100,18 +101,7 @@ for i in range(n):
     os.unlink(p)
 print((time.perf_counter() - t) / n * 1e6)'
 
-for _ in $(seq "$CONTEND"); do
-  # Each loop makes its own session (it cannot fork away from $!) and dies
-  # with this script, even a SIGKILLed one.
-  setpriv --pdeathsig KILL python3 -c 'import os, sys
-if os.getppid() != int(sys.argv[1]): sys.exit(0)  # the script died before the death signal was set
-os.setsid()
-while True: pass' "$$" & SPIN="$SPIN $!"
-done
-for p in $SPIN; do
-  for _ in $(seq 100); do in_own_session "$p" && break; sleep 0.02; done
-  in_own_session "$p" || fail "busy loop $p is not in a session of its own"
-done
+start_busy_loops "$CONTEND" || fail "cannot start the busy loops"
 
 echo "placementbench: $OCIVM, --cache $CACHE, $SAMPLES samples of $CYCLES cycles per placement, $CONTEND busy loops"
 : >"$D/results"
