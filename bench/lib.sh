@@ -2,6 +2,12 @@
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 in_own_session() { [ "$(ps -o sid= -p "$1" | tr -d ' ')" = "$1" ]; }
+# is_mounted PATH: something is mounted at PATH, from the mount table (no
+# stat: a FUSE mount whose server does not answer would block it). PATH
+# without spaces or backslashes, which the table escapes.
+is_mounted() { awk -v p="$1" '$5 == p { f = 1 } END { exit !f }' /proc/self/mountinfo; }
+# unmount_if_mounted PATH: unmounts PATH, lazily if it is busy.
+unmount_if_mounted() { is_mounted "$1" || return 0; umount "$1" 2>/dev/null || umount -l "$1"; }
 # start_busy_loops N: N processes spinning on a CPU, each in a session of
 # its own, as programs started elsewhere would be (with autogroup
 # scheduling a session shares one CPU share: docs/benchmarks.md, session
@@ -15,7 +21,7 @@ start_busy_loops() {
     setpriv --pdeathsig KILL python3 -c 'import os, sys
 if os.getppid() != int(sys.argv[1]): sys.exit(0)  # the script died before the death signal was set
 os.setsid()
-while True: pass' "$$" & SPIN="$SPIN $!"
+while True: pass' "$$" & SPIN="${SPIN:-} $!"
   done
   for p in $SPIN; do
     # Until its setsid() has run, a loop is still in the caller's session.

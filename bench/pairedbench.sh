@@ -35,13 +35,14 @@ command -v python3 >/dev/null || fail "python3 missing: apt-get install python3"
 D=$(mktemp -d "${TMPDIR:-/tmp}/ocivm-pairedbench.XXXXXX") || fail "cannot make a scratch directory in ${TMPDIR:-/tmp}"
 PA="" PB="" SPIN=""
 cleanup() {
+  trap '' INT TERM HUP  # a second signal must not cut the cleanup short
   for p in $SPIN; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  for m in "$D/ma" "$D/mb"; do mountpoint -q "$m" && umount "$m"; done
+  for m in "$D/ma" "$D/mb"; do unmount_if_mounted "$m"; done
   for p in $PA $PB; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  rm -rf "$D"
+  rm -rf --one-file-system "$D"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP
 mkdir -p "$D/sa" "$D/sb" "$D/ma" "$D/mb"
 "$A" mount "$D/sa" "$D/ma" --cache "$CACHE" "$@" & PA=$!
 if [ "$B" = bindfs ]; then
@@ -50,11 +51,11 @@ else
   "$B" mount "$D/sb" "$D/mb" --cache "$CACHE" "$@" & PB=$!
 fi
 for _ in $(seq 200); do
-  mountpoint -q "$D/ma" && mountpoint -q "$D/mb" && break
+  is_mounted "$D/ma" && is_mounted "$D/mb" && break
   kill -0 "$PA" 2>/dev/null && kill -0 "$PB" 2>/dev/null || fail "a server exited before its mount came up"
   sleep 0.05
 done
-mountpoint -q "$D/ma" && mountpoint -q "$D/mb" || fail "the mounts did not come up"
+is_mounted "$D/ma" && is_mounted "$D/mb" || fail "the mounts did not come up"
 start_busy_loops "$CONTEND" || fail "cannot start the busy loops"
 echo "pairedbench: A=$A B=$B, --cache $CACHE $*, ${ROUNDS:-100} rounds of ${BLK:-200}${SPIN:+, $CONTEND busy loops throughout}"
 python3 "$HERE/paired_ops.py" "$D/ma" "$D/mb" "${ROUNDS:-100}" "${BLK:-200}"

@@ -39,7 +39,8 @@ fail() { echo "placementbench: $*" >&2; exit 1; }
 command -v python3 >/dev/null || fail "python3 missing: apt-get install python3"
 command -v bindfs >/dev/null || fail "bindfs missing: apt-get install bindfs"
 command -v perf >/dev/null || fail "perf missing: apt-get install linux-perf"
-perf stat -e context-switches true >/dev/null 2>&1 || fail "perf stat does not work here (kernel.perf_event_paranoid?)"
+perf stat -e context-switches,raw_syscalls:sys_enter true >/dev/null 2>&1 ||
+  fail "perf stat cannot count context switches and system calls here (kernel.perf_event_paranoid? tracefs?)"
 [[ $SAMPLES =~ ^[1-9][0-9]{0,3}$ ]] || fail "SAMPLES must be 1 to 9999, not '$SAMPLES'"
 [[ $CYCLES =~ ^[1-9][0-9]{0,5}$ ]] || fail "CYCLES must be 1 to 999999, not '$CYCLES'"
 [[ $CONTEND =~ ^[0-9]+$ ]] && [ "$CONTEND" -le 64 ] || fail "CONTEND must be 0 to 64 busy loops, not '$CONTEND'"
@@ -50,17 +51,19 @@ done
 D=$(mktemp -d "${TMPDIR:-/tmp}/ocivm-placementbench.XXXXXX") || fail "cannot make a scratch directory in ${TMPDIR:-/tmp}"
 SRV="" PID="" SPIN=""
 stop_server() {
-  mountpoint -q "$D/m" && umount "$D/m"
+  unmount_if_mounted "$D/m"
   if [ -n "$SRV" ]; then kill "$SRV" 2>/dev/null; wait "$SRV" 2>/dev/null; SRV=""; fi
   # A daemonized bindfs is nobody's child here: the unmount ends it.
 }
 cleanup() {
+  trap '' INT TERM HUP  # a second signal must not cut the cleanup short
   for p in $SPIN; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   stop_server
-  rm -rf "$D"
+  rm -rf --one-file-system "$D"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP
+MYSID=$(ps -o sid= -p $$ | tr -d ' ')
 mkdir -p "$D/s" "$D/m"
 
 # Mounts PLACE's server; sets SRV (the process this script started, if
@@ -77,17 +80,29 @@ start_server() {
     bindfs-own) bindfs "$D/s" "$D/m" >"$D/server.log" 2>&1 || fail "bindfs did not mount: $(cat "$D/server.log")" ;;
   esac
   for _ in $(seq 200); do
-    mountpoint -q "$D/m" && break
+    is_mounted "$D/m" && break
     [ -z "$SRV" ] || kill -0 "$SRV" 2>/dev/null || fail "$place exited before mounting: $(cat "$D/server.log")"
     sleep 0.05
   done
-  mountpoint -q "$D/m" || fail "$place did not mount"
-  case $place in
-    ocivm-*) PID=$(pgrep -n -P "$(pgrep -n -P "$SRV")") ;;
-    bindfs-client) PID=$SRV ;;
-    bindfs-own) PID=$(pgrep -n -f "^bindfs $D/s $D/m\$") ;;
-  esac
+  is_mounted "$D/m" || fail "$place did not mount"
+  # ocivm's mount is in the table before its server is forked: look again.
+  PID=""
+  for _ in $(seq 100); do
+    case $place in
+      ocivm-*) local keeper; keeper=$(pgrep -n -P "$SRV") && PID=$(pgrep -n -P "$keeper") ;;
+      bindfs-client) PID=$SRV ;;
+      bindfs-own) PID=$(pgrep -n -f "^bindfs $D/s $D/m\$") ;;
+    esac
+    [ -n "$PID" ] && break
+    sleep 0.05
+  done
   [ -n "$PID" ] || fail "cannot find $place's serving process"
+  # The point of the run: check the placement rather than trust it.
+  local sid; sid=$(ps -o sid= -p "$PID" | tr -d ' ')
+  case $place in
+    *-client) [ "$sid" = "$MYSID" ] || fail "$place's server $PID is not in this script's session" ;;
+    *-own) [ -n "$sid" ] && [ "$sid" != "$MYSID" ] || fail "$place's server $PID is in this script's session" ;;
+  esac
 }
 
 CLIENT='import os, sys, time
@@ -116,14 +131,14 @@ for _ in $(seq "$SAMPLES"); do
     [[ $us =~ ^[0-9.]+$ && $cs =~ ^[0-9]+$ && $sc =~ ^[0-9]+$ ]] || fail "$place: unexpected perf output: $out"
     echo "$place $us $cs $sc" >>"$D/results"
     stop_server
-    mountpoint -q "$D/m" && fail "$place: $D/m is still mounted"
+    is_mounted "$D/m" && fail "$place: $D/m is still mounted"
   done
 done
 
 printf '%-14s %28s %22s %20s\n' placement "us/cycle median (min-max)" "context switches/cycle" "system calls/cycle"
 for place in "${PLACES[@]}"; do
-  awk -v p="$place" -v n="$CYCLES" '$1 == p {print $2, $3, $4}' "$D/results" | sort -n |
+  awk -v p="$place" '$1 == p {print $2, $3, $4}' "$D/results" | sort -n |
     awk -v p="$place" -v n="$CYCLES" '{u[NR] = $1; c += $2; s += $3}
-      END {printf "%-14s %14.0f (%.0f-%.0f) %22.1f %20.1f\n", p, (NR % 2 ? u[(NR + 1) / 2] : (u[NR / 2] + u[NR / 2 + 1]) / 2),
-           u[1], u[NR], c / NR / n, s / NR / n}'
+      END {med = NR % 2 ? u[(NR + 1) / 2] : (u[NR / 2] + u[NR / 2 + 1]) / 2
+           printf "%-14s %28s %22.1f %20.1f\n", p, sprintf("%.0f (%.0f-%.0f)", med, u[1], u[NR]), c / NR / n, s / NR / n}'
 done

@@ -42,9 +42,9 @@ guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 
 # On disk, not tmpfs: the host side writes into its page cache as a real
 # share would. Room for the file twice over.
-WORK=$(mktemp -d /var/tmp/ocivm-seqbench.XXXXXX) || { echo "seqbench: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
 avail_mb=$(df -Pm /var/tmp | awk 'NR == 2 { print $4 }')
 [ "$avail_mb" -gt $((SIZE_MB * 2)) ] || fail "/var/tmp has $avail_mb MiB free; $((SIZE_MB * 2)) needed for SIZE_MB=$SIZE_MB"
+WORK=$(mktemp -d /var/tmp/ocivm-seqbench.XXXXXX) || fail "cannot make a scratch directory in /var/tmp"
 SERVER_PID=""
 cleanup() {
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null

@@ -219,7 +219,9 @@ build_root() {
 }
 
 # The cache is a root file system this script writes into as root and
-# boots: reuse it only if nobody else could have made or changed it.
+# boots: reuse it only if nobody else could have made or changed it. Only
+# CACHE itself is checked: a CACHE= under a directory others may write to
+# could be swapped after the check (the default is under sticky /var/tmp).
 root_owned() { [ ! -L "$1" ] && [ "$(stat -c %u "$1")" = 0 ] && [ -z "$(find "$1" -maxdepth 0 -perm /022)" ]; }
 if [ -e "$CACHE" ] || [ -L "$CACHE" ]; then
   root_owned "$CACHE" || fail "$CACHE is not root's alone (a symlink, another owner, or writable by others); remove it or set CACHE="
