@@ -410,7 +410,12 @@ int main(int argc, char** argv) {
         g_scratch[0] = 0;
         die("cannot make a scratch directory in " + g.dir + ": " + strerror(e));
     }
-    const std::string base = g_scratch;
+    // As the mount table names it (mounted() compares paths): --dir may
+    // run through a symlink.
+    char* real = realpath(g_scratch, nullptr);
+    if (!real) die(std::string("cannot resolve ") + g_scratch + ": " + strerror(errno));
+    const std::string base = real;
+    free(real);
     std::vector<Target> targets;
     std::vector<std::string> names = {"native"};
     if (g.bindfs) names.push_back("bindfs");

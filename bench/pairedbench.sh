@@ -17,8 +17,7 @@
 # no systemd slice) a session's processes share one CPU share. Both servers
 # run in this script's session, with the client (bindfs -f, not a daemon in
 # a session of its own); each busy loop has a session of its own, as a
-# program started elsewhere would. fsbench --contend gives its loops
-# sessions of their own too, but lets bindfs daemonize, as users run it
+# program started elsewhere would. fsbench --contend does the same
 # (docs/benchmarks.md, session 12).
 set -uo pipefail
 A=${1:?usage: pairedbench.sh OCIVM_A OCIVM_B|bindfs [mount options]}
@@ -33,6 +32,7 @@ command -v python3 >/dev/null || fail "python3 missing: apt-get install python3"
 [ "$B" != bindfs ] || command -v bindfs >/dev/null || fail "bindfs missing: apt-get install bindfs"
 [[ $CONTEND =~ ^[0-9]+$ ]] && [ "$CONTEND" -le 64 ] || fail "CONTEND must be 0 to 64 busy loops, not '$CONTEND'"
 D=$(mktemp -d "${TMPDIR:-/tmp}/ocivm-pairedbench.XXXXXX") || fail "cannot make a scratch directory in ${TMPDIR:-/tmp}"
+D=$(cd "$D" && pwd -P) && [ -n "$D" ] || fail "cannot resolve the scratch directory"  # as the mount table names it
 PA="" PB="" SPIN=""
 cleanup() {
   trap '' INT TERM HUP  # a second signal must not cut the cleanup short

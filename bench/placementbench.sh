@@ -49,6 +49,7 @@ for p in "${PLACES[@]}"; do
 done
 
 D=$(mktemp -d "${TMPDIR:-/tmp}/ocivm-placementbench.XXXXXX") || fail "cannot make a scratch directory in ${TMPDIR:-/tmp}"
+D=$(cd "$D" && pwd -P) && [ -n "$D" ] || fail "cannot resolve the scratch directory"  # as the mount table names it
 SRV="" PID="" SPIN=""
 stop_server() {
   unmount_if_mounted "$D/m"
