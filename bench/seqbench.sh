@@ -134,9 +134,14 @@ for cfg in $CONFIGS; do
 done
 printf '\nmedian of %s rounds, MB/s (higher is better)\n\n' "$ROUNDS"
 printf '| ratio | write | read |\n|---|---|---|\n'
-printf '| ocivm --writeback / ocivm | %s | %s |\n' "$(ratio "${MED[ocivm-wb,write]}" "${MED[ocivm,write]}")" "$(ratio "${MED[ocivm-wb,read]}" "${MED[ocivm,read]}")"
-printf '| ocivm --writeback / virtiofsd -o writeback | %s | %s |\n' "$(ratio "${MED[ocivm-wb,write]}" "${MED[virtiofsd-wb,write]}")" "$(ratio "${MED[ocivm-wb,read]}" "${MED[virtiofsd-wb,read]}")"
-printf '| ocivm / virtiofsd | %s | %s |\n' "$(ratio "${MED[ocivm,write]}" "${MED[virtiofsd,write]}")" "$(ratio "${MED[ocivm,read]}" "${MED[virtiofsd,read]}")"
+# ratio_row LABEL A B: A's medians over B's, when CONFIGS had both.
+ratio_row() {
+  [ -n "${MED[$2,write]:-}" ] && [ -n "${MED[$3,write]:-}" ] || return 0
+  printf '| %s | %s | %s |\n' "$1" "$(ratio "${MED[$2,write]}" "${MED[$3,write]}")" "$(ratio "${MED[$2,read]}" "${MED[$3,read]}")"
+}
+ratio_row "ocivm --writeback / ocivm" ocivm-wb ocivm
+ratio_row "ocivm --writeback / virtiofsd -o writeback" ocivm-wb virtiofsd-wb
+ratio_row "ocivm / virtiofsd" ocivm virtiofsd
 printf '\nAcceptance (issue 10): ocivm --writeback write >= 2x ocivm write and >= virtiofsd -o writeback write\n'
 if [ "$FAILED" -gt 0 ]; then
   echo "seqbench: $FAILED round(s) did not finish: the medians above leave them out; see the kept work directory" >&2
