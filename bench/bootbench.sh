@@ -25,7 +25,7 @@ fail() { echo "bootbench: $*" >&2; exit 1; }
 DEMO=$(cd "$DEMO" && pwd)
 guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 
-WORK=$(mktemp -d /var/tmp/ocivm-bootbench.XXXXXX) || { echo "bootbench: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
+WORK=$(scratch_dir bootbench) || fail "cannot make a scratch directory in /var/tmp"
 trap 'pkill -9 -f "$WORK/" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 
 # The baseline's initramfs: busybox, virtio-fs modules (deps from modules.dep).

@@ -29,7 +29,7 @@ fail() { echo "clonebench: $*" >&2; exit 1; }
 command -v mkfs.erofs > /dev/null || fail "mkfs.erofs missing: apt-get install erofs-utils"
 DEMO=$(cd "$DEMO" && pwd)
 
-WORK=$(mktemp -d /var/tmp/ocivm-clonebench.XXXXXX) || { echo "clonebench: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
+WORK=$(scratch_dir clonebench) || fail "cannot make a scratch directory in /var/tmp"
 export OCIVM_RUNTIME_DIR=$WORK/run OCIVM_HOME=$WORK/home
 P=cb$$
 cleanup() {

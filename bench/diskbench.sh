@@ -14,7 +14,7 @@ REPS=${REPS:-3}
 fail() { echo "diskbench: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || fail "run as root (the peer loop-mounts)"
 [ -x "$OCIVM" ] || fail "$OCIVM missing: make build"
-WORK=$(mktemp -d /var/tmp/ocivm-diskbench.XXXXXX) || { echo "diskbench: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
+WORK=$(scratch_dir diskbench) || fail "cannot make a scratch directory in /var/tmp"
 trap 'umount "$WORK/mnt" 2>/dev/null; for l in $(losetup -j "$WORK/peer.raw" -O NAME -n 2>/dev/null); do losetup -d $l; done; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 
 root=$WORK/rootfs

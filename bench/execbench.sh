@@ -22,7 +22,7 @@ fail() { echo "execbench: $*" >&2; exit 1; }
 [ -x "$DEMO/bin/busybox" ] || fail "demo image $DEMO missing: make build"
 DEMO=$(cd "$DEMO" && pwd)
 
-WORK=$(mktemp -d /var/tmp/ocivm-execbench.XXXXXX) || { echo "execbench: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
+WORK=$(scratch_dir execbench) || fail "cannot make a scratch directory in /var/tmp"
 export OCIVM_RUNTIME_DIR=$WORK/run
 NAME=execbench-$$
 trap '"$OCIVM" rm -f $NAME >/dev/null 2>&1; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT

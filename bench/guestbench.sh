@@ -21,7 +21,7 @@ case " $SERVERS " in *" virtiofsd "*) WITH_VIRTIOFSD=1 ;; *) WITH_VIRTIOFSD= ;; 
 command -v qemu-system-x86_64 >/dev/null || fail "apt-get install qemu-system-x86"
 guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 
-WORK=$(mktemp -d /var/tmp/ocivm-guestbench.XXXXXX) || { echo "guestbench: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
+WORK=$(scratch_dir guestbench) || fail "cannot make a scratch directory in /var/tmp"
 trap 'pkill -9 -f "$WORK/" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 INITRD=$WORK/initrd.img
 "$HERE/../tests/vm/build-initramfs.sh" "$KREL" "$INITRD" || fail "building the initramfs"

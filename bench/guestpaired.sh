@@ -25,7 +25,7 @@ command -v qemu-system-x86_64 >/dev/null || fail "apt-get install qemu-system-x8
 command -v bc >/dev/null || fail "apt-get install bc"
 guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 for b in "$A" "$B"; do [ -x "$b" ] || fail "$b is not an executable"; done
-WORK=$(mktemp -d /var/tmp/ocivm-guestpaired.XXXXXX) || { echo "guestpaired: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
+WORK=$(scratch_dir guestpaired) || fail "cannot make a scratch directory in /var/tmp"
 PIDS=""
 trap 'for p in $PIDS; do kill -9 $p 2>/dev/null; done; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 INITRD=$WORK/initrd.img

@@ -16,7 +16,7 @@ fail() { echo "imagebench: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || fail "run as root"
 command -v umoci >/dev/null || fail "umoci missing: apt-get install umoci"
 [ -x "$OCIVM" ] || fail "$OCIVM missing: make build"
-WORK=$(mktemp -d /var/tmp/ocivm-imagebench.XXXXXX) || { echo "imagebench: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
+WORK=$(scratch_dir imagebench) || fail "cannot make a scratch directory in /var/tmp"
 trap '[ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 
 root=$WORK/rootfs

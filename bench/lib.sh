@@ -1,6 +1,15 @@
 # Shared by the bench/*.sh scripts: timing, medians, the Debian test tree.
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+# scratch_dir NAME [BASE]: prints a new directory BASE/ocivm-NAME.XXXXXX
+# (default BASE /var/tmp), made by mktemp so nobody can have made it
+# first, and named as the mount table names it (BASE may run through a
+# symlink). Fails if it cannot be made.
+scratch_dir() {
+  local d
+  d=$(mktemp -d "${2:-/var/tmp}/ocivm-$1.XXXXXX") || return 1
+  (cd "$d" && pwd -P)
+}
 in_own_session() { [ "$(ps -o sid= -p "$1" | tr -d ' ')" = "$1" ]; }
 # is_mounted PATH: something is mounted at PATH, from the mount table (no
 # stat: a FUSE mount whose server does not answer would block it). PATH

@@ -25,7 +25,7 @@ command -v passt > /dev/null || fail "passt missing: apt-get install passt"
 command -v curl > /dev/null || fail "curl missing: apt-get install curl"
 command -v ss > /dev/null || fail "ss missing: apt-get install iproute2"
 
-WORK=$(mktemp -d /var/tmp/ocivm-netbench.XXXXXX) || { echo "netbench: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
+WORK=$(scratch_dir netbench) || fail "cannot make a scratch directory in /var/tmp"
 export OCIVM_RUNTIME_DIR=$WORK/run
 VM=
 trap '[ -n "$VM" ] && kill "$VM" 2>/dev/null; wait 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT

@@ -31,8 +31,7 @@ fail() { echo "pairedbench: $*" >&2; exit 1; }
 command -v python3 >/dev/null || fail "python3 missing: apt-get install python3"
 [ "$B" != bindfs ] || command -v bindfs >/dev/null || fail "bindfs missing: apt-get install bindfs"
 [[ $CONTEND =~ ^[0-9]+$ ]] && [ "$CONTEND" -le 64 ] || fail "CONTEND must be 0 to 64 busy loops, not '$CONTEND'"
-D=$(mktemp -d "${TMPDIR:-/tmp}/ocivm-pairedbench.XXXXXX") || fail "cannot make a scratch directory in ${TMPDIR:-/tmp}"
-D=$(cd "$D" && pwd -P) && [ -n "$D" ] || fail "cannot resolve the scratch directory"  # as the mount table names it
+D=$(scratch_dir pairedbench "${TMPDIR:-/tmp}") || fail "cannot make a scratch directory in ${TMPDIR:-/tmp}"
 PA="" PB="" SPIN=""
 cleanup() {
   trap '' INT TERM HUP  # a second signal must not cut the cleanup short

@@ -55,7 +55,7 @@ for m in $MODES; do
 done
 guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 
-WORK=$(mktemp -d /var/tmp/ocivm-parbench.XXXXXX) || { echo "parbench: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
+WORK=$(scratch_dir parbench) || fail "cannot make a scratch directory in /var/tmp"
 FSD_PID="" QEMU_PID=""
 cleanup() {
   # Only what this script started, by PID: timeout passes the signal on to QEMU.

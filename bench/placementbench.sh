@@ -48,8 +48,7 @@ for p in "${PLACES[@]}"; do
   case $p in ocivm-client|ocivm-own|bindfs-client|bindfs-own) ;; *) fail "unknown placement '$p'";; esac
 done
 
-D=$(mktemp -d "${TMPDIR:-/tmp}/ocivm-placementbench.XXXXXX") || fail "cannot make a scratch directory in ${TMPDIR:-/tmp}"
-D=$(cd "$D" && pwd -P) && [ -n "$D" ] || fail "cannot resolve the scratch directory"  # as the mount table names it
+D=$(scratch_dir placementbench "${TMPDIR:-/tmp}") || fail "cannot make a scratch directory in ${TMPDIR:-/tmp}"
 SRV="" PID="" SPIN=""
 stop_server() {
   unmount_if_mounted "$D/m"

@@ -18,7 +18,7 @@ for t in docker-registry:docker-registry skopeo:skopeo umoci:umoci openssl:opens
   command -v "${t%%:*}" >/dev/null || fail "${t%%:*} missing: apt-get install ${t##*:}"
 done
 [ -x "$OCIVM" ] || fail "$OCIVM missing: make build"
-WORK=$(mktemp -d /var/tmp/ocivm-pullbench.XXXXXX) || { echo "pullbench: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
+WORK=$(scratch_dir pullbench) || fail "cannot make a scratch directory in /var/tmp"
 . "$HERE/../tests/lib/registry.sh"
 cleanup() {
   registry_stop_all

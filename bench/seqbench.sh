@@ -44,7 +44,7 @@ guest_kernel || fail "no kernel: apt-get install linux-image-amd64"
 # share would. Room for the file twice over.
 avail_mb=$(df -Pm /var/tmp | awk 'NR == 2 { print $4 }')
 [ "$avail_mb" -gt $((SIZE_MB * 2)) ] || fail "/var/tmp has $avail_mb MiB free; $((SIZE_MB * 2)) needed for SIZE_MB=$SIZE_MB"
-WORK=$(mktemp -d /var/tmp/ocivm-seqbench.XXXXXX) || fail "cannot make a scratch directory in /var/tmp"
+WORK=$(scratch_dir seqbench) || fail "cannot make a scratch directory in /var/tmp"
 SERVER_PID=""
 cleanup() {
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null

@@ -62,7 +62,7 @@ OCIVM=$(cd "$(dirname "$OCIVM")" && pwd)/$(basename "$OCIVM")
 [ -z "$PREVIOUS" ] || [ -x "$PREVIOUS" ] || fail "PREVIOUS=$PREVIOUS is not an executable"
 guest_kernel || fail "no kernel with modules: apt-get install linux-image-amd64"
 
-WORK=$(mktemp -d /var/tmp/ocivm-systemdbench.XXXXXX) || { echo "systemdbench: cannot make a scratch directory in /var/tmp" >&2; exit 1; }
+WORK=$(scratch_dir systemdbench) || fail "cannot make a scratch directory in /var/tmp"
 # Everything this script starts is killed by its pid; nothing is mounted.
 SERVER_PID="" QEMU_PID="" RUN_PID=""
 cleanup() {
