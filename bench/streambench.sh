@@ -13,6 +13,7 @@
 # Environment: N [2000] operations per workload; KEEP=1 keeps the work dir.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
 OCIVM=${1:-$HERE/../build/ocivm}
 DEMO=${2:-$HERE/../build/demo}
 N=${N:-2000}
@@ -24,7 +25,7 @@ fail() { echo "streambench: $*" >&2; exit 1; }
 command -v g++ >/dev/null || fail "g++ missing (the guest helper is built static): apt-get install g++"
 command -v mkfs.erofs >/dev/null || fail "mkfs.erofs missing: apt-get install erofs-utils"
 
-WORK=$(mktemp -d /var/tmp/ocivm-streambench-XXXXXX)
+WORK=$(scratch_dir streambench) || fail "cannot make a scratch directory in /var/tmp"
 export OCIVM_RUNTIME_DIR=$WORK/run OCIVM_HOME=$WORK/home
 cleanup() {
   for n in $("$OCIVM" ps -a -q 2>/dev/null); do "$OCIVM" rm -f "$n" >/dev/null 2>&1; done
