@@ -97,17 +97,27 @@ size_t summarize(const std::string& path, std::ostream& out, size_t top) {
     out << records << " requests in " << std::fixed << std::setprecision(1) << span << " s ("
         << std::setprecision(0) << records / span << "/s)";
     if (bad) out << ", " << bad << " unreadable lines";
+    // How much of the traced time the server's own work was: what a faster
+    // server could take off the client's time at most (with one request
+    // served at a time; each request's time is whole microseconds, rounded
+    // down).
+    uint64_t all_us = 0;
+    for (auto& [k, s] : ops) all_us += s.us;
+    out << "\nserving: " << std::setprecision(3) << static_cast<double>(all_us) / 1e6
+        << " s in all, from reading each request to its reply (" << std::setprecision(1)
+        << 100.0 * static_cast<double>(all_us) / 1e6 / span << "% of the span)";
     out << "\n\nby opcode:\n";
     out << "  " << std::left << std::setw(16) << "opcode" << std::right << std::setw(10) << "count"
-        << std::setw(8) << "share" << std::setw(10) << "avg us" << std::setw(9) << "errors\n";
+        << std::setw(8) << "share" << std::setw(10) << "avg us" << std::setw(10) << "total ms"
+        << std::setw(9) << "errors\n";
     std::map<std::string, uint64_t> opcount;
     for (auto& [k, s] : ops) opcount[k] = s.n;
     for (auto& [k, n] : ranked(opcount)) {
         auto& s = ops[k];
         out << "  " << std::left << std::setw(16) << k << std::right << std::setw(10) << n
             << std::setw(7) << std::setprecision(1) << 100.0 * static_cast<double>(n) / records << "%"
-            << std::setw(10) << std::setprecision(0) << static_cast<double>(s.us) / n << std::setw(8)
-            << s.errors << "\n";
+            << std::setw(10) << std::setprecision(0) << static_cast<double>(s.us) / n << std::setw(10)
+            << std::setprecision(1) << static_cast<double>(s.us) / 1000 << std::setw(8) << s.errors << "\n";
     }
     out << "\ntop paths:\n";
     size_t i = 0;

@@ -180,6 +180,25 @@ TEST(Trace, FullBufferDropsInsteadOfBlocking) {
     EXPECT_EQ(rec.recorded() + rec.dropped(), 2000000u);
 }
 
+TEST(Trace, SummaryAddsUpTheServersTime) {
+    // Four requests over two seconds: 1,500 + 500 + 2,000 + 0 us of serving.
+    std::string file = test::temp_base() + "/ocivm-trace-sum-" + std::to_string(::getpid());
+    std::ofstream(file) << "{\"t\":10.0,\"op\":\"LOOKUP\",\"error\":0,\"us\":1500}\n"
+                        << "{\"t\":11.0,\"op\":\"LOOKUP\",\"error\":-2,\"us\":500}\n"
+                        << "{\"t\":11.5,\"op\":\"READ\",\"error\":0,\"us\":2000}\n"
+                        << "{\"t\":12.0,\"op\":\"IOCTL\",\"error\":-38,\"us\":0}\n";
+    std::ostringstream out;
+    EXPECT_EQ(summarize(file, out), 4u);
+    const std::string s = out.str();
+    EXPECT_NE(s.find("serving: 0.004 s in all, from reading each request to its reply (0.2% of the span)"),
+              std::string::npos) << s;
+    // opcode, count, share, avg us, total ms, errors
+    EXPECT_NE(s.find("LOOKUP                   2   50.0%      1000       2.0       1"), std::string::npos) << s;
+    EXPECT_NE(s.find("READ                     1   25.0%      2000       2.0       0"), std::string::npos) << s;
+    EXPECT_NE(s.find("IOCTL                    1   25.0%         0       0.0       1"), std::string::npos) << s;
+    std::remove(file.c_str());
+}
+
 TEST(Trace, SummaryOfAMissingOrEmptyFileIsAnError) {
     std::ostringstream out;
     EXPECT_THROW(summarize("/nonexistent/trace", out), std::runtime_error);
