@@ -15,10 +15,11 @@ const char kHelp[] = R"(Usage: ocivm trace summary [--top N] FILE
 Summarises a request trace written by 'ocivm fsd --trace FILE' (one JSON
 object per request: time, unique, opcode, nodeid, path, pid, uid, gid,
 error, latency in microseconds): the time the server spent serving in all
-(from reading each request to its reply: what faster handling could take
-off the client's time at most; waking up for a request is not in it), totals by opcode with average and total
-latency and error counts, the most requested paths, the busiest guest pids,
-and requests per second over time.
+(the sum of the latencies, from the moment the server has a request to its
+reply: about what faster handling could save the guest; waking up for a
+request is not in it), totals by opcode with average and total latency and
+error counts, the most requested paths, the busiest guest pids, requests
+per second over time, and each queue's polling at exit.
 
 Options:
       --top N      paths and pids to show (default: 10)

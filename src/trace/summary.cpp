@@ -1,6 +1,8 @@
 #include "trace/summary.h"
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -9,6 +11,8 @@
 #include <ostream>
 #include <stdexcept>
 #include <vector>
+
+#include "util/printable.h"
 
 namespace ocivm::trace {
 
@@ -40,6 +44,22 @@ bool field(const std::string& line, const char* key, std::string& out) {
     return true;
 }
 
+// The trace's paths are at most PathLimits::max_path (1,024) bytes, each
+// unprintable byte four characters once shown.
+constexpr size_t kMaxShownPath = 4 * 1024 + 8;
+
+// "t": seconds, finite, from 0 to about 31,000 years.
+bool parse_seconds(const std::string& v, double& out) {
+    char* end = nullptr;
+    out = std::strtod(v.c_str(), &end);
+    return !v.empty() && end == v.c_str() + v.size() && std::isfinite(out) && out >= 0 && out < 1e12;
+}
+
+bool parse_u32(const std::string& v, uint32_t& out) {
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+    return ec == std::errc{} && p == v.data() + v.size();
+}
+
 template <typename K>
 std::vector<std::pair<K, uint64_t>> ranked(const std::map<K, uint64_t>& m) {
     std::vector<std::pair<K, uint64_t>> v(m.begin(), m.end());
@@ -67,29 +87,36 @@ size_t summarize(const std::string& path, std::ostream& out, size_t top) {
         std::string op, t;
         if (field(line, "polling", v)) {
             // The servers' polling at exit (docs/filesystem.md, "Polling").
-            std::string row = "  " + v + ":";
+            std::string row = "  " + printable(v) + ":";
             for (const char* k : {"spins", "hits", "spin_us", "busy_skips", "sleeps", "window_us"}) {
                 std::string n;
-                if (field(line, k, n)) row += std::string(" ") + k + " " + n;
+                if (field(line, k, n)) row += std::string(" ") + k + " " + printable(n, 24);
             }
             polling.push_back(row);
             continue;
         }
-        if (!field(line, "op", op) || !field(line, "t", t)) {
+        // A file that is not fsd's own (forged, cut, edited) must not make
+        // the summary wrap its sums or index seconds by NaN: a time that is
+        // not a finite second count, or a latency that is not the recorder's
+        // unsigned 32-bit microseconds, makes the line unreadable.
+        uint32_t us = 0;
+        double ts = 0;
+        if (!field(line, "op", op) || !field(line, "t", t) || !parse_seconds(t, ts) ||
+            (field(line, "us", v) && !parse_u32(v, us))) {
             ++bad;
             continue;
         }
         ++records;
-        double ts = std::atof(t.c_str());
         if (t_first < 0) t_first = ts;
         t_last = std::max(t_last, ts);
-        auto& s = ops[op];
+        auto& s = ops[printable(op, 32)];
         ++s.n;
         if (field(line, "error", v) && v != "0") ++s.errors;
-        if (field(line, "us", v)) s.us += std::strtoull(v.c_str(), nullptr, 10);
-        if (field(line, "path", v) && !v.empty()) ++paths[v];
+        s.us += us;
+        // Paths are the guest's names: shown as printable text only.
+        if (field(line, "path", v) && !v.empty()) ++paths[printable(v, kMaxShownPath)];
         if (field(line, "pid", v)) ++pids[std::strtoull(v.c_str(), nullptr, 10)];
-        ++per_sec[static_cast<uint64_t>(ts - t_first)];
+        ++per_sec[static_cast<uint64_t>(std::max(0.0, ts - t_first))];  // out of order: second 0
     }
     if (records == 0)
         throw std::runtime_error(path + " holds no trace records (written by --trace FILE)");
@@ -103,6 +130,7 @@ size_t summarize(const std::string& path, std::ostream& out, size_t top) {
     // down).
     uint64_t all_us = 0;
     for (auto& [k, s] : ops) all_us += s.us;
+    // Over 100 % of the span when several threads served at once.
     out << "\nserving: " << std::setprecision(3) << static_cast<double>(all_us) / 1e6
         << " s in all, from reading each request to its reply (" << std::setprecision(1)
         << 100.0 * static_cast<double>(all_us) / 1e6 / span << "% of the span)";

@@ -4,6 +4,7 @@
 #include <linux/fuse.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -127,7 +128,8 @@ TEST(Livelock, EachEpisodeWarnsOnce) {
 }
 
 TEST(Trace, RecordsBecomeJsonLinesAndASummary) {
-    std::string file = test::temp_base() + "/ocivm-trace-test-" + std::to_string(::getpid()) + ".jsonl";
+    const std::string dir = test::make_temp_dir();
+    const std::string file = dir + "/trace.jsonl";
     {
         Recorder rec(file);
         test::Harness h;
@@ -168,7 +170,7 @@ TEST(Trace, RecordsBecomeJsonLinesAndASummary) {
     EXPECT_NE(out.str().find("LOOKUP"), std::string::npos) << out.str();
     EXPECT_NE(out.str().find("/dir/file"), std::string::npos) << out.str();
     EXPECT_NE(out.str().find("requests per second"), std::string::npos);
-    std::remove(file.c_str());
+    std::filesystem::remove_all(dir);
 }
 
 TEST(Trace, FullBufferDropsInsteadOfBlocking) {
@@ -182,7 +184,8 @@ TEST(Trace, FullBufferDropsInsteadOfBlocking) {
 
 TEST(Trace, SummaryAddsUpTheServersTime) {
     // Four requests over two seconds: 1,500 + 500 + 2,000 + 0 us of serving.
-    std::string file = test::temp_base() + "/ocivm-trace-sum-" + std::to_string(::getpid());
+    const std::string dir = test::make_temp_dir();
+    const std::string file = dir + "/trace.jsonl";
     std::ofstream(file) << "{\"t\":10.0,\"op\":\"LOOKUP\",\"error\":0,\"us\":1500}\n"
                         << "{\"t\":11.0,\"op\":\"LOOKUP\",\"error\":-2,\"us\":500}\n"
                         << "{\"t\":11.5,\"op\":\"READ\",\"error\":0,\"us\":2000}\n"
@@ -196,16 +199,42 @@ TEST(Trace, SummaryAddsUpTheServersTime) {
     EXPECT_NE(s.find("LOOKUP                   2   50.0%      1000       2.0       1"), std::string::npos) << s;
     EXPECT_NE(s.find("READ                     1   25.0%      2000       2.0       0"), std::string::npos) << s;
     EXPECT_NE(s.find("IOCTL                    1   25.0%         0       0.0       1"), std::string::npos) << s;
-    std::remove(file.c_str());
+    std::filesystem::remove_all(dir);
+}
+
+TEST(Trace, SummaryOfAForgedFileStaysSane) {
+    // Latencies the recorder cannot write (negative, past 32 bits), times
+    // that are not seconds, and a path with a terminal escape: the bad lines
+    // are counted, the sums do not wrap, the escape is not printed.
+    const std::string dir = test::make_temp_dir();
+    const std::string file = dir + "/trace.jsonl";
+    std::ofstream(file) << "{\"t\":1.0,\"op\":\"LOOKUP\",\"us\":7,\"path\":\"/a\\u001b]0;pwned\\u0007\"}\n"
+                        << "{\"t\":2.0,\"op\":\"LOOKUP\",\"us\":-1}\n"
+                        << "{\"t\":2.0,\"op\":\"LOOKUP\",\"us\":18446744073709551615}\n"
+                        << "{\"t\":nan,\"op\":\"READ\",\"us\":1}\n"
+                        << "{\"t\":-4,\"op\":\"READ\",\"us\":1}\n"
+                        << "{\"t\":1e300,\"op\":\"READ\",\"us\":1}\n"
+                        << "{\"t\":0.5,\"op\":\"READ\",\"us\":3}\n";
+    std::ostringstream out;
+    EXPECT_EQ(summarize(file, out), 2u);
+    const std::string s = out.str();
+    EXPECT_NE(s.find(", 5 unreadable lines"), std::string::npos) << s;
+    EXPECT_NE(s.find("serving: 0.000 s in all"), std::string::npos) << s;
+    EXPECT_NE(s.find("LOOKUP                   1   50.0%         7       0.0"), std::string::npos) << s;
+    EXPECT_EQ(s.find('\x1b'), std::string::npos) << s;
+    EXPECT_EQ(s.find('\x07'), std::string::npos) << s;
+    EXPECT_NE(s.find("/a\\x1b]0;pwned\\x07"), std::string::npos) << s;
+    std::filesystem::remove_all(dir);
 }
 
 TEST(Trace, SummaryOfAMissingOrEmptyFileIsAnError) {
     std::ostringstream out;
     EXPECT_THROW(summarize("/nonexistent/trace", out), std::runtime_error);
-    std::string empty = test::temp_base() + "/ocivm-trace-empty-" + std::to_string(::getpid());
+    const std::string dir = test::make_temp_dir();
+    const std::string empty = dir + "/not-a-trace";
     std::ofstream(empty) << "not a trace\n";
     EXPECT_THROW(summarize(empty, out), std::runtime_error);
-    std::remove(empty.c_str());
+    std::filesystem::remove_all(dir);
 }
 
 // Issue 14.4/14.5: the path map is bounded per path and overall, pruned by
