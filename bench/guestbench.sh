@@ -112,7 +112,7 @@ phase_table() {
       else
         o=${T[ocivm,$mode,$p]}; v=${T[$peer,$mode,$p]}
       fi
-      printf ' %s s | %s s | %s |' "$o" "$v" "$(echo "scale=2; $o / $v" | bc 2>/dev/null)"
+      printf ' %s s | %s s | %s |' "$o" "$v" "$(ratio_of "$o" "$v")"
     done
     printf '\n'
   done
@@ -122,7 +122,7 @@ phase_table() {
 if [ -n "$WITH_VIRTIOFSD" ]; then
   phase_table virtiofsd
   printf '| requests |'
-  for mode in $MODES; do printf ' %s | %s | %s |' "${REQ[ocivm,$mode]}" "${REQ[virtiofsd-count,$mode]}" "$(echo "scale=2; ${REQ[ocivm,$mode]} / ${REQ[virtiofsd-count,$mode]}" | bc 2>/dev/null)"; done
+  for mode in $MODES; do printf ' %s | %s | %s |' "${REQ[ocivm,$mode]}" "${REQ[virtiofsd-count,$mode]}" "$(ratio_of "${REQ[ocivm,$mode]}" "${REQ[virtiofsd-count,$mode]}")"; done
   printf '\n\nratio = ocivm / virtiofsd (below 1.0: ocivm faster or fewer requests)\n'
 fi
 

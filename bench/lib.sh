@@ -1,6 +1,9 @@
 # Shared by the bench/*.sh scripts: timing, medians, the Debian test tree.
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+# ratio_of A B: A / B rounded to two places (bc's scale=2 truncates: 0.9668
+# came out .96); prints nothing when either is empty or B is not above 0.
+ratio_of() { [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.2f\n", a / b }'; }
 # scratch_dir NAME [BASE]: prints a new directory BASE/ocivm-NAME.XXXXXX
 # (default BASE /var/tmp), made by mktemp so nobody can have made it
 # first, and named as the mount table names it (BASE may run through a

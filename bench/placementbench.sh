@@ -19,18 +19,22 @@
 #   `ocivm mount`, e.g. "--threads 1"; split on blanks), SERVER_CPUS and
 #   CLIENT_CPUS (taskset CPU lists for the server and the client, e.g. 0
 #   and 0 for one CPU, 1 and 0 for a different one; default: any CPU),
-#   VERBOSE (1: each sample's figures, and ocivm's polling statistics).
+#   VERBOSE (1: each sample's figures, and ocivm's polling statistics,
+#   which `ocivm mount --log-level info` prints at exit; 0, the default:
+#   the tables only).
 #
 # Each sample mounts a fresh server, so each places its threads anew, and
 # times CYCLES cycles of create 4 KiB / stat / open+read / unlink in one
 # Python client, with `perf stat` counting the server's context switches and
 # system calls. Prints per placement the median µs per cycle (min, max) and
 # the mean switches and calls per cycle. A second table splits a cycle by
-# the kernel's scheduler statistics (/proc/PID/task/TID/schedstat): the
-# time the client and the server's threads ran, and the time they were
-# runnable but waited for a CPU; what is left of the cycle is the time
-# neither was runnable (a handover in flight, or waiting on the disk).
-# Run as root.
+# the kernel's scheduler statistics (/proc/PID/task/TID/schedstat, read by
+# the client just before and after its timed loop): the time the client
+# and the server's threads ran, and the time they were runnable but waited
+# for a CPU. "neither" is the cycle less those four: at least the time
+# nobody was runnable (a handover in flight, a wait on the disk), less
+# where they overlap (the server's threads running or waiting at the same
+# time as the client or as each other), so it can be negative. Run as root.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
@@ -44,6 +48,7 @@ CONTEND=${CONTEND:-2}
 CACHE=${CACHE:-always}
 read -r -a OCIVM_ARGS <<<"${OCIVM_ARGS:-}"
 SERVER_CPUS=${SERVER_CPUS:-} CLIENT_CPUS=${CLIENT_CPUS:-}
+VERBOSE=${VERBOSE:-0}
 fail() { echo "placementbench: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "run as root (perf stat on another process, mounts)"
 [ -x "$OCIVM" ] || fail "no ocivm binary at $OCIVM; build it with 'make build'"
@@ -55,6 +60,7 @@ perf stat -e context-switches,raw_syscalls:sys_enter true >/dev/null 2>&1 ||
 [[ $SAMPLES =~ ^[1-9][0-9]{0,3}$ ]] || fail "SAMPLES must be 1 to 9999, not '$SAMPLES'"
 [[ $CYCLES =~ ^[1-9][0-9]{0,5}$ ]] || fail "CYCLES must be 1 to 999999, not '$CYCLES'"
 [[ $CONTEND =~ ^[0-9]+$ ]] && [ "$CONTEND" -le 64 ] || fail "CONTEND must be 0 to 64 busy loops, not '$CONTEND'"
+[[ $VERBOSE =~ ^[01]$ ]] || fail "VERBOSE must be 0 or 1, not '$VERBOSE'"
 ON_SERVER=() ON_CLIENT=()
 if [ -n "$SERVER_CPUS" ]; then
   taskset -c "$SERVER_CPUS" true 2>/dev/null || fail "SERVER_CPUS: taskset refuses the CPU list '$SERVER_CPUS'"
@@ -93,9 +99,11 @@ mkdir -p "$D/s" "$D/m"
 start_server() {
   local place=$1
   rm -rf "${D:?}/s" && mkdir "$D/s"
+  # --log-level info: the polling statistics at exit, for VERBOSE.
+  local mount=("$OCIVM" mount "$D/s" "$D/m" --cache "$CACHE" --log-level info "${OCIVM_ARGS[@]}")
   case $place in
-    ocivm-client) "${ON_SERVER[@]}" "$OCIVM" mount "$D/s" "$D/m" --cache "$CACHE" --log-level info "${OCIVM_ARGS[@]}" >"$D/server.log" 2>&1 & SRV=$! ;;
-    ocivm-own) "${ON_SERVER[@]}" setsid "$OCIVM" mount "$D/s" "$D/m" --cache "$CACHE" --log-level info "${OCIVM_ARGS[@]}" >"$D/server.log" 2>&1 & SRV=$! ;;
+    ocivm-client) "${ON_SERVER[@]}" "${mount[@]}" >"$D/server.log" 2>&1 & SRV=$! ;;
+    ocivm-own) "${ON_SERVER[@]}" setsid "${mount[@]}" >"$D/server.log" 2>&1 & SRV=$! ;;
     bindfs-client) "${ON_SERVER[@]}" bindfs -f "$D/s" "$D/m" >"$D/server.log" 2>&1 & SRV=$! ;;
     bindfs-own) "${ON_SERVER[@]}" bindfs "$D/s" "$D/m" >"$D/server.log" 2>&1 || fail "bindfs did not mount: $(cat "$D/server.log")" ;;
   esac
@@ -111,7 +119,7 @@ start_server() {
     case $place in
       ocivm-*) local keeper; keeper=$(pgrep -n -P "$SRV") && PID=$(pgrep -n -P "$keeper") ;;
       bindfs-client) PID=$SRV ;;
-      bindfs-own) PID=$(pgrep -n -f "^bindfs $D/s $D/m\$") ;;
+      bindfs-own) PID=$(pgrep -u 0 -n -f "^bindfs $D/s $D/m\$") ;;
     esac
     [ -n "$PID" ] && break
     sleep 0.05
@@ -125,59 +133,54 @@ start_server() {
   esac
 }
 
-# Prints "TID RUN_NS WAIT_NS" for each thread of process $1.
-thread_schedstats() {
-  local f
-  for f in /proc/"$1"/task/*/schedstat; do
-    [ -r "$f" ] || continue
-    local t=${f#/proc/"$1"/task/} run wait
-    read -r run wait _ 2>/dev/null <"$f" && echo "${t%/schedstat} $run $wait"
-  done
-}
-
-# The client prints µs per cycle, then its own run and wait time in ns.
-CLIENT='import os, sys, time
-def sched():
+# The client prints µs per cycle, then its own and the server's threads'
+# run and wait times in ns over its timed loop (a server thread that ends
+# within the loop is not counted; ocivm's and bindfs's serving threads live
+# as long as the mount).
+CLIENT='import glob, os, sys, time
+def threads(pid):
+    out = {}
+    for f in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try: run, wait, _ = open(f).read().split()
+        except OSError: continue
+        out[f] = (int(run), int(wait))
+    return out
+def mine():
     run, wait, _ = open("/proc/thread-self/schedstat").read().split()
     return int(run), int(wait)
-d, n = sys.argv[1], int(sys.argv[2]); data = b"x" * 4096
-r0, w0 = sched(); t = time.perf_counter()
+d, n, server = sys.argv[1], int(sys.argv[2]), sys.argv[3]; data = b"x" * 4096
+s0 = threads(server); r0, w0 = mine(); t = time.perf_counter()
 for i in range(n):
     p = f"{d}/f{i}"
     fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644); os.write(fd, data); os.close(fd)
     os.stat(p)
     fd = os.open(p, os.O_RDONLY); os.read(fd, 8192); os.close(fd)
     os.unlink(p)
-el = time.perf_counter() - t; r1, w1 = sched()
-print(el / n * 1e6, r1 - r0, w1 - w0)'
+el = time.perf_counter() - t; r1, w1 = mine(); s1 = threads(server)
+sr = sum(v[0] - s0.get(k, (0, 0))[0] for k, v in s1.items())
+sw = sum(v[1] - s0.get(k, (0, 0))[1] for k, v in s1.items())
+print(el / n * 1e6, r1 - r0, w1 - w0, sr, sw)'
 
 start_busy_loops "$CONTEND" || fail "cannot start the busy loops"
 
-echo "placementbench: $OCIVM, --cache $CACHE, $SAMPLES samples of $CYCLES cycles per placement, $CONTEND busy loops," \
-  "server on CPUs ${SERVER_CPUS:-any}, client on ${CLIENT_CPUS:-any}"
+echo "placementbench: $OCIVM, --cache $CACHE${OCIVM_ARGS[*]:+ ${OCIVM_ARGS[*]}}, $SAMPLES samples of $CYCLES cycles" \
+  "per placement, $CONTEND busy loops, server on CPUs ${SERVER_CPUS:-any}, client on ${CLIENT_CPUS:-any}"
 : >"$D/results"
 for _ in $(seq "$SAMPLES"); do
   for place in "${PLACES[@]}"; do
     start_server "$place"
-    thread_schedstats "$PID" >"$D/before"
     out=$(perf stat -x, -e context-switches,raw_syscalls:sys_enter -p "$PID" -- \
-          "${ON_CLIENT[@]}" python3 -c "$CLIENT" "$D/m" "$CYCLES" 2>&1) || fail "$place: the client failed: $out"
-    thread_schedstats "$PID" >"$D/after"
-    read -r us crun cwait <<<"$(sed -n '1p' <<<"$out")"
+          "${ON_CLIENT[@]}" python3 -c "$CLIENT" "$D/m" "$CYCLES" "$PID" 2>&1) || fail "$place: the client failed: $out"
+    read -r us crun cwait srun swait <<<"$(sed -n '1p' <<<"$out")"
     cs=$(awk -F, '/context-switches/ {print $1}' <<<"$out")
     sc=$(awk -F, '/sys_enter/ {print $1}' <<<"$out")
-    [[ $us =~ ^[0-9.]+$ && $crun =~ ^[0-9]+$ && $cwait =~ ^[0-9]+$ && $cs =~ ^[0-9]+$ && $sc =~ ^[0-9]+$ ]] ||
-      fail "$place: unexpected client or perf output: $out"
-    # The server's threads' time over the client's run (a thread that ended
-    # during it is not counted; ocivm's and bindfs's serving threads live
-    # as long as the mount).
-    read -r srun swait <<<"$(awk 'NR == FNR {r[$1] = $2; w[$1] = $3; next}
-      {sr += $2 - r[$1]; sw += $3 - w[$1]} END {printf "%d %d\n", sr, sw}' "$D/before" "$D/after")"
+    [[ $us =~ ^[0-9.]+$ && $crun =~ ^[0-9]+$ && $cwait =~ ^[0-9]+$ && $srun =~ ^[0-9]+$ && $swait =~ ^[0-9]+$ &&
+       $cs =~ ^[0-9]+$ && $sc =~ ^[0-9]+$ ]] || fail "$place: unexpected client or perf output: $out"
     echo "$place $us $cs $sc $crun $cwait $srun $swait" >>"$D/results"
-    [ -z "${VERBOSE:-}" ] || awk -v n="$CYCLES" '{printf "  %s: %.0f us/cycle, switches %.1f, calls %.1f, client ran %.0f waited %.0f, server ran %.0f waited %.0f\n",
+    [ "$VERBOSE" = 0 ] || awk -v n="$CYCLES" '{printf "  %s: %.0f us/cycle, switches %.1f, calls %.1f, client ran %.0f waited %.0f, server ran %.0f waited %.0f\n",
       $1, $2, $3 / n, $4 / n, $5 / n / 1000, $6 / n / 1000, $7 / n / 1000, $8 / n / 1000}' <<<"$place $us $cs $sc $crun $cwait $srun $swait"
     stop_server
-    [ -z "${VERBOSE:-}" ] || sed "s/^/  $place: /" "$D/server.log" | grep -i polling || true
+    [ "$VERBOSE" = 0 ] || sed "s/^/  $place: /" "$D/server.log" | grep -i polling || true
     is_mounted "$D/m" && fail "$place: $D/m is still mounted"
   done
 done
@@ -197,5 +200,6 @@ for place in "${PLACES[@]}"; do
     END {u /= k; cr /= k * n * 1000; cw /= k * n * 1000; sr /= k * n * 1000; sw /= k * n * 1000
          printf "%-14s %12.0f %14.0f %16.0f %14.0f %16.0f %10.0f\n", p, u, cr, cw, sr, sw, u - cr - cw - sr - sw}' "$D/results"
 done
-echo "(means over the samples, µs per cycle; \"neither\" is the cycle less the four others, negative where"
-echo " they overlap: the server's threads running or waiting at the same time as the client or as each other)"
+echo "(means over the samples, µs per cycle; \"neither\" is the cycle less the four others: the time nobody"
+echo " was runnable, less where they overlap, the server's threads running or waiting at the same time as"
+echo " the client or as each other, so it can be negative)"

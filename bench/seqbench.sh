@@ -110,7 +110,7 @@ run() {
 }
 
 median() { printf '%s\n' "$@" | grep -v nan | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio() { if [ "$1" = nan ] || [ "$2" = nan ]; then echo nan; else echo "scale=2; $1 / $2" | bc; fi; }
+ratio() { if [ "$1" = nan ] || [ "$2" = nan ]; then echo nan; else ratio_of "$1" "$2"; fi; }
 
 FAILED=0
 echo "seqbench: $(nproc) cores, kernel $KREL under TCG, guest ${MEM}, ${SIZE_MB} MiB written in ${BS} calls, $ROUNDS rounds, $(date -u +%F)"

@@ -321,13 +321,12 @@ fi
 
 # --- the tables ---------------------------------------------------------------
 med() { local v; v=$(echo "$@" | tr ' ' '\n' | grep -v -e '^$' -e nan); [ -n "$v" ] && echo "$v" | median; }
-ratio() { [ -n "$1" ] && [ -n "$2" ] && echo "scale=2; $1 / $2" | bc 2>/dev/null; }
 printf '\nboot to multi-user.target (guest seconds; each run, then the median)\n\n'
 printf '| cache | ocivm fsd | C virtiofsd | ratio |\n|---|---|---|---|\n'
 for mode in $MODES; do
   o=$(med ${T[ocivm,$mode]:-}); v=$(med ${T[virtiofsd,$mode]:-})
   printf '| %s | %s (%s) | %s (%s) | %s |\n' "$mode" "$o" "$(echo ${T[ocivm,$mode]:-} | tr ' ' ',')" \
-    "$v" "$(echo ${T[virtiofsd,$mode]:-} | tr ' ' ',')" "$(ratio "$o" "$v")"
+    "$v" "$(echo ${T[virtiofsd,$mode]:-} | tr ' ' ',')" "$(ratio_of "$o" "$v")"
 done
 # against OTHER TITLE: this build's fsd against OTHER, ratio ocivm/OTHER
 against() {
@@ -335,7 +334,7 @@ against() {
   printf '\n%s, same run\n\n| cache | ocivm fsd | %s | ratio |\n|---|---|---|---|\n' "$2" "$other"
   for mode in $MODES; do
     o=$(med ${T[ocivm,$mode]:-}); p=$(med ${T[$other,$mode]:-})
-    printf '| %s | %s | %s (%s) | %s |\n' "$mode" "$o" "$p" "$(echo ${T[$other,$mode]:-} | tr ' ' ',')" "$(ratio "$o" "$p")"
+    printf '| %s | %s | %s (%s) | %s |\n' "$mode" "$o" "$p" "$(echo ${T[$other,$mode]:-} | tr ' ' ',')" "$(ratio_of "$o" "$p")"
   done
 }
 [ -n "$PREVIOUS" ] && against previous "this build against the previous one ($PREVIOUS)"
@@ -344,7 +343,7 @@ if [ "$COUNT" = 1 ]; then
   printf '\nrequests served per boot (ocivm: median of its timed boots; C virtiofsd: its one untimed boot with -d, slower)\n\n| cache | ocivm fsd | C virtiofsd | ratio |\n|---|---|---|---|\n'
   for mode in $MODES; do
     o=$(med ${REQ[ocivm,$mode]:-}); v=$(med ${REQ[virtiofsd-count,$mode]:-})
-    printf '| %s | %s | %s | %s |\n' "$mode" "$o" "$v" "$(ratio "$o" "$v")"
+    printf '| %s | %s | %s | %s |\n' "$mode" "$o" "$v" "$(ratio_of "$o" "$v")"
   done
 fi
 printf '\nratio = ocivm / virtiofsd (below 1.0: ocivm faster or fewer requests)\n'
