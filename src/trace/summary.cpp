@@ -124,15 +124,14 @@ size_t summarize(const std::string& path, std::ostream& out, size_t top) {
     out << records << " requests in " << std::fixed << std::setprecision(1) << span << " s ("
         << std::setprecision(0) << records / span << "/s)";
     if (bad) out << ", " << bad << " unreadable lines";
-    // How much of the traced time the server's own work was: what a faster
-    // server could take off the client's time at most (with one request
-    // served at a time; each request's time is whole microseconds, rounded
-    // down).
+    // How much of the traced time the server's own work was: about what
+    // faster handling could save the guest (a little low: each latency is
+    // whole microseconds rounded down, and dropped records are missing).
+    // Over 100 % of the span when several threads served at once.
     uint64_t all_us = 0;
     for (auto& [k, s] : ops) all_us += s.us;
-    // Over 100 % of the span when several threads served at once.
     out << "\nserving: " << std::setprecision(3) << static_cast<double>(all_us) / 1e6
-        << " s in all, from reading each request to its reply (" << std::setprecision(1)
+        << " s in all, each request from the server taking it to its reply (" << std::setprecision(1)
         << 100.0 * static_cast<double>(all_us) / 1e6 / span << "% of the span)";
     out << "\n\nby opcode:\n";
     out << "  " << std::left << std::setw(16) << "opcode" << std::right << std::setw(10) << "count"

@@ -193,7 +193,7 @@ TEST(Trace, SummaryAddsUpTheServersTime) {
     std::ostringstream out;
     EXPECT_EQ(summarize(file, out), 4u);
     const std::string s = out.str();
-    EXPECT_NE(s.find("serving: 0.004 s in all, from reading each request to its reply (0.2% of the span)"),
+    EXPECT_NE(s.find("serving: 0.004 s in all, each request from the server taking it to its reply (0.2% of the span)"),
               std::string::npos) << s;
     // opcode, count, share, avg us, total ms, errors
     EXPECT_NE(s.find("LOOKUP                   2   50.0%      1000       2.0       1"), std::string::npos) << s;
