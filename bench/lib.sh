@@ -1,6 +1,8 @@
 # Shared by the bench/*.sh scripts: timing, medians, the Debian test tree.
 now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+# median [PLACES]: the median of the numbers on stdin, one a line; the mean
+# of the middle two printed with PLACES decimals (default 3).
+median() { sort -n | awk -v p="${1:-3}" '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.*f\n", p, (a[NR/2]+a[NR/2+1])/2}'; }
 # ratio_of A B: A / B rounded to two places (bc's scale=2 truncates: 0.9668
 # came out .96); prints nothing when either is empty or B is not above 0.
 ratio_of() { [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.2f\n", a / b }'; }

@@ -61,15 +61,18 @@ perf stat -e context-switches,raw_syscalls:sys_enter true >/dev/null 2>&1 ||
 [[ $CYCLES =~ ^[1-9][0-9]{0,5}$ ]] || fail "CYCLES must be 1 to 999999, not '$CYCLES'"
 [[ $CONTEND =~ ^[0-9]+$ ]] && [ "$CONTEND" -le 64 ] || fail "CONTEND must be 0 to 64 busy loops, not '$CONTEND'"
 [[ $VERBOSE =~ ^[01]$ ]] || fail "VERBOSE must be 0 or 1, not '$VERBOSE'"
-ON_SERVER=() ON_CLIENT=()
-if [ -n "$SERVER_CPUS" ]; then
-  taskset -c "$SERVER_CPUS" true 2>/dev/null || fail "SERVER_CPUS: taskset refuses the CPU list '$SERVER_CPUS'"
-  ON_SERVER=(taskset -c "$SERVER_CPUS")
-fi
-if [ -n "$CLIENT_CPUS" ]; then
-  taskset -c "$CLIENT_CPUS" true 2>/dev/null || fail "CLIENT_CPUS: taskset refuses the CPU list '$CLIENT_CPUS'"
-  ON_CLIENT=(taskset -c "$CLIENT_CPUS")
-fi
+# pin_prefix ARRAY NAME: sets ARRAY to the command prefix that runs on the
+# CPU list in variable NAME (taskset), or to nothing when NAME is empty.
+pin_prefix() {
+  local -n prefix=$1
+  local list=${!2}
+  prefix=()
+  [ -n "$list" ] || return 0
+  taskset -c "$list" true 2>/dev/null || fail "$2: taskset refuses the CPU list '$list'"
+  prefix=(taskset -c "$list")
+}
+pin_prefix ON_SERVER SERVER_CPUS
+pin_prefix ON_CLIENT CLIENT_CPUS
 for p in "${PLACES[@]}"; do
   case $p in ocivm-client|ocivm-own|bindfs-client|bindfs-own) ;; *) fail "unknown placement '$p'";; esac
 done

@@ -109,7 +109,8 @@ run() {
   echo "  round $round $cfg: write ${MBS[$cfg,write,$round]} MB/s, read ${MBS[$cfg,read,$round]} MB/s" >&2
 }
 
-median() { printf '%s\n' "$@" | grep -v nan | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# median_or_nan VALUE...: lib.sh's median (one decimal) of the values that are not nan; nan if none is.
+median_or_nan() { local v; v=$(printf '%s\n' "$@" | grep -v -e nan -e '^$'); if [ -n "$v" ]; then median 1 <<<"$v"; else echo nan; fi; }
 ratio() { if [ "$1" = nan ] || [ "$2" = nan ]; then echo nan; else ratio_of "$1" "$2"; fi; }
 
 FAILED=0
@@ -124,7 +125,7 @@ for cfg in $CONFIGS; do
   for p in write read; do
     vals=()
     for round in $(seq "$ROUNDS"); do vals+=("${MBS[$cfg,$p,$round]}"); done
-    MED[$cfg,$p]=$(median "${vals[@]}")
+    MED[$cfg,$p]=$(median_or_nan "${vals[@]}")
   done
   case $cfg in
     ocivm) name="ocivm fsd" ;; ocivm-wb) name="ocivm fsd --writeback" ;;

@@ -49,8 +49,6 @@ for r in $(seq "$ROUNDS"); do  # alternating, so a drift of the machine hits bot
 done
 accel=KVM
 grep -q "running under TCG" "$WORK/stream.1.err" && accel=TCG
-# The median with one decimal (lib.sh's median prints three).
-median1() { sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 echo "streambench: $N operations each, $ROUNDS alternating pairs, --cache never, $(nproc) CPUs, host kernel $(uname -r), $accel, $(date -u +%F)"
 printf '%-16s %14s %14s %8s %14s\n' workload "stream us/op" "vhost us/op" ratio "pair ratios"
 for w in stat create+unlink read-4k; do
@@ -60,8 +58,8 @@ for w in stat create+unlink read-4k; do
     v=$(awk -v w=$w '$1 == w {print $2}' "$WORK/vhost.$r.out")
     [ -n "$s" ] && [ -n "$v" ] || fail "no $w result in round $r (see $WORK, KEEP=1)"
     echo "$s" >> "$WORK/$w.s"; echo "$v" >> "$WORK/$w.v"
-    awk -v a="$s" -v b="$v" 'BEGIN {printf "%.2f\n", a / b}' >> "$WORK/$w.r"
+    ratio_of "$s" "$v" >> "$WORK/$w.r"
   done
-  printf '%-16s %14s %14s %8s %14s\n' "$w" "$(median1 < "$WORK/$w.s")" "$(median1 < "$WORK/$w.v")" \
-    "$(median1 < "$WORK/$w.r")" "$(sort -n "$WORK/$w.r" | sed -n '1p;$p' | paste -sd-)"
+  printf '%-16s %14s %14s %8s %14s\n' "$w" "$(median 1 < "$WORK/$w.s")" "$(median 1 < "$WORK/$w.v")" \
+    "$(median 1 < "$WORK/$w.r")" "$(sort -n "$WORK/$w.r" | sed -n '1p;$p' | paste -sd-)"
 done

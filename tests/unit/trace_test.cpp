@@ -4,7 +4,6 @@
 #include <linux/fuse.h>
 #include <unistd.h>
 
-#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -19,6 +18,14 @@ using namespace ocivm;
 using namespace ocivm::trace;
 
 namespace {
+
+// A trace file's path in a directory of the test's own, removed with it
+// even when an assertion ends the test early.
+struct TraceFile {
+    const std::string dir = test::make_temp_dir();
+    const std::string path = dir + "/trace.jsonl";
+    ~TraceFile() { test::remove_tree(dir); }
+};
 
 struct Stream {
     LivelockDetector det;
@@ -128,8 +135,8 @@ TEST(Livelock, EachEpisodeWarnsOnce) {
 }
 
 TEST(Trace, RecordsBecomeJsonLinesAndASummary) {
-    const std::string dir = test::make_temp_dir();
-    const std::string file = dir + "/trace.jsonl";
+    const TraceFile trace;
+    const std::string& file = trace.path;
     {
         Recorder rec(file);
         test::Harness h;
@@ -170,7 +177,6 @@ TEST(Trace, RecordsBecomeJsonLinesAndASummary) {
     EXPECT_NE(out.str().find("LOOKUP"), std::string::npos) << out.str();
     EXPECT_NE(out.str().find("/dir/file"), std::string::npos) << out.str();
     EXPECT_NE(out.str().find("requests per second"), std::string::npos);
-    std::filesystem::remove_all(dir);
 }
 
 TEST(Trace, FullBufferDropsInsteadOfBlocking) {
@@ -184,8 +190,8 @@ TEST(Trace, FullBufferDropsInsteadOfBlocking) {
 
 TEST(Trace, SummaryAddsUpTheServersTime) {
     // Four requests over two seconds: 1,500 + 500 + 2,000 + 0 us of serving.
-    const std::string dir = test::make_temp_dir();
-    const std::string file = dir + "/trace.jsonl";
+    const TraceFile trace;
+    const std::string& file = trace.path;
     std::ofstream(file) << "{\"t\":10.0,\"op\":\"LOOKUP\",\"error\":0,\"us\":1500}\n"
                         << "{\"t\":11.0,\"op\":\"LOOKUP\",\"error\":-2,\"us\":500}\n"
                         << "{\"t\":11.5,\"op\":\"READ\",\"error\":0,\"us\":2000}\n"
@@ -199,15 +205,14 @@ TEST(Trace, SummaryAddsUpTheServersTime) {
     EXPECT_NE(s.find("LOOKUP                   2   50.0%      1000       2.0       1"), std::string::npos) << s;
     EXPECT_NE(s.find("READ                     1   25.0%      2000       2.0       0"), std::string::npos) << s;
     EXPECT_NE(s.find("IOCTL                    1   25.0%         0       0.0       1"), std::string::npos) << s;
-    std::filesystem::remove_all(dir);
 }
 
 TEST(Trace, SummaryOfAForgedFileStaysSane) {
     // Latencies the recorder cannot write (negative, past 32 bits), times
     // that are not seconds, and a path with a terminal escape: the bad lines
     // are counted, the sums do not wrap, the escape is not printed.
-    const std::string dir = test::make_temp_dir();
-    const std::string file = dir + "/trace.jsonl";
+    const TraceFile trace;
+    const std::string& file = trace.path;
     std::ofstream(file) << "{\"t\":1.0,\"op\":\"LOOKUP\",\"us\":7,\"path\":\"/a\\u001b]0;pwned\\u0007\"}\n"
                         << "{\"t\":2.0,\"op\":\"LOOKUP\",\"us\":-1}\n"
                         << "{\"t\":2.0,\"op\":\"LOOKUP\",\"us\":18446744073709551615}\n"
@@ -224,17 +229,15 @@ TEST(Trace, SummaryOfAForgedFileStaysSane) {
     EXPECT_EQ(s.find('\x1b'), std::string::npos) << s;
     EXPECT_EQ(s.find('\x07'), std::string::npos) << s;
     EXPECT_NE(s.find("/a\\x1b]0;pwned\\x07"), std::string::npos) << s;
-    std::filesystem::remove_all(dir);
 }
 
 TEST(Trace, SummaryOfAMissingOrEmptyFileIsAnError) {
     std::ostringstream out;
     EXPECT_THROW(summarize("/nonexistent/trace", out), std::runtime_error);
-    const std::string dir = test::make_temp_dir();
-    const std::string empty = dir + "/not-a-trace";
+    const TraceFile trace;
+    const std::string& empty = trace.path;
     std::ofstream(empty) << "not a trace\n";
     EXPECT_THROW(summarize(empty, out), std::runtime_error);
-    std::filesystem::remove_all(dir);
 }
 
 // Issue 14.4/14.5: the path map is bounded per path and overall, pruned by
